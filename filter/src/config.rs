@@ -1,0 +1,567 @@
+//! The plugin configuration (Envoy `plugin_config.configuration`, Istio
+//! `WasmPlugin.pluginConfig`): its JSON shape and the validator that runs in
+//! `on_configure` and in `nhi-gate policy check`.
+//!
+//! Every error names the offending field by its path, e.g.
+//! `providers[0].max_lifetime_seconds: must be between 1 and 86400`.
+//! See `policies/schema.md` for the document format.
+
+use crate::jwks::KeySet;
+use crate::policy::{Glob, OpClass};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+
+/// Raw document as written by an admin. Unknown fields are rejected so a typo
+/// never silently weakens a policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_realm")]
+    realm: String,
+    #[serde(default = "default_skew")]
+    clock_skew_seconds: u64,
+    #[serde(default = "default_max_token")]
+    max_token_bytes: usize,
+    #[serde(default = "default_cache")]
+    token_cache_entries: usize,
+    #[serde(default)]
+    jwks_fetch: RawJwksFetch,
+    providers: Vec<RawProvider>,
+    resources: Vec<RawResource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwksFetch {
+    #[serde(default = "default_refresh")]
+    refresh_seconds: u64,
+    #[serde(default = "default_min_refetch")]
+    min_refetch_seconds: u64,
+    #[serde(default = "default_cold_wait")]
+    cold_start_wait_ms: u64,
+    #[serde(default = "default_fetch_timeout")]
+    timeout_ms: u64,
+}
+
+impl Default for RawJwksFetch {
+    fn default() -> Self {
+        RawJwksFetch {
+            refresh_seconds: default_refresh(),
+            min_refetch_seconds: default_min_refetch(),
+            cold_start_wait_ms: default_cold_wait(),
+            timeout_ms: default_fetch_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    #[serde(default = "default_lifetime")]
+    max_lifetime_seconds: u64,
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    #[serde(default)]
+    token_header: Option<String>,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default)]
+    cluster: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    name: String,
+    #[serde(default)]
+    authorities: Vec<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    #[serde(default)]
+    path_glob: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    operations: Vec<RawOperation>,
+    #[serde(default)]
+    read: RawGroupRule,
+    #[serde(default)]
+    write: RawGroupRule,
+    #[serde(default)]
+    providers: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    forward_authorization: bool,
+    #[serde(default)]
+    upstream_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    identity_headers: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperation {
+    #[serde(default)]
+    methods: Vec<String>,
+    path_glob: String,
+    class: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroupRule {
+    #[serde(default)]
+    any_of: Vec<String>,
+    #[serde(default)]
+    all_of: Vec<String>,
+}
+
+fn default_realm() -> String { "nhi-gate".into() }
+fn default_skew() -> u64 { 60 }
+fn default_max_token() -> usize { 8192 }
+fn default_cache() -> usize { 1024 }
+fn default_refresh() -> u64 { 600 }
+fn default_min_refetch() -> u64 { 30 }
+fn default_cold_wait() -> u64 { 5000 }
+fn default_fetch_timeout() -> u64 { 2000 }
+fn default_lifetime() -> u64 { 3600 }
+fn default_groups_claim() -> String { "groups".into() }
+
+/// A validated configuration, ready for the request path.
+#[derive(Debug)]
+pub struct Config {
+    /// Realm named in `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
+    pub clock_skew_seconds: u64,
+    /// Largest accepted token, in bytes (default 8192).
+    pub max_token_bytes: usize,
+    /// Verified-token cache capacity per worker, in entries (0 disables it).
+    pub token_cache_entries: usize,
+    pub jwks_fetch: JwksFetch,
+    pub providers: Vec<Provider>,
+    pub resources: Vec<Resource>,
+}
+
+/// Timing of remote JWKS fetches.
+#[derive(Debug, Clone)]
+pub struct JwksFetch {
+    /// Background refresh interval, seconds.
+    pub refresh_seconds: u64,
+    /// Least time between two fetches, seconds: bounds refetches on unknown `kid`.
+    pub min_refetch_seconds: u64,
+    /// How long a request may wait for the first JWKS, milliseconds.
+    pub cold_start_wait_ms: u64,
+    /// Callout timeout, milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// Where a provider's JWKS comes from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// Keys written in the config.
+    Inline(std::rc::Rc<KeySet>),
+    /// `GET path` on the named Envoy cluster, with `:authority` set to `authority`.
+    Remote { cluster: String, authority: String, path: String },
+    /// OIDC discovery (OpenID Connect Discovery 1.0 §4): `GET path` of
+    /// `/.well-known/openid-configuration` under the issuer, then its `jwks_uri`.
+    Discovery { cluster: String, authority: String, path: String },
+}
+
+/// One token issuer.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    /// Exact `iss` value (RFC 7519 §4.1.1).
+    pub issuer: String,
+    /// Accepted `aud` values; a token passes if any of its audiences is listed.
+    pub audiences: Vec<String>,
+    /// Longest accepted token lifetime, seconds (`exp - iat`, or `exp - now`).
+    pub max_lifetime_seconds: u64,
+    /// Dot path of the group claim (`groups`, `realm_access.roles`).
+    pub groups_claim: Vec<String>,
+    /// Extra header carrying the raw token, lowercase, if any.
+    pub token_header: Option<String>,
+    pub keys: KeySource,
+}
+
+/// One protected backend resource.
+#[derive(Debug)]
+pub struct Resource {
+    pub name: String,
+    /// Lowercase `:authority` values (port ignored when the pattern has none); empty or `*` = any.
+    pub authorities: Vec<String>,
+    pub path_prefix: Option<String>,
+    pub path_glob: Option<Glob>,
+    /// Uppercase methods; empty = any.
+    pub methods: Vec<String>,
+    /// Per-path overrides of the operation class.
+    pub operations: Vec<Operation>,
+    pub read: GroupRule,
+    pub write: GroupRule,
+    /// Provider names accepted; empty = all.
+    pub providers: Vec<String>,
+    /// Scope values that must all be present in the `scope`/`scp` claim.
+    pub scopes: Vec<String>,
+    pub forward_authorization: bool,
+    /// Headers set upstream on allow (lowercase names), e.g. the backend credential.
+    pub upstream_headers: Vec<(String, String)>,
+    /// Whether to set `x-nhi-subject` and `x-nhi-groups` upstream.
+    pub identity_headers: bool,
+}
+
+/// A method+path override of the default operation class.
+#[derive(Debug)]
+pub struct Operation {
+    pub methods: Vec<String>,
+    pub path_glob: Glob,
+    pub class: OpClass,
+}
+
+/// Groups needed for an operation: at least one of `any_of` (if non-empty)
+/// and every one of `all_of`. A rule with both empty allows nobody.
+#[derive(Debug, Default, Clone)]
+pub struct GroupRule {
+    pub any_of: Vec<String>,
+    pub all_of: Vec<String>,
+}
+
+impl GroupRule {
+    /// Whether the rule admits nobody (least privilege: such an operation is always denied).
+    pub fn is_empty(&self) -> bool {
+        self.any_of.is_empty() && self.all_of.is_empty()
+    }
+}
+
+/// A validation error: the JSON path of the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+const METHODS: [&str; 9] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "CONNECT"];
+
+/// Headers a policy may never set upstream (hop-by-hop or pseudo headers,
+/// RFC 9110 §7.6.1) and the identity headers the filter owns.
+fn forbidden_upstream_header(name: &str) -> bool {
+    name.starts_with(':')
+        || name.starts_with("x-nhi-")
+        || matches!(name, "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade" | "keep-alive")
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b))
+}
+
+fn valid_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Splits `http(s)://authority/path` into authority and path (path defaults to `/`).
+fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest.get(..i)?, rest.get(i..)?),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    Some((authority.to_string(), path.to_string()))
+}
+
+impl Config {
+    /// Parses and validates a configuration document (JSON bytes).
+    ///
+    /// Errors: every problem found, each naming its field; the document is
+    /// rejected as a whole if there is any.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, Vec<ConfigError>> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = match serde_path_to_error::deserialize(&mut de) {
+            Ok(r) => r,
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." { "(document)".to_string() } else { path };
+                return Err(vec![ConfigError { field, problem: e.into_inner().to_string() }]);
+            }
+        };
+        if let Err(e) = de.end() {
+            return Err(vec![ConfigError { field: "(document)".into(), problem: e.to_string() }]);
+        }
+        raw.validate()
+    }
+
+    /// Parses and validates an already-decoded JSON value (the CLI uses this for YAML input).
+    pub fn from_value(v: &serde_json::Value) -> Result<Config, Vec<ConfigError>> {
+        let bytes = serde_json::to_vec(v).map_err(|e| vec![ConfigError { field: "(document)".into(), problem: e.to_string() }])?;
+        Config::from_json(&bytes)
+    }
+
+    /// The provider whose `issuer` equals `iss` exactly.
+    pub fn provider_by_issuer(&self, iss: &str) -> Option<(usize, &Provider)> {
+        self.providers.iter().enumerate().find(|(_, p)| p.issuer == iss)
+    }
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
+        self.0.push(ConfigError { field: field.into(), problem: problem.into() });
+    }
+}
+
+fn methods(errs: &mut Errors, field: &str, raw: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, m) in raw.iter().enumerate() {
+        let up = m.to_ascii_uppercase();
+        if !METHODS.contains(&up.as_str()) {
+            errs.add(format!("{field}[{i}]"), format!("unknown HTTP method {m:?}"));
+        }
+        out.push(up);
+    }
+    out
+}
+
+fn glob(errs: &mut Errors, field: &str, pattern: &str) -> Glob {
+    if !pattern.starts_with('/') {
+        errs.add(field, "path pattern must start with '/'");
+    }
+    Glob::new(pattern)
+}
+
+fn group_rule(errs: &mut Errors, field: &str, raw: RawGroupRule) -> GroupRule {
+    for (name, list) in [("any_of", &raw.any_of), ("all_of", &raw.all_of)] {
+        for (i, g) in list.iter().enumerate() {
+            if g.trim().is_empty() || g.contains(char::is_whitespace) {
+                errs.add(format!("{field}.{name}[{i}]"), "group names are non-empty and contain no whitespace");
+            }
+        }
+    }
+    GroupRule { any_of: raw.any_of, all_of: raw.all_of }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, Vec<ConfigError>> {
+        let mut errs = Errors(Vec::new());
+        if self.realm.is_empty() || !valid_header_value(&self.realm) || self.realm.contains('"') {
+            errs.add("realm", "must be non-empty printable text without quotes");
+        }
+        if self.clock_skew_seconds > 300 {
+            errs.add("clock_skew_seconds", "must be at most 300 (RFC 8725 §3.10: keep skew small)");
+        }
+        if !(512..=65536).contains(&self.max_token_bytes) {
+            errs.add("max_token_bytes", "must be between 512 and 65536");
+        }
+        if self.token_cache_entries > 100_000 {
+            errs.add("token_cache_entries", "must be at most 100000");
+        }
+        let f = &self.jwks_fetch;
+        if !(10..=86400).contains(&f.refresh_seconds) {
+            errs.add("jwks_fetch.refresh_seconds", "must be between 10 and 86400");
+        }
+        if !(1..=3600).contains(&f.min_refetch_seconds) {
+            errs.add("jwks_fetch.min_refetch_seconds", "must be between 1 and 3600");
+        }
+        if f.cold_start_wait_ms > 30_000 {
+            errs.add("jwks_fetch.cold_start_wait_ms", "must be at most 30000");
+        }
+        if !(100..=30_000).contains(&f.timeout_ms) {
+            errs.add("jwks_fetch.timeout_ms", "must be between 100 and 30000");
+        }
+
+        if self.providers.is_empty() {
+            errs.add("providers", "at least one provider is required");
+        }
+        let mut names = HashSet::new();
+        let mut issuers = HashSet::new();
+        let mut providers = Vec::new();
+        for (i, p) in self.providers.into_iter().enumerate() {
+            let at = format!("providers[{i}]");
+            if p.name.is_empty() || !names.insert(p.name.clone()) {
+                errs.add(format!("{at}.name"), "must be non-empty and unique");
+            }
+            if p.issuer.is_empty() || !issuers.insert(p.issuer.clone()) {
+                errs.add(format!("{at}.issuer"), "must be non-empty and unique");
+            }
+            if p.audiences.is_empty() || p.audiences.iter().any(String::is_empty) {
+                errs.add(format!("{at}.audiences"), "at least one non-empty audience is required");
+            }
+            if !(1..=86400).contains(&p.max_lifetime_seconds) {
+                errs.add(format!("{at}.max_lifetime_seconds"), "must be between 1 and 86400: long-lived tokens are static secrets");
+            }
+            let groups_claim: Vec<String> = p.groups_claim.split('.').map(str::to_string).collect();
+            if groups_claim.iter().any(String::is_empty) {
+                errs.add(format!("{at}.groups_claim"), "must be a dot path of non-empty names, e.g. realm_access.roles");
+            }
+            let token_header = p.token_header.map(|h| h.to_ascii_lowercase());
+            if let Some(h) = &token_header {
+                if !valid_header_name(h) || h == "authorization" || h.starts_with(':') {
+                    errs.add(format!("{at}.token_header"), "must be a valid header name other than authorization");
+                }
+            }
+            let sources = [p.jwks.is_some(), p.jwks_uri.is_some(), p.discovery].iter().filter(|b| **b).count();
+            let keys = if sources != 1 {
+                errs.add(format!("{at}.jwks"), "set exactly one of jwks (inline), jwks_uri, or discovery: true");
+                KeySource::Inline(std::rc::Rc::default())
+            } else if let Some(doc) = p.jwks {
+                if p.cluster.is_some() {
+                    errs.add(format!("{at}.cluster"), "only used with jwks_uri or discovery");
+                }
+                match KeySet::from_json(doc.to_string().as_bytes()) {
+                    Ok(ks) => KeySource::Inline(std::rc::Rc::new(ks)),
+                    Err(e) => {
+                        errs.add(format!("{at}.jwks"), e);
+                        KeySource::Inline(std::rc::Rc::default())
+                    }
+                }
+            } else {
+                let cluster = p.cluster.unwrap_or_default();
+                if cluster.is_empty() {
+                    errs.add(format!("{at}.cluster"), "the Envoy cluster that reaches the JWKS host is required");
+                }
+                let url = match &p.jwks_uri {
+                    Some(u) => u.clone(),
+                    None => format!("{}/.well-known/openid-configuration", p.issuer.trim_end_matches('/')),
+                };
+                match split_url(&url) {
+                    Some((authority, path)) if p.jwks_uri.is_some() => KeySource::Remote { cluster, authority, path },
+                    Some((authority, path)) => KeySource::Discovery { cluster, authority, path },
+                    None => {
+                        let field = if p.jwks_uri.is_some() { "jwks_uri" } else { "issuer" };
+                        errs.add(format!("{at}.{field}"), "must be an http:// or https:// URL");
+                        KeySource::Inline(std::rc::Rc::default())
+                    }
+                }
+            };
+            providers.push(Provider {
+                name: p.name,
+                issuer: p.issuer,
+                audiences: p.audiences,
+                max_lifetime_seconds: p.max_lifetime_seconds,
+                groups_claim,
+                token_header,
+                keys,
+            });
+        }
+
+        let mut resources = Vec::new();
+        let mut rnames = HashSet::new();
+        for (i, r) in self.resources.into_iter().enumerate() {
+            let at = format!("resources[{i}]");
+            if r.name.is_empty() || !rnames.insert(r.name.clone()) {
+                errs.add(format!("{at}.name"), "must be non-empty and unique");
+            }
+            if r.path_prefix.is_some() && r.path_glob.is_some() {
+                errs.add(format!("{at}.path_glob"), "set path_prefix or path_glob, not both");
+            }
+            if let Some(p) = &r.path_prefix {
+                if !p.starts_with('/') {
+                    errs.add(format!("{at}.path_prefix"), "must start with '/'");
+                }
+            }
+            let path_glob = r.path_glob.as_deref().map(|g| glob(&mut errs, &format!("{at}.path_glob"), g));
+            let authorities = r.authorities.iter().map(|a| a.to_ascii_lowercase()).collect();
+            let methods_v = methods(&mut errs, &format!("{at}.methods"), &r.methods);
+            let mut operations = Vec::new();
+            for (j, op) in r.operations.into_iter().enumerate() {
+                let oat = format!("{at}.operations[{j}]");
+                let class = match op.class.as_str() {
+                    "read" => OpClass::Read,
+                    "write" => OpClass::Write,
+                    other => {
+                        errs.add(format!("{oat}.class"), format!("must be \"read\" or \"write\", not {other:?}"));
+                        OpClass::Write
+                    }
+                };
+                operations.push(Operation {
+                    methods: methods(&mut errs, &format!("{oat}.methods"), &op.methods),
+                    path_glob: glob(&mut errs, &format!("{oat}.path_glob"), &op.path_glob),
+                    class,
+                });
+            }
+            let read = group_rule(&mut errs, &format!("{at}.read"), r.read);
+            let write = group_rule(&mut errs, &format!("{at}.write"), r.write);
+            if read.is_empty() && write.is_empty() {
+                errs.add(format!("{at}"), "grants nothing: set read and/or write groups");
+            }
+            for (j, p) in r.providers.iter().enumerate() {
+                if !names.contains(p) {
+                    errs.add(format!("{at}.providers[{j}]"), format!("no provider named {p:?}"));
+                }
+            }
+            for (j, s) in r.scopes.iter().enumerate() {
+                if s.is_empty() || s.contains(char::is_whitespace) {
+                    errs.add(format!("{at}.scopes[{j}]"), "scope values are non-empty and contain no whitespace");
+                }
+            }
+            let mut upstream_headers = Vec::new();
+            for (name, value) in r.upstream_headers {
+                let lname = name.to_ascii_lowercase();
+                let hat = format!("{at}.upstream_headers.{name}");
+                if !valid_header_name(&lname) {
+                    errs.add(hat, "not a valid header name");
+                } else if forbidden_upstream_header(&lname) {
+                    errs.add(hat, "this header cannot be set by policy");
+                } else if lname == "authorization" && r.forward_authorization {
+                    errs.add(hat, "conflicts with forward_authorization: true");
+                } else if !valid_header_value(&value) {
+                    errs.add(hat, "value contains control characters");
+                } else {
+                    upstream_headers.push((lname, value));
+                }
+            }
+            resources.push(Resource {
+                name: r.name,
+                authorities,
+                path_prefix: r.path_prefix,
+                path_glob,
+                methods: methods_v,
+                operations,
+                read,
+                write,
+                providers: r.providers,
+                scopes: r.scopes,
+                forward_authorization: r.forward_authorization,
+                upstream_headers,
+                identity_headers: r.identity_headers,
+            });
+        }
+        if resources.is_empty() {
+            errs.add("resources", "at least one resource is required (everything else is denied)");
+        }
+        if !errs.0.is_empty() {
+            return Err(errs.0);
+        }
+        Ok(Config {
+            realm: self.realm,
+            clock_skew_seconds: self.clock_skew_seconds,
+            max_token_bytes: self.max_token_bytes,
+            token_cache_entries: self.token_cache_entries,
+            jwks_fetch: JwksFetch {
+                refresh_seconds: self.jwks_fetch.refresh_seconds,
+                min_refetch_seconds: self.jwks_fetch.min_refetch_seconds,
+                cold_start_wait_ms: self.jwks_fetch.cold_start_wait_ms,
+                timeout_ms: self.jwks_fetch.timeout_ms,
+            },
+            providers,
+            resources,
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! The request pipeline, independent of the proxy-wasm host: token → verified
+//! identity (with a bounded cache) → resource and operation → allow with a
+//! plan of upstream header changes, or a [`Denial`].
+
+use crate::config::{Config, KeySource, Resource};
+use crate::deny::Denial;
+use crate::jwks::KeySet;
+use crate::jwt;
+use crate::policy::{Identity, OpClass, Request};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Identity headers the filter sets; any client-sent header with this prefix is dropped.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-nhi-";
+
+/// Where the pipeline gets a provider's current keys.
+pub trait KeyStore {
+    /// The current key set of provider `index` and its generation (changes
+    /// whenever the set is replaced), or `None` while no keys are known.
+    fn keys(&self, index: usize) -> Option<(Rc<KeySet>, u64)>;
+}
+
+/// Why authentication could not finish now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// Refuse the request.
+    Deny(Denial),
+    /// Provider `provider` has no keys yet (`unknown_kid == false`) or none
+    /// with the token's `kid` (`unknown_kid == true`); the host may fetch
+    /// the JWKS and retry, or deny with [`AuthError::into_denial`].
+    NeedKeys { provider: usize, unknown_kid: bool },
+}
+
+impl AuthError {
+    /// The denial to send when no (new) keys can be had.
+    pub fn into_denial(self) -> Denial {
+        match self {
+            AuthError::Deny(d) => d,
+            AuthError::NeedKeys { unknown_kid: true, .. } => {
+                Denial::unauthorized("unknown_kid", "no key of the issuer matches the token")
+            }
+            AuthError::NeedKeys { unknown_kid: false, .. } => {
+                Denial::unauthorized("jwks_unavailable", "the issuer's keys could not be fetched")
+            }
+        }
+    }
+}
+
+impl From<Denial> for AuthError {
+    fn from(d: Denial) -> Self {
+        AuthError::Deny(d)
+    }
+}
+
+struct CacheEntry {
+    provider: usize,
+    generation: u64,
+    claims: Rc<Map<String, Value>>,
+}
+
+/// Verified-token cache: token → claims, for tokens whose signature was
+/// checked under a given key-set generation. Bounded to `capacity` entries;
+/// entries are re-checked against the clock on every hit, so nothing is
+/// served past `exp`.
+pub struct TokenCache {
+    capacity: usize,
+    map: HashMap<String, CacheEntry>,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        TokenCache { capacity, map: HashMap::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn insert(&mut self, token: String, entry: CacheEntry, now: u64, skew: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            let now = i64::try_from(now).unwrap_or(i64::MAX);
+            let skew = i64::try_from(skew).unwrap_or(0);
+            self.map.retain(|_, e| e.claims.get("exp").and_then(Value::as_i64).is_some_and(|exp| now < exp.saturating_add(skew)));
+            if self.map.len() >= self.capacity {
+                self.map.clear();
+            }
+        }
+        self.map.insert(token, entry);
+    }
+}
+
+/// A request header as bytes (name lowercase, as Envoy delivers them).
+pub type Header<'a> = (&'a str, &'a [u8]);
+
+/// What to change upstream for an allowed request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Resource name that allowed the request.
+    pub resource: String,
+    pub operation: &'static str,
+    pub identity: Option<Identity>,
+    /// Header names to remove (lowercase).
+    pub remove: Vec<String>,
+    /// Headers to set (replacing any value).
+    pub set: Vec<(String, String)>,
+}
+
+/// The pipeline over one validated configuration.
+pub struct Gate {
+    pub config: Config,
+}
+
+impl Gate {
+    pub fn new(config: Config) -> Self {
+        Gate { config }
+    }
+
+    fn token(&self, headers: &[Header<'_>]) -> Result<String, Denial> {
+        let max = self.config.max_token_bytes;
+        let auth: Vec<&[u8]> = headers.iter().filter(|(n, _)| *n == "authorization").map(|(_, v)| *v).collect();
+        if !auth.is_empty() {
+            return jwt::bearer_token(&auth, max);
+        }
+        for p in &self.config.providers {
+            if let Some(h) = &p.token_header {
+                let vals: Vec<&[u8]> = headers.iter().filter(|(n, _)| n == h).map(|(_, v)| *v).collect();
+                match vals.as_slice() {
+                    [] => {}
+                    [one] => return jwt::raw_token(one, max),
+                    _ => return Err(Denial::unauthorized("malformed", format!("more than one {h} header"))),
+                }
+            }
+        }
+        Err(Denial::unauthorized("missing_token", "no bearer token"))
+    }
+
+    /// The key set of an inline provider (remote ones come from the host's store).
+    pub fn inline_keys(&self, index: usize) -> Option<Rc<KeySet>> {
+        match &self.config.providers.get(index)?.keys {
+            KeySource::Inline(ks) => Some(ks.clone()),
+            _ => None,
+        }
+    }
+
+    /// Verifies the request's token: RFC 7515/7519 checks, then the signature
+    /// with the provider's keys. `now` is seconds since the Unix epoch.
+    pub fn authenticate(
+        &self,
+        headers: &[Header<'_>],
+        keys: &dyn KeyStore,
+        cache: &mut TokenCache,
+        now: u64,
+    ) -> Result<Identity, AuthError> {
+        let token = self.token(headers)?;
+        let skew = self.config.clock_skew_seconds;
+        if let Some(e) = cache.map.get(&token) {
+            if let Some(p) = self.config.providers.get(e.provider) {
+                let generation = keys.keys(e.provider).map(|(_, g)| g);
+                if generation == Some(e.generation) {
+                    jwt::check_claims(&e.claims, p, now, skew)?;
+                    return Ok(Identity::from_claims(&p.name, &p.issuer, &p.groups_claim, &e.claims));
+                }
+            }
+        }
+        let parsed = jwt::parse(&token)?;
+        let iss = jwt::issuer(&parsed.claims)?;
+        let (index, provider) = self
+            .config
+            .provider_by_issuer(iss)
+            .ok_or_else(|| Denial::unauthorized("unknown_issuer", "token issuer is not configured"))?;
+        jwt::check_claims(&parsed.claims, provider, now, skew)?;
+        let (set, generation) = keys.keys(index).ok_or(AuthError::NeedKeys { provider: index, unknown_kid: false })?;
+        let candidates = match set.candidates(&parsed.alg, parsed.kid.as_deref()) {
+            Ok(c) => c,
+            Err("unknown_kid") => return Err(AuthError::NeedKeys { provider: index, unknown_kid: true }),
+            Err(reason) => return Err(Denial::unauthorized(reason, "the key named by kid cannot verify this alg").into()),
+        };
+        if !candidates.iter().any(|k| k.verify(&token, &parsed.alg, now, skew)) {
+            return Err(Denial::unauthorized("signature", "signature verification failed").into());
+        }
+        let identity = Identity::from_claims(&provider.name, &provider.issuer, &provider.groups_claim, &parsed.claims);
+        let entry = CacheEntry { provider: index, generation, claims: Rc::new(parsed.claims) };
+        cache.insert(token, entry, now, skew);
+        Ok(identity)
+    }
+
+    /// Finds the resource and operation class of a request and checks the
+    /// identity against it; on allow returns the upstream header plan.
+    pub fn authorize(&self, req: &Request<'_>, headers: &[Header<'_>], id: Identity) -> Result<Plan, Denial> {
+        let resource: &Resource = self.config.resource_for(req)?;
+        let op: OpClass = resource.operation(req);
+        resource.authorize(&id, op)?;
+        let mut remove: Vec<String> = Vec::new();
+        if !resource.forward_authorization {
+            remove.push("authorization".into());
+            remove.extend(self.config.providers.iter().filter_map(|p| p.token_header.clone()));
+        }
+        for (name, _) in headers {
+            if name.starts_with(IDENTITY_HEADER_PREFIX) && !remove.iter().any(|r| r == name) {
+                remove.push((*name).to_string());
+            }
+        }
+        let mut set = resource.upstream_headers.clone();
+        if resource.identity_headers {
+            set.push(("x-nhi-subject".into(), id.subject.clone()));
+            set.push(("x-nhi-groups".into(), id.groups.join(",")));
+        }
+        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set })
+    }
+}

@@ -1,0 +1,231 @@
+//! Group policy: which resource a request targets, whether it reads or
+//! writes, and whether the caller's verified groups and scopes allow it.
+//! Default deny: no matching resource, or an operation with no groups
+//! configured, is refused.
+
+use crate::config::{Config, GroupRule, Resource};
+use crate::deny::Denial;
+use serde_json::{Map, Value};
+
+/// Operation class of a request (policy decides groups per class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpClass {
+    Read,
+    Write,
+}
+
+impl OpClass {
+    /// Default class by method: GET, HEAD and OPTIONS read, all others write.
+    pub fn default_for(method: &str) -> OpClass {
+        match method {
+            "GET" | "HEAD" | "OPTIONS" => OpClass::Read,
+            _ => OpClass::Write,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpClass::Read => "read",
+            OpClass::Write => "write",
+        }
+    }
+}
+
+/// A path pattern: `*` matches within one segment (no `/`), `**` matches
+/// across segments (any characters). Other characters match themselves.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    pattern: Vec<u8>,
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        Glob { pattern: pattern.as_bytes().to_vec() }
+    }
+
+    /// Whether `path` (without query string) matches. Iterative with
+    /// backtracking on the last star: O(len(path) × len(pattern)) at worst.
+    pub fn matches(&self, path: &[u8]) -> bool {
+        glob_match(&self.pattern, path)
+    }
+}
+
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    // Recursion depth is bounded by the number of stars in the (admin
+    // written) pattern, not by request data.
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => {
+            let (deep, rest) = match rest.split_first() {
+                Some((b'*', r)) => (true, r),
+                _ => (false, rest),
+            };
+            let mut i = 0;
+            loop {
+                if glob_match(rest, s.get(i..).unwrap_or_default()) {
+                    return true;
+                }
+                match s.get(i) {
+                    None => return false,
+                    Some(b'/') if !deep => return false,
+                    Some(_) => i += 1,
+                }
+            }
+        }
+        Some((c, rest)) => match s.split_first() {
+            Some((d, srest)) if d == c => glob_match(rest, srest),
+            _ => false,
+        },
+    }
+}
+
+/// The verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Provider name (from config).
+    pub provider: String,
+    pub issuer: String,
+    /// `sub` claim ("" if absent).
+    pub subject: String,
+    /// Groups from the provider's group claim.
+    pub groups: Vec<String>,
+    /// Scopes from `scope` (space-delimited, RFC 8693 §4.2) or `scp` (array or string).
+    pub scopes: Vec<String>,
+    /// Whether the token carries Azure AD group-overage markers.
+    pub groups_overage: bool,
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Identity {
+    /// Builds the identity from verified claims. `groups_claim` is a dot path;
+    /// the value may be an array, a single string or a space-delimited string.
+    pub fn from_claims(provider: &str, issuer: &str, groups_claim: &[String], claims: &Map<String, Value>) -> Identity {
+        let mut cur: Option<&Value> = None;
+        for (i, seg) in groups_claim.iter().enumerate() {
+            cur = if i == 0 { claims.get(seg) } else { cur.and_then(|v| v.get(seg)) };
+        }
+        let groups = cur.map(strings).unwrap_or_default();
+        let mut scopes = claims.get("scope").map(strings).unwrap_or_default();
+        scopes.extend(claims.get("scp").map(strings).unwrap_or_default());
+        let groups_overage = claims.get("_claim_names").and_then(|c| c.get("groups")).is_some()
+            || claims.get("hasgroups").is_some_and(|v| v == &Value::Bool(true) || v.as_str() == Some("true"));
+        Identity {
+            provider: provider.to_string(),
+            issuer: issuer.to_string(),
+            subject: claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string(),
+            groups,
+            scopes,
+            groups_overage,
+        }
+    }
+}
+
+/// The request as the policy sees it.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// `:authority`, as received.
+    pub authority: &'a [u8],
+    /// `:path` including any query string.
+    pub path: &'a [u8],
+    /// `:method`.
+    pub method: &'a str,
+}
+
+fn authority_matches(patterns: &[String], authority: &[u8]) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    let lower = authority.to_ascii_lowercase();
+    let host = match lower.iter().rposition(|b| *b == b':') {
+        Some(i) if !lower.ends_with(b"]") => lower.get(..i).unwrap_or_default(),
+        _ => &lower[..],
+    };
+    patterns.iter().any(|p| {
+        p == "*"
+            || p.as_bytes() == &lower[..]
+            || (!p.contains(':') && p.as_bytes() == host)
+            || p.strip_prefix("*.").is_some_and(|suffix| host.ends_with(format!(".{suffix}").as_bytes()))
+    })
+}
+
+/// Strips the query string (and fragment) from `:path`.
+pub fn path_only(path: &[u8]) -> &[u8] {
+    let end = path.iter().position(|b| *b == b'?' || *b == b'#').unwrap_or(path.len());
+    path.get(..end).unwrap_or(path)
+}
+
+impl Resource {
+    /// Whether this resource covers the request.
+    pub fn matches(&self, req: &Request<'_>) -> bool {
+        let path = path_only(req.path);
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == req.method))
+            && authority_matches(&self.authorities, req.authority)
+            && self.path_prefix.as_ref().is_none_or(|p| path.starts_with(p.as_bytes()))
+            && self.path_glob.as_ref().is_none_or(|g| g.matches(path))
+    }
+
+    /// The operation class: the first matching override, else the method default.
+    pub fn operation(&self, req: &Request<'_>) -> OpClass {
+        let path = path_only(req.path);
+        self.operations
+            .iter()
+            .find(|o| (o.methods.is_empty() || o.methods.iter().any(|m| m == req.method)) && o.path_glob.matches(path))
+            .map(|o| o.class)
+            .unwrap_or_else(|| OpClass::default_for(req.method))
+    }
+
+    fn rule(&self, op: OpClass) -> &GroupRule {
+        match op {
+            OpClass::Read => &self.read,
+            OpClass::Write => &self.write,
+        }
+    }
+
+    /// Decides whether `id` may perform `op` on this resource.
+    ///
+    /// Errors (403): `provider_not_allowed`, `groups_overage` (the token
+    /// does not carry the full group list), `scope_missing`,
+    /// `group_not_allowed` (including operations with no groups configured).
+    pub fn authorize(&self, id: &Identity, op: OpClass) -> Result<(), Denial> {
+        if !self.providers.is_empty() && !self.providers.iter().any(|p| p == &id.provider) {
+            return Err(Denial::forbidden("provider_not_allowed", format!("issuer not accepted for resource {}", self.name)));
+        }
+        if id.groups_overage {
+            return Err(Denial::forbidden("groups_overage", "token has a group-overage claim instead of groups"));
+        }
+        if let Some(s) = self.scopes.iter().find(|s| !id.scopes.contains(s)) {
+            return Err(Denial::forbidden("scope_missing", format!("scope {s} is required")));
+        }
+        let rule = self.rule(op);
+        let has = |g: &String| id.groups.contains(g);
+        let ok = !rule.is_empty()
+            && (rule.any_of.is_empty() || rule.any_of.iter().any(has))
+            && rule.all_of.iter().all(has);
+        if !ok {
+            return Err(Denial::forbidden(
+                "group_not_allowed",
+                format!("no group of the caller may {} resource {}", op.as_str(), self.name),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The first resource covering the request, in document order.
+    ///
+    /// Errors (403): `no_matching_resource` (default deny).
+    pub fn resource_for(&self, req: &Request<'_>) -> Result<&Resource, Denial> {
+        self.resources
+            .iter()
+            .find(|r| r.matches(req))
+            .ok_or_else(|| Denial::forbidden("no_matching_resource", "no policy resource covers this request"))
+    }
+}

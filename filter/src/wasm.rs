@@ -1,0 +1,495 @@
+//! The proxy-wasm layer: Envoy's root context (configuration, JWKS fetching,
+//! waiting requests) and HTTP contexts (one per request). All decisions are
+//! made by [`crate::gate::Gate`]; this file only moves bytes to and from the
+//! host (proxy-wasm ABI 0.2.1, Envoy `envoy.filters.http.wasm`).
+//!
+//! JWKS sharing across Envoy workers: each worker's VM keeps parsed keys; the
+//! fetched document lives in shared data under `nhi-gate.jwks.<issuer>` as
+//! `<fetched_at_ms>\n<jwks json>`, and a lease under `nhi-gate.lease.<issuer>`
+//! (`<next_allowed_ms> <failures>`, updated by compare-and-swap) makes sure only
+//! one worker fetches at a time, at most once per `min_refetch_seconds` after a
+//! success (unknown `kid` cannot hammer the IdP) and with exponential backoff
+//! after failures. The last good key set stays in place when a refresh fails.
+
+use crate::config::{Config, KeySource};
+use crate::deny::Denial;
+use crate::gate::{AuthError, Gate, KeyStore, Plan, TokenCache};
+use crate::jwks::KeySet;
+use crate::policy::Request;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+const TICK_MS: u64 = 100;
+const MAX_BACKOFF_MS: u64 = 60_000;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { worker: Rc::new(RefCell::new(None)) }) });
+}}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Per-provider state of remote keys in this worker.
+#[derive(Default)]
+struct Remote {
+    /// CAS of the shared-data entry last parsed (the key-set generation).
+    cas: Option<u32>,
+    keys: Option<Rc<KeySet>>,
+    fetched_at_ms: u64,
+    /// `jwks_uri` path learned through discovery.
+    discovered: Option<(String, String)>,
+    /// A callout of ours is in flight.
+    in_flight: bool,
+    /// Someone asked for a refetch after an unknown `kid`.
+    refetch_wanted: bool,
+}
+
+/// A request paused while keys are fetched.
+struct Waiter {
+    context_id: u32,
+    provider: usize,
+    deadline_ms: u64,
+    /// Key generation seen when the request paused; new keys wake it.
+    generation: Option<u64>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+enum CallKind {
+    Discovery,
+    Jwks,
+}
+
+/// State shared by the root context and the HTTP contexts of one worker VM.
+struct Worker {
+    gate: Rc<Gate>,
+    cache: TokenCache,
+    remote: Vec<Option<Remote>>,
+    waiters: Vec<Waiter>,
+    calls: HashMap<u32, (usize, CallKind)>,
+}
+
+impl KeyStore for Worker {
+    fn keys(&self, index: usize) -> Option<(Rc<KeySet>, u64)> {
+        match self.remote.get(index) {
+            Some(Some(r)) => r.keys.clone().map(|k| (k, u64::from(r.cas.unwrap_or(0)))),
+            _ => self.gate.inline_keys(index).map(|k| (k, 0)),
+        }
+    }
+}
+
+fn data_key(gate: &Gate, index: usize) -> String {
+    let iss = gate.config.providers.get(index).map(|p| p.issuer.as_str()).unwrap_or("");
+    format!("nhi-gate.jwks.{iss}")
+}
+
+fn lease_key(gate: &Gate, index: usize) -> String {
+    let iss = gate.config.providers.get(index).map(|p| p.issuer.as_str()).unwrap_or("");
+    format!("nhi-gate.lease.{iss}")
+}
+
+fn read_lease(key: &str) -> (u64, u32, Option<u32>) {
+    match hostcalls::get_shared_data(key) {
+        Ok((Some(v), cas)) => {
+            let s = String::from_utf8_lossy(&v).to_string();
+            let mut it = s.split(' ');
+            let next = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            let failures = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            (next, failures, cas)
+        }
+        _ => (0, 0, None),
+    }
+}
+
+fn write_lease(key: &str, next_ms: u64, failures: u32, cas: Option<u32>) -> bool {
+    let v = format!("{next_ms} {failures}");
+    hostcalls::set_shared_data(key, Some(v.as_bytes()), cas).is_ok()
+}
+
+impl Worker {
+    /// Re-reads provider `i`'s keys from shared data if another worker (or we) stored new ones.
+    fn sync(&mut self, i: usize) {
+        let key = data_key(&self.gate, i);
+        let Some(Some(r)) = self.remote.get_mut(i) else { return };
+        let Ok((Some(bytes), cas)) = hostcalls::get_shared_data(&key) else { return };
+        if cas.is_some() && cas == r.cas {
+            return;
+        }
+        let split = bytes.iter().position(|b| *b == b'\n').unwrap_or(0);
+        let (head, body) = bytes.split_at(split);
+        let fetched = String::from_utf8_lossy(head).parse().unwrap_or(0);
+        match KeySet::from_json(body.get(1..).unwrap_or_default()) {
+            Ok(ks) => {
+                r.keys = Some(Rc::new(ks));
+                r.cas = cas;
+                r.fetched_at_ms = fetched;
+            }
+            Err(e) => log::warn!("nhi-gate: shared JWKS entry {key} unusable: {e}"),
+        }
+    }
+
+    /// Whether a fetch for provider `i` may start now, per the shared lease.
+    fn refetch_allowed(&self, i: usize, now: u64) -> bool {
+        read_lease(&lease_key(&self.gate, i)).0 <= now
+    }
+
+    fn fetch_due(&self, i: usize, now: u64) -> bool {
+        let Some(Some(r)) = self.remote.get(i) else { return false };
+        if r.in_flight {
+            return false;
+        }
+        let refresh_ms = self.gate.config.jwks_fetch.refresh_seconds.saturating_mul(1000);
+        r.keys.is_none() || r.refetch_wanted || now.saturating_sub(r.fetched_at_ms) >= refresh_ms
+    }
+}
+
+struct Root {
+    worker: Rc<RefCell<Option<Worker>>>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let status = self.get_http_call_response_header(":status");
+        let body = self.get_http_call_response_body(0, body_size.min(crate::jwks::MAX_JWKS_BYTES + 1)).unwrap_or_default();
+        let mut guard = self.worker.borrow_mut();
+        let Some(w) = guard.as_mut() else { return };
+        let Some((i, kind)) = w.calls.remove(&token) else { return };
+        let now = now_ms();
+        let gate = w.gate.clone();
+        let fetch = gate.config.jwks_fetch.clone();
+        let lease = lease_key(&gate, i);
+        let name = gate.config.providers.get(i).map(|p| p.name.clone()).unwrap_or_default();
+        let ok_status = status.as_deref() == Some("200");
+        let outcome: Result<Option<KeySet>, String> = if !ok_status {
+            Err(format!("status {}", status.as_deref().unwrap_or("none (no :status)")))
+        } else {
+            match kind {
+                CallKind::Discovery => match serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|d| d.get("jwks_uri").and_then(|u| u.as_str()).map(str::to_string))
+                    .and_then(|u| split_url(&u))
+                {
+                    Some(loc) => {
+                        if let Some(Some(r)) = w.remote.get_mut(i) {
+                            r.discovered = Some(loc);
+                        }
+                        Ok(None)
+                    }
+                    None => Err("discovery document has no usable jwks_uri".into()),
+                },
+                CallKind::Jwks => KeySet::from_json(&body).map(Some),
+            }
+        };
+        if let Some(Some(r)) = w.remote.get_mut(i) {
+            r.in_flight = false;
+        }
+        match outcome {
+            Ok(None) => {
+                // Discovery answered: fetch the JWKS right away.
+                drop(guard);
+                self.start_fetch(i, now, true);
+            }
+            Ok(Some(ks)) => {
+                for s in &ks.skipped {
+                    log::info!("nhi-gate: provider {name}: skipped JWK {s}");
+                }
+                let mut v = format!("{now}\n").into_bytes();
+                v.extend_from_slice(&body);
+                if let Err(e) = hostcalls::set_shared_data(&data_key(&gate, i), Some(&v), None) {
+                    log::warn!("nhi-gate: provider {name}: storing JWKS failed: {e:?}");
+                }
+                let (_, _, cas) = read_lease(&lease);
+                let _ = write_lease(&lease, now.saturating_add(fetch.min_refetch_seconds.saturating_mul(1000)), 0, cas);
+                if let Some(Some(r)) = w.remote.get_mut(i) {
+                    r.refetch_wanted = false;
+                }
+                w.sync(i);
+                log::info!("nhi-gate: provider {name}: JWKS loaded ({} keys)", ks.keys.len());
+                drop(guard);
+                self.wake(now, Some(i));
+            }
+            Err(e) => {
+                let (_, failures, cas) = read_lease(&lease);
+                let failures = failures.saturating_add(1);
+                let backoff = 1000u64.saturating_mul(1u64 << failures.min(6)).min(MAX_BACKOFF_MS);
+                let _ = write_lease(&lease, now.saturating_add(backoff), failures, cas);
+                log::warn!("nhi-gate: provider {name}: JWKS fetch failed ({e}); keeping last good keys, retry in {backoff} ms");
+            }
+        }
+    }
+}
+
+fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let i = rest.find('/').unwrap_or(rest.len());
+    let (a, p) = rest.split_at(i);
+    Some((a.to_string(), if p.is_empty() { "/".into() } else { p.to_string() }))
+}
+
+impl Root {
+    /// Claims the shared lease and dispatches the JWKS (or discovery) callout.
+    fn start_fetch(&self, i: usize, now: u64, after_discovery: bool) {
+        let mut guard = self.worker.borrow_mut();
+        let Some(w) = guard.as_mut() else { return };
+        let gate = w.gate.clone();
+        let Some(p) = gate.config.providers.get(i) else { return };
+        let fetch = &gate.config.jwks_fetch;
+        let lease = lease_key(&gate, i);
+        if !after_discovery {
+            let (next, failures, cas) = read_lease(&lease);
+            if next > now {
+                return;
+            }
+            // Hold the lease for the callout's duration; CAS makes one worker win.
+            if !write_lease(&lease, now.saturating_add(fetch.timeout_ms).saturating_add(500), failures, cas) {
+                return;
+            }
+        }
+        let Some(Some(r)) = w.remote.get_mut(i) else { return };
+        let (cluster, kind, authority, path) = match (&p.keys, &r.discovered) {
+            (KeySource::Remote { cluster, authority, path }, _) => (cluster, CallKind::Jwks, authority.clone(), path.clone()),
+            (KeySource::Discovery { cluster, .. }, Some((a, pth))) if after_discovery || r.keys.is_some() => {
+                (cluster, CallKind::Jwks, a.clone(), pth.clone())
+            }
+            (KeySource::Discovery { cluster, authority, path }, _) => {
+                (cluster, CallKind::Discovery, authority.clone(), path.clone())
+            }
+            (KeySource::Inline(_), _) => return,
+        };
+        let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", authority.as_str()), ("accept", "application/json")];
+        match self.dispatch_http_call(cluster, headers, None, vec![], Duration::from_millis(fetch.timeout_ms)) {
+            Ok(token) => {
+                r.in_flight = true;
+                w.calls.insert(token, (i, kind));
+            }
+            Err(e) => {
+                let (_, failures, cas) = read_lease(&lease);
+                let failures = failures.saturating_add(1);
+                let backoff = 1000u64.saturating_mul(1u64 << failures.min(6)).min(MAX_BACKOFF_MS);
+                let _ = write_lease(&lease, now.saturating_add(backoff), failures, cas);
+                log::warn!("nhi-gate: provider {}: cannot call cluster {cluster}: {e:?}", p.name);
+            }
+        }
+    }
+
+    /// Resumes or rejects paused requests: those of `provider` (or all when
+    /// `None`) whose keys changed, and any whose wait is over.
+    fn wake(&self, now: u64, provider: Option<usize>) {
+        let ready: Vec<Waiter> = {
+            let mut guard = self.worker.borrow_mut();
+            let Some(w) = guard.as_mut() else { return };
+            let mut ready = Vec::new();
+            let mut keep = Vec::new();
+            for waiter in std::mem::take(&mut w.waiters) {
+                let gen_now = w.keys(waiter.provider).map(|(_, g)| g);
+                let changed = provider.is_none_or(|p| p == waiter.provider) && gen_now.is_some() && gen_now != waiter.generation;
+                if changed || now >= waiter.deadline_ms {
+                    ready.push(waiter);
+                } else {
+                    keep.push(waiter);
+                }
+            }
+            w.waiters = keep;
+            ready
+        };
+        for waiter in ready {
+            if hostcalls::set_effective_context(waiter.context_id).is_err() {
+                continue;
+            }
+            let outcome = {
+                let mut guard = self.worker.borrow_mut();
+                let Some(w) = guard.as_mut() else { return };
+                decide(w, &waiter.headers, now / 1000).map_err(AuthError::into_denial)
+            };
+            apply(outcome, &self.worker, &waiter.headers, true);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::from_json(&bytes) {
+            Ok(config) => {
+                let remote = config
+                    .providers
+                    .iter()
+                    .map(|p| match p.keys {
+                        KeySource::Inline(_) => None,
+                        _ => Some(Remote::default()),
+                    })
+                    .collect();
+                let cache = TokenCache::new(config.token_cache_entries);
+                log::info!(
+                    "nhi-gate: configured {} providers, {} resources",
+                    config.providers.len(),
+                    config.resources.len()
+                );
+                *self.worker.borrow_mut() =
+                    Some(Worker { gate: Rc::new(Gate::new(config)), cache, remote, waiters: Vec::new(), calls: HashMap::new() });
+                self.set_tick_period(Duration::from_millis(TICK_MS));
+                true
+            }
+            Err(errors) => {
+                for e in &errors {
+                    log::error!("nhi-gate: invalid configuration: {e}");
+                }
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        let due: Vec<usize> = {
+            let mut guard = self.worker.borrow_mut();
+            let Some(w) = guard.as_mut() else { return };
+            let n = w.remote.len();
+            for i in 0..n {
+                w.sync(i);
+            }
+            (0..n).filter(|i| w.fetch_due(*i, now)).collect()
+        };
+        for i in due {
+            self.start_fetch(i, now, false);
+        }
+        self.wake(now, None);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream { context_id, worker: self.worker.clone() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Runs the pipeline for one request's headers.
+fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64) -> Result<Plan, AuthError> {
+    let refs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    let get = |name: &str| refs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_default();
+    let gate = w.gate.clone();
+    let mut cache = std::mem::replace(&mut w.cache, TokenCache::new(0));
+    let id = gate.authenticate(&refs, w, &mut cache, now_s);
+    w.cache = cache;
+    let method = String::from_utf8_lossy(get(":method")).to_string();
+    let req = Request { authority: get(":authority"), path: get(":path"), method: &method };
+    Ok(gate.authorize(&req, &refs, id?)?)
+}
+
+/// Applies a decision to the current (effective) stream: header changes on
+/// allow, a local reply on deny. `resume` continues a paused request.
+fn apply(outcome: Result<Plan, Denial>, worker: &Rc<RefCell<Option<Worker>>>, headers: &[(String, Vec<u8>)], resume: bool) {
+    let request_id = headers
+        .iter()
+        .find(|(n, _)| n == "x-request-id")
+        .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+        .unwrap_or_default();
+    match outcome {
+        Ok(plan) => {
+            for name in &plan.remove {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            }
+            for (name, value) in &plan.set {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+            }
+            let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
+            log::debug!("nhi-gate: allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
+            if resume {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        Err(d) => {
+            let realm = worker.borrow().as_ref().map(|w| w.gate.config.realm.clone()).unwrap_or_else(|| "nhi-gate".into());
+            let challenge = d.www_authenticate(&realm);
+            let body = d.body(&request_id);
+            let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("x-nhi-reason", d.reason)];
+            if let Some(c) = &challenge {
+                h.push(("www-authenticate", c));
+            }
+            log::info!("nhi-gate: deny {request_id} status={} reason={}", d.status, d.reason);
+            let _ = hostcalls::send_http_response(d.status, h, Some(&body));
+        }
+    }
+}
+
+/// One request.
+struct Stream {
+    context_id: u32,
+    worker: Rc<RefCell<Option<Worker>>>,
+}
+
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        if let Some(w) = self.worker.borrow_mut().as_mut() {
+            w.waiters.retain(|x| x.context_id != self.context_id);
+        }
+        true
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let headers: Vec<(String, Vec<u8>)> = self.get_http_request_headers_bytes();
+        let now = now_ms();
+        let outcome = {
+            let mut guard = self.worker.borrow_mut();
+            let Some(w) = guard.as_mut() else {
+                drop(guard);
+                apply(Err(Denial { status: 503, reason: "not_configured", detail: "filter has no configuration".into() }), &self.worker, &headers, false);
+                return Action::Pause;
+            };
+            match decide(w, &headers, now / 1000) {
+                Err(AuthError::NeedKeys { provider, .. }) => {
+                    w.sync(provider);
+                    match decide(w, &headers, now / 1000) {
+                        Err(AuthError::NeedKeys { provider, unknown_kid }) => {
+                            let remote = matches!(w.remote.get(provider), Some(Some(_)));
+                            let fetch = w.gate.config.jwks_fetch.clone();
+                            let wait_ms = if !remote {
+                                None
+                            } else if unknown_kid {
+                                w.refetch_allowed(provider, now).then_some(fetch.timeout_ms.saturating_add(1000))
+                            } else {
+                                Some(fetch.cold_start_wait_ms)
+                            };
+                            match wait_ms {
+                                Some(ms) if ms > 0 => {
+                                    let generation = w.keys(provider).map(|(_, g)| g);
+                                    if let Some(Some(r)) = w.remote.get_mut(provider) {
+                                        r.refetch_wanted |= unknown_kid;
+                                    }
+                                    w.waiters.push(Waiter {
+                                        context_id: self.context_id,
+                                        provider,
+                                        deadline_ms: now.saturating_add(ms),
+                                        generation,
+                                        headers,
+                                    });
+                                    return Action::Pause;
+                                }
+                                _ => Err(AuthError::NeedKeys { provider, unknown_kid }.into_denial()),
+                            }
+                        }
+                        other => other.map_err(AuthError::into_denial),
+                    }
+                }
+                other => other.map_err(AuthError::into_denial),
+            }
+        };
+        let allowed = outcome.is_ok();
+        apply(outcome, &self.worker, &headers, false);
+        if allowed { Action::Continue } else { Action::Pause }
+    }
+}
