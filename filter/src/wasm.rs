@@ -20,7 +20,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -77,6 +77,8 @@ struct Worker {
     remote: Vec<Option<Remote>>,
     waiters: Vec<Waiter>,
     calls: HashMap<u32, (usize, CallKind)>,
+    /// Streams that got a local reply (their body must not flow).
+    denied: HashSet<u32>,
 }
 
 impl KeyStore for Worker {
@@ -134,7 +136,7 @@ impl Worker {
                 r.cas = cas;
                 r.fetched_at_ms = fetched;
             }
-            Err(e) => log::warn!("nhi-gate: shared JWKS entry {key} unusable: {e}"),
+            Err(e) => log::warn!("shared JWKS entry {key} unusable: {e}"),
         }
     }
 
@@ -201,12 +203,12 @@ impl Context for Root {
             }
             Ok(Some(ks)) => {
                 for s in &ks.skipped {
-                    log::info!("nhi-gate: provider {name}: skipped JWK {s}");
+                    log::info!("provider {name}: skipped JWK {s}");
                 }
                 let mut v = format!("{now}\n").into_bytes();
                 v.extend_from_slice(&body);
                 if let Err(e) = hostcalls::set_shared_data(&data_key(&gate, i), Some(&v), None) {
-                    log::warn!("nhi-gate: provider {name}: storing JWKS failed: {e:?}");
+                    log::warn!("provider {name}: storing JWKS failed: {e:?}");
                 }
                 let (_, _, cas) = read_lease(&lease);
                 let _ = write_lease(&lease, now.saturating_add(fetch.min_refetch_seconds.saturating_mul(1000)), 0, cas);
@@ -214,7 +216,7 @@ impl Context for Root {
                     r.refetch_wanted = false;
                 }
                 w.sync(i);
-                log::info!("nhi-gate: provider {name}: JWKS loaded ({} keys)", ks.keys.len());
+                log::info!("provider {name}: JWKS loaded ({} keys)", ks.keys.len());
                 drop(guard);
                 self.wake(now, Some(i));
             }
@@ -223,7 +225,7 @@ impl Context for Root {
                 let failures = failures.saturating_add(1);
                 let backoff = 1000u64.saturating_mul(1u64 << failures.min(6)).min(MAX_BACKOFF_MS);
                 let _ = write_lease(&lease, now.saturating_add(backoff), failures, cas);
-                log::warn!("nhi-gate: provider {name}: JWKS fetch failed ({e}); keeping last good keys, retry in {backoff} ms");
+                log::warn!("provider {name}: JWKS fetch failed ({e}); keeping last good keys, retry in {backoff} ms");
             }
         }
     }
@@ -277,7 +279,7 @@ impl Root {
                 let failures = failures.saturating_add(1);
                 let backoff = 1000u64.saturating_mul(1u64 << failures.min(6)).min(MAX_BACKOFF_MS);
                 let _ = write_lease(&lease, now.saturating_add(backoff), failures, cas);
-                log::warn!("nhi-gate: provider {}: cannot call cluster {cluster}: {e:?}", p.name);
+                log::warn!("provider {}: cannot call cluster {cluster}: {e:?}", p.name);
             }
         }
     }
@@ -311,7 +313,7 @@ impl Root {
                 let Some(w) = guard.as_mut() else { return };
                 decide(w, &waiter.headers, now / 1000).map_err(AuthError::into_denial)
             };
-            apply(outcome, &self.worker, &waiter.headers, true);
+            apply(outcome, &self.worker, Some(waiter.context_id), &waiter.headers, true);
         }
     }
 }
@@ -336,13 +338,13 @@ impl RootContext for Root {
                     config.resources.len()
                 );
                 *self.worker.borrow_mut() =
-                    Some(Worker { gate: Rc::new(Gate::new(config)), cache, remote, waiters: Vec::new(), calls: HashMap::new() });
+                    Some(Worker { gate: Rc::new(Gate::new(config)), cache, remote, waiters: Vec::new(), calls: HashMap::new(), denied: HashSet::new() });
                 self.set_tick_period(Duration::from_millis(TICK_MS));
                 true
             }
             Err(errors) => {
                 for e in &errors {
-                    log::error!("nhi-gate: invalid configuration: {e}");
+                    log::error!("invalid configuration: {e}");
                 }
                 false
             }
@@ -390,7 +392,13 @@ fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64) -> Result<P
 
 /// Applies a decision to the current (effective) stream: header changes on
 /// allow, a local reply on deny. `resume` continues a paused request.
-fn apply(outcome: Result<Plan, Denial>, worker: &Rc<RefCell<Option<Worker>>>, headers: &[(String, Vec<u8>)], resume: bool) {
+fn apply(
+    outcome: Result<Plan, Denial>,
+    worker: &Rc<RefCell<Option<Worker>>>,
+    context_id: Option<u32>,
+    headers: &[(String, Vec<u8>)],
+    resume: bool,
+) {
     let request_id = headers
         .iter()
         .find(|(n, _)| n == "x-request-id")
@@ -405,20 +413,28 @@ fn apply(outcome: Result<Plan, Denial>, worker: &Rc<RefCell<Option<Worker>>>, he
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
             }
             let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
-            log::debug!("nhi-gate: allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
+            log::debug!("allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
             if resume {
                 let _ = hostcalls::resume_http_request();
             }
         }
         Err(d) => {
-            let realm = worker.borrow().as_ref().map(|w| w.gate.config.realm.clone()).unwrap_or_else(|| "nhi-gate".into());
+            let realm = match worker.borrow_mut().as_mut() {
+                Some(w) => {
+                    if let Some(id) = context_id {
+                        w.denied.insert(id);
+                    }
+                    w.gate.config.realm.clone()
+                }
+                None => "nhi-gate".into(),
+            };
             let challenge = d.www_authenticate(&realm);
             let body = d.body(&request_id);
             let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("x-nhi-reason", d.reason)];
             if let Some(c) = &challenge {
                 h.push(("www-authenticate", c));
             }
-            log::info!("nhi-gate: deny {request_id} status={} reason={}", d.status, d.reason);
+            log::info!("deny {request_id} status={} reason={}", d.status, d.reason);
             let _ = hostcalls::send_http_response(d.status, h, Some(&body));
         }
     }
@@ -434,12 +450,35 @@ impl Context for Stream {
     fn on_done(&mut self) -> bool {
         if let Some(w) = self.worker.borrow_mut().as_mut() {
             w.waiters.retain(|x| x.context_id != self.context_id);
+            w.denied.remove(&self.context_id);
         }
         true
     }
 }
 
+impl Stream {
+    /// Body and trailers of a request that is paused or refused must not
+    /// move on: with `allow_on_headers_stop_iteration` a `Continue` from a
+    /// body callback would release the request (fail open).
+    fn hold(&self) -> Action {
+        let held = self
+            .worker
+            .borrow()
+            .as_ref()
+            .is_none_or(|w| w.waiters.iter().any(|x| x.context_id == self.context_id) || w.denied.contains(&self.context_id));
+        if held { Action::Pause } else { Action::Continue }
+    }
+}
+
 impl HttpContext for Stream {
+    fn on_http_request_body(&mut self, _size: usize, _eos: bool) -> Action {
+        self.hold()
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        self.hold()
+    }
+
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
         let headers: Vec<(String, Vec<u8>)> = self.get_http_request_headers_bytes();
         let now = now_ms();
@@ -447,7 +486,7 @@ impl HttpContext for Stream {
             let mut guard = self.worker.borrow_mut();
             let Some(w) = guard.as_mut() else {
                 drop(guard);
-                apply(Err(Denial { status: 503, reason: "not_configured", detail: "filter has no configuration".into() }), &self.worker, &headers, false);
+                apply(Err(Denial { status: 503, reason: "not_configured", detail: "filter has no configuration".into() }), &self.worker, Some(self.context_id), &headers, false);
                 return Action::Pause;
             };
             match decide(w, &headers, now / 1000) {
@@ -489,7 +528,7 @@ impl HttpContext for Stream {
             }
         };
         let allowed = outcome.is_ok();
-        apply(outcome, &self.worker, &headers, false);
+        apply(outcome, &self.worker, Some(self.context_id), &headers, false);
         if allowed { Action::Continue } else { Action::Pause }
     }
 }

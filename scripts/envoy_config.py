@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Renders an Envoy bootstrap (YAML-compatible JSON) that loads nhi-gate.
+
+Single source of the Envoy configuration used by scripts/run.sh, the
+end-to-end tests and the committed example envoy/envoy.yaml.
+
+    envoy_config.py --policy policies/rag-demo.json --wasm dist/nhi_gate.wasm \
+        --listen 10000 --admin 9901 --cluster idp=9400 --cluster upstream=9401 \
+        --route /collections=upstream --route /v1/=upstream
+
+Filter settings follow Envoy's envoy.extensions.filters.http.wasm.v3.Wasm and
+envoy.extensions.wasm.v3.PluginConfig (failure_policy: FAIL_CLOSED,
+allow_on_headers_stop_iteration: true; both accepted by Envoy 1.36 and 1.40).
+"""
+import argparse
+import json
+import sys
+
+
+def wasm_filter(policy_text, wasm_path):
+    return {
+        "name": "nhi-gate",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "nhi-gate",
+                "root_id": "nhi-gate",
+                "failure_policy": "FAIL_CLOSED",
+                "allow_on_headers_stop_iteration": True,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": policy_text,
+                },
+                "vm_config": {
+                    "vm_id": "nhi-gate",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm_path}},
+                },
+            },
+        },
+    }
+
+
+def cluster(name, port, host="127.0.0.1"):
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+    }
+
+
+def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=True):
+    http_filters = [wasm_filter(policy_text, wasm_path)] if with_filter else []
+    http_filters.append({"name": "envoy.filters.http.router",
+                         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "rag",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "rag",
+                        "generate_request_id": True,
+                        "route_config": {"name": "rag", "virtual_hosts": [{
+                            "name": "rag", "domains": ["*"],
+                            "routes": [{"match": {"prefix": prefix}, "route": {"cluster": target, "timeout": "60s"}}
+                                       for prefix, target in routes],
+                        }]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": [cluster(name, port) for name, port in clusters],
+        },
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", required=True)
+    ap.add_argument("--wasm", default="dist/nhi_gate.wasm")
+    ap.add_argument("--listen", type=int, default=10000)
+    ap.add_argument("--admin", type=int, default=9901)
+    ap.add_argument("--cluster", action="append", default=[], help="name=port (127.0.0.1)")
+    ap.add_argument("--route", action="append", default=[], help="prefix=cluster")
+    ap.add_argument("--no-filter", action="store_true", help="Envoy without nhi-gate (benchmark baseline)")
+    a = ap.parse_args()
+    with open(a.policy) as f:
+        policy = json.dumps(json.load(f), indent=2)
+    clusters = [(c.split("=")[0], int(c.split("=")[1])) for c in a.cluster]
+    routes = [tuple(r.split("=", 1)) for r in a.route]
+    cfg = render(policy, a.wasm, a.listen, a.admin, clusters, routes, not a.no_filter)
+    json.dump(cfg, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

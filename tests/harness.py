@@ -1,0 +1,284 @@
+"""End-to-end harness: real Envoy, real HTTP servers on loopback, real keys.
+
+- `Envoy`: runs a stock Envoy binary with a config rendered by
+  scripts/envoy_config.py (the same renderer scripts/run.sh uses).
+- `Upstream`: an HTTP backend that records every request it receives, so
+  tests can prove what reached it (and that rejected requests never did).
+- `JwksServer`: an OIDC issuer endpoint (discovery + JWKS) that tests can
+  rotate, slow down or break.
+- `Key`: a signing key (RS256/PS256/ES256/ES384/EdDSA) with its public JWK.
+All servers bind 127.0.0.1 only.
+"""
+import base64
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import envoy_config  # noqa: E402
+
+WASM = Path(os.environ.get("NHI_GATE_WASM", ROOT / "dist" / "nhi_gate.wasm"))
+
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def envoy_binaries():
+    """Envoy binaries under test: ENVOY_BIN (one), else ENVOY_BINS (colon list)."""
+    if os.environ.get("ENVOY_BIN"):
+        return [os.environ["ENVOY_BIN"]]
+    bins = [b for b in os.environ.get("ENVOY_BINS", "").split(":") if b]
+    if not bins:
+        bins = sorted(str(p) for p in (ROOT / ".tools").glob("envoy-*/envoy/_bin/envoy"))
+    if not bins:
+        raise RuntimeError("no Envoy binary: run scripts/setup.sh or set ENVOY_BIN")
+    return bins
+
+
+class Key:
+    """A signing key and its public JWK (RFC 7517 §4, RFC 7518 §6, RFC 8037 §2)."""
+
+    def __init__(self, alg: str, kid: str | None):
+        self.alg, self.kid = alg, kid
+        if alg in ("RS256", "PS256", "RS384", "RS512", "PS384", "PS512"):
+            self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            nums = self.private.public_key().public_numbers()
+            n = nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")
+            self.jwk = {"kty": "RSA", "n": b64u(n), "e": b64u(nums.e.to_bytes(3, "big"))}
+        elif alg in ("ES256", "ES384"):
+            curve, size, crv = (ec.SECP256R1(), 32, "P-256") if alg == "ES256" else (ec.SECP384R1(), 48, "P-384")
+            self.private = ec.generate_private_key(curve)
+            nums = self.private.public_key().public_numbers()
+            self.jwk = {"kty": "EC", "crv": crv, "x": b64u(nums.x.to_bytes(size, "big")), "y": b64u(nums.y.to_bytes(size, "big"))}
+        elif alg == "EdDSA":
+            self.private = ed25519.Ed25519PrivateKey.generate()
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+            raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            self.jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64u(raw)}
+        else:
+            raise ValueError(alg)
+        self.jwk["use"] = "sig"
+        if kid:
+            self.jwk["kid"] = kid
+
+    def sign(self, claims: dict, alg: str | None = None, **header) -> str:
+        headers = dict(header)
+        if self.kid and "kid" not in headers:
+            headers["kid"] = self.kid
+        return pyjwt.encode(claims, self.private, algorithm=alg or self.alg, headers=headers)
+
+
+def claims(iss, aud="nhi-gate", sub="ci-job", groups=("readers",), ttl=300, **extra):
+    now = int(time.time())
+    c = {"iss": iss, "aud": aud, "sub": sub, "iat": now, "nbf": now, "exp": now + ttl, "jti": f"j-{time.monotonic_ns()}"}
+    if groups is not None:
+        c["groups"] = list(groups)
+    c.update(extra)
+    return c
+
+
+def forge(header: dict, payload: dict, signature: bytes = b"sig") -> str:
+    """A compact JWS with arbitrary header and payload (for attack tests)."""
+    enc = lambda d: b64u(json.dumps(d, separators=(",", ":")).encode())  # noqa: E731
+    return f"{enc(header)}.{enc(payload)}.{b64u(signature)}"
+
+
+class _Server:
+    def __init__(self, handler_factory):
+        self.port = free_port()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler_factory(self))
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Upstream(_Server):
+    """Records every request: method, path, headers (lowercased names, all values), body."""
+
+    def __init__(self):
+        self.requests = []
+        self.lock = threading.Lock()
+        outer = self
+
+        def factory(_):
+            class H(BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"
+
+                def log_message(self, *a):
+                    pass
+
+                def _any(self):
+                    n = int(self.headers.get("content-length") or 0)
+                    body = self.rfile.read(n) if n else b""
+                    hdrs = {}
+                    for k, v in self.headers.items():
+                        hdrs.setdefault(k.lower(), []).append(v)
+                    with outer.lock:
+                        outer.requests.append({"method": self.command, "path": self.path, "headers": hdrs, "body": body, "t": time.time()})
+                    out = json.dumps({"ok": True, "path": self.path}).encode()
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+
+                do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
+
+            return H
+
+        super().__init__(factory)
+
+    @property
+    def count(self):
+        with self.lock:
+            return len(self.requests)
+
+    def last(self):
+        with self.lock:
+            return self.requests[-1]
+
+
+class JwksServer(_Server):
+    """Discovery at /.well-known/openid-configuration, keys at /jwks.
+
+    Knobs: `keys` (list of Key), `delay` seconds before answering, `status`
+    to answer with, `raw` bytes to answer instead of the JWKS. `hits` counts
+    JWKS requests, `discovery_hits` discovery requests."""
+
+    def __init__(self, keys=()):
+        self.keys = list(keys)
+        self.delay = 0.0
+        self.status = 200
+        self.raw = None
+        self.hits = 0
+        self.discovery_hits = 0
+        self.served_at = []  # time each JWKS answer was sent
+        outer = self
+
+        def factory(_):
+            class H(BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"
+
+                def log_message(self, *a):
+                    pass
+
+                def do_GET(self):
+                    if self.path == "/.well-known/openid-configuration":
+                        outer.discovery_hits += 1
+                        body = json.dumps({"issuer": outer.issuer, "jwks_uri": f"{outer.issuer}/jwks"}).encode()
+                        status = 200
+                    else:
+                        outer.hits += 1
+                        if outer.delay:
+                            time.sleep(outer.delay)
+                        status = outer.status
+                        body = outer.raw if outer.raw is not None else json.dumps({"keys": [k.jwk for k in outer.keys]}).encode()
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    if self.path != "/.well-known/openid-configuration":
+                        outer.served_at.append(time.time())
+
+            return H
+
+        super().__init__(factory)
+
+    @property
+    def issuer(self):
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Envoy:
+    """A running Envoy with nhi-gate in front of `upstream`.
+
+    `policy` is the plugin configuration (dict, or raw text for invalid-config
+    tests); `clusters` maps extra cluster names to loopback ports."""
+
+    def __init__(self, binary, policy, upstream_port, clusters=None, concurrency=2, wait=True):
+        self.binary = binary
+        self.port = free_port()
+        self.admin = free_port()
+        self.dir = tempfile.mkdtemp(prefix="nhi-gate-envoy-")
+        text = policy if isinstance(policy, str) else json.dumps(policy)
+        cl = [("upstream", upstream_port)] + list((clusters or {}).items())
+        cfg = envoy_config.render(text, str(WASM), self.port, self.admin, cl, [("/", "upstream")])
+        self.config_path = os.path.join(self.dir, "envoy.json")
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f)
+        self.log_path = os.path.join(self.dir, "envoy.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [binary, "-c", self.config_path, "--concurrency", str(concurrency), "--disable-hot-restart",
+             "--log-level", "info", "--base-id", str(self.admin)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Envoy exited {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=1)
+                c.request("GET", "/ready")
+                if c.getresponse().status == 200:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("Envoy not ready:\n" + self.logs()[-3000:])
+
+    def logs(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def request(self, method="GET", path="/", headers=(), body=None, timeout=15):
+        """Sends one request; `headers` is a list of (name, value) pairs so
+        names may repeat. Returns (status, headers dict lowercased, body bytes)."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        c.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in headers:
+            c.putheader(k, v)
+        if body is not None:
+            c.putheader("content-length", str(len(body)))
+        c.endheaders(body)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
