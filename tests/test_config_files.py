@@ -1,0 +1,111 @@
+"""Shipped configuration stays valid: example policies, the Envoy example,
+the Istio manifest, and the CLI validator agrees with the filter's own."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import ROOT, WASM
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import envoy_config  # noqa: E402
+
+CLI = os.environ.get("NHI_GATE_CLI", str(ROOT / "target" / "release" / "nhi-gate"))
+POLICIES = sorted(p for p in (ROOT / "policies").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+
+
+def load(p: Path):
+    text = p.read_text()
+    return yaml.safe_load(text) if p.suffix in (".yaml", ".yml") else json.loads(text)
+
+
+def envoy_validate(envoy_bin, policy_text, tmp_path):
+    cfg = envoy_config.render(policy_text, str(WASM), 10000, 9901,
+                              [("idp", 9400), ("upstream", 9401), ("jwks", 1), ("github_oidc", 2), ("keycloak", 3)],
+                              [("/", "upstream")])
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(cfg))
+    return subprocess.run([envoy_bin, "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_policies_exist():
+    assert len(POLICIES) >= 3
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.name)
+def test_example_policy_passes_cli_check(policy):
+    r = subprocess.run([CLI, "policy", "check", str(policy)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.name)
+def test_example_policy_loads_in_envoy(envoy_bin, policy, tmp_path):
+    r = envoy_validate(envoy_bin, json.dumps(load(policy)), tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "configured" in r.stdout + r.stderr
+
+
+BAD = [
+    ({"providers": [{"name": "a", "issuer": "i", "audiences": []}], "resources": []}, "providers[0].audiences"),
+    ({"providers": [{"name": "a", "issuer": "i", "audiences": ["x"], "jwks_uri": "ftp://x", "cluster": "c"}],
+      "resources": [{"name": "r", "read": {"any_of": ["g"]}}]}, "providers[0].jwks_uri"),
+    ({"providers": [{"name": "a", "issuer": "i", "audiences": ["x"], "jwks": {"keys": []}}],
+      "resources": [{"name": "r", "read": {"any_of": ["g"]}}]}, "providers[0].jwks"),
+    ({"providers": [], "resources": [], "typo_field": 1}, "typo_field"),
+]
+
+
+@pytest.mark.parametrize("doc,field", BAD, ids=[f for _, f in BAD])
+def test_cli_and_envoy_reject_invalid_policy_with_the_same_message(envoy_bin, doc, field, tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(doc))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    cli_lines = [l.split(": ", 1)[1] for l in r.stderr.splitlines() if "invalid configuration" in l]
+    assert cli_lines and any(field in l for l in cli_lines), r.stderr
+    e = envoy_validate(envoy_bin, json.dumps(doc), tmp_path)
+    assert e.returncode != 0
+    out = e.stdout + e.stderr
+    for line in cli_lines:
+        assert line in out, (line, out[-2000:])
+
+
+def test_yaml_policy_errors_name_the_field(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("providers:\n  - name: a\n    issuer: i\n    audiences: [x]\n    max_lifetime_seconds: 99999\n"
+                 "    jwks_uri: https://idp/keys\n    cluster: idp\nresources:\n  - name: r\n    read: {any_of: [g]}\n")
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "providers[0].max_lifetime_seconds" in r.stderr
+
+
+def test_committed_envoy_example_is_the_rendered_demo(envoy_bin, tmp_path):
+    text = json.dumps(json.load(open(ROOT / "policies" / "rag-demo.json")), indent=2)
+    want = envoy_config.render(text, "dist/nhi_gate.wasm", 10000, 9901, [("idp", 9400), ("upstream", 9401)],
+                               [("/collections", "upstream"), ("/v1/", "upstream")])
+    have = json.load(open(ROOT / "envoy" / "envoy.yaml"))
+    assert have == want, "envoy/envoy.yaml is stale: regenerate it with scripts/envoy_config.py (see README)"
+    wasm = have["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+    assert wasm["typed_config"]["config"]["failure_policy"] == "FAIL_CLOSED"
+    assert wasm["typed_config"]["config"]["allow_on_headers_stop_iteration"] is True
+    path = tmp_path / "envoy.json"
+    have_abs = json.loads(json.dumps(have).replace('"dist/nhi_gate.wasm"', json.dumps(str(WASM))))
+    path.write_text(json.dumps(have_abs))
+    r = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_istio_wasmplugin_carries_the_demo_policy():
+    doc = yaml.safe_load(open(ROOT / "envoy" / "istio" / "wasmplugin.yaml"))
+    assert doc["kind"] == "WasmPlugin"
+    assert doc["spec"]["failStrategy"] == "FAIL_CLOSE"
+    assert doc["spec"]["pluginConfig"] == json.load(open(ROOT / "policies" / "rag-demo.json"))
+    r = subprocess.run([CLI, "policy", "check", str(ROOT / "envoy" / "istio" / "wasmplugin.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
