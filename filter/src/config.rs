@@ -481,7 +481,12 @@ impl RawConfig {
                 }
             }
             let path_glob = r.path_glob.as_deref().map(|g| glob(&mut errs, &format!("{at}.path_glob"), g));
-            let authorities = r.authorities.iter().map(|a| a.to_ascii_lowercase()).collect();
+            let authorities: Vec<String> = r.authorities.iter().map(|a| a.to_ascii_lowercase()).collect();
+            for (j, a) in authorities.iter().enumerate() {
+                if a.is_empty() || (a.starts_with("*.") && a.contains(':')) || (a.contains('*') && a != "*" && !a.starts_with("*.")) {
+                    errs.add(format!("{at}.authorities[{j}]"), "use host, host:port, *.suffix (no port) or *");
+                }
+            }
             let methods_v = methods(&mut errs, &format!("{at}.methods"), &r.methods);
             let mut operations = Vec::new();
             for (j, op) in r.operations.into_iter().enumerate() {

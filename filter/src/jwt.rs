@@ -86,6 +86,8 @@ fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Denial> {
 /// missing `alg`), `algorithm` (`none` in any spelling, HS*, anything not in
 /// [`SUPPORTED_ALGS`]), `untrusted_header` (`jwk`, `jku`, `x5u`, `x5c`),
 /// `crit_unsupported` (any `crit`: no extension is understood, RFC 7515 §4.1.11).
+/// A `typ` other than `JWT`/`*+jwt`, or `iss`/`sub`/`jti`/`aud` of the wrong
+/// JSON type, is `malformed`.
 pub fn parse(token: &str) -> Result<UnverifiedJwt, Denial> {
     let mut parts = token.split('.');
     let (h, c, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -114,7 +116,26 @@ pub fn parse(token: &str) -> Result<UnverifiedJwt, Denial> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(Denial::unauthorized("malformed", "kid is not a string")),
     };
+    // Explicit typing (RFC 8725 §3.11): a `typ` that does not say JWT is
+    // another kind of JOSE object.
+    if let Some(typ) = header.get("typ") {
+        let ok = typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT") || t.to_ascii_lowercase().ends_with("+jwt"));
+        if !ok {
+            return Err(Denial::unauthorized("malformed", "typ is not JWT"));
+        }
+    }
     let claims = json_object(&b64(c, "claims")?, "claims")?;
+    // RFC 7519 §4.1: these registered claims are strings (StringOrURI).
+    for name in ["iss", "sub", "jti", "nonce"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(Denial::unauthorized("malformed", format!("{name} is not a string")));
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => return Err(Denial::unauthorized("malformed", "aud is not a string or an array of strings")),
+    }
     let sig = b64(s, "signature")?;
     if sig.is_empty() {
         return Err(Denial::unauthorized("malformed", "empty signature"));

@@ -43,40 +43,54 @@ impl Glob {
         Glob { pattern: pattern.as_bytes().to_vec() }
     }
 
-    /// Whether `path` (without query string) matches. Iterative with
-    /// backtracking on the last star: O(len(path) × len(pattern)) at worst.
+    /// Whether `path` (without query string) matches. One pass over the
+    /// pattern keeping the set of matched path prefixes: O(len(path) ×
+    /// len(pattern)) at worst, whatever the number of stars.
     pub fn matches(&self, path: &[u8]) -> bool {
         glob_match(&self.pattern, path)
     }
 }
 
 fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    // Recursion depth is bounded by the number of stars in the (admin
-    // written) pattern, not by request data.
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => {
-            let (deep, rest) = match rest.split_first() {
-                Some((b'*', r)) => (true, r),
-                _ => (false, rest),
-            };
-            let mut i = 0;
-            loop {
-                if glob_match(rest, s.get(i..).unwrap_or_default()) {
-                    return true;
+    // reach[j]: the pattern read so far matches exactly s[..j]. Exhaustive
+    // backtracking would cost O(len(s)^stars) on request-controlled paths.
+    let mut reach = vec![false; s.len() + 1];
+    let mut next = vec![false; s.len() + 1];
+    if let Some(r) = reach.first_mut() {
+        *r = true;
+    }
+    let mut rest = p;
+    while let Some((&c, after)) = rest.split_first() {
+        next.fill(false);
+        if c == b'*' {
+            let deep = after.first() == Some(&b'*');
+            rest = if deep { after.get(1..).unwrap_or_default() } else { after };
+            // A star extends any reached prefix by bytes other than '/'
+            // (or by any bytes for `**`).
+            let mut carry = false;
+            for (j, (n, r)) in next.iter_mut().zip(reach.iter()).enumerate() {
+                if !deep && j > 0 && s.get(j - 1) == Some(&b'/') {
+                    carry = false;
                 }
-                match s.get(i) {
-                    None => return false,
-                    Some(b'/') if !deep => return false,
-                    Some(_) => i += 1,
+                carry |= *r;
+                *n = carry;
+            }
+        } else {
+            rest = after;
+            for (j, b) in s.iter().enumerate() {
+                if *b == c && reach.get(j) == Some(&true) {
+                    if let Some(n) = next.get_mut(j + 1) {
+                        *n = true;
+                    }
                 }
             }
         }
-        Some((c, rest)) => match s.split_first() {
-            Some((d, srest)) if d == c => glob_match(rest, srest),
-            _ => false,
-        },
+        std::mem::swap(&mut reach, &mut next);
+        if !reach.contains(&true) {
+            return false;
+        }
     }
+    reach.last() == Some(&true)
 }
 
 /// The verified caller.
@@ -150,7 +164,8 @@ fn authority_matches(patterns: &[String], authority: &[u8]) -> bool {
     patterns.iter().any(|p| {
         p == "*"
             || p.as_bytes() == &lower[..]
-            || (!p.contains(':') && p.as_bytes() == host)
+            // A bracketed IPv6 literal without port ("[::1]") has no port either.
+            || ((!p.contains(':') || p.ends_with(']')) && p.as_bytes() == host)
             || p.strip_prefix("*.").is_some_and(|suffix| host.ends_with(format!(".{suffix}").as_bytes()))
     })
 }

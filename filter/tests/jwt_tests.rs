@@ -439,3 +439,24 @@ fn raw_token_is_trimmed_and_validated() {
     assert_unauthorized(raw_token(b"abcdef", 5), "token_too_large");
     assert_unauthorized(raw_token(b"ab\xc3\xa9", MAX), "malformed");
 }
+
+#[test]
+fn typ_must_say_jwt_when_present() {
+    assert!(parse(&with_header(json!({"alg": "RS256", "typ": "JWT"}))).is_ok());
+    assert!(parse(&with_header(json!({"alg": "RS256", "typ": "at+jwt"}))).is_ok());
+    assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": "JOSE"}))), "malformed");
+    assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": 1}))), "malformed");
+}
+
+#[test]
+fn registered_string_claims_must_be_strings() {
+    let mut c = default_claims();
+    for (name, bad) in [("sub", json!(1)), ("jti", json!({"a": 1})), ("iss", json!(["x"])), ("aud", json!(["ok", 2]))] {
+        let mut claims = c.clone();
+        claims[name] = bad;
+        let t = compact(&json!({"alg": "RS256"}), &claims, &[1u8; 256]);
+        assert_unauthorized(parse(&t), "malformed");
+    }
+    c["sub"] = json!("fine");
+    assert!(parse(&compact(&json!({"alg": "RS256"}), &c, &[1u8; 256])).is_ok());
+}

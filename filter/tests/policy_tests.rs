@@ -86,11 +86,60 @@ fn glob_literals_and_backtracking() {
     assert!(!Glob::new("/**").matches(b""));
 }
 
+/// Reference matcher: plain exhaustive backtracking (exponential in the
+/// number of stars, fine for tiny inputs).
+fn reference_glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => {
+            let (deep, rest) = match rest.split_first() {
+                Some((b'*', r)) => (true, r),
+                _ => (false, rest),
+            };
+            (0..=s.len()).take_while(|&i| deep || !s[..i].contains(&b'/')).any(|i| reference_glob(rest, &s[i..]))
+        }
+        Some((c, rest)) => s.split_first().is_some_and(|(d, srest)| d == c && reference_glob(rest, srest)),
+    }
+}
+
+/// All strings over `alphabet` of length 0..=max.
+fn strings(alphabet: &[u8], max: usize) -> Vec<Vec<u8>> {
+    let mut out = vec![Vec::new()];
+    let mut layer = vec![Vec::new()];
+    for _ in 0..max {
+        layer = layer.iter().flat_map(|w: &Vec<u8>| alphabet.iter().map(move |c| [w.as_slice(), &[*c]].concat())).collect();
+        out.extend(layer.iter().cloned());
+    }
+    out
+}
+
 #[test]
-fn pathological_glob_input_finishes() {
-    let g = Glob::new("/*a*a*a*a*a*a*b");
-    let path = format!("/{}", "a".repeat(200));
-    assert!(!g.matches(path.as_bytes()));
+fn glob_agrees_with_exhaustive_backtracking() {
+    let paths = strings(b"ab/", 6);
+    for pattern in strings(b"a/*", 5) {
+        let g = Glob::new(std::str::from_utf8(&pattern).unwrap());
+        for path in &paths {
+            assert_eq!(
+                g.matches(path),
+                reference_glob(&pattern, path),
+                "pattern {:?} path {:?}",
+                String::from_utf8_lossy(&pattern),
+                String::from_utf8_lossy(path)
+            );
+        }
+    }
+}
+
+#[test]
+fn glob_cost_does_not_explode_with_many_stars() {
+    // Request paths are attacker-controlled; exhaustive backtracking costs
+    // O(len^stars) here (hours for this input).
+    let path = format!("/{}", "docs/".repeat(2_000));
+    let started = std::time::Instant::now();
+    assert!(!Glob::new("/**/docs/**/docs/**/*.json").matches(path.as_bytes()));
+    assert!(!Glob::new("/*a*a*a*a*a*a*b").matches(format!("/{}", "a".repeat(10_000)).as_bytes()));
+    assert!(Glob::new("/**/docs/**/docs/**/*").matches(path.as_bytes()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[test]
@@ -169,8 +218,12 @@ fn star_or_empty_authorities_match_anything() {
 fn ipv6_authority() {
     let r = resource(json!({"authorities": ["[::1]"]}));
     assert!(r.matches(&req("GET", "[::1]", "/")));
-    assert!(r.matches(&req("GET", "[::1]:8080", "/")));
+    assert!(r.matches(&req("GET", "[::1]:8080", "/")), "no port in the pattern: any port");
     assert!(!r.matches(&req("GET", "[::2]:8080", "/")));
+    let r = resource(json!({"authorities": ["[::1]:8080"]}));
+    assert!(r.matches(&req("GET", "[::1]:8080", "/")));
+    assert!(!r.matches(&req("GET", "[::1]:9090", "/")));
+    assert!(!r.matches(&req("GET", "[::1]", "/")));
 }
 
 #[test]
