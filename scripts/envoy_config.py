@@ -69,6 +69,11 @@ def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "rag",
                         "generate_request_id": True,
+                        # Policy matches the path the upstream will act on: RFC 3986
+                        # dot-segment removal, merged slashes, and no encoded slashes.
+                        "normalize_path": True,
+                        "merge_slashes": True,
+                        "path_with_escaped_slashes_action": "REJECT_REQUEST",
                         "route_config": {"name": "rag", "virtual_hosts": [{
                             "name": "rag", "domains": ["*"],
                             "routes": [{"match": {"prefix": prefix}, "route": {"cluster": target, "timeout": "60s"}}
