@@ -29,6 +29,7 @@ cleanup() {
   echo >&2; echo "stopping nhi-gate demo (logs kept in $run_dir)" >&2
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  exit 0
 }
 trap cleanup INT TERM EXIT
 
@@ -66,7 +67,8 @@ Tokens (15 min): a reader job (groups rag-readers, llm-users) and an ingestion j
   export READER='$reader'
   export WRITER='$writer'
 
-Vector search as the reader (POST search is a read) -> 200, backend credential injected by the gateway:
+Vector search as the reader (POST search is a read) -> 200. Add -i to see x-demo-upstream-auth:
+the backend got the gateway's api-key, never the job's token:
   curl -s -X POST http://127.0.0.1:$PORT/collections/docs/points/search -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"vector":[1,0,0],"limit":2}'
 Upsert as the reader -> 403 group_not_allowed:
   curl -s -X PUT http://127.0.0.1:$PORT/collections/docs/points -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"points":[{"id":9,"vector":[0,0,1],"payload":{"text":"new"}}]}'
@@ -76,7 +78,8 @@ Chat completion, streamed (SSE) -> 200:
   curl -sN http://127.0.0.1:$PORT/v1/chat/completions -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"model":"demo","stream":true,"messages":[{"role":"user","content":"who do I escalate to?"}]}'
 No token -> 401:
   curl -si -X POST http://127.0.0.1:$PORT/collections/docs/points/search -d '{}'
-More tokens: curl 'http://127.0.0.1:$IDP_PORT/token?sub=my-job&groups=rag-readers&ttl=300'
+More tokens (the dev IdP mints any identity for anyone who can reach it: demo only):
+  curl -s 'http://127.0.0.1:$IDP_PORT/token?sub=my-job&groups=rag-readers&ttl=300'; echo
 
 Press Ctrl-C to stop.
 MSG

@@ -109,3 +109,22 @@ def test_istio_wasmplugin_carries_the_demo_policy():
     assert doc["spec"]["pluginConfig"] == json.load(open(ROOT / "policies" / "rag-demo.json"))
     r = subprocess.run([CLI, "policy", "check", str(ROOT / "envoy" / "istio" / "wasmplugin.yaml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("name,text", [
+    ("dup.json", '{"providers":[{"name":"a","issuer":"i","audiences":["x"],"jwks_uri":"https://i/k","cluster":"c"}],'
+                 '"resources":[{"name":"r","write":{"any_of":["w"]},"write":{"any_of":["w","readers"]}}]}'),
+    ("dup.yaml", "providers: []\nresources: []\nresources: []\n"),
+])
+def test_duplicate_keys_in_a_policy_are_errors(tmp_path, name, text):
+    f = tmp_path / name
+    f.write_text(text)
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "duplicate" in r.stderr
+
+
+def test_cli_checks_the_policy_inside_an_envoy_bootstrap():
+    r = subprocess.run([CLI, "policy", "check", str(ROOT / "envoy" / "envoy.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "configuration.value): ok (1 provider, 2 resources)" in r.stdout

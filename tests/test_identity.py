@@ -498,3 +498,65 @@ def test_invalid_config_is_refused_with_the_field_named(envoy_bin, keys):
         assert "invalid configuration: providers[0].max_lifetime_seconds" in env.logs()
     finally:
         env.stop(), up.close()
+
+
+# ---------------------------------------------------------------- path and header tricks
+
+@pytest.mark.parametrize("path", [
+    "/v1/../collections/docs/points",
+    "/v1/%2e%2e/collections/docs/points",
+    "/v1/..%2fcollections/docs/points",
+    "/v1//../collections/docs/points",
+    "/collections/docs%2fpoints%2fdelete/points/search",
+    "/collections/%64ocs/points",
+])
+def test_path_tricks_never_reach_another_resource(stack, path):
+    # an LLM-only caller may not touch the vector store, however the path is spelled:
+    # either refused, or what reaches the upstream is a path of the LLM resource.
+    t = stack["keys"]["rs"].sign(claims(CI_ISS, groups=["llm"], scope="rag"))
+    before = stack["up"].count
+    code, _, body = stack["envoy"].request("GET", path, bearer(t))
+    if code == 200:
+        assert stack["up"].count == before + 1
+        assert stack["up"].last()["path"].startswith("/v1/"), stack["up"].last()["path"]
+    else:
+        assert code in (400, 403, 404), (code, body)
+        assert stack["up"].count == before
+
+
+def test_method_override_headers_are_dropped(stack):
+    t = stack["keys"]["rs"].sign(claims(CI_ISS))
+    code, _, _ = call(stack, t, headers=[("x-http-method-override", "DELETE"), ("x-http-method", "PUT")])
+    assert code == 200
+    seen = stack["up"].last()["headers"]
+    assert "x-http-method-override" not in seen and "x-http-method" not in seen
+
+
+def test_identity_headers_cannot_be_injected_through_claims(stack):
+    t = stack["keys"]["rs"].sign(claims(CI_ISS, sub="job\r\nx-evil: 1", groups=["readers", "writers,admins"]))
+    code, _, body = call(stack, t)
+    assert code == 200, body
+    seen = stack["up"].last()["headers"]
+    assert seen["x-nhi-subject"] == ["job%0D%0Ax-evil: 1"]
+    assert seen["x-nhi-groups"] == ["readers,writers%2Cadmins"]
+    assert "x-evil" not in seen
+
+
+def test_token_in_another_providers_header_is_refused(stack):
+    t = stack["keys"]["rs"].sign(claims(CI_ISS))
+    before = stack["up"].count
+    assert_denied(stack, call(stack, headers=[("x-ci-token", t)]), 401, "unknown_issuer", before)
+
+
+def test_duplicate_claims_are_refused(stack):
+    k = stack["keys"]["rs"]
+    import jwt as pyjwt
+    h = b64u(json.dumps({"alg": "RS256", "kid": "rs-1"}).encode())
+    c = claims(CI_ISS)
+    body = json.dumps(c)[:-1] + ', "groups": ["writers"]}'
+    p = b64u(body.encode())
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    sig = k.private.sign(f"{h}.{p}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    before = stack["up"].count
+    assert_denied(stack, call(stack, f"{h}.{p}.{b64u(sig)}"), 401, "malformed", before)

@@ -14,6 +14,25 @@ use std::rc::Rc;
 /// Identity headers the filter sets; any client-sent header with this prefix is dropped.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-nhi-";
 
+/// Headers some frameworks read to replace the request method: dropped, so a
+/// backend cannot be told to act on another method than the one authorized.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Percent-encodes (RFC 3986 §2.1) `%`, `,` and every byte outside visible
+/// ASCII, so identity values from token claims stay one unambiguous header
+/// value: `x-nhi-groups` is a comma-separated list of encoded group names.
+pub fn header_safe(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (b.is_ascii_graphic() && b != b'%' && b != b',') || b == b' ' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Where the pipeline gets a provider's current keys.
 pub trait KeyStore {
     /// The current key set of provider `index` and its generation (changes
@@ -123,18 +142,26 @@ impl Gate {
         Gate { config }
     }
 
-    fn token(&self, headers: &[Header<'_>]) -> Result<String, Denial> {
+    /// The raw token, and the provider whose own `token_header` carried it
+    /// (such a token must come from that provider).
+    fn token(&self, headers: &[Header<'_>]) -> Result<(String, Option<usize>), Denial> {
         let max = self.config.max_token_bytes;
         let auth: Vec<&[u8]> = headers.iter().filter(|(n, _)| *n == "authorization").map(|(_, v)| *v).collect();
-        if !auth.is_empty() {
-            return jwt::bearer_token(&auth, max);
+        if let [one] = auth.as_slice() {
+            // Envoy folds repeated Authorization headers into one value joined by ','.
+            if one.contains(&b',') {
+                return Err(Denial::unauthorized("malformed", "more than one Authorization value"));
+            }
         }
-        for p in &self.config.providers {
+        if !auth.is_empty() {
+            return jwt::bearer_token(&auth, max).map(|t| (t, None));
+        }
+        for (i, p) in self.config.providers.iter().enumerate() {
             if let Some(h) = &p.token_header {
                 let vals: Vec<&[u8]> = headers.iter().filter(|(n, _)| n == h).map(|(_, v)| *v).collect();
                 match vals.as_slice() {
                     [] => {}
-                    [one] => return jwt::raw_token(one, max),
+                    [one] => return jwt::raw_token(one, max).map(|t| (t, Some(i))),
                     _ => return Err(Denial::unauthorized("malformed", format!("more than one {h} header"))),
                 }
             }
@@ -159,9 +186,12 @@ impl Gate {
         cache: &mut TokenCache,
         now: u64,
     ) -> Result<Identity, AuthError> {
-        let token = self.token(headers)?;
+        let (token, via_header) = self.token(headers)?;
         let skew = self.config.clock_skew_seconds;
         if let Some(e) = cache.map.get(&token) {
+            if via_header.is_some_and(|i| i != e.provider) {
+                return Err(Denial::unauthorized("unknown_issuer", "token header does not belong to the token's issuer").into());
+            }
             if let Some(p) = self.config.providers.get(e.provider) {
                 let generation = keys.keys(e.provider).map(|(_, g)| g);
                 if generation == Some(e.generation) {
@@ -176,6 +206,9 @@ impl Gate {
             .config
             .provider_by_issuer(iss)
             .ok_or_else(|| Denial::unauthorized("unknown_issuer", "token issuer is not configured"))?;
+        if via_header.is_some_and(|i| i != index) {
+            return Err(Denial::unauthorized("unknown_issuer", "token header does not belong to the token's issuer").into());
+        }
         jwt::check_claims(&parsed.claims, provider, now, skew)?;
         let (set, generation) = keys.keys(index).ok_or(AuthError::NeedKeys { provider: index, unknown_kid: false })?;
         let candidates = match set.candidates(&parsed.alg, parsed.kid.as_deref()) {
@@ -195,6 +228,9 @@ impl Gate {
     /// Finds the resource and operation class of a request and checks the
     /// identity against it; on allow returns the upstream header plan.
     pub fn authorize(&self, req: &Request<'_>, headers: &[Header<'_>], id: Identity) -> Result<Plan, Denial> {
+        if !crate::policy::path_is_normalized(req.path) {
+            return Err(Denial::forbidden("unnormalized_path", "path has dot-segments, empty segments or encoded characters"));
+        }
         let resource: &Resource = self.config.resource_for(req)?;
         let op: OpClass = resource.operation(req);
         resource.authorize(&id, op)?;
@@ -204,14 +240,16 @@ impl Gate {
             remove.extend(self.config.providers.iter().filter_map(|p| p.token_header.clone()));
         }
         for (name, _) in headers {
-            if name.starts_with(IDENTITY_HEADER_PREFIX) && !remove.iter().any(|r| r == name) {
+            let client_owned = name.starts_with(IDENTITY_HEADER_PREFIX) || METHOD_OVERRIDE_HEADERS.contains(name);
+            if client_owned && !remove.iter().any(|r| r == name) {
                 remove.push((*name).to_string());
             }
         }
         let mut set = resource.upstream_headers.clone();
         if resource.identity_headers {
-            set.push(("x-nhi-subject".into(), id.subject.clone()));
-            set.push(("x-nhi-groups".into(), id.groups.join(",")));
+            set.push(("x-nhi-subject".into(), header_safe(&id.subject)));
+            let groups: Vec<String> = id.groups.iter().map(|g| header_safe(g)).collect();
+            set.push(("x-nhi-groups".into(), groups.join(",")));
         }
         Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set })
     }

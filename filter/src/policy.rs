@@ -156,11 +156,18 @@ fn authority_matches(patterns: &[String], authority: &[u8]) -> bool {
     if patterns.is_empty() {
         return true;
     }
-    let lower = authority.to_ascii_lowercase();
-    let host = match lower.iter().rposition(|b| *b == b':') {
-        Some(i) if !lower.ends_with(b"]") => lower.get(..i).unwrap_or_default(),
-        _ => &lower[..],
+    let mut lower = authority.to_ascii_lowercase();
+    let (host_end, port) = match lower.iter().rposition(|b| *b == b':') {
+        Some(i) if !lower.ends_with(b"]") => (i, lower.get(i..).unwrap_or_default().to_vec()),
+        _ => (lower.len(), Vec::new()),
     };
+    // A fully qualified name ("api.example.com.") names the same host (RFC 1034 §3.1).
+    let mut host_v = lower.get(..host_end).unwrap_or_default().to_vec();
+    while host_v.last() == Some(&b'.') {
+        host_v.pop();
+    }
+    lower = [host_v.as_slice(), port.as_slice()].concat();
+    let host = &host_v[..];
     patterns.iter().any(|p| {
         p == "*"
             || p.as_bytes() == &lower[..]
@@ -168,6 +175,38 @@ fn authority_matches(patterns: &[String], authority: &[u8]) -> bool {
             || ((!p.contains(':') || p.ends_with(']')) && p.as_bytes() == host)
             || p.strip_prefix("*.").is_some_and(|suffix| host.ends_with(format!(".{suffix}").as_bytes()))
     })
+}
+
+/// Whether `:path` (without query) is in the form the policy can be trusted
+/// on: no dot-segments (`.`/`..`, RFC 3986 §5.2.4), no empty segments
+/// (`//`), no backslashes, and no percent-encoding of `/`, `\`, `.` or any
+/// other unreserved character (RFC 3986 §6.2.2.2) — otherwise the upstream
+/// could act on another path than the one matched. Envoy's `normalize_path`,
+/// `merge_slashes` and `path_with_escaped_slashes_action` (set in
+/// `envoy/envoy.yaml`) fix most of these before the filter runs.
+pub fn path_is_normalized(path: &[u8]) -> bool {
+    let p = path_only(path);
+    if !p.starts_with(b"/") || p.contains(&b'\\') {
+        return false;
+    }
+    let segments: Vec<&[u8]> = p.split(|b| *b == b'/').skip(1).collect();
+    let n = segments.len();
+    // An empty last segment is a trailing slash, which is fine.
+    if segments.iter().enumerate().any(|(i, seg)| *seg == b"." || *seg == b".." || (seg.is_empty() && i + 1 < n)) {
+        return false;
+    }
+    let mut i = 0;
+    while let Some(pos) = p.get(i..).and_then(|rest| rest.iter().position(|b| *b == b'%')) {
+        let at = i + pos;
+        let hex = p.get(at + 1..at + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            None => return false,
+            Some(c) if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) => return false,
+            Some(_) => {}
+        }
+        i = at + 3;
+    }
+    true
 }
 
 /// Strips the query string (and fragment) from `:path`.

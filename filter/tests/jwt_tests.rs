@@ -460,3 +460,16 @@ fn registered_string_claims_must_be_strings() {
     c["sub"] = json!("fine");
     assert!(parse(&compact(&json!({"alg": "RS256"}), &c, &[1u8; 256])).is_ok());
 }
+
+#[test]
+fn duplicate_member_names_are_refused_at_any_depth() {
+    let claims = b64(default_claims().to_string());
+    let sig = b64([1u8; 256]);
+    let dup_header = b64(r#"{"alg":"RS256","alg":"none"}"#);
+    assert_unauthorized(parse(&format!("{dup_header}.{claims}.{sig}")), "malformed");
+    let h = b64(r#"{"alg":"RS256"}"#);
+    let dup_claims = b64(format!(r#"{{"iss":"{ISSUER}","exp":1,"exp":{}}}"#, NOW + 60));
+    assert_unauthorized(parse(&format!("{h}.{dup_claims}.{sig}")), "malformed");
+    let nested = b64(format!(r#"{{"iss":"{ISSUER}","realm_access":{{"roles":["a"],"roles":["admin"]}}}}"#));
+    assert_unauthorized(parse(&format!("{h}.{nested}.{sig}")), "malformed");
+}
