@@ -100,11 +100,11 @@ def start(cfg, concurrency=1):
     return proc
 
 
-def wait_ok(url, headers, timeout=30):
+def wait_ok(url, headers, timeout=30, method="POST"):
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:
-        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", url, "-d", "{}"]
+        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, url] + (["-d", "{}"] if method == "POST" else [])
                            + sum([["-H", h] for h in headers], []), capture_output=True, text=True)
         last = r.stdout
         if last == "200":

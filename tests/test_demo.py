@@ -58,6 +58,9 @@ def test_printed_curl_lines_work(demo):
     assert codes == [200, 403, 200, 200], list(zip(codes, lines))
     search = json.loads(results[0][1])
     assert search["status"] == "ok" and search["result"], search
+    # the demo documents carry fake PII; the gateway masks it
+    assert "jane.doe@example.com" not in results[0][1] and "[EMAIL]" in results[0][1]
+    assert "jane.doe@example.com" not in results[3][1] and "123-45-6789" not in results[3][1]
     assert json.loads(results[1][1])["reason"] == "group_not_allowed"
     assert "data: [DONE]" in results[3][1] and "chat.completion.chunk" in results[3][1]
 

@@ -28,6 +28,8 @@ struct RawConfig {
     jwks_fetch: RawJwksFetch,
     providers: Vec<RawProvider>,
     resources: Vec<RawResource>,
+    #[serde(default)]
+    masking: Option<crate::mask::RawMasking>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +106,25 @@ struct RawResource {
     upstream_headers: BTreeMap<String, String>,
     #[serde(default)]
     identity_headers: bool,
+    #[serde(default)]
+    mask: Option<RawResourceMask>,
+}
+
+/// Per-resource masking switch (the detectors themselves are configured once,
+/// in the top-level `masking` section).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResourceMask {
+    #[serde(default = "yes")]
+    responses: bool,
+    #[serde(default)]
+    requests: Option<String>,
+    #[serde(default = "default_mask_types")]
+    content_types: Vec<String>,
+    #[serde(default = "default_mask_buffer")]
+    max_buffer_bytes: usize,
+    #[serde(default)]
+    over_limit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +155,11 @@ fn default_cold_wait() -> u64 { 5000 }
 fn default_fetch_timeout() -> u64 { 2000 }
 fn default_lifetime() -> u64 { 3600 }
 fn default_groups_claim() -> String { "groups".into() }
+fn yes() -> bool { true }
+fn default_mask_types() -> Vec<String> {
+    ["application/json", "+json", "text/plain", "text/event-stream"].iter().map(|s| s.to_string()).collect()
+}
+fn default_mask_buffer() -> usize { 1 << 20 }
 
 /// A validated configuration, ready for the request path.
 #[derive(Debug)]
@@ -149,6 +175,34 @@ pub struct Config {
     pub jwks_fetch: JwksFetch,
     pub providers: Vec<Provider>,
     pub resources: Vec<Resource>,
+    /// The compiled PII detectors (`masking` section; defaults when only
+    /// resources ask for masking), `None` when no resource masks.
+    pub masker: Option<std::rc::Rc<crate::mask::Masker>>,
+}
+
+/// Which request bodies are masked before they reach the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestMask {
+    /// `messages[].content` of an OpenAI chat-completion request.
+    ChatMessages,
+    /// Every string value of a JSON body.
+    Json,
+}
+
+/// A resource's masking settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceMask {
+    /// Mask response bodies.
+    pub responses: bool,
+    /// Mask request bodies (the prompt) too.
+    pub requests: Option<RequestMask>,
+    /// Content types masked: exact media types (`text/plain`) or a structured
+    /// suffix (`+json`), lowercase, parameters ignored.
+    pub content_types: Vec<String>,
+    /// Largest body buffered for JSON masking, bytes.
+    pub max_buffer_bytes: usize,
+    /// Over the limit: refuse with 502 `response_too_large` (true, default) or pass unmasked.
+    pub reject_over_limit: bool,
 }
 
 /// Timing of remote JWKS fetches.
@@ -216,6 +270,8 @@ pub struct Resource {
     pub upstream_headers: Vec<(String, String)>,
     /// Whether to set `x-nhi-subject` and `x-nhi-groups` upstream.
     pub identity_headers: bool,
+    /// PII masking of bodies, if enabled for this resource.
+    pub mask: Option<ResourceMask>,
 }
 
 /// A method+path override of the default operation class.
@@ -536,7 +592,45 @@ impl RawConfig {
                     upstream_headers.push((lname, value));
                 }
             }
+            let mask = r.mask.map(|m| {
+                let mat = format!("{at}.mask");
+                let requests = match m.requests.as_deref() {
+                    None => None,
+                    Some("chat_messages") => Some(RequestMask::ChatMessages),
+                    Some("json") => Some(RequestMask::Json),
+                    Some(other) => {
+                        errs.add(format!("{mat}.requests"), format!("must be \"chat_messages\" or \"json\", not {other:?}"));
+                        None
+                    }
+                };
+                let reject_over_limit = match m.over_limit.as_deref() {
+                    None | Some("reject") => true,
+                    Some("pass") => false,
+                    Some(other) => {
+                        errs.add(format!("{mat}.over_limit"), format!("must be \"reject\" or \"pass\", not {other:?}"));
+                        true
+                    }
+                };
+                if !(1..=(16 << 20)).contains(&m.max_buffer_bytes) {
+                    errs.add(format!("{mat}.max_buffer_bytes"), "must be between 1 and 16777216");
+                }
+                let content_types: Vec<String> = m.content_types.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
+                for (j, c) in content_types.iter().enumerate() {
+                    let ok = (c.starts_with('+') && c.len() > 1) || (c.split('/').count() == 2 && !c.contains(';') && !c.contains('*'));
+                    if !ok {
+                        errs.add(format!("{mat}.content_types[{j}]"), "use a media type (text/plain) or a suffix (+json)");
+                    }
+                }
+                ResourceMask {
+                    responses: m.responses,
+                    requests,
+                    content_types,
+                    max_buffer_bytes: m.max_buffer_bytes,
+                    reject_over_limit,
+                }
+            });
             resources.push(Resource {
+                mask,
                 name: r.name,
                 authorities,
                 path_prefix: r.path_prefix,
@@ -555,6 +649,17 @@ impl RawConfig {
         if resources.is_empty() {
             errs.add("resources", "at least one resource is required (everything else is denied)");
         }
+        let masker = if self.masking.is_some() || resources.iter().any(|r| r.mask.is_some()) {
+            match crate::mask::Masker::compile(self.masking.unwrap_or_default(), "masking") {
+                Ok(m) => Some(std::rc::Rc::new(m)),
+                Err(e) => {
+                    errs.0.extend(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         if !errs.0.is_empty() {
             return Err(errs.0);
         }
@@ -571,6 +676,7 @@ impl RawConfig {
             },
             providers,
             resources,
+            masker,
         })
     }
 }

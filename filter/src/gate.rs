@@ -130,6 +130,8 @@ pub struct Plan {
     pub remove: Vec<String>,
     /// Headers to set (replacing any value).
     pub set: Vec<(String, String)>,
+    /// Masking settings of the resource, when its bodies are masked.
+    pub mask: Option<crate::config::ResourceMask>,
 }
 
 /// The pipeline over one validated configuration.
@@ -251,6 +253,16 @@ impl Gate {
             let groups: Vec<String> = id.groups.iter().map(|g| header_safe(g)).collect();
             set.push(("x-nhi-groups".into(), groups.join(",")));
         }
-        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set })
+        if let Some(m) = &resource.mask {
+            if m.responses {
+                // Ask for an uncompressed answer, so it can be masked as it streams.
+                set.push(("accept-encoding".into(), "identity".into()));
+            }
+            if m.requests.is_some() {
+                // The masked request body has another length.
+                remove.push("content-length".into());
+            }
+        }
+        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set, mask: resource.mask.clone() })
     }
 }

@@ -16,11 +16,13 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
+pub mod body;
 pub mod config;
 pub mod deny;
 pub mod gate;
 pub mod jwks;
 pub mod jwt;
+pub mod mask;
 pub mod policy;
 
 #[cfg(target_arch = "wasm32")]

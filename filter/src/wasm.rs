@@ -11,7 +11,9 @@
 //! success (unknown `kid` cannot hammer the IdP) and with exponential backoff
 //! after failures. The last good key set stays in place when a refresh fails.
 
-use crate::config::{Config, KeySource};
+use crate::body::{self, BodyMode, Encoding};
+use crate::config::{Config, KeySource, RequestMask, ResourceMask};
+use crate::mask::{Counts, Masker, StreamKind, StreamMasker};
 use crate::deny::Denial;
 use crate::gate::{AuthError, Gate, KeyStore, Plan, TokenCache};
 use crate::jwks::KeySet;
@@ -79,6 +81,8 @@ struct Worker {
     calls: HashMap<u32, (usize, CallKind)>,
     /// Streams that got a local reply (their body must not flow).
     denied: HashSet<u32>,
+    /// Allowed streams whose bodies are masked: resource settings and method.
+    masked: HashMap<u32, (ResourceMask, String)>,
 }
 
 impl KeyStore for Worker {
@@ -338,7 +342,7 @@ impl RootContext for Root {
                     config.resources.len()
                 );
                 *self.worker.borrow_mut() =
-                    Some(Worker { gate: Rc::new(Gate::new(config)), cache, remote, waiters: Vec::new(), calls: HashMap::new(), denied: HashSet::new() });
+                    Some(Worker { gate: Rc::new(Gate::new(config)), cache, remote, waiters: Vec::new(), calls: HashMap::new(), denied: HashSet::new(), masked: HashMap::new() });
                 self.set_tick_period(Duration::from_millis(TICK_MS));
                 true
             }
@@ -369,7 +373,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { context_id, worker: self.worker.clone() }))
+        Some(Box::new(Stream { context_id, worker: self.worker.clone(), response: Response::Pass, counts: Counts::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -412,6 +416,12 @@ fn apply(
             for (name, value) in &plan.set {
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
             }
+            if let (Some(m), Some(id)) = (&plan.mask, context_id) {
+                let method = headers.iter().find(|(n, _)| n == ":method").map(|(_, v)| String::from_utf8_lossy(v).to_string()).unwrap_or_default();
+                if let Some(w) = worker.borrow_mut().as_mut() {
+                    w.masked.insert(id, (m.clone(), method));
+                }
+            }
             let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
             log::debug!("allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
             if resume {
@@ -444,6 +454,19 @@ fn apply(
 struct Stream {
     context_id: u32,
     worker: Rc<RefCell<Option<Worker>>>,
+    /// Response body handling chosen at response headers.
+    response: Response,
+    /// Values redacted in this stream, by detector (for the audit record).
+    counts: Counts,
+}
+
+/// What happens to the response body of one stream.
+enum Response {
+    Pass,
+    /// Buffer the whole body, then mask (`gzip`: decode first).
+    Buffer { mode: BodyMode, gzip: bool, limit: usize, reject: bool },
+    /// Mask chunk by chunk.
+    Stream(StreamMasker),
 }
 
 impl Context for Stream {
@@ -451,6 +474,11 @@ impl Context for Stream {
         if let Some(w) = self.worker.borrow_mut().as_mut() {
             w.waiters.retain(|x| x.context_id != self.context_id);
             w.denied.remove(&self.context_id);
+            w.masked.remove(&self.context_id);
+        }
+        if !self.counts.is_empty() {
+            let summary: Vec<String> = self.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            log::info!("masked context={} {}", self.context_id, summary.join(" "));
         }
         true
     }
@@ -470,9 +498,158 @@ impl Stream {
     }
 }
 
+impl Stream {
+    fn masker(&self) -> Option<(Rc<Masker>, ResourceMask, String)> {
+        let guard = self.worker.borrow();
+        let w = guard.as_ref()?;
+        let (m, method) = w.masked.get(&self.context_id)?;
+        Some((w.gate.config.masker.clone()?, m.clone(), method.clone()))
+    }
+
+    /// Local reply from the response path (headers not yet sent downstream).
+    fn fail(&mut self, status: u32, reason: &'static str, detail: &str) -> Action {
+        self.response = Response::Pass;
+        let d = Denial { status, reason, detail: detail.to_string() };
+        let headers = self.get_http_request_headers_bytes();
+        apply(Err(d), &self.worker, Some(self.context_id), &headers, false);
+        Action::Pause
+    }
+}
+
+/// Masks the `messages[].content` strings (and text parts) of an OpenAI
+/// chat-completion request; other fields are kept as they are.
+fn mask_chat_request(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if let Some(messages) = v.get_mut("messages").and_then(|m| m.as_array_mut()) {
+        for m in messages {
+            match m.get_mut("content") {
+                Some(serde_json::Value::String(s)) => *s = masker.mask_text(s, counts),
+                Some(serde_json::Value::Array(parts)) => {
+                    for part in parts {
+                        if let Some(serde_json::Value::String(s)) = part.get_mut("text") {
+                            *s = masker.mask_text(s, counts);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
 impl HttpContext for Stream {
-    fn on_http_request_body(&mut self, _size: usize, _eos: bool) -> Action {
-        self.hold()
+    fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
+        if self.hold() == Action::Pause {
+            return Action::Pause;
+        }
+        let Some((masker, m, _)) = self.masker() else { return Action::Continue };
+        let Some(kind) = m.requests else { return Action::Continue };
+        if size > m.max_buffer_bytes {
+            return self.fail(413, "request_too_large", "request body larger than the masking limit");
+        }
+        if !eos {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, size).unwrap_or_default();
+        let out = match kind {
+            RequestMask::ChatMessages => mask_chat_request(&masker, &body, &mut self.counts),
+            RequestMask::Json => masker.mask_json(&body, &mut self.counts).map_err(|e| format!("{e:?}")),
+        };
+        match out {
+            Ok(out) => {
+                self.set_http_request_body(0, size, &out);
+                Action::Continue
+            }
+            Err(e) => self.fail(400, "invalid_json", &format!("request body is not the JSON the policy masks: {e}")),
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
+        let Some((masker, m, method)) = self.masker() else { return Action::Continue };
+        let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let ctype = self.get_http_response_header_bytes("content-type");
+        let mode = body::response_mode(&m, &method, status, ctype.as_deref());
+        if mode == BodyMode::Pass {
+            return Action::Continue;
+        }
+        let gzip = match body::encoding(self.get_http_response_header_bytes("content-encoding").as_deref()) {
+            Encoding::Identity => false,
+            Encoding::Gzip => true,
+            Encoding::Unsupported => return self.fail(502, "unmaskable_encoding", "the upstream answered with a content encoding the filter cannot decode"),
+        };
+        self.set_http_response_header("content-length", None);
+        if gzip {
+            self.set_http_response_header("content-encoding", None);
+        }
+        if eos {
+            return Action::Continue;
+        }
+        self.response = match (mode, gzip) {
+            (BodyMode::Sse, false) => Response::Stream(masker.stream(StreamKind::Sse)),
+            (BodyMode::StreamText, false) => Response::Stream(masker.stream(StreamKind::Text)),
+            (mode, gzip) => Response::Buffer { mode, gzip, limit: m.max_buffer_bytes, reject: m.reject_over_limit },
+        };
+        match self.response {
+            Response::Buffer { .. } => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
+        let Some((masker, _, _)) = self.masker() else { return Action::Continue };
+        if let Response::Stream(_) = self.response {
+            let chunk = self.get_http_response_body(0, size).unwrap_or_default();
+            let Response::Stream(sm) = &mut self.response else { return Action::Continue };
+            let mut out = sm.push(&chunk, &mut self.counts);
+            if eos {
+                out.extend(sm.finish(&mut self.counts));
+            }
+            self.set_http_response_body(0, size, &out);
+            return Action::Continue;
+        }
+        match &mut self.response {
+            Response::Pass | Response::Stream(_) => Action::Continue,
+            Response::Buffer { mode, gzip, limit, reject } => {
+                let (mode, gzip, limit, reject) = (*mode, *gzip, *limit, *reject);
+                if size > limit {
+                    if reject {
+                        return self.fail(502, "response_too_large", "response body larger than the masking limit");
+                    }
+                    log::warn!("response over the masking limit passed unmasked (over_limit: pass)");
+                    self.response = Response::Pass;
+                    return Action::Continue;
+                }
+                if !eos {
+                    return Action::Pause;
+                }
+                let raw = self.get_http_response_body(0, size).unwrap_or_default();
+                let plain = if gzip {
+                    match body::gunzip(&raw, limit) {
+                        Ok(p) => p,
+                        Err(e) => return self.fail(502, "unmaskable_encoding", &e),
+                    }
+                } else {
+                    raw.to_vec()
+                };
+                let out = match mode {
+                    BodyMode::Json => match masker.mask_json(&plain, &mut self.counts) {
+                        Ok(o) => o,
+                        Err(_) => return self.fail(502, "unmaskable_body", "the upstream's JSON body could not be parsed for masking"),
+                    },
+                    BodyMode::Sse => {
+                        let mut sm = masker.stream(StreamKind::Sse);
+                        let mut o = sm.push(&plain, &mut self.counts);
+                        o.extend(sm.finish(&mut self.counts));
+                        o
+                    }
+                    _ => masker.mask_text(&String::from_utf8_lossy(&plain), &mut self.counts).into_bytes(),
+                };
+                self.response = Response::Pass;
+                self.set_http_response_body(0, size, &out);
+                Action::Continue
+            }
+        }
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {

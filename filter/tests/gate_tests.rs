@@ -373,6 +373,7 @@ fn plan_for_a_read_strips_credentials_and_sets_headers() {
                 ("x-nhi-subject".into(), SUBJECT.into()),
                 ("x-nhi-groups".into(), "readers,ci".into()),
             ],
+            mask: None,
         }
     );
 }

@@ -1,0 +1,136 @@
+//! Body handling decisions for masking, independent of the host: which
+//! responses are masked and how (buffered JSON, streamed SSE or text), the
+//! `Content-Encoding` the filter can undo, and gzip decoding.
+
+use crate::config::ResourceMask;
+use std::io::Read;
+
+/// How a response (or request) body is processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Left alone.
+    Pass,
+    /// Buffered whole, masked as JSON (`application/json`, `*+json`).
+    Json,
+    /// Buffered whole, masked as text (a compressed text body).
+    Text,
+    /// Masked incrementally as SSE events (`text/event-stream`).
+    Sse,
+    /// Masked incrementally as text (`text/*`).
+    StreamText,
+}
+
+/// `Content-Encoding` of a body, as far as masking is concerned (RFC 9110 §8.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    /// Anything else (br, zstd, deflate, stacked codings): cannot be masked.
+    Unsupported,
+}
+
+/// Reads a `Content-Encoding` header value.
+pub fn encoding(value: Option<&[u8]>) -> Encoding {
+    let Some(v) = value else { return Encoding::Identity };
+    let v = String::from_utf8_lossy(v).trim().to_ascii_lowercase();
+    match v.as_str() {
+        "" | "identity" => Encoding::Identity,
+        "gzip" | "x-gzip" => Encoding::Gzip,
+        _ => Encoding::Unsupported,
+    }
+}
+
+/// The media type of a `Content-Type` value, lowercase, without parameters.
+pub fn media_type(content_type: &[u8]) -> String {
+    let s = String::from_utf8_lossy(content_type);
+    s.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn listed(mask: &ResourceMask, media: &str) -> bool {
+    mask.content_types.iter().any(|c| if c.starts_with('+') { media.ends_with(c.as_str()) } else { c == media })
+}
+
+/// Chooses how to mask a response. HEAD requests and 1xx/204/304 answers
+/// carry no body (RFC 9110 §6.4.1) and are left alone, as are content
+/// types the resource does not list.
+pub fn response_mode(mask: &ResourceMask, method: &str, status: u32, content_type: Option<&[u8]>) -> BodyMode {
+    if !mask.responses || method == "HEAD" || status < 200 || status == 204 || status == 304 {
+        return BodyMode::Pass;
+    }
+    let media = content_type.map(media_type).unwrap_or_default();
+    if media.is_empty() || !listed(mask, &media) {
+        return BodyMode::Pass;
+    }
+    if media == "application/json" || media.ends_with("+json") {
+        BodyMode::Json
+    } else if media == "text/event-stream" {
+        BodyMode::Sse
+    } else {
+        BodyMode::StreamText
+    }
+}
+
+/// Decodes a gzip body (RFC 1952), refusing output larger than `limit` bytes.
+///
+/// Errors: corrupt or truncated data, or output over `limit` (a zip bomb).
+pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut dec = flate2::read::MultiGzDecoder::new(data).take(limit as u64 + 1);
+    dec.read_to_end(&mut out).map_err(|e| format!("gzip: {e}"))?;
+    if out.len() > limit {
+        return Err(format!("gzip: decoded body larger than {limit} bytes"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn mask() -> ResourceMask {
+        ResourceMask {
+            responses: true,
+            requests: None,
+            content_types: vec!["application/json".into(), "+json".into(), "text/plain".into(), "text/event-stream".into()],
+            max_buffer_bytes: 1024,
+            reject_over_limit: true,
+        }
+    }
+
+    #[test]
+    fn modes_by_content_type_method_and_status() {
+        let m = mask();
+        assert_eq!(response_mode(&m, "GET", 200, Some(b"application/json; charset=utf-8")), BodyMode::Json);
+        assert_eq!(response_mode(&m, "GET", 200, Some(b"application/problem+json")), BodyMode::Json);
+        assert_eq!(response_mode(&m, "POST", 200, Some(b"text/event-stream")), BodyMode::Sse);
+        assert_eq!(response_mode(&m, "GET", 200, Some(b"Text/Plain")), BodyMode::StreamText);
+        assert_eq!(response_mode(&m, "HEAD", 200, Some(b"application/json")), BodyMode::Pass);
+        assert_eq!(response_mode(&m, "GET", 204, Some(b"application/json")), BodyMode::Pass);
+        assert_eq!(response_mode(&m, "GET", 304, Some(b"application/json")), BodyMode::Pass);
+        assert_eq!(response_mode(&m, "GET", 200, Some(b"image/png")), BodyMode::Pass);
+        assert_eq!(response_mode(&m, "GET", 200, None), BodyMode::Pass);
+        let off = ResourceMask { responses: false, ..mask() };
+        assert_eq!(response_mode(&off, "GET", 200, Some(b"application/json")), BodyMode::Pass);
+    }
+
+    #[test]
+    fn encodings() {
+        assert_eq!(encoding(None), Encoding::Identity);
+        assert_eq!(encoding(Some(b"identity")), Encoding::Identity);
+        assert_eq!(encoding(Some(b" GZIP ")), Encoding::Gzip);
+        assert_eq!(encoding(Some(b"br")), Encoding::Unsupported);
+        assert_eq!(encoding(Some(b"gzip, br")), Encoding::Unsupported);
+    }
+
+    #[test]
+    fn gunzip_roundtrip_corruption_and_bomb() {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&vec![b'a'; 5000]).unwrap();
+        let gz = e.finish().unwrap();
+        assert_eq!(gunzip(&gz, 10_000).unwrap().len(), 5000);
+        assert!(gunzip(&gz, 4999).is_err());
+        assert!(gunzip(&gz[..gz.len() / 2], 10_000).is_err());
+        assert!(gunzip(b"not gzip", 10_000).is_err());
+    }
+}

@@ -1,0 +1,1124 @@
+//! Built-in detectors: hand-written, validating scanners over the bytes of a
+//! decoded string.
+//!
+//! Every built-in value is ASCII, so the scanners work on bytes and every
+//! match starts and ends on an ASCII byte (hence on a `char` boundary). One
+//! pass over the text looks for *anchor* bytes (a digit run start, `@`, `-`,
+//! `_`, `I`, `J`, `:`); only there does a detector look further, and only
+//! within a bounded window. Each candidate is decided by the bytes of the
+//! candidate and at most three bytes around it (the "not glued to a longer
+//! token" checks), which is what lets the stream masker cut a stream at
+//! whitespace and still find exactly what a one-shot scan finds.
+
+/// Built-in detectors, in priority order (ties between equal spans go to
+/// the earlier one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Builtin {
+    Email,
+    PaymentCard,
+    UsSsn,
+    Phone,
+    Iban,
+    Ipv4,
+    Ipv6,
+    AwsAccessKey,
+    GithubToken,
+    OpenaiKey,
+    AnthropicKey,
+    SlackToken,
+    Jwt,
+    PrivateKey,
+}
+
+/// Every built-in with its configuration name.
+pub(crate) const BUILTINS: [(Builtin, &str); 14] = [
+    (Builtin::Email, "email"),
+    (Builtin::PaymentCard, "payment_card"),
+    (Builtin::UsSsn, "us_ssn"),
+    (Builtin::Phone, "phone"),
+    (Builtin::Iban, "iban"),
+    (Builtin::Ipv4, "ipv4"),
+    (Builtin::Ipv6, "ipv6"),
+    (Builtin::AwsAccessKey, "aws_access_key"),
+    (Builtin::GithubToken, "github_token"),
+    (Builtin::OpenaiKey, "openai_key"),
+    (Builtin::AnthropicKey, "anthropic_key"),
+    (Builtin::SlackToken, "slack_token"),
+    (Builtin::Jwt, "jwt"),
+    (Builtin::PrivateKey, "private_key"),
+];
+
+/// Built-ins enabled when `masking.detectors` is absent.
+pub(crate) fn default_enabled(b: Builtin) -> bool {
+    !matches!(b, Builtin::Ipv4 | Builtin::Ipv6)
+}
+
+pub(crate) fn builtin_by_name(name: &str) -> Option<Builtin> {
+    BUILTINS.iter().find(|(_, n)| *n == name).map(|(b, _)| *b)
+}
+
+/// How far a PEM block may extend past its `-----BEGIN` line before the
+/// footer must have appeared (bytes).
+pub(crate) const PEM_WINDOW: usize = 32 * 1024;
+/// Longest JWT/JWE considered, bytes.
+const JWT_MAX: usize = 16 * 1024;
+/// Longest API-key body considered, bytes.
+const KEY_MAX: usize = 512;
+
+/// A candidate match: bytes `start..end` of the scanned text, found by the
+/// detector with index `det` in the masker's detector table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cand {
+    pub start: usize,
+    pub end: usize,
+    pub det: u16,
+}
+
+/// Enabled built-ins, as indices into the masker's detector table.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Enabled {
+    idx: [Option<u16>; 14],
+}
+
+impl Enabled {
+    pub(crate) fn set(&mut self, b: Builtin, det: u16) {
+        if let Some(slot) = self.idx.get_mut(b as usize) {
+            *slot = Some(det);
+        }
+    }
+    #[inline]
+    pub(crate) fn get(&self, b: Builtin) -> Option<u16> {
+        self.idx.get(b as usize).copied().flatten()
+    }
+}
+
+// Byte classes used by the per-masker anchor table.
+/// `"`: ends a JSON string.
+pub(crate) const C_QUOTE: u8 = 1;
+/// `\`: starts a JSON escape.
+pub(crate) const C_BSLASH: u8 = 2;
+/// Control byte (< 0x20): invalid inside a JSON string.
+pub(crate) const C_CTRL: u8 = 4;
+/// An anchor byte for some enabled detector.
+pub(crate) const C_TRIG: u8 = 8;
+/// An ASCII digit.
+const C_DIGIT: u8 = 16;
+/// An ASCII lowercase letter.
+const C_LOWER: u8 = 32;
+/// `-` or `.`.
+const C_JOIN: u8 = 64;
+/// `_`.
+const C_USCORE: u8 = 128;
+
+/// Builds the 256-entry class table for the enabled built-ins.
+pub(crate) fn class_table(en: &Enabled) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    for (b, slot) in t.iter_mut().enumerate() {
+        if b < 0x20 {
+            *slot |= C_CTRL;
+        }
+    }
+    let mut mark = |bytes: &[u8]| {
+        for &b in bytes {
+            if let Some(slot) = t.get_mut(b as usize) {
+                *slot |= C_TRIG;
+            }
+        }
+    };
+    if en.get(Builtin::Email).is_some() {
+        mark(b"@");
+    }
+    if [Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4]
+        .iter()
+        .any(|b| en.get(*b).is_some())
+    {
+        mark(b"0123456789");
+    }
+    if en.get(Builtin::Ipv6).is_some() {
+        mark(b":");
+    }
+    if en.get(Builtin::AwsAccessKey).is_some() {
+        mark(b"I");
+    }
+    if en.get(Builtin::GithubToken).is_some() {
+        mark(b"_");
+    }
+    if [Builtin::OpenaiKey, Builtin::AnthropicKey, Builtin::SlackToken, Builtin::PrivateKey]
+        .iter()
+        .any(|b| en.get(*b).is_some())
+    {
+        mark(b"-");
+    }
+    if en.get(Builtin::Jwt).is_some() {
+        mark(b"J");
+    }
+    for d in b'0'..=b'9' {
+        if let Some(slot) = t.get_mut(usize::from(d)) {
+            *slot |= C_DIGIT;
+        }
+    }
+    for (bytes, bit) in [(&b"abcdefghijklmnopqrstuvwxyz"[..], C_LOWER), (b"-.", C_JOIN), (b"_", C_USCORE)] {
+        for &l in bytes {
+            if let Some(slot) = t.get_mut(usize::from(l)) {
+                *slot |= bit;
+            }
+        }
+    }
+    if let Some(slot) = t.get_mut(usize::from(b'"')) {
+        *slot |= C_QUOTE;
+    }
+    if let Some(slot) = t.get_mut(usize::from(b'\\')) {
+        *slot |= C_BSLASH;
+    }
+    t
+}
+
+// ---------------------------------------------------------------- bytes
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The class bytes of the 8 bytes at `i` packed in a word (byte k of the
+/// word is the class of byte `i + k`; past the end of `s`, 0).
+#[inline]
+pub(crate) fn class_word(table: &[u8; 256], s: &[u8], i: usize) -> u64 {
+    let cls = |b: u8| table.get(usize::from(b)).copied().unwrap_or(0);
+    if let Some(w) = s.get(i..i + 8).and_then(|w| <&[u8; 8]>::try_from(w).ok()) {
+        return u64::from_le_bytes(w.map(cls));
+    }
+    // the tail: padding bytes classify as nothing
+    let mut c = [0u8; 8];
+    for (d, b) in c.iter_mut().zip(s.get(i..).unwrap_or(&[])) {
+        *d = cls(*b);
+    }
+    u64::from_le_bytes(c)
+}
+
+/// High bit set in exactly the bytes of `v` that are zero.
+#[inline]
+fn zero_bytes(v: u64) -> u64 {
+    !(((v & !HI).wrapping_add(!HI)) | v) & HI
+}
+
+/// Whether the 8 bytes at `i` may hold `"`, `\\` or a control byte (no
+/// false "no"); `None` when fewer than 8 bytes are left.
+#[inline]
+pub(crate) fn maybe_json_stop(s: &[u8], i: usize) -> Option<bool> {
+    let x = u64::from_le_bytes(*s.get(i..i + 8).and_then(|w| <&[u8; 8]>::try_from(w).ok())?);
+    let q = zero_bytes(x ^ (u64::from(b'"') * LO));
+    let b = zero_bytes(x ^ (u64::from(b'\\') * LO));
+    let ctl = x.wrapping_sub(0x20 * LO) & !x & HI;
+    Some((q | b | ctl) != 0)
+}
+
+/// Whether any byte of a class word has `bit`.
+#[inline]
+pub(crate) fn any_class(word: u64, bit: u8) -> bool {
+    word & (u64::from(bit) * LO) != 0
+}
+
+#[inline]
+fn at(s: &[u8], i: usize) -> u8 {
+    s.get(i).copied().unwrap_or(0)
+}
+
+/// The byte `k` positions before `i`, or 0 before the start.
+#[inline]
+fn back(s: &[u8], i: usize, k: usize) -> u8 {
+    match i.checked_sub(k) {
+        Some(j) => at(s, j),
+        None => 0,
+    }
+}
+
+#[inline]
+fn digit(b: u8) -> bool {
+    b.is_ascii_digit()
+}
+#[inline]
+fn alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+#[inline]
+fn word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+#[inline]
+fn upper(b: u8) -> bool {
+    b.is_ascii_uppercase()
+}
+
+/// Whether the value starting at `i` continues a longer token on its left:
+/// a word byte right before it, or `.`/`-` joined to an alphanumeric
+/// (`v1.2`, `ORD-415…`, `2024-01-…`).
+#[inline]
+fn glued_before(s: &[u8], i: usize) -> bool {
+    let p = back(s, i, 1);
+    word(p) || ((p == b'.' || p == b'-') && alnum(back(s, i, 2)))
+}
+
+/// Whether the value ending at `e` continues into a longer token on its right.
+#[inline]
+fn glued_after(s: &[u8], e: usize) -> bool {
+    let n = at(s, e);
+    word(n) || ((n == b'.' || n == b'-') && alnum(at(s, e + 1)))
+}
+
+fn count_while(s: &[u8], from: usize, max: usize, f: impl Fn(u8) -> bool) -> usize {
+    s.get(from..).map_or(0, |r| r.iter().take(max).take_while(|b| f(**b)).count())
+}
+
+fn starts_with_at(s: &[u8], i: usize, lit: &[u8]) -> bool {
+    s.get(i..).is_some_and(|r| r.starts_with(lit))
+}
+
+// ---------------------------------------------------------------- validators
+
+/// Luhn (ISO/IEC 7812-1 Annex B) over ASCII digits; non-digits are ignored.
+/// False for fewer than two digits.
+pub(crate) fn luhn(value: &[u8]) -> bool {
+    let mut sum = 0u32;
+    let mut n = 0usize;
+    for &b in value.iter().rev() {
+        if !digit(b) {
+            continue;
+        }
+        let mut d = u32::from(b - b'0');
+        if n % 2 == 1 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+        n += 1;
+    }
+    n >= 2 && sum.is_multiple_of(10)
+}
+
+/// ISO 7064 MOD 97-10 as used by IBAN (ISO 13616-1): the first four
+/// alphanumerics move to the end, letters become 10..35, and the number
+/// must be ≡ 1 (mod 97). Spaces are ignored; any other byte fails.
+pub(crate) fn mod97(value: &[u8]) -> bool {
+    let chars: Vec<u8> = value.iter().copied().filter(|b| *b != b' ').collect();
+    if chars.len() < 5 || !chars.iter().all(|b| alnum(*b)) {
+        return false;
+    }
+    let (head, tail) = chars.split_at(4);
+    let mut r: u32 = 0;
+    for &b in tail.iter().chain(head.iter()) {
+        let b = b.to_ascii_uppercase();
+        if digit(b) {
+            r = (r * 10 + u32::from(b - b'0')) % 97;
+        } else {
+            r = (r * 100 + u32::from(b - b'A') + 10) % 97;
+        }
+    }
+    r == 1
+}
+
+/// Whether an all-digit PAN has an issuer prefix and length of a known
+/// brand (ISO/IEC 7812 IIN ranges): Visa, Mastercard, Amex, Discover, JCB,
+/// Diners Club, UnionPay.
+fn card_brand(d: &[u8]) -> bool {
+    let len = d.len();
+    let pre = |k: usize| -> u32 {
+        d.iter().take(k).fold(0u32, |acc, b| acc * 10 + u32::from(b.wrapping_sub(b'0')))
+    };
+    let (p1, p2, p3, p4) = (pre(1), pre(2), pre(3), pre(4));
+    (p1 == 4 && matches!(len, 13 | 16 | 19))
+        || (((51..=55).contains(&p2) || (2221..=2720).contains(&p4)) && len == 16)
+        || ((p2 == 34 || p2 == 37) && len == 15)
+        || ((p4 == 6011 || (644..=649).contains(&p3) || p2 == 65) && (16..=19).contains(&len))
+        || ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
+        || ((p2 == 36 || (300..=305).contains(&p3)) && len == 14)
+        || (p2 == 62 && (16..=19).contains(&len))
+}
+
+/// IBAN length per country (ISO 13616 registry).
+fn iban_len(cc: [u8; 2]) -> Option<usize> {
+    const T: &[(&[u8; 2], usize)] = &[
+        (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16),
+        (b"BG", 22), (b"BH", 22), (b"BI", 27), (b"BR", 29), (b"BY", 28), (b"CH", 21), (b"CR", 22),
+        (b"CY", 28), (b"CZ", 24), (b"DE", 22), (b"DJ", 27), (b"DK", 18), (b"DO", 28), (b"EE", 20),
+        (b"EG", 29), (b"ES", 24), (b"FI", 18), (b"FK", 18), (b"FO", 18), (b"FR", 27), (b"GB", 22),
+        (b"GE", 22), (b"GI", 23), (b"GL", 18), (b"GR", 27), (b"GT", 28), (b"HN", 28), (b"HR", 21),
+        (b"HU", 28), (b"IE", 22), (b"IL", 23), (b"IQ", 23), (b"IS", 26), (b"IT", 27), (b"JO", 30),
+        (b"KW", 30), (b"KZ", 20), (b"LB", 28), (b"LC", 32), (b"LI", 21), (b"LT", 20), (b"LU", 20),
+        (b"LV", 21), (b"LY", 25), (b"MC", 27), (b"MD", 24), (b"ME", 22), (b"MK", 19), (b"MN", 20),
+        (b"MR", 27), (b"MT", 31), (b"MU", 30), (b"NI", 28), (b"NL", 18), (b"NO", 15), (b"OM", 23),
+        (b"PK", 24), (b"PL", 28), (b"PS", 29), (b"PT", 25), (b"QA", 29), (b"RO", 24), (b"RS", 22),
+        (b"RU", 33), (b"SA", 24), (b"SC", 31), (b"SD", 18), (b"SE", 24), (b"SI", 19), (b"SK", 24),
+        (b"SM", 27), (b"SO", 23), (b"ST", 25), (b"SV", 28), (b"TL", 23), (b"TN", 24), (b"TR", 26),
+        (b"UA", 29), (b"VA", 22), (b"VG", 24), (b"XK", 20), (b"YE", 30),
+    ];
+    T.iter().find(|(c, _)| **c == cc).map(|(_, n)| *n)
+}
+
+// ---------------------------------------------------------------- detectors
+
+/// Payment card at a digit-run start `i`: 13–19 digits, either contiguous or
+/// in groups separated by one space or one dash (the same separator
+/// throughout; groups of 3–6 digits except the last), passing the brand
+/// table and Luhn. Returns the end of the longest valid span.
+fn card(s: &[u8], i: usize) -> Option<usize> {
+    // (end, total digits, group length) per group
+    // groups before the last have 3..=6 digits, so at most 7 groups matter
+    let mut groups: [(usize, usize, usize); 7] = [(0, 0, 0); 7];
+    let mut ng = 0usize;
+    let mut pos = i;
+    let mut total = 0usize;
+    let mut sep = 0u8;
+    loop {
+        let glen = count_while(s, pos, 20, digit);
+        if glen == 0 || total + glen > 19 {
+            break;
+        }
+        pos += glen;
+        total += glen;
+        match groups.get_mut(ng) {
+            Some(g) => *g = (pos, total, glen),
+            None => break,
+        }
+        ng += 1;
+        let c = at(s, pos);
+        if !(3..=6).contains(&glen) {
+            break;
+        }
+        if (c == b' ' || c == b'-') && digit(at(s, pos + 1)) && (sep == 0 || sep == c) {
+            sep = c;
+            pos += 1;
+        } else {
+            break;
+        }
+    }
+    for k in (0..ng).rev() {
+        let (end, tot, _) = groups.get(k).copied()?;
+        if !(13..=19).contains(&tot) {
+            continue;
+        }
+        if k > 0 && !groups.iter().take(k).all(|g| (3..=6).contains(&g.2)) {
+            continue;
+        }
+        if glued_after(s, end) {
+            continue;
+        }
+        let mut d = [0u8; 19];
+        let mut n = 0;
+        for &b in s.get(i..end)?.iter().filter(|b| digit(**b)) {
+            if let Some(slot) = d.get_mut(n) {
+                *slot = b;
+            }
+            n += 1;
+        }
+        let d = d.get(..n)?;
+        if card_brand(d) && luhn(d) {
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// US SSN at `i`: `AAA-GG-SSSS` only; area not 000, 666 or 900–999, group
+/// not 00, serial not 0000.
+fn ssn(s: &[u8], i: usize) -> Option<usize> {
+    let w = s.get(i..i + 11)?;
+    let shape = w.iter().enumerate().all(|(k, b)| if k == 3 || k == 6 { *b == b'-' } else { digit(*b) });
+    if !shape || glued_after(s, i + 11) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| w.get(r).map_or(0, |d| d.iter().fold(0u32, |a, b| a * 10 + u32::from(b - b'0')));
+    let (area, group, serial) = (num(0..3), num(4..6), num(7..11));
+    if area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0 {
+        return None;
+    }
+    Some(i + 11)
+}
+
+#[derive(Clone, Copy, Default)]
+struct PGroup {
+    len: usize,
+    paren: bool,
+    end: usize,
+    /// separator before this group (0: none)
+    sep: u8,
+    first: u8,
+    second: u8,
+}
+
+/// Phone number starting at `start` (a `+`, a `(` or a digit-run start):
+/// E.164 (`+` and 8–15 digits, optional separators) or a national format
+/// with separators: NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`,
+/// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`.
+fn phone(s: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    let plus = at(s, pos) == b'+';
+    if plus {
+        pos += 1;
+    }
+    let mut groups = [PGroup::default(); 8];
+    let mut ng = 0usize;
+    let mut sep = 0u8;
+    while ng < groups.len() && pos - start <= 32 {
+        let mut p = pos;
+        let paren = at(s, p) == b'(';
+        if paren {
+            p += 1;
+        }
+        let glen = count_while(s, p, 16, digit);
+        if glen == 0 || glen > 15 {
+            break;
+        }
+        let first = at(s, p);
+        let second = at(s, p + 1);
+        p += glen;
+        if paren {
+            if at(s, p) != b')' {
+                break;
+            }
+            p += 1;
+        }
+        pos = p;
+        if let Some(g) = groups.get_mut(ng) {
+            *g = PGroup { len: glen, paren, end: pos, sep, first, second };
+        }
+        ng += 1;
+        let c = at(s, pos);
+        let n = at(s, pos + 1);
+        if (c == b' ' || c == b'-' || c == b'.') && (digit(n) || (c == b' ' && n == b'(')) {
+            sep = c;
+            pos += 1;
+        } else if paren && digit(c) {
+            sep = 0;
+        } else {
+            break;
+        }
+    }
+    for k in (1..=ng).rev() {
+        let gs = groups.get(..k)?;
+        let end = gs.last()?.end;
+        if glued_after(s, end) {
+            continue;
+        }
+        let ok = if plus { e164(gs) } else { nanp(gs) || trunk(gs) };
+        if ok {
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn digits_total(gs: &[PGroup]) -> usize {
+    gs.iter().map(|g| g.len).sum()
+}
+
+fn e164(gs: &[PGroup]) -> bool {
+    let total = digits_total(gs);
+    let lens: Vec<usize> = gs.iter().map(|g| g.len).collect();
+    // a compact "+14155550134" takes no further groups
+    (8..=15).contains(&total)
+        && gs.first().is_some_and(|g| g.first != b'0' && !g.paren && (gs.len() == 1 || g.len <= 4))
+        && lens != [4, 2, 2]
+        && lens != [4, 2, 2, 2]
+}
+
+fn nanp(gs: &[PGroup]) -> bool {
+    let gs = match gs {
+        [one, rest @ ..] if rest.len() == 3 && one.len == 1 && one.first == b'1' && !one.paren => rest,
+        _ => gs,
+    };
+    let [a, e, n] = gs else { return false };
+    if a.len != 3 || e.len != 3 || n.len != 4 || e.paren || n.paren {
+        return false;
+    }
+    if !(b'2'..=b'9').contains(&a.first) || !(b'2'..=b'9').contains(&e.first) {
+        return false;
+    }
+    if a.paren {
+        // "(415) 555-0134", "(415)555-0134"
+        matches!(e.sep, 0 | b' ') && matches!(n.sep, b'-' | b'.' | b' ')
+    } else {
+        // both separators present and equal: "415-555-0134", "415.555.0134"
+        e.sep != 0 && e.sep == n.sep
+    }
+}
+
+fn trunk(gs: &[PGroup]) -> bool {
+    let Some(first) = gs.first() else { return false };
+    let total = digits_total(gs);
+    if gs.len() < 2 || gs.len() > 5 || !(9..=11).contains(&total) {
+        return false;
+    }
+    if first.first != b'0' || first.second == b'0' || !(2..=5).contains(&first.len) {
+        return false;
+    }
+    let rest = gs.get(1..).unwrap_or(&[]);
+    let sep = rest.first().map_or(0, |g| g.sep);
+    (sep == b' ' || sep == b'-' || (first.paren && sep == 0))
+        && rest.iter().all(|g| !g.paren && (2..=8).contains(&g.len))
+        && rest.iter().skip(1).all(|g| g.sep == sep || (sep == 0 && g.sep == b' '))
+}
+
+/// IPv4 dotted quad at `i`: four decimal octets 0–255 without leading zeros,
+/// not part of a longer dotted run (so `1.2.3.4.5` is not an address).
+fn ipv4(s: &[u8], i: usize) -> Option<usize> {
+    let mut pos = i;
+    for k in 0..4 {
+        let n = count_while(s, pos, 4, digit);
+        if n == 0 || n > 3 {
+            return None;
+        }
+        let oct = s.get(pos..pos + n)?;
+        if n > 1 && oct.first() == Some(&b'0') {
+            return None;
+        }
+        if oct.iter().fold(0u32, |a, b| a * 10 + u32::from(b - b'0')) > 255 {
+            return None;
+        }
+        pos += n;
+        if k < 3 {
+            if at(s, pos) != b'.' {
+                return None;
+            }
+            pos += 1;
+        }
+    }
+    if glued_after(s, pos) {
+        return None;
+    }
+    Some(pos)
+}
+
+/// IPv6 around the `:` at `i`: the maximal run of hex digits, `:` and `.`
+/// (at most 45 bytes), parsed by `std::net::Ipv6Addr` (RFC 4291 text form).
+/// Returns `(start, end)`.
+fn ipv6(s: &[u8], i: usize) -> Option<(usize, usize)> {
+    let cls = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+    let mut st = i;
+    while st > 0 && cls(back(s, st, 1)) && i - st <= 45 {
+        st -= 1;
+    }
+    let end = i + count_while(s, i, 46, cls);
+    let mut e = end;
+    // a trailing '.' ends a sentence, it is not part of the address
+    while e > st && back(s, e, 1) == b'.' {
+        e -= 1;
+    }
+    if e - st > 45 || e - st < 3 || word(back(s, st, 1)) || word(at(s, end)) {
+        return None;
+    }
+    let text = std::str::from_utf8(s.get(st..e)?).ok()?;
+    if text.bytes().filter(|b| *b == b':').count() < 2 {
+        return None;
+    }
+    text.parse::<std::net::Ipv6Addr>().ok()?;
+    Some((st, e))
+}
+
+/// IBAN (ISO 13616) whose country code starts at `cc`: exact per-country
+/// length, uppercase, either contiguous or in groups of four separated by
+/// single spaces, MOD 97-10 check digits.
+fn iban(s: &[u8], cc: usize) -> Option<usize> {
+    let want = iban_len([at(s, cc), at(s, cc + 1)])?;
+    if !digit(at(s, cc + 2)) || !digit(at(s, cc + 3)) {
+        return None;
+    }
+    let spaced = at(s, cc + 4) == b' ';
+    let mut buf = [0u8; 34];
+    let mut count = 0usize;
+    let mut pos = cc;
+    while count < want {
+        let c = at(s, pos);
+        if upper(c) || digit(c) {
+            *buf.get_mut(count)? = c;
+            count += 1;
+            pos += 1;
+        } else if c == b' ' && spaced && count.is_multiple_of(4) && count > 0 {
+            pos += 1;
+        } else {
+            return None;
+        }
+    }
+    if glued_after(s, pos) || !mod97(buf.get(..count)?) {
+        return None;
+    }
+    Some(pos)
+}
+
+/// Email at the `@` at `a` (RFC 5321 shape, ASCII): local part of
+/// `[A-Za-z0-9._%+-]`, at most 64 bytes, no empty dot-atoms; domain of at
+/// least two labels (1–63 bytes, no leading/trailing `-`), at most 253
+/// bytes; the last label letters only (≥ 2) or an IDNA A-label (`xn--…`).
+fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
+    let local = |b: u8| alnum(b) || b >= 0x80 || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
+    let mut st = a;
+    while st > 0 && local(back(s, st, 1)) {
+        st -= 1;
+        if a - st > 64 {
+            return None;
+        }
+    }
+    while at(s, st) == b'.' && st < a {
+        st += 1;
+    }
+    let lp = s.get(st..a)?;
+    if lp.is_empty() || lp.ends_with(b".") || lp.windows(2).any(|w| w == b"..") {
+        return None;
+    }
+    let mut pos = a + 1;
+    let mut labels = 0usize;
+    let mut last;
+    loop {
+        let ls = pos;
+        let n = count_while(s, pos, 64, |b| alnum(b) || b == b'-' || b >= 0x80);
+        if n == 0 || n > 63 {
+            return None;
+        }
+        pos += n;
+        let lab = s.get(ls..pos)?;
+        if lab.first() == Some(&b'-') || lab.last() == Some(&b'-') {
+            return None;
+        }
+        labels += 1;
+        last = (ls, pos);
+        if pos - (a + 1) > 253 {
+            return None;
+        }
+        if at(s, pos) == b'.' && alnum(at(s, pos + 1)) {
+            pos += 1;
+        } else {
+            break;
+        }
+    }
+    let tld = s.get(last.0..last.1)?;
+    let tld_ok = (tld.len() >= 2 && tld.iter().all(|b| b.is_ascii_alphabetic()))
+        || (tld.len() >= 5 && tld.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"xn--")));
+    if labels < 2 || !tld_ok || word(at(s, pos)) {
+        return None;
+    }
+    // "icon@2x.png": a HiDPI image name, not an address
+    let first = s.get(a + 1..).map_or(0, |r| r.iter().take_while(|b| **b != b'.').count());
+    if labels == 2 && first >= 2 && s.get(a + 1..a + first).is_some_and(|r| r.iter().all(|b| digit(*b))) && at(s, a + first) == b'x' {
+        return None;
+    }
+    Some((st, pos))
+}
+
+/// Length of a run of `[A-Za-z0-9]`, `[A-Za-z0-9_-]` etc. from `i`.
+fn run(s: &[u8], i: usize, max: usize, f: impl Fn(u8) -> bool) -> usize {
+    count_while(s, i, max + 1, f)
+}
+
+fn b64url(b: u8) -> bool {
+    alnum(b) || b == b'-' || b == b'_'
+}
+
+/// AWS access key id at `st`: `AKIA`/`ASIA` and 16 of `[A-Z0-9]`.
+fn aws(s: &[u8], st: usize) -> Option<usize> {
+    let n = run(s, st + 4, 16, |b| upper(b) || digit(b));
+    let end = st + 4 + 16;
+    (n == 16 && !word(at(s, end))).then_some(end)
+}
+
+/// GitHub token at `st`: `gh[pousr]_` and 36+ alphanumerics.
+fn github(s: &[u8], st: usize) -> Option<usize> {
+    let n = run(s, st + 4, KEY_MAX, alnum);
+    let end = st + 4 + n;
+    ((36..=KEY_MAX).contains(&n) && !word(at(s, end))).then_some(end)
+}
+
+/// Fine-grained GitHub PAT at `st`: `github_pat_` and 22+ of `[A-Za-z0-9_]`.
+fn github_pat(s: &[u8], st: usize) -> Option<usize> {
+    let n = run(s, st + 11, KEY_MAX, word);
+    let end = st + 11 + n;
+    ((22..=KEY_MAX).contains(&n) && !b64url(at(s, end))).then_some(end)
+}
+
+/// OpenAI key at `st` (`sk-`): `sk-proj-`/`sk-svcacct-`/`sk-admin-` and 20+
+/// of `[A-Za-z0-9_-]`, or `sk-` and 32+ of `[A-Za-z0-9_-]`; the body holds a
+/// digit. `sk-ant-` is Anthropic's.
+fn openai(s: &[u8], st: usize) -> Option<usize> {
+    let body = st + 3;
+    if starts_with_at(s, body, b"ant-") {
+        return None;
+    }
+    let min = if starts_with_at(s, body, b"proj-") {
+        25
+    } else if starts_with_at(s, body, b"svcacct-") {
+        28
+    } else if starts_with_at(s, body, b"admin-") {
+        26
+    } else {
+        32
+    };
+    token_body(s, body, min)
+}
+
+/// Anthropic key at `st`: `sk-ant-` and 32+ of `[A-Za-z0-9_-]`.
+fn anthropic(s: &[u8], st: usize) -> Option<usize> {
+    if !starts_with_at(s, st, b"sk-ant-") {
+        return None;
+    }
+    token_body(s, st + 7, 32)
+}
+
+/// Slack token at `st`: `xox[baprs]-` and 10+ of `[A-Za-z0-9-]`, with a digit.
+fn slack(s: &[u8], st: usize) -> Option<usize> {
+    let body = st + 5;
+    let n = run(s, body, KEY_MAX, |b| alnum(b) || b == b'-');
+    let end = body + n;
+    let has_digit = s.get(body..end).is_some_and(|r| r.iter().any(|b| digit(*b)));
+    ((10..=KEY_MAX).contains(&n) && has_digit && !word(at(s, end))).then_some(end)
+}
+
+fn token_body(s: &[u8], body: usize, min: usize) -> Option<usize> {
+    let n = run(s, body, KEY_MAX, b64url);
+    let end = body + n;
+    let has_digit = s.get(body..end).is_some_and(|r| r.iter().any(|b| digit(*b)));
+    ((min..=KEY_MAX).contains(&n) && has_digit).then_some(end)
+}
+
+/// JWS compact (RFC 7515: three base64url segments, the header starting
+/// `eyJ`, i.e. `{"`; an empty signature is allowed) or JWE compact (RFC 7516:
+/// five segments, the encrypted key may be empty) at `st`.
+fn jwt(s: &[u8], st: usize) -> Option<usize> {
+    let mut pos = st;
+    let mut lens = [0usize; 5];
+    let mut nseg = 0usize;
+    loop {
+        let n = run(s, pos, JWT_MAX, b64url);
+        *lens.get_mut(nseg)? = n;
+        nseg += 1;
+        pos += n;
+        if pos - st > JWT_MAX {
+            return None;
+        }
+        if at(s, pos) == b'.' && nseg < 5 {
+            pos += 1;
+        } else {
+            break;
+        }
+    }
+    // "h.p.s." or "h.p." at the end of a sentence: the last dot is prose
+    if nseg == 4 && lens.get(3) == Some(&0) {
+        nseg = 3;
+        pos -= 1;
+    }
+    let [h, p, _, iv, ct] = lens;
+    let ok = match nseg {
+        3 => h >= 12 && p >= 2,
+        5 => h >= 12 && iv >= 2 && ct >= 2 && lens.get(4).is_some_and(|t| *t >= 2),
+        _ => false,
+    };
+    (ok && !glued_after(s, pos)).then_some(pos)
+}
+
+/// Parses a PEM private-key armor line at `i` (`-----BEGIN ` or
+/// `-----END `, given by `lead`): uppercase words ending `PRIVATE KEY` (or
+/// `PRIVATE KEY BLOCK`, OpenPGP) and `-----`. Returns its end.
+fn pem_line(s: &[u8], i: usize, lead: &[u8]) -> Option<usize> {
+    if !starts_with_at(s, i, lead) {
+        return None;
+    }
+    let mut pos = i + lead.len();
+    let mut words: Vec<&[u8]> = Vec::new();
+    loop {
+        let n = run(s, pos, 16, |b| upper(b) || digit(b));
+        if n == 0 || n > 16 || words.len() >= 6 {
+            return None;
+        }
+        words.push(s.get(pos..pos + n)?);
+        pos += n;
+        match at(s, pos) {
+            b' ' => pos += 1,
+            b'-' => break,
+            _ => return None,
+        }
+    }
+    let pk: [&[u8]; 2] = [b"PRIVATE", b"KEY"];
+    let pkb: [&[u8]; 3] = [b"PRIVATE", b"KEY", b"BLOCK"];
+    let tail_ok = words.ends_with(&pk) || words.ends_with(&pkb);
+    (tail_ok && starts_with_at(s, pos, b"-----")).then_some(pos + 5)
+}
+
+/// Outcome of looking for a PEM block at a `-----BEGIN` header.
+enum Pem {
+    Found(usize),
+    /// The footer may still come (stream, within the window).
+    Open,
+}
+
+/// PEM private key (RFC 7468) at `i`: from the `-----BEGIN … PRIVATE
+/// KEY-----` line through the matching `-----END … PRIVATE KEY-----` line
+/// when it follows within [`PEM_WINDOW`] bytes; without a footer, the header
+/// and the base64 lines right after it.
+fn pem(s: &[u8], i: usize, at_end: bool) -> Option<Pem> {
+    let hdr_end = pem_line(s, i, b"-----BEGIN ")?;
+    let limit = (i + PEM_WINDOW).min(s.len());
+    let region = s.get(hdr_end..limit)?;
+    let mut from = 0usize;
+    while let Some(off) = region.get(from..).and_then(|r| r.windows(9).position(|w| w == b"-----END ")) {
+        let p = hdr_end + from + off;
+        if let Some(e) = pem_line(s, p, b"-----END ") {
+            if e <= limit {
+                return Some(Pem::Found(e));
+            }
+        }
+        from += off + 1;
+    }
+    if !at_end && s.len() < i + PEM_WINDOW {
+        return Some(Pem::Open);
+    }
+    // No footer: header plus the base64 body lines that follow it.
+    let mut end = hdr_end;
+    let mut pos = hdr_end;
+    loop {
+        let mut p = pos;
+        if at(s, p) == b'\r' {
+            p += 1;
+        }
+        if at(s, p) != b'\n' {
+            break;
+        }
+        p += 1;
+        let n = run(s, p, PEM_WINDOW, |b| alnum(b) || b == b'+' || b == b'/' || b == b'=');
+        let e = p + n;
+        if n < 4 || e > limit || !(matches!(at(s, e), b'\r' | b'\n') || (e == s.len() && at_end)) {
+            break;
+        }
+        end = e;
+        pos = e;
+    }
+    Some(Pem::Found(end))
+}
+
+/// Scans `s` (a decoded string, or one valid-UTF-8 segment of a stream
+/// buffer) with the enabled built-ins; pushes candidates with positions
+/// offset by `base`. A PEM header at or after `open_from` (offset by `base`)
+/// whose footer has not come and whose window is not over is *open* — more
+/// text may follow `s` (`usize::MAX`: the text ends here, nothing is open).
+/// Returns the start of the first open PEM block, if any.
+pub(crate) fn scan(en: &Enabled, table: &[u8; 256], s: &[u8], base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+    let mut open = None;
+    let mut ipv6_done = 0usize;
+    let mut i = 0usize;
+    // the previous window's class bits, at bit 7 of each byte
+    let (mut p_dig, mut p_low, mut p_join, mut p_us) = (0u64, 0u64, 0u64, 0u64);
+    while i < s.len() {
+        let cls = class_word(table, s, i);
+        // bit 7 of byte k: byte i+k is an anchor / digit / a-z / '-' or '.' / '_'
+        let mut trig = (cls << 4) & HI;
+        let dig = (cls << 3) & HI;
+        let low = (cls << 2) & HI;
+        let join = (cls << 1) & HI;
+        let us = cls & HI;
+        let prev = |x: u64, p: u64| (x << 8) | (p >> 56);
+        let prev2 = |x: u64, p: u64| (x << 16) | (p >> 48);
+        // A digit anchors only at the start of its run, and not where it is
+        // certainly glued to a longer token (see `glued_before`): after a-z
+        // or '_', or after '-'/'.' that follows a digit or a-z. (Runs after
+        // A-Z stay anchors: IBANs start there.)
+        let glued = prev(low | us, p_low | p_us) | (prev(join, p_join) & prev2(dig | low, p_dig | p_low));
+        trig &= !(dig & (prev(dig, p_dig) | glued));
+        (p_dig, p_low, p_join, p_us) = (dig, low, join, us);
+        while trig != 0 {
+            let k = (trig.trailing_zeros() / 8) as usize;
+            trig &= trig - 1;
+            anchor(en, s, i + k, at(s, i + k), open_from, &mut ipv6_done, &mut open, base, out);
+        }
+        i += 8;
+    }
+    open
+}
+
+/// Handles the anchor byte `b` at `i` (see [`scan`]).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: &mut usize, open: &mut Option<usize>, base: usize, out: &mut Vec<Cand>) {
+    let push = |start: usize, end: usize, det: u16, out: &mut Vec<Cand>| {
+        out.push(Cand { start: base + start, end: base + end, det });
+    };
+    {
+        match b {
+            b'0'..=b'9' => {
+                if digit(back(s, i, 1)) {
+                    return;
+                }
+                numeric(en, s, i, &mut |st, e, d| push(st, e, d, out));
+            }
+            b'@' => {
+                if let Some(d) = en.get(Builtin::Email) {
+                    if let Some((st, e)) = email(s, i) {
+                        push(st, e, d, out);
+                    }
+                }
+            }
+            b'-' => {
+                let st2 = i.wrapping_sub(2);
+                if back(s, i, 2) == b's' && back(s, i, 1) == b'k' && i >= 2 && !b64url(back(s, st2, 1)) {
+                    if let Some(d) = en.get(Builtin::AnthropicKey) {
+                        if let Some(e) = anthropic(s, st2) {
+                            push(st2, e, d, out);
+                        }
+                    }
+                    if let Some(d) = en.get(Builtin::OpenaiKey) {
+                        if let Some(e) = openai(s, st2) {
+                            push(st2, e, d, out);
+                        }
+                    }
+                }
+                let st4 = i.wrapping_sub(4);
+                if i >= 4
+                    && s.get(st4..st4 + 3) == Some(b"xox")
+                    && matches!(back(s, i, 1), b'b' | b'a' | b'p' | b'r' | b's')
+                    && !b64url(back(s, st4, 1))
+                {
+                    if let Some(d) = en.get(Builtin::SlackToken) {
+                        if let Some(e) = slack(s, st4) {
+                            push(st4, e, d, out);
+                        }
+                    }
+                }
+                if back(s, i, 1) != b'-' && at(s, i + 5) == b'B' {
+                    if let Some(d) = en.get(Builtin::PrivateKey) {
+                        match pem(s, i, base + i < open_from) {
+                            Some(Pem::Found(e)) => push(i, e, d, out),
+                            Some(Pem::Open) if open.is_none() => *open = Some(base + i),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            b'_' => {
+                let st3 = i.wrapping_sub(3);
+                if i >= 3
+                    && back(s, i, 3) == b'g'
+                    && back(s, i, 2) == b'h'
+                    && matches!(back(s, i, 1), b'p' | b'o' | b'u' | b's' | b'r')
+                    && !b64url(back(s, st3, 1))
+                {
+                    if let Some(d) = en.get(Builtin::GithubToken) {
+                        if let Some(e) = github(s, st3) {
+                            push(st3, e, d, out);
+                        }
+                    }
+                }
+                let st6 = i.wrapping_sub(6);
+                if i >= 6 && s.get(st6..st6 + 11) == Some(b"github_pat_") && !b64url(back(s, st6, 1)) {
+                    if let Some(d) = en.get(Builtin::GithubToken) {
+                        if let Some(e) = github_pat(s, st6) {
+                            push(st6, e, d, out);
+                        }
+                    }
+                }
+            }
+            b'I' => {
+                let st = i.wrapping_sub(2);
+                if i >= 2
+                    && back(s, i, 2) == b'A'
+                    && matches!(back(s, i, 1), b'K' | b'S')
+                    && at(s, i + 1) == b'A'
+                    && !word(back(s, st, 1))
+                {
+                    if let Some(d) = en.get(Builtin::AwsAccessKey) {
+                        if let Some(e) = aws(s, st) {
+                            push(st, e, d, out);
+                        }
+                    }
+                }
+            }
+            b'J' => {
+                let st = i.wrapping_sub(2);
+                if i >= 2 && back(s, i, 2) == b'e' && back(s, i, 1) == b'y' && !b64url(back(s, st, 1)) && back(s, st, 1) != b'.' {
+                    if let Some(d) = en.get(Builtin::Jwt) {
+                        if let Some(e) = jwt(s, st) {
+                            push(st, e, d, out);
+                        }
+                    }
+                }
+            }
+            b':' => {
+                if i < *ipv6_done {
+                    return;
+                }
+                if let Some(d) = en.get(Builtin::Ipv6) {
+                    if let Some((st, e)) = ipv6(s, i) {
+                        push(st, e, d, out);
+                        *ipv6_done = e;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The digit-anchored detectors at a digit-run start `i`.
+fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize, u16)) {
+    let prev = back(s, i, 1);
+    if let Some(d) = en.get(Builtin::Iban) {
+        if i >= 2 && upper(prev) && upper(back(s, i, 2)) && !glued_before(s, i - 2) {
+            if let Some(e) = iban(s, i - 2) {
+                push(i - 2, e, d);
+            }
+        }
+    }
+    let phone_d = en.get(Builtin::Phone);
+    let mut phone_done = false;
+    if (prev == b'+' || prev == b'(') && !glued_before(s, i - 1) {
+        if let Some(d) = phone_d {
+            if let Some(e) = phone(s, i - 1) {
+                push(i - 1, e, d);
+                phone_done = true;
+            }
+        }
+    }
+    if glued_before(s, i) {
+        return;
+    }
+    let run_len = count_while(s, i, 20, digit);
+    let nx = at(s, i + run_len);
+    let first = at(s, i);
+    if let Some(d) = en.get(Builtin::PaymentCard) {
+        // every brand starts with 2..6
+        let shape = (13..=19).contains(&run_len) || ((3..=6).contains(&run_len) && (nx == b' ' || nx == b'-'));
+        if shape && (b'2'..=b'6').contains(&first) {
+            if let Some(e) = card(s, i) {
+                push(i, e, d);
+            }
+        }
+    }
+    if let Some(d) = en.get(Builtin::UsSsn) {
+        if run_len == 3 && nx == b'-' {
+            if let Some(e) = ssn(s, i) {
+                push(i, e, d);
+            }
+        }
+    }
+    if let Some(d) = phone_d {
+        let after = i + run_len + 1;
+        let next_group = digit(at(s, after)) || at(s, after) == b'(';
+        // cheap shape checks before parsing: "1-800-…", "415-555-…", "020 7946 …"
+        let shape = match run_len {
+            1 => first == b'1' && next_group,
+            3 if first != b'0' => first >= b'2' && digit(at(s, after)) && digit(at(s, after + 1)) && digit(at(s, after + 2)),
+            2..=5 => first == b'0' && at(s, i + 1) != b'0' && digit(at(s, after)),
+            _ => false,
+        };
+        // a national number is not the tail of a longer digit run grouped
+        // the same way ("0044 0532 0130 01", "+0 415 555 0134")
+        let grouped = prev == nx && digit(back(s, i, 2));
+        if !phone_done && !grouped && shape && matches!(nx, b' ' | b'-' | b'.') {
+            if let Some(e) = phone(s, i) {
+                push(i, e, d);
+            }
+        }
+    }
+    if let Some(d) = en.get(Builtin::Ipv4) {
+        if run_len <= 3 && nx == b'.' {
+            if let Some(e) = ipv4(s, i) {
+                push(i, e, d);
+            }
+        }
+    }
+}

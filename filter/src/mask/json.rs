@@ -1,0 +1,587 @@
+//! JSON-aware masking: a small validating JSON lexer (RFC 8259) that walks a
+//! document once, runs the detectors on decoded string values, applies the
+//! field rules, and copies every untouched byte as it was.
+
+use super::detectors::{any_class, class_word, maybe_json_stop, C_BSLASH, C_CTRL, C_QUOTE, C_TRIG};
+use super::{Counts, Inner, MaskError, RawFields};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// One step of a compiled JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PSeg {
+    Key(String),
+    AnyKey,
+    Idx(usize),
+    AnyIdx,
+}
+
+/// A field rule: a bare key name (any depth, ASCII case-insensitive) or a
+/// path from the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    Name(String),
+    Path(Vec<PSeg>),
+}
+
+/// Compiled `masking.fields`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FieldRules {
+    redact: Vec<Rule>,
+    skip: Vec<Rule>,
+}
+
+/// Parses a field rule: `name`, or `$` followed by `.key`, `.*`, `[N]`,
+/// `[*]`, `['key']` / `["key"]` steps.
+fn parse_rule(s: &str) -> Result<Rule, String> {
+    let Some(rest) = s.strip_prefix('$') else {
+        if s.is_empty() {
+            return Err("must be a key name or a JSON path starting with '$'".into());
+        }
+        if s.contains(['.', '[', ']']) {
+            return Err("a bare key name has no '.', '[' or ']': write a JSON path such as \"$.a.b\"".into());
+        }
+        return Ok(Rule::Name(s.to_string()));
+    };
+    let b = rest.as_bytes();
+    let mut i = 0usize;
+    let mut segs = Vec::new();
+    let at = |i: usize| b.get(i).copied().unwrap_or(0);
+    while i < b.len() {
+        match at(i) {
+            b'.' => {
+                i += 1;
+                if at(i) == b'*' {
+                    segs.push(PSeg::AnyKey);
+                    i += 1;
+                } else {
+                    let st = i;
+                    while i < b.len() && !matches!(at(i), b'.' | b'[' | b']') {
+                        i += 1;
+                    }
+                    let key = rest.get(st..i).unwrap_or("");
+                    if key.is_empty() {
+                        return Err(format!("empty key at byte {}", st + 1));
+                    }
+                    segs.push(PSeg::Key(key.to_string()));
+                }
+            }
+            b'[' => {
+                i += 1;
+                match at(i) {
+                    b'*' if at(i + 1) == b']' => {
+                        segs.push(PSeg::AnyIdx);
+                        i += 2;
+                    }
+                    q @ (b'\'' | b'"') => {
+                        let st = i + 1;
+                        let len = b.get(st..).and_then(|r| r.iter().position(|c| *c == q)).ok_or("unterminated quoted key")?;
+                        let key = rest.get(st..st + len).unwrap_or("");
+                        if at(st + len + 1) != b']' {
+                            return Err("expected ']' after a quoted key".into());
+                        }
+                        segs.push(PSeg::Key(key.to_string()));
+                        i = st + len + 2;
+                    }
+                    b'0'..=b'9' => {
+                        let st = i;
+                        while at(i).is_ascii_digit() {
+                            i += 1;
+                        }
+                        let n: usize = rest.get(st..i).and_then(|d| d.parse().ok()).ok_or("array index too large")?;
+                        if at(i) != b']' {
+                            return Err("expected ']' after an array index".into());
+                        }
+                        segs.push(PSeg::Idx(n));
+                        i += 1;
+                    }
+                    _ => return Err("expected an index, '*' or a quoted key after '['".into()),
+                }
+            }
+            _ => return Err(format!("unexpected {:?} at byte {}", char::from(at(i)), i + 1)),
+        }
+    }
+    if segs.is_empty() {
+        return Err("the path selects the whole document; name a field".into());
+    }
+    Ok(Rule::Path(segs))
+}
+
+/// A step of the current position in the document.
+enum Frame<'a> {
+    Obj(Cow<'a, str>),
+    Arr(usize),
+}
+
+fn rule_matches(rule: &Rule, path: &[Frame<'_>]) -> bool {
+    match rule {
+        Rule::Name(n) => matches!(path.last(), Some(Frame::Obj(k)) if k.eq_ignore_ascii_case(n)),
+        Rule::Path(segs) => {
+            segs.len() == path.len()
+                && segs.iter().zip(path).all(|(s, f)| match (s, f) {
+                    (PSeg::Key(a), Frame::Obj(k)) => a == k,
+                    (PSeg::AnyKey, Frame::Obj(_)) => true,
+                    (PSeg::Idx(n), Frame::Arr(i)) => n == i,
+                    (PSeg::AnyIdx, Frame::Arr(_)) => true,
+                    _ => false,
+                })
+        }
+    }
+}
+
+/// What a field rule says about the value at a path.
+enum Action {
+    Redact(String),
+    Skip,
+}
+
+impl FieldRules {
+    pub(crate) fn compile(raw: &RawFields, at: &str, err: &mut impl FnMut(String, String)) -> FieldRules {
+        let mut rules = FieldRules::default();
+        for (i, s) in raw.redact.iter().enumerate() {
+            match parse_rule(s) {
+                Ok(r) => rules.redact.push(r),
+                Err(e) => err(format!("{at}.redact[{i}]"), format!("invalid field rule {s:?}: {e}")),
+            }
+        }
+        for (i, s) in raw.skip.iter().enumerate() {
+            if raw.redact.contains(s) {
+                err(format!("{at}.skip[{i}]"), format!("{s:?} is also in {at}.redact"));
+                continue;
+            }
+            match parse_rule(s) {
+                Ok(r) => rules.skip.push(r),
+                Err(e) => err(format!("{at}.skip[{i}]"), format!("invalid field rule {s:?}: {e}")),
+            }
+        }
+        rules
+    }
+
+    fn is_empty(&self) -> bool {
+        self.redact.is_empty() && self.skip.is_empty()
+    }
+
+    fn action(&self, path: &[Frame<'_>]) -> Option<Action> {
+        if self.redact.iter().any(|r| rule_matches(r, path)) {
+            let label = match path.last() {
+                Some(Frame::Obj(k)) if !k.is_empty() => format!("[{}]", k.to_uppercase()),
+                _ => "[REDACTED]".to_string(),
+            };
+            return Some(Action::Redact(label));
+        }
+        if self.skip.iter().any(|r| rule_matches(r, path)) {
+            return Some(Action::Skip);
+        }
+        None
+    }
+}
+
+// ---------------------------------------------------------------- lexing
+
+#[inline]
+fn at(src: &[u8], i: usize) -> u8 {
+    src.get(i).copied().unwrap_or(0)
+}
+
+#[inline]
+fn ws(src: &[u8], mut i: usize) -> usize {
+    while matches!(at(src, i), b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+fn hex4(src: &[u8], i: usize) -> Option<u32> {
+    let h = src.get(i..i + 4)?;
+    let s = std::str::from_utf8(h).ok()?;
+    if !h.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(s, 16).ok()
+}
+
+/// Validates the escape whose backslash is at `i - 1`; returns the index
+/// after it and the code point it stands for.
+fn escape(src: &[u8], i: usize) -> Result<(usize, char), MaskError> {
+    let simple = match at(src, i) {
+        b'"' => Some('"'),
+        b'\\' => Some('\\'),
+        b'/' => Some('/'),
+        b'b' => Some('\u{8}'),
+        b'f' => Some('\u{c}'),
+        b'n' => Some('\n'),
+        b'r' => Some('\r'),
+        b't' => Some('\t'),
+        b'u' => None,
+        _ => return Err(MaskError::new(i, "invalid escape")),
+    };
+    if let Some(c) = simple {
+        return Ok((i + 1, c));
+    }
+    let hi = hex4(src, i + 1).ok_or_else(|| MaskError::new(i, "invalid \\u escape"))?;
+    if (0xDC00..=0xDFFF).contains(&hi) {
+        return Err(MaskError::new(i, "lone low surrogate"));
+    }
+    if (0xD800..=0xDBFF).contains(&hi) {
+        if at(src, i + 5) != b'\\' || at(src, i + 6) != b'u' {
+            return Err(MaskError::new(i, "lone high surrogate"));
+        }
+        let lo = hex4(src, i + 7).ok_or_else(|| MaskError::new(i + 6, "invalid \\u escape"))?;
+        if !(0xDC00..=0xDFFF).contains(&lo) {
+            return Err(MaskError::new(i + 6, "lone high surrogate"));
+        }
+        let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+        let c = char::from_u32(cp).ok_or_else(|| MaskError::new(i, "invalid code point"))?;
+        return Ok((i + 11, c));
+    }
+    let c = char::from_u32(hi).ok_or_else(|| MaskError::new(i, "invalid code point"))?;
+    Ok((i + 5, c))
+}
+
+/// Scans the string whose opening quote is at `start - 1`: returns the index
+/// of the closing quote, whether it holds escapes, whether it holds an
+/// anchor byte.
+#[inline]
+fn scan_string(src: &[u8], table: &[u8; 256], start: usize) -> Result<(usize, bool, bool), MaskError> {
+    let mut i = start;
+    let mut esc = false;
+    let mut cls = 0u8;
+    loop {
+        // 8 bytes at a time while nothing stops the string (and, until an
+        // anchor is seen, while none is among them)
+        if cls & C_TRIG == 0 {
+            while i + 8 <= src.len() && !any_class(class_word(table, src, i), C_QUOTE | C_BSLASH | C_CTRL | C_TRIG) {
+                i += 8;
+            }
+        } else {
+            while maybe_json_stop(src, i) == Some(false) {
+                i += 8;
+            }
+        }
+        let rest = src.get(i..(i + 8).min(src.len())).unwrap_or(&[]);
+        let mut stop = None;
+        for (k, &b) in rest.iter().enumerate() {
+            let c = table.get(usize::from(b)).copied().unwrap_or(0);
+            if c & (C_QUOTE | C_BSLASH | C_CTRL) != 0 {
+                stop = Some((k, b));
+                break;
+            }
+            cls |= c;
+        }
+        let Some((k, b)) = stop else {
+            if i + rest.len() >= src.len() {
+                return Err(MaskError::new(src.len(), "unterminated string"));
+            }
+            i += rest.len();
+            continue;
+        };
+        i += k;
+        match b {
+            b'"' => return Ok((i, esc, cls & C_TRIG != 0)),
+            b'\\' => {
+                esc = true;
+                i = escape(src, i + 1)?.0;
+            }
+            _ => return Err(MaskError::new(i, "control character in string")),
+        }
+    }
+}
+
+/// Decodes the (validated) string body `src[start..end]`.
+fn decode<'a>(text: &'a str, src: &[u8], start: usize, end: usize) -> Result<Cow<'a, str>, MaskError> {
+    let mut out = String::with_capacity(end.saturating_sub(start));
+    decode_into(text, src, start, end, &mut out)?;
+    Ok(Cow::Owned(out))
+}
+
+/// Decodes the (validated) string body `src[start..end]` into `out`.
+fn decode_into(text: &str, src: &[u8], start: usize, end: usize, out: &mut String) -> Result<(), MaskError> {
+    out.clear();
+    let mut i = start;
+    while i < end {
+        let run = src.get(i..end).and_then(|r| r.iter().position(|b| *b == b'\\')).unwrap_or(end - i);
+        out.push_str(text.get(i..i + run).ok_or_else(|| MaskError::new(i, "invalid UTF-8"))?);
+        i += run;
+        if i < end {
+            let (next, c) = escape(src, i + 1)?;
+            out.push(c);
+            i = next;
+        }
+    }
+    Ok(())
+}
+
+/// JSON string literal for `s` (minimal escaping: `"`, `\`, control bytes).
+pub(crate) fn quote(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let b = s.as_bytes();
+    let mut last = 0usize;
+    for (i, &c) in b.iter().enumerate() {
+        let rep: Option<&[u8]> = match c {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.extend_from_slice(b.get(last..i).unwrap_or(&[]));
+        match rep {
+            Some(r) => out.extend_from_slice(r),
+            None => {
+                const H: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(H.get(usize::from(c >> 4)).copied().unwrap_or(b'0'));
+                out.push(H.get(usize::from(c & 15)).copied().unwrap_or(b'0'));
+            }
+        }
+        last = i + 1;
+    }
+    out.extend_from_slice(b.get(last..).unwrap_or(&[]));
+    out.push(b'"');
+}
+
+fn number(src: &[u8], mut p: usize) -> Result<usize, MaskError> {
+    let digits = |p: usize| src.get(p..).map_or(0, |r| r.iter().take_while(|b| b.is_ascii_digit()).count());
+    if at(src, p) == b'-' {
+        p += 1;
+    }
+    match at(src, p) {
+        b'0' => p += 1,
+        b'1'..=b'9' => p += digits(p),
+        _ => return Err(MaskError::new(p, "invalid number")),
+    }
+    if at(src, p) == b'.' {
+        let n = digits(p + 1);
+        if n == 0 {
+            return Err(MaskError::new(p, "invalid number"));
+        }
+        p += 1 + n;
+    }
+    if matches!(at(src, p), b'e' | b'E') {
+        p += 1;
+        if matches!(at(src, p), b'+' | b'-') {
+            p += 1;
+        }
+        let n = digits(p);
+        if n == 0 {
+            return Err(MaskError::new(p, "invalid number"));
+        }
+        p += n;
+    }
+    Ok(p)
+}
+
+/// Output under construction: untouched bytes are copied lazily.
+struct Writer {
+    out: Vec<u8>,
+    copied: usize,
+    changed: bool,
+}
+
+impl Writer {
+    fn replace(&mut self, src: &[u8], start: usize, end: usize, with: &[u8]) {
+        self.out.extend_from_slice(src.get(self.copied..start).unwrap_or(&[]));
+        self.out.extend_from_slice(with);
+        self.copied = end;
+        self.changed = true;
+    }
+    fn finish(mut self, src: &[u8]) -> Vec<u8> {
+        if !self.changed {
+            return src.to_vec();
+        }
+        self.out.extend_from_slice(src.get(self.copied..).unwrap_or(&[]));
+        self.out
+    }
+}
+
+/// Reads an object key (the opening quote at `pos`) and the `:` after it;
+/// returns the decoded key (empty when `keep` is false) and the position of
+/// the member's value.
+fn key<'a>(text: &'a str, src: &[u8], table: &[u8; 256], pos: usize, keep: bool) -> Result<(Cow<'a, str>, usize), MaskError> {
+    if at(src, pos) != b'"' {
+        return Err(MaskError::new(pos, "expected a string key"));
+    }
+    let (end, esc, _) = scan_string(src, table, pos + 1)?;
+    let k = if !keep {
+        Cow::Borrowed("")
+    } else if esc {
+        decode(text, src, pos + 1, end)?
+    } else {
+        Cow::Borrowed(text.get(pos + 1..end).unwrap_or(""))
+    };
+    let p = ws(src, end + 1);
+    if at(src, p) != b':' {
+        return Err(MaskError::new(p, "expected ':'"));
+    }
+    Ok((k, ws(src, p + 1)))
+}
+
+/// Whether `path` is `choices[k].delta.content`; returns `k`.
+fn content_path(path: &[Frame<'_>]) -> Option<usize> {
+    match path {
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(t)] if c == "choices" && d == "delta" && t == "content" => Some(*k),
+        _ => None,
+    }
+}
+
+/// A value whose content is muted (skipped, or to be replaced by a label
+/// once complete).
+struct Mute {
+    depth: usize,
+    start: usize,
+    label: Option<String>,
+}
+
+/// Masks a JSON document. `content`: replacement text (already masked) for
+/// the string at `choices[k].delta.content`, by `k` (SSE chat chunks).
+pub(crate) fn rewrite(inner: &Inner, src: &[u8], content: Option<&BTreeMap<usize, String>>, counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
+    let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
+    let table = inner.table();
+    let track = !inner.fields.is_empty() || content.is_some();
+    let mut w = Writer { out: Vec::new(), copied: 0, changed: false };
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut mute: Option<Mute> = None;
+    let mut pos = ws(src, 0);
+    let mut buf = Vec::new();
+    let mut dec = String::new();
+    'value: loop {
+        if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
+            match inner.fields.action(&stack) {
+                Some(Action::Redact(label)) => mute = Some(Mute { depth: stack.len(), start: pos, label: Some(label) }),
+                Some(Action::Skip) => mute = Some(Mute { depth: stack.len(), start: pos, label: None }),
+                None => {}
+            }
+        }
+        match at(src, pos) {
+            b'{' => {
+                pos = ws(src, pos + 1);
+                if at(src, pos) == b'}' {
+                    pos += 1;
+                } else {
+                    let (k, p) = key(text, src, table, pos, track)?;
+                    stack.push(Frame::Obj(k));
+                    pos = p;
+                    continue 'value;
+                }
+            }
+            b'[' => {
+                pos = ws(src, pos + 1);
+                if at(src, pos) == b']' {
+                    pos += 1;
+                } else {
+                    stack.push(Frame::Arr(0));
+                    continue 'value;
+                }
+            }
+            b'"' => {
+                let (end, esc, trig) = scan_string(src, table, pos + 1)?;
+                if mute.is_none() {
+                    let hook = if content.is_some() { content_path(&stack) } else { None };
+                    if let Some(rep) = hook.and_then(|k| content.and_then(|m| m.get(&k))) {
+                        buf.clear();
+                        quote(rep, &mut buf);
+                        w.replace(src, pos, end + 1, &buf);
+                    } else if inner.needs_scan(trig || esc) {
+                        let decoded = if esc {
+                            decode_into(text, src, pos + 1, end, &mut dec)?;
+                            dec.as_str()
+                        } else {
+                            text.get(pos + 1..end).unwrap_or("")
+                        };
+                        if let Some(masked) = inner.mask_str(decoded, counts) {
+                            buf.clear();
+                            quote(&masked, &mut buf);
+                            w.replace(src, pos, end + 1, &buf);
+                        }
+                    }
+                }
+                pos = end + 1;
+            }
+            b't' | b'f' | b'n' => {
+                let lit: &[u8] = match at(src, pos) {
+                    b't' => b"true",
+                    b'f' => b"false",
+                    _ => b"null",
+                };
+                if !src.get(pos..).is_some_and(|r| r.starts_with(lit)) {
+                    return Err(MaskError::new(pos, "invalid literal"));
+                }
+                pos += lit.len();
+            }
+            b'-' | b'0'..=b'9' => pos = number(src, pos)?,
+            0 if pos >= src.len() => return Err(MaskError::new(pos, "unexpected end of input")),
+            _ => return Err(MaskError::new(pos, "expected a value")),
+        }
+        // after a value
+        loop {
+            if mute.as_ref().is_some_and(|m| m.depth == stack.len()) {
+                if let Some(m) = mute.take() {
+                    if let Some(label) = m.label {
+                        buf.clear();
+                        quote(&label, &mut buf);
+                        w.replace(src, m.start, pos, &buf);
+                        *counts.entry("field".to_string()).or_insert(0) += 1;
+                    }
+                }
+            }
+            pos = ws(src, pos);
+            let c = at(src, pos);
+            match stack.last_mut() {
+                None => {
+                    if pos != src.len() {
+                        return Err(MaskError::new(pos, "trailing data after the document"));
+                    }
+                    break 'value;
+                }
+                Some(Frame::Obj(_)) => match c {
+                    b',' => {
+                        let (k, p) = key(text, src, table, ws(src, pos + 1), track)?;
+                        if let Some(top) = stack.last_mut() {
+                            *top = Frame::Obj(k);
+                        }
+                        pos = p;
+                        continue 'value;
+                    }
+                    b'}' => {
+                        pos += 1;
+                        stack.pop();
+                    }
+                    _ => return Err(MaskError::new(pos, "expected ',' or '}'")),
+                },
+                Some(Frame::Arr(i)) => match c {
+                    b',' => {
+                        *i += 1;
+                        pos = ws(src, pos + 1);
+                        continue 'value;
+                    }
+                    b']' => {
+                        pos += 1;
+                        stack.pop();
+                    }
+                    _ => return Err(MaskError::new(pos, "expected ',' or ']'")),
+                },
+            }
+        }
+    }
+    Ok(w.finish(src))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_parse() {
+        assert_eq!(parse_rule("ssn"), Ok(Rule::Name("ssn".into())));
+        assert_eq!(
+            parse_rule("$.result[*].id"),
+            Ok(Rule::Path(vec![PSeg::Key("result".into()), PSeg::AnyIdx, PSeg::Key("id".into())]))
+        );
+        assert_eq!(parse_rule("$['a.b'][2].*"), Ok(Rule::Path(vec![PSeg::Key("a.b".into()), PSeg::Idx(2), PSeg::AnyKey])));
+        for bad in ["", "$", "a.b", "$.", "$[", "$[x]", "$['a'", "$.a]", "$..a"] {
+            assert!(parse_rule(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! PII and secret masking, independent of the host.
+//!
+//! A [`Masker`] is compiled once from the policy section `masking`
+//! ([`RawMasking`]) and then masks free text ([`Masker::mask_text`]), whole
+//! JSON documents ([`Masker::mask_json`]) and streamed bodies
+//! ([`Masker::stream`]: plain text, or server-sent events carrying OpenAI
+//! chat-completion chunks).
+//!
+//! Detectors validate what they find instead of trusting a bare pattern:
+//!
+//! | name | what | validation |
+//! |---|---|---|
+//! | `email` | addresses (RFC 5321 shape, ASCII; `xn--` A-labels) | local part ≤ 64, labels ≤ 63, domain ≤ 253, alphabetic TLD ≥ 2 or `xn--` |
+//! | `payment_card` | PANs, 13–19 digits, contiguous or grouped by single spaces/dashes | issuer prefix and length per brand (ISO/IEC 7812 IINs: Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay) and Luhn |
+//! | `us_ssn` | `AAA-GG-SSSS` | area ≠ 000, 666, 900–999; group ≠ 00; serial ≠ 0000 |
+//! | `phone` | E.164 (`+` and 8–15 digits, separators allowed); NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`; trunk-prefixed national `020 7946 0958` | digit counts and group shapes; bare digit runs are never phones |
+//! | `iban` | ISO 13616, contiguous or in groups of four | per-country length, MOD 97-10 |
+//! | `ipv4`, `ipv6` | addresses (opt-in) | octets ≤ 255; `std::net::Ipv6Addr` |
+//! | `aws_access_key` | `AKIA…`/`ASIA…` + 16 `[A-Z0-9]` | exact length |
+//! | `github_token` | `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` + ≥ 36 alphanumerics; `github_pat_…` | length |
+//! | `openai_key` | `sk-…` (≥ 32), `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…` | length, holds a digit |
+//! | `anthropic_key` | `sk-ant-…` | length, holds a digit |
+//! | `slack_token` | `xoxb-`/`xoxa-`/`xoxp-`/`xoxr-`/`xoxs-…` | length, holds a digit |
+//! | `jwt` | JWS (three base64url segments, header `eyJ…`) and JWE (five) | segment shapes |
+//! | `private_key` | PEM `-----BEGIN … PRIVATE KEY-----` … `-----END … PRIVATE KEY-----` (RFC 7468) | armor lines |
+//!
+//! Values glued to a longer token are not matched: a digit run preceded or
+//! followed by a letter, digit or `_` (or by `.`/`-` next to one) is part of
+//! an id, hash, UUID, version or date, not a number of its own.
+//!
+//! Built-in detectors are hand-written scanners (one pass looking for anchor
+//! bytes, then bounded, validating look-ups); custom detectors are
+//! `regex-lite` patterns (linear time). Strings without any anchor byte are
+//! skipped without running a detector (the prefilter), unless a custom
+//! detector is configured.
+//!
+//! Every function here is total: no input makes it panic.
+
+mod detectors;
+mod json;
+mod stream;
+
+pub use stream::{StreamKind, StreamMasker, HOLD_BACK, MAX_EVENT, MAX_HOLD};
+
+use crate::config::ConfigError;
+use detectors::{Builtin, Cand, Enabled, BUILTINS};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Number of values redacted, by detector name (`email`, `payment_card`,
+/// a custom detector's name, and `field` for values redacted by a field
+/// rule).
+pub type Counts = BTreeMap<String, u64>;
+
+/// The policy section `masking` (top level of the plugin configuration), as
+/// written. Every field is optional. Unknown fields are rejected.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMasking {
+    /// Built-in detectors to enable, by name. Absent: every built-in except
+    /// `ipv4` and `ipv6`. Names: `email`, `payment_card`, `us_ssn`, `phone`,
+    /// `iban`, `ipv4`, `ipv6`, `aws_access_key`, `github_token`,
+    /// `openai_key`, `anthropic_key`, `slack_token`, `jwt`, `private_key`.
+    pub detectors: Option<Vec<String>>,
+    /// Extra detectors given by a pattern.
+    pub custom: Vec<RawCustom>,
+    /// Exact values that are never masked (compared with the matched text
+    /// as it appears, after JSON decoding).
+    pub allow: Vec<String>,
+    /// Default redaction for every detector: `label` (default), `partial`
+    /// or `hash`.
+    pub redaction: Option<RawRedaction>,
+    /// Redaction per detector name, overriding `redaction` and a custom
+    /// detector's own `redaction`.
+    pub per_detector: BTreeMap<String, RawRedaction>,
+    /// Key for `hash` redaction (HMAC-SHA256), at least 16 bytes; required
+    /// when any detector uses `hash`.
+    pub hash_key: Option<String>,
+    /// Rules by JSON field (applied by [`Masker::mask_json`] only).
+    pub fields: RawFields,
+}
+
+/// A custom detector: `masking.custom[i]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCustom {
+    /// Detector name: `[a-z][a-z0-9_]*`, at most 64 bytes, not a built-in
+    /// name, unique. Its label is the name uppercased.
+    pub name: String,
+    /// A `regex-lite` pattern (Rust regex syntax, linear-time matching). It
+    /// must not match the empty string. Values crossing whitespace and
+    /// longer than 120 bytes may be missed when they straddle stream chunks.
+    pub pattern: String,
+    /// Check run on each match: `luhn` (the digits pass ISO/IEC 7812 Luhn)
+    /// or `mod97` (ISO 7064 MOD 97-10 as for IBANs).
+    #[serde(default)]
+    pub validator: Option<String>,
+    /// Redaction for this detector (see [`RawMasking::redaction`]).
+    #[serde(default)]
+    pub redaction: Option<RawRedaction>,
+}
+
+/// `masking.fields`: rules naming JSON fields.
+///
+/// An entry is either a bare key name (`"ssn"`: any object member with that
+/// key at any depth, ASCII case-insensitive) or a JSON path from the
+/// document root (`"$.customer.ssn"`, `"$.result[*].id"`, `"$['a.b'][0]"`,
+/// `"$.items.*"`; keys compared exactly).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFields {
+    /// Values always replaced by the field label (`"[SSN]"`: the key
+    /// uppercased, `"[REDACTED]"` for an array element), whatever their
+    /// type — strings, numbers, booleans, whole objects and arrays; `null`
+    /// stays `null`. A redact rule wins over a skip rule.
+    pub redact: Vec<String>,
+    /// Values (with everything inside them) never touched by any detector.
+    pub skip: Vec<String>,
+}
+
+/// A redaction mode as written: `"label"`, `"partial"` or `"hash"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RawRedaction(pub String);
+
+/// How a detected value is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redaction {
+    /// `[EMAIL]`: the detector name uppercased, in brackets.
+    Label,
+    /// The value's last 4 letters/digits kept, every other letter or digit
+    /// replaced by `*`; separators (spaces, `-`, `.`, `@`, …) stay in place,
+    /// so the length and shape are kept: `**** **** **** 1111`,
+    /// `***-**-6789`. Values with fewer than 8 letters/digits are starred
+    /// entirely.
+    Partial,
+    /// `[EMAIL:0123456789abcdef]`: the first 16 hex digits of
+    /// HMAC-SHA256(`hash_key`, value). Equal values give equal tokens. The
+    /// value is normalized first: digits only for `payment_card`, `us_ssn`
+    /// and `phone` (keeping a leading `+`), uppercase without spaces for
+    /// `iban`, ASCII-lowercase for `email`; as matched otherwise.
+    Hash,
+}
+
+impl Redaction {
+    fn parse(raw: &RawRedaction) -> Option<Redaction> {
+        match raw.0.as_str() {
+            "label" => Some(Redaction::Label),
+            "partial" => Some(Redaction::Partial),
+            "hash" => Some(Redaction::Hash),
+            _ => None,
+        }
+    }
+}
+
+/// A body that is not valid JSON (or not UTF-8): the caller fails closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskError {
+    /// Byte offset in the body where the problem was found.
+    pub offset: usize,
+    /// What is wrong there.
+    pub problem: String,
+}
+
+impl MaskError {
+    pub(crate) fn new(offset: usize, problem: &str) -> MaskError {
+        MaskError { offset, problem: problem.to_string() }
+    }
+}
+
+impl std::fmt::Display for MaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid JSON at byte {}: {}", self.offset, self.problem)
+    }
+}
+
+impl std::error::Error for MaskError {}
+
+#[derive(Debug, Clone, Copy)]
+enum Validator {
+    Luhn,
+    Mod97,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Builtin(Builtin),
+    Custom { re: regex_lite::Regex, validator: Option<Validator> },
+}
+
+#[derive(Debug, Clone)]
+struct Detector {
+    name: String,
+    /// Name uppercased.
+    tag: String,
+    /// `[TAG]`.
+    label: String,
+    redaction: Redaction,
+    kind: Kind,
+}
+
+/// The compiled masker state shared by [`Masker`] and its stream maskers.
+#[derive(Debug, Clone)]
+pub(crate) struct Inner {
+    dets: Vec<Detector>,
+    enabled: Enabled,
+    table: [u8; 256],
+    /// Detector indices of custom detectors.
+    customs: Vec<u16>,
+    allow: BTreeSet<String>,
+    hash_key: Vec<u8>,
+    fields: json::FieldRules,
+    /// Skip strings without an anchor byte (off only for measurements).
+    prefilter: bool,
+}
+
+/// A compiled masking policy: immutable, cheap to clone and share (the
+/// state is behind an [`Arc`]).
+#[derive(Debug, Clone)]
+pub struct Masker {
+    inner: Arc<Inner>,
+}
+
+fn field_path(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{prefix}.{rest}")
+    }
+}
+
+fn valid_custom_name(n: &str) -> bool {
+    n.len() <= 64
+        && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl Masker {
+    /// Validates and compiles a `masking` section.
+    ///
+    /// Errors name fields under `prefix` (`"masking"` gives
+    /// `masking.custom[0].pattern: invalid regex: …`; an empty prefix gives
+    /// bare field paths). Every problem is reported: unknown detector names
+    /// (in `detectors` or `per_detector`), bad custom names, patterns that
+    /// do not compile or match the empty string, unknown validators or
+    /// redaction modes, `hash` without a `hash_key` (or one under 16 bytes),
+    /// empty `allow` entries, malformed field rules.
+    pub fn compile(raw: RawMasking, prefix: &str) -> Result<Masker, Vec<ConfigError>> {
+        let mut errs: Vec<ConfigError> = Vec::new();
+        let mut err = |field: String, problem: String| errs.push(ConfigError { field, problem });
+        let known = || BUILTINS.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ");
+
+        let default_red = match &raw.redaction {
+            None => Redaction::Label,
+            Some(r) => Redaction::parse(r).unwrap_or_else(|| {
+                err(field_path(prefix, "redaction"), format!("unknown redaction {:?} (expected label, partial or hash)", r.0));
+                Redaction::Label
+            }),
+        };
+        let mut per: BTreeMap<String, Redaction> = BTreeMap::new();
+        let custom_names: BTreeSet<&str> = raw.custom.iter().map(|c| c.name.as_str()).collect();
+        for (name, r) in &raw.per_detector {
+            let at = field_path(prefix, &format!("per_detector.{name}"));
+            if detectors::builtin_by_name(name).is_none() && !custom_names.contains(name.as_str()) {
+                err(at.clone(), format!("unknown detector {name:?} (built-ins: {}; or a custom detector's name)", known()));
+            }
+            match Redaction::parse(r) {
+                Some(m) => {
+                    per.insert(name.clone(), m);
+                }
+                None => err(at, format!("unknown redaction {:?} (expected label, partial or hash)", r.0)),
+            }
+        }
+
+        let mut dets: Vec<Detector> = Vec::new();
+        let mut enabled = Enabled::default();
+        let wanted: Vec<Builtin> = match &raw.detectors {
+            None => BUILTINS.iter().map(|(b, _)| *b).filter(|b| detectors::default_enabled(*b)).collect(),
+            Some(list) => {
+                let mut v = Vec::new();
+                for (i, n) in list.iter().enumerate() {
+                    match detectors::builtin_by_name(n) {
+                        Some(b) => v.push(b),
+                        None => err(
+                            field_path(prefix, &format!("detectors[{i}]")),
+                            format!("unknown detector {n:?} (known: {})", known()),
+                        ),
+                    }
+                }
+                v
+            }
+        };
+        for (b, name) in BUILTINS.iter() {
+            if !wanted.contains(b) {
+                continue;
+            }
+            let Ok(idx) = u16::try_from(dets.len()) else { continue };
+            enabled.set(*b, idx);
+            let tag = name.to_ascii_uppercase();
+            dets.push(Detector {
+                name: (*name).to_string(),
+                label: format!("[{tag}]"),
+                tag,
+                redaction: per.get(*name).copied().unwrap_or(default_red),
+                kind: Kind::Builtin(*b),
+            });
+        }
+
+        let mut customs = Vec::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for (i, c) in raw.custom.iter().enumerate() {
+            let at = |f: &str| field_path(prefix, &format!("custom[{i}].{f}"));
+            if !valid_custom_name(&c.name) {
+                err(at("name"), "must match [a-z][a-z0-9_]* and be at most 64 bytes".into());
+            } else if detectors::builtin_by_name(&c.name).is_some() {
+                err(at("name"), format!("{:?} is a built-in detector name", c.name));
+            } else if !seen.insert(c.name.clone()) {
+                err(at("name"), format!("duplicate custom detector name {:?}", c.name));
+            }
+            let re = if c.pattern.len() > 4096 {
+                err(at("pattern"), "must be at most 4096 bytes".into());
+                None
+            } else {
+                match regex_lite::RegexBuilder::new(&c.pattern).size_limit(1 << 20).build() {
+                    Ok(re) if re.is_match("") => {
+                        err(at("pattern"), "matches the empty string".into());
+                        None
+                    }
+                    Ok(re) => Some(re),
+                    Err(e) => {
+                        err(at("pattern"), format!("invalid regex: {e}"));
+                        None
+                    }
+                }
+            };
+            let validator = match c.validator.as_deref() {
+                None => None,
+                Some("luhn") => Some(Validator::Luhn),
+                Some("mod97") => Some(Validator::Mod97),
+                Some(v) => {
+                    err(at("validator"), format!("unknown validator {v:?} (expected luhn or mod97)"));
+                    None
+                }
+            };
+            let own = match &c.redaction {
+                None => None,
+                Some(r) => {
+                    let m = Redaction::parse(r);
+                    if m.is_none() {
+                        err(at("redaction"), format!("unknown redaction {:?} (expected label, partial or hash)", r.0));
+                    }
+                    m
+                }
+            };
+            let (Some(re), Ok(idx)) = (re, u16::try_from(dets.len())) else { continue };
+            customs.push(idx);
+            let tag = c.name.to_ascii_uppercase();
+            dets.push(Detector {
+                name: c.name.clone(),
+                label: format!("[{tag}]"),
+                tag,
+                redaction: per.get(&c.name).copied().or(own).unwrap_or(default_red),
+                kind: Kind::Custom { re, validator },
+            });
+        }
+
+        let uses_hash = dets.iter().any(|d| d.redaction == Redaction::Hash)
+            || default_red == Redaction::Hash
+            || per.values().any(|r| *r == Redaction::Hash);
+        match &raw.hash_key {
+            None if uses_hash => err(field_path(prefix, "hash_key"), "required when a redaction is \"hash\"".into()),
+            Some(k) if k.len() < 16 => err(field_path(prefix, "hash_key"), "must be at least 16 bytes".into()),
+            _ => {}
+        }
+
+        let mut allow = BTreeSet::new();
+        for (i, a) in raw.allow.iter().enumerate() {
+            if a.is_empty() {
+                err(field_path(prefix, &format!("allow[{i}]")), "must be non-empty".into());
+            }
+            allow.insert(a.clone());
+        }
+
+        let fields = json::FieldRules::compile(&raw.fields, &field_path(prefix, "fields"), &mut err);
+
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let table = detectors::class_table(&enabled);
+        Ok(Masker {
+            inner: Arc::new(Inner {
+                dets,
+                enabled,
+                table,
+                customs,
+                allow,
+                hash_key: raw.hash_key.map(String::into_bytes).unwrap_or_default(),
+                fields,
+                prefilter: true,
+            }),
+        })
+    }
+
+    /// Names of the enabled detectors (built-ins first, then custom ones).
+    pub fn detector_names(&self) -> Vec<&str> {
+        self.inner.dets.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// Masks free text; adds to `counts` one per value redacted.
+    pub fn mask_text(&self, text: &str, counts: &mut Counts) -> String {
+        match self.inner.mask_str(text, counts) {
+            Some(s) => s,
+            None => text.to_string(),
+        }
+    }
+
+    /// Masks a text body given as bytes. Invalid UTF-8 sequences are copied
+    /// unchanged and act as separators (nothing is detected across them).
+    pub fn mask_text_bytes(&self, body: &[u8], counts: &mut Counts) -> Vec<u8> {
+        let mut cands = Vec::new();
+        self.inner.candidates_bytes(body, usize::MAX, &mut cands);
+        let mut out = Vec::with_capacity(body.len());
+        self.inner.render_bytes(body, 0, body.len(), &mut cands, &mut out, counts);
+        out
+    }
+
+    /// JSON-aware masking of a whole JSON document (RFC 8259, UTF-8).
+    ///
+    /// Detectors run on the decoded value of each string (`"a\u0040b.com"`
+    /// is an email); a changed string is re-encoded (minimal escaping), so
+    /// the output stays valid JSON. Object keys are never masked, numbers
+    /// and literals only by a field rule ([`RawFields`]). Everything not
+    /// masked is copied byte for byte: a document without findings comes
+    /// back unchanged.
+    ///
+    /// Errors: the body is not valid JSON (syntax, bad escapes, lone
+    /// surrogates, control characters in strings, trailing data) or not
+    /// UTF-8. The caller should fail closed.
+    pub fn mask_json(&self, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
+        json::rewrite(&self.inner, body, None, counts)
+    }
+
+    /// An incremental masker for a streamed body of the given kind.
+    pub fn stream(&self, kind: StreamKind) -> StreamMasker {
+        StreamMasker::new(Arc::clone(&self.inner), kind)
+    }
+
+    /// Turns the string-level prefilter on or off (measurements only: the
+    /// output is the same either way).
+    #[doc(hidden)]
+    pub fn with_prefilter(mut self, on: bool) -> Masker {
+        Arc::make_mut(&mut self.inner).prefilter = on;
+        self
+    }
+}
+
+fn hex16(mac: &[u8; 32]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(16);
+    for b in mac.iter().take(8) {
+        s.push(char::from(H.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
+        s.push(char::from(H.get(usize::from(b & 15)).copied().unwrap_or(b'0')));
+    }
+    s
+}
+
+fn partial(value: &str, out: &mut String) {
+    let total = value.chars().filter(|c| c.is_alphanumeric()).count();
+    let keep = if total >= 8 { 4 } else { 0 };
+    let mut seen = 0usize;
+    for c in value.chars() {
+        if c.is_alphanumeric() {
+            seen += 1;
+            out.push(if seen + keep > total { c } else { '*' });
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+impl Inner {
+    /// Whether a complete string needs a detector pass: it holds an anchor
+    /// byte or an escape (which may hide one), or the prefilter is off, or a
+    /// custom pattern (which may match anything) is configured.
+    #[inline]
+    pub(crate) fn needs_scan(&self, any_trigger: bool) -> bool {
+        any_trigger || !self.prefilter || !self.customs.is_empty()
+    }
+
+    pub(crate) fn table(&self) -> &[u8; 256] {
+        &self.table
+    }
+
+    /// Candidates in `s` (offset by `base`): built-ins and custom patterns.
+    /// Returns the start of an open PEM block (see `detectors::scan`).
+    fn candidates(&self, s: &str, base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+        let open = detectors::scan(&self.enabled, &self.table, s.as_bytes(), base, open_from, out);
+        for &idx in &self.customs {
+            let Some(Detector { kind: Kind::Custom { re, validator }, .. }) = self.dets.get(usize::from(idx)) else {
+                continue;
+            };
+            for m in re.find_iter(s) {
+                if m.is_empty() {
+                    continue;
+                }
+                let ok = match validator {
+                    None => true,
+                    Some(Validator::Luhn) => detectors::luhn(m.as_str().as_bytes()),
+                    Some(Validator::Mod97) => detectors::mod97(m.as_str().as_bytes()),
+                };
+                if ok {
+                    out.push(Cand { start: base + m.start(), end: base + m.end(), det: idx });
+                }
+            }
+        }
+        open
+    }
+
+    /// Candidates over a byte buffer: each valid UTF-8 run is scanned on its
+    /// own (invalid bytes separate runs; an incomplete sequence at the end is
+    /// left out). `open_from`: see `detectors::scan` (`usize::MAX` when the
+    /// buffer holds the end of the text).
+    pub(crate) fn candidates_bytes(&self, buf: &[u8], open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+        let mut off = 0usize;
+        let mut open = None;
+        while let Some(rest) = buf.get(off..) {
+            if rest.is_empty() {
+                break;
+            }
+            let (valid, skip) = match std::str::from_utf8(rest) {
+                Ok(s) => (s, None),
+                Err(e) => {
+                    let v = e.valid_up_to();
+                    let s = rest.get(..v).and_then(|r| std::str::from_utf8(r).ok()).unwrap_or("");
+                    (s, Some(e.error_len()))
+                }
+            };
+            // a run ended by an invalid byte is complete
+            let seg_open = match skip {
+                Some(Some(_)) => usize::MAX,
+                _ => open_from,
+            };
+            let o = self.candidates(valid, off, seg_open, out);
+            if open.is_none() {
+                open = o;
+            }
+            match skip {
+                None | Some(None) => break,
+                Some(Some(l)) => off += valid.len() + l,
+            }
+        }
+        open
+    }
+
+    /// Keeps the candidates to redact within `from..to`: drops allow-listed
+    /// values, then merges overlapping candidates into one span (so no byte
+    /// of any candidate survives) attributed to the first of them (earliest
+    /// start, then longest, then detector order).
+    fn select(&self, text: &[u8], cands: &mut Vec<Cand>, from: usize, to: usize) {
+        cands.retain(|c| c.start >= from && c.end <= to && c.start < c.end);
+        if !self.allow.is_empty() {
+            cands.retain(|c| {
+                let v = text.get(c.start..c.end).and_then(|v| std::str::from_utf8(v).ok());
+                !v.is_some_and(|v| self.allow.contains(v))
+            });
+        }
+        if cands.len() > 1 {
+            cands.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.det.cmp(&b.det)));
+            let mut merged: Vec<Cand> = Vec::with_capacity(cands.len());
+            for c in cands.iter() {
+                match merged.last_mut() {
+                    Some(m) if c.start < m.end => m.end = m.end.max(c.end),
+                    _ => merged.push(*c),
+                }
+            }
+            *cands = merged;
+        }
+    }
+
+    /// Appends the replacement for `value` found by detector `det`.
+    fn redact_into(&self, det: u16, value: &str, out: &mut String, counts: &mut Counts) {
+        let Some(d) = self.dets.get(usize::from(det)) else {
+            out.push_str("[REDACTED]");
+            return;
+        };
+        match counts.get_mut(&d.name) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(d.name.clone(), 1);
+            }
+        }
+        match d.redaction {
+            Redaction::Label => out.push_str(&d.label),
+            Redaction::Partial => partial(value, out),
+            Redaction::Hash => {
+                let norm = normalize(&d.kind, value);
+                let mac = hmac_sha256::HMAC::mac(norm.as_bytes(), &self.hash_key);
+                out.push('[');
+                out.push_str(&d.tag);
+                out.push(':');
+                out.push_str(&hex16(&mac));
+                out.push(']');
+            }
+        }
+    }
+
+    /// Masks a complete string; `None` when nothing is redacted.
+    pub(crate) fn mask_str(&self, s: &str, counts: &mut Counts) -> Option<String> {
+        let mut cands = Vec::new();
+        self.candidates(s, 0, usize::MAX, &mut cands);
+        if cands.is_empty() {
+            return None;
+        }
+        self.select(s.as_bytes(), &mut cands, 0, s.len());
+        if cands.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(s.len() + 16);
+        let mut last = 0usize;
+        for c in &cands {
+            out.push_str(s.get(last..c.start).unwrap_or(""));
+            self.redact_into(c.det, s.get(c.start..c.end).unwrap_or(""), &mut out, counts);
+            last = c.end;
+        }
+        out.push_str(s.get(last..).unwrap_or(""));
+        Some(out)
+    }
+
+    /// Renders `buf[from..to]` with the selected candidates redacted.
+    pub(crate) fn render_bytes(&self, buf: &[u8], from: usize, to: usize, cands: &mut Vec<Cand>, out: &mut Vec<u8>, counts: &mut Counts) {
+        self.select(buf, cands, from, to);
+        let mut last = from;
+        let mut tmp = String::new();
+        for c in cands.iter() {
+            out.extend_from_slice(buf.get(last..c.start).unwrap_or(&[]));
+            let value = String::from_utf8_lossy(buf.get(c.start..c.end).unwrap_or(&[]));
+            tmp.clear();
+            self.redact_into(c.det, &value, &mut tmp, counts);
+            out.extend_from_slice(tmp.as_bytes());
+            last = c.end;
+        }
+        out.extend_from_slice(buf.get(last..to).unwrap_or(&[]));
+    }
+}
+
+/// The value hashed for `hash` redaction (see [`Redaction::Hash`]).
+fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    match kind {
+        Kind::Builtin(Builtin::PaymentCard | Builtin::UsSsn) => Cow::Owned(value.chars().filter(char::is_ascii_digit).collect()),
+        Kind::Builtin(Builtin::Phone) => {
+            let mut s = String::new();
+            if value.starts_with('+') {
+                s.push('+');
+            }
+            s.extend(value.chars().filter(char::is_ascii_digit));
+            Cow::Owned(s)
+        }
+        Kind::Builtin(Builtin::Iban) => Cow::Owned(value.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_uppercase()).collect()),
+        Kind::Builtin(Builtin::Email) => Cow::Owned(value.to_ascii_lowercase()),
+        _ => Cow::Borrowed(value),
+    }
+}

@@ -1,0 +1,561 @@
+//! Incremental masking of streamed bodies: plain text, and server-sent
+//! events (WHATWG HTML §9.2) carrying OpenAI chat-completion chunks.
+//!
+//! **Text.** Bytes are held back until they can no longer be part of a value
+//! that continues in a later chunk, then released masked. A release cut is
+//! placed only right after an ASCII whitespace byte, at least
+//! [`HOLD_BACK`] bytes before the end of what has arrived, outside every
+//! candidate value and before any `-----BEGIN … PRIVATE KEY-----` block whose
+//! footer has not arrived yet (for at most 32 KiB). Built-in values never
+//! contain whitespace except the spaced forms of cards, phones and IBANs (at
+//! most 45 bytes) and PEM blocks (held whole), and each built-in decides a
+//! candidate from its whitespace-free token and at most three bytes around
+//! it, so the concatenated output is exactly what masking the whole text at
+//! once gives, however the stream is cut into chunks. A run without
+//! whitespace is held until whitespace arrives, up to [`MAX_HOLD`] bytes;
+//! past that it is cut anyway (outside any value found so far), and only
+//! then may a value straddling the cut be missed. Custom patterns keep this
+//! guarantee when their matches either hold no whitespace or are shorter
+//! than [`HOLD_BACK`] minus a few bytes.
+//!
+//! **SSE.** Events are parsed from `data:` lines (LF, CRLF or CR line ends)
+//! up to the blank line. A `data:` payload that is a JSON object with a
+//! `choices` array is a chat-completion chunk: the text of
+//! `choices[i].delta.content` is fed, per choice index, to a text stream
+//! masker as above, and each event carries in its `delta.content` the part
+//! of the text released so far (possibly empty, possibly text of earlier
+//! events), so a value split over several events is still found. The rest
+//! of the chunk is masked as JSON ([`super::Masker::mask_json`]). When a
+//! choice's `finish_reason` is set, its held text goes into that event, or,
+//! when the event has no `content`, into a synthetic chunk event (the same
+//! `id`, `model`, … with only that choice's delta) emitted just before it;
+//! `data: [DONE]` and the end of the stream flush every choice the same way.
+//! Other JSON payloads are masked as JSON, other payloads and other fields'
+//! values as text.
+
+use super::detectors::Cand;
+use super::json;
+use super::{Counts, Inner};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Least number of bytes a text stream holds back from the end of what has
+/// arrived (bytes).
+pub const HOLD_BACK: usize = 128;
+/// Most bytes a text stream holds when no whitespace arrives (bytes).
+pub const MAX_HOLD: usize = 64 * 1024;
+/// Bytes of already-released text kept as left context.
+const CONTEXT: usize = 128;
+/// Largest SSE event held while waiting for its blank line (bytes); a
+/// larger one is released masked as text.
+pub const MAX_EVENT: usize = 4 * 1024 * 1024;
+
+/// What a streamed body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Any text (`text/plain`, `application/x-ndjson`, …).
+    Text,
+    /// `text/event-stream`, with OpenAI chat-completion chunks.
+    Sse,
+}
+
+/// An incremental masker for one streamed body (see the module notes).
+/// [`StreamMasker::finish`] flushes everything and leaves the masker ready
+/// for a new stream.
+#[derive(Debug)]
+pub struct StreamMasker {
+    imp: Imp,
+}
+
+#[derive(Debug)]
+enum Imp {
+    Text(TextStream),
+    Sse(Box<SseStream>),
+}
+
+impl StreamMasker {
+    pub(crate) fn new(inner: Arc<Inner>, kind: StreamKind) -> StreamMasker {
+        let imp = match kind {
+            StreamKind::Text => Imp::Text(TextStream::new(inner)),
+            StreamKind::Sse => Imp::Sse(Box::new(SseStream::new(inner))),
+        };
+        StreamMasker { imp }
+    }
+
+    /// Feeds the next network chunk; returns the bytes safe to send now
+    /// (masked). Adds to `counts` for what it redacts.
+    pub fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
+        match &mut self.imp {
+            Imp::Text(t) => t.push(chunk, counts),
+            Imp::Sse(s) => s.push(chunk, counts),
+        }
+    }
+
+    /// End of stream: returns everything still held, masked.
+    pub fn finish(&mut self, counts: &mut Counts) -> Vec<u8> {
+        match &mut self.imp {
+            Imp::Text(t) => t.finish(counts),
+            Imp::Sse(s) => s.finish(counts),
+        }
+    }
+
+    /// Bytes received but not yet released.
+    pub fn held(&self) -> usize {
+        match &self.imp {
+            Imp::Text(t) => t.held(),
+            Imp::Sse(s) => s.held(),
+        }
+    }
+}
+
+/// The text stream masker.
+#[derive(Debug)]
+pub(crate) struct TextStream {
+    inner: Arc<Inner>,
+    buf: Vec<u8>,
+    /// First unreleased byte of `buf` (bytes before it are left context).
+    start: usize,
+    /// Bytes of `buf` below this index have been looked at for whitespace.
+    ws_upto: usize,
+    /// Largest `p <= ws_upto` with `buf[p - 1]` whitespace (0: none).
+    last_ws: usize,
+    /// No new cut is tried before `buf` is this long.
+    retry_at: usize,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')
+}
+
+impl TextStream {
+    fn new(inner: Arc<Inner>) -> TextStream {
+        TextStream { inner, buf: Vec::new(), start: 0, ws_upto: 0, last_ws: 0, retry_at: 0 }
+    }
+
+    fn held(&self) -> usize {
+        self.buf.len().saturating_sub(self.start)
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
+        self.buf.extend_from_slice(chunk);
+        let n = self.buf.len();
+        if n < self.retry_at || n < self.start + HOLD_BACK + 1 {
+            return Vec::new();
+        }
+        let limit = n - HOLD_BACK;
+        if let Some(scan) = self.buf.get(self.ws_upto..limit) {
+            if let Some(p) = scan.iter().rposition(|b| is_ws(*b)) {
+                self.last_ws = self.ws_upto + p + 1;
+            }
+        }
+        self.ws_upto = self.ws_upto.max(limit);
+        let forced = n - self.start > MAX_HOLD;
+        if self.last_ws <= self.start && !forced {
+            return Vec::new();
+        }
+        let mut cands = Vec::new();
+        // PEM headers before `start` were decided when released
+        let open = self.inner.candidates_bytes(&self.buf, self.start, &mut cands);
+        let cut = choose_cut(&self.buf, self.start, limit, &mut cands, open, forced);
+        let Some(cut) = cut else {
+            self.retry_at = n + (n - self.start).max(256) / 4;
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(cut - self.start);
+        self.inner.render_bytes(&self.buf, self.start, cut, &mut cands, &mut out, counts);
+        self.start = cut;
+        self.compact();
+        out
+    }
+
+    /// Drops released bytes, keeping [`CONTEXT`] bytes (from a character
+    /// boundary) as left context.
+    fn compact(&mut self) {
+        let mut keep_from = self.start.saturating_sub(CONTEXT);
+        while keep_from > 0 && self.buf.get(keep_from).is_some_and(|b| b & 0xC0 == 0x80) {
+            keep_from -= 1;
+        }
+        if keep_from > 0 {
+            self.buf.drain(..keep_from);
+            self.start -= keep_from;
+            self.ws_upto = self.ws_upto.saturating_sub(keep_from);
+            self.last_ws = self.last_ws.saturating_sub(keep_from);
+            self.retry_at = self.retry_at.saturating_sub(keep_from);
+        }
+    }
+
+    pub(crate) fn finish(&mut self, counts: &mut Counts) -> Vec<u8> {
+        let n = self.buf.len();
+        let mut out = Vec::with_capacity(n.saturating_sub(self.start));
+        if n > self.start {
+            let mut cands = Vec::new();
+            self.inner.candidates_bytes(&self.buf, usize::MAX, &mut cands);
+            self.inner.render_bytes(&self.buf, self.start, n, &mut cands, &mut out, counts);
+        }
+        *self = TextStream::new(Arc::clone(&self.inner));
+        out
+    }
+}
+
+/// The release cut: the largest `p` in `start+1..=limit` right after a
+/// whitespace byte, inside no candidate and not past an open PEM block.
+/// `forced`: when there is none, the largest character boundary inside no
+/// candidate (or `limit` itself).
+fn choose_cut(buf: &[u8], start: usize, limit: usize, cands: &mut [Cand], open: Option<usize>, forced: bool) -> Option<usize> {
+    cands.sort_unstable_by_key(|c| c.start);
+    // running maximum of candidate ends, by start
+    let mut reach: Vec<(usize, usize)> = Vec::with_capacity(cands.len());
+    let mut mx = 0usize;
+    for c in cands.iter() {
+        mx = mx.max(c.end);
+        reach.push((c.start, mx));
+    }
+    let inside = |p: usize| {
+        let k = reach.partition_point(|(s, _)| *s < p);
+        k > 0 && reach.get(k - 1).is_some_and(|(_, e)| *e > p)
+    };
+    let top = match open {
+        Some(o) => limit.min(o),
+        None => limit,
+    };
+    let mut p = top;
+    while p > start {
+        if buf.get(p - 1).is_some_and(|b| is_ws(*b)) && !inside(p) {
+            return Some(p);
+        }
+        p -= 1;
+    }
+    if !forced {
+        return None;
+    }
+    let boundary = |p: usize| buf.get(p).is_none_or(|b| b & 0xC0 != 0x80);
+    let mut p = limit;
+    while p > start {
+        if boundary(p) && !inside(p) {
+            return Some(p);
+        }
+        p -= 1;
+    }
+    let mut p = limit;
+    while p > start && !boundary(p) {
+        p -= 1;
+    }
+    (p > start).then_some(p)
+}
+
+// ---------------------------------------------------------------- SSE
+
+/// The parts of a chat-completion chunk the SSE masker reads (other members
+/// are skipped by serde without being kept).
+#[derive(serde::Deserialize)]
+struct ChunkLite {
+    choices: Vec<ChoiceLite>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceLite {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    delta: Option<DeltaLite>,
+    /// Present and not `null`: the choice is finished.
+    #[serde(default)]
+    finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaLite {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Debug)]
+struct Line {
+    text: Vec<u8>,
+    eol: Vec<u8>,
+}
+
+/// The SSE stream masker.
+#[derive(Debug)]
+pub(crate) struct SseStream {
+    inner: Arc<Inner>,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a line end.
+    searched: usize,
+    lines: Vec<Line>,
+    lines_bytes: usize,
+    choices: BTreeMap<u64, TextStream>,
+    /// The last chat chunk's payload (the model of synthetic chunks).
+    template: Vec<u8>,
+    /// Line end used for synthetic events.
+    eol: Vec<u8>,
+    /// Whether the last bytes emitted left an event open (no blank line).
+    open_event: bool,
+}
+
+impl SseStream {
+    fn new(inner: Arc<Inner>) -> SseStream {
+        SseStream {
+            inner,
+            buf: Vec::new(),
+            searched: 0,
+            lines: Vec::new(),
+            lines_bytes: 0,
+            choices: BTreeMap::new(),
+            template: Vec::new(),
+            eol: Vec::new(),
+            open_event: false,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.buf.len() + self.lines_bytes + self.choices.values().map(TextStream::held).sum::<usize>()
+    }
+
+    fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        self.split_lines(false, &mut out, counts);
+        if self.buf.len() + self.lines_bytes > MAX_EVENT {
+            // not SSE as we know it: release what we hold as text
+            let mut raw = Vec::new();
+            for l in self.lines.drain(..) {
+                raw.extend_from_slice(&l.text);
+                raw.extend_from_slice(&l.eol);
+            }
+            raw.append(&mut self.buf);
+            self.lines_bytes = 0;
+            self.searched = 0;
+            let mut cands = Vec::new();
+            self.inner.candidates_bytes(&raw, usize::MAX, &mut cands);
+            self.inner.render_bytes(&raw, 0, raw.len(), &mut cands, &mut out, counts);
+            self.open_event = true;
+        }
+        out
+    }
+
+    fn split_lines(&mut self, fin: bool, out: &mut Vec<u8>, counts: &mut Counts) {
+        let mut consumed = 0usize;
+        loop {
+            let rest = self.buf.get(consumed..).unwrap_or(&[]);
+            let from = self.searched.saturating_sub(consumed);
+            let Some(rel) = rest.get(from..).and_then(|r| r.iter().position(|b| *b == b'\n' || *b == b'\r')) else {
+                self.searched = self.buf.len();
+                break;
+            };
+            let i = from + rel;
+            let eol_len = match rest.get(i) {
+                Some(b'\r') => match rest.get(i + 1) {
+                    Some(b'\n') => 2,
+                    Some(_) => 1,
+                    None if fin => 1,
+                    None => {
+                        self.searched = consumed + i;
+                        break;
+                    }
+                },
+                _ => 1,
+            };
+            let text = rest.get(..i).unwrap_or(&[]).to_vec();
+            let eol = rest.get(i..i + eol_len).unwrap_or(&[]).to_vec();
+            consumed += i + eol_len;
+            self.searched = consumed;
+            if self.eol.is_empty() {
+                self.eol.clone_from(&eol);
+            }
+            if text.is_empty() {
+                let lines = std::mem::take(&mut self.lines);
+                self.lines_bytes = 0;
+                self.dispatch(lines, &eol, out, counts);
+            } else {
+                self.lines_bytes += text.len() + eol.len();
+                self.lines.push(Line { text, eol });
+            }
+        }
+        if consumed > 0 {
+            self.buf.drain(..consumed.min(self.buf.len()));
+            self.searched = self.searched.saturating_sub(consumed);
+        }
+    }
+
+    fn finish(&mut self, counts: &mut Counts) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.split_lines(true, &mut out, counts);
+        if !self.buf.is_empty() {
+            let text = std::mem::take(&mut self.buf);
+            self.lines_bytes += text.len();
+            self.lines.push(Line { text, eol: Vec::new() });
+        }
+        if !self.lines.is_empty() {
+            let lines = std::mem::take(&mut self.lines);
+            self.dispatch(lines, &[], &mut out, counts);
+        }
+        let mut flushed = Vec::new();
+        self.flush_all(&mut flushed, counts);
+        if !flushed.is_empty() && self.open_event {
+            // close the unterminated last event first
+            let eol = self.eol();
+            if !out.ends_with(b"\n") && !out.ends_with(b"\r") {
+                out.extend_from_slice(&eol);
+            }
+            out.extend_from_slice(&eol);
+        }
+        out.extend_from_slice(&flushed);
+        let inner = Arc::clone(&self.inner);
+        *self = SseStream::new(inner);
+        out
+    }
+
+    fn eol(&self) -> Vec<u8> {
+        if self.eol.is_empty() {
+            b"\n".to_vec()
+        } else {
+            self.eol.clone()
+        }
+    }
+
+    fn mask_line(&self, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+        let mut cands = Vec::new();
+        self.inner.candidates_bytes(text, usize::MAX, &mut cands);
+        self.inner.render_bytes(text, 0, text.len(), &mut cands, out, counts);
+    }
+
+    /// Emits one event: its lines, then `blank` (the blank line's end, or
+    /// nothing for an unterminated event at the end of the stream).
+    fn dispatch(&mut self, lines: Vec<Line>, blank: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+        let field = |l: &Line| -> Option<usize> {
+            // index of the value in a `data` line
+            let t = &l.text;
+            if t.starts_with(b"data:") {
+                Some(if t.get(5) == Some(&b' ') { 6 } else { 5 })
+            } else if t.as_slice() == b"data" {
+                Some(4)
+            } else {
+                None
+            }
+        };
+        let data: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| field(l).is_some()).map(|(i, _)| i).collect();
+        let mut new_data: Option<(Vec<u8>, Vec<u8>)> = None; // (payload, pre-events)
+        if !data.is_empty() {
+            let mut payload = Vec::new();
+            for (k, &i) in data.iter().enumerate() {
+                if k > 0 {
+                    payload.push(b'\n');
+                }
+                if let Some(l) = lines.get(i) {
+                    payload.extend_from_slice(l.text.get(field(l).unwrap_or(0)..).unwrap_or(&[]));
+                }
+            }
+            let mut pre = Vec::new();
+            let masked = self.payload(&payload, &mut pre, counts);
+            new_data = Some((masked, pre));
+        }
+        if let Some((_, pre)) = &new_data {
+            out.extend_from_slice(pre);
+        }
+        for (i, l) in lines.iter().enumerate() {
+            if Some(&i) == data.first() {
+                let prefix: &[u8] = if l.text.get(5) == Some(&b' ') { b"data: " } else { b"data:" };
+                if let Some((payload, _)) = &new_data {
+                    for part in payload.split(|b| *b == b'\n') {
+                        out.extend_from_slice(prefix);
+                        out.extend_from_slice(part);
+                        out.extend_from_slice(if l.eol.is_empty() { &self.eol } else { &l.eol });
+                    }
+                }
+            } else if data.contains(&i) {
+                continue;
+            } else {
+                self.mask_line(&l.text, out, counts);
+                out.extend_from_slice(&l.eol);
+            }
+        }
+        out.extend_from_slice(blank);
+        self.open_event = blank.is_empty();
+    }
+
+    /// Masks one event's data payload; synthetic events to emit before it
+    /// go to `pre`.
+    fn payload(&mut self, payload: &[u8], pre: &mut Vec<u8>, counts: &mut Counts) -> Vec<u8> {
+        if payload.trim_ascii() == b"[DONE]" {
+            self.flush_all(pre, counts);
+            return payload.to_vec();
+        }
+        let Ok(chunk) = serde_json::from_slice::<ChunkLite>(payload) else {
+            // other JSON is masked as JSON, anything else as text
+            return json::rewrite(&self.inner, payload, None, counts).unwrap_or_else(|_| {
+                let mut out = Vec::new();
+                self.mask_line(payload, &mut out, counts);
+                out
+            });
+        };
+        self.template.clear();
+        self.template.extend_from_slice(payload);
+        let mut content_out: BTreeMap<usize, String> = BTreeMap::new();
+        for (k, ch) in chunk.choices.into_iter().enumerate() {
+            let idx = ch.index.unwrap_or(k as u64);
+            let content = ch.delta.and_then(|d| d.content);
+            let mut text = Vec::new();
+            if let Some(c) = &content {
+                let st = self.choices.entry(idx).or_insert_with(|| TextStream::new(Arc::clone(&self.inner)));
+                text = st.push(c.as_bytes(), counts);
+            }
+            if ch.finish_reason.is_some() {
+                if let Some(mut st) = self.choices.remove(&idx) {
+                    text.extend_from_slice(&st.finish(counts));
+                }
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            if content.is_some() {
+                content_out.insert(k, text);
+            } else if !text.is_empty() {
+                self.synthetic(idx, &text, pre, counts);
+            }
+        }
+        match json::rewrite(&self.inner, payload, Some(&content_out), counts) {
+            Ok(v) => v,
+            Err(_) => {
+                let mut out = Vec::new();
+                self.mask_line(payload, &mut out, counts);
+                out
+            }
+        }
+    }
+
+    /// Flushes every choice's held text as synthetic events.
+    fn flush_all(&mut self, out: &mut Vec<u8>, counts: &mut Counts) {
+        let choices = std::mem::take(&mut self.choices);
+        for (idx, mut st) in choices {
+            let text = st.finish(counts);
+            if !text.is_empty() {
+                let text = String::from_utf8_lossy(&text).into_owned();
+                self.synthetic(idx, &text, out, counts);
+            }
+        }
+    }
+
+    /// A chat-completion chunk event carrying `text` for choice `idx`: the
+    /// last chunk's members but `choices` and `usage`, and one choice.
+    fn synthetic(&self, idx: u64, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
+        let mut m = serde_json::from_slice::<Map<String, Value>>(&self.template).unwrap_or_default();
+        m.remove("choices");
+        m.remove("usage");
+        let mut delta = Map::new();
+        delta.insert("content".into(), Value::String(text.to_string()));
+        let mut choice = Map::new();
+        choice.insert("index".into(), Value::from(idx));
+        choice.insert("delta".into(), Value::Object(delta));
+        choice.insert("finish_reason".into(), Value::Null);
+        m.insert("choices".into(), Value::Array(vec![Value::Object(choice)]));
+        let raw = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
+        let mut keep = BTreeMap::new();
+        keep.insert(0usize, text.to_string());
+        let body = json::rewrite(&self.inner, &raw, Some(&keep), counts).unwrap_or(raw);
+        let eol = self.eol();
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&eol);
+        out.extend_from_slice(&eol);
+    }
+}

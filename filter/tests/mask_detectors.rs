@@ -1,0 +1,419 @@
+//! `mask`: built-in detectors — a positive and a negative corpus per
+//! detector, including the usual false-positive traps (UUIDs, hex hashes,
+//! 13-digit millisecond timestamps, versions, order ids, dates, ISO
+//! timestamps).
+
+use nhi_gate::mask::{Counts, Masker, RawMasking};
+use serde_json::json;
+
+fn masker(cfg: serde_json::Value) -> Masker {
+    let raw: RawMasking = serde_json::from_value(cfg).expect("raw masking");
+    Masker::compile(raw, "masking").expect("compiles")
+}
+
+fn all_detectors() -> Masker {
+    masker(json!({"detectors": [
+        "email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "aws_access_key",
+        "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"
+    ]}))
+}
+
+/// `value` embedded in prose is replaced by exactly `[LABEL]`, counted once.
+fn assert_found(m: &Masker, value: &str, label: &str) {
+    for (pre, post) in [("", ""), ("see ", " now"), ("(", ")"), ("\"", "\","), ("x: ", ".")] {
+        let mut counts = Counts::new();
+        let text = format!("{pre}{value}{post}");
+        let out = m.mask_text(&text, &mut counts);
+        assert_eq!(out, format!("{pre}[{}]{post}", label.to_uppercase()), "input {text:?}");
+        assert_eq!(counts.get(label), Some(&1), "count for {text:?}: {counts:?}");
+    }
+}
+
+/// `text` passes through unchanged.
+fn assert_clean(m: &Masker, text: &str) {
+    let mut counts = Counts::new();
+    let out = m.mask_text(text, &mut counts);
+    assert_eq!(out, text, "false positive {counts:?}");
+    assert!(counts.is_empty());
+}
+
+#[test]
+fn email_positive() {
+    let m = masker(json!({}));
+    for v in [
+        "john.doe@example.com",
+        "user+tag@sub.mail.example.co.uk",
+        "a_b-c%d@example.io",
+        "x@xn--mnchen-3ya.de",
+        "user@xn--80ak6aa92e.xn--p1ai",
+        "UPPER.Case@Example.ORG",
+        "first.last+filter-1@mail-relay.example-corp.com",
+        "1234@numbers.example",
+    ] {
+        assert_found(&m, v, "email");
+    }
+}
+
+#[test]
+fn email_negative() {
+    let m = masker(json!({}));
+    for t in [
+        "user@localhost",
+        "@example.com",
+        "user@example.c",
+        "user@-example.com",
+        "user@example-.com",
+        "icon@2x.png and logo@3x.webp",
+        "user..name@example.com",
+        "name.@example.com",
+        "foo@bar",
+        "decorators like @Override and @param x",
+        "price 5@10.5",
+        "user@exa_mple.com",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn payment_card_positive() {
+    let m = masker(json!({}));
+    for v in [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "4012888888881881",
+        "4222222222222",
+        "4000000000000000006",
+        "5555555555554444",
+        "5105 1051 0510 5100",
+        "2221000000000009",
+        "378282246310005",
+        "3782 822463 10005",
+        "6011111111111117",
+        "6011000000000000001",
+        "6500000000000002",
+        "3530111333300000",
+        "3566002020360505",
+        "30569309025904",
+        "36227206271667",
+        "6200000000000005",
+        "6221260000000000001",
+    ] {
+        assert_found(&m, v, "payment_card");
+    }
+}
+
+#[test]
+fn payment_card_negative() {
+    let m = masker(json!({}));
+    for t in [
+        // Luhn fails
+        "4111111111111112",
+        "5555555555554445",
+        // Luhn-valid, but no brand prefix/length: millisecond timestamps, ids
+        "1700000000004",
+        "1700000000012 and 1700000000020",
+        "created 1717171717171 ms",
+        "1000000000000008",
+        "isbn 9780201633615",
+        // wrong length for the brand (Amex 16)
+        "3782822463100053",
+        // mixed separators, single-digit groups, glued to letters or longer runs
+        "4111 1111-1111 1111",
+        "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+        "order A4111111111111111",
+        "id 4111111111111111b",
+        "41111111111111111111111",
+        "ref ORD-4111111111111111",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn us_ssn() {
+    let m = masker(json!({}));
+    for v in ["123-45-6789", "078-05-1121", "899-99-9999", "001-01-0001"] {
+        assert_found(&m, v, "us_ssn");
+    }
+    for t in [
+        "000-12-3456",
+        "666-12-3456",
+        "900-12-3456",
+        "999-45-6789",
+        "123-00-4567",
+        "123-45-0000",
+        "123456789",
+        "123 45 6789",
+        "1234-45-6789",
+        "123-45-67890",
+        "A123-45-6789",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn phone_positive() {
+    let m = masker(json!({}));
+    for v in [
+        "(415) 555-0134",
+        "(415)555-0134",
+        "415-555-0134",
+        "415.555.0134",
+        "415 555 0134",
+        "1-800-555-0199",
+        "+1 415 555 0134",
+        "+1 (415) 555-0134",
+        "+14155550134",
+        "+44 20 7946 0958",
+        "+49 30 123456",
+        "+33 1 23 45 67 89",
+        "+81-3-1234-5678",
+        "020 7946 0958",
+        "01 23 45 67 89",
+        "030 12345678",
+    ] {
+        assert_found(&m, v, "phone");
+    }
+}
+
+#[test]
+fn phone_negative() {
+    let m = masker(json!({}));
+    for t in [
+        "2024-01-15",
+        "on 2024-01-15T10:30:00Z and 2024-01-15T10:30:00.123+02:00",
+        "15/01/2024 and 01.02.2024",
+        "version 1.2.3.4 and v10.20.30",
+        "host 10.0.0.1 and 192.168.100.200",
+        "123e4567-e89b-12d3-a456-426614174000",
+        "1700000000000",
+        "4155550134",
+        "12:30:45",
+        "123-456-7890",
+        "555-0134",
+        "ORD-415-555-0134",
+        "415-555-01345",
+        "+2024-01-15",
+        "+123",
+        "+0 415 555 0134",
+        "000 1234 5678",
+        "pages 100-200",
+        "score 3.14159265",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn iban() {
+    let m = masker(json!({}));
+    for v in [
+        "DE89370400440532013000",
+        "DE89 3704 0044 0532 0130 00",
+        "GB82WEST12345698765432",
+        "GB82 WEST 1234 5698 7654 32",
+        "FR1420041010050500013M02606",
+        "NL91ABNA0417164300",
+        "CH9300762011623852957",
+        "NO9386011117947",
+        "BE68539007547034",
+        "IT60X0542811101000000123456",
+        "ES9121000418450200051332",
+    ] {
+        assert_found(&m, v, "iban");
+    }
+    for t in [
+        "DE89370400440532013001",
+        "DE8937040044053201300",
+        "DE893704004405320130001",
+        "XX89370400440532013000",
+        "de89370400440532013000",
+        "DE89 3704 0044 0532 0130 01",
+        "ADE89370400440532013000",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn ip_addresses_are_opt_in() {
+    let default = masker(json!({}));
+    assert_clean(&default, "from 203.0.113.7 and 2001:db8::1");
+    let m = masker(json!({"detectors": ["ipv4", "ipv6"]}));
+    for v in ["203.0.113.7", "10.0.0.1", "255.255.255.255", "0.0.0.0"] {
+        assert_found(&m, v, "ipv4");
+    }
+    for v in ["2001:db8::1", "fe80::1ff:fe23:4567:890a", "::1", "2001:0db8:85a3:0000:0000:8a2e:0370:7334", "::ffff:192.0.2.1"] {
+        assert_found(&m, v, "ipv6");
+    }
+    for t in [
+        "256.1.1.1",
+        "1.2.3.4.5",
+        "01.2.3.4",
+        "10:30:00",
+        "std::vec::Vec",
+        "00:1a:2b:3c:4d:5e",
+        "a1.2.3.4",
+        "1.2.3",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn secrets_positive() {
+    let m = masker(json!({}));
+    assert_found(&m, "AKIAIOSFODNN7EXAMPLE", "aws_access_key");
+    assert_found(&m, "ASIAY34FZKBOKMUTVV7A", "aws_access_key");
+    assert_found(&m, "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "github_token");
+    assert_found(&m, "gho_16C7e42F292c6912E7710c838347Ae178B4a", "github_token");
+    assert_found(&m, "ghs_16C7e42F292c6912E7710c838347Ae178B4a", "github_token");
+    assert_found(
+        &m,
+        "github_pat_11ABCDEFG0123456789abc_defghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456",
+        "github_token",
+    );
+    assert_found(&m, "sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKL", "openai_key");
+    assert_found(&m, "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z_AbC-dEf", "openai_key");
+    assert_found(&m, "sk-svcacct-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z", "openai_key");
+    assert_found(
+        &m,
+        "sk-ant-api03-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hIj9kLm2nOp5qRs8t-AA",
+        "anthropic_key",
+    );
+    assert_found(&m, "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "slack_token");
+    assert_found(&m, "xoxp-1234567890-abcdefghij", "slack_token");
+    assert_found(
+        &m,
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+        "jwt",
+    );
+    // unsecured JWS (empty signature) and a JWE (five segments, empty key)
+    assert_found(&m, "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.", "jwt");
+    assert_found(&m, "eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4R0NNIn0..48V1_ALb6US04U3b.5eym8TW_c8SuK0ltJ3rpYIzOeDQz7TALvtu6UG9oMo4vpzs9tX_EFShS8iB7j6jiSdiwkIr3ajwQzaBtQD_A.XFBoMYUZodetZdvTiFvSkQ", "jwt");
+}
+
+#[test]
+fn private_keys() {
+    let m = masker(json!({}));
+    for kind in ["RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "OPENSSH PRIVATE KEY", "PGP PRIVATE KEY BLOCK"] {
+        let block = format!("-----BEGIN {kind}-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\n-----END {kind}-----");
+        assert_found(&m, &block, "private_key");
+        // CRLF and JSON-ish single line forms
+        assert_found(&m, &block.replace('\n', "\r\n"), "private_key");
+        assert_found(&m, &block.replace('\n', " "), "private_key");
+    }
+    // without a footer: the header and the base64 lines after it
+    let mut counts = Counts::new();
+    let out = m.mask_text("key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nu1SU1LfVLPHCozMx\n\nthe end", &mut counts);
+    assert_eq!(out, "key:\n[PRIVATE_KEY]\n\nthe end");
+    for t in [
+        "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
+        "-----BEGIN CERTIFICATE-----\nMIIDdzCCAl+gAwIBAgIE\n-----END CERTIFICATE-----",
+        "------BEGIN RSA PRIVATE KEY",
+        "-----BEGIN private key-----",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn secrets_negative() {
+    let m = masker(json!({}));
+    for t in [
+        "AKIAIOSFODNN7EXAMPL",
+        "AKIAIOSFODNN7EXAMPLE1",
+        "AKIAiosfodnn7example",
+        "XAKIAIOSFODNN7EXAMPLE",
+        "ghp_short",
+        "ghx_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+        "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678",
+        "sk-learn is a library",
+        "task-force-alpha-bravo-charlie-delta-echo",
+        "ask-me-anything-about-the-weather-in-the-alps",
+        "sk-abcdefghijklmnopqrst",
+        "sk-abcdefghijklmnopqrstuvwxyzabcdefghijklmnop",
+        "xoxb-short",
+        "xoxb-abcdefghijklmnop",
+        "eyJhbGciOiJIUzI1NiJ9",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0",
+        "keyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc.def",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn false_positive_traps() {
+    let m = all_detectors();
+    let mut none = masker(json!({}));
+    // everything but ipv4/ipv6 (the version string below is a valid IPv4 address)
+    for t in [
+        "123e4567-e89b-12d3-a456-426614174000",
+        "550e8400-e29b-41d4-a716-446655440000 and 00000000-0000-0000-0000-000000000000",
+        "sha1 da39a3ee5e6b4b0d3255bfef95601890afd80709",
+        "sha256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "md5 9e107d9d372bb6826bd81d3542a419d6 commit 4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        "hex 0123456789012345678901234567890123456789abcdef",
+        "ts 1700000000000 1717171717171 1699999999999 1700000000004",
+        "epoch 1700000000 and 1717171717",
+        "order ORD-2024-000123, invoice INV/2024/55512, #100234567",
+        "ticket JIRA-41555 build 20240115.3",
+        "dates 2024-01-15 2024/01/15 15.01.2024 01/15/2024",
+        "iso 2024-01-15T10:30:00Z 2024-01-15T10:30:00.123456+05:30",
+        "semver 1.2.3 and 10.20.30-rc.1+build.5",
+        "amounts $1,234.56 and 1 234 567,89 EUR and 3.14159265358979",
+        "coords 48.858844, 2.294351",
+        "durations 1h30m and 00:45:00",
+        "ids: user_4111111111111111 doc-4111111111111111x",
+        "base64 aGVsbG8gd29ybGQ= and path /api/v1/users/415/orders/555",
+        "kubernetes pod-7d4b9c8f5d-x2v9q and sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ] {
+        assert_clean(&none, t);
+    }
+    none = m;
+    for t in [
+        "123e4567-e89b-12d3-a456-426614174000",
+        "sha256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "ts 1700000000000 1717171717171",
+        "iso 2024-01-15T10:30:00Z",
+        "dates 2024-01-15",
+    ] {
+        assert_clean(&none, t);
+    }
+}
+
+#[test]
+fn mixed_paragraph() {
+    let m = masker(json!({}));
+    let mut counts = Counts::new();
+    let text = "Contact Jane at jane.roe@example.org or (415) 555-0134; card 4111 1111 1111 1111, \
+                SSN 123-45-6789, IBAN DE89 3704 0044 0532 0130 00. Ticket 2024-01-15 #1700000000000.";
+    let out = m.mask_text(text, &mut counts);
+    assert_eq!(
+        out,
+        "Contact Jane at [EMAIL] or [PHONE]; card [PAYMENT_CARD], SSN [US_SSN], IBAN [IBAN]. Ticket 2024-01-15 #1700000000000."
+    );
+    let want: Counts = [("email", 1), ("phone", 1), ("payment_card", 1), ("us_ssn", 1), ("iban", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(counts, want);
+}
+
+#[test]
+fn unicode_text_is_safe() {
+    let m = masker(json!({}));
+    let mut counts = Counts::new();
+    let out = m.mask_text("Grüße an jürgen@example.de, jürgen@müller.de — Tel. +49 30 123456 ✓ 日本語", &mut counts);
+    assert_eq!(out, "Grüße an [EMAIL], [EMAIL] — Tel. [PHONE] ✓ 日本語");
+    // no panic on any slicing of odd input
+    for t in ["@", "-", "_", "I", "J", ":", "+", "(", "-----BEGIN ", "eyJ", "AKIA", "sk-", "xoxb-", "ghp_", "0", "é@é.é", "\u{0}@\u{0}"] {
+        let _ = m.mask_text(t, &mut counts);
+        let _ = all_detectors().mask_text(t, &mut counts);
+    }
+}

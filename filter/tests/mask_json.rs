@@ -1,0 +1,197 @@
+//! `mask`: JSON-aware masking — decoded detection, valid re-encoded output,
+//! byte-identical pass-through, keys and numbers left alone, field rules by
+//! name and path, invalid documents refused.
+
+use nhi_gate::mask::{Counts, Masker, RawMasking};
+use serde_json::{json, Value};
+
+fn masker(cfg: Value) -> Masker {
+    let raw: RawMasking = serde_json::from_value(cfg).expect("raw masking");
+    Masker::compile(raw, "masking").expect("compiles")
+}
+
+fn mask(m: &Masker, body: &str) -> (String, Counts) {
+    let mut counts = Counts::new();
+    let out = m.mask_json(body.as_bytes(), &mut counts).expect("valid JSON");
+    let out = String::from_utf8(out).expect("UTF-8 output");
+    serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("output is not JSON ({e}): {out}"));
+    (out, counts)
+}
+
+#[test]
+fn escaped_values_are_decoded_before_detection() {
+    let m = masker(json!({}));
+    let (out, counts) = mask(&m, r#"{"a":"a\u0040b.com","b":"mail: x\u002ey@example\u002Eorg\n","c":"\u0034111 1111 1111 1111"}"#);
+    assert_eq!(out, r#"{"a":"[EMAIL]","b":"mail: [EMAIL]\n","c":"[PAYMENT_CARD]"}"#);
+    assert_eq!(counts.get("email"), Some(&2));
+    assert_eq!(counts.get("payment_card"), Some(&1));
+}
+
+#[test]
+fn reencoded_strings_keep_other_escapes_valid() {
+    let m = masker(json!({}));
+    let body = r#"{"t":"He said \"mail me: john@example.com\"\tthen left\\ \u00e9 \ud83d\ude00 \u0001"}"#;
+    let (out, _) = mask(&m, body);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["t"], "He said \"mail me: [EMAIL]\"\tthen left\\ é 😀 \u{1}");
+}
+
+#[test]
+fn clean_documents_are_byte_identical() {
+    let m = masker(json!({}));
+    let bodies = [
+        r#"{"id":"123e4567-e89b-12d3-a456-426614174000","ts":1700000000000,"created":"2024-01-15T10:30:00Z"}"#,
+        "  {\n  \"a\" : [ 1 , 2.5e-3 , -0 , true , false , null ] ,\n  \"b\":\"\\u0041\\/\" }\n",
+        r#"[]"#,
+        r#""just a string""#,
+        r#"42"#,
+        r#"{"sha":"da39a3ee5e6b4b0d3255bfef95601890afd80709","v":"1.2.3.4","order":"ORD-2024-000123"}"#,
+        r#"{"nested":{"deep":[[[{"x":"y"}]]]},"unicode":"日本語 ✓","esc":"tab\tnl\n"}"#,
+    ];
+    for b in bodies {
+        let mut counts = Counts::new();
+        let out = m.mask_json(b.as_bytes(), &mut counts).expect("valid");
+        assert_eq!(out, b.as_bytes(), "{b}");
+        assert!(counts.is_empty());
+    }
+}
+
+#[test]
+fn keys_and_numbers_are_not_masked() {
+    let m = masker(json!({}));
+    let body = r#"{"john@example.com":"x","4111111111111111":4111111111111111,"n":[4111111111111111,1234567890]}"#;
+    let (out, counts) = mask(&m, body);
+    assert_eq!(out, body);
+    assert!(counts.is_empty());
+    // but string values inside are
+    let (out, _) = mask(&m, r#"{"john@example.com":"john@example.com"}"#);
+    assert_eq!(out, r#"{"john@example.com":"[EMAIL]"}"#);
+}
+
+#[test]
+fn only_changed_strings_are_rewritten() {
+    let m = masker(json!({}));
+    let body = "{ \"a\" : \"\\u0041 b\",\n \"pii\" : \"call 415-555-0134\" , \"z\":  [1, \"\\/\"] }";
+    let (out, _) = mask(&m, body);
+    assert_eq!(out, "{ \"a\" : \"\\u0041 b\",\n \"pii\" : \"call [PHONE]\" , \"z\":  [1, \"\\/\"] }");
+}
+
+#[test]
+fn invalid_json_is_an_error() {
+    let m = masker(json!({}));
+    let bad: [&[u8]; 24] = [
+        b"",
+        b"   ",
+        b"{",
+        b"{\"a\":}",
+        b"{\"a\" 1}",
+        b"{\"a\":1,}",
+        b"[1,]",
+        b"[1 2]",
+        b"{a:1}",
+        b"'x'",
+        b"\"unterminated",
+        b"\"bad \\x escape\"",
+        b"\"\\u12\"",
+        b"\"lone \\ud800 surrogate\"",
+        b"\"lone \\udc00 low\"",
+        b"\"raw \x01 control\"",
+        b"01",
+        b"1.",
+        b"-",
+        b"1e",
+        b"tru",
+        b"{} {}",
+        b"\xff\xfe",
+        b"\"\xc3\x28\"",
+    ];
+    for b in bad {
+        let mut counts = Counts::new();
+        assert!(m.mask_json(b, &mut counts).is_err(), "accepted {:?}", String::from_utf8_lossy(b));
+        assert!(serde_json::from_slice::<Value>(b).is_err(), "serde_json accepts {:?}", String::from_utf8_lossy(b));
+    }
+    let e = m.mask_json(b"{\"a\":1,}", &mut Counts::new()).unwrap_err();
+    assert_eq!(e.offset, 7);
+    assert!(e.to_string().contains("byte 7"), "{e}");
+}
+
+#[test]
+fn deep_nesting_does_not_overflow() {
+    let m = masker(json!({}));
+    let depth = 100_000;
+    let body = format!("{}\"john@example.com\"{}", "[".repeat(depth), "]".repeat(depth));
+    let out = m.mask_json(body.as_bytes(), &mut Counts::new()).expect("valid");
+    assert_eq!(out, format!("{}\"[EMAIL]\"{}", "[".repeat(depth), "]".repeat(depth)).into_bytes());
+    assert!(m.mask_json("[".repeat(depth).as_bytes(), &mut Counts::new()).is_err());
+}
+
+#[test]
+fn field_rules_by_name() {
+    let m = masker(json!({"fields": {"redact": ["ssn", "dob"], "skip": ["id"]}}));
+    let body = r#"{"id":"4111111111111111","user":{"SSN":123456789,"ssn_note":"ssn 123-45-6789","dob":{"y":1990,"m":1},"name":"Jo"},"list":[{"ssn":"x"},{"ssn":null},{"id":{"mail":"a@example.com"}}]}"#;
+    let (out, counts) = mask(&m, body);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"], "4111111111111111", "skip: never touched");
+    assert_eq!(v["user"]["SSN"], "[SSN]", "names are case-insensitive; numbers are redacted too");
+    assert_eq!(v["user"]["ssn_note"], "ssn [US_SSN]");
+    assert_eq!(v["user"]["dob"], "[DOB]", "whole object replaced");
+    assert_eq!(v["user"]["name"], "Jo");
+    assert_eq!(v["list"][0]["ssn"], "[SSN]");
+    assert_eq!(v["list"][1]["ssn"], Value::Null, "null stays null");
+    assert_eq!(v["list"][2]["id"]["mail"], "a@example.com", "skip covers the whole subtree");
+    assert_eq!(counts.get("field"), Some(&3));
+    assert_eq!(counts.get("us_ssn"), Some(&1));
+}
+
+#[test]
+fn field_rules_by_path() {
+    let m = masker(json!({"fields": {
+        "redact": ["$.customer.ssn", "$.result[*].secret", "$['odd.key']", "$.items[1]", "$.meta.*"],
+        "skip": ["$.result[*].id"]
+    }}));
+    let body = r#"{"customer":{"ssn":"078-05-1121","other":{"ssn":"keep me"}},"ssn":"top",
+        "result":[{"id":"a@example.com","secret":42,"mail":"b@example.com"},{"id":7,"secret":true}],
+        "odd.key":"x","items":["a","b","c"],"meta":{"p":1,"q":[1]}}"#;
+    let (out, counts) = mask(&m, body);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["customer"]["ssn"], "[SSN]");
+    assert_eq!(v["customer"]["other"]["ssn"], "keep me", "paths are anchored at the root");
+    assert_eq!(v["ssn"], "top");
+    assert_eq!(v["result"][0]["id"], "a@example.com");
+    assert_eq!(v["result"][0]["secret"], "[SECRET]");
+    assert_eq!(v["result"][0]["mail"], "[EMAIL]");
+    assert_eq!(v["result"][1]["id"], 7);
+    assert_eq!(v["result"][1]["secret"], "[SECRET]");
+    assert_eq!(v["odd.key"], "[ODD.KEY]");
+    assert_eq!(v["items"], json!(["a", "[REDACTED]", "c"]));
+    assert_eq!(v["meta"], json!({"p": "[P]", "q": "[Q]"}));
+    assert_eq!(counts.get("field"), Some(&7));
+}
+
+#[test]
+fn escaped_keys_match_field_rules() {
+    let m = masker(json!({"fields": {"redact": ["$.customer.ssn"]}}));
+    let (out, _) = mask(&m, r#"{"cust\u006fmer":{"\u0073sn":"x"}}"#);
+    assert_eq!(out, r#"{"cust\u006fmer":{"\u0073sn":"[SSN]"}}"#);
+}
+
+#[test]
+fn redaction_modes_in_json() {
+    let m = masker(json!({"redaction": "partial", "per_detector": {"email": "hash"}, "hash_key": "0123456789abcdef0123"}));
+    let (out, _) = mask(&m, r#"{"card":"4111 1111 1111 1111","mail":"a@example.com","ssn":"123-45-6789"}"#);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["card"], "**** **** **** 1111");
+    assert_eq!(v["ssn"], "***-**-6789");
+    let mail = v["mail"].as_str().unwrap();
+    assert!(mail.starts_with("[EMAIL:") && mail.len() == "[EMAIL:]".len() + 16, "{mail}");
+}
+
+#[test]
+fn allow_list_applies_to_decoded_values() {
+    let m = masker(json!({"allow": ["support@example.com"]}));
+    let (out, _) = mask(&m, r#"{"a":"support\u0040example.com","b":"other@example.com"}"#);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["b"], "[EMAIL]");
+    // the allowed string is not rewritten at all
+    assert!(out.starts_with(r#"{"a":"support\u0040example.com""#), "{out}");
+}

@@ -1,0 +1,444 @@
+//! `mask`: streamed bodies. Plain text and SSE chat-completion streams give
+//! the same output however they are cut into chunks, values split across
+//! chunks or SSE events are still caught, clean text flows before the end,
+//! and SSE framing and chunk JSON stay valid.
+
+use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
+use proptest::prelude::*;
+use proptest::test_runner::Config as PtConfig;
+use serde_json::{json, Value};
+
+fn masker(cfg: Value) -> Masker {
+    let raw: RawMasking = serde_json::from_value(cfg).expect("raw masking");
+    Masker::compile(raw, "masking").expect("compiles")
+}
+
+/// Streams `input` cut at `cuts` (byte offsets, any order); returns the
+/// concatenated output, the outputs per push, and the counts.
+fn stream(m: &Masker, kind: StreamKind, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Vec<u8>>, Counts) {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    points.push(0);
+    points.push(input.len());
+    points.sort_unstable();
+    points.dedup();
+    let mut s = m.stream(kind);
+    let mut counts = Counts::new();
+    let mut parts = Vec::new();
+    for w in points.windows(2) {
+        parts.push(s.push(&input[w[0]..w[1]], &mut counts));
+    }
+    parts.push(s.finish(&mut counts));
+    (parts.concat(), parts, counts)
+}
+
+/// Values every default detector finds when set off by the separators below.
+const PII: &[&str] = &[
+    "john.doe@example.com",
+    "user+tag@sub.mail.example.co.uk",
+    "4111 1111 1111 1111",
+    "5555-5555-5555-4444",
+    "378282246310005",
+    "123-45-6789",
+    "(415) 555-0134",
+    "415-555-0134",
+    "+44 20 7946 0958",
+    "+14155550134",
+    "DE89 3704 0044 0532 0130 00",
+    "GB82WEST12345698765432",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+    "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z_AbC-dEf",
+    "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\n-----END RSA PRIVATE KEY-----",
+];
+
+const WORDS: &[&str] = &[
+    "the", "customer", "asked", "about", "order", "ORD-2024-000123", "on", "2024-01-15", "at", "2024-01-15T10:30:00Z",
+    "v1.2.3", "uuid", "123e4567-e89b-12d3-a456-426614174000", "ts", "1700000000000", "sha", "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "Grüße", "日本語", "✓", "42", "3.14", "-", "@", "sk-", "eyJ", "AKIA", "ghp_", "-----BEGIN", "+", "(", "0", "555",
+];
+
+const FRAGMENTS: &[&str] = &[
+    "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
+    "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
+    "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",
+    "3704", "0044", "+", "(", ")", "-", ":", "::1", "fe80", "123", "45", "6789", "EMP-", "2024", "é", "日本",
+];
+
+const SEPS: &[&str] = &[" ", "  ", "\n", ", ", "; ", " (", ") ", "\t", ".\n", " - ", "\r\n"];
+
+fn token() -> impl Strategy<Value = (String, bool)> {
+    prop_oneof![
+        3 => prop::sample::select(WORDS).prop_map(|w| (w.to_string(), false)),
+        2 => prop::sample::select(PII).prop_map(|w| (w.to_string(), true)),
+        1 => "[a-z0-9 .@-]{1,12}".prop_map(|w| (w, false)),
+    ]
+}
+
+/// A text of tokens set off by separators, and the PII values in it.
+fn text() -> impl Strategy<Value = (String, Vec<String>)> {
+    prop::collection::vec((token(), prop::sample::select(SEPS)), 0..60).prop_map(|items| {
+        let mut s = String::new();
+        let mut pii = Vec::new();
+        for ((tok, is_pii), sep) in items {
+            s.push_str(&tok);
+            s.push_str(sep);
+            if is_pii {
+                pii.push(tok);
+            }
+        }
+        (s, pii)
+    })
+}
+
+fn pt_config() -> PtConfig {
+    // PROPTEST_CASES=5000 for a longer run
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96);
+    PtConfig { cases, failure_persistence: None, ..PtConfig::default() }
+}
+
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Any chunking gives the one-shot result, and no value survives.
+    #[test]
+    fn text_stream_is_chunking_invariant((input, pii) in text(), cuts in prop::collection::vec(any::<usize>(), 0..40)) {
+        let m = masker(json!({}));
+        let mut counts = Counts::new();
+        let whole = m.mask_text(&input, &mut counts);
+        let (out, _, stream_counts) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
+        let out = String::from_utf8(out).expect("UTF-8");
+        prop_assert_eq!(&out, &whole);
+        prop_assert_eq!(&stream_counts, &counts);
+        for v in &pii {
+            prop_assert!(!out.contains(v.as_str()), "{:?} survived in {:?}", v, out);
+        }
+    }
+
+    /// Random byte soup from a detector-heavy alphabet (digits, separators,
+    /// anchors, multibyte characters): still chunking-invariant.
+    #[test]
+    fn text_stream_soup_is_chunking_invariant(
+        input in "[0-9 \\-.+()@a-fA-Z_:\nkyJIé日]{0,600}",
+        cuts in prop::collection::vec(any::<usize>(), 0..60),
+    ) {
+        let m = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "jwt", "aws_access_key"]}));
+        let whole = m.mask_text(&input, &mut Counts::new());
+        let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
+        prop_assert_eq!(String::from_utf8(out).expect("UTF-8"), whole);
+    }
+
+    /// Random concatenations of detector fragments (armor lines, key
+    /// prefixes, digit groups, address parts): still chunking-invariant.
+    #[test]
+    fn text_stream_fragments_are_chunking_invariant(
+        parts in prop::collection::vec(prop::sample::select(FRAGMENTS), 0..300),
+        cuts in prop::collection::vec(any::<usize>(), 0..60),
+    ) {
+        let m = masker(json!({"detectors": [
+            "email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "aws_access_key",
+            "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"
+        ], "custom": [{"name": "emp", "pattern": "EMP-[0-9]{4}"}]}));
+        let input = parts.concat();
+        let whole = m.mask_text(&input, &mut Counts::new());
+        let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
+        prop_assert_eq!(String::from_utf8(out).expect("UTF-8"), whole);
+    }
+
+    /// SSE chat stream: any chunking of the bytes gives the same output; the
+    /// output is valid SSE whose data parses as JSON; the concatenated
+    /// content equals the one-shot masked text; no value survives.
+    #[test]
+    fn sse_stream_is_chunking_invariant(
+        (content, pii) in text(),
+        frag in prop::collection::vec(1usize..12, 1..200),
+        crlf in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let input = chat_sse(&content, &frag, if crlf { "\r\n" } else { "\n" });
+        let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        let out = String::from_utf8(out).expect("UTF-8");
+        let events = parse_sse(&out);
+        prop_assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let mut text = String::new();
+        for data in &events[..events.len() - 1] {
+            let v: Value = serde_json::from_str(data).expect("chunk JSON");
+            prop_assert_eq!(&v["id"], "chatcmpl-abc123");
+            prop_assert_eq!(&v["object"], "chat.completion.chunk");
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(c);
+            }
+        }
+        prop_assert_eq!(text, m.mask_text(&content, &mut Counts::new()));
+        for v in &pii {
+            // as it appears in JSON
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}
+
+/// An OpenAI-style chat-completion SSE stream delivering `content` in
+/// fragments of the given char counts (cycled), with a role chunk first, a
+/// `finish_reason` chunk with an empty delta, and `[DONE]`.
+fn chat_sse(content: &str, frag: &[usize], eol: &str) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-abc123", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-mini",
+               "system_fingerprint": "fp_44709d6fcb",
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let mut out = String::new();
+    let mut ev = |v: Value| {
+        out.push_str("data: ");
+        out.push_str(&v.to_string());
+        out.push_str(eol);
+        out.push_str(eol);
+    };
+    ev(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+    let chars: Vec<char> = content.chars().collect();
+    let mut i = 0;
+    let mut k = 0;
+    while i < chars.len() {
+        let n = frag[k % frag.len()];
+        k += 1;
+        let piece: String = chars[i..(i + n).min(chars.len())].iter().collect();
+        i += n;
+        ev(chunk(json!({"content": piece}), Value::Null));
+    }
+    ev(chunk(json!({}), json!("stop")));
+    out.push_str("data: [DONE]");
+    out.push_str(eol);
+    out.push_str(eol);
+    out
+}
+
+/// Parses SSE text into the data of each event (lines joined by `\n`);
+/// checks the framing: every event ends with a blank line, every line is a
+/// field line.
+fn parse_sse(s: &str) -> Vec<String> {
+    let s = s.replace("\r\n", "\n");
+    assert!(s.is_empty() || s.ends_with("\n\n"), "unterminated event: {s:?}");
+    let mut events = Vec::new();
+    for block in s.split("\n\n").filter(|b| !b.is_empty()) {
+        let mut data = Vec::new();
+        for line in block.split('\n') {
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            assert!(matches!(name, "data" | "event" | "id" | "retry" | ""), "bad line {line:?}");
+            if name == "data" {
+                data.push(value.strip_prefix(' ').unwrap_or(value).to_string());
+            }
+        }
+        if !data.is_empty() {
+            events.push(data.join("\n"));
+        }
+    }
+    events
+}
+
+#[test]
+fn clean_text_flows_before_the_end() {
+    let m = masker(json!({}));
+    let line = "The quick brown fox jumps over the lazy dog. ";
+    let input = line.repeat(200);
+    let (out, parts, _) = stream(&m, StreamKind::Text, input.as_bytes(), &(1..200).map(|i| i * 45).collect::<Vec<_>>());
+    assert_eq!(out, input.as_bytes());
+    let early: usize = parts[..parts.len() - 1].iter().map(Vec::len).sum();
+    assert!(input.len() - early <= 256, "held back {} bytes", input.len() - early);
+}
+
+#[test]
+fn value_split_across_chunks_is_caught() {
+    let m = masker(json!({}));
+    let input = "please write to john.doe@example.com or call 415-555-0134 today, card 4111 1111 1111 1111.";
+    for cut in 0..=input.len() {
+        let (out, _, counts) = stream(&m, StreamKind::Text, input.as_bytes(), &[cut]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "please write to [EMAIL] or call [PHONE] today, card [PAYMENT_CARD].",
+            "cut at {cut}"
+        );
+        assert_eq!(counts.values().sum::<u64>(), 3);
+    }
+}
+
+#[test]
+fn byte_by_byte_with_multibyte_characters_and_invalid_utf8() {
+    let m = masker(json!({}));
+    let mut input = "Grüße 日本語 jürgen@example.de ✓ ".repeat(20).into_bytes();
+    input.extend_from_slice(b"\xff\xfe bad bytes then a@example.com \xc3");
+    let mut s = m.stream(StreamKind::Text);
+    let mut counts = Counts::new();
+    let mut out = Vec::new();
+    for b in &input {
+        out.extend(s.push(std::slice::from_ref(b), &mut counts));
+    }
+    out.extend(s.finish(&mut counts));
+    let mut want = "Grüße 日本語 [EMAIL] ✓ ".repeat(20).into_bytes();
+    want.extend_from_slice(b"\xff\xfe bad bytes then [EMAIL] \xc3");
+    assert_eq!(out, want);
+    assert_eq!(m.mask_text_bytes(&input, &mut Counts::new()), want);
+}
+
+#[test]
+fn long_token_without_whitespace_is_bounded() {
+    let m = masker(json!({}));
+    let blob = "A".repeat(200_000);
+    let mut s = m.stream(StreamKind::Text);
+    let mut counts = Counts::new();
+    let mut released = 0;
+    for c in blob.as_bytes().chunks(1000) {
+        released += s.push(c, &mut counts).len();
+        assert!(s.held() <= 64 * 1024 + 1000, "held {}", s.held());
+    }
+    released += s.finish(&mut counts).len();
+    assert_eq!(released, blob.len());
+}
+
+#[test]
+fn pem_block_is_held_until_its_footer() {
+    let m = masker(json!({}));
+    let body: String = (0..40).map(|i| format!("MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo{i:04}\n")).collect();
+    let input = format!("key follows\n-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----\nthanks and bye now {}", "x ".repeat(100));
+    let cuts: Vec<usize> = (1..input.len() / 16).map(|i| i * 16).collect();
+    let (out, _, counts) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
+    assert_eq!(String::from_utf8(out).unwrap(), format!("key follows\n[PRIVATE_KEY]\nthanks and bye now {}", "x ".repeat(100)));
+    assert_eq!(counts.get("private_key"), Some(&1));
+}
+
+#[test]
+fn sse_email_split_across_events() {
+    let m = masker(json!({}));
+    // the first part of the text, without the finish chunk and [DONE]
+    let input = chat_sse("Sure! Reach me at jane.roe@exam", &[40], "\n").replace("data: [DONE]\n\n", "");
+    // continue the text in later events
+    let mut input = input.replace(",\"finish_reason\":\"stop\"", ",\"finish_reason\":null");
+    for piece in ["ple.com", " or +1 415 555", " 0134. Bye!"] {
+        input.push_str(&format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-abc123", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
+        ));
+    }
+    input.push_str(&format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"id": "chatcmpl-abc123", "object": "chat.completion.chunk", "created": 1, "model": "m",
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"total_tokens": 9}})
+    ));
+    for cuts in [vec![], (0..input.len()).collect::<Vec<_>>()] {
+        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("jane") && !out.contains("0134"), "{out}");
+        let events = parse_sse(&out);
+        let mut text = String::new();
+        let mut finish_seen = false;
+        for d in &events {
+            if d == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(d).unwrap();
+            assert!(!finish_seen, "content after the finish chunk");
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(c);
+            }
+            if v["choices"][0]["finish_reason"] == "stop" {
+                finish_seen = true;
+                assert_eq!(v["usage"]["total_tokens"], 9, "other fields untouched");
+            }
+        }
+        assert_eq!(text, "Sure! Reach me at [EMAIL] or [PHONE]. Bye!");
+        assert_eq!(counts.get("email"), Some(&1));
+        assert_eq!(counts.get("phone"), Some(&1));
+    }
+}
+
+#[test]
+fn sse_passthrough_and_other_payloads() {
+    let m = masker(json!({}));
+    let input = ": keep-alive comment\n\
+                 event: ping\nid: 7\nretry: 1000\ndata: {\"type\":\"ping\",\"who\":\"ops@example.com\",\"n\":4111111111111111}\n\n\
+                 data: plain text to a@example.com\ndata: second line 123-45-6789\n\n\
+                 data:{\"choices\":\"not an array\",\"x\":\"b@example.com\"}\n\n\
+                 data: [DONE]\n\n";
+    let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[5, 17, 60]);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        ": keep-alive comment\n\
+         event: ping\nid: 7\nretry: 1000\ndata: {\"type\":\"ping\",\"who\":\"[EMAIL]\",\"n\":4111111111111111}\n\n\
+         data: plain text to [EMAIL]\ndata: second line [US_SSN]\n\n\
+         data:{\"choices\":\"not an array\",\"x\":\"[EMAIL]\"}\n\n\
+         data: [DONE]\n\n"
+    );
+    assert_eq!(counts.get("email"), Some(&3));
+}
+
+#[test]
+fn sse_clean_stream_is_unchanged_and_flows() {
+    let m = masker(json!({}));
+    let content = "Here is a summary of the quarterly report with no personal data at all. ".repeat(20);
+    let input = chat_sse(&content, &[3, 5, 2, 7], "\r\n");
+    let (out, parts, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &(1..input.len() / 50).map(|i| i * 50).collect::<Vec<_>>());
+    // the same text, possibly shifted between events
+    let events = parse_sse(&String::from_utf8(out).unwrap());
+    let text: String = events
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, content);
+    // most events went out before the end
+    let early: usize = parts[..parts.len() - 1].iter().map(Vec::len).sum();
+    assert!(early > input.len() / 2, "released {early} of {}", input.len());
+}
+
+#[test]
+fn sse_multiple_choices_and_unterminated_end() {
+    let m = masker(json!({}));
+    let ev = |i: u64, c: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": i, "delta": {"content": c}, "finish_reason": null}]})
+        )
+    };
+    let mut input = String::new();
+    input += &ev(0, "mail a@exa");
+    input += &ev(1, "mail b@exa");
+    input += &ev(0, "mple.com ok");
+    input += &ev(1, "mple.com ok");
+    // the stream stops without [DONE] and without a final blank line
+    input += "data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"finish_reason\":null}]}";
+    let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+    let out = String::from_utf8(out).unwrap();
+    let events = parse_sse(&out);
+    let mut per: [String; 2] = Default::default();
+    for d in &events {
+        let v: Value = serde_json::from_str(d).unwrap();
+        let i = v["choices"][0]["index"].as_u64().unwrap() as usize;
+        per[i].push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    assert_eq!(per[0], "mail [EMAIL] ok!");
+    assert_eq!(per[1], "mail [EMAIL] ok");
+    assert_eq!(counts.get("email"), Some(&2));
+}
+
+#[test]
+fn pem_header_without_footer_does_not_stall_the_stream() {
+    let m = masker(json!({}));
+    let input = format!(
+        "oops -----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk\n\n{}",
+        "and the answer goes on without any footer. ".repeat(2000)
+    );
+    let mut s = m.stream(StreamKind::Text);
+    let mut counts = Counts::new();
+    let mut out = Vec::new();
+    for c in input.as_bytes().chunks(500) {
+        out.extend(s.push(c, &mut counts));
+    }
+    assert!(s.held() < 33 * 1024, "held {}", s.held());
+    out.extend(s.finish(&mut counts));
+    assert_eq!(String::from_utf8(out).unwrap(), m.mask_text(&input, &mut Counts::new()));
+    assert!(m.mask_text(&input, &mut Counts::new()).starts_with("oops [PRIVATE_KEY]\n\nand the answer"));
+}

@@ -1,0 +1,56 @@
+//! `resources[i].mask` validation and the plan it produces.
+
+mod common;
+
+use common::*;
+use nhi_gate::config::RequestMask;
+use nhi_gate::gate::Gate;
+use nhi_gate::policy::{Identity, Request};
+use serde_json::json;
+
+fn doc(mask: serde_json::Value) -> serde_json::Value {
+    json!({
+        "providers": [{"name": "p", "issuer": "https://i", "audiences": ["a"], "jwks_uri": "https://i/k", "cluster": "c"}],
+        "resources": [{"name": "r", "read": {"any_of": ["g"]}, "write": {"any_of": ["g"]}, "mask": mask}]
+    })
+}
+
+#[test]
+fn mask_settings_are_validated_with_their_field() {
+    for (mask, field) in [
+        (json!({"requests": "everything"}), "resources[0].mask.requests"),
+        (json!({"over_limit": "maybe"}), "resources[0].mask.over_limit"),
+        (json!({"max_buffer_bytes": 0}), "resources[0].mask.max_buffer_bytes"),
+        (json!({"content_types": ["text/*"]}), "resources[0].mask.content_types[0]"),
+        (json!({"content_types": ["application/json; charset=utf-8"]}), "resources[0].mask.content_types[0]"),
+    ] {
+        let errs = config_errors(&doc(mask.clone()));
+        assert!(errs.iter().any(|e| e.field == field), "{mask}: {errs:?}");
+    }
+    let mut d = doc(json!({}));
+    d["masking"] = json!({"detectors": ["no_such_detector"]});
+    assert!(config_errors(&d).iter().any(|e| e.field.starts_with("masking.detectors")));
+}
+
+#[test]
+fn masking_resource_gets_a_compiled_masker_and_a_plan() {
+    let c = config(&doc(json!({"requests": "chat_messages"})));
+    assert!(c.masker.is_some());
+    let m = c.resources[0].mask.clone().unwrap();
+    assert!(m.responses && m.reject_over_limit && m.requests == Some(RequestMask::ChatMessages));
+    let gate = Gate::new(c);
+    let id = Identity::from_claims("p", "https://i", &["groups".into()], &obj(json!({"groups": ["g"]})));
+    let plan = gate.authorize(&Request { authority: b"x", path: b"/v1/chat/completions", method: "POST" }, &[], id).unwrap();
+    assert!(plan.set.contains(&("accept-encoding".to_string(), "identity".to_string())));
+    assert!(plan.remove.contains(&"content-length".to_string()));
+    assert_eq!(plan.mask, Some(m));
+}
+
+#[test]
+fn no_mask_means_no_masker() {
+    let c = config(&json!({
+        "providers": [{"name": "p", "issuer": "https://i", "audiences": ["a"], "jwks_uri": "https://i/k", "cluster": "c"}],
+        "resources": [{"name": "r", "read": {"any_of": ["g"]}}]
+    }));
+    assert!(c.masker.is_none() && c.resources[0].mask.is_none());
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): masking throughput inside Envoy vs passthrough on
+# 1 KiB / 64 KiB / 1 MiB JSON, clean and PII-dense; then the native core's
+# MB/s (cargo bench). Usage: scripts/bench-mask.sh [--rounds N] [--seconds S]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+if ! command -v wrk >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq wrk) >&2
+fi
+scripts/setup.sh
+scripts/build.sh
+export ENVOY_BIN="${ENVOY_BIN:-$root/.tools/envoy-1.40.0/envoy/_bin/envoy}"
+"$root/.tools/venv/bin/python" "$root/scripts/bench_mask.py" "$@"
+echo; echo "native core (release):"
+cargo bench --locked -p nhi-gate-filter --bench mask_throughput

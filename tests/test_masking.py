@@ -1,0 +1,286 @@
+"""PII masking of response (and request) bodies inside real Envoy: JSON,
+plain text, streamed SSE from an OpenAI-compatible upstream (read by the
+OpenAI Python SDK), gzip, over-limit bodies, HEAD/204, request-side masking.
+The upstream is a real HTTP server on loopback that writes SSE events in
+separate TCP writes, with PII split across events."""
+import gzip
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from harness import Envoy, JwksServer, Key, b64u, claims, free_port
+
+ISS = "https://ci.test"
+EMAIL = "jane.doe@example.com"
+SSN = "123-45-6789"
+CARD = "4111 1111 1111 1111"
+PHONE = "+1 415-555-0134"
+PII = [EMAIL, SSN, CARD, PHONE, "4111111111111111", "jane.doe"]
+DOC = {"id": 17, "results": [{"id": "doc-1", "text": f"Contact {EMAIL} or {PHONE}.", "ssn": SSN},
+                             {"id": "doc-2", "text": f"Card {CARD}, order 1700000000000, uuid 123e4567-e89b-12d3-a456-426614174000"}]}
+# SSE: the email is split across two delta.content fragments, the SSN across three.
+FRAGMENTS = ["Escalate to jane.", "doe@exam", "ple.com today; SSN 123-", "45-", "6789 on file. ", "Thanks."]
+
+
+def chunk(i, content=None, finish=None, usage=None):
+    c = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [] if usage else [{"index": 0, "delta": ({"content": content} if content is not None else {}), "finish_reason": finish}]}
+    if usage:
+        c["usage"] = usage
+    return f"data: {json.dumps(c)}\n\n".encode()
+
+
+class Backend:
+    def __init__(self, big=20000):
+        self.port = free_port()
+        self.seen = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def send(self, status, ctype, body, extra=()):
+                self.send_response(status)
+                if ctype:
+                    self.send_header("content-type", ctype)
+                for k, v in extra:
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self):
+                self.do_GET()
+
+            def do_GET(self):
+                outer.seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
+                p = self.path
+                if p == "/data/pii.json":
+                    self.send(200, "application/json", json.dumps(DOC).encode())
+                elif p == "/data/escaped.json":
+                    self.send(200, "application/json", b'{"note":"mail jane.doe\\u0040example.com now","n":1}')
+                elif p == "/data/pii.txt":
+                    self.send(200, "text/plain; charset=utf-8", f"Call {PHONE} or mail {EMAIL}; SSN {SSN}.\n".encode())
+                elif p == "/data/clean.json":
+                    self.send(200, "application/json", b'{"a": [1, 2.5e3, "plain text", {"k": null}]}')
+                elif p == "/data/gz.json":
+                    self.send(200, "application/json", gzip.compress(json.dumps(DOC).encode()), [("content-encoding", "gzip")])
+                elif p == "/data/br.json":
+                    self.send(200, "application/json", b"\x0b\x02\x80{}\x03", [("content-encoding", "br")])
+                elif p == "/data/big.json":
+                    self.send(200, "application/json", json.dumps({"pad": "x" * big, "mail": EMAIL}).encode())
+                elif p == "/data/bad.json":
+                    self.send(200, "application/json", f'{{"mail": "{EMAIL}", '.encode())
+                elif p == "/data/none":
+                    self.send_response(204)
+                    self.end_headers()
+                elif p == "/data/image":
+                    self.send(200, "image/png", EMAIL.encode())
+                else:
+                    self.send(404, "text/plain", b"no")
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n) if n else b""
+                if not n and self.headers.get("transfer-encoding") == "chunked":
+                    body = b""
+                    while True:
+                        size = int(self.rfile.readline().strip(), 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            break
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                outer.seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                req = json.loads(body or b"{}")
+                if self.path == "/v1/chat/completions" and req.get("stream"):
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    events = [chunk(0, "")] + [chunk(i, f) for i, f in enumerate(FRAGMENTS)] + [chunk(9, None, "stop")]
+                    events += [chunk(10, usage={"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25}), b"data: [DONE]\n\n"]
+                    for e in events:
+                        # split some events across TCP writes too
+                        for part in (e[: len(e) // 2], e[len(e) // 2:]):
+                            self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                            self.wfile.flush()
+                            time.sleep(0.01)
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                elif self.path == "/v1/chat/completions":
+                    out = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Mail {EMAIL}"}, "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+                    self.send(200, "application/json", json.dumps(out).encode())
+                else:  # echo
+                    self.send(200, "application/json", json.dumps({"received": body.decode()}).encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def policy(jwk):
+    return {
+        "providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [jwk]}}],
+        "masking": {"fields": {"redact": ["ssn"], "skip": ["id"]}},
+        "resources": [
+            {"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]},
+             "mask": {"max_buffer_bytes": 8192}},
+            {"name": "llm", "path_prefix": "/v1/", "read": {"any_of": ["readers"]},
+             "operations": [{"methods": ["POST"], "path_glob": "/v1/chat/completions", "class": "read"}],
+             "upstream_headers": {"authorization": "Bearer backend"},
+             "mask": {"requests": "chat_messages"}},
+            {"name": "echo", "path_prefix": "/echo", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
+             "mask": {"requests": "json"}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def gw(envoy_bin):
+    key = Key("ES256", "k1")
+    be = Backend()
+    env = Envoy(envoy_bin, policy(key.jwk), be.port)
+    token = key.sign(claims(ISS, ttl=900))
+    yield {"env": env, "be": be, "auth": [("authorization", f"Bearer {token}")], "token": token}
+    env.stop()
+    be.close()
+
+
+def get(gw, path, method="GET", headers=()):
+    return gw["env"].request(method, path, gw["auth"] + list(headers))
+
+
+def no_pii(text):
+    for v in PII:
+        assert v not in text, f"{v!r} leaked in {text[:400]!r}"
+
+
+def test_json_is_masked_valid_and_keeps_ids(gw):
+    code, h, body = get(gw, "/data/pii.json")
+    assert code == 200, body
+    no_pii(body.decode())
+    doc = json.loads(body)
+    assert doc["id"] == 17 and doc["results"][0]["id"] == "doc-1"
+    assert "[EMAIL]" in doc["results"][0]["text"]
+    assert doc["results"][0]["ssn"] != SSN
+    assert "1700000000000" in doc["results"][1]["text"], "a ms timestamp is not a card number"
+    assert "123e4567-e89b-12d3-a456-426614174000" in doc["results"][1]["text"]
+    assert "content-length" not in h or int(h["content-length"]) == len(body)
+
+
+def test_json_escapes_are_decoded_before_detection(gw):
+    code, _, body = get(gw, "/data/escaped.json")
+    assert code == 200
+    assert "example.com" not in body.decode() and json.loads(body)["n"] == 1
+
+
+def test_clean_json_passes_byte_for_byte(gw):
+    code, _, body = get(gw, "/data/clean.json")
+    assert body == b'{"a": [1, 2.5e3, "plain text", {"k": null}]}'
+
+
+def test_text_is_masked(gw):
+    code, _, body = get(gw, "/data/pii.txt")
+    assert code == 200
+    no_pii(body.decode())
+    assert body.decode().startswith("Call ")
+
+
+def test_upstream_is_asked_for_identity_encoding(gw):
+    get(gw, "/data/pii.json", headers=[("accept-encoding", "gzip, br")])
+    assert gw["be"].seen[-1]["headers"].get("accept-encoding") == "identity"
+
+
+def test_gzip_answer_is_decoded_and_masked(gw):
+    code, h, body = get(gw, "/data/gz.json")
+    assert code == 200
+    assert "content-encoding" not in h
+    no_pii(body.decode())
+    assert json.loads(body)["results"][0]["id"] == "doc-1"
+
+
+def test_unknown_encoding_fails_closed(gw):
+    code, h, body = get(gw, "/data/br.json")
+    assert code == 502 and json.loads(body)["reason"] == "unmaskable_encoding"
+
+
+def test_over_limit_fails_closed(gw):
+    code, h, body = get(gw, "/data/big.json")
+    assert code == 502 and json.loads(body)["reason"] == "response_too_large"
+    assert EMAIL.encode() not in body
+
+
+def test_invalid_json_fails_closed(gw):
+    code, h, body = get(gw, "/data/bad.json")
+    assert code == 502 and json.loads(body)["reason"] == "unmaskable_body"
+    assert EMAIL.encode() not in body
+
+
+def test_head_and_204_and_other_types_left_alone(gw):
+    code, h, body = get(gw, "/data/pii.json", method="HEAD")
+    assert code == 200 and body == b""
+    assert h.get("content-length") == str(len(json.dumps(DOC)))
+    assert get(gw, "/data/none")[0] == 204
+    code, _, body = get(gw, "/data/image")
+    assert body == EMAIL.encode(), "content types the policy does not list pass unchanged"
+
+
+def test_sse_stream_masked_incrementally_with_valid_framing(gw):
+    req = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    code, h, body = gw["env"].request("POST", "/v1/chat/completions", gw["auth"] + [("content-type", "application/json")], req)
+    assert code == 200
+    text = body.decode()
+    no_pii(text)
+    events = [e for e in text.split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    content = ""
+    for e in events[:-1]:
+        assert e.startswith("data: "), e
+        c = json.loads(e[len("data: "):])
+        for ch in c.get("choices", []):
+            content += ch["delta"].get("content") or ""
+    assert "[EMAIL]" in content and "Escalate to" in content and "Thanks." in content
+    assert any("usage" in json.loads(e[6:]) for e in events[:-1] if e.startswith("data: {"))
+
+
+def test_openai_sdk_streams_through_the_gateway(gw):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"my mail is {EMAIL}"}],
+                                            stream=True)
+    parts = []
+    for ev in stream:
+        for ch in ev.choices:
+            parts.append(ch.delta.content or "")
+    text = "".join(parts)
+    no_pii(text)
+    assert "[EMAIL]" in text and "Thanks." in text
+    # the prompt was masked before it reached the LLM
+    sent = json.loads(gw["be"].seen[-1]["body"])
+    assert EMAIL not in sent["messages"][0]["content"] and "[EMAIL]" in sent["messages"][0]["content"]
+    assert gw["be"].seen[-1]["headers"]["authorization"] == "Bearer backend"
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert EMAIL not in r.choices[0].message.content
+
+
+def test_request_json_masking(gw):
+    body = json.dumps({"doc": f"ssn {SSN} mail {EMAIL}", "n": 5}).encode()
+    code, _, out = gw["env"].request("POST", "/echo", gw["auth"] + [("content-type", "application/json")], body)
+    assert code == 200
+    received = json.loads(json.loads(out)["received"])
+    assert received["n"] == 5
+    no_pii(json.dumps(received))
