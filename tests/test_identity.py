@@ -560,3 +560,25 @@ def test_duplicate_claims_are_refused(stack):
     sig = k.private.sign(f"{h}.{p}".encode(), padding.PKCS1v15(), hashes.SHA256())
     before = stack["up"].count
     assert_denied(stack, call(stack, f"{h}.{p}.{b64u(sig)}"), 401, "malformed", before)
+
+
+def test_background_refresh_picks_up_new_keys_without_requests(envoy_bin, keys):
+    # unknown-kid refetch is effectively off (1 h), so only the background refresh can load the new key
+    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], refresh_seconds=10, min_refetch_seconds=3600)
+    env = start()
+    try:
+        path = "/collections/c/points/search"
+        assert env.request("POST", path, bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")[0] == 200
+        jwks.keys = [keys["es"]]
+        code, _, body = env.request("POST", path, bearer(keys["es"].sign(claims(CI_ISS))), b"{}")
+        assert code == 401 and json.loads(body)["reason"] == "unknown_kid"
+        hits = jwks.hits
+        deadline = time.time() + 25
+        while time.time() < deadline and jwks.hits == hits:
+            time.sleep(0.5)
+        assert jwks.hits > hits, "no background refresh within 25 s"
+        time.sleep(0.5)  # every worker syncs from shared data on its next tick
+        code, _, body = env.request("POST", path, bearer(keys["es"].sign(claims(CI_ISS, sub="after-refresh"))), b"{}")
+        assert code == 200, body
+    finally:
+        env.stop(), up.close(), jwks.close()

@@ -104,22 +104,53 @@ fn lease_key(gate: &Gate, index: usize) -> String {
     format!("nhi-gate.lease.{iss}")
 }
 
-fn read_lease(key: &str) -> (u64, u32, Option<u32>) {
-    match hostcalls::get_shared_data(key) {
-        Ok((Some(v), cas)) => {
-            let s = String::from_utf8_lossy(&v).to_string();
-            let mut it = s.split(' ');
-            let next = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            let failures = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            (next, failures, cas)
-        }
-        _ => (0, 0, None),
-    }
+/// The fetch lease of one provider, shared by all workers:
+/// `<next_ms> <failures> <last_ok_ms>` in shared data.
+/// - `next_ms`: no fetch may start before it (a fetch in flight, or backoff after failures);
+/// - `last_ok_ms`: the last successful fetch; refetches on an unknown `kid`
+///   wait `min_refetch_seconds` after it, regular refreshes do not.
+#[derive(Default)]
+struct Lease {
+    next_ms: u64,
+    failures: u32,
+    last_ok_ms: u64,
+    cas: Option<u32>,
 }
 
-fn write_lease(key: &str, next_ms: u64, failures: u32, cas: Option<u32>) -> bool {
-    let v = format!("{next_ms} {failures}");
-    hostcalls::set_shared_data(key, Some(v.as_bytes()), cas).is_ok()
+impl Lease {
+    fn read(key: &str) -> Lease {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => {
+                let s = String::from_utf8_lossy(&v).to_string();
+                let mut it = s.split(' ').map(|x| x.parse::<u64>().ok());
+                let mut next = || it.next().flatten().unwrap_or(0);
+                let next_ms = next();
+                let failures = u32::try_from(next()).unwrap_or(u32::MAX);
+                Lease { next_ms, failures, last_ok_ms: next(), cas }
+            }
+            _ => Lease::default(),
+        }
+    }
+
+    /// Writes with compare-and-swap; false when another worker wrote first.
+    fn write(&self, key: &str) -> bool {
+        let v = format!("{} {} {}", self.next_ms, self.failures, self.last_ok_ms);
+        hostcalls::set_shared_data(key, Some(v.as_bytes()), self.cas).is_ok()
+    }
+
+    fn backoff_ms(failures: u32) -> u64 {
+        1000u64.saturating_mul(1u64 << failures.min(6)).min(MAX_BACKOFF_MS)
+    }
+
+    /// Records a failed fetch: exponential backoff (1 s … 60 s).
+    fn fail(key: &str, now: u64) -> u64 {
+        let mut l = Lease::read(key);
+        l.failures = l.failures.saturating_add(1);
+        let backoff = Lease::backoff_ms(l.failures);
+        l.next_ms = now.saturating_add(backoff);
+        let _ = l.write(key);
+        backoff
+    }
 }
 
 impl Worker {
@@ -144,9 +175,11 @@ impl Worker {
         }
     }
 
-    /// Whether a fetch for provider `i` may start now, per the shared lease.
+    /// Whether an on-demand refetch (unknown `kid`) for provider `i` may start now.
     fn refetch_allowed(&self, i: usize, now: u64) -> bool {
-        read_lease(&lease_key(&self.gate, i)).0 <= now
+        let l = Lease::read(&lease_key(&self.gate, i));
+        let min_ms = self.gate.config.jwks_fetch.min_refetch_seconds.saturating_mul(1000);
+        l.next_ms <= now && now >= l.last_ok_ms.saturating_add(min_ms)
     }
 
     fn fetch_due(&self, i: usize, now: u64) -> bool {
@@ -172,7 +205,6 @@ impl Context for Root {
         let Some((i, kind)) = w.calls.remove(&token) else { return };
         let now = now_ms();
         let gate = w.gate.clone();
-        let fetch = gate.config.jwks_fetch.clone();
         let lease = lease_key(&gate, i);
         let name = gate.config.providers.get(i).map(|p| p.name.clone()).unwrap_or_default();
         let ok_status = status.as_deref() == Some("200");
@@ -214,8 +246,8 @@ impl Context for Root {
                 if let Err(e) = hostcalls::set_shared_data(&data_key(&gate, i), Some(&v), None) {
                     log::warn!("provider {name}: storing JWKS failed: {e:?}");
                 }
-                let (_, _, cas) = read_lease(&lease);
-                let _ = write_lease(&lease, now.saturating_add(fetch.min_refetch_seconds.saturating_mul(1000)), 0, cas);
+                let l = Lease::read(&lease);
+                let _ = Lease { next_ms: now, failures: 0, last_ok_ms: now, cas: l.cas }.write(&lease);
                 if let Some(Some(r)) = w.remote.get_mut(i) {
                     r.refetch_wanted = false;
                 }
@@ -225,10 +257,7 @@ impl Context for Root {
                 self.wake(now, Some(i));
             }
             Err(e) => {
-                let (_, failures, cas) = read_lease(&lease);
-                let failures = failures.saturating_add(1);
-                let backoff = 1000u64.saturating_mul(1u64 << failures.min(6)).min(MAX_BACKOFF_MS);
-                let _ = write_lease(&lease, now.saturating_add(backoff), failures, cas);
+                let backoff = Lease::fail(&lease, now);
                 log::warn!("provider {name}: JWKS fetch failed ({e}); keeping last good keys, retry in {backoff} ms");
             }
         }
@@ -252,12 +281,19 @@ impl Root {
         let fetch = &gate.config.jwks_fetch;
         let lease = lease_key(&gate, i);
         if !after_discovery {
-            let (next, failures, cas) = read_lease(&lease);
-            if next > now {
+            let mut l = Lease::read(&lease);
+            if l.next_ms > now {
+                return;
+            }
+            // An on-demand refetch (keys present, not yet due for refresh) waits min_refetch_seconds.
+            let refresh_ms = fetch.refresh_seconds.saturating_mul(1000);
+            let on_demand = matches!(w.remote.get(i), Some(Some(r)) if r.keys.is_some() && now.saturating_sub(r.fetched_at_ms) < refresh_ms);
+            if on_demand && now < l.last_ok_ms.saturating_add(fetch.min_refetch_seconds.saturating_mul(1000)) {
                 return;
             }
             // Hold the lease for the callout's duration; CAS makes one worker win.
-            if !write_lease(&lease, now.saturating_add(fetch.timeout_ms).saturating_add(500), failures, cas) {
+            l.next_ms = now.saturating_add(fetch.timeout_ms).saturating_add(500);
+            if !l.write(&lease) {
                 return;
             }
         }
@@ -279,10 +315,7 @@ impl Root {
                 w.calls.insert(token, (i, kind));
             }
             Err(e) => {
-                let (_, failures, cas) = read_lease(&lease);
-                let failures = failures.saturating_add(1);
-                let backoff = 1000u64.saturating_mul(1u64 << failures.min(6)).min(MAX_BACKOFF_MS);
-                let _ = write_lease(&lease, now.saturating_add(backoff), failures, cas);
+                Lease::fail(&lease, now);
                 log::warn!("provider {}: cannot call cluster {cluster}: {e:?}", p.name);
             }
         }
