@@ -23,19 +23,23 @@ ENVOY = os.environ["ENVOY_BIN"]
 WASM = str(ROOT / "dist" / "nhi_gate.wasm")
 
 
-def upstream_config(port, admin):
-    """A second Envoy answering 200 with a small body from a direct_response route: the fast upstream."""
+SMALL = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "{\"result\":[]}"}}}]
+
+
+def upstream_config(port, admin, routes=SMALL):
+    """A second Envoy answering from direct_response routes: the fast upstream."""
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {"listeners": [{
             "name": "up", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "per_connection_buffer_limit_bytes": 4 << 20,
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "stat_prefix": "up",
-                    "route_config": {"virtual_hosts": [{"name": "up", "domains": ["*"], "routes": [
-                        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "{\"result\":[]}"}}}]}]},
+                    "route_config": {"max_direct_response_body_size_bytes": 2 << 20,
+                                     "virtual_hosts": [{"name": "up", "domains": ["*"], "routes": routes}]},
                     "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
                 }}]}]}]}}
@@ -116,11 +120,15 @@ def wait_ok(url, headers, timeout=30, method="POST"):
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url, token, seconds, connections):
-    script = "wrk.method = 'POST'\nwrk.body = '{\"vector\":[1,0,0]}'\nwrk.headers['content-type'] = 'application/json'\n"
-    sp = Path(tempfile.mkstemp(suffix=".lua")[1])
-    sp.write_text(script)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(sp),
+def wrk(url, token, seconds, connections, method="POST"):
+    """Runs wrk once; returns (requests/s, p50 ms, p99 ms). Any non-2xx answer is an error."""
+    args = []
+    if method == "POST":
+        script = "wrk.method = 'POST'\nwrk.body = '{\"vector\":[1,0,0]}'\nwrk.headers['content-type'] = 'application/json'\n"
+        sp = Path(tempfile.mkstemp(suffix=".lua")[1])
+        sp.write_text(script)
+        args = ["-s", str(sp)]
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args,
                           "-H", f"authorization: Bearer {token}", url], capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ISS, WASM, start, wait_ok, wrk  # noqa: E402
+from bench import ISS, WASM, start, upstream_config, wait_ok, wrk  # noqa: E402
 import envoy_config  # noqa: E402
 from harness import Key, claims, free_port  # noqa: E402
 
@@ -36,21 +36,7 @@ def upstream(port, admin):
             routes.append({"match": {"path": f"/data/{'pii' if dense else 'clean'}-{name}"},
                            "direct_response": {"status": 200, "body": {"inline_string": body(size, dense)}},
                            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]})
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": [{
-            "name": "up", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "per_connection_buffer_limit_bytes": 4 << 20,
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "up",
-                    "route_config": {"max_direct_response_body_size_bytes": 2 << 20,
-                                     "virtual_hosts": [{"name": "up", "domains": ["*"], "routes": routes}]},
-                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                }}]}]}]}}
+    return upstream_config(port, admin, routes)
 
 
 def gateway(jwk, port, admin, up_port, with_filter):
@@ -90,7 +76,7 @@ def main():
             for name in SIZES:
                 for dense in ("clean", "pii"):
                     for kind, port in gws.items():
-                        out = wrk_get(f"http://127.0.0.1:{port}/data/{dense}-{name}", token, a.seconds, a.connections)
+                        out = wrk(f"http://127.0.0.1:{port}/data/{dense}-{name}", token, a.seconds, a.connections, method="GET")
                         res.setdefault((name, dense, kind), []).append(out)
     finally:
         for p in procs:
@@ -105,19 +91,6 @@ def main():
             g = [med([x[i] for x in res[(name, dense, "nhi-gate")]]) for i in range(3)]
             mbs = g[0] * len(body(size, dense == "pii")) / 1e6
             print(f"| {dense} {name} | {p[0]:.0f} | {g[0]:.0f} | {mbs:.1f} | {g[0] / p[0]:.2f}x | {p[1]:.3f} | {g[1]:.3f} |")
-
-
-def wrk_get(url, token, seconds, connections):
-    import re
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-                          "-H", f"authorization: Bearer {token}", url], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
-    if "Non-2xx" in out:
-        raise RuntimeError(f"{url}: non-2xx answers\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    unit = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-    lat = {m.group(1): float(m.group(2)) * unit[m.group(3)] for m in re.finditer(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b", out)}
-    return rps, lat["50"], lat["99"]
 
 
 if __name__ == "__main__":

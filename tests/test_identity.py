@@ -4,6 +4,7 @@ One Envoy per Envoy version serves the module-scoped stack; JWKS behaviour
 tests (cold start, rotation, outage) start their own Envoy and JWKS server.
 Every rejection test also proves the upstream never saw the request.
 """
+import contextlib
 import json
 import subprocess
 import time
@@ -374,46 +375,46 @@ def test_group_overage_is_refused(stack, marker):
 
 # ---------------------------------------------------------------- JWKS behaviour
 
-def jwks_stack(envoy_bin, keys, **fetch):
+@contextlib.contextmanager
+def jwks_stack(envoy_bin, keys, idp=None, **fetch):
+    """A JWKS server publishing `keys` (its knobs preset from `idp`, e.g.
+    {"delay": 1.5}), an upstream, and an Envoy of their own; all stopped after."""
     jwks = JwksServer(keys)
+    for k, v in (idp or {}).items():
+        setattr(jwks, k, v)
     up = Upstream()
-    kc = Key("ES256", "unused")
-    return jwks, up, lambda: Envoy(envoy_bin, policy(jwks.port, kc.jwk, **fetch), up.port, {"jwks": jwks.port})
+    env = None
+    try:
+        env = Envoy(envoy_bin, policy(jwks.port, Key("ES256", "unused").jwk, **fetch), up.port, {"jwks": jwks.port})
+        yield env, jwks, up
+    finally:
+        if env:
+            env.stop()
+        up.close()
+        jwks.close()
 
 
 def test_cold_start_waits_for_first_fetch(envoy_bin, keys):
-    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], timeout_ms=2500)
-    jwks.delay = 1.5
-    env = start()
-    try:
+    with jwks_stack(envoy_bin, [keys["rs"]], timeout_ms=2500, idp={"delay": 1.5}) as (env, jwks, up):
         code, _, body = env.request("POST", "/collections/c/points/search", bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")
         assert code == 200, body
         assert up.count == 1
         # forwarded only after the first JWKS answer went out
         assert jwks.served_at and up.last()["t"] >= min(jwks.served_at)
-    finally:
-        env.stop(), up.close(), jwks.close()
 
 
 def test_no_keys_means_401_jwks_unavailable(envoy_bin, keys):
-    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], cold_start_wait_ms=800)
-    jwks.status = 503
-    env = start()
-    try:
+    with jwks_stack(envoy_bin, [keys["rs"]], cold_start_wait_ms=800, idp={"status": 503}) as (env, jwks, up):
         code, headers, body = env.request("POST", "/collections/c/points/search", bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")
         assert code == 401 and json.loads(body)["reason"] == "jwks_unavailable", body
         jwks.status, jwks.raw = 200, b"{not json"
         code, _, body = env.request("POST", "/collections/c/points/search", bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")
         assert code == 401 and json.loads(body)["reason"] == "jwks_unavailable", body
         assert up.count == 0
-    finally:
-        env.stop(), up.close(), jwks.close()
 
 
 def test_rotation_via_unknown_kid_and_refetch_is_rate_limited(envoy_bin, keys):
-    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], min_refetch_seconds=30)
-    env = start()
-    try:
+    with jwks_stack(envoy_bin, [keys["rs"]], min_refetch_seconds=30) as (env, jwks, up):
         path = "/collections/c/points/search"
         assert env.request("POST", path, bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")[0] == 200
         time.sleep(0.5)
@@ -424,14 +425,10 @@ def test_rotation_via_unknown_kid_and_refetch_is_rate_limited(envoy_bin, keys):
         code, _, body = env.request("POST", path, bearer(keys["es"].sign(claims(CI_ISS))), b"{}")
         assert code == 401 and json.loads(body)["reason"] == "unknown_kid"
         assert jwks.hits == hits
-    finally:
-        env.stop(), up.close(), jwks.close()
 
 
 def test_rotation_picked_up_and_random_kids_do_not_hammer(envoy_bin, keys):
-    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], min_refetch_seconds=1)
-    env = start()
-    try:
+    with jwks_stack(envoy_bin, [keys["rs"]], min_refetch_seconds=1) as (env, jwks, up):
         path = "/collections/c/points/search"
         assert env.request("POST", path, bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")[0] == 200
         time.sleep(1.2)
@@ -450,14 +447,10 @@ def test_rotation_picked_up_and_random_kids_do_not_hammer(envoy_bin, keys):
         # at most one refetch per started second of the run (min_refetch_seconds = 1)
         assert jwks.hits - hits <= int(elapsed) + 1, (jwks.hits - hits, elapsed)
         assert up.count == 2
-    finally:
-        env.stop(), up.close(), jwks.close()
 
 
 def test_outage_keeps_last_good_keys(envoy_bin, keys):
-    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], min_refetch_seconds=1)
-    env = start()
-    try:
+    with jwks_stack(envoy_bin, [keys["rs"]], min_refetch_seconds=1) as (env, jwks, up):
         path = "/collections/c/points/search"
         assert env.request("POST", path, bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")[0] == 200
         jwks.status = 500
@@ -469,20 +462,13 @@ def test_outage_keeps_last_good_keys(envoy_bin, keys):
         assert jwks.hits > hits
         # the old key still verifies (fresh token: not served from the cache)
         assert env.request("POST", path, bearer(keys["rs"].sign(claims(CI_ISS, sub="other"))), b"{}")[0] == 200
-    finally:
-        env.stop(), up.close(), jwks.close()
 
 
 def test_slow_jwks_beyond_timeout_fails_closed(envoy_bin, keys):
-    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], cold_start_wait_ms=1500, timeout_ms=300)
-    jwks.delay = 5
-    env = start()
-    try:
+    with jwks_stack(envoy_bin, [keys["rs"]], cold_start_wait_ms=1500, timeout_ms=300, idp={"delay": 5}) as (env, jwks, up):
         code, _, body = env.request("POST", "/collections/c/points/search", bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")
         assert code == 401 and json.loads(body)["reason"] == "jwks_unavailable", body
         assert up.count == 0
-    finally:
-        env.stop(), up.close(), jwks.close()
 
 
 # ---------------------------------------------------------------- configuration
@@ -564,9 +550,7 @@ def test_duplicate_claims_are_refused(stack):
 
 def test_background_refresh_picks_up_new_keys_without_requests(envoy_bin, keys):
     # unknown-kid refetch is effectively off (1 h), so only the background refresh can load the new key
-    jwks, up, start = jwks_stack(envoy_bin, [keys["rs"]], refresh_seconds=10, min_refetch_seconds=3600)
-    env = start()
-    try:
+    with jwks_stack(envoy_bin, [keys["rs"]], refresh_seconds=10, min_refetch_seconds=3600) as (env, jwks, up):
         path = "/collections/c/points/search"
         assert env.request("POST", path, bearer(keys["rs"].sign(claims(CI_ISS))), b"{}")[0] == 200
         jwks.keys = [keys["es"]]
@@ -580,5 +564,3 @@ def test_background_refresh_picks_up_new_keys_without_requests(envoy_bin, keys):
         time.sleep(0.5)  # every worker syncs from shared data on its next tick
         code, _, body = env.request("POST", path, bearer(keys["es"].sign(claims(CI_ISS, sub="after-refresh"))), b"{}")
         assert code == 200, body
-    finally:
-        env.stop(), up.close(), jwks.close()
