@@ -406,7 +406,13 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { context_id, worker: self.worker.clone(), response: Response::Pass, counts: Counts::new() }))
+        Some(Box::new(Stream {
+            context_id,
+            worker: self.worker.clone(),
+            response: Response::Pass,
+            counts: Counts::new(),
+            request_masked: false,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -491,6 +497,8 @@ struct Stream {
     response: Response,
     /// Values redacted in this stream, by detector (for the audit record).
     counts: Counts,
+    /// The request body was masked (request masking on).
+    request_masked: bool,
 }
 
 /// What happens to the response body of one stream.
@@ -592,6 +600,7 @@ impl HttpContext for Stream {
         match out {
             Ok(out) => {
                 self.set_http_request_body(0, size, &out);
+                self.request_masked = true;
                 Action::Continue
             }
             Err(e) => self.fail(400, "invalid_json", &format!("request body is not the JSON the policy masks: {e}")),
@@ -686,7 +695,23 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        self.hold()
+        if self.hold() == Action::Pause {
+            return Action::Pause;
+        }
+        // A body followed by trailers never reached end-of-stream in the body
+        // callback, so it was not masked: refuse rather than forward it.
+        if self.masker().is_some_and(|(_, m, _)| m.requests.is_some()) && !self.request_masked {
+            return self.fail(400, "unmaskable_body", "request bodies with trailers cannot be masked");
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _n: usize) -> Action {
+        match self.response {
+            // Buffered for masking but ended with trailers: never release it unmasked.
+            Response::Buffer { .. } => self.fail(502, "unmaskable_body", "response bodies with trailers cannot be masked"),
+            _ => Action::Continue,
+        }
     }
 
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
