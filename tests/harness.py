@@ -102,6 +102,22 @@ def forge(header: dict, payload: dict, signature: bytes = b"sig") -> str:
     return f"{enc(header)}.{enc(payload)}.{b64u(signature)}"
 
 
+class Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive handler without access logs, with a JSON reply helper."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def reply(self, status, body: bytes, ctype="application/json"):
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 class _Server:
     def __init__(self, handler_factory):
         self.port = free_port()
@@ -125,12 +141,7 @@ class Upstream(_Server):
         outer = self
 
         def factory(_):
-            class H(BaseHTTPRequestHandler):
-                protocol_version = "HTTP/1.1"
-
-                def log_message(self, *a):
-                    pass
-
+            class H(Handler):
                 def _any(self):
                     n = int(self.headers.get("content-length") or 0)
                     body = self.rfile.read(n) if n else b""
@@ -139,12 +150,7 @@ class Upstream(_Server):
                         hdrs.setdefault(k.lower(), []).append(v)
                     with outer.lock:
                         outer.requests.append({"method": self.command, "path": self.path, "headers": hdrs, "body": body, "t": time.time()})
-                    out = json.dumps({"ok": True, "path": self.path}).encode()
-                    self.send_response(200)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
+                    self.reply(200, json.dumps({"ok": True, "path": self.path}).encode())
 
                 do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
 
@@ -180,12 +186,7 @@ class JwksServer(_Server):
         outer = self
 
         def factory(_):
-            class H(BaseHTTPRequestHandler):
-                protocol_version = "HTTP/1.1"
-
-                def log_message(self, *a):
-                    pass
-
+            class H(Handler):
                 def do_GET(self):
                     if self.path == "/.well-known/openid-configuration":
                         outer.discovery_hits += 1
@@ -197,11 +198,7 @@ class JwksServer(_Server):
                             time.sleep(outer.delay)
                         status = outer.status
                         body = outer.raw if outer.raw is not None else json.dumps({"keys": [k.jwk for k in outer.keys]}).encode()
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    self.reply(status, body)
                     if self.path != "/.well-known/openid-configuration":
                         outer.served_at.append(time.time())
 

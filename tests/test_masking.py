@@ -7,11 +7,11 @@ import gzip
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
-from harness import Envoy, JwksServer, Key, b64u, claims, free_port
+from harness import Envoy, Handler, Key, claims, free_port
 
 ISS = "https://ci.test"
 EMAIL = "jane.doe@example.com"
@@ -39,12 +39,7 @@ class Backend:
         self.seen = []
         outer = self
 
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class H(Handler):
             def send(self, status, ctype, body, extra=()):
                 self.send_response(status)
                 if ctype:
