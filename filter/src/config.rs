@@ -329,8 +329,10 @@ fn valid_header_value(v: &str) -> bool {
     v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-/// Splits `http(s)://authority/path` into authority and path (path defaults to `/`).
-fn split_url(url: &str) -> Option<(String, String)> {
+/// Splits `http(s)://authority/path` into authority and path (path defaults
+/// to `/`); `None` for other schemes, an empty authority or userinfo (`@`).
+/// Used for `jwks_uri` in the config and in OIDC discovery documents.
+pub fn split_url(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (rest.get(..i)?, rest.get(i..)?),

@@ -12,7 +12,7 @@
 //! after failures. The last good key set stays in place when a refresh fails.
 
 use crate::body::{self, BodyMode, Encoding};
-use crate::config::{Config, KeySource, RequestMask, ResourceMask};
+use crate::config::{split_url, Config, KeySource, RequestMask, ResourceMask};
 use crate::mask::{Counts, Masker, StreamKind, StreamMasker};
 use crate::deny::Denial;
 use crate::gate::{AuthError, Gate, KeyStore, Plan, TokenCache};
@@ -82,7 +82,7 @@ struct Worker {
     /// Streams that got a local reply (their body must not flow).
     denied: HashSet<u32>,
     /// Allowed streams whose bodies are masked: resource settings and method.
-    masked: HashMap<u32, (ResourceMask, String)>,
+    masked: HashMap<u32, Rc<MaskedStream>>,
 }
 
 impl KeyStore for Worker {
@@ -262,13 +262,6 @@ impl Context for Root {
             }
         }
     }
-}
-
-fn split_url(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
-    let i = rest.find('/').unwrap_or(rest.len());
-    let (a, p) = rest.split_at(i);
-    Some((a.to_string(), if p.is_empty() { "/".into() } else { p.to_string() }))
 }
 
 impl Root {
@@ -458,7 +451,7 @@ fn apply(
             if let (Some(m), Some(id)) = (&plan.mask, context_id) {
                 let method = headers.iter().find(|(n, _)| n == ":method").map(|(_, v)| String::from_utf8_lossy(v).to_string()).unwrap_or_default();
                 if let Some(w) = worker.borrow_mut().as_mut() {
-                    w.masked.insert(id, (m.clone(), method));
+                    w.masked.insert(id, Rc::new((m.clone(), method)));
                 }
             }
             let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
@@ -501,6 +494,9 @@ struct Stream {
     request_masked: bool,
 }
 
+/// Masking settings of one allowed stream: the resource's mask and the request method.
+type MaskedStream = (ResourceMask, String);
+
 /// What happens to the response body of one stream.
 enum Response {
     Pass,
@@ -540,11 +536,13 @@ impl Stream {
 }
 
 impl Stream {
-    fn masker(&self) -> Option<(Rc<Masker>, ResourceMask, String)> {
+    /// The masker and this stream's masking settings (resource mask, request
+    /// method), if its bodies are masked. Reference-counted: cheap per chunk.
+    fn masker(&self) -> Option<(Rc<Masker>, Rc<MaskedStream>)> {
         let guard = self.worker.borrow();
         let w = guard.as_ref()?;
-        let (m, method) = w.masked.get(&self.context_id)?;
-        Some((w.gate.config.masker.clone()?, m.clone(), method.clone()))
+        let settings = w.masked.get(&self.context_id)?.clone();
+        Some((w.gate.config.masker.clone()?, settings))
     }
 
     /// Local reply from the response path (headers not yet sent downstream).
@@ -584,7 +582,8 @@ impl HttpContext for Stream {
         if self.hold() == Action::Pause {
             return Action::Pause;
         }
-        let Some((masker, m, _)) = self.masker() else { return Action::Continue };
+        let Some((masker, settings)) = self.masker() else { return Action::Continue };
+        let m = &settings.0;
         let Some(kind) = m.requests else { return Action::Continue };
         if size > m.max_buffer_bytes {
             return self.fail(413, "request_too_large", "request body larger than the masking limit");
@@ -608,10 +607,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
-        let Some((masker, m, method)) = self.masker() else { return Action::Continue };
+        let Some((masker, settings)) = self.masker() else { return Action::Continue };
+        let (m, method) = (&settings.0, &settings.1);
         let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         let ctype = self.get_http_response_header_bytes("content-type");
-        let mode = body::response_mode(&m, &method, status, ctype.as_deref());
+        let mode = body::response_mode(m, method, status, ctype.as_deref());
         if mode == BodyMode::Pass {
             return Action::Continue;
         }
@@ -639,7 +639,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
-        let Some((masker, _, _)) = self.masker() else { return Action::Continue };
+        let Some((masker, _)) = self.masker() else { return Action::Continue };
         if let Response::Stream(_) = self.response {
             let chunk = self.get_http_response_body(0, size).unwrap_or_default();
             let Response::Stream(sm) = &mut self.response else { return Action::Continue };
@@ -666,13 +666,13 @@ impl HttpContext for Stream {
                     return Action::Pause;
                 }
                 let raw = self.get_http_response_body(0, size).unwrap_or_default();
-                let plain = if gzip {
+                let plain: std::borrow::Cow<[u8]> = if gzip {
                     match body::gunzip(&raw, limit) {
-                        Ok(p) => p,
+                        Ok(p) => p.into(),
                         Err(e) => return self.fail(502, "unmaskable_encoding", &e),
                     }
                 } else {
-                    raw.to_vec()
+                    raw.as_slice().into()
                 };
                 let out = match mode {
                     BodyMode::Json => match masker.mask_json(&plain, &mut self.counts) {
@@ -700,7 +700,7 @@ impl HttpContext for Stream {
         }
         // A body followed by trailers never reached end-of-stream in the body
         // callback, so it was not masked: refuse rather than forward it.
-        if self.masker().is_some_and(|(_, m, _)| m.requests.is_some()) && !self.request_masked {
+        if self.masker().is_some_and(|(_, s)| s.0.requests.is_some()) && !self.request_masked {
             return self.fail(400, "unmaskable_body", "request bodies with trailers cannot be masked");
         }
         Action::Continue
