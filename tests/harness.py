@@ -110,6 +110,21 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def read_body(self) -> bytes:
+        """The request body, by content-length or chunked transfer coding."""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
     def reply(self, status, body: bytes, ctype="application/json"):
         self.send_response(status)
         self.send_header("content-type", ctype)
@@ -143,8 +158,7 @@ class Upstream(_Server):
         def factory(_):
             class H(Handler):
                 def _any(self):
-                    n = int(self.headers.get("content-length") or 0)
-                    body = self.rfile.read(n) if n else b""
+                    body = self.read_body()
                     hdrs = {}
                     for k, v in self.headers.items():
                         hdrs.setdefault(k.lower(), []).append(v)
@@ -280,3 +294,54 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+class FakeApprovals(_Server):
+    """A scriptable approval service speaking docs/approval-protocol.md, for
+    fault injection (the real one is `nhi-gate approvals serve`).
+
+    `decide(call) -> (status, body_bytes)` answers each check callout; it may
+    block (long poll) — e.g. on `gate`, a threading.Event the test sets.
+    `calls` records every check (parsed JSON, headers, arrival time);
+    `abandons` the hold ids of abandon notices."""
+
+    def __init__(self, decide=None):
+        self.calls = []
+        self.abandons = []
+        self.answered_at = []
+        self.lock = threading.Lock()
+        self.decide = decide or (lambda call: (200, json.dumps({"approval_id": "apr_1", "status": "approved"}).encode()))
+        outer = self
+
+        def factory(_):
+            class H(Handler):
+                def do_POST(self):
+                    n = int(self.headers.get("content-length") or 0)
+                    raw = self.rfile.read(n) if n else b""
+                    try:
+                        body = json.loads(raw)
+                    except ValueError:
+                        body = {"_raw": raw}
+                    if self.path.endswith("/abandon"):
+                        with outer.lock:
+                            outer.abandons.append(body.get("hold_id"))
+                        self.reply(200, b"{}")
+                        return
+                    call = {"path": self.path, "json": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "t": time.time()}
+                    with outer.lock:
+                        outer.calls.append(call)
+                    status, out = outer.decide(call)
+                    try:
+                        self.reply(status, out)
+                        outer.answered_at.append(time.time())
+                    except OSError:
+                        pass
+
+            return H
+
+        super().__init__(factory)
+
+    @staticmethod
+    def answer(status, **fields):
+        """A 200 answer body with the given `status` and fields."""
+        return 200, json.dumps({"status": status, **fields}).encode()

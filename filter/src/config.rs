@@ -108,6 +108,58 @@ struct RawResource {
     identity_headers: bool,
     #[serde(default)]
     mask: Option<RawResourceMask>,
+    #[serde(default)]
+    approval: Option<RawApproval>,
+}
+
+/// Per-resource approval hold (see `docs/approval-protocol.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default = "default_approval_path")]
+    path: String,
+    #[serde(default = "yes")]
+    write: bool,
+    #[serde(default)]
+    requests: Vec<RawRequestPattern>,
+    #[serde(default)]
+    exempt_groups: Vec<String>,
+    #[serde(default = "default_hold")]
+    hold_seconds: u64,
+    #[serde(default = "default_approval_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_preview")]
+    preview_bytes: usize,
+    #[serde(default)]
+    grant: RawGrant,
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequestPattern {
+    #[serde(default)]
+    methods: Vec<String>,
+    path_glob: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    #[serde(default = "one")]
+    uses: u32,
+    #[serde(default = "default_window")]
+    window_seconds: u64,
+}
+
+impl Default for RawGrant {
+    fn default() -> Self {
+        RawGrant { uses: 1, window_seconds: default_window() }
+    }
 }
 
 /// Per-resource masking switch (the detectors themselves are configured once,
@@ -156,6 +208,16 @@ fn default_fetch_timeout() -> u64 { 2000 }
 fn default_lifetime() -> u64 { 3600 }
 fn default_groups_claim() -> String { "groups".into() }
 fn yes() -> bool { true }
+fn one() -> u32 { 1 }
+fn default_approval_path() -> String { "/v1/check".into() }
+fn default_hold() -> u64 { 60 }
+fn default_approval_body() -> usize { 1 << 20 }
+fn default_preview() -> usize { 1024 }
+fn default_window() -> u64 { 900 }
+
+/// Longest in-line hold, seconds: below Envoy's default `stream_idle_timeout`
+/// (300 s, HTTP connection manager) so Envoy never times out a held request first.
+pub const MAX_HOLD_SECONDS: u64 = 240;
 fn default_mask_types() -> Vec<String> {
     ["application/json", "+json", "text/plain", "text/event-stream"].iter().map(|s| s.to_string()).collect()
 }
@@ -272,6 +334,46 @@ pub struct Resource {
     pub identity_headers: bool,
     /// PII masking of bodies, if enabled for this resource.
     pub mask: Option<ResourceMask>,
+    /// Out-of-band approval of some requests, if enabled for this resource.
+    pub approval: Option<std::rc::Rc<Approval>>,
+}
+
+/// A method+path pattern (`methods` empty = any method).
+#[derive(Debug)]
+pub struct RequestPattern {
+    /// Uppercase methods; empty = any.
+    pub methods: Vec<String>,
+    pub path_glob: Glob,
+}
+
+/// A resource's approval settings: which requests are held and where the
+/// approval service is (protocol: `docs/approval-protocol.md`).
+#[derive(Debug)]
+pub struct Approval {
+    /// Envoy cluster of the approval service.
+    pub cluster: String,
+    /// `:authority` of the callout (default: the cluster name).
+    pub authority: String,
+    /// Path of the check endpoint (default `/v1/check`); abandon is `<path>/abandon`.
+    pub path: String,
+    /// Hold every request of the `write` operation class.
+    pub write: bool,
+    /// Also hold requests matching any of these.
+    pub requests: Vec<RequestPattern>,
+    /// Members of any of these groups are never held.
+    pub exempt_groups: Vec<String>,
+    /// In-line hold, milliseconds (1..=240 s): longer → 202 Accepted.
+    pub hold_ms: u64,
+    /// Largest request body held, bytes; larger → 413, never forwarded.
+    pub max_body_bytes: usize,
+    /// Body preview sent to approvers, bytes.
+    pub preview_bytes: usize,
+    /// Redeems an approval allows (0 = unlimited within the window).
+    pub grant_uses: u32,
+    /// How long an approval may be redeemed after the decision, seconds.
+    pub grant_window_seconds: u64,
+    /// Bearer secret sent to the approval service, if any.
+    pub secret: Option<String>,
 }
 
 /// A method+path override of the default operation class.
@@ -417,6 +519,73 @@ fn group_rule(errs: &mut Errors, field: &str, raw: RawGroupRule) -> GroupRule {
         }
     }
     GroupRule { any_of: raw.any_of, all_of: raw.all_of }
+}
+
+fn approval(errs: &mut Errors, at: &str, a: RawApproval) -> Approval {
+    if a.cluster.is_empty() {
+        errs.add(format!("{at}.cluster"), "the Envoy cluster of the approval service is required");
+    }
+    if !a.path.starts_with('/') || !valid_header_value(&a.path) || a.path.contains(['?', '#', ' ']) {
+        errs.add(format!("{at}.path"), "must be an absolute path without query");
+    }
+    let authority = a.authority.unwrap_or_else(|| a.cluster.clone());
+    if authority.is_empty() || !valid_header_value(&authority) || authority.contains(['/', ' ', '@']) {
+        errs.add(format!("{at}.authority"), "must be a host or host:port");
+    }
+    if !(1..=MAX_HOLD_SECONDS).contains(&a.hold_seconds) {
+        errs.add(
+            format!("{at}.hold_seconds"),
+            format!("must be between 1 and {MAX_HOLD_SECONDS} (below Envoy's stream_idle_timeout, 300 s by default)"),
+        );
+    }
+    if !(1..=(16 << 20)).contains(&a.max_body_bytes) {
+        errs.add(format!("{at}.max_body_bytes"), "must be between 1 and 16777216");
+    }
+    if a.preview_bytes > 65536 {
+        errs.add(format!("{at}.preview_bytes"), "must be at most 65536");
+    }
+    if a.grant.uses > 1000 {
+        errs.add(format!("{at}.grant.uses"), "must be at most 1000 (0 = unlimited within the window)");
+    }
+    if !(1..=86400).contains(&a.grant.window_seconds) {
+        errs.add(format!("{at}.grant.window_seconds"), "must be between 1 and 86400");
+    }
+    if let Some(s) = &a.secret {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            errs.add(format!("{at}.secret"), "must be non-empty visible ASCII");
+        }
+    }
+    if !a.write && a.requests.is_empty() {
+        errs.add(at.to_string(), "holds nothing: set write: true or list requests");
+    }
+    for (i, g) in a.exempt_groups.iter().enumerate() {
+        if g.trim().is_empty() || g.contains(char::is_whitespace) {
+            errs.add(format!("{at}.exempt_groups[{i}]"), "group names are non-empty and contain no whitespace");
+        }
+    }
+    let requests = a
+        .requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| RequestPattern {
+            methods: methods(errs, &format!("{at}.requests[{i}].methods"), &p.methods),
+            path_glob: glob(errs, &format!("{at}.requests[{i}].path_glob"), &p.path_glob),
+        })
+        .collect();
+    Approval {
+        cluster: a.cluster,
+        authority,
+        path: a.path,
+        write: a.write,
+        requests,
+        exempt_groups: a.exempt_groups,
+        hold_ms: a.hold_seconds.saturating_mul(1000),
+        max_body_bytes: a.max_body_bytes,
+        preview_bytes: a.preview_bytes,
+        grant_uses: a.grant.uses,
+        grant_window_seconds: a.grant.window_seconds,
+        secret: a.secret,
+    }
 }
 
 impl RawConfig {
@@ -631,7 +800,9 @@ impl RawConfig {
                     reject_over_limit,
                 }
             });
+            let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a)));
             resources.push(Resource {
+                approval,
                 mask,
                 name: r.name,
                 authorities,

@@ -2,6 +2,7 @@
 //! identity (with a bounded cache) → resource and operation → allow with a
 //! plan of upstream header changes, or a [`Denial`].
 
+use crate::approval::{ApprovalRef, Ticket, APPROVAL_HEADER};
 use crate::config::{Config, KeySource, Resource};
 use crate::deny::Denial;
 use crate::jwks::KeySet;
@@ -132,6 +133,8 @@ pub struct Plan {
     pub set: Vec<(String, String)>,
     /// Masking settings of the resource, when its bodies are masked.
     pub mask: Option<crate::config::ResourceMask>,
+    /// Set when the request must be held for approval before it is forwarded.
+    pub hold: Option<Ticket>,
 }
 
 /// The pipeline over one validated configuration.
@@ -263,6 +266,29 @@ impl Gate {
                 remove.push("content-length".into());
             }
         }
-        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set, mask: resource.mask.clone() })
+        let hold = match &resource.approval {
+            Some(a) if a.holds(op, req, &id) => {
+                let given: Vec<&[u8]> = headers.iter().filter(|(n, _)| *n == APPROVAL_HEADER).map(|(_, v)| *v).collect();
+                let approval_id = match given.as_slice() {
+                    [] => None,
+                    [one] => Some(crate::approval::approval_id(one).ok_or_else(|| {
+                        Denial::forbidden("approval_unknown", format!("{APPROVAL_HEADER} is not a valid approval id"))
+                    })?),
+                    _ => return Err(Denial::forbidden("approval_unknown", format!("more than one {APPROVAL_HEADER} header"))),
+                };
+                Some(Ticket {
+                    settings: std::rc::Rc::new(ApprovalRef(a.clone())),
+                    approval_id,
+                    identity: id.clone(),
+                    resource: resource.name.clone(),
+                    operation: op.as_str(),
+                    method: req.method.to_string(),
+                    authority: String::from_utf8_lossy(req.authority).to_string(),
+                    path: String::from_utf8_lossy(req.path).to_string(),
+                })
+            }
+            _ => None,
+        };
+        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set, mask: resource.mask.clone(), hold })
     }
 }

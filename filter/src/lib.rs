@@ -8,6 +8,8 @@
 //! - [`policy`]: resource matching, operation class, group/scope decision;
 //! - [`config`]: the plugin configuration and its validator;
 //! - [`gate`]: the pipeline tying them together, with the verified-token cache;
+//! - [`approval`]: which requests are held for approval, the callout and its answer;
+//! - [`mask`] and [`body`]: PII redaction of request and response bodies;
 //! - [`deny`]: local-reply status, reason and body.
 //!
 //! The proxy-wasm layer (`wasm` module, wasm32 only) talks to Envoy.
@@ -16,6 +18,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
+pub mod approval;
 pub mod body;
 pub mod config;
 pub mod deny;

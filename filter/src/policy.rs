@@ -107,6 +107,10 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Whether the token carries Azure AD group-overage markers.
     pub groups_overage: bool,
+    /// `jti` claim (RFC 7519 §4.1.7), "" if absent.
+    pub jti: String,
+    /// `azp` claim (OpenID Connect Core §2), "" if absent.
+    pub azp: String,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -137,6 +141,8 @@ impl Identity {
             groups,
             scopes,
             groups_overage,
+            jti: claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string(),
+            azp: claims.get("azp").and_then(Value::as_str).unwrap_or_default().to_string(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! success (unknown `kid` cannot hammer the IdP) and with exponential backoff
 //! after failures. The last good key set stays in place when a refresh fails.
 
+use crate::approval::{self, Origin, Ticket, Verdict};
 use crate::body::{self, BodyMode, Encoding};
 use crate::config::{split_url, Config, KeySource, RequestMask, ResourceMask};
 use crate::mask::{Counts, Masker, StreamKind, StreamMasker};
@@ -20,7 +21,7 @@ use crate::jwks::KeySet;
 use crate::policy::Request;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -83,6 +84,22 @@ struct Worker {
     denied: HashSet<u32>,
     /// Allowed streams whose bodies are masked: resource settings and method.
     masked: HashMap<u32, Rc<MaskedStream>>,
+    /// Streams held for approval, until the service's verdict.
+    holds: HashMap<u32, Hold>,
+    /// Approval callouts dispatched by the root context: token → stream.
+    approval_calls: HashMap<u32, u32>,
+    /// Paused streams whose request already ended (body or trailers seen).
+    ended: HashSet<u32>,
+    /// Abandon notices for the approval service (sent from the root's tick).
+    abandons: Vec<(Ticket, String)>,
+}
+
+/// A stream held for approval.
+struct Hold {
+    ticket: Ticket,
+    origin: Origin,
+    /// The callout is in flight.
+    calling: bool,
 }
 
 impl KeyStore for Worker {
@@ -198,6 +215,14 @@ struct Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let stream = self.worker.borrow_mut().as_mut().and_then(|w| w.approval_calls.remove(&token));
+        if let Some(context_id) = stream {
+            // An approval callout the root dispatched for a stream resumed after a JWKS wait.
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                approval_answer(&self.worker, context_id, body_size);
+            }
+            return;
+        }
         let status = self.get_http_call_response_header(":status");
         let body = self.get_http_call_response_body(0, body_size.min(crate::jwks::MAX_JWKS_BYTES + 1)).unwrap_or_default();
         let mut guard = self.worker.borrow_mut();
@@ -343,7 +368,29 @@ impl Root {
                 let Some(w) = guard.as_mut() else { return };
                 decide(w, &waiter.headers, now / 1000).map_err(AuthError::into_denial)
             };
-            apply(outcome, &self.worker, Some(waiter.context_id), &waiter.headers, true);
+            if apply(outcome, &self.worker, Some(waiter.context_id), &waiter.headers, true) == Next::Hold {
+                let ended = self.worker.borrow().as_ref().is_some_and(|w| w.ended.contains(&waiter.context_id));
+                if ended {
+                    start_approval(self, &self.worker, waiter.context_id, true);
+                }
+            }
+        }
+    }
+
+    /// Sends queued abandon notices (clients that hung up while held).
+    fn send_abandons(&self) {
+        let queued = match self.worker.borrow_mut().as_mut() {
+            Some(w) => std::mem::take(&mut w.abandons),
+            None => return,
+        };
+        for (ticket, hold_id) in queued {
+            let headers = ticket.callout_headers(true);
+            let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let body = approval::abandon_body(&hold_id);
+            let cluster = ticket.settings.0.cluster.as_str();
+            if let Err(e) = self.dispatch_http_call(cluster, refs, Some(&body), vec![], Duration::from_secs(5)) {
+                log::warn!("approval: abandon notice for hold {hold_id} not sent: {e:?}");
+            }
         }
     }
 }
@@ -368,7 +415,19 @@ impl RootContext for Root {
                     config.resources.len()
                 );
                 *self.worker.borrow_mut() =
-                    Some(Worker { gate: Rc::new(Gate::new(config)), cache, remote, waiters: Vec::new(), calls: HashMap::new(), denied: HashSet::new(), masked: HashMap::new() });
+                    Some(Worker {
+                        gate: Rc::new(Gate::new(config)),
+                        cache,
+                        remote,
+                        waiters: Vec::new(),
+                        calls: HashMap::new(),
+                        denied: HashSet::new(),
+                        masked: HashMap::new(),
+                        holds: HashMap::new(),
+                        approval_calls: HashMap::new(),
+                        ended: HashSet::new(),
+                        abandons: Vec::new(),
+                    });
                 self.set_tick_period(Duration::from_millis(TICK_MS));
                 true
             }
@@ -396,6 +455,7 @@ impl RootContext for Root {
             self.start_fetch(i, now, false);
         }
         self.wake(now, None);
+        self.send_abandons();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -426,15 +486,27 @@ fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64) -> Result<P
     Ok(gate.authorize(&req, &refs, id?)?)
 }
 
+/// What the stream does after [`apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Allowed: the request flows (or was resumed).
+    Continue,
+    /// Allowed but held for approval: buffer the body, then call the service.
+    Hold,
+    /// Refused with a local reply.
+    Stop,
+}
+
 /// Applies a decision to the current (effective) stream: header changes on
-/// allow, a local reply on deny. `resume` continues a paused request.
+/// allow, a local reply on deny. `resume` continues a paused request (not
+/// when the plan holds it for approval).
 fn apply(
     outcome: Result<Plan, Denial>,
     worker: &Rc<RefCell<Option<Worker>>>,
     context_id: Option<u32>,
     headers: &[(String, Vec<u8>)],
     resume: bool,
-) {
+) -> Next {
     let request_id = headers
         .iter()
         .find(|(n, _)| n == "x-request-id")
@@ -456,15 +528,33 @@ fn apply(
             }
             let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
             log::debug!("allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
+            if let (Some(ticket), Some(id)) = (plan.hold, context_id) {
+                let origin = Origin {
+                    hold_id: hold_id(),
+                    request_id,
+                    source: hostcalls::get_property(vec!["source", "address"])
+                        .ok()
+                        .flatten()
+                        .map(|b| String::from_utf8_lossy(&b).to_string())
+                        .unwrap_or_default(),
+                    time_ms: now_ms(),
+                };
+                if let Some(w) = worker.borrow_mut().as_mut() {
+                    w.holds.insert(id, Hold { ticket, origin, calling: false });
+                }
+                return Next::Hold;
+            }
             if resume {
                 let _ = hostcalls::resume_http_request();
             }
+            Next::Continue
         }
         Err(d) => {
             let realm = match worker.borrow_mut().as_mut() {
                 Some(w) => {
                     if let Some(id) = context_id {
                         w.denied.insert(id);
+                        w.holds.remove(&id);
                     }
                     w.gate.config.realm.clone()
                 }
@@ -478,7 +568,129 @@ fn apply(
             }
             log::info!("deny {request_id} status={} reason={}", d.status, d.reason);
             let _ = hostcalls::send_http_response(d.status, h, Some(&body));
+            Next::Stop
         }
+    }
+}
+
+/// 32 random hex characters (Envoy provides randomness to wasm32-wasip1).
+fn hold_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // Still unique per worker and time; the id is a key, not a secret.
+        let t = now_ms().to_le_bytes();
+        for (i, x) in t.iter().enumerate() {
+            if let Some(slot) = b.get_mut(i) {
+                *slot = *x;
+            }
+        }
+    }
+    approval::hex(&b)
+}
+
+/// Refuses the current (effective) stream with a local reply.
+fn refuse(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, d: Denial) {
+    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(n, _)| n == "x-request-id")
+        .collect::<Vec<_>>();
+    apply(Err(d), worker, Some(context_id), &headers, false);
+}
+
+/// Reads the held request's buffered body and dispatches its approval callout
+/// from `caller` (the stream, or the root when it resumed the stream after a
+/// JWKS wait: then the answer reaches the root, which routes it by token).
+/// The effective context must be the stream.
+fn start_approval(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, via_root: bool) {
+    let Some((ticket, origin)) = worker
+        .borrow()
+        .as_ref()
+        .and_then(|w| w.holds.get(&context_id))
+        .filter(|h| !h.calling)
+        .map(|h| (h.ticket.clone(), h.origin.clone()))
+    else {
+        return;
+    };
+    let settings = &ticket.settings.0;
+    let max = settings.max_body_bytes;
+    let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, max.saturating_add(1)) {
+        Ok(b) => b.unwrap_or_default(),
+        Err(e) => return refuse(worker, context_id, approval::unavailable(format!("request body unreadable: {e:?}"))),
+    };
+    if body.len() > max {
+        return refuse(worker, context_id, body_too_large(max));
+    }
+    let json = ticket.callout_body(&origin, &body);
+    let headers = ticket.callout_headers(false);
+    let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let timeout = Duration::from_millis(settings.hold_ms.saturating_add(approval::CALLOUT_GRACE_MS));
+    match caller.dispatch_http_call(&settings.cluster, refs, Some(&json), vec![], timeout) {
+        Ok(token) => {
+            if let Some(w) = worker.borrow_mut().as_mut() {
+                if let Some(h) = w.holds.get_mut(&context_id) {
+                    h.calling = true;
+                }
+                if via_root {
+                    w.approval_calls.insert(token, context_id);
+                }
+            }
+            log::info!(
+                "hold {} request={} subject={} resource={} {} {} ({} bytes)",
+                origin.hold_id,
+                origin.request_id,
+                ticket.identity.subject,
+                ticket.resource,
+                ticket.method,
+                ticket.path,
+                body.len()
+            );
+        }
+        Err(e) => refuse(
+            worker,
+            context_id,
+            approval::unavailable(format!("cannot call approval cluster {}: {e:?}", settings.cluster)),
+        ),
+    }
+}
+
+fn body_too_large(max: usize) -> Denial {
+    Denial { status: 413, reason: "approval_body_too_large", detail: format!("requests held for approval carry at most {max} body bytes") }
+}
+
+/// Handles the approval service's answer for the current (effective) stream:
+/// resume, 202 Accepted, or refuse. Ignored if the stream is no longer held.
+fn approval_answer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, body_size: usize) {
+    let Some(hold) = worker.borrow_mut().as_mut().and_then(|w| w.holds.remove(&context_id)) else { return };
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(64 * 1024))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let id = &hold.origin.hold_id;
+    match approval::verdict(status.as_deref(), &body) {
+        Verdict::Approved { approval_id, .. } if hold.ticket.approval_id.as_ref().is_some_and(|a| *a != approval_id) => {
+            refuse(worker, context_id, approval::unavailable("approval service approved another approval than the one redeemed"));
+        }
+        Verdict::Approved { approval_id, approver } => {
+            log::info!("approved hold {id} approval={approval_id} approver={approver}");
+            let _ = hostcalls::resume_http_request();
+        }
+        Verdict::Pending(p) => {
+            if let Some(w) = worker.borrow_mut().as_mut() {
+                w.denied.insert(context_id);
+            }
+            log::info!("pending hold {id} approval={}", p.approval_id);
+            let retry = p.retry_after.to_string();
+            let headers = vec![
+                ("content-type", "application/json"),
+                ("retry-after", retry.as_str()),
+                ("x-nhi-reason", "approval_pending"),
+                ("x-nhi-approval-id", p.approval_id.as_str()),
+            ];
+            let _ = hostcalls::send_http_response(202, headers, Some(&p.body()));
+        }
+        Verdict::Denied(d) => refuse(worker, context_id, d),
     }
 }
 
@@ -507,11 +719,23 @@ enum Response {
 }
 
 impl Context for Stream {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        approval_answer(&self.worker, self.context_id, body_size);
+    }
+
     fn on_done(&mut self) -> bool {
         if let Some(w) = self.worker.borrow_mut().as_mut() {
             w.waiters.retain(|x| x.context_id != self.context_id);
             w.denied.remove(&self.context_id);
             w.masked.remove(&self.context_id);
+            w.ended.remove(&self.context_id);
+            if let Some(h) = w.holds.remove(&self.context_id) {
+                if h.calling {
+                    // The client hung up while held: never resumed; tell the service.
+                    log::info!("abandoned hold {} request={}", h.origin.hold_id, h.origin.request_id);
+                    w.abandons.push((h.ticket, h.origin.hold_id));
+                }
+            }
         }
         if !self.counts.is_empty() {
             let summary: Vec<String> = self.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -521,17 +745,55 @@ impl Context for Stream {
     }
 }
 
+/// Where a stream's request stands, for its body and trailer callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Allowed and not held: the request flows.
+    Free,
+    /// Waiting for JWKS keys (the root context decides later).
+    Waiting,
+    /// Held for approval: buffering the body (`calling == false`) or waiting
+    /// for the service (`calling == true`).
+    Held { calling: bool },
+    /// Refused with a local reply (or no configuration).
+    Refused,
+}
+
 impl Stream {
-    /// Body and trailers of a request that is paused or refused must not
-    /// move on: with `allow_on_headers_stop_iteration` a `Continue` from a
-    /// body callback would release the request (fail open).
-    fn hold(&self) -> Action {
-        let held = self
-            .worker
+    /// Body and trailers of a request that is paused, held or refused must
+    /// not move on: with `allow_on_headers_stop_iteration` a `Continue` from
+    /// a body callback would release the request (fail open).
+    fn standing(&self) -> Standing {
+        let guard = self.worker.borrow();
+        let Some(w) = guard.as_ref() else { return Standing::Refused };
+        let id = self.context_id;
+        if w.denied.contains(&id) {
+            Standing::Refused
+        } else if w.waiters.iter().any(|x| x.context_id == id) {
+            Standing::Waiting
+        } else if let Some(h) = w.holds.get(&id) {
+            Standing::Held { calling: h.calling }
+        } else {
+            Standing::Free
+        }
+    }
+
+    /// Records that this paused request has ended (for the root context,
+    /// which may resume it after a JWKS wait and must then start its hold).
+    fn mark_ended(&self) {
+        if let Some(w) = self.worker.borrow_mut().as_mut() {
+            w.ended.insert(self.context_id);
+        }
+    }
+
+    /// Largest body of this held stream (its resource's approval setting).
+    fn max_held_body(&self) -> usize {
+        self.worker
             .borrow()
             .as_ref()
-            .is_none_or(|w| w.waiters.iter().any(|x| x.context_id == self.context_id) || w.denied.contains(&self.context_id));
-        if held { Action::Pause } else { Action::Continue }
+            .and_then(|w| w.holds.get(&self.context_id))
+            .map(|h| h.ticket.settings.0.max_body_bytes)
+            .unwrap_or(0)
     }
 }
 
@@ -577,11 +839,11 @@ fn mask_chat_request(masker: &Masker, body: &[u8], counts: &mut Counts) -> Resul
     serde_json::to_vec(&v).map_err(|e| e.to_string())
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
-        if self.hold() == Action::Pause {
-            return Action::Pause;
-        }
+impl Stream {
+    /// Masks the request body (the prompt) when the resource asks for it:
+    /// `Pause` while the body is still arriving or after a refusal,
+    /// `Continue` once masked (or when not masked).
+    fn mask_request_body(&mut self, size: usize, eos: bool) -> Action {
         let Some((masker, settings)) = self.masker() else { return Action::Continue };
         let m = &settings.0;
         let Some(kind) = m.requests else { return Action::Continue };
@@ -604,6 +866,36 @@ impl HttpContext for Stream {
             }
             Err(e) => self.fail(400, "invalid_json", &format!("request body is not the JSON the policy masks: {e}")),
         }
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
+        let held = match self.standing() {
+            Standing::Waiting => {
+                if eos {
+                    self.mark_ended();
+                }
+                return Action::Pause;
+            }
+            Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
+            Standing::Held { calling: false } => true,
+            Standing::Free => false,
+        };
+        if held && size > self.max_held_body() {
+            refuse(&self.worker, self.context_id, body_too_large(self.max_held_body()));
+            return Action::Pause;
+        }
+        if self.mask_request_body(size, eos) == Action::Pause {
+            return Action::Pause;
+        }
+        if held {
+            if eos {
+                start_approval(self, &self.worker, self.context_id, false);
+            }
+            return Action::Pause;
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
@@ -695,13 +987,24 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        if self.hold() == Action::Pause {
-            return Action::Pause;
-        }
+        let held = match self.standing() {
+            Standing::Waiting => {
+                self.mark_ended();
+                return Action::Pause;
+            }
+            Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
+            Standing::Held { calling: false } => true,
+            Standing::Free => false,
+        };
         // A body followed by trailers never reached end-of-stream in the body
         // callback, so it was not masked: refuse rather than forward it.
         if self.masker().is_some_and(|(_, s)| s.0.requests.is_some()) && !self.request_masked {
             return self.fail(400, "unmaskable_body", "request bodies with trailers cannot be masked");
+        }
+        if held {
+            // The body ended with trailers: it is complete, ask for approval now.
+            start_approval(self, &self.worker, self.context_id, false);
+            return Action::Pause;
         }
         Action::Continue
     }
@@ -714,7 +1017,7 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+    fn on_http_request_headers(&mut self, _n: usize, eos: bool) -> Action {
         let headers: Vec<(String, Vec<u8>)> = self.get_http_request_headers_bytes();
         let now = now_ms();
         let outcome = {
@@ -762,8 +1065,15 @@ impl HttpContext for Stream {
                 other => other.map_err(AuthError::into_denial),
             }
         };
-        let allowed = outcome.is_ok();
-        apply(outcome, &self.worker, Some(self.context_id), &headers, false);
-        if allowed { Action::Continue } else { Action::Pause }
+        match apply(outcome, &self.worker, Some(self.context_id), &headers, false) {
+            Next::Continue => Action::Continue,
+            Next::Stop => Action::Pause,
+            Next::Hold => {
+                if eos {
+                    start_approval(self, &self.worker, self.context_id, false);
+                }
+                Action::Pause
+            }
+        }
     }
 }

@@ -101,6 +101,8 @@ fn identity(groups: &[&str]) -> Identity {
         groups: groups.iter().map(|g| g.to_string()).collect(),
         scopes: vec![],
         groups_overage: false,
+        jti: String::new(),
+        azp: String::new(),
     }
 }
 
@@ -374,6 +376,7 @@ fn plan_for_a_read_strips_credentials_and_sets_headers() {
                 ("x-nhi-groups".into(), "readers,ci".into()),
             ],
             mask: None,
+            hold: None,
         }
     );
 }

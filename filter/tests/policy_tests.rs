@@ -30,6 +30,8 @@ fn id(groups: &[&str], scopes: &[&str]) -> Identity {
         groups: groups.iter().map(|g| g.to_string()).collect(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         groups_overage: false,
+        jti: String::new(),
+        azp: String::new(),
     }
 }
 
