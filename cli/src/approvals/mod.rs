@@ -48,8 +48,8 @@ pub struct ServeArgs {
     /// Distinct approvers needed to approve a request.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     min_approvers: u32,
-    /// Seconds an undecided approval stays pending before it expires.
-    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds an undecided approval stays pending before it expires (1 s to 366 days).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
     pending_ttl_seconds: u64,
     /// Base URL for status_url and webhook links (default: http://<bound listen address>).
     #[arg(long)]
@@ -100,6 +100,11 @@ fn serve(a: ServeArgs) -> ExitCode {
             a.min_approvers,
             approvers.len()
         ));
+    }
+    for u in [&a.public_url, &a.webhook].into_iter().flatten() {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return fail(format!("{u:?} is not an http:// or https:// URL"));
+        }
     }
     let store = match store::Store::open(&a.db, a.pending_ttl_seconds.saturating_mul(1000) as i64, a.min_approvers) {
         Ok(s) => s,
