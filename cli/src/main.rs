@@ -5,7 +5,11 @@
 //! - `nhi-gate dev idp` — a loopback OIDC issuer for demos and tests.
 //! - `nhi-gate dev upstream` — a demo RAG backend (Qdrant-shaped vector store
 //!   and OpenAI-compatible chat completions).
+//! - `nhi-gate approvals serve|list|show|approve|deny` — the reference
+//!   approval service for held writes (docs/approval-protocol.md) and its
+//!   approver commands.
 
+mod approvals;
 mod idp;
 mod policy_check;
 mod upstream;
@@ -26,6 +30,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Approval service for held writes, and approver commands.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::Command,
     },
     /// Development stack: IdP and demo upstream.
     Dev {
@@ -56,6 +65,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check::run(&files),
+        Command::Approvals { command } => approvals::run(command),
         Command::Dev { command: DevCommand::Idp(a) } => idp::run(a),
         Command::Dev { command: DevCommand::Upstream(a) } => upstream::run(a),
     }
