@@ -345,3 +345,72 @@ class FakeApprovals(_Server):
     def answer(status, **fields):
         """A 200 answer body with the given `status` and fields."""
         return 200, json.dumps({"status": status, **fields}).encode()
+
+
+CLI = ROOT / "target" / "release" / "nhi-gate"
+
+
+class ApprovalService:
+    """The real reference service, `nhi-gate approvals serve`, on loopback with
+    its SQLite file in a temp folder; approvers alice and bob. `restart()`
+    keeps the database. `cli(...)` runs `nhi-gate approvals ...` as an approver."""
+
+    TOKENS = {"alice": "tok-alice-0123456789", "bob": "tok-bob-0123456789"}
+
+    def __init__(self, *extra):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="nhi-gate-approvals-")
+        self.db = os.path.join(self.dir, "approvals.db")
+        self.extra = list(extra)
+        self.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        args = [str(CLI), "approvals", "serve", "--listen", f"127.0.0.1:{self.port}", "--db", self.db]
+        for name, tok in self.TOKENS.items():
+            args += ["--approver", f"{name}={tok}"]
+        self.log = open(os.path.join(self.dir, "service.log"), "a")
+        self.proc = subprocess.Popen(args + self.extra, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("approval service did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def cli(self, *args, approver="alice", check=True):
+        env = dict(os.environ, NHI_GATE_APPROVALS_URL=self.url, NHI_GATE_APPROVER_TOKEN=self.TOKENS[approver])
+        r = subprocess.run([str(CLI), "approvals", *args], env=env, capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise AssertionError(f"nhi-gate approvals {args} failed: {r.stderr}")
+        return r
+
+    def pending(self):
+        return json.loads(self.cli("list", "--json").stdout)["approvals"]
+
+    def wait_pending(self, n=1, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            p = self.pending()
+            if len(p) >= n:
+                return p
+            time.sleep(0.1)
+        raise AssertionError(f"fewer than {n} pending approvals")
+
+    def show(self, approval_id):
+        return json.loads(self.cli("show", approval_id).stdout)

@@ -6,6 +6,7 @@ import re
 import shlex
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -37,24 +38,47 @@ def demo(envoy_bin):
 
 
 def curl_lines(text):
-    env = dict(re.findall(r"export (\w+)='([^']*)'", text))
+    env = {}
+    for line in text.splitlines():
+        if line.strip().startswith("export "):
+            env.update(re.findall(r"(\w+)='([^']*)'", line))
     lines = [l.strip() for l in text.splitlines()]
     return env, [l for l in lines if l.startswith("curl ") and ("$READER" in l or "$WRITER" in l)]
 
 
-def run_curl(line, env):
+def run_curl(line, env, timeout=30):
     r = subprocess.run(["bash", "-c", line + " -w '\\n%{http_code}'"], env=dict(os.environ, **env),
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=timeout)
     body, _, code = r.stdout.rpartition("\n")
     return int(code), body
 
 
 def test_printed_curl_lines_work(demo):
     env, lines = curl_lines(demo["text"])
-    assert set(env) == {"READER", "WRITER"}
-    results = [run_curl(l, env) for l in lines]
+    assert set(env) == {"READER", "WRITER", "NHI_GATE_APPROVALS_URL", "NHI_GATE_APPROVER_TOKEN"}
+    cli = [l.strip() for l in demo["text"].splitlines() if l.strip().startswith("target/release/nhi-gate approvals")]
+    assert [c.split()[2] for c in cli] == ["list", "approve"], cli
+    results = [run_curl(l, env) for l in lines[:2]]
+    # the writer's upsert waits for an approver: approve it with the printed CLI lines
+    box = {}
+    writer = threading.Thread(target=lambda: box.setdefault("r", run_curl(lines[2], env, timeout=90)))
+    writer.start()
+    approval_id = None
+    deadline = time.time() + 20
+    while approval_id is None and time.time() < deadline:
+        r = subprocess.run(["bash", "-c", cli[0] + " --json"], cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True)
+        pending = json.loads(r.stdout)["approvals"] if r.returncode == 0 else []
+        approval_id = pending[0]["approval_id"] if pending else None
+        time.sleep(0.2)
+    assert approval_id, "the writer's upsert never showed up as pending"
+    r = subprocess.run(["bash", "-c", cli[1].replace("<approval_id>", approval_id)], cwd=ROOT, env=dict(os.environ, **env),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    writer.join(60)
+    results.append(box["r"])
+    results += [run_curl(l, env) for l in lines[3:]]
     codes = [c for c, _ in results]
-    # search 200, reader upsert 403, writer upsert 200, streamed chat 200
+    # search 200, reader upsert 403, writer upsert 200 once approved, streamed chat 200
     assert codes == [200, 403, 200, 200], list(zip(codes, lines))
     search = json.loads(results[0][1])
     assert search["status"] == "ok" and search["result"], search
@@ -87,7 +111,7 @@ def test_ctrl_c_stops_everything(demo):
     r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{demo['port']}/"],
                        capture_output=True, text=True)
     assert r.stdout == "000", "Envoy still answers after Ctrl-C"
-    for port in (9400, 9401):
+    for port in (9400, 9401, 9402):
         r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/healthz"],
                            capture_output=True, text=True)
         assert r.stdout == "000", f"demo process on {port} still running"

@@ -528,8 +528,11 @@ fn approval(errs: &mut Errors, at: &str, a: RawApproval) -> Approval {
     if !a.path.starts_with('/') || !valid_header_value(&a.path) || a.path.contains(['?', '#', ' ']) {
         errs.add(format!("{at}.path"), "must be an absolute path without query");
     }
+    let explicit = a.authority.is_some();
     let authority = a.authority.unwrap_or_else(|| a.cluster.clone());
-    if authority.is_empty() || !valid_header_value(&authority) || authority.contains(['/', ' ', '@']) {
+    let bad = authority.is_empty() || !valid_header_value(&authority) || authority.contains(['/', ' ', '@']);
+    // A defaulted authority is the cluster name: an empty cluster is reported once, above.
+    if bad && (explicit || !a.cluster.is_empty()) {
         errs.add(format!("{at}.authority"), "must be a host or host:port");
     }
     if !(1..=MAX_HOLD_SECONDS).contains(&a.hold_seconds) {
