@@ -13,10 +13,6 @@ use std::rc::Rc;
 /// (from an earlier `202 Accepted`). Never forwarded upstream.
 pub const APPROVAL_HEADER: &str = "x-nhi-approval";
 
-/// Extra time, milliseconds, the filter waits for the service's answer beyond
-/// `hold_ms` (the service answers `pending` by then at the latest).
-pub const CALLOUT_GRACE_MS: u64 = 5000;
-
 /// `Retry-After` of a 202 when the service gives none, seconds.
 pub const DEFAULT_RETRY_AFTER: u64 = 30;
 

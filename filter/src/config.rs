@@ -129,6 +129,8 @@ struct RawApproval {
     exempt_groups: Vec<String>,
     #[serde(default = "default_hold")]
     hold_seconds: u64,
+    #[serde(default = "default_approval_timeout")]
+    timeout_ms: u64,
     #[serde(default = "default_approval_body")]
     max_body_bytes: usize,
     #[serde(default = "default_preview")]
@@ -211,6 +213,7 @@ fn yes() -> bool { true }
 fn one() -> u32 { 1 }
 fn default_approval_path() -> String { "/v1/check".into() }
 fn default_hold() -> u64 { 60 }
+fn default_approval_timeout() -> u64 { 5000 }
 fn default_approval_body() -> usize { 1 << 20 }
 fn default_preview() -> usize { 1024 }
 fn default_window() -> u64 { 900 }
@@ -364,6 +367,9 @@ pub struct Approval {
     pub exempt_groups: Vec<String>,
     /// In-line hold, milliseconds (1..=240 s): longer → 202 Accepted.
     pub hold_ms: u64,
+    /// How long after the hold the service may still answer, milliseconds
+    /// (the callout timeout is `hold_ms + timeout_ms`); then 503.
+    pub timeout_ms: u64,
     /// Largest request body held, bytes; larger → 413, never forwarded.
     pub max_body_bytes: usize,
     /// Body preview sent to approvers, bytes.
@@ -541,6 +547,9 @@ fn approval(errs: &mut Errors, at: &str, a: RawApproval) -> Approval {
             format!("must be between 1 and {MAX_HOLD_SECONDS} (below Envoy's stream_idle_timeout, 300 s by default)"),
         );
     }
+    if !(100..=30_000).contains(&a.timeout_ms) {
+        errs.add(format!("{at}.timeout_ms"), "must be between 100 and 30000");
+    }
     if !(1..=(16 << 20)).contains(&a.max_body_bytes) {
         errs.add(format!("{at}.max_body_bytes"), "must be between 1 and 16777216");
     }
@@ -583,6 +592,7 @@ fn approval(errs: &mut Errors, at: &str, a: RawApproval) -> Approval {
         requests,
         exempt_groups: a.exempt_groups,
         hold_ms: a.hold_seconds.saturating_mul(1000),
+        timeout_ms: a.timeout_ms,
         max_body_bytes: a.max_body_bytes,
         preview_bytes: a.preview_bytes,
         grant_uses: a.grant.uses,

@@ -624,7 +624,7 @@ fn start_approval(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     let json = ticket.callout_body(&origin, &body);
     let headers = ticket.callout_headers(false);
     let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let timeout = Duration::from_millis(settings.hold_ms.saturating_add(approval::CALLOUT_GRACE_MS));
+    let timeout = Duration::from_millis(settings.hold_ms.saturating_add(settings.timeout_ms));
     match caller.dispatch_http_call(&settings.cluster, refs, Some(&json), vec![], timeout) {
         Ok(token) => {
             if let Some(w) = worker.borrow_mut().as_mut() {

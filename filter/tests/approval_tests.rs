@@ -42,6 +42,7 @@ fn settings() -> Approval {
         requests: vec![],
         exempt_groups: vec![],
         hold_ms: 60_000,
+        timeout_ms: 5_000,
         max_body_bytes: 1 << 20,
         preview_bytes: 1024,
         grant_uses: 1,
@@ -861,6 +862,22 @@ fn hold_seconds_range_is_1_to_240() {
     assert_eq!(assert_accepted(json!({"hold_seconds": 1})).hold_ms, 1_000);
     assert_eq!(assert_accepted(json!({"hold_seconds": 240})).hold_ms, 240_000);
     assert_eq!(nhi_gate::config::MAX_HOLD_SECONDS, 240);
+}
+
+#[test]
+fn timeout_ms_defaults_to_5000_and_ranges_100_to_30000() {
+    assert_eq!(assert_accepted(json!({})).timeout_ms, 5_000);
+    assert_eq!(assert_accepted(json!({"timeout_ms": 100})).timeout_ms, 100);
+    assert_eq!(assert_accepted(json!({"timeout_ms": 30_000})).timeout_ms, 30_000);
+    assert_rejected(json!({"timeout_ms": 99}), "resources[0].approval.timeout_ms");
+    assert_rejected(json!({"timeout_ms": 30_001}), "resources[0].approval.timeout_ms");
+}
+
+#[test]
+fn empty_cluster_is_reported_once_when_the_authority_defaults_to_it() {
+    let errs = config_errors(&doc_with_approval(json!({"cluster": ""})));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "resources[0].approval.cluster");
 }
 
 #[test]
