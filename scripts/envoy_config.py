@@ -53,11 +53,28 @@ def cluster(name, port, host="127.0.0.1"):
     }
 
 
-def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=True):
+def audit_log(path):
+    """File access log writing one nhi-gate audit record (JSON) per line: the
+    record is the filter state `wasm.nhi_gate_audit` set in the filter's on_log
+    (docs/audit-record.md). Any other Envoy access logger (OpenTelemetry, gRPC
+    ALS) can ship the same %FILTER_STATE(...)% value."""
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"text_format_source": {"inline_string": "%FILTER_STATE(wasm.nhi_gate_audit:PLAIN)%\n"}},
+        },
+    }
+
+
+def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=True, audit_path=None, node="nhi-gate"):
     http_filters = [wasm_filter(policy_text, wasm_path)] if with_filter else []
     http_filters.append({"name": "envoy.filters.http.router",
                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    hcm_extra = {"access_log": [audit_log(audit_path)]} if audit_path else {}
     return {
+        "node": {"id": node, "cluster": "nhi-gate"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [{
@@ -80,6 +97,7 @@ def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=
                                        for prefix, target in routes],
                         }]},
                         "http_filters": http_filters,
+                        **hcm_extra,
                     },
                 }]}],
             }],
@@ -97,12 +115,13 @@ def main():
     ap.add_argument("--cluster", action="append", default=[], help="name=port (127.0.0.1)")
     ap.add_argument("--route", action="append", default=[], help="prefix=cluster")
     ap.add_argument("--no-filter", action="store_true", help="Envoy without nhi-gate (benchmark baseline)")
+    ap.add_argument("--audit-log", help="file for the audit records (one JSON per line)")
     a = ap.parse_args()
     with open(a.policy) as f:
         policy = json.dumps(json.load(f), indent=2)
     clusters = [(c.split("=")[0], int(c.split("=")[1])) for c in a.cluster]
     routes = [tuple(r.split("=", 1)) for r in a.route]
-    cfg = render(policy, a.wasm, a.listen, a.admin, clusters, routes, not a.no_filter)
+    cfg = render(policy, a.wasm, a.listen, a.admin, clusters, routes, not a.no_filter, a.audit_log)
     json.dump(cfg, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

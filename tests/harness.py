@@ -238,7 +238,8 @@ class Envoy:
         self.dir = tempfile.mkdtemp(prefix="nhi-gate-envoy-")
         text = policy if isinstance(policy, str) else json.dumps(policy)
         cl = [("upstream", upstream_port)] + list((clusters or {}).items())
-        cfg = envoy_config.render(text, str(WASM), self.port, self.admin, cl, [("/", "upstream")])
+        self.audit_path = os.path.join(self.dir, "audit.log")
+        cfg = envoy_config.render(text, str(WASM), self.port, self.admin, cl, [("/", "upstream")], audit_path=self.audit_path)
         self.config_path = os.path.join(self.dir, "envoy.json")
         with open(self.config_path, "w") as f:
             json.dump(cfg, f)
@@ -266,6 +267,26 @@ class Envoy:
                 pass
             time.sleep(0.1)
         raise RuntimeError("Envoy not ready:\n" + self.logs()[-3000:])
+
+    def audit_records(self, n=None, timeout=5):
+        """Records in the audit access log (one JSON per line); with `n`,
+        waits until at least n are there (Envoy flushes the file periodically)."""
+        deadline = time.time() + timeout
+        while True:
+            recs = []
+            if os.path.exists(self.audit_path):
+                with open(self.audit_path) as f:
+                    recs = [json.loads(l) for l in f if l.strip() and l.strip() != "-"]
+            if n is None or len(recs) >= n or time.time() > deadline:
+                return recs
+            time.sleep(0.1)
+
+    def stats(self, prefix="wasmcustom.nhi_gate"):
+        """Envoy counters whose name starts with `prefix`."""
+        c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
+        c.request("GET", "/stats?format=json&filter=" + prefix)
+        out = json.loads(c.getresponse().read())
+        return {s["name"]: s.get("value", 0) for s in out.get("stats", []) if "name" in s}
 
     def logs(self):
         with open(self.log_path) as f:

@@ -30,6 +30,47 @@ struct RawConfig {
     resources: Vec<RawResource>,
     #[serde(default)]
     masking: Option<crate::mask::RawMasking>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    session_claim: Option<String>,
+    #[serde(default = "default_audit_cap")]
+    max_request_bytes: usize,
+    #[serde(default = "default_audit_cap")]
+    max_response_bytes: usize,
+    #[serde(default)]
+    collector: Option<RawCollector>,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit { session_claim: None, max_request_bytes: default_audit_cap(), max_response_bytes: default_audit_cap(), collector: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollector {
+    cluster: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default = "default_collector_path")]
+    path: String,
+    #[serde(default = "default_batch")]
+    batch_max: usize,
+    #[serde(default = "default_flush")]
+    flush_ms: u64,
+    #[serde(default = "default_queue")]
+    queue_max: u64,
+    #[serde(default = "default_fetch_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +258,11 @@ fn default_approval_timeout() -> u64 { 5000 }
 fn default_approval_body() -> usize { 1 << 20 }
 fn default_preview() -> usize { 1024 }
 fn default_window() -> u64 { 900 }
+fn default_audit_cap() -> usize { 4096 }
+fn default_collector_path() -> String { "/v1/records".into() }
+fn default_batch() -> usize { 100 }
+fn default_flush() -> u64 { 1000 }
+fn default_queue() -> u64 { 10_000 }
 
 /// Longest in-line hold, seconds: below Envoy's default `stream_idle_timeout`
 /// (300 s, HTTP connection manager) so Envoy never times out a held request first.
@@ -243,6 +289,39 @@ pub struct Config {
     /// The compiled PII detectors (`masking` section; defaults when only
     /// resources ask for masking), `None` when no resource masks.
     pub masker: Option<std::rc::Rc<crate::mask::Masker>>,
+    /// Audit record settings (`audit` section; see `docs/audit-record.md`).
+    pub audit: Audit,
+}
+
+/// Audit record settings.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// Claim (dot path) whose value groups records into a job's session.
+    pub session_claim: Option<Vec<String>>,
+    /// Request body text kept in a record, bytes (0..=1 MiB; default 4096).
+    pub max_request_bytes: usize,
+    /// Response body text kept in a record, bytes (0..=1 MiB; default 4096).
+    pub max_response_bytes: usize,
+    /// Where records are also pushed, if anywhere.
+    pub collector: Option<Collector>,
+}
+
+/// The audit collector reached by HTTP callout (`POST path` with `{"records": [...]}`).
+#[derive(Debug, Clone)]
+pub struct Collector {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    /// Records per batch (1..=1000).
+    pub batch_max: usize,
+    /// How often each worker sends a batch, milliseconds (100..=60000).
+    pub flush_ms: u64,
+    /// Records waiting across all workers before new ones are dropped (and counted).
+    pub queue_max: u64,
+    /// Callout timeout, milliseconds.
+    pub timeout_ms: u64,
+    /// Bearer token sent to the collector, if any.
+    pub token: Option<String>,
 }
 
 /// Which request bodies are masked before they reach the upstream.
@@ -601,6 +680,63 @@ fn approval(errs: &mut Errors, at: &str, a: RawApproval) -> Approval {
     }
 }
 
+fn audit(errs: &mut Errors, a: RawAudit) -> Audit {
+    let session_claim = a.session_claim.map(|c| {
+        let path: Vec<String> = c.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            errs.add("audit.session_claim", "must be a dot path of non-empty names, e.g. run_id");
+        }
+        path
+    });
+    for (field, v) in [("max_request_bytes", a.max_request_bytes), ("max_response_bytes", a.max_response_bytes)] {
+        if v > 1 << 20 {
+            errs.add(format!("audit.{field}"), "must be at most 1048576");
+        }
+    }
+    let collector = a.collector.map(|c| {
+        if c.cluster.is_empty() {
+            errs.add("audit.collector.cluster", "the Envoy cluster of the collector is required");
+        }
+        if !c.path.starts_with('/') || !valid_header_value(&c.path) || c.path.contains(['?', '#', ' ']) {
+            errs.add("audit.collector.path", "must be an absolute path without query");
+        }
+        let explicit = c.authority.is_some();
+        let authority = c.authority.unwrap_or_else(|| c.cluster.clone());
+        let bad = authority.is_empty() || !valid_header_value(&authority) || authority.contains(['/', ' ', '@']);
+        if bad && (explicit || !c.cluster.is_empty()) {
+            errs.add("audit.collector.authority", "must be a host or host:port");
+        }
+        if !(1..=1000).contains(&c.batch_max) {
+            errs.add("audit.collector.batch_max", "must be between 1 and 1000");
+        }
+        if !(100..=60_000).contains(&c.flush_ms) {
+            errs.add("audit.collector.flush_ms", "must be between 100 and 60000");
+        }
+        if !(1..=1_000_000).contains(&c.queue_max) {
+            errs.add("audit.collector.queue_max", "must be between 1 and 1000000");
+        }
+        if !(100..=30_000).contains(&c.timeout_ms) {
+            errs.add("audit.collector.timeout_ms", "must be between 100 and 30000");
+        }
+        if let Some(t) = &c.token {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                errs.add("audit.collector.token", "must be non-empty visible ASCII");
+            }
+        }
+        Collector {
+            cluster: c.cluster,
+            authority,
+            path: c.path,
+            batch_max: c.batch_max,
+            flush_ms: c.flush_ms,
+            queue_max: c.queue_max,
+            timeout_ms: c.timeout_ms,
+            token: c.token,
+        }
+    });
+    Audit { session_claim, max_request_bytes: a.max_request_bytes, max_response_bytes: a.max_response_bytes, collector }
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, Vec<ConfigError>> {
         let mut errs = Errors(Vec::new());
@@ -835,6 +971,7 @@ impl RawConfig {
         if resources.is_empty() {
             errs.add("resources", "at least one resource is required (everything else is denied)");
         }
+        let audit = audit(&mut errs, self.audit);
         let masker = if self.masking.is_some() || resources.iter().any(|r| r.mask.is_some()) {
             match crate::mask::Masker::compile(self.masking.unwrap_or_default(), "masking") {
                 Ok(m) => Some(std::rc::Rc::new(m)),
@@ -863,6 +1000,7 @@ impl RawConfig {
             providers,
             resources,
             masker,
+            audit,
         })
     }
 }

@@ -149,7 +149,7 @@ impl Gate {
 
     /// The raw token, and the provider whose own `token_header` carried it
     /// (such a token must come from that provider).
-    fn token(&self, headers: &[Header<'_>]) -> Result<(String, Option<usize>), Denial> {
+    pub fn token(&self, headers: &[Header<'_>]) -> Result<(String, Option<usize>), Denial> {
         let max = self.config.max_token_bytes;
         let auth: Vec<&[u8]> = headers.iter().filter(|(n, _)| *n == "authorization").map(|(_, v)| *v).collect();
         if let [one] = auth.as_slice() {
@@ -172,6 +172,23 @@ impl Gate {
             }
         }
         Err(Denial::unauthorized("missing_token", "no bearer token"))
+    }
+
+    /// The identity from verified claims, with the audit session claim.
+    fn identity(&self, p: &crate::config::Provider, claims: &Map<String, Value>) -> Identity {
+        let mut id = Identity::from_claims(&p.name, &p.issuer, &p.groups_claim, claims);
+        if let Some(path) = &self.config.audit.session_claim {
+            let mut cur: Option<&Value> = None;
+            for (i, seg) in path.iter().enumerate() {
+                cur = if i == 0 { claims.get(seg) } else { cur.and_then(|v| v.get(seg)) };
+            }
+            id.session = match cur {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+        }
+        id
     }
 
     /// The key set of an inline provider (remote ones come from the host's store).
@@ -201,7 +218,7 @@ impl Gate {
                 let generation = keys.keys(e.provider).map(|(_, g)| g);
                 if generation == Some(e.generation) {
                     jwt::check_claims(&e.claims, p, now, skew)?;
-                    return Ok(Identity::from_claims(&p.name, &p.issuer, &p.groups_claim, &e.claims));
+                    return Ok(self.identity(p, &e.claims));
                 }
             }
         }
@@ -224,7 +241,7 @@ impl Gate {
         if !candidates.iter().any(|k| k.verify(&token, &parsed.alg, now, skew)) {
             return Err(Denial::unauthorized("signature", "signature verification failed").into());
         }
-        let identity = Identity::from_claims(&provider.name, &provider.issuer, &provider.groups_claim, &parsed.claims);
+        let identity = self.identity(provider, &parsed.claims);
         let entry = CacheEntry { provider: index, generation, claims: Rc::new(parsed.claims) };
         cache.insert(token, entry, now, skew);
         Ok(identity)

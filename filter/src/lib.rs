@@ -10,6 +10,7 @@
 //! - [`gate`]: the pipeline tying them together, with the verified-token cache;
 //! - [`approval`]: which requests are held for approval, the callout and its answer;
 //! - [`mask`] and [`body`]: PII redaction of request and response bodies;
+//! - [`audit`]: the per-request audit record;
 //! - [`deny`]: local-reply status, reason and body.
 //!
 //! The proxy-wasm layer (`wasm` module, wasm32 only) talks to Envoy.
@@ -19,6 +20,7 @@
 )]
 
 pub mod approval;
+pub mod audit;
 pub mod body;
 pub mod config;
 pub mod deny;

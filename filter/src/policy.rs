@@ -111,6 +111,8 @@ pub struct Identity {
     pub jti: String,
     /// `azp` claim (OpenID Connect Core §2), "" if absent.
     pub azp: String,
+    /// The audit session: value of the policy's `audit.session_claim`, if set and present.
+    pub session: Option<String>,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -143,6 +145,7 @@ impl Identity {
             groups_overage,
             jti: claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string(),
             azp: claims.get("azp").and_then(Value::as_str).unwrap_or_default().to_string(),
+            session: None,
         }
     }
 }

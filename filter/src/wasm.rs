@@ -12,6 +12,7 @@
 //! after failures. The last good key set stays in place when a refresh fails.
 
 use crate::approval::{self, Origin, Ticket, Verdict};
+use crate::audit::{ApprovalRecord, Draft, IdentityRecord};
 use crate::body::{self, BodyMode, Encoding};
 use crate::config::{split_url, Config, KeySource, RequestMask, ResourceMask};
 use crate::mask::{Counts, Masker, StreamKind, StreamMasker};
@@ -21,7 +22,7 @@ use crate::jwks::KeySet;
 use crate::policy::Request;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -92,6 +93,69 @@ struct Worker {
     ended: HashSet<u32>,
     /// Abandon notices for the approval service (sent from the root's tick).
     abandons: Vec<(Ticket, String)>,
+    /// Audit records being assembled, by stream.
+    drafts: HashMap<u32, Draft>,
+    /// Envoy's node id (for audit records).
+    node: String,
+    /// Pushing records to the collector, when configured.
+    shipper: Option<Shipper>,
+}
+
+/// Ships audit records to the collector: a queue shared by all workers
+/// (proxy-wasm shared queue `nhi_gate_audit`), bounded by a shared counter
+/// (`nhi_gate.audit.queued`, compare-and-swap), drained in batches by every
+/// worker's tick; one batch in flight per worker, retried with backoff.
+struct Shipper {
+    queue: u32,
+    /// Callout token of the batch in flight, and the batch.
+    in_flight: Option<u32>,
+    sending: Vec<Vec<u8>>,
+    /// A batch that failed: retried before new records are taken.
+    retry: Option<Vec<Vec<u8>>>,
+    attempts: u32,
+    next_ms: u64,
+    /// Metrics (Envoy stats `wasmcustom.nhi_gate_audit_*`).
+    sent: Option<u32>,
+    failed: Option<u32>,
+    dropped: Option<u32>,
+}
+
+const AUDIT_QUEUE: &str = "nhi_gate_audit";
+const AUDIT_QUEUED_KEY: &str = "nhi_gate.audit.queued";
+
+/// Adds `delta` to the shared queued-records counter with compare-and-swap;
+/// with `limit`, refuses to go above it. Returns whether the change was made.
+fn queued_add(delta: i64, limit: Option<u64>) -> bool {
+    for _ in 0..16 {
+        let (cur, cas) = match hostcalls::get_shared_data(AUDIT_QUEUED_KEY) {
+            Ok((Some(v), cas)) => (String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0), cas),
+            _ => (0, None),
+        };
+        let next = if delta >= 0 { cur.saturating_add(delta.unsigned_abs()) } else { cur.saturating_sub(delta.unsigned_abs()) };
+        if limit.is_some_and(|l| next > l) {
+            return false;
+        }
+        if hostcalls::set_shared_data(AUDIT_QUEUED_KEY, Some(next.to_string().as_bytes()), cas).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Envoy's node id: attribute `xds.node.id` (Envoy attributes, "xDS
+/// attributes"); streams can read it, root contexts at configure time not always.
+fn node_id() -> String {
+    [vec!["xds", "node", "id"], vec!["node", "id"]]
+        .into_iter()
+        .find_map(|path| hostcalls::get_property(path).ok().flatten())
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default()
+}
+
+fn metric(id: Option<u32>, n: usize) {
+    if let Some(id) = id {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 /// A stream held for approval.
@@ -215,6 +279,9 @@ struct Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if self.shipped(token) {
+            return;
+        }
         let stream = self.worker.borrow_mut().as_mut().and_then(|w| w.approval_calls.remove(&token));
         if let Some(context_id) = stream {
             // An approval callout the root dispatched for a stream resumed after a JWKS wait.
@@ -366,15 +433,111 @@ impl Root {
             let outcome = {
                 let mut guard = self.worker.borrow_mut();
                 let Some(w) = guard.as_mut() else { return };
-                decide(w, &waiter.headers, now / 1000).map_err(AuthError::into_denial)
+                decide(w, &waiter.headers, now / 1000, waiter.context_id).map_err(AuthError::into_denial)
             };
-            if apply(outcome, &self.worker, Some(waiter.context_id), &waiter.headers, true) == Next::Hold {
-                let ended = self.worker.borrow().as_ref().is_some_and(|w| w.ended.contains(&waiter.context_id));
-                if ended {
-                    start_approval(self, &self.worker, waiter.context_id, true);
-                }
+            let next = apply(outcome, &self.worker, Some(waiter.context_id), &waiter.headers, true);
+            let ended = self.worker.borrow().as_ref().is_some_and(|w| w.ended.contains(&waiter.context_id));
+            match next {
+                Next::Hold if ended => start_approval(self, &self.worker, waiter.context_id, true),
+                // The whole body waited with the headers and now goes upstream.
+                Next::Continue if ended => capture_request(&self.worker, waiter.context_id, false, 0),
+                _ => {}
             }
         }
+    }
+
+    /// Sends the next batch of audit records to the collector (one batch in
+    /// flight per worker; a failed batch is retried with backoff first).
+    fn ship(&self, now: u64) {
+        let (batch, c) = {
+            let mut guard = self.worker.borrow_mut();
+            let Some(w) = guard.as_mut() else { return };
+            let Some(c) = w.gate.config.audit.collector.clone() else { return };
+            let Some(sh) = w.shipper.as_mut() else { return };
+            if sh.in_flight.is_some() || now < sh.next_ms {
+                return;
+            }
+            let batch = match sh.retry.take() {
+                Some(b) => b,
+                None => {
+                    let mut b = Vec::new();
+                    while b.len() < c.batch_max {
+                        match hostcalls::dequeue_shared_queue(sh.queue) {
+                            Ok(Some(r)) => {
+                                queued_add(-1, None);
+                                b.push(r);
+                            }
+                            _ => break,
+                        }
+                    }
+                    b
+                }
+            };
+            if batch.is_empty() {
+                sh.next_ms = now.saturating_add(c.flush_ms);
+                return;
+            }
+            (batch, c)
+        };
+        let mut body = b"{\"records\":[".to_vec();
+        for (i, r) in batch.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(r);
+        }
+        body.extend_from_slice(b"]}");
+        let auth = c.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        let sent = self.dispatch_http_call(&c.cluster, headers, Some(&body), vec![], Duration::from_millis(c.timeout_ms));
+        let mut guard = self.worker.borrow_mut();
+        let Some(sh) = guard.as_mut().and_then(|w| w.shipper.as_mut()) else { return };
+        match sent {
+            Ok(token) => {
+                sh.in_flight = Some(token);
+                sh.sending = batch;
+            }
+            Err(e) => {
+                log::warn!("audit: cannot call collector cluster {}: {e:?}", c.cluster);
+                Self::shipping_failed(sh, batch, now);
+            }
+        }
+    }
+
+    fn shipping_failed(sh: &mut Shipper, batch: Vec<Vec<u8>>, now: u64) {
+        metric(sh.failed, batch.len());
+        sh.attempts = sh.attempts.saturating_add(1);
+        sh.next_ms = now.saturating_add(500u64.saturating_mul(1u64 << sh.attempts.min(6)).min(30_000));
+        sh.retry = Some(batch);
+    }
+
+    /// Handles the collector's answer if `token` is our batch in flight.
+    fn shipped(&self, token: u32) -> bool {
+        let mut guard = self.worker.borrow_mut();
+        let Some(w) = guard.as_mut() else { return false };
+        let flush_ms = w.gate.config.audit.collector.as_ref().map(|c| (c.flush_ms, c.batch_max));
+        let Some(sh) = w.shipper.as_mut() else { return false };
+        if sh.in_flight != Some(token) {
+            return false;
+        }
+        sh.in_flight = None;
+        let batch = std::mem::take(&mut sh.sending);
+        let now = now_ms();
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        if status.as_deref() == Some("200") {
+            metric(sh.sent, batch.len());
+            sh.attempts = 0;
+            let (flush, max) = flush_ms.unwrap_or((1000, 100));
+            // A full batch means more are waiting: send again on the next tick.
+            sh.next_ms = if batch.len() >= max { now } else { now.saturating_add(flush) };
+        } else {
+            log::warn!("audit: collector answered {} for {} records; retrying", status.as_deref().unwrap_or("nothing"), batch.len());
+            Self::shipping_failed(sh, batch, now);
+        }
+        true
     }
 
     /// Sends queued abandon notices (clients that hung up while held).
@@ -409,6 +572,27 @@ impl RootContext for Root {
                     })
                     .collect();
                 let cache = TokenCache::new(config.token_cache_entries);
+                let node = String::new(); // read from the first stream (see node_id)
+                let shipper = match &config.audit.collector {
+                    Some(_) => match hostcalls::register_shared_queue(AUDIT_QUEUE) {
+                        Ok(queue) => Some(Shipper {
+                            queue,
+                            in_flight: None,
+                            sending: Vec::new(),
+                            retry: None,
+                            attempts: 0,
+                            next_ms: 0,
+                            sent: hostcalls::define_metric(MetricType::Counter, "nhi_gate_audit_sent").ok(),
+                            failed: hostcalls::define_metric(MetricType::Counter, "nhi_gate_audit_failed").ok(),
+                            dropped: hostcalls::define_metric(MetricType::Counter, "nhi_gate_audit_dropped").ok(),
+                        }),
+                        Err(e) => {
+                            log::error!("audit: cannot register the shared queue: {e:?}");
+                            return false;
+                        }
+                    },
+                    None => None,
+                };
                 log::info!(
                     "nhi-gate: configured {} providers, {} resources",
                     config.providers.len(),
@@ -427,6 +611,9 @@ impl RootContext for Root {
                         approval_calls: HashMap::new(),
                         ended: HashSet::new(),
                         abandons: Vec::new(),
+                        drafts: HashMap::new(),
+                        node,
+                        shipper,
                     });
                 self.set_tick_period(Duration::from_millis(TICK_MS));
                 true
@@ -456,6 +643,7 @@ impl RootContext for Root {
         }
         self.wake(now, None);
         self.send_abandons();
+        self.ship(now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -465,6 +653,8 @@ impl RootContext for Root {
             response: Response::Pass,
             counts: Counts::new(),
             request_masked: false,
+            request_buffered: false,
+            response_captured: false,
         }))
     }
 
@@ -474,7 +664,7 @@ impl RootContext for Root {
 }
 
 /// Runs the pipeline for one request's headers.
-fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64) -> Result<Plan, AuthError> {
+fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64, context_id: u32) -> Result<Plan, AuthError> {
     let refs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     let get = |name: &str| refs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_default();
     let gate = w.gate.clone();
@@ -483,6 +673,17 @@ fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64) -> Result<P
     w.cache = cache;
     let method = String::from_utf8_lossy(get(":method")).to_string();
     let req = Request { authority: get(":authority"), path: get(":path"), method: &method };
+    if let Some(d) = w.drafts.get_mut(&context_id) {
+        if let Ok(identity) = &id {
+            let token = gate.token(&refs).map(|(t, _)| t).unwrap_or_default();
+            d.identity = Some(IdentityRecord::new(identity, &token));
+            d.session = identity.session.clone();
+        }
+        if let Ok(r) = gate.config.resource_for(&req) {
+            d.resource = Some(r.name.clone());
+            d.operation = Some(r.operation(&req).as_str());
+        }
+    }
     Ok(gate.authorize(&req, &refs, id?)?)
 }
 
@@ -528,7 +729,8 @@ fn apply(
             }
             let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
             log::debug!("allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
-            if let (Some(ticket), Some(id)) = (plan.hold, context_id) {
+            if let (Some(ticket), Some(id)) = (&plan.hold, context_id) {
+                let ticket = ticket.clone();
                 let origin = Origin {
                     hold_id: hold_id(),
                     request_id,
@@ -540,9 +742,17 @@ fn apply(
                     time_ms: now_ms(),
                 };
                 if let Some(w) = worker.borrow_mut().as_mut() {
+                    if let Some(d) = w.drafts.get_mut(&id) {
+                        d.approval = Some(ApprovalRecord { hold_id: origin.hold_id.clone(), ..Default::default() });
+                    }
                     w.holds.insert(id, Hold { ticket, origin, calling: false });
                 }
                 return Next::Hold;
+            }
+            if let (Some(w), Some(id)) = (worker.borrow_mut().as_mut(), context_id) {
+                if let Some(d) = w.drafts.get_mut(&id) {
+                    d.forwarded_ms = Some(now_ms());
+                }
             }
             if resume {
                 let _ = hostcalls::resume_http_request();
@@ -555,6 +765,9 @@ fn apply(
                     if let Some(id) = context_id {
                         w.denied.insert(id);
                         w.holds.remove(&id);
+                        if let Some(dr) = w.drafts.get_mut(&id) {
+                            dr.refused = Some((d.status, d.reason));
+                        }
                     }
                     w.gate.config.realm.clone()
                 }
@@ -631,6 +844,12 @@ fn start_approval(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
                 if let Some(h) = w.holds.get_mut(&context_id) {
                     h.calling = true;
                 }
+                if let Some(d) = w.drafts.get_mut(&context_id) {
+                    d.request.reset();
+                    d.request.push(&body);
+                    d.request_seen = true;
+                    d.approval_started_ms = Some(now_ms());
+                }
                 if via_root {
                     w.approval_calls.insert(token, context_id);
                 }
@@ -654,6 +873,27 @@ fn start_approval(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     }
 }
 
+/// Largest request body read back for the audit record and approval digest.
+const MAX_CAPTURE_BYTES: usize = 64 << 20;
+
+/// Records the request body going upstream in the stream's audit draft:
+/// `chunk_only` — the buffer holds just this callback's `size` bytes (append);
+/// otherwise it holds the whole body so far (replace). The effective context
+/// must be the stream.
+fn capture_request(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, chunk_only: bool, size: usize) {
+    let limit = if chunk_only { size } else { MAX_CAPTURE_BYTES };
+    let data = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, limit).ok().flatten().unwrap_or_default();
+    if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
+        if !chunk_only {
+            d.request.reset();
+        }
+        if !data.is_empty() || !chunk_only {
+            d.request.push(&data);
+            d.request_seen = true;
+        }
+    }
+}
+
 fn body_too_large(max: usize) -> Denial {
     Denial { status: 413, reason: "approval_body_too_large", detail: format!("requests held for approval carry at most {max} body bytes") }
 }
@@ -668,7 +908,33 @@ fn approval_answer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, body_s
         .flatten()
         .unwrap_or_default();
     let id = &hold.origin.hold_id;
-    match approval::verdict(status.as_deref(), &body) {
+    let verdict = approval::verdict(status.as_deref(), &body);
+    if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
+        let now = now_ms();
+        d.approval_wait_ms = d.approval_started_ms.map(|t| now.saturating_sub(t)).unwrap_or(0);
+        if let Some(a) = &mut d.approval {
+            match &verdict {
+                Verdict::Approved { approval_id, approver } => {
+                    a.outcome = Some("approved");
+                    a.approval_id = Some(approval_id.clone());
+                    a.approver = Some(approver.clone());
+                    a.decided_ms = Some(now);
+                    d.forwarded_ms = Some(now);
+                }
+                Verdict::Pending(p) => {
+                    a.outcome = Some("pending");
+                    a.approval_id = Some(p.approval_id.clone());
+                    d.pending = true;
+                }
+                Verdict::Denied(den) => {
+                    a.outcome = Some(if den.status == 503 { "unavailable" } else { "denied" });
+                    a.approval_id = hold.ticket.approval_id.clone();
+                    a.decided_ms = Some(now);
+                }
+            }
+        }
+    }
+    match verdict {
         Verdict::Approved { approval_id, .. } if hold.ticket.approval_id.as_ref().is_some_and(|a| *a != approval_id) => {
             refuse(worker, context_id, approval::unavailable("approval service approved another approval than the one redeemed"));
         }
@@ -704,6 +970,11 @@ struct Stream {
     counts: Counts,
     /// The request body was masked (request masking on).
     request_masked: bool,
+    /// The last request body callback paused (Envoy keeps buffering: the
+    /// next callback's buffer holds the whole body so far).
+    request_buffered: bool,
+    /// The response body callback already captured what it sent on.
+    response_captured: bool,
 }
 
 /// Masking settings of one allowed stream: the resource's mask and the request method.
@@ -783,6 +1054,78 @@ impl Stream {
     fn mark_ended(&self) {
         if let Some(w) = self.worker.borrow_mut().as_mut() {
             w.ended.insert(self.context_id);
+        }
+    }
+
+    /// Opens this stream's audit draft at its request headers.
+    fn start_audit(&self, headers: &[(String, Vec<u8>)], now: u64) {
+        let get = |name: &str| {
+            headers.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).to_string()).unwrap_or_default()
+        };
+        let mut guard = self.worker.borrow_mut();
+        let Some(w) = guard.as_mut() else { return };
+        let a = &w.gate.config.audit;
+        let mut d = Draft::new(now, get("x-request-id"), get(":method"), get(":authority"), &get(":path"), (a.max_request_bytes, a.max_response_bytes));
+        d.source = hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).to_string())
+            .unwrap_or_default();
+        w.drafts.insert(self.context_id, d);
+    }
+
+    /// Records response bytes sent on to the client (after masking).
+    fn capture_response(&mut self, data: &[u8]) {
+        self.response_captured = true;
+        if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
+            d.response.push(data);
+            d.response_seen = true;
+        }
+    }
+
+    fn response_done(&self) {
+        if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
+            d.response_done = true;
+        }
+    }
+
+    /// Finishes this stream's audit record: Envoy filter state
+    /// `wasm.nhi_gate_audit` (for access loggers) and, with a collector, the
+    /// shared queue (bounded: over `queue_max` the record is dropped and counted).
+    fn finish_audit(&mut self) {
+        let status = hostcalls::get_property(vec!["response", "code"])
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(|b| u32::try_from(u64::from_le_bytes(b)).unwrap_or(0))
+            .unwrap_or(0);
+        let mut guard = self.worker.borrow_mut();
+        let Some(w) = guard.as_mut() else { return };
+        let Some(d) = w.drafts.remove(&self.context_id) else { return };
+        if w.node.is_empty() {
+            w.node = node_id();
+        }
+        let usage = None;
+        let record = d.finish(now_ms(), w.node.clone(), status, self.counts.clone(), usage);
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        let queue = w.shipper.as_ref().map(|sh| (sh.queue, sh.dropped));
+        let queue_max = w.gate.config.audit.collector.as_ref().map(|c| c.queue_max).unwrap_or(0);
+        drop(guard);
+        if let Err(e) = hostcalls::set_property(vec!["nhi_gate_audit"], Some(&json)) {
+            log::warn!("audit: cannot set filter state: {e:?}");
+        }
+        if let Some((queue, dropped)) = queue {
+            let queued = queued_add(1, Some(queue_max)) && {
+                let ok = hostcalls::enqueue_shared_queue(queue, Some(&json)).is_ok();
+                if !ok {
+                    queued_add(-1, None);
+                }
+                ok
+            };
+            if !queued {
+                metric(dropped, 1);
+                log::warn!("audit: collector queue full, record {} dropped", record.request_id);
+            }
         }
     }
 
@@ -871,34 +1214,127 @@ impl Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
-        let held = match self.standing() {
-            Standing::Waiting => {
-                if eos {
-                    self.mark_ended();
-                }
-                return Action::Pause;
-            }
-            Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
-            Standing::Held { calling: false } => true,
-            Standing::Free => false,
-        };
-        if held && size > self.max_held_body() {
-            refuse(&self.worker, self.context_id, body_too_large(self.max_held_body()));
-            return Action::Pause;
+        let was_buffered = self.request_buffered;
+        let action = self.request_body(size, eos);
+        if action == Action::Continue {
+            // What goes upstream now: the whole buffer after a pause, else this chunk.
+            capture_request(&self.worker, self.context_id, !was_buffered, size);
         }
-        if self.mask_request_body(size, eos) == Action::Pause {
-            return Action::Pause;
-        }
-        if held {
-            if eos {
-                start_approval(self, &self.worker, self.context_id, false);
-            }
-            return Action::Pause;
-        }
-        Action::Continue
+        self.request_buffered = action == Action::Pause;
+        action
     }
 
-    fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
+    fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
+        self.response_captured = false;
+        let action = self.response_body(size, eos);
+        if action == Action::Continue {
+            if !self.response_captured {
+                let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten().unwrap_or_default();
+                self.capture_response(&chunk);
+            }
+            if eos {
+                self.response_done();
+            }
+        }
+        action
+    }
+
+    fn on_log(&mut self) {
+        self.finish_audit();
+    }
+
+    fn on_http_request_headers(&mut self, _n: usize, eos: bool) -> Action {
+        let headers: Vec<(String, Vec<u8>)> = self.get_http_request_headers_bytes();
+        let now = now_ms();
+        self.start_audit(&headers, now);
+        let outcome = {
+            let mut guard = self.worker.borrow_mut();
+            let Some(w) = guard.as_mut() else {
+                drop(guard);
+                apply(Err(Denial { status: 503, reason: "not_configured", detail: "filter has no configuration".into() }), &self.worker, Some(self.context_id), &headers, false);
+                return Action::Pause;
+            };
+            match decide(w, &headers, now / 1000, self.context_id) {
+                Err(AuthError::NeedKeys { provider, .. }) => {
+                    w.sync(provider);
+                    match decide(w, &headers, now / 1000, self.context_id) {
+                        Err(AuthError::NeedKeys { provider, unknown_kid }) => {
+                            let remote = matches!(w.remote.get(provider), Some(Some(_)));
+                            let fetch = w.gate.config.jwks_fetch.clone();
+                            let wait_ms = if !remote {
+                                None
+                            } else if unknown_kid {
+                                w.refetch_allowed(provider, now).then_some(fetch.timeout_ms.saturating_add(1000))
+                            } else {
+                                Some(fetch.cold_start_wait_ms)
+                            };
+                            match wait_ms {
+                                Some(ms) if ms > 0 => {
+                                    let generation = w.keys(provider).map(|(_, g)| g);
+                                    if let Some(Some(r)) = w.remote.get_mut(provider) {
+                                        r.refetch_wanted |= unknown_kid;
+                                    }
+                                    w.waiters.push(Waiter {
+                                        context_id: self.context_id,
+                                        provider,
+                                        deadline_ms: now.saturating_add(ms),
+                                        generation,
+                                        headers,
+                                    });
+                                    return Action::Pause;
+                                }
+                                _ => Err(AuthError::NeedKeys { provider, unknown_kid }.into_denial()),
+                            }
+                        }
+                        other => other.map_err(AuthError::into_denial),
+                    }
+                }
+                other => other.map_err(AuthError::into_denial),
+            }
+        };
+        if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
+            d.auth_ms = now_ms().saturating_sub(now);
+        }
+        match apply(outcome, &self.worker, Some(self.context_id), &headers, false) {
+            Next::Continue => Action::Continue,
+            Next::Stop => Action::Pause,
+            Next::Hold => {
+                if eos {
+                    start_approval(self, &self.worker, self.context_id, false);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, n: usize, eos: bool) -> Action {
+        let action = self.response_headers(n, eos);
+        if eos && action == Action::Continue {
+            self.response_done();
+        }
+        action
+    }
+
+    fn on_http_request_trailers(&mut self, n: usize) -> Action {
+        let action = self.request_trailers(n);
+        if action == Action::Continue && self.request_buffered {
+            // The body was held until now and goes upstream as a whole.
+            capture_request(&self.worker, self.context_id, false, 0);
+        }
+        action
+    }
+
+    fn on_http_response_trailers(&mut self, n: usize) -> Action {
+        let action = self.response_trailers(n);
+        if action == Action::Continue {
+            self.response_done();
+        }
+        action
+    }
+}
+
+impl Stream {
+    fn response_headers(&mut self, _n: usize, eos: bool) -> Action {
         let Some((masker, settings)) = self.masker() else { return Action::Continue };
         let (m, method) = (&settings.0, &settings.1);
         let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -930,7 +1366,68 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_body(&mut self, size: usize, eos: bool) -> Action {
+    fn request_trailers(&mut self, _n: usize) -> Action {
+        let held = match self.standing() {
+            Standing::Waiting => {
+                self.mark_ended();
+                return Action::Pause;
+            }
+            Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
+            Standing::Held { calling: false } => true,
+            Standing::Free => false,
+        };
+        // A body followed by trailers never reached end-of-stream in the body
+        // callback, so it was not masked: refuse rather than forward it.
+        if self.masker().is_some_and(|(_, s)| s.0.requests.is_some()) && !self.request_masked {
+            return self.fail(400, "unmaskable_body", "request bodies with trailers cannot be masked");
+        }
+        if held {
+            // The body ended with trailers: it is complete, ask for approval now.
+            start_approval(self, &self.worker, self.context_id, false);
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn response_trailers(&mut self, _n: usize) -> Action {
+        match self.response {
+            // Buffered for masking but ended with trailers: never release it unmasked.
+            Response::Buffer { .. } => self.fail(502, "unmaskable_body", "response bodies with trailers cannot be masked"),
+            _ => Action::Continue,
+        }
+    }
+}
+
+impl Stream {
+    fn request_body(&mut self, size: usize, eos: bool) -> Action {
+        let held = match self.standing() {
+            Standing::Waiting => {
+                if eos {
+                    self.mark_ended();
+                }
+                return Action::Pause;
+            }
+            Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
+            Standing::Held { calling: false } => true,
+            Standing::Free => false,
+        };
+        if held && size > self.max_held_body() {
+            refuse(&self.worker, self.context_id, body_too_large(self.max_held_body()));
+            return Action::Pause;
+        }
+        if self.mask_request_body(size, eos) == Action::Pause {
+            return Action::Pause;
+        }
+        if held {
+            if eos {
+                start_approval(self, &self.worker, self.context_id, false);
+            }
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn response_body(&mut self, size: usize, eos: bool) -> Action {
         let Some((masker, _)) = self.masker() else { return Action::Continue };
         if let Response::Stream(_) = self.response {
             let chunk = self.get_http_response_body(0, size).unwrap_or_default();
@@ -940,6 +1437,7 @@ impl HttpContext for Stream {
                 out.extend(sm.finish(&mut self.counts));
             }
             self.set_http_response_body(0, size, &out);
+            self.capture_response(&out);
             return Action::Continue;
         }
         match &mut self.response {
@@ -981,98 +1479,8 @@ impl HttpContext for Stream {
                 };
                 self.response = Response::Pass;
                 self.set_http_response_body(0, size, &out);
+                self.capture_response(&out);
                 Action::Continue
-            }
-        }
-    }
-
-    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        let held = match self.standing() {
-            Standing::Waiting => {
-                self.mark_ended();
-                return Action::Pause;
-            }
-            Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
-            Standing::Held { calling: false } => true,
-            Standing::Free => false,
-        };
-        // A body followed by trailers never reached end-of-stream in the body
-        // callback, so it was not masked: refuse rather than forward it.
-        if self.masker().is_some_and(|(_, s)| s.0.requests.is_some()) && !self.request_masked {
-            return self.fail(400, "unmaskable_body", "request bodies with trailers cannot be masked");
-        }
-        if held {
-            // The body ended with trailers: it is complete, ask for approval now.
-            start_approval(self, &self.worker, self.context_id, false);
-            return Action::Pause;
-        }
-        Action::Continue
-    }
-
-    fn on_http_response_trailers(&mut self, _n: usize) -> Action {
-        match self.response {
-            // Buffered for masking but ended with trailers: never release it unmasked.
-            Response::Buffer { .. } => self.fail(502, "unmaskable_body", "response bodies with trailers cannot be masked"),
-            _ => Action::Continue,
-        }
-    }
-
-    fn on_http_request_headers(&mut self, _n: usize, eos: bool) -> Action {
-        let headers: Vec<(String, Vec<u8>)> = self.get_http_request_headers_bytes();
-        let now = now_ms();
-        let outcome = {
-            let mut guard = self.worker.borrow_mut();
-            let Some(w) = guard.as_mut() else {
-                drop(guard);
-                apply(Err(Denial { status: 503, reason: "not_configured", detail: "filter has no configuration".into() }), &self.worker, Some(self.context_id), &headers, false);
-                return Action::Pause;
-            };
-            match decide(w, &headers, now / 1000) {
-                Err(AuthError::NeedKeys { provider, .. }) => {
-                    w.sync(provider);
-                    match decide(w, &headers, now / 1000) {
-                        Err(AuthError::NeedKeys { provider, unknown_kid }) => {
-                            let remote = matches!(w.remote.get(provider), Some(Some(_)));
-                            let fetch = w.gate.config.jwks_fetch.clone();
-                            let wait_ms = if !remote {
-                                None
-                            } else if unknown_kid {
-                                w.refetch_allowed(provider, now).then_some(fetch.timeout_ms.saturating_add(1000))
-                            } else {
-                                Some(fetch.cold_start_wait_ms)
-                            };
-                            match wait_ms {
-                                Some(ms) if ms > 0 => {
-                                    let generation = w.keys(provider).map(|(_, g)| g);
-                                    if let Some(Some(r)) = w.remote.get_mut(provider) {
-                                        r.refetch_wanted |= unknown_kid;
-                                    }
-                                    w.waiters.push(Waiter {
-                                        context_id: self.context_id,
-                                        provider,
-                                        deadline_ms: now.saturating_add(ms),
-                                        generation,
-                                        headers,
-                                    });
-                                    return Action::Pause;
-                                }
-                                _ => Err(AuthError::NeedKeys { provider, unknown_kid }.into_denial()),
-                            }
-                        }
-                        other => other.map_err(AuthError::into_denial),
-                    }
-                }
-                other => other.map_err(AuthError::into_denial),
-            }
-        };
-        match apply(outcome, &self.worker, Some(self.context_id), &headers, false) {
-            Next::Continue => Action::Continue,
-            Next::Stop => Action::Pause,
-            Next::Hold => {
-                if eos {
-                    start_approval(self, &self.worker, self.context_id, false);
-                }
-                Action::Pause
             }
         }
     }

@@ -103,6 +103,7 @@ fn identity(groups: &[&str]) -> Identity {
         groups_overage: false,
         jti: String::new(),
         azp: String::new(),
+        session: None,
     }
 }
 

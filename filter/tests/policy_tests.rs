@@ -32,6 +32,7 @@ fn id(groups: &[&str], scopes: &[&str]) -> Identity {
         groups_overage: false,
         jti: String::new(),
         azp: String::new(),
+        session: None,
     }
 }
 

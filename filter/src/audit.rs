@@ -1,0 +1,313 @@
+//! The audit record, independent of the proxy-wasm host: one per request,
+//! assembled while the stream runs ([`Draft`]) and finished when it ends
+//! ([`Draft::finish`] → [`Record`], serialized as one JSON object).
+//! Shape and meaning of every field: `docs/audit-record.md` (v1).
+
+use crate::approval::{hex, sha256_hex};
+use crate::policy::Identity;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Query parameters whose values are never recorded (replaced by `REDACTED`).
+pub const SECRET_QUERY_PARAMS: [&str; 11] =
+    ["access_token", "id_token", "token", "api_key", "apikey", "key", "code", "sig", "signature", "password", "secret"];
+
+/// Bytes kept from the end of a response body, for the `usage` object.
+pub const TAIL_BYTES: usize = 4096;
+
+/// `:path` with the values of [`SECRET_QUERY_PARAMS`] (names compared
+/// case-insensitively, also when percent-encoding is absent) replaced by `REDACTED`.
+pub fn redact_path(path: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else { return path.to_string() };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if SECRET_QUERY_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(k)) => format!("{k}=REDACTED"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", parts.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// A body seen in pieces: SHA-256 and size of all of it, its first `cap`
+/// bytes, and (optionally) its last [`TAIL_BYTES`] bytes.
+pub struct Capture {
+    hash: hmac_sha256::Hash,
+    size: usize,
+    head: Vec<u8>,
+    cap: usize,
+    tail: Option<Vec<u8>>,
+}
+
+impl Capture {
+    /// `cap`: bytes of text kept; `keep_tail`: also keep the last bytes.
+    pub fn new(cap: usize, keep_tail: bool) -> Capture {
+        Capture { hash: hmac_sha256::Hash::new(), size: 0, head: Vec::new(), cap, tail: keep_tail.then(Vec::new) }
+    }
+
+    /// Appends a piece of the body.
+    pub fn push(&mut self, data: &[u8]) {
+        self.hash.update(data);
+        self.size = self.size.saturating_add(data.len());
+        let room = self.cap.saturating_sub(self.head.len());
+        self.head.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+        if let Some(t) = &mut self.tail {
+            t.extend_from_slice(data);
+            if t.len() > TAIL_BYTES {
+                let cut = t.len() - TAIL_BYTES;
+                t.drain(..cut);
+            }
+        }
+    }
+
+    /// Forgets everything (the body was replaced, e.g. by masking).
+    pub fn reset(&mut self) {
+        *self = Capture::new(self.cap, self.tail.is_some());
+    }
+
+    /// Bytes seen so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The last bytes seen (empty unless `keep_tail`).
+    pub fn tail(&self) -> &[u8] {
+        self.tail.as_deref().unwrap_or_default()
+    }
+
+    fn text(&self) -> (String, bool) {
+        (String::from_utf8_lossy(&self.head).to_string(), self.size > self.head.len())
+    }
+
+    /// The `request_body` field.
+    pub fn request_record(&self) -> RequestBody {
+        let (text, truncated) = self.text();
+        RequestBody { sha256: hex(&self.hash.finalize()), size: self.size, text, truncated }
+    }
+
+    /// The `response_body` field.
+    pub fn response_record(&self) -> ResponseBody {
+        let (text, truncated) = self.text();
+        ResponseBody { size: self.size, text, truncated }
+    }
+}
+
+/// `identity` of a record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub provider: String,
+    pub issuer: String,
+    pub subject: String,
+    pub jti: String,
+    pub groups: Vec<String>,
+    pub azp: String,
+    /// SHA-256 (hex) of the compact JWS; the token itself is never recorded.
+    pub token_sha256: String,
+}
+
+impl IdentityRecord {
+    pub fn new(id: &Identity, token: &str) -> IdentityRecord {
+        IdentityRecord {
+            provider: id.provider.clone(),
+            issuer: id.issuer.clone(),
+            subject: id.subject.clone(),
+            jti: id.jti.clone(),
+            groups: id.groups.clone(),
+            azp: id.azp.clone(),
+            token_sha256: sha256_hex(token.as_bytes()),
+        }
+    }
+}
+
+/// `approval` of a record.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    pub hold_id: String,
+    pub approval_id: Option<String>,
+    /// `approved`, `denied`, `pending`, `unavailable`, `abandoned` (`null` while undecided).
+    pub outcome: Option<&'static str>,
+    pub approver: Option<String>,
+    pub decided_ms: Option<u64>,
+}
+
+/// `request_body` of a record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RequestBody {
+    pub sha256: String,
+    pub size: usize,
+    pub text: String,
+    pub truncated: bool,
+}
+
+/// `response_body` of a record (after masking).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ResponseBody {
+    pub size: usize,
+    pub text: String,
+    pub truncated: bool,
+}
+
+/// `usage` of a record: OpenAI-compatible token counts.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// No `usage` arrived: estimated from body sizes (bytes / 4).
+    pub estimated: bool,
+}
+
+/// `timings_ms` of a record, milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Timings {
+    pub auth: u64,
+    pub approval_wait: u64,
+    pub upstream: u64,
+    pub total: u64,
+}
+
+/// One audit record (`docs/audit-record.md`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Record {
+    pub version: u32,
+    pub time_ms: u64,
+    pub request_id: String,
+    pub node: String,
+    pub identity: Option<IdentityRecord>,
+    pub session: Option<String>,
+    pub source: String,
+    pub resource: Option<String>,
+    pub operation: Option<&'static str>,
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    /// `allow`, `deny` or `pending`.
+    pub decision: &'static str,
+    pub reason: Option<&'static str>,
+    /// Status the client got; 0 if it hung up first; `null` in a sync-audit request part.
+    pub status: Option<u32>,
+    pub approval: Option<ApprovalRecord>,
+    pub request_body: Option<RequestBody>,
+    pub response_body: Option<ResponseBody>,
+    pub masking: BTreeMap<String, u64>,
+    pub usage: Option<Usage>,
+    pub timings_ms: Timings,
+    pub aborted: bool,
+}
+
+/// A record being assembled while its stream runs.
+pub struct Draft {
+    pub time_ms: u64,
+    pub request_id: String,
+    pub source: String,
+    pub method: String,
+    pub authority: String,
+    /// Already redacted.
+    pub path: String,
+    pub identity: Option<IdentityRecord>,
+    pub session: Option<String>,
+    pub resource: Option<String>,
+    pub operation: Option<&'static str>,
+    /// Set by a local reply of the filter: (status, reason); `None` = allowed.
+    pub refused: Option<(u32, &'static str)>,
+    /// 202 approval pending.
+    pub pending: bool,
+    pub approval: Option<ApprovalRecord>,
+    pub request: Capture,
+    pub response: Capture,
+    /// Whether any request body was seen.
+    pub request_seen: bool,
+    pub response_seen: bool,
+    pub auth_ms: u64,
+    pub approval_started_ms: Option<u64>,
+    pub approval_wait_ms: u64,
+    /// When the request was let through to the upstream.
+    pub forwarded_ms: Option<u64>,
+    /// Response complete (end of stream seen on the response).
+    pub response_done: bool,
+}
+
+impl Draft {
+    /// A new draft for a request whose headers arrived at `time_ms`.
+    /// `caps`: (request text bytes, response text bytes).
+    pub fn new(time_ms: u64, request_id: String, method: String, authority: String, path: &str, caps: (usize, usize)) -> Draft {
+        Draft {
+            time_ms,
+            request_id,
+            source: String::new(),
+            method,
+            authority,
+            path: redact_path(path),
+            identity: None,
+            session: None,
+            resource: None,
+            operation: None,
+            refused: None,
+            pending: false,
+            approval: None,
+            request: Capture::new(caps.0, false),
+            response: Capture::new(caps.1, true),
+            request_seen: false,
+            response_seen: false,
+            auth_ms: 0,
+            approval_started_ms: None,
+            approval_wait_ms: 0,
+            forwarded_ms: None,
+            response_done: false,
+        }
+    }
+
+    /// Finishes the record at `now_ms`. `status`: what the client got (0 if
+    /// none); `usage`: from the response, if any.
+    pub fn finish(&self, now_ms: u64, node: String, status: u32, masking: BTreeMap<String, u64>, usage: Option<Usage>) -> Record {
+        let (decision, reason) = match (self.pending, self.refused) {
+            (true, _) => ("pending", Some("approval_pending")),
+            (false, Some((_, r))) => ("deny", Some(r)),
+            (false, None) => ("allow", None),
+        };
+        let mut approval = self.approval.clone();
+        if let Some(a) = &mut approval {
+            if a.outcome.is_none() && !self.response_done {
+                a.outcome = Some("abandoned");
+            }
+        }
+        Record {
+            version: 1,
+            time_ms: self.time_ms,
+            request_id: self.request_id.clone(),
+            node,
+            identity: self.identity.clone(),
+            session: self.session.clone(),
+            source: self.source.clone(),
+            resource: self.resource.clone(),
+            operation: self.operation,
+            method: self.method.clone(),
+            authority: self.authority.clone(),
+            path: self.path.clone(),
+            decision,
+            reason,
+            status: Some(status),
+            approval,
+            request_body: self.request_seen.then(|| self.request.request_record()),
+            response_body: self.response_seen.then(|| self.response.response_record()),
+            masking,
+            usage,
+            timings_ms: Timings {
+                auth: self.auth_ms,
+                approval_wait: self.approval_wait_ms,
+                upstream: self.forwarded_ms.map(|f| now_ms.saturating_sub(f)).unwrap_or(0),
+                total: now_ms.saturating_sub(self.time_ms),
+            },
+            aborted: !self.response_done,
+        }
+    }
+}
