@@ -53,7 +53,7 @@ approver_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 wait_port "$IDP_PORT"; wait_port "$UPSTREAM_PORT"; wait_port "$APPROVALS_PORT"
 
 python3 scripts/envoy_config.py --policy "$POLICY" --wasm "$root/dist/nhi_gate.wasm" \
-  --listen "$PORT" --admin "$ADMIN_PORT" --cluster "idp=$IDP_PORT" --cluster "upstream=$UPSTREAM_PORT" --cluster "approvals=$APPROVALS_PORT" \
+  --listen "$PORT" --admin "$ADMIN_PORT" --cluster "idp=$IDP_PORT" --cluster "upstream=$UPSTREAM_PORT" --cluster "approvals=$APPROVALS_PORT" --audit-log "$run_dir/audit.log" \
   --route /collections=upstream --route /v1/=upstream > "$run_dir/envoy.json"
 "$ENVOY_BIN" -c "$run_dir/envoy.json" --concurrency 2 --disable-hot-restart --log-level info \
   > "$run_dir/envoy.log" 2>&1 & pids+=($!)
@@ -67,6 +67,7 @@ cat <<MSG
 
 nhi-gate demo is up: Envoy listener http://127.0.0.1:$PORT  (admin http://127.0.0.1:$ADMIN_PORT)
   policy $POLICY · dev IdP http://127.0.0.1:$IDP_PORT · demo upstream http://127.0.0.1:$UPSTREAM_PORT · logs $run_dir
+  audit records (one JSON per request): $run_dir/audit.log
   approvals http://127.0.0.1:$APPROVALS_PORT (approver page; approver demo-approver, token below)
 
 Tokens (15 min): a reader job (groups rag-readers, llm-users) and an ingestion job (rag-ingest).

@@ -88,7 +88,7 @@ def test_yaml_policy_errors_name_the_field(tmp_path):
 def test_committed_envoy_example_is_the_rendered_demo(envoy_bin, tmp_path):
     text = json.dumps(json.load(open(ROOT / "policies" / "rag-demo.json")), indent=2)
     want = envoy_config.render(text, "dist/nhi_gate.wasm", 10000, 9901, [("idp", 9400), ("upstream", 9401), ("approvals", 9402)],
-                               [("/collections", "upstream"), ("/v1/", "upstream")])
+                               [("/collections", "upstream"), ("/v1/", "upstream")], audit_path="/dev/stdout")
     have = json.load(open(ROOT / "envoy" / "envoy.yaml"))
     assert have == want, "envoy/envoy.yaml is stale: regenerate it with scripts/envoy_config.py (see README)"
     wasm = have["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
