@@ -55,7 +55,7 @@ wait_port "$IDP_PORT"; wait_port "$UPSTREAM_PORT"; wait_port "$APPROVALS_PORT"
 python3 scripts/envoy_config.py --policy "$POLICY" --wasm "$root/dist/nhi_gate.wasm" \
   --listen "$PORT" --admin "$ADMIN_PORT" --cluster "idp=$IDP_PORT" --cluster "upstream=$UPSTREAM_PORT" --cluster "approvals=$APPROVALS_PORT" --audit-log "$run_dir/audit.log" \
   --route /collections=upstream --route /v1/=upstream > "$run_dir/envoy.json"
-"$ENVOY_BIN" -c "$run_dir/envoy.json" --concurrency 2 --disable-hot-restart --log-level info \
+"$ENVOY_BIN" -c "$run_dir/envoy.json" --concurrency 2 --disable-hot-restart --log-level info --file-flush-interval-msec 500 \
   > "$run_dir/envoy.log" 2>&1 & pids+=($!)
 wait_port "$PORT"
 

@@ -247,7 +247,7 @@ class Envoy:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [binary, "-c", self.config_path, "--concurrency", str(concurrency), "--disable-hot-restart",
-             "--log-level", "info", "--base-id", str(self.admin)],
+             "--log-level", "info", "--base-id", str(self.admin), "--file-flush-interval-msec", "200"],
             stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
@@ -435,3 +435,29 @@ class ApprovalService:
 
     def show(self, approval_id):
         return json.loads(self.cli("show", approval_id).stdout)
+
+
+class FakeCollector(_Server):
+    """Records audit batches POSTed by the filter (docs/audit-record.md);
+    `status` is what it answers. (The real one is `nhi-gate audit serve`.)"""
+
+    def __init__(self):
+        self.records = []
+        self.batches = 0
+        self.status = 200
+        self.lock = threading.Lock()
+        outer = self
+
+        def factory(_):
+            class H(Handler):
+                def do_POST(self):
+                    body = json.loads(self.read_body() or b"{}")
+                    if outer.status == 200:
+                        with outer.lock:
+                            outer.records.extend(body.get("records", []))
+                            outer.batches += 1
+                    self.reply(outer.status, json.dumps({"accepted": len(body.get("records", []))}).encode())
+
+            return H
+
+        super().__init__(factory)
