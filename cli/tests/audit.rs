@@ -188,6 +188,9 @@ fn record(request_id: &str, time_ms: i64, subject: &str, session: Option<&str>) 
     })
 }
 
+/// seq, record, prev_hash, hash, subject, session, time_ms.
+type StoredRow = (i64, String, String, String, Option<String>, Option<String>, Option<i64>);
+
 fn with(mut v: Value, pointer: &str, value: Value) -> Value {
     *v.pointer_mut(pointer).unwrap_or_else(|| panic!("no {pointer}")) = value;
     v
@@ -243,7 +246,7 @@ fn batches_are_stored_exactly_and_chained() {
     // the stored rows follow the documented formula
     let conn = db(&dir);
     let mut st = conn.prepare("SELECT seq, record, prev_hash, hash, subject, session, time_ms FROM records ORDER BY seq").unwrap();
-    let rows: Vec<(i64, String, String, String, Option<String>, Option<String>, Option<i64>)> = st
+    let rows: Vec<StoredRow> = st
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
         .unwrap()
         .map(Result::unwrap)
@@ -453,7 +456,7 @@ fn a_deleted_last_record_is_caught_by_the_anchor() {
     drop(c);
     let (code, out) = verify(&dir.db(), &["--expect-head", &old]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("is seq 3, records seq 4..4 came after it"), "{out}");
+    assert!(out.contains("that is seq 3, record seq 4 came after it"), "{out}");
     let (code, out) = verify(&dir.db(), &["--expect-count", "3"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("record seq 4 was inserted"), "{out}");
@@ -493,6 +496,7 @@ fn mixed(c: &Collector) {
         "/reason",
         json!("group_not_allowed"),
     );
+    let denied = with(denied, "/path", json!("/collections/a,b/points"));
     let other = record("q5", T0 + 1000, "ci-ingest", None);
     // a synchronous-audit request part (status null), then its final record
     let part = with(with(with(chat("q6", T0 + 6000, &chat_req, &chat_resp), "/status", Value::Null), "/response_body", Value::Null), "/usage", Value::Null);
@@ -554,7 +558,11 @@ fn query_filters_and_csv() {
     assert_eq!(lines[4], "6,2025-11-29T15:26:46.123Z,q6,agent-7,llm,chat,POST,/v1/chat/completions,allow,,,,,,,");
     assert_eq!(lines.len(), 6);
     let denied = q(&["--format", "csv", "--decision", "deny"]);
-    assert!(denied.lines().nth(1).unwrap().contains(",deny,group_not_allowed,403,"), "{denied}");
+    assert_eq!(
+        denied.lines().nth(1).unwrap(),
+        "5,2025-11-29T16:26:40.123Z,q4,agent-7,vector-store,write,PUT,\"/collections/a,b/points\",deny,group_not_allowed,403,,,,,",
+        "{denied}"
+    );
 }
 
 #[test]

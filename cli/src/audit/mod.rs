@@ -108,14 +108,11 @@ fn anchor_break(s: &store::Store, a: &VerifyArgs, count: i64, head: &str) -> Res
     if let Some(want) = &a.expect_head {
         if !want.eq_ignore_ascii_case(head) {
             let at = s.seq_of_hash(want).map_err(|e| e.to_string())?;
+            let head_differs = format!("the chain head (seq {count}, {head}) differs from --expect-head {want}");
             return Ok(Some(Break::Anchor(match at {
-                Some(seq) => format!(
-                    "the chain head differs from --expect-head: {want} is seq {seq}, records seq {}..{count} came after it (head {head})",
-                    seq + 1
-                ),
-                None => format!(
-                    "the chain head differs from --expect-head: no record has hash {want}; records at the end were deleted or the chain was rewritten (head {head}, seq {count})"
-                ),
+                Some(seq) if seq + 1 == count => format!("{head_differs}: that is seq {seq}, record seq {count} came after it"),
+                Some(seq) => format!("{head_differs}: that is seq {seq}, records seq {}..{count} came after it", seq + 1),
+                None => format!("{head_differs}: no record has hash {want}; records at the end were deleted or the chain was rewritten"),
             })));
         }
     }
