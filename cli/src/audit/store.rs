@@ -356,7 +356,7 @@ fn verify_rows(conn: &Connection) -> Result<(i64, String), VerifyError> {
                     Some(k) => Break::Inserted { seq, why: format!("{mismatch}; seq {k} is the one chained to {prev_name}") },
                     None if recomputed == stored_hash && prev_seq > 0 => Break::Edited {
                         seq: prev_seq,
-                        why: format!("its hash was recomputed: seq {seq}'s prev_hash does not match it (or seq {seq} is forged)"),
+                        why: format!("its hash was recomputed: seq {seq}'s prev_hash does not match it; or seq {seq} is forged"),
                     },
                     None if recomputed == stored_hash => Break::Inserted { seq, why: mismatch },
                     None => Break::Missing { seq, why: "prev_hash points to a row that is not there".into() },
@@ -470,6 +470,24 @@ mod tests {
             .execute("UPDATE records SET record = ?1, hash = ?2 WHERE seq = 2", params![text, chain_hash(&prev, 2, text)])
             .unwrap();
         assert!(matches!(broken(&mut s), Break::Edited { seq: 2, .. }), "{}", broken(&mut s));
+        drop(s);
+
+        // A row slid in with a made-up prev_hash: the original next row still chains to seq 2.
+        let (mut s, _) = store_with("breaks", 5);
+        s.conn.execute("UPDATE records SET seq = seq + 100 WHERE seq >= 3", []).unwrap();
+        s.conn.execute("UPDATE records SET seq = seq - 99 WHERE seq > 100", []).unwrap();
+        let (text, v) = rec(9);
+        let c = Columns::of(&v);
+        let fake_prev = sha256_hex(b"made up");
+        s.conn
+            .execute(
+                "INSERT INTO records (seq, record, prev_hash, hash, time_ms, subject, resource, decision, session, request_id)
+                 VALUES (3, ?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
+                params![text, fake_prev, chain_hash(&fake_prev, 3, &text), c.time_ms, c.subject, c.resource, c.decision, c.request_id],
+            )
+            .unwrap();
+        let b = broken(&mut s);
+        assert!(matches!(&b, Break::Inserted { seq: 3, why } if why.contains("seq 4 is the one chained to seq 2")), "{b}");
         drop(s);
         let _ = std::fs::remove_file(p);
     }
