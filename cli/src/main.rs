@@ -8,8 +8,12 @@
 //! - `nhi-gate approvals serve|list|show|approve|deny` — the reference
 //!   approval service for held writes (docs/approval-protocol.md) and its
 //!   approver commands.
+//! - `nhi-gate audit serve|verify|query|replay` — the reference audit
+//!   collector (docs/audit-record.md): a SQLite hash chain of the filter's
+//!   records, its verifier, queries and session replay.
 
 mod approvals;
+mod audit;
 mod idp;
 mod policy_check;
 mod upstream;
@@ -35,6 +39,11 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         command: approvals::Command,
+    },
+    /// Audit collector (hash-chained SQLite) and its verify, query and replay tools.
+    Audit {
+        #[command(subcommand)]
+        command: audit::Command,
     },
     /// Development stack: IdP and demo upstream.
     Dev {
@@ -66,6 +75,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check::run(&files),
         Command::Approvals { command } => approvals::run(command),
+        Command::Audit { command } => audit::run(command),
         Command::Dev { command: DevCommand::Idp(a) } => idp::run(a),
         Command::Dev { command: DevCommand::Upstream(a) } => upstream::run(a),
     }
