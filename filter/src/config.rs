@@ -8,6 +8,7 @@
 
 use crate::jwks::KeySet;
 use crate::policy::{Glob, OpClass};
+use crate::quota::{Window, MAX_REQUESTS_BUDGET, MAX_TOKENS_BUDGET};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 
@@ -151,6 +152,23 @@ struct RawResource {
     mask: Option<RawResourceMask>,
     #[serde(default)]
     approval: Option<RawApproval>,
+    #[serde(default)]
+    quota: Option<RawQuota>,
+}
+
+/// Per-resource token quota (see `crate::quota`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    #[serde(default = "default_quota_key")]
+    key: String,
+    #[serde(default = "default_quota_window")]
+    window: String,
+    tokens: u64,
+    #[serde(default)]
+    requests: Option<u64>,
+    #[serde(default)]
+    check_max_tokens: bool,
 }
 
 /// Per-resource approval hold (see `docs/approval-protocol.md`).
@@ -263,6 +281,8 @@ fn default_collector_path() -> String { "/v1/records".into() }
 fn default_batch() -> usize { 100 }
 fn default_flush() -> u64 { 1000 }
 fn default_queue() -> u64 { 10_000 }
+fn default_quota_key() -> String { "sub".into() }
+fn default_quota_window() -> String { "hour".into() }
 
 /// Longest in-line hold, seconds: below Envoy's default `stream_idle_timeout`
 /// (300 s, HTTP connection manager) so Envoy never times out a held request first.
@@ -418,6 +438,25 @@ pub struct Resource {
     pub mask: Option<ResourceMask>,
     /// Out-of-band approval of some requests, if enabled for this resource.
     pub approval: Option<std::rc::Rc<Approval>>,
+    /// Token (and request) budget per identity per window, if enabled for this resource.
+    pub quota: Option<std::rc::Rc<Quota>>,
+}
+
+/// A resource's token quota (`crate::quota` applies it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// Dot path of the claim naming the identity charged (`sub` by default,
+    /// `repository`, `ci.repository`), split at the dots.
+    pub key: Vec<String>,
+    /// The fixed window the budgets apply to.
+    pub window: Window,
+    /// Tokens per identity per window, `1..=10^12`.
+    pub tokens: u64,
+    /// Requests per identity per window, `1..=10^9`, if limited.
+    pub requests: Option<u64>,
+    /// Also refuse a request whose `max_tokens` (or `max_completion_tokens`)
+    /// is more than the tokens left.
+    pub check_max_tokens: bool,
 }
 
 /// A method+path pattern (`methods` empty = any method).
@@ -737,6 +776,26 @@ fn audit(errs: &mut Errors, a: RawAudit) -> Audit {
     Audit { session_claim, max_request_bytes: a.max_request_bytes, max_response_bytes: a.max_response_bytes, collector }
 }
 
+fn quota(errs: &mut Errors, at: &str, q: RawQuota) -> Quota {
+    let key: Vec<String> = q.key.split('.').map(str::to_string).collect();
+    if key.iter().any(|k| k.is_empty()) {
+        errs.add(format!("{at}.key"), "must be a claim name or a dot path of non-empty names, e.g. sub or ci.repository");
+    }
+    let window = Window::parse(&q.window).unwrap_or_else(|| {
+        errs.add(format!("{at}.window"), format!("must be \"minute\", \"hour\" or \"day\", not {:?}", q.window));
+        Window::Hour
+    });
+    if !(1..=MAX_TOKENS_BUDGET).contains(&q.tokens) {
+        errs.add(format!("{at}.tokens"), format!("must be between 1 and {MAX_TOKENS_BUDGET}"));
+    }
+    if let Some(r) = q.requests {
+        if !(1..=MAX_REQUESTS_BUDGET).contains(&r) {
+            errs.add(format!("{at}.requests"), format!("must be between 1 and {MAX_REQUESTS_BUDGET}"));
+        }
+    }
+    Quota { key, window, tokens: q.tokens, requests: q.requests, check_max_tokens: q.check_max_tokens }
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, Vec<ConfigError>> {
         let mut errs = Errors(Vec::new());
@@ -950,7 +1009,9 @@ impl RawConfig {
                 }
             });
             let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a)));
+            let quota = r.quota.map(|q| std::rc::Rc::new(quota(&mut errs, &format!("{at}.quota"), q)));
             resources.push(Resource {
+                quota,
                 approval,
                 mask,
                 name: r.name,

@@ -9,6 +9,7 @@
 //! - [`config`]: the plugin configuration and its validator;
 //! - [`gate`]: the pipeline tying them together, with the verified-token cache;
 //! - [`approval`]: which requests are held for approval, the callout and its answer;
+//! - [`quota`]: token and request budgets per identity, counters and usage;
 //! - [`mask`] and [`body`]: PII redaction of request and response bodies;
 //! - [`audit`]: the per-request audit record;
 //! - [`deny`]: local-reply status, reason and body.
@@ -29,6 +30,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod mask;
 pub mod policy;
+pub mod quota;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -1,0 +1,458 @@
+//! Token quotas, independent of the proxy-wasm host: per resource, a budget of
+//! LLM tokens (and optionally of requests) per identity per fixed window.
+//!
+//! The filter's part, in order:
+//! 1. on the request headers, read the identity's counter from Envoy shared
+//!    data under [`counter_key`] (one fixed key per resource and identity, so
+//!    the key set never grows with time), [`check`] it and, when allowed,
+//!    [`admit`] the request; both in one compare-and-swap [`update`] with a
+//!    bounded retry, failing closed when every attempt loses the race;
+//! 2. optionally, with `check_max_tokens`, pre-check the request body's
+//!    [`requested_max_tokens`] against what remains; on a streamed chat
+//!    request, [`ensure_include_usage`] so the upstream reports usage;
+//! 3. keep the last [`TAIL_BYTES`] of the response and, at its end, [`debit`]
+//!    the tokens of [`usage_from_tail`], or of [`estimate`] when the response
+//!    carried no usage.
+//!
+//! Over budget → 429 `quota_exceeded` with `Retry-After` and OpenAI-style
+//! `x-ratelimit-*-tokens` headers ([`Exceeded::headers`]); no key claim → 403
+//! `quota_key_missing`; shared data unusable → 503 `quota_unavailable`.
+//!
+//! The check runs before the response is known, so requests in flight when a
+//! budget runs out may overshoot it by their own usage; `check_max_tokens`
+//! narrows that gap but reserves nothing.
+
+use crate::config::Quota;
+use crate::deny::Denial;
+use serde_json::{Map, Value};
+
+/// How much of the end of a response the filter keeps for
+/// [`usage_from_tail`], bytes: OpenAI puts `usage` last in a JSON body and in
+/// the final event of a stream, a few hundred bytes from the end.
+pub const TAIL_BYTES: usize = 4096;
+
+/// Largest token budget a policy may set per window.
+pub const MAX_TOKENS_BUDGET: u64 = 1_000_000_000_000;
+
+/// Largest request budget a policy may set per window.
+pub const MAX_REQUESTS_BUDGET: u64 = 1_000_000_000;
+
+/// Compare-and-swap attempts of one [`update`] before it gives up (fail closed).
+pub const CAS_ATTEMPTS: u32 = 8;
+
+/// Prefix of every counter key in Envoy shared data.
+pub const KEY_PREFIX: &str = "nhi_gate.quota.";
+
+/// A quota window: fixed, aligned to the Unix epoch (a `minute` window runs
+/// from second :00 to :59, an `hour` from :00:00, a `day` from 00:00:00 UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Window {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Window {
+    /// Parses a configuration value: `minute`, `hour` or `day`.
+    pub fn parse(name: &str) -> Option<Window> {
+        match name {
+            "minute" => Some(Window::Minute),
+            "hour" => Some(Window::Hour),
+            "day" => Some(Window::Day),
+            _ => None,
+        }
+    }
+
+    /// The configuration name: `minute`, `hour` or `day`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+        }
+    }
+
+    /// Length of the window, seconds.
+    pub fn seconds(self) -> u64 {
+        match self {
+            Window::Minute => 60,
+            Window::Hour => 3_600,
+            Window::Day => 86_400,
+        }
+    }
+
+    /// Start of the window containing `now_s` (seconds since the epoch).
+    pub fn start(self, now_s: u64) -> u64 {
+        now_s - now_s % self.seconds()
+    }
+
+    /// Seconds from `now_s` until the next window starts: 1..=[`Window::seconds`].
+    pub fn reset_in(self, now_s: u64) -> u64 {
+        self.seconds() - now_s % self.seconds()
+    }
+}
+
+/// One identity's use of a resource in one window, as stored in shared data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Start of the window counted ([`Window::start`]), seconds since the epoch.
+    pub window_start: u64,
+    /// Tokens debited in that window.
+    pub tokens: u64,
+    /// Requests admitted in that window.
+    pub requests: u64,
+}
+
+impl Counter {
+    /// Reads a stored value: ASCII `"<window_start> <tokens> <requests>"`,
+    /// three decimal numbers separated by single spaces. Anything else
+    /// (missing key, empty, garbled) reads as the zero counter, whose window
+    /// is long over, so it starts afresh.
+    pub fn parse(bytes: &[u8]) -> Counter {
+        let mut fields = bytes.split(|b| *b == b' ').map(decimal);
+        match (fields.next(), fields.next(), fields.next(), fields.next()) {
+            (Some(Some(window_start)), Some(Some(tokens)), Some(Some(requests)), None) => {
+                Counter { window_start, tokens, requests }
+            }
+            _ => Counter::default(),
+        }
+    }
+
+    /// The stored form read by [`Counter::parse`].
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{} {} {}", self.window_start, self.tokens, self.requests).into_bytes()
+    }
+
+    /// This counter as of `now_s`: unchanged while it counts the current
+    /// window, a zero counter for the current window otherwise (its window is
+    /// over, or it was counted with another window length or clock).
+    pub fn current(self, window: Window, now_s: u64) -> Counter {
+        let start = window.start(now_s);
+        if self.window_start == start {
+            self
+        } else {
+            Counter { window_start: start, tokens: 0, requests: 0 }
+        }
+    }
+}
+
+/// `1..=20` ASCII digits as a u64 (no sign, no overflow).
+fn decimal(field: &[u8]) -> Option<u64> {
+    if field.is_empty() || field.len() > 20 || !field.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// The quota key of an identity: the claim at `path` (a dot path split at
+/// the dots, `["ci", "repository"]`) when it is a non-empty string or a
+/// number; `None` when it is absent, empty, or of another type (the filter
+/// then refuses with 403 `quota_key_missing`, never sharing one bucket).
+pub fn key_value(claims: &Map<String, Value>, path: &[String]) -> Option<String> {
+    let (last, parents) = path.split_last()?;
+    let mut obj = claims;
+    for name in parents {
+        obj = obj.get(name)?.as_object()?;
+    }
+    match obj.get(last)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The shared-data key of `(resource, identity)`:
+/// `nhi_gate.quota.<resource>.<first 32 hex digits of SHA-256(key_value)>`.
+/// One key per pair, reused by every window (the window start is in the
+/// value), so keys never accumulate over time; the hash keeps claim values
+/// out of the key space and bounds the key length.
+pub fn counter_key(resource: &str, key_value: &str) -> String {
+    let digest = hmac_sha256::Hash::hash(key_value.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{KEY_PREFIX}{resource}.{hex}")
+}
+
+/// A request refused by [`check`]: 429 `quota_exceeded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    /// `Retry-After`, seconds: until the window resets (at least 1).
+    pub retry_after_s: u64,
+    /// The token budget of the window.
+    pub limit: u64,
+    /// Tokens left in the window (may be non-zero when the request budget or
+    /// the `max_tokens` pre-check refused).
+    pub remaining: u64,
+    /// Seconds until the token budget resets (the window ends).
+    pub reset_s: u64,
+    /// Human sentence for the reply and the audit record.
+    pub detail: String,
+}
+
+impl Exceeded {
+    /// The local reply: 429 `quota_exceeded`.
+    pub fn denial(&self) -> Denial {
+        Denial { status: 429, reason: "quota_exceeded", detail: self.detail.clone() }
+    }
+
+    /// Headers of the 429 reply ([`ratelimit_headers`]).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        ratelimit_headers(self.limit, self.remaining, self.reset_s)
+    }
+}
+
+/// 403 `quota_key_missing`: the token lacks the claim the quota is keyed on.
+pub fn key_missing(path: &[String]) -> Denial {
+    Denial::forbidden(
+        "quota_key_missing",
+        format!("the token has no string or number claim {:?}, which this resource's quota is keyed on", path.join(".")),
+    )
+}
+
+/// 503 `quota_unavailable`: the counter could not be read or written (fail closed).
+pub fn unavailable(detail: impl Into<String>) -> Denial {
+    Denial { status: 503, reason: "quota_unavailable", detail: detail.into() }
+}
+
+/// Whether a request may go ahead under `q`, given the identity's stored
+/// counter `c` (brought to the current window here) and, when the body asked
+/// for one, its `max_tokens`. Refused when the window's tokens are spent,
+/// when its requests are spent, or (with `check_max_tokens`) when
+/// `max_tokens` is more than the tokens left.
+pub fn check(q: &Quota, c: &Counter, now_s: u64, max_tokens: Option<u64>) -> Result<(), Exceeded> {
+    let c = c.current(q.window, now_s);
+    let remaining = q.tokens.saturating_sub(c.tokens);
+    let reset_s = q.window.reset_in(now_s);
+    let per = q.window.name();
+    let over = |detail: String| Exceeded { retry_after_s: reset_s.max(1), limit: q.tokens, remaining, reset_s, detail };
+    if remaining == 0 {
+        return Err(over(format!("token budget of {} per {per} is spent; it resets in {reset_s} s", q.tokens)));
+    }
+    if let Some(budget) = q.requests {
+        if c.requests >= budget {
+            return Err(over(format!("request budget of {budget} per {per} is spent; it resets in {reset_s} s")));
+        }
+    }
+    if let (true, Some(asked)) = (q.check_max_tokens, max_tokens) {
+        if asked > q.tokens {
+            return Err(over(format!("max_tokens {asked} is more than the whole budget of {} tokens per {per}", q.tokens)));
+        }
+        if asked > remaining {
+            return Err(over(format!("max_tokens {asked} is more than the {remaining} tokens left this {per}")));
+        }
+    }
+    Ok(())
+}
+
+/// `c` with one more request admitted.
+pub fn admit(c: Counter) -> Counter {
+    Counter { requests: c.requests.saturating_add(1), ..c }
+}
+
+/// `c` with `tokens` more used (saturating).
+pub fn debit(c: Counter, tokens: u64) -> Counter {
+    Counter { tokens: c.tokens.saturating_add(tokens), ..c }
+}
+
+/// Rate-limit headers in OpenAI's shape: `x-ratelimit-limit-tokens`,
+/// `x-ratelimit-remaining-tokens`, `x-ratelimit-reset-tokens` (a duration
+/// such as `1s`, `6m0s`, `1h2m3s`) and `retry-after` (integer seconds).
+pub fn ratelimit_headers(limit: u64, remaining: u64, reset_s: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-ratelimit-limit-tokens", limit.to_string()),
+        ("x-ratelimit-remaining-tokens", remaining.to_string()),
+        ("x-ratelimit-reset-tokens", duration(reset_s)),
+        ("retry-after", reset_s.to_string()),
+    ]
+}
+
+/// Seconds as a Go-style duration, as OpenAI's reset headers use:
+/// `0s`, `59s`, `1m0s`, `1h0m0s`, `24h0m0s`.
+pub fn duration(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Tokens one response used.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// What is debited: the reported total, never less than prompt + completion.
+    pub total_tokens: u64,
+    /// Whether this is an [`estimate`] from body sizes rather than the upstream's report.
+    pub estimated: bool,
+}
+
+/// The usage reported at the end of a response: the value of the LAST
+/// `"usage"` member in `tail` (the end of a JSON body, or of an SSE stream
+/// whose final `data:` event carries it). `tail` may start anywhere, even
+/// inside a string or a UTF-8 sequence.
+///
+/// The last `"usage"` key (a quoted `usage` whose opening quote is not
+/// escaped, then optional whitespace and `:`) decides: its value must be an
+/// object with numeric `prompt_tokens` and `completion_tokens`
+/// (`total_tokens` defaults to their sum); `null` (as in every event of a
+/// stream but the last), anything else, or no such key → `None`.
+///
+/// Text inside JSON strings cannot fool it: a `"usage"` in a string is
+/// written `\"usage\"`, which does not match. What can: a `"usage"` member
+/// nested in an object after the real one (the last wins), or a body that is
+/// not JSON (plain text containing `"usage": {...}` is read as usage), so the
+/// filter reads usage only from JSON and event-stream responses.
+pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = tail.get(..end).and_then(|t| t.windows(KEY.len()).rposition(|w| w == KEY)) {
+        // The next candidate ends before this one's closing quote.
+        end = at + KEY.len() - 1;
+        let backslashes = tail.get(..at).unwrap_or_default().iter().rev().take_while(|b| **b == b'\\').count();
+        if backslashes % 2 == 1 {
+            continue;
+        }
+        let after = tail.get(at + KEY.len()..).unwrap_or_default();
+        let Some(colon) = after.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) else {
+            continue;
+        };
+        if after.get(colon) != Some(&b':') {
+            continue;
+        }
+        let value = after.get(colon + 1..).unwrap_or_default();
+        let parsed = serde_json::Deserializer::from_slice(value).into_iter::<Value>().next();
+        return match parsed {
+            Some(Ok(v)) => usage_of(&v),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// A usage object: numeric `prompt_tokens` and `completion_tokens` required.
+fn usage_of(v: &Value) -> Option<Usage> {
+    let o = v.as_object()?;
+    let prompt_tokens = o.get("prompt_tokens")?.as_u64()?;
+    let completion_tokens = o.get("completion_tokens")?.as_u64()?;
+    let sum = prompt_tokens.saturating_add(completion_tokens);
+    let total_tokens = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(sum).max(sum);
+    Some(Usage { prompt_tokens, completion_tokens, total_tokens, estimated: false })
+}
+
+/// Usage guessed from body sizes when the upstream reported none: a token
+/// per 4 bytes (rounded up) of the request body (prompt) and of the response
+/// body (completion).
+pub fn estimate(request_bytes: usize, response_bytes: usize) -> Usage {
+    let tokens = |bytes: usize| u64::try_from(bytes).unwrap_or(u64::MAX).div_ceil(4);
+    let prompt_tokens = tokens(request_bytes);
+    let completion_tokens = tokens(response_bytes);
+    Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens), estimated: true }
+}
+
+/// For a streamed chat request (a JSON object with `"stream": true`) whose
+/// `stream_options.include_usage` is not `true`: the body re-serialized with
+/// it set (other `stream_options` members kept; a missing or `null`
+/// `stream_options` becomes `{"include_usage": true}`), so the stream's final
+/// event reports usage. `None` otherwise: not JSON, not streamed, usage
+/// already asked for, or a `stream_options` that is not an object (the
+/// upstream rejects that request anyway).
+///
+/// Re-serializing may reorder members and rewrite numbers beyond 64-bit
+/// integers or doubles' exact range; the meaning of an OpenAI request is kept.
+/// The client then receives one more event than it asked for: the final one,
+/// with empty `choices` and the usage.
+pub fn ensure_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    if obj.get("stream") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    match obj.get_mut("stream_options") {
+        None | Some(Value::Null) => {
+            let mut so = Map::new();
+            so.insert("include_usage".into(), Value::Bool(true));
+            obj.insert("stream_options".into(), Value::Object(so));
+        }
+        Some(Value::Object(so)) => {
+            if so.get("include_usage") == Some(&Value::Bool(true)) {
+                return None;
+            }
+            so.insert("include_usage".into(), Value::Bool(true));
+        }
+        Some(_) => return None,
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+/// The completion length a request body asks for: the larger of
+/// `max_completion_tokens` and `max_tokens` (non-negative integers) of a
+/// JSON object; `None` when neither is given or the body is not one.
+pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object()?;
+    let a = o.get("max_completion_tokens").and_then(Value::as_u64);
+    let b = o.get("max_tokens").and_then(Value::as_u64);
+    a.max(b)
+}
+
+/// Why a shared-data write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another worker wrote the key since it was read: read again and retry.
+    CasMismatch,
+    /// The host refused the write for another reason: not retried.
+    Failed,
+}
+
+/// Envoy shared data as the quota uses it (`get_shared_data` /
+/// `set_shared_data` of proxy-wasm), so [`update`] can run against a fake.
+pub trait SharedStore {
+    /// The value under `key` and its CAS token; `(None, None)` when absent.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores `value` if the key's CAS token is still `cas`; `cas: None`
+    /// writes unconditionally (Envoy has no "create only if absent", so two
+    /// workers creating the same key at once may lose one update: a single
+    /// request's count, once per identity and resource, as keys are never
+    /// removed).
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// Why an [`update`] did not write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateError<E> {
+    /// `step` refused (e.g. [`Exceeded`]): nothing was written.
+    Refused(E),
+    /// The counter could not be written: every one of [`CAS_ATTEMPTS`]
+    /// attempts lost a race, or the host refused the write. Fail closed
+    /// ([`unavailable`]) when this happens before forwarding.
+    Unavailable(String),
+}
+
+/// Read-modify-write of the counter under `key`, compare-and-swap with
+/// bounded retry: reads it, brings it to the current `window`
+/// ([`Counter::current`]), applies `step` and writes the result only if no
+/// other worker wrote in between; otherwise reads again, at most
+/// [`CAS_ATTEMPTS`] times. `step` may run more than once (on fresh values)
+/// and its refusal is returned as is, writing nothing.
+///
+/// Returns the counter written.
+pub fn update<S, E, F>(store: &S, key: &str, window: Window, now_s: u64, mut step: F) -> Result<Counter, UpdateError<E>>
+where
+    S: SharedStore + ?Sized,
+    F: FnMut(Counter) -> Result<Counter, E>,
+{
+    for _ in 0..CAS_ATTEMPTS {
+        let (value, cas) = store.get(key);
+        let counter = Counter::parse(value.as_deref().unwrap_or_default()).current(window, now_s);
+        let next = step(counter).map_err(UpdateError::Refused)?;
+        match store.set(key, &next.encode(), cas) {
+            Ok(()) => return Ok(next),
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Failed) => return Err(UpdateError::Unavailable(format!("shared data refused the write of {key}"))),
+        }
+    }
+    Err(UpdateError::Unavailable(format!("{key} stayed contended for {CAS_ATTEMPTS} attempts")))
+}
