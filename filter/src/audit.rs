@@ -156,15 +156,8 @@ pub struct ResponseBody {
     pub truncated: bool,
 }
 
-/// `usage` of a record: OpenAI-compatible token counts.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-    /// No `usage` arrived: estimated from body sizes (bytes / 4).
-    pub estimated: bool,
-}
+/// `usage` of a record: OpenAI-compatible token counts (see [`crate::quota`]).
+pub use crate::quota::Usage;
 
 /// `timings_ms` of a record, milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -234,6 +227,8 @@ pub struct Draft {
     pub forwarded_ms: Option<u64>,
     /// Response complete (end of stream seen on the response).
     pub response_done: bool,
+    /// The response is JSON or an event stream (its tail may carry `usage`).
+    pub usage_body: bool,
 }
 
 impl Draft {
@@ -263,6 +258,7 @@ impl Draft {
             approval_wait_ms: 0,
             forwarded_ms: None,
             response_done: false,
+            usage_body: false,
         }
     }
 

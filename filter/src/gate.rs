@@ -135,6 +135,16 @@ pub struct Plan {
     pub mask: Option<crate::config::ResourceMask>,
     /// Set when the request must be held for approval before it is forwarded.
     pub hold: Option<Ticket>,
+    /// Set when the resource has a token quota: checked before forwarding, debited after.
+    pub quota: Option<QuotaPlan>,
+}
+
+/// A request's token quota: the resource's budget and the shared-data key of the caller's counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaPlan {
+    pub quota: std::rc::Rc<crate::config::Quota>,
+    /// `nhi_gate.quota.<resource>.<hash of the key claim>` ([`crate::quota::counter_key`]).
+    pub key: String,
 }
 
 /// The pipeline over one validated configuration.
@@ -306,6 +316,17 @@ impl Gate {
             }
             _ => None,
         };
-        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set, mask: resource.mask.clone(), hold })
+        let quota = match &resource.quota {
+            Some(q) => {
+                let v = crate::quota::key_value(&id.claims, &q.key).ok_or_else(|| crate::quota::key_missing(&q.key))?;
+                if !remove.iter().any(|r| r == "content-length") {
+                    // Streamed chat requests get stream_options.include_usage: another length.
+                    remove.push("content-length".into());
+                }
+                Some(QuotaPlan { quota: q.clone(), key: crate::quota::counter_key(&resource.name, &v) })
+            }
+            None => None,
+        };
+        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set, mask: resource.mask.clone(), hold, quota })
     }
 }

@@ -113,6 +113,8 @@ pub struct Identity {
     pub azp: String,
     /// The audit session: value of the policy's `audit.session_claim`, if set and present.
     pub session: Option<String>,
+    /// All verified claims (e.g. for a quota keyed by a claim such as `repository`).
+    pub claims: std::rc::Rc<Map<String, Value>>,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -146,6 +148,7 @@ impl Identity {
             jti: claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string(),
             azp: claims.get("azp").and_then(Value::as_str).unwrap_or_default().to_string(),
             session: None,
+            claims: std::rc::Rc::new(claims.clone()),
         }
     }
 }

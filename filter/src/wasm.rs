@@ -13,16 +13,17 @@
 
 use crate::approval::{self, Origin, Ticket, Verdict};
 use crate::audit::{ApprovalRecord, Draft, IdentityRecord};
+use crate::quota;
 use crate::body::{self, BodyMode, Encoding};
 use crate::config::{split_url, Config, KeySource, RequestMask, ResourceMask};
 use crate::mask::{Counts, Masker, StreamKind, StreamMasker};
 use crate::deny::Denial;
-use crate::gate::{AuthError, Gate, KeyStore, Plan, TokenCache};
+use crate::gate::{AuthError, Gate, KeyStore, Plan, QuotaPlan, TokenCache};
 use crate::jwks::KeySet;
 use crate::policy::Request;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -95,6 +96,8 @@ struct Worker {
     abandons: Vec<(Ticket, String)>,
     /// Audit records being assembled, by stream.
     drafts: HashMap<u32, Draft>,
+    /// Streams of quota resources: checked and charged before forwarding, debited at the end.
+    quotas: HashMap<u32, QuotaState>,
     /// Envoy's node id (for audit records).
     node: String,
     /// Pushing records to the collector, when configured.
@@ -156,6 +159,13 @@ fn metric(id: Option<u32>, n: usize) {
     if let Some(id) = id {
         let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
+}
+
+/// A stream's token quota.
+struct QuotaState {
+    plan: QuotaPlan,
+    /// Checked and counted (requests + 1): debit its usage when it ends.
+    admitted: bool,
 }
 
 /// A stream held for approval.
@@ -438,7 +448,9 @@ impl Root {
             let next = apply(outcome, &self.worker, Some(waiter.context_id), &waiter.headers, true);
             let ended = self.worker.borrow().as_ref().is_some_and(|w| w.ended.contains(&waiter.context_id));
             match next {
-                Next::Hold if ended => start_approval(self, &self.worker, waiter.context_id, true),
+                Next::Hold | Next::Gate if ended => {
+                    finish_request(self, &self.worker, waiter.context_id, true);
+                }
                 // The whole body waited with the headers and now goes upstream.
                 Next::Continue if ended => capture_request(&self.worker, waiter.context_id, false, 0),
                 _ => {}
@@ -612,6 +624,7 @@ impl RootContext for Root {
                         ended: HashSet::new(),
                         abandons: Vec::new(),
                         drafts: HashMap::new(),
+                        quotas: HashMap::new(),
                         node,
                         shipper,
                     });
@@ -694,6 +707,8 @@ enum Next {
     Continue,
     /// Allowed but held for approval: buffer the body, then call the service.
     Hold,
+    /// Allowed but quota-checked: buffer the body, check, then forward.
+    Gate,
     /// Refused with a local reply.
     Stop,
 }
@@ -729,6 +744,9 @@ fn apply(
             }
             let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
             log::debug!("allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
+            if let (Some(q), Some(id), Some(w)) = (&plan.quota, context_id, worker.borrow_mut().as_mut()) {
+                w.quotas.insert(id, QuotaState { plan: q.clone(), admitted: false });
+            }
             if let (Some(ticket), Some(id)) = (&plan.hold, context_id) {
                 let ticket = ticket.clone();
                 let origin = Origin {
@@ -749,6 +767,9 @@ fn apply(
                 }
                 return Next::Hold;
             }
+            if plan.quota.is_some() && context_id.is_some() {
+                return Next::Gate;
+            }
             if let (Some(w), Some(id)) = (worker.borrow_mut().as_mut(), context_id) {
                 if let Some(d) = w.drafts.get_mut(&id) {
                     d.forwarded_ms = Some(now_ms());
@@ -759,7 +780,15 @@ fn apply(
             }
             Next::Continue
         }
-        Err(d) => {
+        Err(d) => deny_reply(worker, context_id, &request_id, d, &[]),
+    }
+}
+
+/// Sends the local reply of a denial to the current (effective) stream and
+/// marks the stream refused; `extra` headers are added (e.g. `retry-after`).
+fn deny_reply(worker: &Rc<RefCell<Option<Worker>>>, context_id: Option<u32>, request_id: &str, d: Denial, extra: &[(&'static str, String)]) -> Next {
+    {
+        {
             let realm = match worker.borrow_mut().as_mut() {
                 Some(w) => {
                     if let Some(id) = context_id {
@@ -774,11 +803,12 @@ fn apply(
                 None => "nhi-gate".into(),
             };
             let challenge = d.www_authenticate(&realm);
-            let body = d.body(&request_id);
+            let body = d.body(request_id);
             let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("x-nhi-reason", d.reason)];
             if let Some(c) = &challenge {
                 h.push(("www-authenticate", c));
             }
+            h.extend(extra.iter().map(|(n, v)| (*n, v.as_str())));
             log::info!("deny {request_id} status={} reason={}", d.status, d.reason);
             let _ = hostcalls::send_http_response(d.status, h, Some(&body));
             Next::Stop
@@ -803,12 +833,84 @@ fn hold_id() -> String {
 
 /// Refuses the current (effective) stream with a local reply.
 fn refuse(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, d: Denial) {
-    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(n, _)| n == "x-request-id")
-        .collect::<Vec<_>>();
-    apply(Err(d), worker, Some(context_id), &headers, false);
+    refuse_with(worker, context_id, d, &[]);
+}
+
+/// [`refuse`] with extra reply headers.
+fn refuse_with(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, d: Denial, extra: &[(&'static str, String)]) {
+    let request_id = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-request-id").ok().flatten().unwrap_or_default();
+    deny_reply(worker, Some(context_id), &request_id, d, extra);
+}
+
+/// proxy-wasm shared data as the store of quota counters.
+struct HostStore;
+
+impl quota::SharedStore for HostStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), quota::StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(quota::StoreError::CasMismatch),
+            Err(_) => Err(quota::StoreError::Failed),
+        }
+    }
+}
+
+/// The request has fully arrived (body end, trailers, or headers without a
+/// body) on a stream that waited for it: check and charge its token quota
+/// (also the `max_tokens` pre-check, and `stream_options.include_usage` on
+/// streamed chat requests), then start its approval hold if it has one.
+/// `Continue` when the request may go upstream now (from the root context,
+/// `via_root`, it is resumed here). The effective context must be the stream.
+fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, via_root: bool) -> Action {
+    let (pending_quota, held) = match worker.borrow().as_ref() {
+        Some(w) => (
+            w.quotas.get(&context_id).filter(|q| !q.admitted).map(|q| q.plan.clone()),
+            w.holds.contains_key(&context_id),
+        ),
+        None => return Action::Pause,
+    };
+    if let Some(plan) = pending_quota {
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
+        let q = &plan.quota;
+        let max_tokens = if q.check_max_tokens { quota::requested_max_tokens(&body) } else { None };
+        let now_s = now_ms() / 1000;
+        let outcome = quota::update(&HostStore, &plan.key, q.window, now_s, |c| quota::check(q, &c, now_s, max_tokens).map(|()| quota::admit(c)));
+        match outcome {
+            Ok(_) => {
+                if let Some(st) = worker.borrow_mut().as_mut().and_then(|w| w.quotas.get_mut(&context_id)) {
+                    st.admitted = true;
+                }
+            }
+            Err(quota::UpdateError::Refused(ex)) => {
+                refuse_with(worker, context_id, ex.denial(), &ex.headers());
+                return Action::Pause;
+            }
+            Err(quota::UpdateError::Unavailable(e)) => {
+                refuse(worker, context_id, quota::unavailable(e));
+                return Action::Pause;
+            }
+        }
+        if let Some(with_usage) = quota::ensure_include_usage(&body) {
+            if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &with_usage) {
+                log::warn!("quota: cannot ask for stream usage: {e:?}");
+            }
+        }
+    }
+    if held {
+        start_approval(caller, worker, context_id, via_root);
+        return Action::Pause;
+    }
+    if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
+        d.forwarded_ms = Some(now_ms());
+    }
+    if via_root {
+        let _ = hostcalls::resume_http_request();
+    }
+    Action::Continue
 }
 
 /// Reads the held request's buffered body and dispatches its approval callout
@@ -1026,6 +1128,8 @@ enum Standing {
     /// Held for approval: buffering the body (`calling == false`) or waiting
     /// for the service (`calling == true`).
     Held { calling: bool },
+    /// Quota-checked at the request's end: buffering the body.
+    Gated,
     /// Refused with a local reply (or no configuration).
     Refused,
 }
@@ -1044,6 +1148,8 @@ impl Stream {
             Standing::Waiting
         } else if let Some(h) = w.holds.get(&id) {
             Standing::Held { calling: h.calling }
+        } else if w.quotas.get(&id).is_some_and(|q| !q.admitted) {
+            Standing::Gated
         } else {
             Standing::Free
         }
@@ -1105,7 +1211,16 @@ impl Stream {
         if w.node.is_empty() {
             w.node = node_id();
         }
-        let usage = None;
+        let admitted = w.quotas.remove(&self.context_id).filter(|q| q.admitted);
+        let mut usage = if d.usage_body { quota::usage_from_tail(d.response.tail()) } else { None };
+        if let Some(q) = &admitted {
+            let u = usage.get_or_insert_with(|| quota::estimate(d.request.size(), d.response.size())).total_tokens;
+            let now_s = now_ms() / 1000;
+            let debited = quota::update(&HostStore, &q.plan.key, q.plan.quota.window, now_s, |c| Ok::<_, ()>(quota::debit(c, u)));
+            if let Err(e) = debited {
+                log::warn!("quota: debit of {u} tokens for {} failed: {e:?}", d.request_id);
+            }
+        }
         let record = d.finish(now_ms(), w.node.clone(), status, self.counts.clone(), usage);
         let json = serde_json::to_vec(&record).unwrap_or_default();
         let queue = w.shipper.as_ref().map(|sh| (sh.queue, sh.dropped));
@@ -1298,9 +1413,9 @@ impl HttpContext for Stream {
         match apply(outcome, &self.worker, Some(self.context_id), &headers, false) {
             Next::Continue => Action::Continue,
             Next::Stop => Action::Pause,
-            Next::Hold => {
+            Next::Hold | Next::Gate => {
                 if eos {
-                    start_approval(self, &self.worker, self.context_id, false);
+                    return finish_request(self, &self.worker, self.context_id, false);
                 }
                 Action::Pause
             }
@@ -1308,6 +1423,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, n: usize, eos: bool) -> Action {
+        let ctype = self.get_http_response_header_bytes("content-type").unwrap_or_default().to_ascii_lowercase();
+        let usage_body = ctype.windows(4).any(|w| w == b"json") || ctype.windows(12).any(|w| w == b"event-stream");
+        if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
+            d.usage_body = usage_body;
+        }
         let action = self.response_headers(n, eos);
         if eos && action == Action::Continue {
             self.response_done();
@@ -1373,7 +1493,7 @@ impl Stream {
                 return Action::Pause;
             }
             Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
-            Standing::Held { calling: false } => true,
+            Standing::Held { calling: false } | Standing::Gated => true,
             Standing::Free => false,
         };
         // A body followed by trailers never reached end-of-stream in the body
@@ -1382,9 +1502,8 @@ impl Stream {
             return self.fail(400, "unmaskable_body", "request bodies with trailers cannot be masked");
         }
         if held {
-            // The body ended with trailers: it is complete, ask for approval now.
-            start_approval(self, &self.worker, self.context_id, false);
-            return Action::Pause;
+            // The body ended with trailers: it is complete; quota, then approval.
+            return finish_request(self, &self.worker, self.context_id, false);
         }
         Action::Continue
     }
@@ -1409,8 +1528,9 @@ impl Stream {
             }
             Standing::Refused | Standing::Held { calling: true } => return Action::Pause,
             Standing::Held { calling: false } => true,
-            Standing::Free => false,
+            Standing::Gated | Standing::Free => false,
         };
+        let waits = held || self.standing() == Standing::Gated;
         if held && size > self.max_held_body() {
             refuse(&self.worker, self.context_id, body_too_large(self.max_held_body()));
             return Action::Pause;
@@ -1418,9 +1538,9 @@ impl Stream {
         if self.mask_request_body(size, eos) == Action::Pause {
             return Action::Pause;
         }
-        if held {
+        if waits {
             if eos {
-                start_approval(self, &self.worker, self.context_id, false);
+                return finish_request(self, &self.worker, self.context_id, false);
             }
             return Action::Pause;
         }

@@ -66,6 +66,7 @@ fn identity(groups: &[&str]) -> Identity {
         jti: String::new(),
         azp: String::new(),
         session: None,
+        claims: Default::default(),
     }
 }
 

@@ -104,6 +104,7 @@ fn identity(groups: &[&str]) -> Identity {
         jti: String::new(),
         azp: String::new(),
         session: None,
+        claims: Default::default(),
     }
 }
 
@@ -378,6 +379,7 @@ fn plan_for_a_read_strips_credentials_and_sets_headers() {
             ],
             mask: None,
             hold: None,
+            quota: None,
         }
     );
 }

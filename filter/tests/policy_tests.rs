@@ -33,6 +33,7 @@ fn id(groups: &[&str], scopes: &[&str]) -> Identity {
         jti: String::new(),
         azp: String::new(),
         session: None,
+        claims: Default::default(),
     }
 }
 
