@@ -1,0 +1,170 @@
+"""Token quotas inside real Envoy with 2 workers: concurrent streamed and
+non-streamed chat completions from several identities; no request is admitted
+once the budget is spent, and exactly the reported usage is debited (budgets
+placed one token either side of what was used); 429 headers; a quota keyed by
+a claim shared by two subjects; the max_tokens pre-check; window reset; the
+audit record of each outcome."""
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
+
+import pytest
+
+from harness import Envoy, Handler, claims, free_port
+
+ISS = "https://ci.test"
+PER_REQUEST = 30  # tokens the backend reports for every completion
+
+
+class Llm:
+    """OpenAI-compatible chat completions reporting PER_REQUEST tokens; an SSE
+    stream carries usage only if the request asked (stream_options.include_usage)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.bodies = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class H(Handler):
+            def do_POST(self):
+                req = json.loads(self.read_body() or b"{}")
+                with outer.lock:
+                    outer.bodies.append(req)
+                usage = {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": PER_REQUEST}
+                if "no-usage" in self.path:
+                    self.reply(200, b'{"choices":[{"message":{"content":"no usage here"}}]}')
+                    return
+                if req.get("stream"):
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    events = [{"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None}]
+                    if (req.get("stream_options") or {}).get("include_usage"):
+                        events.append({"choices": [], "usage": usage})
+                    for e in events:
+                        time.sleep(0.05)
+                        data = f"data: {json.dumps(e)}\n\n".encode()
+                        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                        self.wfile.flush()
+                    done = b"data: [DONE]\n\n"
+                    self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+                    return
+                time.sleep(0.05)
+                self.reply(200, json.dumps({"choices": [{"message": {"content": "hi"}}], "usage": usage}).encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def resource(name, quota):
+    return {"name": name, "path_prefix": f"/{name}/", "read": {"any_of": ["llm-users"]},
+            "operations": [{"methods": ["POST"], "path_glob": f"/{name}/**", "class": "read"}], "quota": quota}
+
+
+@pytest.fixture(scope="module")
+def stack(envoy_bin, keys):
+    llm = Llm()
+    pol = {
+        "providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [keys["es"].jwk]}}],
+        "resources": [
+            resource("a", {"tokens": 4 * PER_REQUEST, "window": "minute"}),
+            resource("b", {"key": "repository", "tokens": 4 * PER_REQUEST + 1, "window": "minute"}),
+            resource("c", {"tokens": 50, "window": "minute", "check_max_tokens": True}),
+        ],
+    }
+    env = Envoy(envoy_bin, pol, llm.port, concurrency=2)
+    yield env, llm, keys
+    env.stop()
+    llm.close()
+
+
+def chat(env, keys, path, sub, stream, repository=None, max_tokens=None):
+    extra = {"repository": repository} if repository else {}
+    tok = keys["es"].sign(claims(ISS, sub=sub, groups=("llm-users",), **extra))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": stream}
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    return env.request("POST", path, [("authorization", f"Bearer {tok}"), ("content-type", "application/json")],
+                       json.dumps(body).encode())
+
+
+def round_of(env, keys, path, jobs):
+    """Sends the (sub, stream, repository) jobs concurrently; returns their statuses and headers."""
+    with ThreadPoolExecutor(len(jobs)) as ex:
+        futs = [ex.submit(chat, env, keys, path, sub, stream, repo) for sub, stream, repo in jobs]
+        return [f.result() for f in futs]
+
+
+def test_spent_budget_admits_nothing_and_debits_exactly_the_usage(stack):
+    env, llm, keys = stack
+    subs = ["job-1", "job-2", "job-3"]
+    # round 1: 4 concurrent completions per identity (2 streamed, 2 not), 12 in flight across both workers
+    first = round_of(env, keys, "/a/v1/chat/completions", [(s, i % 2 == 0, None) for s in subs for i in range(4)])
+    assert [r[0] for r in first] == [200] * 12
+    # every streamed request reached the backend asking for usage, though the client did not
+    streamed = [b for b in llm.bodies if b.get("stream")]
+    assert len(streamed) == 6 and all(b["stream_options"]["include_usage"] is True for b in streamed)
+    # each identity used exactly its budget (4 x 30 = 120): nothing more is admitted
+    before = len(llm.bodies)
+    second = round_of(env, keys, "/a/v1/chat/completions", [(s, i % 2 == 0, None) for s in subs for i in range(3)])
+    assert [r[0] for r in second] == [429] * 9
+    assert len(llm.bodies) == before, "a request reached the backend after the budget was spent"
+    st, h, out = second[0]
+    assert h["x-ratelimit-limit-tokens"] == "120" and h["x-ratelimit-remaining-tokens"] == "0"
+    assert 1 <= int(h["retry-after"]) <= 60 and h["x-ratelimit-reset-tokens"].endswith("s")
+    assert json.loads(out)["reason"] == "quota_exceeded" and h["x-nhi-reason"] == "quota_exceeded"
+
+
+def test_quota_keyed_by_a_claim_is_shared_and_one_token_over_still_admits(stack):
+    env, llm, keys = stack
+    # two subjects of one repository share the budget of 121 tokens
+    jobs = [("build", True, "org/app"), ("deploy", False, "org/app"), ("build", False, "org/app"), ("deploy", True, "org/app")]
+    assert [r[0] for r in round_of(env, keys, "/b/v1/chat/completions", jobs)] == [200] * 4
+    st, _, _ = chat(env, keys, "/b/v1/chat/completions", "test", False, "org/app")
+    assert st == 200, "120 of 121 tokens used: one more request is admitted"
+    st, h, _ = chat(env, keys, "/b/v1/chat/completions", "build", True, "org/app")
+    assert st == 429 and h["x-ratelimit-limit-tokens"] == "121"
+    st, _, _ = chat(env, keys, "/b/v1/chat/completions", "build", True, "org/other")
+    assert st == 200, "another repository has its own budget"
+    st, _, out = chat(env, keys, "/b/v1/chat/completions", "build", True, None)
+    assert st == 403 and json.loads(out)["reason"] == "quota_key_missing"
+
+
+def test_max_tokens_precheck_then_window_reset(stack):
+    env, llm, keys = stack
+    before = len(llm.bodies)
+    st, h, out = chat(env, keys, "/c/v1/chat/completions", "pre", False, max_tokens=60)
+    assert st == 429 and len(llm.bodies) == before and "max_tokens" in json.loads(out)["detail"]
+    for _ in range(2):
+        st, _, _ = chat(env, keys, "/c/v1/chat/completions", "pre", False, max_tokens=10)
+        assert st == 200
+    st, h, _ = chat(env, keys, "/c/v1/chat/completions", "pre", False, max_tokens=10)
+    assert st == 429
+    time.sleep(int(h["retry-after"]) + 1)  # the minute window turns over
+    st, _, _ = chat(env, keys, "/c/v1/chat/completions", "pre", False, max_tokens=10)
+    assert st == 200
+
+
+def test_audit_records_usage_and_quota_denials(stack):
+    env, llm, keys = stack
+    st, _, _ = chat(env, keys, "/c/v1/chat/completions/no-usage", "auditee", False)
+    assert st == 200
+    recs = env.audit_records(1)
+    time.sleep(0.5)
+    recs = env.audit_records()
+    streamed_ok = [r for r in recs if r["path"] == "/a/v1/chat/completions" and r["status"] == 200]
+    assert streamed_ok and all(r["usage"] == {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30, "estimated": False}
+                               for r in streamed_ok)
+    denied = [r for r in recs if r["status"] == 429]
+    assert denied and all(r["decision"] == "deny" and r["reason"] == "quota_exceeded" for r in denied)
+    [est] = [r for r in recs if r["path"].endswith("/no-usage")]
+    assert est["usage"]["estimated"] is True and est["usage"]["total_tokens"] > 0
