@@ -461,3 +461,42 @@ class FakeCollector(_Server):
             return H
 
         super().__init__(factory)
+
+
+class AuditCollector:
+    """The real reference collector, `nhi-gate audit serve`, on loopback with
+    its SQLite file in a temp folder. `audit(...)` runs `nhi-gate audit ...`
+    against that database."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="nhi-gate-audit-")
+        self.db = os.path.join(self.dir, "audit.db")
+        self.log = open(os.path.join(self.dir, "collector.log"), "a")
+        self.proc = subprocess.Popen([str(CLI), "audit", "serve", "--listen", f"127.0.0.1:{self.port}", "--db", self.db],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("audit collector did not start")
+
+    def audit(self, *args, check=True):
+        r = subprocess.run([str(CLI), "audit", *args, "--db", self.db], capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise AssertionError(f"nhi-gate audit {args} failed: {r.stdout}{r.stderr}")
+        return r
+
+    def count(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        c.request("GET", "/healthz")
+        return json.loads(c.getresponse().read())["records"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
