@@ -443,6 +443,7 @@ class FakeCollector(_Server):
 
     def __init__(self):
         self.records = []
+        self.received_at = []
         self.batches = 0
         self.status = 200
         self.lock = threading.Lock()
@@ -454,7 +455,9 @@ class FakeCollector(_Server):
                     body = json.loads(self.read_body() or b"{}")
                     if outer.status == 200:
                         with outer.lock:
-                            outer.records.extend(body.get("records", []))
+                            for r in body.get("records", []):
+                                outer.records.append(r)
+                                outer.received_at.append(time.time())
                             outer.batches += 1
                     self.reply(outer.status, json.dumps({"accepted": len(body.get("records", []))}).encode())
 

@@ -219,3 +219,46 @@ def test_collector_down_keeps_serving_and_counts_drops(envoy_bin, keys):
         env.stop()
         be.close()
         appr.close()
+
+
+def test_sync_audit_forwards_only_after_the_collector_acknowledged(envoy_bin, keys):
+    from harness import Upstream
+    up = Upstream()
+    col = FakeCollector()
+    pol = {
+        "providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [keys["es"].jwk]}}],
+        "resources": [{"name": "ingest", "path_prefix": "/ingest", "write": {"any_of": ["writers"]}, "audit": "sync"},
+                      {"name": "other", "path_prefix": "/other", "read": {"any_of": ["writers"]}}],
+        "audit": {"collector": {"cluster": "collector", "flush_ms": 100, "timeout_ms": 1000}},
+    }
+    env = Envoy(envoy_bin, pol, up.port, clusters={"collector": col.port})
+    try:
+        a = [("authorization", "Bearer " + tok(keys, ("writers",), "loader"))]
+        st, _, _ = env.request("POST", "/ingest/doc", a, b'{"text":"quarterly numbers"}')
+        assert st == 200 and up.count == 1
+        part = next(r for r in col.records if r["path"] == "/ingest/doc" and r["status"] is None)
+        t_part = col.received_at[col.records.index(part)]
+        assert t_part <= up.last()["t"], "forwarded before the collector acknowledged"
+        assert part["decision"] == "allow" and part["request_body"]["text"] == '{"text":"quarterly numbers"}'
+        assert part["response_body"] is None and part["identity"]["subject"] == "loader"
+        # the final record follows, with the response
+        deadline = time.time() + 5
+        while not any(r["path"] == "/ingest/doc" and r["status"] == 200 for r in col.records) and time.time() < deadline:
+            time.sleep(0.1)
+        assert any(r["path"] == "/ingest/doc" and r["status"] == 200 for r in col.records)
+        # the collector refuses: fail closed, the upstream never sees the request
+        col.status = 500
+        st, _, out = env.request("POST", "/ingest/doc2", a, b"{}")
+        assert st == 503 and json.loads(out)["reason"] == "audit_unavailable" and up.count == 1
+        # other (async) resources keep flowing
+        st, _, _ = env.request("GET", "/other/x", a)
+        assert st == 200 and up.count == 2
+        # the collector is gone
+        col.close()
+        st, _, out = env.request("POST", "/ingest/doc3", a, b"{}")
+        assert st == 503 and json.loads(out)["reason"] == "audit_unavailable" and up.count == 2
+        recs = env.audit_records(4)
+        assert [r["reason"] for r in recs if r["path"].startswith("/ingest/doc")] == [None, "audit_unavailable", "audit_unavailable"]
+    finally:
+        env.stop()
+        up.close()

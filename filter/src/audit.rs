@@ -262,6 +262,17 @@ impl Draft {
         }
     }
 
+    /// The request part of a synchronous audit (`docs/audit-record.md`):
+    /// the record as the request is forwarded, `status: null`, no response.
+    pub fn request_part(&self, now_ms: u64, node: String, masking: BTreeMap<String, u64>) -> Record {
+        let mut r = self.finish(now_ms, node, 0, masking, None);
+        r.status = None;
+        r.aborted = false;
+        r.response_body = None;
+        r.timings_ms.upstream = 0;
+        r
+    }
+
     /// Finishes the record at `now_ms`. `status`: what the client got (0 if
     /// none); `usage`: from the response, if any.
     pub fn finish(&self, now_ms: u64, node: String, status: u32, masking: BTreeMap<String, u64>, usage: Option<Usage>) -> Record {

@@ -154,6 +154,8 @@ struct RawResource {
     approval: Option<RawApproval>,
     #[serde(default)]
     quota: Option<RawQuota>,
+    #[serde(default)]
+    audit: Option<String>,
 }
 
 /// Per-resource token quota (see `crate::quota`).
@@ -440,6 +442,9 @@ pub struct Resource {
     pub approval: Option<std::rc::Rc<Approval>>,
     /// Token (and request) budget per identity per window, if enabled for this resource.
     pub quota: Option<std::rc::Rc<Quota>>,
+    /// Synchronous audit (`audit: "sync"`): forward only once the collector
+    /// acknowledged the request's record (fail closed: 503 `audit_unavailable`).
+    pub sync_audit: bool,
 }
 
 /// A resource's token quota (`crate::quota` applies it).
@@ -902,6 +907,7 @@ impl RawConfig {
 
         let mut resources = Vec::new();
         let mut rnames = HashSet::new();
+        let has_collector = self.audit.collector.is_some();
         for (i, r) in self.resources.into_iter().enumerate() {
             let at = format!("resources[{i}]");
             if r.name.is_empty() || !rnames.insert(r.name.clone()) {
@@ -1010,8 +1016,22 @@ impl RawConfig {
             });
             let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a)));
             let quota = r.quota.map(|q| std::rc::Rc::new(quota(&mut errs, &format!("{at}.quota"), q)));
+            let sync_audit = match r.audit.as_deref() {
+                None | Some("async") => false,
+                Some("sync") => {
+                    if !has_collector {
+                        errs.add(format!("{at}.audit"), "sync audit needs an audit.collector to acknowledge records");
+                    }
+                    true
+                }
+                Some(other) => {
+                    errs.add(format!("{at}.audit"), format!("must be \"sync\" or \"async\", not {other:?}"));
+                    false
+                }
+            };
             resources.push(Resource {
                 quota,
+                sync_audit,
                 approval,
                 mask,
                 name: r.name,

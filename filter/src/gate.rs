@@ -137,6 +137,8 @@ pub struct Plan {
     pub hold: Option<Ticket>,
     /// Set when the resource has a token quota: checked before forwarding, debited after.
     pub quota: Option<QuotaPlan>,
+    /// Forward only after the collector acknowledged the request's audit record.
+    pub sync_audit: bool,
 }
 
 /// A request's token quota: the resource's budget and the shared-data key of the caller's counter.
@@ -327,6 +329,6 @@ impl Gate {
             }
             None => None,
         };
-        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set, mask: resource.mask.clone(), hold, quota })
+        Ok(Plan { resource: resource.name.clone(), operation: op.as_str(), identity: Some(id), remove, set, mask: resource.mask.clone(), hold, quota, sync_audit: resource.sync_audit })
     }
 }

@@ -25,7 +25,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -98,6 +98,10 @@ struct Worker {
     drafts: HashMap<u32, Draft>,
     /// Streams of quota resources: checked and charged before forwarding, debited at the end.
     quotas: HashMap<u32, QuotaState>,
+    /// Streams of sync-audit resources: `true` once their callout to the collector is out.
+    syncs: HashMap<u32, bool>,
+    /// Sync-audit callouts: token → stream.
+    sync_calls: HashMap<u32, u32>,
     /// Envoy's node id (for audit records).
     node: String,
     /// Pushing records to the collector, when configured.
@@ -292,11 +296,18 @@ impl Context for Root {
         if self.shipped(token) {
             return;
         }
+        let sync = self.worker.borrow_mut().as_mut().and_then(|w| w.sync_calls.remove(&token));
+        if let Some(context_id) = sync {
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                sync_answer(&self.worker, context_id);
+            }
+            return;
+        }
         let stream = self.worker.borrow_mut().as_mut().and_then(|w| w.approval_calls.remove(&token));
         if let Some(context_id) = stream {
             // An approval callout the root dispatched for a stream resumed after a JWKS wait.
             if hostcalls::set_effective_context(context_id).is_ok() {
-                approval_answer(&self.worker, context_id, body_size);
+                approval_answer(self, &self.worker, context_id, body_size);
             }
             return;
         }
@@ -625,6 +636,8 @@ impl RootContext for Root {
                         abandons: Vec::new(),
                         drafts: HashMap::new(),
                         quotas: HashMap::new(),
+                        syncs: HashMap::new(),
+                        sync_calls: HashMap::new(),
                         node,
                         shipper,
                     });
@@ -747,6 +760,9 @@ fn apply(
             if let (Some(q), Some(id), Some(w)) = (&plan.quota, context_id, worker.borrow_mut().as_mut()) {
                 w.quotas.insert(id, QuotaState { plan: q.clone(), admitted: false });
             }
+            if let (true, Some(id), Some(w)) = (plan.sync_audit, context_id, worker.borrow_mut().as_mut()) {
+                w.syncs.insert(id, false);
+            }
             if let (Some(ticket), Some(id)) = (&plan.hold, context_id) {
                 let ticket = ticket.clone();
                 let origin = Origin {
@@ -767,7 +783,7 @@ fn apply(
                 }
                 return Next::Hold;
             }
-            if plan.quota.is_some() && context_id.is_some() {
+            if (plan.quota.is_some() || plan.sync_audit) && context_id.is_some() {
                 return Next::Gate;
             }
             if let (Some(w), Some(id)) = (worker.borrow_mut().as_mut(), context_id) {
@@ -900,17 +916,84 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
             }
         }
     }
+    // The whole request, as it goes upstream, in the audit record.
+    capture_request(worker, context_id, false, 0);
     if held {
         start_approval(caller, worker, context_id, via_root);
+        return Action::Pause;
+    }
+    release(caller, worker, context_id, via_root)
+}
+
+/// Lets a waiting request go upstream — after a synchronous audit of its
+/// request part, when its resource asks for one (then `Pause`: the
+/// collector's answer resumes it). `resume`: the stream is paused outside
+/// its own body callback (root context, or a callout answer) and is resumed
+/// here; otherwise `Continue` is for the caller to return.
+fn release(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, resume: bool) -> Action {
+    // None: no sync audit (or already acknowledged); Some(None): it cannot be sent.
+    let sync: Option<Option<(crate::config::Collector, Vec<u8>)>> = {
+        let mut guard = worker.borrow_mut();
+        let Some(w) = guard.as_mut() else { return Action::Pause };
+        match w.syncs.get(&context_id) {
+            Some(false) => Some(w.gate.config.audit.collector.clone().zip(w.drafts.get(&context_id)).map(|(c, d)| {
+                let rec = d.request_part(now_ms(), w.node.clone(), BTreeMap::new());
+                (c, serde_json::to_vec(&serde_json::json!({"records": [rec]})).unwrap_or_default())
+            })),
+            _ => None,
+        }
+    };
+    if let Some(ready) = sync {
+        let Some((c, body)) = ready else {
+            refuse(worker, context_id, audit_unavailable("no audit record to acknowledge".into()));
+            return Action::Pause;
+        };
+        let auth = c.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        match caller.dispatch_http_call(&c.cluster, headers, Some(&body), vec![], Duration::from_millis(c.timeout_ms)) {
+            Ok(token) => {
+                if let Some(w) = worker.borrow_mut().as_mut() {
+                    w.syncs.insert(context_id, true);
+                    w.sync_calls.insert(token, context_id);
+                }
+            }
+            Err(e) => refuse(worker, context_id, audit_unavailable(format!("cannot call the audit collector: {e:?}"))),
+        }
         return Action::Pause;
     }
     if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
         d.forwarded_ms = Some(now_ms());
     }
-    if via_root {
+    if resume {
         let _ = hostcalls::resume_http_request();
     }
     Action::Continue
+}
+
+/// 503 `audit_unavailable`: a sync-audit record was not acknowledged (fail closed).
+fn audit_unavailable(detail: String) -> Denial {
+    Denial { status: 503, reason: "audit_unavailable", detail }
+}
+
+/// Handles the collector's answer to a sync-audit callout for the current
+/// (effective) stream: 200 → forward; anything else → 503 `audit_unavailable`.
+fn sync_answer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) {
+    let waiting = worker.borrow_mut().as_mut().and_then(|w| w.syncs.remove(&context_id)).is_some();
+    if !waiting {
+        return;
+    }
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+    if status.as_deref() != Some("200") {
+        let got = status.unwrap_or_else(|| "no answer".into());
+        return refuse(worker, context_id, audit_unavailable(format!("the audit collector did not acknowledge the record ({got})")));
+    }
+    if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
+        d.forwarded_ms = Some(now_ms());
+    }
+    let _ = hostcalls::resume_http_request();
 }
 
 /// Reads the held request's buffered body and dispatches its approval callout
@@ -1002,7 +1085,7 @@ fn body_too_large(max: usize) -> Denial {
 
 /// Handles the approval service's answer for the current (effective) stream:
 /// resume, 202 Accepted, or refuse. Ignored if the stream is no longer held.
-fn approval_answer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, body_size: usize) {
+fn approval_answer(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, body_size: usize) {
     let Some(hold) = worker.borrow_mut().as_mut().and_then(|w| w.holds.remove(&context_id)) else { return };
     let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
     let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(64 * 1024))
@@ -1042,7 +1125,7 @@ fn approval_answer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, body_s
         }
         Verdict::Approved { approval_id, approver } => {
             log::info!("approved hold {id} approval={approval_id} approver={approver}");
-            let _ = hostcalls::resume_http_request();
+            release(caller, worker, context_id, true);
         }
         Verdict::Pending(p) => {
             if let Some(w) = worker.borrow_mut().as_mut() {
@@ -1092,8 +1175,13 @@ enum Response {
 }
 
 impl Context for Stream {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        approval_answer(&self.worker, self.context_id, body_size);
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let sync = self.worker.borrow_mut().as_mut().and_then(|w| w.sync_calls.remove(&token));
+        if sync.is_some() {
+            sync_answer(&self.worker, self.context_id);
+        } else {
+            approval_answer(self, &self.worker, self.context_id, body_size);
+        }
     }
 
     fn on_done(&mut self) -> bool {
@@ -1102,6 +1190,7 @@ impl Context for Stream {
             w.denied.remove(&self.context_id);
             w.masked.remove(&self.context_id);
             w.ended.remove(&self.context_id);
+            w.syncs.remove(&self.context_id);
             if let Some(h) = w.holds.remove(&self.context_id) {
                 if h.calling {
                     // The client hung up while held: never resumed; tell the service.
@@ -1148,7 +1237,9 @@ impl Stream {
             Standing::Waiting
         } else if let Some(h) = w.holds.get(&id) {
             Standing::Held { calling: h.calling }
-        } else if w.quotas.get(&id).is_some_and(|q| !q.admitted) {
+        } else if w.syncs.get(&id) == Some(&true) {
+            Standing::Held { calling: true }
+        } else if w.quotas.get(&id).is_some_and(|q| !q.admitted) || w.syncs.contains_key(&id) {
             Standing::Gated
         } else {
             Standing::Free

@@ -380,6 +380,7 @@ fn plan_for_a_read_strips_credentials_and_sets_headers() {
             mask: None,
             hold: None,
             quota: None,
+            sync_audit: false,
         }
     );
 }
