@@ -33,7 +33,22 @@ class Backend:
                 outer.hits += 1
                 if "/slow" in self.path:
                     time.sleep(2)
+                if "/brotli" in self.path:  # an encoding the masker cannot read: 502, fail closed
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-encoding", "br")
+                    self.send_header("content-length", "4")
+                    self.end_headers()
+                    self.wfile.write(b"\x0b\x02\x80{")
+                    return
                 self.reply(200, json.dumps({"doc": f"contact {EMAIL}", "n": 1}).encode())
+
+            def do_HEAD(self):
+                outer.hits += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", "40")
+                self.end_headers()
 
             def do_PUT(self):
                 outer.hits += 1
@@ -129,6 +144,10 @@ def test_one_record_per_request_in_the_log_and_at_the_collector(stack, keys):
     send("GET", "/docs/d", A(expired))
     send("PUT", "/docs/points", A(reader), b"{}")
     send("GET", "/elsewhere", A(reader))
+    st, _, _ = send("HEAD", "/docs/head", A(reader))
+    assert st == 200
+    st, _, _ = send("GET", "/docs/brotli", A(reader))
+    assert st == 502
     appr.decide = lambda call: FakeApprovals.answer("approved", approval_id="apr_a1", approver="alice")
     st, _, _ = send("PUT", "/docs/points", A(writer), b'{"points":[1]}')
     assert st == 200
@@ -165,6 +184,10 @@ def test_one_record_per_request_in_the_log_and_at_the_collector(stack, keys):
     assert (one("GET", "/docs/c")["decision"], one("GET", "/docs/c")["reason"], one("GET", "/docs/c")["identity"]) == ("deny", "missing_token", None)
     assert one("GET", "/docs/d")["reason"] == "expired" and one("GET", "/docs/d")["status"] == 401
     assert one("GET", "/elsewhere")["reason"] == "no_matching_resource"
+    head = one("HEAD", "/docs/head")
+    assert (head["decision"], head["status"], head["aborted"]) == ("allow", 200, False)
+    br = one("GET", "/docs/brotli")
+    assert (br["decision"], br["reason"], br["status"]) == ("deny", "unmaskable_encoding", 502)
     puts = by_path[("PUT", "/docs/points")]
     assert sorted((p["decision"], p["reason"], p["status"]) for p in puts) == sorted(
         [("deny", "group_not_allowed", 403), ("allow", None, 200), ("pending", "approval_pending", 202)])
