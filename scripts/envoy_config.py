@@ -41,8 +41,9 @@ def wasm_filter(policy_text, wasm_path):
     }
 
 
-def cluster(name, port, host="127.0.0.1"):
-    return {
+def cluster(name, port, host="127.0.0.1", http2=False):
+    """A loopback cluster; `http2` for gRPC services (e.g. a rate-limit service)."""
+    c = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -51,6 +52,11 @@ def cluster(name, port, host="127.0.0.1"):
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
         },
     }
+    if http2:
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return c
 
 
 def audit_log(path):
@@ -68,7 +74,8 @@ def audit_log(path):
     }
 
 
-def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=True, audit_path=None, node="nhi-gate"):
+def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=True, audit_path=None, node="nhi-gate",
+           grpc_clusters=()):
     http_filters = [wasm_filter(policy_text, wasm_path)] if with_filter else []
     http_filters.append({"name": "envoy.filters.http.router",
                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
@@ -101,7 +108,7 @@ def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=
                     },
                 }]}],
             }],
-            "clusters": [cluster(name, port) for name, port in clusters],
+            "clusters": [cluster(name, port, http2=name in grpc_clusters) for name, port in clusters],
         },
     }
 

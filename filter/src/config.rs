@@ -171,7 +171,23 @@ struct RawQuota {
     requests: Option<u64>,
     #[serde(default)]
     check_max_tokens: bool,
+    #[serde(default)]
+    service: Option<RawRlsService>,
 }
+
+/// A rate-limit service speaking Envoy's RLS v3 protocol.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRlsService {
+    cluster: String,
+    #[serde(default = "default_rls_domain")]
+    domain: String,
+    #[serde(default = "default_rls_timeout")]
+    timeout_ms: u64,
+}
+
+fn default_rls_domain() -> String { "nhi-gate".into() }
+fn default_rls_timeout() -> u64 { 1000 }
 
 /// Per-resource approval hold (see `docs/approval-protocol.md`).
 #[derive(Debug, Deserialize)]
@@ -462,6 +478,24 @@ pub struct Quota {
     /// Also refuse a request whose `max_tokens` (or `max_completion_tokens`)
     /// is more than the tokens left.
     pub check_max_tokens: bool,
+    /// Keep the counters in a rate-limit service (fleets of Envoys) instead
+    /// of this Envoy's shared data.
+    pub service: Option<RlsService>,
+}
+
+/// A rate-limit service speaking Envoy's RLS v3 protocol
+/// (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`; e.g.
+/// envoyproxy/ratelimit, Limitador), reached over gRPC on an Envoy cluster.
+/// Descriptor sent: `[("resource", <resource name>), ("identity", <key claim value>)]`;
+/// the service's limit for it is the budget (tokens per unit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RlsService {
+    /// Envoy cluster (HTTP/2) of the service.
+    pub cluster: String,
+    /// RLS `domain`.
+    pub domain: String,
+    /// gRPC call timeout, milliseconds (50..=10000).
+    pub timeout_ms: u64,
 }
 
 /// A method+path pattern (`methods` empty = any method).
@@ -798,7 +832,19 @@ fn quota(errs: &mut Errors, at: &str, q: RawQuota) -> Quota {
             errs.add(format!("{at}.requests"), format!("must be between 1 and {MAX_REQUESTS_BUDGET}"));
         }
     }
-    Quota { key, window, tokens: q.tokens, requests: q.requests, check_max_tokens: q.check_max_tokens }
+    let service = q.service.map(|s| {
+        if s.cluster.is_empty() {
+            errs.add(format!("{at}.service.cluster"), "the Envoy cluster of the rate-limit service is required");
+        }
+        if s.domain.is_empty() {
+            errs.add(format!("{at}.service.domain"), "must be non-empty");
+        }
+        if !(50..=10_000).contains(&s.timeout_ms) {
+            errs.add(format!("{at}.service.timeout_ms"), "must be between 50 and 10000");
+        }
+        RlsService { cluster: s.cluster, domain: s.domain, timeout_ms: s.timeout_ms }
+    });
+    Quota { key, window, tokens: q.tokens, requests: q.requests, check_max_tokens: q.check_max_tokens, service }
 }
 
 impl RawConfig {

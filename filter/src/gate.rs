@@ -147,6 +147,9 @@ pub struct QuotaPlan {
     pub quota: std::rc::Rc<crate::config::Quota>,
     /// `nhi_gate.quota.<resource>.<hash of the key claim>` ([`crate::quota::counter_key`]).
     pub key: String,
+    /// The resource name and the key claim's value (the descriptor sent to a rate-limit service).
+    pub resource: String,
+    pub identity: String,
 }
 
 /// The pipeline over one validated configuration.
@@ -325,7 +328,7 @@ impl Gate {
                     // Streamed chat requests get stream_options.include_usage: another length.
                     remove.push("content-length".into());
                 }
-                Some(QuotaPlan { quota: q.clone(), key: crate::quota::counter_key(&resource.name, &v) })
+                Some(QuotaPlan { quota: q.clone(), key: crate::quota::counter_key(&resource.name, &v), resource: resource.name.clone(), identity: v })
             }
             None => None,
         };

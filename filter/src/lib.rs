@@ -10,6 +10,7 @@
 //! - [`gate`]: the pipeline tying them together, with the verified-token cache;
 //! - [`approval`]: which requests are held for approval, the callout and its answer;
 //! - [`quota`]: token and request budgets per identity, counters and usage;
+//! - [`rls`]: the wire format of Envoy's rate-limit service (RLS v3) for an external quota;
 //! - [`mask`] and [`body`]: PII redaction of request and response bodies;
 //! - [`audit`]: the per-request audit record;
 //! - [`deny`]: local-reply status, reason and body.
@@ -31,6 +32,7 @@ pub mod jwt;
 pub mod mask;
 pub mod policy;
 pub mod quota;
+pub mod rls;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

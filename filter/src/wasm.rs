@@ -14,6 +14,7 @@
 use crate::approval::{self, Origin, Ticket, Verdict};
 use crate::audit::{ApprovalRecord, Draft, IdentityRecord};
 use crate::quota;
+use crate::rls;
 use crate::body::{self, BodyMode, Encoding};
 use crate::config::{split_url, Config, KeySource, RequestMask, ResourceMask};
 use crate::mask::{Counts, Masker, StreamKind, StreamMasker};
@@ -102,6 +103,10 @@ struct Worker {
     syncs: HashMap<u32, bool>,
     /// Sync-audit callouts: token → stream.
     sync_calls: HashMap<u32, u32>,
+    /// Rate-limit service checks: token → (stream, requested max_tokens).
+    rls_calls: HashMap<u32, (u32, Option<u64>)>,
+    /// Usage to debit at rate-limit services (sent from the root's tick).
+    rls_debits: Vec<(crate::config::RlsService, rls::Descriptor, u32)>,
     /// Envoy's node id (for audit records).
     node: String,
     /// Pushing records to the collector, when configured.
@@ -292,6 +297,16 @@ struct Root {
 }
 
 impl Context for Root {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let call = self.worker.borrow_mut().as_mut().and_then(|w| w.rls_calls.remove(&token));
+        if let Some((context_id, max_tokens)) = call {
+            // A check the root dispatched for a stream resumed after a JWKS wait.
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                rls_answer(self, &self.worker, context_id, max_tokens, status, size);
+            }
+        }
+    }
+
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if self.shipped(token) {
             return;
@@ -563,6 +578,20 @@ impl Root {
         true
     }
 
+    /// Debits finished streams' usage at rate-limit services (`hits_addend`).
+    fn send_debits(&self) {
+        let queued = match self.worker.borrow_mut().as_mut() {
+            Some(w) => std::mem::take(&mut w.rls_debits),
+            None => return,
+        };
+        for (svc, descriptor, hits) in queued {
+            let msg = rls::encode_request(&svc.domain, &[descriptor], hits);
+            if let Err(e) = self.dispatch_grpc_call(&svc.cluster, rls::SERVICE, rls::METHOD, vec![], Some(&msg), Duration::from_millis(svc.timeout_ms)) {
+                log::warn!("quota: debit of {hits} tokens at {} not sent: {e:?}", svc.cluster);
+            }
+        }
+    }
+
     /// Sends queued abandon notices (clients that hung up while held).
     fn send_abandons(&self) {
         let queued = match self.worker.borrow_mut().as_mut() {
@@ -638,6 +667,8 @@ impl RootContext for Root {
                         quotas: HashMap::new(),
                         syncs: HashMap::new(),
                         sync_calls: HashMap::new(),
+                        rls_calls: HashMap::new(),
+                        rls_debits: Vec::new(),
                         node,
                         shipper,
                     });
@@ -670,6 +701,7 @@ impl RootContext for Root {
         self.wake(now, None);
         self.send_abandons();
         self.ship(now);
+        self.send_debits();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -893,6 +925,26 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let q = &plan.quota;
         let max_tokens = if q.check_max_tokens { quota::requested_max_tokens(&body) } else { None };
+        if let Some(with_usage) = quota::ensure_include_usage(&body) {
+            if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &with_usage) {
+                log::warn!("quota: cannot ask for stream usage: {e:?}");
+            }
+        }
+        if let Some(svc) = &q.service {
+            // The budget lives in a rate-limit service: ask it (charging 1 token now,
+            // the rest of the usage at the end); its answer continues the request.
+            let msg = rls::encode_request(&svc.domain, &[rls_descriptor(&plan)], 1);
+            let timeout = Duration::from_millis(svc.timeout_ms);
+            match caller.dispatch_grpc_call(&svc.cluster, rls::SERVICE, rls::METHOD, vec![], Some(&msg), timeout) {
+                Ok(token) => {
+                    if let Some(w) = worker.borrow_mut().as_mut() {
+                        w.rls_calls.insert(token, (context_id, max_tokens));
+                    }
+                }
+                Err(e) => refuse(worker, context_id, quota::unavailable(format!("cannot call rate-limit cluster {}: {e:?}", svc.cluster))),
+            }
+            return Action::Pause;
+        }
         let now_s = now_ms() / 1000;
         let outcome = quota::update(&HostStore, &plan.key, q.window, now_s, |c| quota::check(q, &c, now_s, max_tokens).map(|()| quota::admit(c)));
         match outcome {
@@ -910,19 +962,68 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
                 return Action::Pause;
             }
         }
-        if let Some(with_usage) = quota::ensure_include_usage(&body) {
-            if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &with_usage) {
-                log::warn!("quota: cannot ask for stream usage: {e:?}");
-            }
-        }
     }
+    after_quota(caller, worker, context_id, via_root, held)
+}
+
+/// The rest of [`finish_request`] once the quota admitted the request:
+/// record the body, then the approval hold or release.
+fn after_quota(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, resume: bool, held: bool) -> Action {
     // The whole request, as it goes upstream, in the audit record.
     capture_request(worker, context_id, false, 0);
     if held {
-        start_approval(caller, worker, context_id, via_root);
+        start_approval(caller, worker, context_id, resume);
         return Action::Pause;
     }
-    release(caller, worker, context_id, via_root)
+    release(caller, worker, context_id, resume)
+}
+
+/// The RLS descriptor of a quota: `[("resource", name), ("identity", key claim value)]`.
+fn rls_descriptor(plan: &QuotaPlan) -> rls::Descriptor {
+    rls::Descriptor { entries: vec![("resource".into(), plan.resource.clone()), ("identity".into(), plan.identity.clone())] }
+}
+
+/// Handles the rate-limit service's answer for the current (effective)
+/// stream: OK → admitted, the request continues; OVER_LIMIT → 429 with the
+/// service's limit, remaining and reset; anything else → 503 `quota_unavailable`.
+fn rls_answer(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, max_tokens: Option<u64>, status: u32, size: usize) {
+    let Some(plan) = worker.borrow().as_ref().and_then(|w| w.quotas.get(&context_id)).map(|q| q.plan.clone()) else { return };
+    let body = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size.min(64 * 1024)).ok().flatten().unwrap_or_default();
+    let answer = if status == 0 { rls::decode_response(&body) } else { Err(format!("gRPC status {status}")) };
+    let q = &plan.quota;
+    let window_reset = q.window.reset_in(now_ms() / 1000);
+    match answer {
+        Ok(a) if a.code == rls::Code::Ok || a.code == rls::Code::OverLimit => {
+            let limit = a.limit.map(|(n, _)| u64::from(n)).unwrap_or(q.tokens);
+            let remaining = u64::from(a.remaining.unwrap_or(0));
+            let reset = a.reset_s.unwrap_or(window_reset).max(1);
+            let over_max = max_tokens.is_some_and(|m| m > remaining);
+            if a.code == rls::Code::OverLimit || over_max {
+                let detail = if over_max && a.code == rls::Code::Ok {
+                    format!("max_tokens is more than the {remaining} tokens left")
+                } else {
+                    format!("token budget of {limit} spent; resets in {reset} s")
+                };
+                let d = Denial { status: 429, reason: "quota_exceeded", detail };
+                let mut headers = quota::ratelimit_headers(limit, remaining, reset);
+                headers.retain(|(n, _)| *n != "retry-after");
+                headers.push(("retry-after", reset.to_string()));
+                return refuse_with(worker, context_id, d, &headers);
+            }
+            let held = match worker.borrow_mut().as_mut() {
+                Some(w) => {
+                    if let Some(st) = w.quotas.get_mut(&context_id) {
+                        st.admitted = true;
+                    }
+                    w.holds.contains_key(&context_id)
+                }
+                None => return,
+            };
+            after_quota(caller, worker, context_id, true, held);
+        }
+        Ok(_) => refuse(worker, context_id, quota::unavailable("rate-limit service answered UNKNOWN")),
+        Err(e) => refuse(worker, context_id, quota::unavailable(format!("rate-limit service failed: {e}"))),
+    }
 }
 
 /// Lets a waiting request go upstream — after a synchronous audit of its
@@ -1184,6 +1285,13 @@ impl Context for Stream {
         }
     }
 
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let call = self.worker.borrow_mut().as_mut().and_then(|w| w.rls_calls.remove(&token));
+        if let Some((context_id, max_tokens)) = call {
+            rls_answer(self, &self.worker, context_id, max_tokens, status, size);
+        }
+    }
+
     fn on_done(&mut self) -> bool {
         if let Some(w) = self.worker.borrow_mut().as_mut() {
             w.waiters.retain(|x| x.context_id != self.context_id);
@@ -1306,6 +1414,16 @@ impl Stream {
         let mut usage = if d.usage_body { quota::usage_from_tail(d.response.tail()) } else { None };
         if let Some(q) = &admitted {
             let u = usage.get_or_insert_with(|| quota::estimate(d.request.size(), d.response.size())).total_tokens;
+            if let Some(svc) = &q.plan.quota.service {
+                // One token was charged by the check.
+                let rest = u32::try_from(u.saturating_sub(1)).unwrap_or(u32::MAX);
+                if rest > 0 {
+                    w.rls_debits.push((svc.clone(), rls_descriptor(&q.plan), rest));
+                }
+            }
+        }
+        if let Some(q) = admitted.as_ref().filter(|q| q.plan.quota.service.is_none()) {
+            let u = usage.as_ref().map(|u| u.total_tokens).unwrap_or(0);
             let now_s = now_ms() / 1000;
             let debited = quota::update(&HostStore, &q.plan.key, q.plan.quota.window, now_s, |c| Ok::<_, ()>(quota::debit(c, u)));
             if let Err(e) = debited {

@@ -30,7 +30,7 @@ const DAY_START: u64 = 1_699_920_000;
 const SHA256_ABC_32: &str = "ba7816bf8f01cfea414140de5dae2223";
 
 fn quota(tokens: u64) -> Quota {
-    Quota { key: vec!["sub".into()], window: Window::Hour, tokens, requests: None, check_max_tokens: false }
+    Quota { key: vec!["sub".into()], window: Window::Hour, tokens, requests: None, check_max_tokens: false, service: None }
 }
 
 fn counter(window_start: u64, tokens: u64, requests: u64) -> Counter {
