@@ -940,7 +940,7 @@ fn assert_quota_rejected(q: Value, field: &str) {
 #[test]
 fn quota_defaults() {
     let q = parsed_quota(json!({"tokens": 1000}));
-    assert_eq!(*q, Quota { key: vec!["sub".into()], window: Window::Hour, tokens: 1000, requests: None, check_max_tokens: false });
+    assert_eq!(*q, Quota { key: vec!["sub".into()], window: Window::Hour, tokens: 1000, requests: None, check_max_tokens: false, service: None });
 }
 
 #[test]
