@@ -69,17 +69,49 @@ def audit_log(path):
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": path,
-            "log_format": {"text_format_source": {"inline_string": "%FILTER_STATE(wasm.nhi_gate_audit:PLAIN)%\n"}},
+            "log_format": {"text_format_source": {"inline_string": AUDIT + "\n"}},
+        },
+    }
+
+
+AUDIT = "%FILTER_STATE(wasm.nhi_gate_audit:PLAIN)%"
+
+
+def audit_otel(cluster_name):
+    """OpenTelemetry access log: each audit record is the body of one OTLP log record."""
+    return {
+        "name": "envoy.access_loggers.open_telemetry",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+            "common_config": {"log_name": "nhi-gate-audit", "transport_api_version": "V3",
+                              "grpc_service": {"envoy_grpc": {"cluster_name": cluster_name}}},
+            "body": {"string_value": AUDIT},
+        },
+    }
+
+
+def audit_grpc_als(cluster_name):
+    """gRPC access-log service (envoy.service.accesslog.v3): the record travels
+    as the filter state object wasm.nhi_gate_audit of each HTTP log entry."""
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {"log_name": "nhi-gate-audit", "transport_api_version": "V3",
+                              "grpc_service": {"envoy_grpc": {"cluster_name": cluster_name}},
+                              "filter_state_objects_to_log": ["wasm.nhi_gate_audit"]},
         },
     }
 
 
 def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=True, audit_path=None, node="nhi-gate",
-           grpc_clusters=()):
+           grpc_clusters=(), otel_cluster=None, als_cluster=None):
     http_filters = [wasm_filter(policy_text, wasm_path)] if with_filter else []
     http_filters.append({"name": "envoy.filters.http.router",
                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
-    hcm_extra = {"access_log": [audit_log(audit_path)]} if audit_path else {}
+    loggers = ([audit_log(audit_path)] if audit_path else []) + ([audit_otel(otel_cluster)] if otel_cluster else []) \
+        + ([audit_grpc_als(als_cluster)] if als_cluster else [])
+    hcm_extra = {"access_log": loggers} if loggers else {}
     return {
         "node": {"id": node, "cluster": "nhi-gate"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
@@ -123,12 +155,16 @@ def main():
     ap.add_argument("--route", action="append", default=[], help="prefix=cluster")
     ap.add_argument("--no-filter", action="store_true", help="Envoy without nhi-gate (benchmark baseline)")
     ap.add_argument("--audit-log", help="file for the audit records (one JSON per line)")
+    ap.add_argument("--audit-otel", help="cluster (HTTP/2) of an OpenTelemetry collector for the audit records")
+    ap.add_argument("--audit-grpc-als", help="cluster (HTTP/2) of a gRPC access-log service for the audit records")
     a = ap.parse_args()
     with open(a.policy) as f:
         policy = json.dumps(json.load(f), indent=2)
     clusters = [(c.split("=")[0], int(c.split("=")[1])) for c in a.cluster]
     routes = [tuple(r.split("=", 1)) for r in a.route]
-    cfg = render(policy, a.wasm, a.listen, a.admin, clusters, routes, not a.no_filter, a.audit_log)
+    grpc = tuple(c for c in (a.audit_otel, a.audit_grpc_als) if c)
+    cfg = render(policy, a.wasm, a.listen, a.admin, clusters, routes, not a.no_filter, a.audit_log,
+                 grpc_clusters=grpc, otel_cluster=a.audit_otel, als_cluster=a.audit_grpc_als)
     json.dump(cfg, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -231,7 +231,7 @@ class Envoy:
     `policy` is the plugin configuration (dict, or raw text for invalid-config
     tests); `clusters` maps extra cluster names to loopback ports."""
 
-    def __init__(self, binary, policy, upstream_port, clusters=None, concurrency=2, wait=True, grpc_clusters=()):
+    def __init__(self, binary, policy, upstream_port, clusters=None, concurrency=2, wait=True, grpc_clusters=(), **render):
         self.binary = binary
         self.port = free_port()
         self.admin = free_port()
@@ -240,7 +240,7 @@ class Envoy:
         cl = [("upstream", upstream_port)] + list((clusters or {}).items())
         self.audit_path = os.path.join(self.dir, "audit.log")
         cfg = envoy_config.render(text, str(WASM), self.port, self.admin, cl, [("/", "upstream")], audit_path=self.audit_path,
-                                  grpc_clusters=grpc_clusters)
+                                  grpc_clusters=grpc_clusters, **render)
         self.config_path = os.path.join(self.dir, "envoy.json")
         with open(self.config_path, "w") as f:
             json.dump(cfg, f)
