@@ -65,6 +65,14 @@ class Llm:
         self.httpd.server_close()
 
 
+def fresh_window(need_s=20):
+    """Waits for the next minute when fewer than `need_s` seconds are left in
+    this one: a test that spends a per-minute budget must not straddle windows."""
+    left = 60 - time.time() % 60
+    if left < need_s:
+        time.sleep(left + 0.2)
+
+
 def resource(name, quota):
     return {"name": name, "path_prefix": f"/{name}/", "read": {"any_of": ["llm-users"]},
             "operations": [{"methods": ["POST"], "path_glob": f"/{name}/**", "class": "read"}], "quota": quota}
@@ -106,6 +114,7 @@ def round_of(env, keys, path, jobs):
 
 def test_spent_budget_admits_nothing_and_debits_exactly_the_usage(stack):
     env, llm, keys = stack
+    fresh_window()
     subs = ["job-1", "job-2", "job-3"]
     # round 1: 4 concurrent completions per identity (2 streamed, 2 not), 12 in flight across both workers
     first = round_of(env, keys, "/a/v1/chat/completions", [(s, i % 2 == 0, None) for s in subs for i in range(4)])
@@ -126,6 +135,7 @@ def test_spent_budget_admits_nothing_and_debits_exactly_the_usage(stack):
 
 def test_quota_keyed_by_a_claim_is_shared_and_one_token_over_still_admits(stack):
     env, llm, keys = stack
+    fresh_window()
     # two subjects of one repository share the budget of 121 tokens
     jobs = [("build", True, "org/app"), ("deploy", False, "org/app"), ("build", False, "org/app"), ("deploy", True, "org/app")]
     assert [r[0] for r in round_of(env, keys, "/b/v1/chat/completions", jobs)] == [200] * 4
@@ -141,6 +151,7 @@ def test_quota_keyed_by_a_claim_is_shared_and_one_token_over_still_admits(stack)
 
 def test_max_tokens_precheck_then_window_reset(stack):
     env, llm, keys = stack
+    fresh_window()
     before = len(llm.bodies)
     st, h, out = chat(env, keys, "/c/v1/chat/completions", "pre", False, max_tokens=60)
     assert st == 429 and len(llm.bodies) == before and "max_tokens" in json.loads(out)["detail"]

@@ -28,7 +28,8 @@ def policy(jwk):
 
 def test_budget_in_a_rate_limit_service(envoy_bin, keys):
     llm = Llm()
-    rls = RlsServer(limit=3 * PER_REQUEST, unit_seconds=60)
+    # a fixed clock: the service's window never turns over during the test
+    rls = RlsServer(limit=3 * PER_REQUEST, unit_seconds=60, clock=lambda: 1_800_000_030.0)
     env = Envoy(envoy_bin, policy(keys["es"].jwk), llm.port, clusters={"rls": rls.port}, grpc_clusters=("rls",))
     try:
         for i in range(3):

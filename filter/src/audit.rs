@@ -26,7 +26,9 @@ pub fn redact_path(path: &str) -> String {
     let parts: Vec<String> = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if SECRET_QUERY_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(k)) => format!("{k}=REDACTED"),
+            Some((k, _)) if SECRET_QUERY_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(&percent_decode(k))) => {
+                format!("{k}=REDACTED")
+            }
             _ => kv.to_string(),
         })
         .collect();
@@ -36,6 +38,32 @@ pub fn redact_path(path: &str) -> String {
         out.push_str(f);
     }
     out
+}
+
+/// Decodes `%XX` escapes and `+` (as backends do for query parameter names,
+/// WHATWG URL `application/x-www-form-urlencoded`); invalid escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|h| char::from(*h).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'%'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
 }
 
 /// A body seen in pieces: SHA-256 and size of all of it, its first `cap`
@@ -85,7 +113,13 @@ impl Capture {
     }
 
     fn text(&self) -> (String, bool) {
-        (String::from_utf8_lossy(&self.head).to_string(), self.size > self.head.len())
+        // A character cut by the cap is left out rather than replaced.
+        let keep = match std::str::from_utf8(&self.head) {
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            _ => self.head.len(),
+        };
+        let head = self.head.get(..keep).unwrap_or_default();
+        (String::from_utf8_lossy(head).to_string(), self.size > head.len())
     }
 
     /// The `request_body` field.
