@@ -87,6 +87,7 @@ def stack(envoy_bin, keys):
             resource("a", {"tokens": 4 * PER_REQUEST, "window": "minute"}),
             resource("b", {"key": "repository", "tokens": 4 * PER_REQUEST + 1, "window": "minute"}),
             resource("c", {"tokens": 50, "window": "minute", "check_max_tokens": True}),
+            resource("d", {"tokens": 10_000, "requests": 2, "window": "minute"}),
         ],
     }
     env = Envoy(envoy_bin, pol, llm.port, concurrency=2)
@@ -179,3 +180,11 @@ def test_audit_records_usage_and_quota_denials(stack):
     assert denied and all(r["decision"] == "deny" and r["reason"] == "quota_exceeded" for r in denied)
     [est] = [r for r in recs if r["path"].endswith("/no-usage")]
     assert est["usage"]["estimated"] is True and est["usage"]["total_tokens"] > 0
+
+
+def test_request_budget(stack):
+    env, llm, keys = stack
+    fresh_window()
+    assert [chat(env, keys, "/d/v1/chat/completions", "counted", False)[0] for _ in range(2)] == [200, 200]
+    st, _, out = chat(env, keys, "/d/v1/chat/completions", "counted", False)
+    assert st == 429 and json.loads(out)["reason"] == "quota_exceeded" and "request" in json.loads(out)["detail"]
