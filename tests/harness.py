@@ -372,6 +372,18 @@ class FakeApprovals(_Server):
 CLI = ROOT / "target" / "release" / "nhi-gate"
 
 
+def wait_port(port, what, timeout=10):
+    """Waits until something listens on 127.0.0.1:port."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start on port {port}")
+
+
 class ApprovalService:
     """The real reference service, `nhi-gate approvals serve`, on loopback with
     its SQLite file in a temp folder; approvers alice and bob. `restart()`
@@ -396,14 +408,7 @@ class ApprovalService:
             args += ["--approver", f"{name}={tok}"]
         self.log = open(os.path.join(self.dir, "service.log"), "a")
         self.proc = subprocess.Popen(args + self.extra, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("approval service did not start")
+        wait_port(self.port, "approval service")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -479,14 +484,7 @@ class AuditCollector:
         self.log = open(os.path.join(self.dir, "collector.log"), "a")
         self.proc = subprocess.Popen([str(CLI), "audit", "serve", "--listen", f"127.0.0.1:{self.port}", "--db", self.db],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("audit collector did not start")
+        wait_port(self.port, "audit collector")
 
     def audit(self, *args, check=True):
         r = subprocess.run([str(CLI), "audit", *args, "--db", self.db], capture_output=True, text=True, timeout=30)

@@ -157,11 +157,12 @@ fn queued_add(delta: i64, limit: Option<u64>) -> bool {
 /// Envoy's node id: attribute `xds.node.id` (Envoy attributes, "xDS
 /// attributes"); streams can read it, root contexts at configure time not always.
 fn node_id() -> String {
-    [vec!["xds", "node", "id"], vec!["node", "id"]]
-        .into_iter()
-        .find_map(|path| hostcalls::get_property(path).ok().flatten())
-        .map(|b| String::from_utf8_lossy(&b).to_string())
-        .unwrap_or_default()
+    Some(property_text(vec!["xds", "node", "id"])).filter(|s| !s.is_empty()).unwrap_or_else(|| property_text(vec!["node", "id"]))
+}
+
+/// An Envoy attribute as text ("" when absent), e.g. `source.address`.
+fn property_text(path: Vec<&str>) -> String {
+    hostcalls::get_property(path).ok().flatten().map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default()
 }
 
 fn metric(id: Option<u32>, n: usize) {
@@ -525,12 +526,7 @@ impl Root {
             body.extend_from_slice(r);
         }
         body.extend_from_slice(b"]}");
-        let auth = c.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", "application/json")];
-        if let Some(a) = &auth {
-            headers.push(("authorization", a.as_str()));
-        }
-        let sent = self.dispatch_http_call(&c.cluster, headers, Some(&body), vec![], Duration::from_millis(c.timeout_ms));
+        let sent = post_records(self, &c, &body);
         let mut guard = self.worker.borrow_mut();
         let Some(sh) = guard.as_mut().and_then(|w| w.shipper.as_mut()) else { return };
         match sent {
@@ -800,11 +796,7 @@ fn apply(
                 let origin = Origin {
                     hold_id: hold_id(),
                     request_id,
-                    source: hostcalls::get_property(vec!["source", "address"])
-                        .ok()
-                        .flatten()
-                        .map(|b| String::from_utf8_lossy(&b).to_string())
-                        .unwrap_or_default(),
+                    source: property_text(vec!["source", "address"]),
                     time_ms: now_ms(),
                 };
                 if let Some(w) = worker.borrow_mut().as_mut() {
@@ -1049,12 +1041,7 @@ fn release(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_i
             refuse(worker, context_id, audit_unavailable("no audit record to acknowledge".into()));
             return Action::Pause;
         };
-        let auth = c.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", "application/json")];
-        if let Some(a) = &auth {
-            headers.push(("authorization", a.as_str()));
-        }
-        match caller.dispatch_http_call(&c.cluster, headers, Some(&body), vec![], Duration::from_millis(c.timeout_ms)) {
+        match post_records(caller, &c, &body) {
             Ok(token) => {
                 if let Some(w) = worker.borrow_mut().as_mut() {
                     w.syncs.insert(context_id, true);
@@ -1072,6 +1059,16 @@ fn release(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_i
         let _ = hostcalls::resume_http_request();
     }
     Action::Continue
+}
+
+/// `POST {"records": [...]}` to the audit collector (docs/audit-record.md) from `caller`.
+fn post_records(caller: &dyn Context, c: &crate::config::Collector, body: &[u8]) -> Result<u32, Status> {
+    let auth = c.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![(":method", "POST"), (":path", c.path.as_str()), (":authority", c.authority.as_str()), ("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    caller.dispatch_http_call(&c.cluster, headers, Some(body), vec![], Duration::from_millis(c.timeout_ms))
 }
 
 /// 503 `audit_unavailable`: a sync-audit record was not acknowledged (fail closed).
@@ -1371,11 +1368,7 @@ impl Stream {
         let Some(w) = guard.as_mut() else { return };
         let a = &w.gate.config.audit;
         let mut d = Draft::new(now, get("x-request-id"), get(":method"), get(":authority"), &get(":path"), (a.max_request_bytes, a.max_response_bytes));
-        d.source = hostcalls::get_property(vec!["source", "address"])
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).to_string())
-            .unwrap_or_default();
+        d.source = property_text(vec!["source", "address"]);
         w.drafts.insert(self.context_id, d);
     }
 
