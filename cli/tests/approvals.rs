@@ -2,16 +2,17 @@
 //! port with a temp SQLite file, driven over HTTP like the filter, a job and
 //! approvers would (docs/approval-protocol.md), plus the approver commands.
 
+mod common;
+
+use common::{agent, answer, with, Server as Service, TempDir, BIN};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_nhi-gate");
 /// Approvers of every test service: name → token. `ci-ingest` is also the
 /// subject of the test requests (self-approval).
 const APPROVERS: [&str; 3] = ["alice=tok-alice", "bob=tok-bob", "ci-ingest=tok-ci"];
@@ -19,73 +20,22 @@ const ALICE: &str = "tok-alice";
 const BOB: &str = "tok-bob";
 const SELF: &str = "tok-ci";
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh temp directory, removed on drop.
-struct TempDir(PathBuf);
-
 impl TempDir {
-    fn new() -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "nhi-gate-approvals-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
     fn db(&self) -> PathBuf {
         self.0.join("approvals.db")
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `nhi-gate approvals serve`; killed on drop.
-struct Service {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    _stdout: BufReader<ChildStdout>,
-}
-
+/// The service under test: `nhi-gate approvals serve` ([`Service::start`]).
 impl Service {
     /// Starts the service on 127.0.0.1:0 with `db`, the three test approvers and `extra` flags.
     fn start(db: &Path, extra: &[&str]) -> Service {
-        let log = db.with_extension(format!("log{}", N.fetch_add(1, Ordering::Relaxed)));
-        let mut cmd = Command::new(BIN);
-        cmd.args(["approvals", "serve", "--listen", "127.0.0.1:0", "--db"]).arg(db);
+        let mut cmd = Service::command("approvals", db);
         for a in APPROVERS {
             cmd.args(["--approver", a]);
         }
-        cmd.args(extra)
-            .env_remove("NHI_GATE_APPROVERS")
-            .env_remove("NHI_GATE_APPROVAL_SECRET")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        Service::spawn(cmd, log)
-    }
-
-    fn spawn(mut cmd: Command, log: PathBuf) -> Service {
-        let mut child = cmd.spawn().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let Some(rest) = line.split("listening on ").nth(1) else {
-            let _ = child.kill();
-            panic!("service did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-        };
-        let url = rest.split_whitespace().next().unwrap().to_string();
-        Service { child, url, log, _stdout: stdout }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        cmd.args(extra).env_remove("NHI_GATE_APPROVERS").env_remove("NHI_GATE_APPROVAL_SECRET");
+        Service::spawn("service", cmd, Service::log_for(db))
     }
 
     /// POST /v1/check with `body` (optionally with a bearer secret).
@@ -134,20 +84,9 @@ impl Service {
     }
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One HTTP exchange; the answer's status and JSON body (Null if not JSON).
 fn http(method: &str, url: &str, body: Option<&Value>, bearer: Option<&str>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent = agent();
     let auth = bearer.map(|t| format!("Bearer {t}"));
     let resp = if method == "POST" {
         let mut r = agent.post(url).header("content-type", "application/json");
@@ -162,10 +101,7 @@ fn http(method: &str, url: &str, body: Option<&Value>, bearer: Option<&str>) -> 
         }
         r.call()
     };
-    let mut resp = resp.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp)
 }
 
 const SHA_A: &str = "ebaa7b33eb9e11c6693b0835eca01e254b1398f5b093a5c2316f05fa1cca223b";
@@ -192,11 +128,6 @@ fn callout(hold: &str, approval_id: Option<&str>, wait_ms: u64) -> Value {
         "grant": {"uses": 1, "window_seconds": 900},
         "some_future_field": {"ignored": true},
     })
-}
-
-fn with(mut v: Value, pointer: &str, value: Value) -> Value {
-    *v.pointer_mut(pointer).unwrap() = value;
-    v
 }
 
 fn assert_denied(v: &Value, reason: &str) {
@@ -660,14 +591,9 @@ fn approver_commands_list_show_approve_deny() {
 #[test]
 fn approvers_from_env() {
     let dir = TempDir::new();
-    let log = dir.0.join("env.log");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["approvals", "serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.db())
-        .env("NHI_GATE_APPROVERS", "dora=tok-dora, eve=tok-eve")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let s = Service::spawn(cmd, log);
+    let mut cmd = Service::command("approvals", &dir.db());
+    cmd.env("NHI_GATE_APPROVERS", "dora=tok-dora, eve=tok-eve");
+    let s = Service::spawn("service", cmd, dir.0.join("env.log"));
     let id = s.new_pending("r1");
     let v = s.approve("tok-eve", &id);
     assert_eq!(v["votes"][0]["approver"], "eve");

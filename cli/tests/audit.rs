@@ -4,37 +4,22 @@
 //! checked with `audit verify`; `audit query` and `audit replay` on the
 //! stored records, `replay --send` against a tiny local HTTP listener.
 
+mod common;
+
+use common::{agent, answer, with, Server as Collector, TempDir, BIN};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nhi-gate");
 const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// 2025-11-29T15:26:40.123Z
 const T0: i64 = 1_764_430_000_123;
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh temp directory, removed on drop.
-struct TempDir(PathBuf);
-
 impl TempDir {
-    fn new() -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "nhi-gate-audit-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
     fn db(&self) -> PathBuf {
         self.0.join("audit.db")
     }
@@ -43,46 +28,13 @@ impl TempDir {
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `nhi-gate audit serve`; killed on drop.
-struct Collector {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    _stdout: BufReader<ChildStdout>,
-}
-
+/// The collector under test: `nhi-gate audit serve` ([`Collector::start`]).
 impl Collector {
     /// Starts the collector on 127.0.0.1:0 with `db` and `extra` flags.
     fn start(db: &Path, extra: &[&str]) -> Collector {
-        let log = db.with_extension(format!("log{}", N.fetch_add(1, Ordering::Relaxed)));
-        let mut child = Command::new(BIN)
-            .args(["audit", "serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra)
-            .env_remove("NHI_GATE_AUDIT_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let Some(rest) = line.split("listening on ").nth(1) else {
-            let _ = child.kill();
-            panic!("collector did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-        };
-        let url = rest.split_whitespace().next().unwrap().to_string();
-        Collector { child, url, log, _stdout: stdout }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut cmd = Collector::command("audit", db);
+        cmd.args(extra).env_remove("NHI_GATE_AUDIT_TOKEN");
+        Collector::spawn("collector", cmd, Collector::log_for(db))
     }
 
     /// POSTs a raw body to /v1/records.
@@ -103,21 +55,9 @@ impl Collector {
     }
 }
 
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One HTTP exchange; the answer's status and JSON body (Null if not JSON).
 fn http(method: &str, url: &str, body: Option<&str>, bearer: Option<&str>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .allow_non_standard_methods(true)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let agent = agent();
     let mut req = ureq::http::Request::builder().method(method).uri(url).header("content-type", "application/json");
     if let Some(t) = bearer {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -126,10 +66,7 @@ fn http(method: &str, url: &str, body: Option<&str>, bearer: Option<&str>) -> (u
         Some(b) => agent.run(req.body(b.as_bytes().to_vec()).unwrap()),
         None => agent.run(req.body(()).unwrap()),
     };
-    let mut resp = resp.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    answer(resp)
 }
 
 /// Runs `nhi-gate audit ARGS…`: (exit code, stdout, stderr).
@@ -190,11 +127,6 @@ fn record(request_id: &str, time_ms: i64, subject: &str, session: Option<&str>) 
 
 /// seq, record, prev_hash, hash, subject, session, time_ms.
 type StoredRow = (i64, String, String, String, Option<String>, Option<String>, Option<i64>);
-
-fn with(mut v: Value, pointer: &str, value: Value) -> Value {
-    *v.pointer_mut(pointer).unwrap_or_else(|| panic!("no {pointer}")) = value;
-    v
-}
 
 /// A request body object for `text` (complete, with its sha256 and size).
 fn body(text: &str) -> Value {
