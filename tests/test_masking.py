@@ -11,7 +11,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from harness import Envoy, Handler, Key, claims, free_port
+from harness import Envoy, Handler, JwksServer, Key, claims, free_port
 
 ISS = "https://ci.test"
 EMAIL = "jane.doe@example.com"
@@ -279,3 +279,50 @@ def test_request_json_masking(gw):
     received = json.loads(json.loads(out)["received"])
     assert received["n"] == 5
     no_pii(json.dumps(received))
+
+
+def test_request_with_trailers_is_masked_whole(gw):
+    """A chunked prompt ending in trailers: masked once complete, never forwarded raw."""
+    import socket as _s
+    env = gw["env"]
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]}).encode()
+    c = _s.create_connection(("127.0.0.1", env.port), timeout=10)
+    c.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {gw['token']}\r\n"
+               "content-type: application/json\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n").encode())
+    for part in (body[:20], body[20:]):
+        c.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        time.sleep(0.05)
+    c.sendall(b"0\r\nx-t: 1\r\n\r\n")
+    resp = c.recv(65536)
+    c.close()
+    assert resp.startswith(b"HTTP/1.1 200"), resp[:200]
+    sent = gw["be"].seen[-1]["body"].decode()
+    assert EMAIL not in sent and "[EMAIL]" in sent
+
+
+def test_prompt_arriving_during_a_jwks_wait_is_masked(envoy_bin):
+    """Cold start: the request and its whole body arrive before the issuer's keys;
+    the root context releases it after the fetch and must mask it first."""
+    key = Key("ES256", "k1")
+    jwks = JwksServer([key])
+    jwks.delay = 1.0
+    be = Backend()
+    pol = policy(key.jwk)
+    pol["providers"][0].pop("jwks")
+    pol["providers"][0].update({"issuer": jwks.issuer, "jwks_uri": f"{jwks.issuer}/jwks", "cluster": "jwks"})
+    env = Envoy(envoy_bin, pol, be.port, clusters={"jwks": jwks.port})
+    try:
+        tok = key.sign(claims(jwks.issuer, ttl=900))
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": f"mail {EMAIL} ssn {SSN}"}]}).encode()
+        t0 = time.time()
+        code, _, out = env.request("POST", "/v1/chat/completions", [("authorization", f"Bearer {tok}"), ("content-type", "application/json")], body)
+        assert code == 200 and time.time() - t0 > 0.5, "the request did not wait for the keys"
+        sent = be.seen[-1]["body"].decode()
+        no_pii(sent)
+        assert "[EMAIL]" in sent
+        [rec] = [r for r in env.audit_records(1) if r["path"] == "/v1/chat/completions"]
+        assert rec["masking"].get("email", 0) >= 1 and EMAIL not in json.dumps(rec)
+    finally:
+        env.stop()
+        be.close()
+        jwks.close()

@@ -263,6 +263,8 @@ pub struct Draft {
     pub response_done: bool,
     /// The response is JSON or an event stream (its tail may carry `usage`).
     pub usage_body: bool,
+    /// Redactions in the request body (the prompt), by detector.
+    pub request_masking: BTreeMap<String, u64>,
 }
 
 impl Draft {
@@ -293,6 +295,7 @@ impl Draft {
             forwarded_ms: None,
             response_done: false,
             usage_body: false,
+            request_masking: BTreeMap::new(),
         }
     }
 

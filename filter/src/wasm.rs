@@ -99,6 +99,9 @@ struct Worker {
     drafts: HashMap<u32, Draft>,
     /// Streams of quota resources: checked and charged before forwarding, debited at the end.
     quotas: HashMap<u32, QuotaState>,
+    /// Streams that wait for their whole request before it goes upstream
+    /// (request masking, quota, sync audit); released by [`release`].
+    gated: HashSet<u32>,
     /// Streams of sync-audit resources: `true` once their callout to the collector is out.
     syncs: HashMap<u32, bool>,
     /// Sync-audit callouts: token → stream.
@@ -661,6 +664,7 @@ impl RootContext for Root {
                         abandons: Vec::new(),
                         drafts: HashMap::new(),
                         quotas: HashMap::new(),
+                        gated: HashSet::new(),
                         syncs: HashMap::new(),
                         sync_calls: HashMap::new(),
                         rls_calls: HashMap::new(),
@@ -706,7 +710,6 @@ impl RootContext for Root {
             worker: self.worker.clone(),
             response: Response::Pass,
             counts: Counts::new(),
-            request_masked: false,
             request_buffered: false,
             response_captured: false,
         }))
@@ -807,7 +810,11 @@ fn apply(
                 }
                 return Next::Hold;
             }
-            if (plan.quota.is_some() || plan.sync_audit) && context_id.is_some() {
+            let masks_request = plan.mask.as_ref().is_some_and(|m| m.requests.is_some());
+            if let (true, Some(id)) = (plan.quota.is_some() || plan.sync_audit || masks_request, context_id) {
+                if let Some(w) = worker.borrow_mut().as_mut() {
+                    w.gated.insert(id);
+                }
                 return Next::Gate;
             }
             if let (Some(w), Some(id)) = (worker.borrow_mut().as_mut(), context_id) {
@@ -906,6 +913,10 @@ impl quota::SharedStore for HostStore {
 /// `Continue` when the request may go upstream now (from the root context,
 /// `via_root`, it is resumed here). The effective context must be the stream.
 fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, via_root: bool) -> Action {
+    if let Err(d) = mask_request_buffer(worker, context_id) {
+        refuse(worker, context_id, d);
+        return Action::Pause;
+    }
     let (pending_quota, held) = match worker.borrow().as_ref() {
         Some(w) => (
             w.quotas.get(&context_id).filter(|q| !q.admitted).map(|q| q.plan.clone()),
@@ -956,6 +967,40 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
         }
     }
     after_quota(caller, worker, context_id, via_root, held)
+}
+
+/// Masks the whole buffered request body (the prompt) in place when the
+/// stream's resource masks requests; redaction counts go to its audit draft.
+/// Errors: 413 `request_too_large` over the masking limit, 400 `invalid_json`.
+fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) -> Result<(), Denial> {
+    let Some((masker, settings)) = worker
+        .borrow()
+        .as_ref()
+        .and_then(|w| Some((w.gate.config.masker.clone()?, w.masked.get(&context_id)?.clone())))
+    else {
+        return Ok(());
+    };
+    let m = &settings.0;
+    let Some(kind) = m.requests else { return Ok(()) };
+    let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, m.max_buffer_bytes.saturating_add(1)).ok().flatten().unwrap_or_default();
+    if body.len() > m.max_buffer_bytes {
+        return Err(Denial { status: 413, reason: "request_too_large", detail: "request body larger than the masking limit".into() });
+    }
+    let mut counts = Counts::new();
+    let out = match kind {
+        RequestMask::ChatMessages => mask_chat_request(&masker, &body, &mut counts),
+        RequestMask::Json => masker.mask_json(&body, &mut counts).map_err(|e| format!("{e:?}")),
+    };
+    let out = out.map_err(|e| Denial { status: 400, reason: "invalid_json", detail: format!("request body is not the JSON the policy masks: {e}") })?;
+    if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &out).is_err() {
+        return Err(Denial { status: 502, reason: "unmaskable_body", detail: "the request body could not be rewritten".into() });
+    }
+    if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
+        for (k, v) in counts {
+            *d.request_masking.entry(k).or_insert(0) += v;
+        }
+    }
+    Ok(())
 }
 
 /// The rest of [`finish_request`] once the quota admitted the request:
@@ -1052,8 +1097,11 @@ fn release(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_i
         }
         return Action::Pause;
     }
-    if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
-        d.forwarded_ms = Some(now_ms());
+    if let Some(w) = worker.borrow_mut().as_mut() {
+        w.gated.remove(&context_id);
+        if let Some(d) = w.drafts.get_mut(&context_id) {
+            d.forwarded_ms = Some(now_ms());
+        }
     }
     if resume {
         let _ = hostcalls::resume_http_request();
@@ -1088,8 +1136,11 @@ fn sync_answer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) {
         let got = status.unwrap_or_else(|| "no answer".into());
         return refuse(worker, context_id, audit_unavailable(format!("the audit collector did not acknowledge the record ({got})")));
     }
-    if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
-        d.forwarded_ms = Some(now_ms());
+    if let Some(w) = worker.borrow_mut().as_mut() {
+        w.gated.remove(&context_id);
+        if let Some(d) = w.drafts.get_mut(&context_id) {
+            d.forwarded_ms = Some(now_ms());
+        }
     }
     let _ = hostcalls::resume_http_request();
 }
@@ -1251,8 +1302,6 @@ struct Stream {
     response: Response,
     /// Values redacted in this stream, by detector (for the audit record).
     counts: Counts,
-    /// The request body was masked (request masking on).
-    request_masked: bool,
     /// The last request body callback paused (Envoy keeps buffering: the
     /// next callback's buffer holds the whole body so far).
     request_buffered: bool,
@@ -1296,6 +1345,7 @@ impl Context for Stream {
             w.masked.remove(&self.context_id);
             w.ended.remove(&self.context_id);
             w.syncs.remove(&self.context_id);
+            w.gated.remove(&self.context_id);
             if let Some(h) = w.holds.remove(&self.context_id) {
                 if h.calling {
                     // The client hung up while held: never resumed; tell the service.
@@ -1344,7 +1394,7 @@ impl Stream {
             Standing::Held { calling: h.calling }
         } else if w.syncs.get(&id) == Some(&true) {
             Standing::Held { calling: true }
-        } else if w.quotas.get(&id).is_some_and(|q| !q.admitted) || w.syncs.contains_key(&id) {
+        } else if w.gated.contains(&id) {
             Standing::Gated
         } else {
             Standing::Free
@@ -1423,7 +1473,11 @@ impl Stream {
                 log::warn!("quota: debit of {u} tokens for {} failed: {e:?}", d.request_id);
             }
         }
-        let record = d.finish(now_ms(), w.node.clone(), status, self.counts.clone(), usage);
+        let mut masking = self.counts.clone();
+        for (k, v) in &d.request_masking {
+            *masking.entry(k.clone()).or_insert(0) += v;
+        }
+        let record = d.finish(now_ms(), w.node.clone(), status, masking, usage);
         let json = serde_json::to_vec(&record).unwrap_or_default();
         let queue = w.shipper.as_ref().map(|sh| (sh.queue, sh.dropped));
         let queue_max = w.gate.config.audit.collector.as_ref().map(|c| c.queue_max).unwrap_or(0);
@@ -1500,33 +1554,6 @@ fn mask_chat_request(masker: &Masker, body: &[u8], counts: &mut Counts) -> Resul
 }
 
 impl Stream {
-    /// Masks the request body (the prompt) when the resource asks for it:
-    /// `Pause` while the body is still arriving or after a refusal,
-    /// `Continue` once masked (or when not masked).
-    fn mask_request_body(&mut self, size: usize, eos: bool) -> Action {
-        let Some((masker, settings)) = self.masker() else { return Action::Continue };
-        let m = &settings.0;
-        let Some(kind) = m.requests else { return Action::Continue };
-        if size > m.max_buffer_bytes {
-            return self.fail(413, "request_too_large", "request body larger than the masking limit");
-        }
-        if !eos {
-            return Action::Pause;
-        }
-        let body = self.get_http_request_body(0, size).unwrap_or_default();
-        let out = match kind {
-            RequestMask::ChatMessages => mask_chat_request(&masker, &body, &mut self.counts),
-            RequestMask::Json => masker.mask_json(&body, &mut self.counts).map_err(|e| format!("{e:?}")),
-        };
-        match out {
-            Ok(out) => {
-                self.set_http_request_body(0, size, &out);
-                self.request_masked = true;
-                Action::Continue
-            }
-            Err(e) => self.fail(400, "invalid_json", &format!("request body is not the JSON the policy masks: {e}")),
-        }
-    }
 }
 
 impl HttpContext for Stream {
@@ -1698,13 +1725,8 @@ impl Stream {
             Standing::Held { calling: false } | Standing::Gated => true,
             Standing::Free => false,
         };
-        // A body followed by trailers never reached end-of-stream in the body
-        // callback, so it was not masked: refuse rather than forward it.
-        if self.masker().is_some_and(|(_, s)| s.0.requests.is_some()) && !self.request_masked {
-            return self.fail(400, "unmaskable_body", "request bodies with trailers cannot be masked");
-        }
         if held {
-            // The body ended with trailers: it is complete; quota, then approval.
+            // The body ended with trailers: it is complete; masking, quota, then approval.
             return finish_request(self, &self.worker, self.context_id, false);
         }
         Action::Continue
@@ -1737,8 +1759,10 @@ impl Stream {
             refuse(&self.worker, self.context_id, body_too_large(self.max_held_body()));
             return Action::Pause;
         }
-        if self.mask_request_body(size, eos) == Action::Pause {
-            return Action::Pause;
+        if let Some((_, settings)) = self.masker().filter(|(_, s)| s.0.requests.is_some()) {
+            if size > settings.0.max_buffer_bytes {
+                return self.fail(413, "request_too_large", "request body larger than the masking limit");
+            }
         }
         if waits {
             if eos {
