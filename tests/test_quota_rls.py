@@ -46,7 +46,8 @@ def test_budget_in_a_rate_limit_service(envoy_bin, keys):
         assert st == 200
         time.sleep(0.4)
         calls = [c for c in rls.calls if ("identity", "job-1") in c["descriptors"][0]]
-        assert all(c["domain"] == "nhi-gate" and c["descriptors"] == [[("resource", "llm"), ("identity", "job-1")]] for c in calls)
+        assert all(c["domain"] == "nhi-gate" and c["descriptors"] == [[("resource", "llm"), ("issuer", ISS), ("identity", "job-1")]]
+                   for c in calls)
         # per admitted request: a 1-token check, then the rest of the reported usage
         assert [c["hits_addend"] for c in calls] == [1, PER_REQUEST - 1] * 3 + [1]
         rls.close()

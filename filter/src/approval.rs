@@ -36,7 +36,7 @@ impl Approval {
             || self
                 .requests
                 .iter()
-                .any(|p| (p.methods.is_empty() || p.methods.iter().any(|m| m == req.method)) && p.path_glob.matches(path))
+                .any(|p| crate::policy::method_listed(&p.methods, req.method) && p.path_glob.matches(path))
     }
 }
 

@@ -9,8 +9,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Query parameters whose values are never recorded (replaced by `REDACTED`).
-pub const SECRET_QUERY_PARAMS: [&str; 11] =
-    ["access_token", "id_token", "token", "api_key", "apikey", "key", "code", "sig", "signature", "password", "secret"];
+pub const SECRET_QUERY_PARAMS: [&str; 18] = [
+    "access_token", "id_token", "refresh_token", "token", "jwt", "assertion", "api_key", "apikey", "key", "auth", "code", "sig", "signature", "x-amz-signature", "x-goog-signature", "password", "secret", "client_secret",
+];
 
 /// Bytes kept from the end of a response body, for the `usage` object.
 pub const TAIL_BYTES: usize = 4096;
@@ -23,16 +24,27 @@ pub fn redact_path(path: &str) -> String {
         Some((q, f)) => (q, Some(f)),
         None => (query, None),
     };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
+    // Parameters are separated by '&', and by ';' for some backends.
+    let mut out = format!("{base}?");
+    let mut rest = query;
+    loop {
+        let (kv, sep, next) = match rest.find(['&', ';']) {
+            Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i..=i).unwrap_or_default(), rest.get(i + 1..).unwrap_or_default()),
+            None => (rest, "", ""),
+        };
+        match kv.split_once('=') {
             Some((k, _)) if SECRET_QUERY_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(&percent_decode(k))) => {
-                format!("{k}=REDACTED")
+                out.push_str(k);
+                out.push_str("=REDACTED");
             }
-            _ => kv.to_string(),
-        })
-        .collect();
-    let mut out = format!("{base}?{}", parts.join("&"));
+            _ => out.push_str(kv),
+        }
+        if sep.is_empty() {
+            break;
+        }
+        out.push_str(sep);
+        rest = next;
+    }
     if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
@@ -219,7 +231,7 @@ pub struct Record {
     pub path: String,
     /// `allow`, `deny` or `pending`.
     pub decision: &'static str,
-    pub reason: Option<&'static str>,
+    pub reason: Option<String>,
     /// Status the client got; 0 if it hung up first; `null` in a sync-audit request part.
     pub status: Option<u32>,
     pub approval: Option<ApprovalRecord>,
@@ -265,6 +277,9 @@ pub struct Draft {
     pub usage_body: bool,
     /// Redactions in the request body (the prompt), by detector.
     pub request_masking: BTreeMap<String, u64>,
+    /// Envoy's `response.code_details` when Envoy itself sent a local reply
+    /// (anything but `via_upstream`) for a request the filter allowed.
+    pub envoy_reply: Option<String>,
 }
 
 impl Draft {
@@ -296,6 +311,7 @@ impl Draft {
             response_done: false,
             usage_body: false,
             request_masking: BTreeMap::new(),
+            envoy_reply: None,
         }
     }
 
@@ -313,11 +329,14 @@ impl Draft {
     /// Finishes the record at `now_ms`. `status`: what the client got (0 if
     /// none); `usage`: from the response, if any.
     pub fn finish(&self, now_ms: u64, node: String, status: u32, masking: BTreeMap<String, u64>, usage: Option<Usage>) -> Record {
-        let (decision, reason) = match (self.pending, self.refused) {
-            (true, _) => ("pending", Some("approval_pending")),
-            (false, Some((_, r))) => ("deny", Some(r)),
-            (false, None) => ("allow", None),
+        let (decision, reason) = match (self.pending, self.refused, &self.envoy_reply) {
+            (true, _, _) => ("pending", Some("approval_pending".to_string())),
+            (false, Some((_, r)), _) => ("deny", Some(r.to_string())),
+            // Envoy itself answered (e.g. 413 over its buffer limit): nothing went upstream.
+            (false, None, Some(details)) => ("deny", Some(details.clone())),
+            (false, None, None) => ("allow", None),
         };
+        let local_reply = self.pending || self.refused.is_some() || self.envoy_reply.is_some();
         let mut approval = self.approval.clone();
         if let Some(a) = &mut approval {
             if a.outcome.is_none() && !self.response_done {
@@ -351,7 +370,8 @@ impl Draft {
                 upstream: self.forwarded_ms.map(|f| now_ms.saturating_sub(f)).unwrap_or(0),
                 total: now_ms.saturating_sub(self.time_ms),
             },
-            aborted: !self.response_done,
+            // A local reply is complete even when the filter saw no end of its body.
+            aborted: !self.response_done && !local_reply,
         }
     }
 }

@@ -486,7 +486,7 @@ pub struct Quota {
 /// A rate-limit service speaking Envoy's RLS v3 protocol
 /// (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`; e.g.
 /// envoyproxy/ratelimit, Limitador), reached over gRPC on an Envoy cluster.
-/// Descriptor sent: `[("resource", <resource name>), ("identity", <key claim value>)]`;
+/// Descriptor sent: `[("resource", <resource name>), ("issuer", <iss>), ("identity", <key claim value>)]`;
 /// the service's limit for it is the budget (tokens per unit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RlsService {

@@ -147,8 +147,11 @@ pub struct QuotaPlan {
     pub quota: std::rc::Rc<crate::config::Quota>,
     /// `nhi_gate.quota.<resource>.<hash of the key claim>` ([`crate::quota::counter_key`]).
     pub key: String,
-    /// The resource name and the key claim's value (the descriptor sent to a rate-limit service).
+    /// The resource name, the token's issuer and the key claim's value (the
+    /// descriptor sent to a rate-limit service). A claim value is only unique
+    /// within its issuer, so the issuer is part of the counter's key too.
     pub resource: String,
+    pub issuer: String,
     pub identity: String,
 }
 
@@ -316,7 +319,8 @@ impl Gate {
                     operation: op.as_str(),
                     method: req.method.to_string(),
                     authority: String::from_utf8_lossy(req.authority).to_string(),
-                    path: String::from_utf8_lossy(req.path).to_string(),
+                    // Token-like query values never reach approvers (and the binding uses the same form).
+                    path: crate::audit::redact_path(&String::from_utf8_lossy(req.path)),
                 })
             }
             _ => None,
@@ -328,7 +332,8 @@ impl Gate {
                     // Streamed chat requests get stream_options.include_usage: another length.
                     remove.push("content-length".into());
                 }
-                Some(QuotaPlan { quota: q.clone(), key: crate::quota::counter_key(&resource.name, &v), resource: resource.name.clone(), identity: v })
+                let key = crate::quota::counter_key(&resource.name, &format!("{}\n{v}", id.issuer));
+                Some(QuotaPlan { quota: q.clone(), key, resource: resource.name.clone(), issuer: id.issuer.clone(), identity: v })
             }
             None => None,
         };

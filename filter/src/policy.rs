@@ -153,6 +153,13 @@ impl Identity {
     }
 }
 
+/// Whether `method` is in `methods` (empty = any). `GET` also covers `HEAD`
+/// (RFC 9110 §9.3.2: a HEAD is a GET without the body, and most frameworks
+/// run the GET handler for it, side effects included).
+pub fn method_listed(methods: &[String], method: &str) -> bool {
+    methods.is_empty() || methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
+}
+
 /// The request as the policy sees it.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
@@ -242,7 +249,7 @@ impl Resource {
         let path = path_only(req.path);
         self.operations
             .iter()
-            .find(|o| (o.methods.is_empty() || o.methods.iter().any(|m| m == req.method)) && o.path_glob.matches(path))
+            .find(|o| method_listed(&o.methods, req.method) && o.path_glob.matches(path))
             .map(|o| o.class)
             .unwrap_or_else(|| OpClass::default_for(req.method))
     }

@@ -388,14 +388,27 @@ pub fn ensure_include_usage(body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The completion length a request body asks for: the larger of
-/// `max_completion_tokens` and `max_tokens` (non-negative integers) of a
-/// JSON object; `None` when neither is given or the body is not one.
+/// `max_completion_tokens` and `max_tokens` of a JSON object; `None` when
+/// neither is given (or `null`) or the body is not one. Lenient servers
+/// (pydantic's lax mode) also take `"100000"`, `100000.0` or `1e5`, so those
+/// count too (fractions rounded up); any other value counts as unbounded
+/// (`u64::MAX`), so the pre-check refuses it rather than letting it through.
 pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let o = v.as_object()?;
-    let a = o.get("max_completion_tokens").and_then(Value::as_u64);
-    let b = o.get("max_tokens").and_then(Value::as_u64);
-    a.max(b)
+    let read = |key: &str| -> Option<u64> {
+        let f = match o.get(key)? {
+            Value::Null => return None,
+            Value::Number(n) => n.as_u64().map(|u| u as f64).or_else(|| n.as_f64()),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        Some(match f {
+            Some(f) if (0.0..1.8e19).contains(&f) => f.ceil() as u64,
+            _ => u64::MAX,
+        })
+    };
+    read("max_completion_tokens").max(read("max_tokens"))
 }
 
 /// Why a shared-data write failed.

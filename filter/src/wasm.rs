@@ -1015,9 +1015,15 @@ fn after_quota(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, conte
     release(caller, worker, context_id, resume)
 }
 
-/// The RLS descriptor of a quota: `[("resource", name), ("identity", key claim value)]`.
+/// The RLS descriptor of a quota: `[("resource", name), ("issuer", iss), ("identity", key claim value)]`.
 fn rls_descriptor(plan: &QuotaPlan) -> rls::Descriptor {
-    rls::Descriptor { entries: vec![("resource".into(), plan.resource.clone()), ("identity".into(), plan.identity.clone())] }
+    rls::Descriptor {
+        entries: vec![
+            ("resource".into(), plan.resource.clone()),
+            ("issuer".into(), plan.issuer.clone()),
+            ("identity".into(), plan.identity.clone()),
+        ],
+    }
 }
 
 /// Handles the rate-limit service's answer for the current (effective)
@@ -1449,7 +1455,11 @@ impl Stream {
             .unwrap_or(0);
         let mut guard = self.worker.borrow_mut();
         let Some(w) = guard.as_mut() else { return };
-        let Some(d) = w.drafts.remove(&self.context_id) else { return };
+        let Some(mut d) = w.drafts.remove(&self.context_id) else { return };
+        let details = property_text(vec!["response", "code_details"]);
+        if status != 0 && !details.is_empty() && details != "via_upstream" && d.refused.is_none() && !d.pending {
+            d.envoy_reply = Some(details);
+        }
         if w.node.is_empty() {
             w.node = node_id();
         }

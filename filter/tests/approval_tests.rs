@@ -1208,7 +1208,9 @@ fn request_patterns_hold_reads() {
     assert_eq!(t.path, "/exports/daily/report.csv?fmt=csv");
     // write: false, and POST is not in the pattern.
     not_held(authorize(&g, "POST", "/exports/daily", &[], &["writers"]));
-    not_held(authorize(&g, "HEAD", "/exports/daily", &[], &["readers"]));
+    // GET covers HEAD (frameworks run the GET handler for it)
+    held(authorize(&g, "HEAD", "/exports/daily", &[], &["readers"]));
+    not_held(authorize(&g, "OPTIONS", "/exports/daily", &[], &["readers"]));
 }
 
 #[test]
@@ -1279,4 +1281,12 @@ fn policy_denial_comes_before_the_hold() {
     let g = gate();
     // A reader may not write: the group check refuses, nothing is held.
     assert_forbidden(authorize(&g, "PUT", "/collections/docs/points", &[], &["readers"]), "group_not_allowed");
+}
+
+
+#[test]
+fn callout_path_has_token_like_query_values_redacted() {
+    let g = gate();
+    let (_, t) = held(authorize(&g, "GET", "/exports/daily?api_key=SECRET9&fmt=csv", &[], &["readers"]));
+    assert_eq!(t.path, "/exports/daily?api_key=REDACTED&fmt=csv");
 }

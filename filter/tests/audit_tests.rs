@@ -34,7 +34,7 @@ const SHA_FOX: &str = "d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf3
 
 #[test]
 fn redact_path_redacts_every_secret_param() {
-    assert_eq!(SECRET_QUERY_PARAMS.len(), 11);
+    assert_eq!(SECRET_QUERY_PARAMS.len(), 18);
     for name in SECRET_QUERY_PARAMS {
         let path = format!("/v1/x?{name}=s3cr3t");
         assert_eq!(redact_path(&path), format!("/v1/x?{name}=REDACTED"), "{name}");
@@ -43,8 +43,7 @@ fn redact_path_redacts_every_secret_param() {
 
 #[test]
 fn secret_params_are_the_documented_ones() {
-    let documented =
-        ["access_token", "id_token", "token", "api_key", "apikey", "key", "code", "sig", "signature", "password", "secret"];
+    let documented = ["access_token", "id_token", "refresh_token", "token", "jwt", "assertion", "api_key", "apikey", "key", "auth", "code", "sig", "signature", "x-amz-signature", "x-goog-signature", "password", "secret", "client_secret"];
     let have: BTreeSet<&str> = SECRET_QUERY_PARAMS.iter().copied().collect();
     let want: BTreeSet<&str> = documented.iter().copied().collect();
     assert_eq!(have, want);
@@ -583,15 +582,15 @@ fn finish_refused_is_deny_with_reason() {
     let mut d = draft();
     d.refused = Some((403, "group_not_allowed"));
     let r = finish(&d, T0 + 1, 403);
-    assert_eq!((r.decision, r.reason, r.status), ("deny", Some("group_not_allowed"), Some(403)));
+    assert_eq!((r.decision, r.reason.as_deref(), r.status), ("deny", Some("group_not_allowed"), Some(403)));
 
     d.refused = Some((429, "quota_exceeded"));
     let r = finish(&d, T0 + 1, 429);
-    assert_eq!((r.decision, r.reason, r.status), ("deny", Some("quota_exceeded"), Some(429)));
+    assert_eq!((r.decision, r.reason.as_deref(), r.status), ("deny", Some("quota_exceeded"), Some(429)));
 
     d.refused = Some((503, "audit_unavailable"));
     let r = finish(&d, T0 + 1, 503);
-    assert_eq!((r.decision, r.reason), ("deny", Some("audit_unavailable")));
+    assert_eq!((r.decision, r.reason.as_deref()), ("deny", Some("audit_unavailable")));
 }
 
 #[test]
@@ -599,7 +598,7 @@ fn finish_pending_is_pending_with_approval_pending() {
     let mut d = draft();
     d.pending = true;
     let r = finish(&d, T0 + 1, 202);
-    assert_eq!((r.decision, r.reason, r.status), ("pending", Some("approval_pending"), Some(202)));
+    assert_eq!((r.decision, r.reason.as_deref(), r.status), ("pending", Some("approval_pending"), Some(202)));
 }
 
 #[test]
@@ -1539,4 +1538,33 @@ fn text_cut_inside_a_character_leaves_it_out() {
     let mut c = Capture::new(1, false);
     c.push("€".as_bytes());
     assert_eq!(c.response_record().text, "");
+}
+
+
+#[test]
+fn semicolon_separated_and_newer_secret_names_are_redacted() {
+    assert_eq!(redact_path("/p?a=1;token=abc;b=2"), "/p?a=1;token=REDACTED;b=2");
+    assert_eq!(redact_path("/p?X-Amz-Signature=ff&refresh_token=r&client_secret=c&jwt=e.y.j"),
+               "/p?X-Amz-Signature=REDACTED&refresh_token=REDACTED&client_secret=REDACTED&jwt=REDACTED");
+    assert_eq!(redact_path("/p?a=1&&b=2;"), "/p?a=1&&b=2;", "empty parameters and separators are kept");
+}
+
+#[test]
+fn envoy_local_reply_for_an_allowed_request_is_a_denial_with_its_details() {
+    let mut d = draft();
+    d.envoy_reply = Some("request_payload_too_large".into());
+    let r = finish(&d, T0 + 5, 413);
+    assert_eq!((r.decision, r.reason.as_deref(), r.aborted), ("deny", Some("request_payload_too_large"), false));
+    // the filter's own refusal wins over Envoy's details
+    d.refused = Some((403, "group_not_allowed"));
+    assert_eq!(finish(&d, T0 + 5, 403).reason.as_deref(), Some("group_not_allowed"));
+}
+
+#[test]
+fn local_replies_are_not_aborted_but_unfinished_allowed_responses_are() {
+    let mut d = draft();
+    d.refused = Some((502, "response_too_large"));
+    assert!(!finish(&d, T0 + 5, 502).aborted);
+    let d = draft();
+    assert!(finish(&d, T0 + 5, 200).aborted, "an allowed response that never completed");
 }

@@ -708,11 +708,17 @@ fn requested_max_tokens_reads_either_field() {
     assert_eq!(m(json!({"max_completion_tokens": 2048, "max_tokens": 1024})), Some(2048));
     assert_eq!(m(json!({"max_completion_tokens": null, "max_tokens": 7})), Some(7));
     assert_eq!(m(json!({"max_tokens": 0})), Some(0));
+    // what lenient servers read as numbers counts (fractions rounded up)
+    assert_eq!(m(json!({"max_tokens": 1.5})), Some(2));
+    assert_eq!(m(json!({"max_tokens": "256"})), Some(256));
+    assert_eq!(m(json!({"max_tokens": 1e5})), Some(100_000));
+    assert_eq!(m(json!({"max_completion_tokens": 5, "max_tokens": "99999"})), Some(99_999));
+    // anything else is unbounded: the pre-check refuses it
+    for unbounded in [json!({"max_tokens": -1}), json!({"max_tokens": [100_000]}), json!({"max_tokens": "lots"}), json!({"max_tokens": true})] {
+        assert_eq!(m(unbounded.clone()), Some(u64::MAX), "{unbounded}");
+    }
     for none in [
         json!({}),
-        json!({"max_tokens": -1}),
-        json!({"max_tokens": 1.5}),
-        json!({"max_tokens": "256"}),
         json!({"max_tokens": null}),
         json!({"options": {"max_tokens": 5}}),
         json!([{"max_tokens": 5}]),
