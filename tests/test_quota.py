@@ -88,6 +88,7 @@ def stack(envoy_bin, keys):
             resource("b", {"key": "repository", "tokens": 4 * PER_REQUEST + 1, "window": "minute"}),
             resource("c", {"tokens": 50, "window": "minute", "check_max_tokens": True}),
             resource("d", {"tokens": 10_000, "requests": 2, "window": "minute"}),
+            resource("e", {"tokens": 60, "window": "minute"}),
         ],
     }
     env = Envoy(envoy_bin, pol, llm.port, concurrency=2)
@@ -188,3 +189,17 @@ def test_request_budget(stack):
     assert [chat(env, keys, "/d/v1/chat/completions", "counted", False)[0] for _ in range(2)] == [200, 200]
     st, _, out = chat(env, keys, "/d/v1/chat/completions", "counted", False)
     assert st == 429 and json.loads(out)["reason"] == "quota_exceeded" and "request" in json.loads(out)["detail"]
+
+
+def test_a_burst_cannot_spend_the_budget_many_times_over(stack):
+    """20 concurrent completions asking for 30 tokens each against a 60-token
+    budget: each admission reserves its prompt estimate plus max_tokens, so
+    only the first two get in; their settled usage is exactly what they used."""
+    env, llm, keys = stack
+    fresh_window()
+    with ThreadPoolExecutor(20) as ex:
+        res = list(ex.map(lambda i: chat(env, keys, "/e/v1/chat/completions", "bursty", i % 2 == 0, max_tokens=30)[0], range(20)))
+    admitted = res.count(200)
+    assert 1 <= admitted <= 2 and res.count(429) == 20 - admitted, res
+    if admitted == 2:  # 2 x 30 used: the budget is spent
+        assert chat(env, keys, "/e/v1/chat/completions", "bursty", False)[0] == 429

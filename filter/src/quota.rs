@@ -253,6 +253,33 @@ pub fn debit(c: Counter, tokens: u64) -> Counter {
     Counter { tokens: c.tokens.saturating_add(tokens), ..c }
 }
 
+/// `c` with `tokens` given back (saturating): what a finished request
+/// reserved beyond what it used.
+pub fn credit(c: Counter, tokens: u64) -> Counter {
+    Counter { tokens: c.tokens.saturating_sub(tokens), ..c }
+}
+
+/// Tokens reserved when a request is admitted, so that a burst of
+/// concurrent requests cannot spend the budget many times over before any
+/// usage is known: the prompt estimated at one token per 4 bytes of request
+/// body, plus the completion it asks for (`max_tokens`), if any. Settled
+/// against the real usage when the request ends ([`settle`]).
+pub fn reservation(request_bytes: usize, max_tokens: Option<u64>) -> u64 {
+    u64::try_from(request_bytes.div_ceil(4)).unwrap_or(u64::MAX).saturating_add(max_tokens.unwrap_or(0))
+}
+
+/// What a finished request is charged: its usage, but at least its
+/// reservation when it did not complete (client abort, upstream or
+/// masking failure), so aborting a long completion does not make it free.
+pub fn charge(usage: u64, reserved: u64, completed: bool) -> u64 {
+    if completed { usage } else { usage.max(reserved) }
+}
+
+/// Settles a reservation: `c` with `charged` tokens used instead of the `reserved` ones.
+pub fn settle(c: Counter, reserved: u64, charged: u64) -> Counter {
+    if charged >= reserved { debit(c, charged - reserved) } else { credit(c, reserved - charged) }
+}
+
 /// Rate-limit headers in OpenAI's shape: `x-ratelimit-limit-tokens`,
 /// `x-ratelimit-remaining-tokens`, `x-ratelimit-reset-tokens` (a duration
 /// such as `1s`, `6m0s`, `1h2m3s`) and `retry-after` (integer seconds).

@@ -179,6 +179,8 @@ struct QuotaState {
     plan: QuotaPlan,
     /// Checked and counted (requests + 1): debit its usage when it ends.
     admitted: bool,
+    /// Tokens reserved at admission ([`quota::reservation`]), settled at the end.
+    reserved: u64,
 }
 
 /// A stream held for approval.
@@ -789,7 +791,7 @@ fn apply(
             let subject = plan.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("");
             log::debug!("allow {request_id} subject={subject} resource={} op={}", plan.resource, plan.operation);
             if let (Some(q), Some(id), Some(w)) = (&plan.quota, context_id, worker.borrow_mut().as_mut()) {
-                w.quotas.insert(id, QuotaState { plan: q.clone(), admitted: false });
+                w.quotas.insert(id, QuotaState { plan: q.clone(), admitted: false, reserved: 0 });
             }
             if let (true, Some(id), Some(w)) = (plan.sync_audit, context_id, worker.borrow_mut().as_mut()) {
                 w.syncs.insert(id, false);
@@ -927,7 +929,9 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     if let Some(plan) = pending_quota {
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let q = &plan.quota;
-        let max_tokens = if q.check_max_tokens { quota::requested_max_tokens(&body) } else { None };
+        let asked = quota::requested_max_tokens(&body);
+        let max_tokens = if q.check_max_tokens { asked } else { None };
+        let reserved = quota::reservation(body.len(), asked.filter(|m| *m != u64::MAX));
         if let Some(with_usage) = quota::ensure_include_usage(&body) {
             if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &with_usage) {
                 log::warn!("quota: cannot ask for stream usage: {e:?}");
@@ -949,11 +953,14 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
             return Action::Pause;
         }
         let now_s = now_ms() / 1000;
-        let outcome = quota::update(&HostStore, &plan.key, q.window, now_s, |c| quota::check(q, &c, now_s, max_tokens).map(|()| quota::admit(c)));
+        let outcome = quota::update(&HostStore, &plan.key, q.window, now_s, |c| {
+            quota::check(q, &c, now_s, max_tokens).map(|()| quota::debit(quota::admit(c), reserved))
+        });
         match outcome {
             Ok(_) => {
                 if let Some(st) = worker.borrow_mut().as_mut().and_then(|w| w.quotas.get_mut(&context_id)) {
                     st.admitted = true;
+                    st.reserved = reserved;
                 }
             }
             Err(quota::UpdateError::Refused(ex)) => {
@@ -1476,9 +1483,15 @@ impl Stream {
             }
         }
         if let Some(q) = admitted.as_ref().filter(|q| q.plan.quota.service.is_none()) {
-            let u = usage.as_ref().map(|u| u.total_tokens).unwrap_or(0);
+            let used = usage.as_ref().map(|u| u.total_tokens).unwrap_or(0);
+            let completed = d.response_done && status != 0 && status < 500 && d.refused.is_none();
+            let u = quota::charge(used, q.reserved, completed);
             let now_s = now_ms() / 1000;
-            let debited = quota::update(&HostStore, &q.plan.key, q.plan.quota.window, now_s, |c| Ok::<_, ()>(quota::debit(c, u)));
+            // Settled in the window the request started in; a new window starts from zero.
+            let debited = quota::update(&HostStore, &q.plan.key, q.plan.quota.window, now_s, |c| {
+                let reserved = if c.window_start == q.plan.quota.window.start(d.time_ms / 1000) { q.reserved } else { 0 };
+                Ok::<_, ()>(quota::settle(c, reserved, u))
+            });
             if let Err(e) = debited {
                 log::warn!("quota: debit of {u} tokens for {} failed: {e:?}", d.request_id);
             }

@@ -1068,3 +1068,26 @@ fn quota_section_round_trips_through_from_value() {
     let q = c.resources[0].quota.as_ref().unwrap();
     assert_eq!((q.tokens, q.window), (7, Window::Minute));
 }
+
+#[test]
+fn reservation_is_the_prompt_estimate_plus_max_tokens() {
+    use nhi_gate::quota::reservation;
+    assert_eq!(reservation(0, None), 0);
+    assert_eq!(reservation(1, None), 1);
+    assert_eq!(reservation(8, None), 2);
+    assert_eq!(reservation(9, Some(100)), 103);
+    assert_eq!(reservation(usize::MAX, Some(u64::MAX)), u64::MAX, "saturates");
+}
+
+#[test]
+fn settling_charges_the_usage_and_aborted_requests_at_least_their_reservation() {
+    use nhi_gate::quota::{charge, credit, settle};
+    let c = Counter { window_start: 60, tokens: 100, requests: 3 };
+    assert_eq!(settle(c, 40, 30).tokens, 90, "reserved more than used: the rest is given back");
+    assert_eq!(settle(c, 20, 30).tokens, 110, "used more than reserved: the difference is debited");
+    assert_eq!(settle(c, 30, 30), c);
+    assert_eq!(credit(Counter { tokens: 5, ..c }, 9).tokens, 0, "never below zero");
+    assert_eq!(charge(30, 500, true), 30);
+    assert_eq!(charge(30, 500, false), 500, "an aborted long completion is not free");
+    assert_eq!(charge(700, 500, false), 700);
+}
