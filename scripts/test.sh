@@ -18,7 +18,7 @@ cargo clippy --locked -p nhi-gate-filter --lib -- -D warnings
 
 echo "== core unit tests as wasm32-wasip1 (wasmtime)" >&2
 CARGO_TARGET_WASM32_WASIP1_RUNNER="$root/.tools/wasmtime run --dir=. -W unknown-imports-trap=y" \
-  cargo test --locked --release -p nhi-gate-filter --target wasm32-wasip1
+  cargo test --locked --profile wasm-test -p nhi-gate-filter --target wasm32-wasip1
 
 echo "== end-to-end tests in Envoy" >&2
 if [ -z "${ENVOY_BIN:-}" ]; then
