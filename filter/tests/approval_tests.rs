@@ -13,7 +13,7 @@ use nhi_gate::approval::{
 use nhi_gate::config::{Approval, Config, RequestPattern};
 use nhi_gate::deny::Denial;
 use nhi_gate::gate::{Gate, Header, Plan};
-use nhi_gate::policy::{Glob, Identity, OpClass, Request};
+use nhi_gate::policy::{Glob, OpClass, Request};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -55,20 +55,6 @@ fn pattern(methods: &[&str], glob: &str) -> RequestPattern {
     RequestPattern { methods: methods.iter().map(|m| m.to_string()).collect(), path_glob: Glob::new(glob) }
 }
 
-fn identity(groups: &[&str]) -> Identity {
-    Identity {
-        provider: "idp".into(),
-        issuer: ISSUER.into(),
-        subject: SUBJECT.into(),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
-        scopes: vec![],
-        groups_overage: false,
-        jti: String::new(),
-        azp: String::new(),
-        session: None,
-        claims: Default::default(),
-    }
-}
 
 fn req<'a>(method: &'a str, path: &'a str) -> Request<'a> {
     Request { authority: b"rag.example.com:10000", path: path.as_bytes(), method }

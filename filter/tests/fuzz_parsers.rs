@@ -13,19 +13,12 @@ use nhi_gate::jwks::KeySet;
 use nhi_gate::jwt;
 use nhi_gate::policy::Glob;
 
-/// xorshift64*: a tiny deterministic generator for test inputs.
-struct Rng(u64);
+/// Random bytes for parsers.
+trait RandomBytes {
+    fn bytes(&mut self, max: usize) -> Vec<u8>;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+impl RandomBytes for Rng {
     /// Random bytes biased towards JSON/JWS punctuation so parsers get past their first byte.
     fn bytes(&mut self, max: usize) -> Vec<u8> {
         const ALPHABET: &[u8] = b"{}[]\":,.-_=0123456789abcdefeyJAZaz \\/\n\t\xff\x00";

@@ -93,20 +93,6 @@ fn req<'a>(method: &'a str, path: &'a str) -> Request<'a> {
     Request { authority: b"rag.example.com", path: path.as_bytes(), method }
 }
 
-fn identity(groups: &[&str]) -> Identity {
-    Identity {
-        provider: "idp".into(),
-        issuer: ISSUER.into(),
-        subject: SUBJECT.into(),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
-        scopes: vec![],
-        groups_overage: false,
-        jti: String::new(),
-        azp: String::new(),
-        session: None,
-        claims: Default::default(),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Authentication

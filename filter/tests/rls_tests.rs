@@ -6,6 +6,8 @@
 //! responses, the same library's responses and its verdicts on edge cases,
 //! and random input. Pure code only: these also run as wasm32-wasip1.
 
+mod common;
+use common::Rng;
 use nhi_gate::rls::{decode_response, encode_request, Answer, Code, Descriptor, Unit, MAX_DEPTH, METHOD, SERVICE};
 use proptest::prelude::*;
 use proptest::test_runner::Config as PtConfig;
@@ -585,20 +587,6 @@ fn decode_rejects_a_malformed_later_status() {
 // ---------------------------------------------------------------------------
 // Random input
 
-/// xorshift64*: a tiny deterministic generator for test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 #[test]
 fn random_bytes_and_mutations_never_panic() {

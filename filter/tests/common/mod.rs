@@ -239,3 +239,38 @@ impl KeyStore for FixedStore {
         self.0.clone()
     }
 }
+
+/// xorshift64*: a tiny deterministic generator for test inputs.
+#[allow(dead_code)]
+pub struct Rng(pub u64);
+
+#[allow(dead_code)]
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// An identity of provider "idp" (issuer [`ISSUER`], subject [`SUBJECT`]) with these groups.
+#[allow(dead_code)]
+pub fn identity(groups: &[&str]) -> nhi_gate::policy::Identity {
+    nhi_gate::policy::Identity {
+        provider: "idp".into(),
+        issuer: ISSUER.into(),
+        subject: SUBJECT.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        scopes: vec![],
+        groups_overage: false,
+        jti: String::new(),
+        azp: String::new(),
+        session: None,
+        claims: Default::default(),
+    }
+}
