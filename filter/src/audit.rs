@@ -81,7 +81,8 @@ fn percent_decode(s: &str) -> String {
 /// A body seen in pieces: SHA-256 and size of all of it, its first `cap`
 /// bytes, and (optionally) its last [`TAIL_BYTES`] bytes.
 pub struct Capture {
-    hash: hmac_sha256::Hash,
+    /// `None` when no digest is recorded (response bodies).
+    hash: Option<hmac_sha256::Hash>,
     size: usize,
     head: Vec<u8>,
     cap: usize,
@@ -91,12 +92,20 @@ pub struct Capture {
 impl Capture {
     /// `cap`: bytes of text kept; `keep_tail`: also keep the last bytes.
     pub fn new(cap: usize, keep_tail: bool) -> Capture {
-        Capture { hash: hmac_sha256::Hash::new(), size: 0, head: Vec::new(), cap, tail: keep_tail.then(Vec::new) }
+        Capture { hash: Some(hmac_sha256::Hash::new()), size: 0, head: Vec::new(), cap, tail: keep_tail.then(Vec::new) }
+    }
+
+    /// The same capture without the SHA-256 (the record has no response
+    /// digest: hashing every response byte would be wasted work per request).
+    pub fn without_digest(self) -> Capture {
+        Capture { hash: None, ..self }
     }
 
     /// Appends a piece of the body.
     pub fn push(&mut self, data: &[u8]) {
-        self.hash.update(data);
+        if let Some(h) = &mut self.hash {
+            h.update(data);
+        }
         self.size = self.size.saturating_add(data.len());
         let room = self.cap.saturating_sub(self.head.len());
         self.head.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
@@ -111,7 +120,11 @@ impl Capture {
 
     /// Forgets everything (the body was replaced, e.g. by masking).
     pub fn reset(&mut self) {
+        let digest = self.hash.is_some();
         *self = Capture::new(self.cap, self.tail.is_some());
+        if !digest {
+            self.hash = None;
+        }
     }
 
     /// Bytes seen so far.
@@ -137,7 +150,7 @@ impl Capture {
     /// The `request_body` field.
     pub fn request_record(&self) -> RequestBody {
         let (text, truncated) = self.text();
-        RequestBody { sha256: hex(&self.hash.finalize()), size: self.size, text, truncated }
+        RequestBody { sha256: self.hash.map(|h| hex(&h.finalize())).unwrap_or_default(), size: self.size, text, truncated }
     }
 
     /// The `response_body` field.
@@ -301,7 +314,7 @@ impl Draft {
             pending: false,
             approval: None,
             request: Capture::new(caps.0, false),
-            response: Capture::new(caps.1, true),
+            response: Capture::new(caps.1, true).without_digest(),
             request_seen: false,
             response_seen: false,
             auth_ms: 0,
