@@ -59,20 +59,11 @@ class Backend:
                 outer.hits += 1
                 req = json.loads(self.read_body() or b"{}")
                 if req.get("stream"):
-                    self.send_response(200)
-                    self.send_header("content-type", "text/event-stream")
-                    self.send_header("transfer-encoding", "chunked")
-                    self.end_headers()
                     events = [{"choices": [{"index": 0, "delta": {"content": "Hello "}}], "usage": None},
                               {"choices": [{"index": 0, "delta": {"content": "world"}}], "usage": None}]
                     if (req.get("stream_options") or {}).get("include_usage"):
                         events.append({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}})
-                    for e in events:
-                        data = f"data: {json.dumps(e)}\n\n".encode()
-                        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                        self.wfile.flush()
-                    done = b"data: [DONE]\n\n"
-                    self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+                    self.stream_sse(events)
                     return
                 out = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
                        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}

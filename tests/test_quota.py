@@ -38,20 +38,10 @@ class Llm:
                     self.reply(200, b'{"choices":[{"message":{"content":"no usage here"}}]}')
                     return
                 if req.get("stream"):
-                    self.send_response(200)
-                    self.send_header("content-type", "text/event-stream")
-                    self.send_header("transfer-encoding", "chunked")
-                    self.end_headers()
                     events = [{"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None}]
                     if (req.get("stream_options") or {}).get("include_usage"):
                         events.append({"choices": [], "usage": usage})
-                    for e in events:
-                        time.sleep(0.05)
-                        data = f"data: {json.dumps(e)}\n\n".encode()
-                        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                        self.wfile.flush()
-                    done = b"data: [DONE]\n\n"
-                    self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+                    self.stream_sse(events, delay=0.05)
                     return
                 time.sleep(0.05)
                 self.reply(200, json.dumps({"choices": [{"message": {"content": "hi"}}], "usage": usage}).encode())
