@@ -1,21 +1,41 @@
 #!/usr/bin/env python3
-"""Masking throughput inside Envoy (see scripts/bench-mask.sh): JSON bodies
-of 1 KiB, 64 KiB and 1 MiB, clean and PII-dense, through Envoy without a
-filter and through nhi-gate with response masking on. One worker, wrk,
-interleaved rounds, medians; MB/s = requests/s x body size."""
+"""Masking cost inside Envoy (see scripts/bench-mask.sh): JSON bodies of
+1 KiB, 64 KiB and 1 MiB, clean and PII-dense, through three gateways in
+front of the same fast upstream (a second Envoy answering from
+direct_response routes), one worker each:
+
+  passthrough  Envoy without a filter;
+  no-mask      nhi-gate with the same resource but no `mask` section
+               (token check, policy, audit record);
+  mask         nhi-gate masking the response body.
+
+Throughput is measured per core: wrk drives a gateway at fixed concurrency
+while the gateway process's CPU time (utime + stime, /proc/PID/stat) is
+read before and after, so CPU microseconds per request do not depend on
+what else the 2-core machine runs. Masking MB/s per core = body bytes /
+(CPU per request of `mask` - CPU per request of `no-mask`); nhi-gate MB/s
+per core = body bytes / (`mask` - `passthrough`), i.e. everything the
+filter adds (token check, audit, buffering, body copies, masking).
+
+Latency: wrk with one connection (requests back to back, no queueing) on
+the 1 KiB bodies; p50 of each gateway. Rounds are interleaved; medians.
+"""
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ISS, WASM, start, upstream_config, wait_ok, wrk  # noqa: E402
+from bench import ISS, WASM, start, upstream_config, wait_ok, UNIT  # noqa: E402
 import envoy_config  # noqa: E402
 from harness import Key, claims, free_port  # noqa: E402
 
 SIZES = {"1k": 1024, "64k": 64 * 1024, "1m": 1024 * 1024}
+KINDS = ("passthrough", "no-mask", "mask")
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def body(size, dense):
@@ -39,20 +59,44 @@ def upstream(port, admin):
     return upstream_config(port, admin, routes)
 
 
-def gateway(jwk, port, admin, up_port, with_filter):
+def gateway(kind, jwk, port, admin, up_port):
+    resource = {"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]}}
+    if kind == "mask":
+        resource["mask"] = {"max_buffer_bytes": 4 << 20}
     policy = {"providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [jwk]}}],
-              "resources": [{"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]},
-                             "mask": {"max_buffer_bytes": 4 << 20}}]}
-    cfg = envoy_config.render(json.dumps(policy), WASM, port, admin, [("upstream", up_port)], [("/", "upstream")], with_filter)
+              "resources": [resource]}
+    cfg = envoy_config.render(json.dumps(policy), WASM, port, admin, [("upstream", up_port)], [("/", "upstream")],
+                              kind != "passthrough")
     cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 8 << 20
     cfg["static_resources"]["clusters"][0]["per_connection_buffer_limit_bytes"] = 8 << 20
     return cfg
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, seconds (proc(5): fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wrk(url, token, seconds, connections, pid):
+    """One bounded wrk run; returns (requests/s, p50 ms, gateway CPU us per request)."""
+    before = cpu_seconds(pid)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                          "-H", f"authorization: Bearer {token}", url], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    cpu = cpu_seconds(pid) - before
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        raise RuntimeError(f"{url}: non-2xx responses:\n{out}")
+    n = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"\s50%\s+([\d.]+)(us|ms|s)\b", out)
+    return rps, float(m.group(1)) * UNIT[m.group(2)], cpu * 1e6 / max(n, 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
     a = ap.parse_args()
     key = Key("ES256", "m1")
@@ -61,36 +105,54 @@ def main():
     procs = [start(upstream(up_port, free_port()))]
     gws = {}
     try:
-        for kind in ("passthrough", "nhi-gate"):
+        for kind in KINDS:
             port = free_port()
-            procs.append(start(gateway(key.jwk, port, free_port(), up_port, kind == "nhi-gate")))
-            gws[kind] = port
-        for port in gws.values():
+            p = start(gateway(kind, key.jwk, port, free_port(), up_port))
+            procs.append(p)
+            gws[kind] = (port, p.pid)
+        for port, _ in gws.values():
             wait_ok(f"http://127.0.0.1:{port}/data/clean-1k", [f"authorization: Bearer {token}"], method="GET")
-        check = subprocess.run(["curl", "-s", "-H", f"authorization: Bearer {token}",
-                                f"http://127.0.0.1:{gws['nhi-gate']}/data/pii-1k"], capture_output=True, text=True).stdout
-        if "@example.com" in check or "[EMAIL]" not in check:
-            raise RuntimeError("nhi-gate did not mask the PII-dense body: " + check[:300])
-        res = {}
-        for r in range(a.rounds):
+        for kind, want_masked in (("mask", True), ("no-mask", False)):
+            check = subprocess.run(["curl", "-s", "-H", f"authorization: Bearer {token}",
+                                    f"http://127.0.0.1:{gws[kind][0]}/data/pii-1k"], capture_output=True, text=True).stdout
+            if ("[EMAIL]" in check and "@example.com" not in check) != want_masked:
+                raise RuntimeError(f"{kind}: unexpected body: " + check[:300])
+        thr, lat = {}, {}
+        for _ in range(a.rounds):
             for name in SIZES:
                 for dense in ("clean", "pii"):
-                    for kind, port in gws.items():
-                        out = wrk(f"http://127.0.0.1:{port}/data/{dense}-{name}", token, a.seconds, a.connections, method="GET")
-                        res.setdefault((name, dense, kind), []).append(out)
+                    for kind, (port, pid) in gws.items():
+                        url = f"http://127.0.0.1:{port}/data/{dense}-{name}"
+                        thr.setdefault((name, dense, kind), []).append(wrk(url, token, a.seconds, a.connections, pid))
+            for dense in ("clean", "pii"):
+                for kind, (port, pid) in gws.items():
+                    url = f"http://127.0.0.1:{port}/data/{dense}-1k"
+                    lat.setdefault((dense, kind), []).append(wrk(url, token, a.seconds, 1, pid))
     finally:
         for p in procs:
             p.terminate()
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    print(f"\n1 worker, wrk -c{a.connections}, {a.rounds} rounds x {a.seconds}s interleaved, medians\n")
-    print("| body | passthrough req/s | nhi-gate req/s | nhi-gate MB/s | ratio | p50 passthrough ms | p50 nhi-gate ms |")
-    print("|---|---|---|---|---|---|---|")
-    for name, size in SIZES.items():
+    print(f"\nthroughput: 1 worker per gateway, wrk -c{a.connections}, {a.rounds} rounds x {a.seconds}s interleaved, medians")
+    print("CPU = gateway process CPU time per request (us); MB/s per core = body bytes / extra CPU per request\n")
+    print("| body | req/s passthrough / no-mask / mask | CPU us passthrough / no-mask / mask "
+          "| masking MB/s per core | nhi-gate MB/s per core |")
+    print("|---|---|---|---|---|")
+    for name in SIZES:
         for dense in ("clean", "pii"):
-            p = [med([x[i] for x in res[(name, dense, "passthrough")]]) for i in range(3)]
-            g = [med([x[i] for x in res[(name, dense, "nhi-gate")]]) for i in range(3)]
-            mbs = g[0] * len(body(size, dense == "pii")) / 1e6
-            print(f"| {dense} {name} | {p[0]:.0f} | {g[0]:.0f} | {mbs:.1f} | {g[0] / p[0]:.2f}x | {p[1]:.3f} | {g[1]:.3f} |")
+            r = {k: [med([x[i] for x in thr[(name, dense, k)]]) for i in range(3)] for k in KINDS}
+            size = len(body(SIZES[name], dense == "pii"))
+            mask_us = r["mask"][2] - r["no-mask"][2]
+            gate_us = r["mask"][2] - r["passthrough"][2]
+            mbs = lambda us: f"{size / us:.0f}" if us > 0 else "n/a"  # noqa: E731  (bytes/us = MB/s)
+            print(f"| {dense} {name} | {r['passthrough'][0]:.0f} / {r['no-mask'][0]:.0f} / {r['mask'][0]:.0f} "
+                  f"| {r['passthrough'][2]:.1f} / {r['no-mask'][2]:.1f} / {r['mask'][2]:.1f} | {mbs(mask_us)} | {mbs(gate_us)} |")
+    print(f"\nlatency: 1 KiB bodies, wrk -c1 (back-to-back requests), {a.rounds} rounds x {a.seconds}s, medians of p50\n")
+    print("| body | p50 ms passthrough | p50 ms no-mask | p50 ms mask | mask / no-mask | mask / passthrough |")
+    print("|---|---|---|---|---|---|")
+    for dense in ("clean", "pii"):
+        p = {k: med([x[1] for x in lat[(dense, k)]]) for k in KINDS}
+        print(f"| {dense} 1k | {p['passthrough']:.3f} | {p['no-mask']:.3f} | {p['mask']:.3f} "
+              f"| {p['mask'] / p['no-mask']:.3f}x | {p['mask'] / p['passthrough']:.3f}x |")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ impl Capture {
         let room = self.cap.saturating_sub(self.head.len());
         self.head.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
         if let Some(t) = &mut self.tail {
-            t.extend_from_slice(data);
+            // only the last TAIL_BYTES of a large piece can stay
+            t.extend_from_slice(data.get(data.len().saturating_sub(TAIL_BYTES)..).unwrap_or_default());
             if t.len() > TAIL_BYTES {
                 let cut = t.len() - TAIL_BYTES;
                 t.drain(..cut);

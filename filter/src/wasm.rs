@@ -1834,8 +1834,15 @@ impl Stream {
                     raw.as_slice().into()
                 };
                 let out = match mode {
-                    BodyMode::Json => match masker.mask_json(&plain, &mut self.counts) {
-                        Ok(o) => o,
+                    BodyMode::Json => match masker.mask_json_changes(&plain, &mut self.counts) {
+                        Ok(Some(o)) => o,
+                        // nothing to redact: Envoy's buffer already holds the exact bytes
+                        Ok(None) if !gzip => {
+                            self.response = Response::Pass;
+                            self.capture_response(&raw);
+                            return Action::Continue;
+                        }
+                        Ok(None) => plain.into_owned(),
                         Err(_) => return self.fail(502, "unmaskable_body", "the upstream's JSON body could not be parsed for masking"),
                     },
                     BodyMode::Sse => {

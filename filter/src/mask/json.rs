@@ -387,12 +387,13 @@ impl Writer {
         self.copied = end;
         self.changed = true;
     }
-    fn finish(mut self, src: &[u8]) -> Vec<u8> {
+    /// The rewritten document; `None` when nothing was replaced.
+    fn finish(mut self, src: &[u8]) -> Option<Vec<u8>> {
         if !self.changed {
-            return src.to_vec();
+            return None;
         }
         self.out.extend_from_slice(src.get(self.copied..).unwrap_or(&[]));
-        self.out
+        Some(self.out)
     }
 }
 
@@ -437,6 +438,11 @@ struct Mute {
 /// Masks a JSON document. `content`: replacement text (already masked) for
 /// the string at `choices[k].delta.content`, by `k` (SSE chat chunks).
 pub(crate) fn rewrite(inner: &Inner, src: &[u8], content: Option<&BTreeMap<usize, String>>, counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
+    Ok(rewrite_changes(inner, src, content, counts)?.unwrap_or_else(|| src.to_vec()))
+}
+
+/// [`rewrite`], giving `Ok(None)` when nothing is replaced.
+pub(crate) fn rewrite_changes(inner: &Inner, src: &[u8], content: Option<&BTreeMap<usize, String>>, counts: &mut Counts) -> Result<Option<Vec<u8>>, MaskError> {
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
     let table = inner.table();
     let track = !inner.fields.is_empty() || content.is_some();

@@ -438,7 +438,14 @@ impl Masker {
     /// surrogates, control characters in strings, trailing data) or not
     /// UTF-8. The caller should fail closed.
     pub fn mask_json(&self, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
-        json::rewrite(&self.inner, body, None, counts)
+        Ok(self.mask_json_changes(body, counts)?.unwrap_or_else(|| body.to_vec()))
+    }
+
+    /// [`Masker::mask_json`] without the copy of an unchanged document:
+    /// `Ok(None)` when nothing is redacted (the body can be forwarded as
+    /// it is), `Ok(Some(masked))` otherwise. Same errors.
+    pub fn mask_json_changes(&self, body: &[u8], counts: &mut Counts) -> Result<Option<Vec<u8>>, MaskError> {
+        json::rewrite_changes(&self.inner, body, None, counts)
     }
 
     /// An incremental masker for a streamed body of the given kind.
