@@ -10,6 +10,8 @@
 //! token" checks), which is what lets the stream masker cut a stream at
 //! whitespace and still find exactly what a one-shot scan finds.
 
+use super::classify::{self, Anchors};
+
 /// Built-in detectors, in priority order (ties between equal spans go to
 /// the earlier one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,129 +94,18 @@ impl Enabled {
     }
 }
 
-// Byte classes used by the per-masker anchor table.
-/// `"`: ends a JSON string.
-pub(crate) const C_QUOTE: u8 = 1;
-/// `\`: starts a JSON escape.
-pub(crate) const C_BSLASH: u8 = 2;
-/// Control byte (< 0x20): invalid inside a JSON string.
-pub(crate) const C_CTRL: u8 = 4;
-/// An anchor byte for some enabled detector.
-pub(crate) const C_TRIG: u8 = 8;
-/// An ASCII digit.
-const C_DIGIT: u8 = 16;
-/// An ASCII lowercase letter.
-const C_LOWER: u8 = 32;
-/// `-` or `.`.
-const C_JOIN: u8 = 64;
-/// `_`.
-const C_USCORE: u8 = 128;
-
-/// Builds the 256-entry class table for the enabled built-ins.
-pub(crate) fn class_table(en: &Enabled) -> [u8; 256] {
-    let mut t = [0u8; 256];
-    for (b, slot) in t.iter_mut().enumerate() {
-        if b < 0x20 {
-            *slot |= C_CTRL;
-        }
+/// The anchor bytes of the enabled built-ins (see [`scan`]).
+pub(crate) fn anchors(en: &Enabled) -> Anchors {
+    let any = |bs: &[Builtin]| bs.iter().any(|b| en.get(*b).is_some());
+    Anchors {
+        at: any(&[Builtin::Email]),
+        digit: any(&[Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4]),
+        colon: any(&[Builtin::Ipv6]),
+        upper_i: any(&[Builtin::AwsAccessKey]),
+        upper_j: any(&[Builtin::Jwt]),
+        uscore: any(&[Builtin::GithubToken]),
+        dash: any(&[Builtin::OpenaiKey, Builtin::AnthropicKey, Builtin::SlackToken, Builtin::PrivateKey]),
     }
-    let mut mark = |bytes: &[u8]| {
-        for &b in bytes {
-            if let Some(slot) = t.get_mut(b as usize) {
-                *slot |= C_TRIG;
-            }
-        }
-    };
-    if en.get(Builtin::Email).is_some() {
-        mark(b"@");
-    }
-    if [Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4]
-        .iter()
-        .any(|b| en.get(*b).is_some())
-    {
-        mark(b"0123456789");
-    }
-    if en.get(Builtin::Ipv6).is_some() {
-        mark(b":");
-    }
-    if en.get(Builtin::AwsAccessKey).is_some() {
-        mark(b"I");
-    }
-    if en.get(Builtin::GithubToken).is_some() {
-        mark(b"_");
-    }
-    if [Builtin::OpenaiKey, Builtin::AnthropicKey, Builtin::SlackToken, Builtin::PrivateKey]
-        .iter()
-        .any(|b| en.get(*b).is_some())
-    {
-        mark(b"-");
-    }
-    if en.get(Builtin::Jwt).is_some() {
-        mark(b"J");
-    }
-    for d in b'0'..=b'9' {
-        if let Some(slot) = t.get_mut(usize::from(d)) {
-            *slot |= C_DIGIT;
-        }
-    }
-    for (bytes, bit) in [(&b"abcdefghijklmnopqrstuvwxyz"[..], C_LOWER), (b"-.", C_JOIN), (b"_", C_USCORE)] {
-        for &l in bytes {
-            if let Some(slot) = t.get_mut(usize::from(l)) {
-                *slot |= bit;
-            }
-        }
-    }
-    if let Some(slot) = t.get_mut(usize::from(b'"')) {
-        *slot |= C_QUOTE;
-    }
-    if let Some(slot) = t.get_mut(usize::from(b'\\')) {
-        *slot |= C_BSLASH;
-    }
-    t
-}
-
-// ---------------------------------------------------------------- bytes
-
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// The class bytes of the 8 bytes at `i` packed in a word (byte k of the
-/// word is the class of byte `i + k`; past the end of `s`, 0).
-#[inline]
-pub(crate) fn class_word(table: &[u8; 256], s: &[u8], i: usize) -> u64 {
-    let cls = |b: u8| table.get(usize::from(b)).copied().unwrap_or(0);
-    if let Some(w) = s.get(i..i + 8).and_then(|w| <&[u8; 8]>::try_from(w).ok()) {
-        return u64::from_le_bytes(w.map(cls));
-    }
-    // the tail: padding bytes classify as nothing
-    let mut c = [0u8; 8];
-    for (d, b) in c.iter_mut().zip(s.get(i..).unwrap_or(&[])) {
-        *d = cls(*b);
-    }
-    u64::from_le_bytes(c)
-}
-
-/// High bit set in exactly the bytes of `v` that are zero.
-#[inline]
-fn zero_bytes(v: u64) -> u64 {
-    !(((v & !HI).wrapping_add(!HI)) | v) & HI
-}
-
-/// Whether the 8 bytes at `i` may hold `"`, `\\` or a control byte (no
-/// false "no"); `None` when fewer than 8 bytes are left.
-#[inline]
-pub(crate) fn maybe_json_stop(s: &[u8], i: usize) -> Option<bool> {
-    let x = u64::from_le_bytes(*s.get(i..i + 8).and_then(|w| <&[u8; 8]>::try_from(w).ok())?);
-    let q = zero_bytes(x ^ (u64::from(b'"') * LO));
-    let b = zero_bytes(x ^ (u64::from(b'\\') * LO));
-    let ctl = x.wrapping_sub(0x20 * LO) & !x & HI;
-    Some((q | b | ctl) != 0)
-}
-
-/// Whether any byte of a class word has `bit`.
-#[inline]
-pub(crate) fn any_class(word: u64, bit: u8) -> bool {
-    word & (u64::from(bit) * LO) != 0
 }
 
 #[inline]
@@ -898,35 +789,34 @@ fn pem(s: &[u8], i: usize, at_end: bool) -> Option<Pem> {
 /// whose footer has not come and whose window is not over is *open* — more
 /// text may follow `s` (`usize::MAX`: the text ends here, nothing is open).
 /// Returns the start of the first open PEM block, if any.
-pub(crate) fn scan(en: &Enabled, table: &[u8; 256], s: &[u8], base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
     let mut open = None;
     let mut ipv6_done = 0usize;
     let mut i = 0usize;
-    // the previous window's class bits, at bit 7 of each byte
-    let (mut p_dig, mut p_low, mut p_join, mut p_us) = (0u64, 0u64, 0u64, 0u64);
+    // the previous block's masks (bit 15: its last byte)
+    let (mut p_dig, mut p_low, mut p_join, mut p_us) = (0u16, 0u16, 0u16, 0u16);
     while i < s.len() {
-        let cls = class_word(table, s, i);
-        // bit 7 of byte k: byte i+k is an anchor / digit / a-z / '-' or '.' / '_'
-        let mut trig = (cls << 4) & HI;
-        let dig = (cls << 3) & HI;
-        let low = (cls << 2) & HI;
-        let join = (cls << 1) & HI;
-        let us = cls & HI;
-        let prev = |x: u64, p: u64| (x << 8) | (p >> 56);
-        let prev2 = |x: u64, p: u64| (x << 16) | (p >> 48);
-        // A digit anchors only at the start of its run, and not where it is
-        // certainly glued to a longer token (see `glued_before`): after a-z
-        // or '_', or after '-'/'.' that follows a digit or a-z. (Runs after
-        // A-Z stay anchors: IBANs start there.)
-        let glued = prev(low | us, p_low | p_us) | (prev(join, p_join) & prev2(dig | low, p_dig | p_low));
-        trig &= !(dig & (prev(dig, p_dig) | glued));
-        (p_dig, p_low, p_join, p_us) = (dig, low, join, us);
+        let (b, n) = classify::block(s, i);
+        let m = classify::scan_masks(&b, anchors);
+        let mut trig = m.trig & classify::first(n);
+        if trig & m.dig != 0 {
+            // byte k's left neighbour(s), carried over from the previous block
+            let prev = |x: u16, p: u16| (x << 1) | (p >> 15);
+            let prev2 = |x: u16, p: u16| (x << 2) | (p >> 14);
+            // A digit anchors only at the start of its run, and not where it
+            // is certainly glued to a longer token (see `glued_before`): after
+            // a-z or '_', or after '-'/'.' that follows a digit or a-z. (Runs
+            // after A-Z stay anchors: IBANs start there.)
+            let glued = prev(m.low | m.us, p_low | p_us) | (prev(m.join, p_join) & prev2(m.dig | m.low, p_dig | p_low));
+            trig &= !(m.dig & (prev(m.dig, p_dig) | glued));
+        }
+        (p_dig, p_low, p_join, p_us) = (m.dig, m.low, m.join, m.us);
         while trig != 0 {
-            let k = (trig.trailing_zeros() / 8) as usize;
+            let k = trig.trailing_zeros() as usize;
             trig &= trig - 1;
             anchor(en, s, i + k, at(s, i + k), open_from, &mut ipv6_done, &mut open, base, out);
         }
-        i += 8;
+        i += 16;
     }
     open
 }

@@ -36,6 +36,7 @@
 //!
 //! Every function here is total: no input makes it panic.
 
+mod classify;
 mod detectors;
 mod json;
 mod stream;
@@ -205,7 +206,7 @@ struct Detector {
 pub(crate) struct Inner {
     dets: Vec<Detector>,
     enabled: Enabled,
-    table: [u8; 256],
+    anchors: classify::Anchors,
     /// Detector indices of custom detectors.
     customs: Vec<u16>,
     allow: BTreeSet<String>,
@@ -387,12 +388,12 @@ impl Masker {
         if !errs.is_empty() {
             return Err(errs);
         }
-        let table = detectors::class_table(&enabled);
+        let anchors = detectors::anchors(&enabled);
         Ok(Masker {
             inner: Arc::new(Inner {
                 dets,
                 enabled,
-                table,
+                anchors,
                 customs,
                 allow,
                 hash_key: raw.hash_key.map(String::into_bytes).unwrap_or_default(),
@@ -495,14 +496,14 @@ impl Inner {
         any_trigger || !self.prefilter || !self.customs.is_empty()
     }
 
-    pub(crate) fn table(&self) -> &[u8; 256] {
-        &self.table
+    pub(crate) fn anchors(&self) -> &classify::Anchors {
+        &self.anchors
     }
 
     /// Candidates in `s` (offset by `base`): built-ins and custom patterns.
     /// Returns the start of an open PEM block (see `detectors::scan`).
     fn candidates(&self, s: &str, base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
-        let open = detectors::scan(&self.enabled, &self.table, s.as_bytes(), base, open_from, out);
+        let open = detectors::scan(&self.enabled, &self.anchors, s.as_bytes(), base, open_from, out);
         for &idx in &self.customs {
             let Some(Detector { kind: Kind::Custom { re, validator }, .. }) = self.dets.get(usize::from(idx)) else {
                 continue;
