@@ -326,3 +326,127 @@ def test_prompt_arriving_during_a_jwks_wait_is_masked(envoy_bin):
         env.stop()
         be.close()
         jwks.close()
+
+
+# ---------------------------------------------------------------- bodies ending with trailers
+
+TRAILER_SSE = [chunk(0, "")] + [chunk(i, f) for i, f in enumerate(FRAGMENTS)] + [chunk(9, None, "stop")]
+
+
+class TrailerBackend:
+    """Answers chunked HTTP/1.1 bodies that end with a trailer (`x-checksum`):
+    /sse-done (SSE ending in `data: [DONE]`), /sse-open (SSE whose last choice
+    never finishes), /text (text/plain). PII is split across chunks."""
+
+    def __init__(self):
+        self.port = free_port()
+
+        class H(Handler):
+            def do_GET(self):
+                if self.path == "/t/sse-done":
+                    ctype, parts = "text/event-stream", TRAILER_SSE + [b"data: [DONE]\n\n"]
+                elif self.path == "/t/sse-open":
+                    ctype, parts = "text/event-stream", TRAILER_SSE[:-1]
+                else:
+                    ctype, parts = "text/plain", [b"Escalate to jane.", b"doe@exam", b"ple.com today; SSN 123-", b"45-6789. Thanks."]
+                self.send_response(200)
+                self.send_header("content-type", ctype)
+                self.send_header("transfer-encoding", "chunked")
+                self.send_header("trailer", "x-checksum")
+                self.end_headers()
+                for p in parts:
+                    self.wfile.write(f"{len(p):x}\r\n".encode() + p + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(0.01)
+                self.wfile.write(b"0\r\nx-checksum: abc123\r\n\r\n")
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def get_chunked(port, path, token, timeout=10):
+    """GET over a raw HTTP/1.1 connection asking for trailers; returns
+    (status, body, trailers, complete): `complete` is whether the chunked body
+    ended with its last chunk (else the connection was closed mid-body)."""
+    import socket as _s
+    c = _s.create_connection(("127.0.0.1", port), timeout=timeout)
+    c.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nte: trailers\r\nauthorization: Bearer {token}\r\n\r\n".encode())
+    f = c.makefile("rb")
+    status = int(f.readline().split()[1])
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    body, trailers, complete = b"", {}, False
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while True:
+                t = f.readline()
+                if t in (b"\r\n", b""):
+                    complete = t == b"\r\n"
+                    break
+                k, _, v = t.decode().partition(":")
+                trailers[k.strip().lower()] = v.strip()
+            break
+        body += f.read(size)
+        f.readline()
+    c.close()
+    return status, body, trailers, complete
+
+
+@pytest.fixture(scope="module")
+def tgw(envoy_bin):
+    key = Key("ES256", "k1")
+    be = TrailerBackend()
+    pol = {"providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [key.jwk]}}],
+           "resources": [{"name": "t", "path_prefix": "/t/", "read": {"any_of": ["readers"]}, "mask": {}}]}
+    env = Envoy(envoy_bin, pol, be.port, trailers=True)
+    yield {"env": env, "token": key.sign(claims(ISS, ttl=900))}
+    env.stop()
+    be.close()
+
+
+def sse_content(body):
+    text = ""
+    for e in body.decode().split("\n\n"):
+        if e.startswith("data: {"):
+            for ch in json.loads(e[6:]).get("choices", []):
+                text += ch["delta"].get("content") or ""
+    return text
+
+
+def test_sse_ending_with_done_then_trailers_is_whole_and_masked(tgw):
+    """Nothing is held once [DONE] went through: the body and the trailers arrive whole."""
+    status, body, trailers, complete = get_chunked(tgw["env"].port, "/t/sse-done", tgw["token"])
+    assert status == 200 and complete, body
+    assert trailers.get("x-checksum") == "abc123"
+    no_pii(body.decode())
+    assert sse_content(body) == "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("path", ["/t/text", "/t/sse-open"])
+def test_stream_holding_bytes_at_trailers_is_reset_never_leaked(tgw, path):
+    """Envoy cannot take body bytes at trailers time: a stream that still holds
+    bytes is reset (the client sees an incomplete body), never sent unmasked,
+    never silently cut; the reset is counted."""
+    env = tgw["env"]
+    before = env.stats().get("wasmcustom.nhi_gate_stream_tail_reset", 0)
+    status, body, trailers, complete = get_chunked(env.port, path, tgw["token"])
+    assert status == 200
+    assert not complete and not trailers, (body, trailers)
+    no_pii(body.decode(errors="replace"))
+    assert b"Thanks" not in body, "the held tail never goes out"
+    deadline = time.time() + 5
+    while env.stats().get("wasmcustom.nhi_gate_stream_tail_reset", 0) != before + 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert env.stats().get("wasmcustom.nhi_gate_stream_tail_reset", 0) == before + 1
+    assert "resetting the stream" in env.logs()
