@@ -33,6 +33,29 @@ def chunk(i, content=None, finish=None, usage=None):
     return f"data: {json.dumps(c)}\n\n".encode()
 
 
+def tool_chunk(delta, finish=None):
+    return {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+# Two parallel tool calls streamed as OpenAI does: each call's head (id, name,
+# empty arguments), then its arguments in fragments; the email and the card
+# are split across fragments.
+TOOL_ARGS = [["{\"to\": \"jane.", "doe@exam", "ple.com\", \"subject\": \"hi\"}"],
+             ["{\"card\": \"4111 1111 ", "1111 1111\", \"amount\": 3}"]]
+TOOL_EVENTS = [tool_chunk({"role": "assistant", "content": None})]
+for _j, _frags in enumerate(TOOL_ARGS):
+    TOOL_EVENTS.append(tool_chunk({"tool_calls": [{"index": _j, "id": f"call_{_j}", "type": "function",
+                                                   "function": {"name": ["send_mail", "charge"][_j], "arguments": ""}}]}))
+    TOOL_EVENTS += [tool_chunk({"tool_calls": [{"index": _j, "function": {"arguments": f}}]}) for f in _frags]
+TOOL_EVENTS.append(tool_chunk({}, "tool_calls"))
+
+
+def legacy(text, finish=None):
+    return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+
 class Backend:
     def __init__(self, big=20000):
         self.port = free_port()
@@ -95,7 +118,11 @@ class Backend:
                         self.rfile.readline()
                 outer.seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
                 req = json.loads(body or b"{}")
-                if self.path == "/v1/chat/completions" and req.get("stream"):
+                if self.path == "/v1/chat/completions" and req.get("stream") and req.get("tools"):
+                    self.stream_sse(TOOL_EVENTS)
+                elif self.path == "/v1/completions" and req.get("stream"):
+                    self.stream_sse([legacy(f) for f in FRAGMENTS] + [legacy("", "stop")])
+                elif self.path == "/v1/chat/completions" and req.get("stream"):
                     self.send_response(200)
                     self.send_header("content-type", "text/event-stream")
                     self.send_header("transfer-encoding", "chunked")
@@ -135,7 +162,8 @@ def policy(jwk):
             {"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]},
              "mask": {"max_buffer_bytes": 8192}},
             {"name": "llm", "path_prefix": "/v1/", "read": {"any_of": ["readers"]},
-             "operations": [{"methods": ["POST"], "path_glob": "/v1/chat/completions", "class": "read"}],
+             "operations": [{"methods": ["POST"], "path_glob": "/v1/chat/completions", "class": "read"},
+                            {"methods": ["POST"], "path_glob": "/v1/completions", "class": "read"}],
              "upstream_headers": {"authorization": "Bearer backend"},
              "mask": {"requests": "chat_messages"}},
             {"name": "echo", "path_prefix": "/echo", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
@@ -270,6 +298,42 @@ def test_openai_sdk_streams_through_the_gateway(gw):
     assert gw["be"].seen[-1]["headers"]["authorization"] == "Bearer backend"
     r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert EMAIL not in r.choices[0].message.content
+
+
+def test_openai_sdk_streams_tool_calls_with_masked_arguments(gw):
+    """Tool-call arguments streamed in fragments (PII split across them) reach
+    the SDK masked, as valid JSON, with ids and names intact."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("send_mail", "charge")]
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}], tools=tools, stream=True)
+    calls, finish = {}, None
+    for ev in stream:
+        for ch in ev.choices:
+            for tc in ch.delta.tool_calls or []:
+                c = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+                if tc.id:
+                    c["id"] = tc.id
+                if tc.function and tc.function.name:
+                    c["name"] = tc.function.name
+                if tc.function and tc.function.arguments:
+                    c["arguments"] += tc.function.arguments
+            finish = ch.finish_reason or finish
+    assert finish == "tool_calls"
+    assert [calls[i]["id"] for i in (0, 1)] == ["call_0", "call_1"]
+    assert [calls[i]["name"] for i in (0, 1)] == ["send_mail", "charge"]
+    raw = [c["arguments"] for c in calls.values()]
+    no_pii(" ".join(raw))
+    assert json.loads(calls[0]["arguments"]) == {"to": "[EMAIL]", "subject": "hi"}
+    assert json.loads(calls[1]["arguments"]) == {"card": "[PAYMENT_CARD]", "amount": 3}
+
+
+def test_openai_sdk_streams_legacy_completions_masked(gw):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
+    text = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt="x", stream=True) if c.choices)
+    no_pii(text)
+    assert text == "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
 
 
 def test_request_json_masking(gw):
