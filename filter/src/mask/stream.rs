@@ -20,18 +20,43 @@
 //!
 //! **SSE.** Events are parsed from `data:` lines (LF, CRLF or CR line ends)
 //! up to the blank line. A `data:` payload that is a JSON object with a
-//! `choices` array is a chat-completion chunk: the text of
-//! `choices[i].delta.content` is fed, per choice index, to a text stream
-//! masker as above, and each event carries in its `delta.content` the part
-//! of the text released so far (possibly empty, possibly text of earlier
-//! events), so a value split over several events is still found. The rest
-//! of the chunk is masked as JSON ([`super::Masker::mask_json`]). When a
-//! choice's `finish_reason` is set, its held text goes into that event, or,
-//! when the event has no `content`, into a synthetic chunk event (the same
-//! `id`, `model`, … with only that choice's delta) emitted just before it;
-//! `data: [DONE]` and the end of the stream flush every choice the same way.
+//! `choices` array is a chunk of a streamed completion, and three of its
+//! strings are joined across events, per choice `index`:
+//!
+//! - `choices[i].delta.content` (chat completions) and `choices[i].text`
+//!   (legacy `/v1/completions`) are fed to a text stream masker as above;
+//!   each event carries in that field the part of the text released so far
+//!   (possibly empty, possibly text of earlier events);
+//! - `choices[i].delta.tool_calls[j].function.arguments`, per tool call
+//!   `index` `j` (OpenAI streams the arguments, a JSON document, as string
+//!   fragments): held whole and masked as one JSON document
+//!   ([`super::Masker::mask_json`]: decoded string values, keys and numbers
+//!   left alone, the result still JSON) when the choice finishes; the
+//!   fragments' events carry `""` meanwhile. Past [`MAX_HOLD`] bytes, or when
+//!   the arguments are not valid JSON at the end, they are masked as text
+//!   instead (a value straddling the 64 KiB cut may then be missed).
+//!
+//! So a value split over several events is still found, and for each joined
+//! field the concatenation of what the client receives equals masking the
+//! whole text (arguments: the whole document) once, however the events and
+//! the bytes are cut. The rest of the chunk is masked as JSON
+//! ([`super::Masker::mask_json`]; `logprobs` tokens are masked one by one,
+//! not joined). When a choice's `finish_reason` is set, the held text of
+//! each of its fields goes into that field of the event, or, when the event
+//! lacks it, into a synthetic chunk event (the same `id`, `model`, … with
+//! only that choice and field: `delta.content`, `delta.tool_calls: [{index,
+//! function: {arguments}}]` or `text`) emitted just before it; `data: [DONE]`
+//! and the end of the stream flush every choice the same way. Every event
+//! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
 //! Other JSON payloads are masked as JSON, other payloads and other fields'
 //! values as text.
+//!
+//! **Trailers.** A body that ends with trailers has no end-of-stream body
+//! callback, and Envoy gives a filter no body buffer at trailers time once
+//! the body streamed: held bytes can then not be sent. The filter
+//! (`wasm.rs`) resets such a stream rather than cut it silently; nothing is
+//! held, and nothing lost, when the SSE stream's events are complete and its
+//! choices finished (e.g. after `data: [DONE]`).
 
 use super::detectors::Cand;
 use super::json::{self, StreamField};
