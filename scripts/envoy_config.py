@@ -41,8 +41,9 @@ def wasm_filter(policy_text, wasm_path):
     }
 
 
-def cluster(name, port, host="127.0.0.1", http2=False):
-    """A loopback cluster; `http2` for gRPC services (e.g. a rate-limit service)."""
+def cluster(name, port, host="127.0.0.1", http2=False, trailers=False):
+    """A loopback cluster; `http2` for gRPC services (e.g. a rate-limit service);
+    `trailers` keeps HTTP/1.1 chunked trailers (Envoy drops them by default)."""
     c = {
         "name": name,
         "type": "STATIC",
@@ -56,6 +57,10 @@ def cluster(name, port, host="127.0.0.1", http2=False):
         c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}}}}
+    elif trailers:
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http_protocol_options": {"enable_trailers": True}}}}
     return c
 
 
@@ -105,13 +110,16 @@ def audit_grpc_als(cluster_name):
 
 
 def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=True, audit_path=None, node="nhi-gate",
-           grpc_clusters=(), otel_cluster=None, als_cluster=None):
+           grpc_clusters=(), otel_cluster=None, als_cluster=None, trailers=False):
     http_filters = [wasm_filter(policy_text, wasm_path)] if with_filter else []
     http_filters.append({"name": "envoy.filters.http.router",
                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
     loggers = ([audit_log(audit_path)] if audit_path else []) + ([audit_otel(otel_cluster)] if otel_cluster else []) \
         + ([audit_grpc_als(als_cluster)] if als_cluster else [])
     hcm_extra = {"access_log": loggers} if loggers else {}
+    if trailers:
+        # HTTP/1.1 trailers kept end to end (tests of bodies that end with trailers)
+        hcm_extra["http_protocol_options"] = {"enable_trailers": True}
     return {
         "node": {"id": node, "cluster": "nhi-gate"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
@@ -140,7 +148,7 @@ def render(policy_text, wasm_path, listen, admin, clusters, routes, with_filter=
                     },
                 }]}],
             }],
-            "clusters": [cluster(name, port, http2=name in grpc_clusters) for name, port in clusters],
+            "clusters": [cluster(name, port, http2=name in grpc_clusters, trailers=trailers) for name, port in clusters],
         },
     }
 

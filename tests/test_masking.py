@@ -33,6 +33,29 @@ def chunk(i, content=None, finish=None, usage=None):
     return f"data: {json.dumps(c)}\n\n".encode()
 
 
+def tool_chunk(delta, finish=None):
+    return {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+# Two parallel tool calls streamed as OpenAI does: each call's head (id, name,
+# empty arguments), then its arguments in fragments; the email and the card
+# are split across fragments.
+TOOL_ARGS = [["{\"to\": \"jane.", "doe@exam", "ple.com\", \"subject\": \"hi\"}"],
+             ["{\"card\": \"4111 1111 ", "1111 1111\", \"amount\": 3}"]]
+TOOL_EVENTS = [tool_chunk({"role": "assistant", "content": None})]
+for _j, _frags in enumerate(TOOL_ARGS):
+    TOOL_EVENTS.append(tool_chunk({"tool_calls": [{"index": _j, "id": f"call_{_j}", "type": "function",
+                                                   "function": {"name": ["send_mail", "charge"][_j], "arguments": ""}}]}))
+    TOOL_EVENTS += [tool_chunk({"tool_calls": [{"index": _j, "function": {"arguments": f}}]}) for f in _frags]
+TOOL_EVENTS.append(tool_chunk({}, "tool_calls"))
+
+
+def legacy(text, finish=None):
+    return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+
+
 class Backend:
     def __init__(self, big=20000):
         self.port = free_port()
@@ -95,7 +118,11 @@ class Backend:
                         self.rfile.readline()
                 outer.seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
                 req = json.loads(body or b"{}")
-                if self.path == "/v1/chat/completions" and req.get("stream"):
+                if self.path == "/v1/chat/completions" and req.get("stream") and req.get("tools"):
+                    self.stream_sse(TOOL_EVENTS)
+                elif self.path == "/v1/completions" and req.get("stream"):
+                    self.stream_sse([legacy(f) for f in FRAGMENTS] + [legacy("", "stop")])
+                elif self.path == "/v1/chat/completions" and req.get("stream"):
                     self.send_response(200)
                     self.send_header("content-type", "text/event-stream")
                     self.send_header("transfer-encoding", "chunked")
@@ -135,7 +162,8 @@ def policy(jwk):
             {"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]},
              "mask": {"max_buffer_bytes": 8192}},
             {"name": "llm", "path_prefix": "/v1/", "read": {"any_of": ["readers"]},
-             "operations": [{"methods": ["POST"], "path_glob": "/v1/chat/completions", "class": "read"}],
+             "operations": [{"methods": ["POST"], "path_glob": "/v1/chat/completions", "class": "read"},
+                            {"methods": ["POST"], "path_glob": "/v1/completions", "class": "read"}],
              "upstream_headers": {"authorization": "Bearer backend"},
              "mask": {"requests": "chat_messages"}},
             {"name": "echo", "path_prefix": "/echo", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
@@ -272,6 +300,42 @@ def test_openai_sdk_streams_through_the_gateway(gw):
     assert EMAIL not in r.choices[0].message.content
 
 
+def test_openai_sdk_streams_tool_calls_with_masked_arguments(gw):
+    """Tool-call arguments streamed in fragments (PII split across them) reach
+    the SDK masked, as valid JSON, with ids and names intact."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("send_mail", "charge")]
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}], tools=tools, stream=True)
+    calls, finish = {}, None
+    for ev in stream:
+        for ch in ev.choices:
+            for tc in ch.delta.tool_calls or []:
+                c = calls.setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+                if tc.id:
+                    c["id"] = tc.id
+                if tc.function and tc.function.name:
+                    c["name"] = tc.function.name
+                if tc.function and tc.function.arguments:
+                    c["arguments"] += tc.function.arguments
+            finish = ch.finish_reason or finish
+    assert finish == "tool_calls"
+    assert [calls[i]["id"] for i in (0, 1)] == ["call_0", "call_1"]
+    assert [calls[i]["name"] for i in (0, 1)] == ["send_mail", "charge"]
+    raw = [c["arguments"] for c in calls.values()]
+    no_pii(" ".join(raw))
+    assert json.loads(calls[0]["arguments"]) == {"to": "[EMAIL]", "subject": "hi"}
+    assert json.loads(calls[1]["arguments"]) == {"card": "[PAYMENT_CARD]", "amount": 3}
+
+
+def test_openai_sdk_streams_legacy_completions_masked(gw):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
+    text = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt="x", stream=True) if c.choices)
+    no_pii(text)
+    assert text == "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
+
+
 def test_request_json_masking(gw):
     body = json.dumps({"doc": f"ssn {SSN} mail {EMAIL}", "n": 5}).encode()
     code, _, out = gw["env"].request("POST", "/echo", gw["auth"] + [("content-type", "application/json")], body)
@@ -326,3 +390,127 @@ def test_prompt_arriving_during_a_jwks_wait_is_masked(envoy_bin):
         env.stop()
         be.close()
         jwks.close()
+
+
+# ---------------------------------------------------------------- bodies ending with trailers
+
+TRAILER_SSE = [chunk(0, "")] + [chunk(i, f) for i, f in enumerate(FRAGMENTS)] + [chunk(9, None, "stop")]
+
+
+class TrailerBackend:
+    """Answers chunked HTTP/1.1 bodies that end with a trailer (`x-checksum`):
+    /sse-done (SSE ending in `data: [DONE]`), /sse-open (SSE whose last choice
+    never finishes), /text (text/plain). PII is split across chunks."""
+
+    def __init__(self):
+        self.port = free_port()
+
+        class H(Handler):
+            def do_GET(self):
+                if self.path == "/t/sse-done":
+                    ctype, parts = "text/event-stream", TRAILER_SSE + [b"data: [DONE]\n\n"]
+                elif self.path == "/t/sse-open":
+                    ctype, parts = "text/event-stream", TRAILER_SSE[:-1]
+                else:
+                    ctype, parts = "text/plain", [b"Escalate to jane.", b"doe@exam", b"ple.com today; SSN 123-", b"45-6789. Thanks."]
+                self.send_response(200)
+                self.send_header("content-type", ctype)
+                self.send_header("transfer-encoding", "chunked")
+                self.send_header("trailer", "x-checksum")
+                self.end_headers()
+                for p in parts:
+                    self.wfile.write(f"{len(p):x}\r\n".encode() + p + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(0.01)
+                self.wfile.write(b"0\r\nx-checksum: abc123\r\n\r\n")
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def get_chunked(port, path, token, timeout=10):
+    """GET over a raw HTTP/1.1 connection asking for trailers; returns
+    (status, body, trailers, complete): `complete` is whether the chunked body
+    ended with its last chunk (else the connection was closed mid-body)."""
+    import socket as _s
+    c = _s.create_connection(("127.0.0.1", port), timeout=timeout)
+    c.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nte: trailers\r\nauthorization: Bearer {token}\r\n\r\n".encode())
+    f = c.makefile("rb")
+    status = int(f.readline().split()[1])
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    body, trailers, complete = b"", {}, False
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while True:
+                t = f.readline()
+                if t in (b"\r\n", b""):
+                    complete = t == b"\r\n"
+                    break
+                k, _, v = t.decode().partition(":")
+                trailers[k.strip().lower()] = v.strip()
+            break
+        body += f.read(size)
+        f.readline()
+    c.close()
+    return status, body, trailers, complete
+
+
+@pytest.fixture(scope="module")
+def tgw(envoy_bin):
+    key = Key("ES256", "k1")
+    be = TrailerBackend()
+    pol = {"providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [key.jwk]}}],
+           "resources": [{"name": "t", "path_prefix": "/t/", "read": {"any_of": ["readers"]}, "mask": {}}]}
+    env = Envoy(envoy_bin, pol, be.port, trailers=True)
+    yield {"env": env, "token": key.sign(claims(ISS, ttl=900))}
+    env.stop()
+    be.close()
+
+
+def sse_content(body):
+    text = ""
+    for e in body.decode().split("\n\n"):
+        if e.startswith("data: {"):
+            for ch in json.loads(e[6:]).get("choices", []):
+                text += ch["delta"].get("content") or ""
+    return text
+
+
+def test_sse_ending_with_done_then_trailers_is_whole_and_masked(tgw):
+    """Nothing is held once [DONE] went through: the body and the trailers arrive whole."""
+    status, body, trailers, complete = get_chunked(tgw["env"].port, "/t/sse-done", tgw["token"])
+    assert status == 200 and complete, body
+    assert trailers.get("x-checksum") == "abc123"
+    no_pii(body.decode())
+    assert sse_content(body) == "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("path", ["/t/text", "/t/sse-open"])
+def test_stream_holding_bytes_at_trailers_is_reset_never_leaked(tgw, path):
+    """Envoy cannot take body bytes at trailers time: a stream that still holds
+    bytes is reset (the client sees an incomplete body), never sent unmasked,
+    never silently cut; the reset is counted."""
+    env = tgw["env"]
+    before = env.stats().get("wasmcustom.nhi_gate_stream_tail_reset", 0)
+    status, body, trailers, complete = get_chunked(env.port, path, tgw["token"])
+    assert status == 200
+    assert not complete and not trailers, (body, trailers)
+    no_pii(body.decode(errors="replace"))
+    assert b"Thanks" not in body, "the held tail never goes out"
+    deadline = time.time() + 5
+    while env.stats().get("wasmcustom.nhi_gate_stream_tail_reset", 0) != before + 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert env.stats().get("wasmcustom.nhi_gate_stream_tail_reset", 0) == before + 1
+    assert "resetting the stream" in env.logs()

@@ -114,6 +114,9 @@ struct Worker {
     node: String,
     /// Pushing records to the collector, when configured.
     shipper: Option<Shipper>,
+    /// Counter `nhi_gate_stream_tail_reset`: streamed responses reset at
+    /// their trailers because masked bytes were still held (see [`Stream::response_trailers`]).
+    tail_resets: Option<u32>,
 }
 
 /// Ships audit records to the collector: a queue shared by all workers
@@ -673,6 +676,7 @@ impl RootContext for Root {
                         rls_debits: Vec::new(),
                         node,
                         shipper,
+                        tail_resets: hostcalls::define_metric(MetricType::Counter, "nhi_gate_stream_tail_reset").ok(),
                     });
                 self.set_tick_period(Duration::from_millis(TICK_MS));
                 true
@@ -1755,11 +1759,39 @@ impl Stream {
         Action::Continue
     }
 
+    /// A response body that ends with trailers: its last body callback had
+    /// no end of stream, so a streamed body may still hold bytes. Envoy does
+    /// not let a filter add body bytes at trailers time (the body buffer of a
+    /// streamed response is gone: `proxy_set_buffer_bytes` answers
+    /// `BadArgument`), so held bytes can be neither sent nor dropped silently:
+    /// the stream is reset (the client sees an incomplete response, as when
+    /// Envoy's own buffer limits are hit after the headers went out), with a
+    /// warning and the counter `nhi_gate_stream_tail_reset`. Nothing held (an
+    /// SSE stream whose events and choices were complete, e.g. after
+    /// `data: [DONE]`): the trailers pass.
     fn response_trailers(&mut self, _n: usize) -> Action {
-        match self.response {
+        match &mut self.response {
             // Buffered for masking but ended with trailers: never release it unmasked.
             Response::Buffer { .. } => self.fail(502, "unmaskable_body", "response bodies with trailers cannot be masked"),
-            _ => Action::Continue,
+            Response::Stream(sm) => {
+                let held = sm.held();
+                if held == 0 {
+                    self.response = Response::Pass;
+                    return Action::Continue;
+                }
+                // Never sent: neither the held bytes nor their masked form.
+                let _ = sm.finish(&mut Counts::new());
+                self.response = Response::Pass;
+                log::warn!(
+                    "context={}: streamed response ended with trailers while {held} bytes were held for masking; Envoy cannot send them now: resetting the stream",
+                    self.context_id
+                );
+                let id = self.worker.borrow().as_ref().and_then(|w| w.tail_resets);
+                metric(id, 1);
+                let _ = hostcalls::reset_http_response();
+                Action::Pause
+            }
+            Response::Pass => Action::Continue,
         }
     }
 }

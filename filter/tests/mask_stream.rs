@@ -7,6 +7,7 @@ use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
 use proptest::prelude::*;
 use proptest::test_runner::Config as PtConfig;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 fn masker(cfg: Value) -> Masker {
     let raw: RawMasking = serde_json::from_value(cfg).expect("raw masking");
@@ -441,4 +442,285 @@ fn pem_header_without_footer_does_not_stall_the_stream() {
     out.extend(s.finish(&mut counts));
     assert_eq!(String::from_utf8(out).unwrap(), m.mask_text(&input, &mut Counts::new()));
     assert!(m.mask_text(&input, &mut Counts::new()).starts_with("oops [PRIVATE_KEY]\n\nand the answer"));
+}
+
+// ---------------------------------------------------------------- tool calls and legacy completions
+
+/// A chat-completion SSE stream of tool calls: call `j` (ids `call_j`, name
+/// `fn_j`) streams `args[j]` as `function.arguments` fragments of the given
+/// char counts (cycled); the calls' fragments interleave when `interleave`,
+/// else each call streams whole after the other (as OpenAI sends parallel
+/// calls). A role chunk first (`content: null`), then the calls, a
+/// `finish_reason: "tool_calls"` chunk with an empty delta, and `[DONE]`.
+fn tool_sse(args: &[String], frag: &[usize], interleave: bool, eol: &str) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-tool1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-mini",
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let mut out = String::new();
+    let mut ev = |v: Value| {
+        out.push_str("data: ");
+        out.push_str(&v.to_string());
+        out.push_str(eol);
+        out.push_str(eol);
+    };
+    ev(chunk(json!({"role": "assistant", "content": null}), Value::Null));
+    // per call: its fragments
+    let mut pieces: Vec<Vec<String>> = Vec::new();
+    let mut k = 0;
+    for a in args {
+        let chars: Vec<char> = a.chars().collect();
+        let mut p = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let n = frag[k % frag.len()];
+            k += 1;
+            p.push(chars[i..(i + n).min(chars.len())].iter().collect());
+            i += n;
+        }
+        pieces.push(p);
+    }
+    for (j, _) in args.iter().enumerate() {
+        let head = json!({"tool_calls": [{"index": j, "id": format!("call_{j}"), "type": "function",
+                                          "function": {"name": format!("fn_{j}"), "arguments": ""}}]});
+        if interleave || j == 0 {
+            ev(chunk(head, Value::Null));
+        }
+        if !interleave {
+            for p in &pieces[j] {
+                ev(chunk(json!({"tool_calls": [{"index": j, "function": {"arguments": p}}]}), Value::Null));
+            }
+            if let Some(next) = args.get(j + 1).map(|_| j + 1) {
+                ev(chunk(json!({"tool_calls": [{"index": next, "id": format!("call_{next}"), "type": "function",
+                                                "function": {"name": format!("fn_{next}"), "arguments": ""}}]}), Value::Null));
+            }
+        }
+    }
+    if interleave {
+        let most = pieces.iter().map(Vec::len).max().unwrap_or(0);
+        for i in 0..most {
+            // one event may carry fragments of several calls
+            let calls: Vec<Value> = pieces
+                .iter()
+                .enumerate()
+                .filter_map(|(j, p)| p.get(i).map(|f| json!({"index": j, "function": {"arguments": f}})))
+                .collect();
+            ev(chunk(json!({"tool_calls": calls}), Value::Null));
+        }
+    }
+    ev(chunk(json!({}), json!("tool_calls")));
+    out.push_str("data: [DONE]");
+    out.push_str(eol);
+    out.push_str(eol);
+    out
+}
+
+/// Checks a masked tool-call stream: valid SSE, every event JSON, the id and
+/// name of each call kept, nothing after the finish chunk; returns the
+/// assembled arguments by call index.
+fn assemble_tool_calls(out: &[u8]) -> Vec<String> {
+    let out = std::str::from_utf8(out).expect("UTF-8");
+    let events = parse_sse(out);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut args: Vec<String> = Vec::new();
+    let mut finished = false;
+    for data in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(data).expect("chunk JSON");
+        assert_eq!(v["id"], "chatcmpl-tool1");
+        assert_eq!(v["object"], "chat.completion.chunk");
+        assert!(!finished, "an event after the finish chunk: {data}");
+        let ch = &v["choices"][0];
+        for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let j = tc["index"].as_u64().expect("tool call index") as usize;
+            if args.len() <= j {
+                args.resize(j + 1, String::new());
+            }
+            if let Some(id) = tc.get("id") {
+                assert_eq!(id, &json!(format!("call_{j}")));
+                assert_eq!(tc["function"]["name"], json!(format!("fn_{j}")));
+            }
+            args[j].push_str(tc["function"]["arguments"].as_str().expect("arguments string"));
+        }
+        if ch["finish_reason"] == "tool_calls" {
+            finished = true;
+        }
+    }
+    assert!(finished, "no finish chunk");
+    args
+}
+
+/// Tool-call arguments: JSON text holding the generated text and PII values.
+fn tool_args() -> impl Strategy<Value = (Vec<String>, Vec<String>)> {
+    prop::collection::vec(text(), 1..4).prop_map(|calls| {
+        let mut pii = Vec::new();
+        let args = calls
+            .into_iter()
+            .map(|(t, p)| {
+                pii.extend(p);
+                json!({"to": "someone", "body": t, "n": 3}).to_string()
+            })
+            .collect();
+        (args, pii)
+    })
+}
+
+/// A legacy completions (`/v1/completions`) SSE stream delivering `content`
+/// in fragments of `choices[0].text`, a finish chunk with an empty text, and
+/// `[DONE]`.
+fn completions_sse(content: &str, frag: &[usize]) -> String {
+    let chunk = |text: &str, finish: Value| {
+        json!({"id": "cmpl-1", "object": "text_completion", "created": 1_700_000_000, "model": "gpt-3.5-turbo-instruct",
+               "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
+    };
+    let mut out = String::new();
+    let chars: Vec<char> = content.chars().collect();
+    let (mut i, mut k) = (0, 0);
+    while i < chars.len() {
+        let n = frag[k % frag.len()];
+        k += 1;
+        let piece: String = chars[i..(i + n).min(chars.len())].iter().collect();
+        i += n;
+        out.push_str(&format!("data: {}\n\n", chunk(&piece, Value::Null)));
+    }
+    out.push_str(&format!("data: {}\n\ndata: [DONE]\n\n", chunk("", json!("length"))));
+    out
+}
+
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Tool-call arguments split at random points across events (sequential
+    /// or interleaved parallel calls) and the bytes cut at random: the same
+    /// output for any chunking, valid SSE and chunk JSON, each call's
+    /// assembled arguments equal to masking its whole arguments at once as
+    /// JSON (so they stay JSON), and no value survives.
+    #[test]
+    fn sse_tool_call_arguments_are_joined_across_events(
+        (args, pii) in tool_args(),
+        frag in prop::collection::vec(1usize..12, 1..50),
+        interleave in any::<bool>(),
+        crlf in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let input = tool_sse(&args, &frag, interleave, if crlf { "\r\n" } else { "\n" });
+        let (one, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, cut_counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        prop_assert_eq!(&cut_counts, &counts);
+        let got = assemble_tool_calls(&out);
+        // each call's arguments masked as one JSON document: still JSON
+        let want: Vec<String> =
+            args.iter().map(|a| String::from_utf8(m.mask_json(a.as_bytes(), &mut Counts::new()).expect("JSON")).unwrap()).collect();
+        prop_assert_eq!(&got, &want);
+        let out = String::from_utf8(out).unwrap();
+        for v in &pii {
+            // as it appears in the arguments (JSON) inside the event (JSON)
+            let twice = serde_json::to_string(&serde_json::to_string(v).unwrap()).unwrap();
+            prop_assert!(!out.contains(&twice[3..twice.len() - 3]), "{:?} survived", v);
+        }
+    }
+
+    /// Legacy completions: `choices[].text` is joined the same way.
+    #[test]
+    fn sse_legacy_completion_text_is_joined_across_events(
+        (content, pii) in text(),
+        frag in prop::collection::vec(1usize..12, 1..100),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let input = completions_sse(&content, &frag);
+        let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        let out = String::from_utf8(out).unwrap();
+        let events = parse_sse(&out);
+        prop_assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let mut text = String::new();
+        let mut finished = false;
+        for data in &events[..events.len() - 1] {
+            let v: Value = serde_json::from_str(data).expect("chunk JSON");
+            prop_assert_eq!(&v["object"], "text_completion");
+            prop_assert!(!finished, "an event after the finish chunk");
+            text.push_str(v["choices"][0]["text"].as_str().expect("text"));
+            finished = v["choices"][0]["finish_reason"] == "length";
+        }
+        prop_assert_eq!(text, m.mask_text(&content, &mut Counts::new()));
+        for v in &pii {
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}
+
+#[test]
+fn sse_email_and_card_split_across_tool_call_argument_fragments() {
+    let m = masker(json!({}));
+    // OpenAI's shape: the call's head with an empty arguments string, then
+    // fragments; the email and the card are each split across two events
+    let args = r#"{"to":"jane.doe@example.com","card":"4111 1111 1111 1111","note":"ok"}"#;
+    let splits = [7, 14, 33, 45, 60];
+    let mut frags = Vec::new();
+    let mut last = 0;
+    for s in splits.iter().chain([args.len()].iter()) {
+        frags.push(&args[last..*s]);
+        last = *s;
+    }
+    assert!(frags.iter().all(|f| !f.contains("jane.doe@example.com") && !f.contains("4111 1111 1111 1111")));
+    let ev = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-tool1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let mut input = ev(
+        json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+               "function": {"name": "fn_0", "arguments": ""}}]}),
+        Value::Null,
+    );
+    for f in &frags {
+        input += &ev(json!({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}), Value::Null);
+    }
+    input += &ev(json!({}), json!("tool_calls"));
+    input += "data: [DONE]\n\n";
+    for cuts in [vec![], (0..input.len()).collect::<Vec<_>>()] {
+        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        let s = String::from_utf8(out.clone()).unwrap();
+        assert!(!s.contains("jane") && !s.contains("1111"), "{s}");
+        assert_eq!(assemble_tool_calls(&out), vec![r#"{"to":"[EMAIL]","card":"[PAYMENT_CARD]","note":"ok"}"#.to_string()]);
+        assert_eq!(counts.get("email"), Some(&1));
+        assert_eq!(counts.get("payment_card"), Some(&1));
+    }
+}
+
+#[test]
+fn sse_tool_calls_of_several_choices_and_content_are_kept_apart() {
+    let m = masker(json!({}));
+    let ev = |choices: Value| format!("data: {}\n\n", json!({"id": "x", "object": "chat.completion.chunk", "choices": choices}));
+    let mut input = String::new();
+    input += &ev(json!([{"index": 0, "delta": {"content": "mail a@exa", "tool_calls": [{"index": 0, "function": {"arguments": "{\"m\":\"b@exa"}}]}, "finish_reason": null},
+                        {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"m\":\"c@exa"}}, {"index": 1, "function": {"arguments": "{\"m\":\"d@exa"}}]}, "finish_reason": null}]));
+    input += &ev(json!([{"index": 1, "delta": {"tool_calls": [{"index": 1, "function": {"arguments": "mple.com\"}"}}, {"index": 0, "function": {"arguments": "mple.com\"}"}}]}, "finish_reason": null}]));
+    input += &ev(json!([{"index": 0, "delta": {"content": "mple.com ok", "tool_calls": [{"index": 0, "function": {"arguments": "mple.com\"}"}}]}, "finish_reason": "stop"}]));
+    // choice 1 never finishes: flushed at the end of the stream
+    let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("exa"), "{out}");
+    let mut content = String::new();
+    let mut args: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for d in parse_sse(&out) {
+        let v: Value = serde_json::from_str(&d).unwrap();
+        for ch in v["choices"].as_array().unwrap() {
+            let i = ch["index"].as_u64().unwrap();
+            content.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+            for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                args.entry((i, tc["index"].as_u64().unwrap())).or_default().push_str(tc["function"]["arguments"].as_str().unwrap());
+            }
+        }
+    }
+    assert_eq!(content, "mail [EMAIL] ok");
+    let want: BTreeMap<(u64, u64), String> = [(0, 0), (1, 0), (1, 1)].into_iter().map(|k| (k, "{\"m\":\"[EMAIL]\"}".to_string())).collect();
+    assert_eq!(args, want);
+    assert_eq!(counts.get("email"), Some(&4));
 }

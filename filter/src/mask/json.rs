@@ -404,10 +404,30 @@ fn key<'a>(text: &'a str, src: &[u8], anchors: &Anchors, pos: usize, keep: bool)
     Ok((k, ws(src, p + 1)))
 }
 
-/// Whether `path` is `choices[k].delta.content`; returns `k`.
-fn content_path(path: &[Frame<'_>]) -> Option<usize> {
+/// A streamed text field of an SSE chunk, by array positions (not by the
+/// `index` members): the strings the SSE masker joins across events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum StreamField {
+    /// `choices[k].delta.content` (chat completions).
+    Content(usize),
+    /// `choices[k].text` (legacy completions).
+    Text(usize),
+    /// `choices[k].delta.tool_calls[m].function.arguments`.
+    Args(usize, usize),
+}
+
+/// Which [`StreamField`] `path` is, if any.
+fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
     match path {
-        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(t)] if c == "choices" && d == "delta" && t == "content" => Some(*k),
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(t)] if c == "choices" && d == "delta" && t == "content" => {
+            Some(StreamField::Content(*k))
+        }
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(t)] if c == "choices" && t == "text" => Some(StreamField::Text(*k)),
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(tc), Frame::Arr(m), Frame::Obj(f), Frame::Obj(a)]
+            if c == "choices" && d == "delta" && tc == "tool_calls" && f == "function" && a == "arguments" =>
+        {
+            Some(StreamField::Args(*k, *m))
+        }
         _ => None,
     }
 }
@@ -421,13 +441,18 @@ struct Mute {
 }
 
 /// Masks a JSON document. `content`: replacement text (already masked) for
-/// the string at `choices[k].delta.content`, by `k` (SSE chat chunks).
-pub(crate) fn rewrite(inner: &Inner, src: &[u8], content: Option<&BTreeMap<usize, String>>, counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
+/// the strings at the given [`StreamField`]s (SSE chunks).
+pub(crate) fn rewrite(inner: &Inner, src: &[u8], content: Option<&BTreeMap<StreamField, String>>, counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
     Ok(rewrite_changes(inner, src, content, counts)?.unwrap_or_else(|| src.to_vec()))
 }
 
 /// [`rewrite`], giving `Ok(None)` when nothing is replaced.
-pub(crate) fn rewrite_changes(inner: &Inner, src: &[u8], content: Option<&BTreeMap<usize, String>>, counts: &mut Counts) -> Result<Option<Vec<u8>>, MaskError> {
+pub(crate) fn rewrite_changes(
+    inner: &Inner,
+    src: &[u8],
+    content: Option<&BTreeMap<StreamField, String>>,
+    counts: &mut Counts,
+) -> Result<Option<Vec<u8>>, MaskError> {
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
     let anchors = inner.anchors();
     let track = !inner.fields.is_empty() || content.is_some();
@@ -469,7 +494,7 @@ pub(crate) fn rewrite_changes(inner: &Inner, src: &[u8], content: Option<&BTreeM
             b'"' => {
                 let (end, esc, trig) = scan_string(src, anchors, pos + 1)?;
                 if mute.is_none() {
-                    let hook = if content.is_some() { content_path(&stack) } else { None };
+                    let hook = if content.is_some() { stream_field(&stack) } else { None };
                     if let Some(rep) = hook.and_then(|k| content.and_then(|m| m.get(&k))) {
                         buf.clear();
                         quote(rep, &mut buf);

@@ -20,21 +20,46 @@
 //!
 //! **SSE.** Events are parsed from `data:` lines (LF, CRLF or CR line ends)
 //! up to the blank line. A `data:` payload that is a JSON object with a
-//! `choices` array is a chat-completion chunk: the text of
-//! `choices[i].delta.content` is fed, per choice index, to a text stream
-//! masker as above, and each event carries in its `delta.content` the part
-//! of the text released so far (possibly empty, possibly text of earlier
-//! events), so a value split over several events is still found. The rest
-//! of the chunk is masked as JSON ([`super::Masker::mask_json`]). When a
-//! choice's `finish_reason` is set, its held text goes into that event, or,
-//! when the event has no `content`, into a synthetic chunk event (the same
-//! `id`, `model`, … with only that choice's delta) emitted just before it;
-//! `data: [DONE]` and the end of the stream flush every choice the same way.
+//! `choices` array is a chunk of a streamed completion, and three of its
+//! strings are joined across events, per choice `index`:
+//!
+//! - `choices[i].delta.content` (chat completions) and `choices[i].text`
+//!   (legacy `/v1/completions`) are fed to a text stream masker as above;
+//!   each event carries in that field the part of the text released so far
+//!   (possibly empty, possibly text of earlier events);
+//! - `choices[i].delta.tool_calls[j].function.arguments`, per tool call
+//!   `index` `j` (OpenAI streams the arguments, a JSON document, as string
+//!   fragments): held whole and masked as one JSON document
+//!   ([`super::Masker::mask_json`]: decoded string values, keys and numbers
+//!   left alone, the result still JSON) when the choice finishes; the
+//!   fragments' events carry `""` meanwhile. Past [`MAX_HOLD`] bytes, or when
+//!   the arguments are not valid JSON at the end, they are masked as text
+//!   instead (a value straddling the 64 KiB cut may then be missed).
+//!
+//! So a value split over several events is still found, and for each joined
+//! field the concatenation of what the client receives equals masking the
+//! whole text (arguments: the whole document) once, however the events and
+//! the bytes are cut. The rest of the chunk is masked as JSON
+//! ([`super::Masker::mask_json`]; `logprobs` tokens are masked one by one,
+//! not joined). When a choice's `finish_reason` is set, the held text of
+//! each of its fields goes into that field of the event, or, when the event
+//! lacks it, into a synthetic chunk event (the same `id`, `model`, … with
+//! only that choice and field: `delta.content`, `delta.tool_calls: [{index,
+//! function: {arguments}}]` or `text`) emitted just before it; `data: [DONE]`
+//! and the end of the stream flush every choice the same way. Every event
+//! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
 //! Other JSON payloads are masked as JSON, other payloads and other fields'
 //! values as text.
+//!
+//! **Trailers.** A body that ends with trailers has no end-of-stream body
+//! callback, and Envoy gives a filter no body buffer at trailers time once
+//! the body streamed: held bytes can then not be sent. The filter
+//! (`wasm.rs`) resets such a stream rather than cut it silently; nothing is
+//! held, and nothing lost, when the SSE stream's events are complete and its
+//! choices finished (e.g. after `data: [DONE]`).
 
 use super::detectors::Cand;
-use super::json;
+use super::json::{self, StreamField};
 use super::{Counts, Inner};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -259,6 +284,9 @@ struct ChoiceLite {
     index: Option<u64>,
     #[serde(default)]
     delta: Option<DeltaLite>,
+    /// Legacy completions (`/v1/completions`): the text fragment.
+    #[serde(default)]
+    text: Option<String>,
     /// Present and not `null`: the choice is finished.
     #[serde(default)]
     finish_reason: Option<serde::de::IgnoredAny>,
@@ -268,6 +296,91 @@ struct ChoiceLite {
 struct DeltaLite {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallLite>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolCallLite {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    function: Option<FunctionLite>,
+}
+
+#[derive(serde::Deserialize)]
+struct FunctionLite {
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// A text joined across events, within one choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    /// `delta.content`.
+    Content,
+    /// `text` (legacy completions).
+    Text,
+    /// `delta.tool_calls[]` with this `index`: `function.arguments`.
+    Args(u64),
+}
+
+/// The held text of one [`Slot`].
+#[derive(Debug)]
+enum Joiner {
+    /// Content and legacy text: a text stream masker.
+    Text(TextStream),
+    /// Tool-call arguments (a JSON document in fragments): held whole and
+    /// masked as JSON when the choice finishes; past [`MAX_HOLD`] bytes, or
+    /// when not valid JSON at the end, masked as text instead.
+    Json { inner: Arc<Inner>, buf: Vec<u8> },
+}
+
+impl Joiner {
+    fn new(inner: &Arc<Inner>, slot: Slot) -> Joiner {
+        match slot {
+            Slot::Args(_) => Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() },
+            Slot::Content | Slot::Text => Joiner::Text(TextStream::new(Arc::clone(inner))),
+        }
+    }
+
+    fn held(&self) -> usize {
+        match self {
+            Joiner::Text(t) => t.held(),
+            Joiner::Json { buf, .. } => buf.len(),
+        }
+    }
+
+    fn push(&mut self, frag: &[u8], counts: &mut Counts) -> Vec<u8> {
+        match self {
+            Joiner::Text(t) => t.push(frag, counts),
+            Joiner::Json { inner, buf } => {
+                buf.extend_from_slice(frag);
+                if buf.len() <= MAX_HOLD {
+                    return Vec::new();
+                }
+                let mut t = TextStream::new(Arc::clone(inner));
+                let out = t.push(buf, counts);
+                *self = Joiner::Text(t);
+                out
+            }
+        }
+    }
+
+    fn finish(&mut self, counts: &mut Counts) -> Vec<u8> {
+        match self {
+            Joiner::Text(t) => t.finish(counts),
+            Joiner::Json { inner, buf } => {
+                let raw = std::mem::take(buf);
+                json::rewrite(inner, &raw, None, counts).unwrap_or_else(|_| {
+                    let mut t = TextStream::new(Arc::clone(inner));
+                    let mut out = t.push(&raw, counts);
+                    out.extend(t.finish(counts));
+                    out
+                })
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -285,7 +398,8 @@ pub(crate) struct SseStream {
     searched: usize,
     lines: Vec<Line>,
     lines_bytes: usize,
-    choices: BTreeMap<u64, TextStream>,
+    /// Held text, by choice index and slot.
+    choices: BTreeMap<(u64, Slot), Joiner>,
     /// The last chat chunk's payload (the model of synthetic chunks).
     template: Vec<u8>,
     /// Line end used for synthetic events.
@@ -310,7 +424,7 @@ impl SseStream {
     }
 
     fn held(&self) -> usize {
-        self.buf.len() + self.lines_bytes + self.choices.values().map(TextStream::held).sum::<usize>()
+        self.buf.len() + self.lines_bytes + self.choices.values().map(Joiner::held).sum::<usize>()
     }
 
     fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
@@ -492,28 +606,48 @@ impl SseStream {
         };
         self.template.clear();
         self.template.extend_from_slice(payload);
-        let mut content_out: BTreeMap<usize, String> = BTreeMap::new();
+        let mut released: BTreeMap<StreamField, String> = BTreeMap::new();
         for (k, ch) in chunk.choices.into_iter().enumerate() {
             let idx = ch.index.unwrap_or(k as u64);
-            let content = ch.delta.and_then(|d| d.content);
-            let mut text = Vec::new();
-            if let Some(c) = &content {
-                let st = self.choices.entry(idx).or_insert_with(|| TextStream::new(Arc::clone(&self.inner)));
-                text = st.push(c.as_bytes(), counts);
+            // the joined fields this choice carries, with their fragments
+            let mut here: Vec<(Slot, StreamField, String)> = Vec::new();
+            if let Some(t) = ch.text {
+                here.push((Slot::Text, StreamField::Text(k), t));
             }
-            if ch.finish_reason.is_some() {
-                if let Some(mut st) = self.choices.remove(&idx) {
-                    text.extend_from_slice(&st.finish(counts));
+            if let Some(d) = ch.delta {
+                if let Some(c) = d.content {
+                    here.push((Slot::Content, StreamField::Content(k), c));
+                }
+                for (m, tc) in d.tool_calls.unwrap_or_default().into_iter().enumerate() {
+                    if let Some(a) = tc.function.and_then(|f| f.arguments) {
+                        here.push((Slot::Args(tc.index.unwrap_or(m as u64)), StreamField::Args(k, m), a));
+                    }
                 }
             }
-            let text = String::from_utf8_lossy(&text).into_owned();
-            if content.is_some() {
-                content_out.insert(k, text);
-            } else if !text.is_empty() {
-                self.synthetic(idx, &text, pre, counts);
+            let mut texts: Vec<Vec<u8>> = Vec::with_capacity(here.len());
+            for (slot, _, frag) in &here {
+                let inner = &self.inner;
+                let st = self.choices.entry((idx, *slot)).or_insert_with(|| Joiner::new(inner, *slot));
+                texts.push(st.push(frag.as_bytes(), counts));
+            }
+            if ch.finish_reason.is_some() {
+                let keys: Vec<(u64, Slot)> = self.choices.range((idx, Slot::Content)..=(idx, Slot::Args(u64::MAX))).map(|(key, _)| *key).collect();
+                for key in keys {
+                    let Some(mut st) = self.choices.remove(&key) else { continue };
+                    let tail = st.finish(counts);
+                    // into the last field of this slot in the event, else a synthetic event before it
+                    match here.iter().rposition(|(slot, _, _)| *slot == key.1).and_then(|i| texts.get_mut(i)) {
+                        Some(t) => t.extend_from_slice(&tail),
+                        None if !tail.is_empty() => self.synthetic(idx, key.1, &String::from_utf8_lossy(&tail), pre, counts),
+                        None => {}
+                    }
+                }
+            }
+            for ((_, field, _), text) in here.into_iter().zip(texts) {
+                released.insert(field, String::from_utf8_lossy(&text).into_owned());
             }
         }
-        match json::rewrite(&self.inner, payload, Some(&content_out), counts) {
+        match json::rewrite(&self.inner, payload, Some(&released), counts) {
             Ok(v) => v,
             Err(_) => {
                 let mut out = Vec::new();
@@ -526,31 +660,54 @@ impl SseStream {
     /// Flushes every choice's held text as synthetic events.
     fn flush_all(&mut self, out: &mut Vec<u8>, counts: &mut Counts) {
         let choices = std::mem::take(&mut self.choices);
-        for (idx, mut st) in choices {
+        for ((idx, slot), mut st) in choices {
             let text = st.finish(counts);
             if !text.is_empty() {
                 let text = String::from_utf8_lossy(&text).into_owned();
-                self.synthetic(idx, &text, out, counts);
+                self.synthetic(idx, slot, &text, out, counts);
             }
         }
     }
 
-    /// A chat-completion chunk event carrying `text` for choice `idx`: the
-    /// last chunk's members but `choices` and `usage`, and one choice.
-    fn synthetic(&self, idx: u64, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
+    /// A chunk event carrying `text` for `slot` of choice `idx`: the last
+    /// chunk's members but `choices` and `usage`, and one choice holding only
+    /// that text (`delta.content`; `delta.tool_calls: [{index, function:
+    /// {arguments}}]`; or `text` for legacy completions).
+    fn synthetic(&self, idx: u64, slot: Slot, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
         let mut m = serde_json::from_slice::<Map<String, Value>>(&self.template).unwrap_or_default();
         m.remove("choices");
         m.remove("usage");
-        let mut delta = Map::new();
-        delta.insert("content".into(), Value::String(text.to_string()));
         let mut choice = Map::new();
         choice.insert("index".into(), Value::from(idx));
-        choice.insert("delta".into(), Value::Object(delta));
+        let field = match slot {
+            Slot::Content => {
+                let mut delta = Map::new();
+                delta.insert("content".into(), Value::String(text.to_string()));
+                choice.insert("delta".into(), Value::Object(delta));
+                StreamField::Content(0)
+            }
+            Slot::Args(j) => {
+                let mut function = Map::new();
+                function.insert("arguments".into(), Value::String(text.to_string()));
+                let mut call = Map::new();
+                call.insert("index".into(), Value::from(j));
+                call.insert("function".into(), Value::Object(function));
+                let mut delta = Map::new();
+                delta.insert("tool_calls".into(), Value::Array(vec![Value::Object(call)]));
+                choice.insert("delta".into(), Value::Object(delta));
+                StreamField::Args(0, 0)
+            }
+            Slot::Text => {
+                choice.insert("text".into(), Value::String(text.to_string()));
+                choice.insert("logprobs".into(), Value::Null);
+                StreamField::Text(0)
+            }
+        };
         choice.insert("finish_reason".into(), Value::Null);
         m.insert("choices".into(), Value::Array(vec![Value::Object(choice)]));
         let raw = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
         let mut keep = BTreeMap::new();
-        keep.insert(0usize, text.to_string());
+        keep.insert(field, text.to_string());
         let body = json::rewrite(&self.inner, &raw, Some(&keep), counts).unwrap_or(raw);
         let eol = self.eol();
         out.extend_from_slice(b"data: ");
