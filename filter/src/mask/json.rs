@@ -296,32 +296,38 @@ fn decode_into(text: &str, src: &[u8], start: usize, end: usize, out: &mut Strin
     Ok(())
 }
 
-/// JSON string literal for `s` (minimal escaping: `"`, `\`, control bytes).
+/// JSON string literal for `s` (minimal escaping: `"`, `\`, control bytes),
+/// appended to `out`. Clean runs are found 16 bytes at a time.
 pub(crate) fn quote(s: &str, out: &mut Vec<u8>) {
+    out.reserve(s.len() + 2);
     out.push(b'"');
     let b = s.as_bytes();
     let mut last = 0usize;
-    for (i, &c) in b.iter().enumerate() {
-        let rep: Option<&[u8]> = match c {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        out.extend_from_slice(b.get(last..i).unwrap_or(&[]));
-        match rep {
-            Some(r) => out.extend_from_slice(r),
-            None => {
-                const H: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(H.get(usize::from(c >> 4)).copied().unwrap_or(b'0'));
-                out.push(H.get(usize::from(c & 15)).copied().unwrap_or(b'0'));
+    let mut i = 0usize;
+    while i < b.len() {
+        let (blk, n) = classify::block(b, i);
+        let mut stop = classify::string_masks(&blk, &classify::Anchors::default()).stop & classify::first(n);
+        while stop != 0 {
+            let k = i + stop.trailing_zeros() as usize;
+            stop &= stop - 1;
+            let c = b.get(k).copied().unwrap_or(0);
+            out.extend_from_slice(b.get(last..k).unwrap_or(&[]));
+            match c {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                _ => {
+                    const H: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(b"\\u00");
+                    out.push(H.get(usize::from(c >> 4)).copied().unwrap_or(b'0'));
+                    out.push(H.get(usize::from(c & 15)).copied().unwrap_or(b'0'));
+                }
             }
+            last = k + 1;
         }
-        last = i + 1;
+        i += 16;
     }
     out.extend_from_slice(b.get(last..).unwrap_or(&[]));
     out.push(b'"');
@@ -366,9 +372,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn replace(&mut self, src: &[u8], start: usize, end: usize, with: &[u8]) {
+    /// Replaces `src[start..end]` by the JSON string literal for `text`.
+    fn replace_quoted(&mut self, src: &[u8], start: usize, end: usize, text: &str) {
         self.out.extend_from_slice(src.get(self.copied..start).unwrap_or(&[]));
-        self.out.extend_from_slice(with);
+        quote(text, &mut self.out);
         self.copied = end;
         self.changed = true;
     }
@@ -460,7 +467,6 @@ pub(crate) fn rewrite_changes(
     let mut stack: Vec<Frame<'_>> = Vec::new();
     let mut mute: Option<Mute> = None;
     let mut pos = ws(src, 0);
-    let mut buf = Vec::new();
     let mut dec = String::new();
     'value: loop {
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
@@ -496,9 +502,7 @@ pub(crate) fn rewrite_changes(
                 if mute.is_none() {
                     let hook = if content.is_some() { stream_field(&stack) } else { None };
                     if let Some(rep) = hook.and_then(|k| content.and_then(|m| m.get(&k))) {
-                        buf.clear();
-                        quote(rep, &mut buf);
-                        w.replace(src, pos, end + 1, &buf);
+                        w.replace_quoted(src, pos, end + 1, rep);
                     } else if inner.needs_scan(trig || esc) {
                         let decoded = if esc {
                             decode_into(text, src, pos + 1, end, &mut dec)?;
@@ -507,9 +511,7 @@ pub(crate) fn rewrite_changes(
                             text.get(pos + 1..end).unwrap_or("")
                         };
                         if let Some(masked) = inner.mask_str(decoded, counts) {
-                            buf.clear();
-                            quote(&masked, &mut buf);
-                            w.replace(src, pos, end + 1, &buf);
+                            w.replace_quoted(src, pos, end + 1, &masked);
                         }
                     }
                 }
@@ -535,9 +537,7 @@ pub(crate) fn rewrite_changes(
             if mute.as_ref().is_some_and(|m| m.depth == stack.len()) {
                 if let Some(m) = mute.take() {
                     if let Some(label) = m.label {
-                        buf.clear();
-                        quote(&label, &mut buf);
-                        w.replace(src, m.start, pos, &buf);
+                        w.replace_quoted(src, m.start, pos, &label);
                         *counts.entry("field".to_string()).or_insert(0) += 1;
                     }
                 }
