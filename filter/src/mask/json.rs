@@ -296,11 +296,18 @@ fn decode_into(text: &str, src: &[u8], start: usize, end: usize, out: &mut Strin
     Ok(())
 }
 
-/// JSON string literal for `s` (minimal escaping: `"`, `\`, control bytes),
-/// appended to `out`. Clean runs are found 16 bytes at a time.
+/// JSON string literal for `s` (minimal escaping: `"`, `\\`, control bytes),
+/// appended to `out`.
 pub(crate) fn quote(s: &str, out: &mut Vec<u8>) {
     out.reserve(s.len() + 2);
     out.push(b'"');
+    escape_into(s, out);
+    out.push(b'"');
+}
+
+/// The body of the JSON string literal for `s`, appended to `out`. Clean
+/// runs are found 16 bytes at a time.
+pub(crate) fn escape_into(s: &str, out: &mut Vec<u8>) {
     let b = s.as_bytes();
     let mut last = 0usize;
     let mut i = 0usize;
@@ -330,7 +337,6 @@ pub(crate) fn quote(s: &str, out: &mut Vec<u8>) {
         i += 16;
     }
     out.extend_from_slice(b.get(last..).unwrap_or(&[]));
-    out.push(b'"');
 }
 
 fn number(src: &[u8], mut p: usize) -> Result<usize, MaskError> {
@@ -468,6 +474,8 @@ pub(crate) fn rewrite_changes(
     let mut mute: Option<Mute> = None;
     let mut pos = ws(src, 0);
     let mut dec = String::new();
+    let mut cands = Vec::new();
+    let mut tmp = String::new();
     'value: loop {
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
             match inner.fields.action(&stack) {
@@ -510,8 +518,11 @@ pub(crate) fn rewrite_changes(
                         } else {
                             text.get(pos + 1..end).unwrap_or("")
                         };
-                        if let Some(masked) = inner.mask_str(decoded, counts) {
-                            w.replace_quoted(src, pos, end + 1, &masked);
+                        if inner.find(decoded, &mut cands) {
+                            w.out.extend_from_slice(src.get(w.copied..pos).unwrap_or(&[]));
+                            inner.quote_masked(decoded, &cands, &mut w.out, &mut tmp, counts);
+                            w.copied = end + 1;
+                            w.changed = true;
                         }
                     }
                 }

@@ -575,14 +575,14 @@ impl Inner {
         }
         if cands.len() > 1 {
             cands.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.det.cmp(&b.det)));
-            let mut merged: Vec<Cand> = Vec::with_capacity(cands.len());
-            for c in cands.iter() {
-                match merged.last_mut() {
-                    Some(m) if c.start < m.end => m.end = m.end.max(c.end),
-                    _ => merged.push(*c),
+            // in place: a candidate starting inside the kept one before it joins it
+            cands.dedup_by(|c, kept| {
+                let joins = c.start < kept.end;
+                if joins {
+                    kept.end = kept.end.max(c.end);
                 }
-            }
-            *cands = merged;
+                joins
+            });
         }
     }
 
@@ -616,12 +616,7 @@ impl Inner {
     /// Masks a complete string; `None` when nothing is redacted.
     pub(crate) fn mask_str(&self, s: &str, counts: &mut Counts) -> Option<String> {
         let mut cands = Vec::new();
-        self.candidates(s, 0, usize::MAX, &mut cands);
-        if cands.is_empty() {
-            return None;
-        }
-        self.select(s.as_bytes(), &mut cands, 0, s.len());
-        if cands.is_empty() {
+        if !self.find(s, &mut cands) {
             return None;
         }
         let mut out = String::with_capacity(s.len() + 16);
@@ -633,6 +628,34 @@ impl Inner {
         }
         out.push_str(s.get(last..).unwrap_or(""));
         Some(out)
+    }
+
+    /// The values to redact in the complete string `s`, into `cands`
+    /// (cleared first; selected and merged, in order). Whether there is any.
+    pub(crate) fn find(&self, s: &str, cands: &mut Vec<Cand>) -> bool {
+        cands.clear();
+        self.candidates(s, 0, usize::MAX, cands);
+        if cands.is_empty() {
+            return false;
+        }
+        self.select(s.as_bytes(), cands, 0, s.len());
+        !cands.is_empty()
+    }
+
+    /// Appends the JSON string literal of `s` with the values `cands`
+    /// (from [`Inner::find`]) redacted; `tmp` is scratch space.
+    pub(crate) fn quote_masked(&self, s: &str, cands: &[Cand], out: &mut Vec<u8>, tmp: &mut String, counts: &mut Counts) {
+        out.push(b'"');
+        let mut last = 0usize;
+        for c in cands {
+            json::escape_into(s.get(last..c.start).unwrap_or(""), out);
+            tmp.clear();
+            self.redact_into(c.det, s.get(c.start..c.end).unwrap_or(""), tmp, counts);
+            json::escape_into(tmp, out);
+            last = c.end;
+        }
+        json::escape_into(s.get(last..).unwrap_or(""), out);
+        out.push(b'"');
     }
 
     /// Renders `buf[from..to]` with the selected candidates redacted.
