@@ -113,6 +113,27 @@ fn api_records(rng: &mut Rng, size: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"items": items, "next": null})).unwrap()
 }
 
+/// The JSON body of `scripts/bench_mask.py` (the in-Envoy benchmark), about
+/// `size` bytes: small records, one short text each; dense: every text holds
+/// an email, a phone number and a card number.
+fn envoy_bench_body(size: usize, dense: bool) -> Vec<u8> {
+    let mut recs = Vec::new();
+    let mut total = 0;
+    let mut i = 0u64;
+    while total < size {
+        let text = if dense {
+            format!("contact user{i}@example.com or +1 415-555-{:04}, card 4111 1111 1111 1111", i % 10000)
+        } else {
+            format!("chunk {i} of the onboarding runbook: restart the indexer and check the queue depth")
+        };
+        let r = serde_json::json!({"id": i, "score": 0.5, "payload": {"text": text}});
+        total += r.to_string().len() + 2;
+        recs.push(r);
+        i += 1;
+    }
+    serde_json::to_vec(&serde_json::json!({ "result": recs })).unwrap()
+}
+
 fn sse(rng: &mut Rng, size: usize, pii_every: usize) -> Vec<u8> {
     let text = prose(rng, size / 8, pii_every);
     let mut out = String::new();
@@ -214,6 +235,13 @@ fn main() {
 
     row!("mask_json clean (prefilter on)", measure(clean_json.len(), min, || {
         black_box(m.mask_json(black_box(&clean_json), &mut counts).unwrap());
+    }));
+    let (env_clean, env_dense) = (envoy_bench_body(1 << 20, false), envoy_bench_body(1 << 20, true));
+    row!("mask_json bench_mask.py body, clean 1 MiB", measure(env_clean.len(), min, || {
+        black_box(m.mask_json(black_box(&env_clean), &mut counts).unwrap());
+    }));
+    row!("mask_json bench_mask.py body, PII-dense 1 MiB", measure(env_dense.len(), min, || {
+        black_box(m.mask_json(black_box(&env_dense), &mut counts).unwrap());
     }));
     row!("mask_json clean (prefilter off)", measure(clean_json.len(), min, || {
         black_box(m_nopf.mask_json(black_box(&clean_json), &mut counts).unwrap());

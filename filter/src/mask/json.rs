@@ -378,9 +378,17 @@ struct Writer {
 }
 
 impl Writer {
+    /// Copies the untouched bytes up to `start` (the first time, with room
+    /// for the whole document, so the output is not regrown).
+    fn copy_to(&mut self, src: &[u8], start: usize) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(src.len() + src.len() / 8 + 64);
+        }
+        self.out.extend_from_slice(src.get(self.copied..start).unwrap_or(&[]));
+    }
     /// Replaces `src[start..end]` by the JSON string literal for `text`.
     fn replace_quoted(&mut self, src: &[u8], start: usize, end: usize, text: &str) {
-        self.out.extend_from_slice(src.get(self.copied..start).unwrap_or(&[]));
+        self.copy_to(src, start);
         quote(text, &mut self.out);
         self.copied = end;
         self.changed = true;
@@ -519,8 +527,8 @@ pub(crate) fn rewrite_changes(
                             text.get(pos + 1..end).unwrap_or("")
                         };
                         if inner.find(decoded, &mut cands) {
-                            w.out.extend_from_slice(src.get(w.copied..pos).unwrap_or(&[]));
-                            inner.quote_masked(decoded, &cands, &mut w.out, &mut tmp, counts);
+                            w.copy_to(src, pos);
+                            inner.quote_masked(decoded, !esc, &cands, &mut w.out, &mut tmp, counts);
                             w.copied = end + 1;
                             w.changed = true;
                         }

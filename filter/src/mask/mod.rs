@@ -643,18 +643,27 @@ impl Inner {
     }
 
     /// Appends the JSON string literal of `s` with the values `cands`
-    /// (from [`Inner::find`]) redacted; `tmp` is scratch space.
-    pub(crate) fn quote_masked(&self, s: &str, cands: &[Cand], out: &mut Vec<u8>, tmp: &mut String, counts: &mut Counts) {
+    /// (from [`Inner::find`]) redacted; `tmp` is scratch space. `plain`:
+    /// `s` holds no byte that needs escaping (it is the body of a JSON
+    /// string without escapes), so its text is copied as it is.
+    pub(crate) fn quote_masked(&self, s: &str, plain: bool, cands: &[Cand], out: &mut Vec<u8>, tmp: &mut String, counts: &mut Counts) {
+        let text = |t: &str, out: &mut Vec<u8>| {
+            if plain {
+                out.extend_from_slice(t.as_bytes());
+            } else {
+                json::escape_into(t, out);
+            }
+        };
         out.push(b'"');
         let mut last = 0usize;
         for c in cands {
-            json::escape_into(s.get(last..c.start).unwrap_or(""), out);
+            text(s.get(last..c.start).unwrap_or(""), out);
             tmp.clear();
             self.redact_into(c.det, s.get(c.start..c.end).unwrap_or(""), tmp, counts);
             json::escape_into(tmp, out);
             last = c.end;
         }
-        json::escape_into(s.get(last..).unwrap_or(""), out);
+        text(s.get(last..).unwrap_or(""), out);
         out.push(b'"');
     }
 
