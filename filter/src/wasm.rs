@@ -728,14 +728,13 @@ fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64, context_id:
     let get = |name: &str| refs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_default();
     let gate = w.gate.clone();
     let mut cache = std::mem::replace(&mut w.cache, TokenCache::new(0));
-    let id = gate.authenticate(&refs, w, &mut cache, now_s);
+    let id = gate.authenticate_digest(&refs, w, &mut cache, now_s);
     w.cache = cache;
     let method = String::from_utf8_lossy(get(":method")).to_string();
     let req = Request { authority: get(":authority"), path: get(":path"), method: &method };
     if let Some(d) = w.drafts.get_mut(&context_id) {
-        if let Ok(identity) = &id {
-            let token = gate.token(&refs).map(|(t, _)| t).unwrap_or_default();
-            d.identity = Some(IdentityRecord::new(identity, &token));
+        if let Ok((identity, token_sha256)) = &id {
+            d.identity = Some(IdentityRecord::with_digest(identity, token_sha256.clone()));
             d.session = identity.session.clone();
         }
         if let Ok(r) = gate.config.resource_for(&req) {
@@ -743,7 +742,7 @@ fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64, context_id:
             d.operation = Some(r.operation(&req).as_str());
         }
     }
-    Ok(gate.authorize(&req, &refs, id?)?)
+    Ok(gate.authorize(&req, &refs, id?.0)?)
 }
 
 /// What the stream does after [`apply`].
