@@ -168,6 +168,17 @@ fn property_text(path: Vec<&str>) -> String {
     hostcalls::get_property(path).ok().flatten().map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default()
 }
 
+/// An audit record as JSON, written into a buffer sized up front for its
+/// body texts (escaping may double them) rather than grown step by step.
+fn record_json(record: &crate::audit::Record) -> Vec<u8> {
+    let texts = record.request_body.as_ref().map_or(0, |b| b.text.len()) + record.response_body.as_ref().map_or(0, |b| b.text.len());
+    let mut json = Vec::with_capacity(texts.saturating_mul(2).saturating_add(1024));
+    match serde_json::to_writer(&mut json, record) {
+        Ok(()) => json,
+        Err(_) => Vec::new(),
+    }
+}
+
 fn metric(id: Option<u32>, n: usize) {
     if let Some(id) = id {
         let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
@@ -1500,7 +1511,7 @@ impl Stream {
             *masking.entry(k.clone()).or_insert(0) += v;
         }
         let record = d.finish(now_ms(), w.node.clone(), status, masking, usage);
-        let json = serde_json::to_vec(&record).unwrap_or_default();
+        let json = record_json(&record);
         let queue = w.shipper.as_ref().map(|sh| (sh.queue, sh.dropped));
         let queue_max = w.gate.config.audit.collector.as_ref().map(|c| c.queue_max).unwrap_or(0);
         drop(guard);
