@@ -176,6 +176,11 @@ pub struct IdentityRecord {
 
 impl IdentityRecord {
     pub fn new(id: &Identity, token: &str) -> IdentityRecord {
+        IdentityRecord::with_digest(id, sha256_hex(token.as_bytes()))
+    }
+
+    /// The record of `id` whose token's SHA-256 (hex) is already known.
+    pub fn with_digest(id: &Identity, token_sha256: String) -> IdentityRecord {
         IdentityRecord {
             provider: id.provider.clone(),
             issuer: id.issuer.clone(),
@@ -183,7 +188,7 @@ impl IdentityRecord {
             jti: id.jti.clone(),
             groups: id.groups.clone(),
             azp: id.azp.clone(),
-            token_sha256: sha256_hex(token.as_bytes()),
+            token_sha256,
         }
     }
 }

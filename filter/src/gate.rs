@@ -77,6 +77,8 @@ struct CacheEntry {
     provider: usize,
     generation: u64,
     claims: Rc<Map<String, Value>>,
+    /// SHA-256 (hex) of the token, for audit records.
+    token_sha256: Rc<str>,
 }
 
 /// Verified-token cache: token → claims, for tokens whose signature was
@@ -193,8 +195,9 @@ impl Gate {
     }
 
     /// The identity from verified claims, with the audit session claim.
-    fn identity(&self, p: &crate::config::Provider, claims: &Map<String, Value>) -> Identity {
-        let mut id = Identity::from_claims(&p.name, &p.issuer, &p.groups_claim, claims);
+    fn identity(&self, p: &crate::config::Provider, shared: &Rc<Map<String, Value>>) -> Identity {
+        let claims: &Map<String, Value> = shared;
+        let mut id = Identity::from_shared_claims(&p.name, &p.issuer, &p.groups_claim, shared);
         if let Some(path) = &self.config.audit.session_claim {
             let mut cur: Option<&Value> = None;
             for (i, seg) in path.iter().enumerate() {
@@ -226,6 +229,19 @@ impl Gate {
         cache: &mut TokenCache,
         now: u64,
     ) -> Result<Identity, AuthError> {
+        self.authenticate_digest(headers, keys, cache, now).map(|(id, _)| id)
+    }
+
+    /// [`Gate::authenticate`], also giving the SHA-256 (hex) of the verified
+    /// token (the audit record's `token_sha256`), kept in the token cache so
+    /// a cache hit does not hash the token again.
+    pub fn authenticate_digest(
+        &self,
+        headers: &[Header<'_>],
+        keys: &dyn KeyStore,
+        cache: &mut TokenCache,
+        now: u64,
+    ) -> Result<(Identity, String), AuthError> {
         let (token, via_header) = self.token(headers)?;
         let skew = self.config.clock_skew_seconds;
         if let Some(e) = cache.map.get(&token) {
@@ -236,7 +252,7 @@ impl Gate {
                 let generation = keys.keys(e.provider).map(|(_, g)| g);
                 if generation == Some(e.generation) {
                     jwt::check_claims(&e.claims, p, now, skew)?;
-                    return Ok(self.identity(p, &e.claims));
+                    return Ok((self.identity(p, &e.claims), e.token_sha256.to_string()));
                 }
             }
         }
@@ -259,10 +275,12 @@ impl Gate {
         if !candidates.iter().any(|k| k.verify(&token, &parsed.alg, now, skew)) {
             return Err(Denial::unauthorized("signature", "signature verification failed").into());
         }
-        let identity = self.identity(provider, &parsed.claims);
-        let entry = CacheEntry { provider: index, generation, claims: Rc::new(parsed.claims) };
+        let claims = Rc::new(parsed.claims);
+        let identity = self.identity(provider, &claims);
+        let digest = crate::approval::sha256_hex(token.as_bytes());
+        let entry = CacheEntry { provider: index, generation, claims, token_sha256: Rc::from(digest.as_str()) };
         cache.insert(token, entry, now, skew);
-        Ok(identity)
+        Ok((identity, digest))
     }
 
     /// Finds the resource and operation class of a request and checks the

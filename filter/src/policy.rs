@@ -129,6 +129,13 @@ impl Identity {
     /// Builds the identity from verified claims. `groups_claim` is a dot path;
     /// the value may be an array, a single string or a space-delimited string.
     pub fn from_claims(provider: &str, issuer: &str, groups_claim: &[String], claims: &Map<String, Value>) -> Identity {
+        Identity::from_shared_claims(provider, issuer, groups_claim, &std::rc::Rc::new(claims.clone()))
+    }
+
+    /// [`Identity::from_claims`] keeping a reference to already shared
+    /// claims (e.g. a verified-token cache entry) instead of copying them.
+    pub fn from_shared_claims(provider: &str, issuer: &str, groups_claim: &[String], shared: &std::rc::Rc<Map<String, Value>>) -> Identity {
+        let claims: &Map<String, Value> = shared;
         let mut cur: Option<&Value> = None;
         for (i, seg) in groups_claim.iter().enumerate() {
             cur = if i == 0 { claims.get(seg) } else { cur.and_then(|v| v.get(seg)) };
@@ -148,7 +155,7 @@ impl Identity {
             jti: claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string(),
             azp: claims.get("azp").and_then(Value::as_str).unwrap_or_default().to_string(),
             session: None,
-            claims: std::rc::Rc::new(claims.clone()),
+            claims: shared.clone(),
         }
     }
 }

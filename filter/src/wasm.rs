@@ -171,6 +171,17 @@ fn property_text(path: Vec<&str>) -> String {
     hostcalls::get_property(path).ok().flatten().map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default()
 }
 
+/// An audit record as JSON, written into a buffer sized up front for its
+/// body texts (escaping may double them) rather than grown step by step.
+fn record_json(record: &crate::audit::Record) -> Vec<u8> {
+    let texts = record.request_body.as_ref().map_or(0, |b| b.text.len()) + record.response_body.as_ref().map_or(0, |b| b.text.len());
+    let mut json = Vec::with_capacity(texts.saturating_mul(2).saturating_add(1024));
+    match serde_json::to_writer(&mut json, record) {
+        Ok(()) => json,
+        Err(_) => Vec::new(),
+    }
+}
+
 fn metric(id: Option<u32>, n: usize) {
     if let Some(id) = id {
         let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
@@ -732,14 +743,13 @@ fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64, context_id:
     let get = |name: &str| refs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_default();
     let gate = w.gate.clone();
     let mut cache = std::mem::replace(&mut w.cache, TokenCache::new(0));
-    let id = gate.authenticate(&refs, w, &mut cache, now_s);
+    let id = gate.authenticate_digest(&refs, w, &mut cache, now_s);
     w.cache = cache;
     let method = String::from_utf8_lossy(get(":method")).to_string();
     let req = Request { authority: get(":authority"), path: get(":path"), method: &method };
     if let Some(d) = w.drafts.get_mut(&context_id) {
-        if let Ok(identity) = &id {
-            let token = gate.token(&refs).map(|(t, _)| t).unwrap_or_default();
-            d.identity = Some(IdentityRecord::new(identity, &token));
+        if let Ok((identity, token_sha256)) = &id {
+            d.identity = Some(IdentityRecord::with_digest(identity, token_sha256.clone()));
             d.session = identity.session.clone();
         }
         if let Ok(r) = gate.config.resource_for(&req) {
@@ -747,7 +757,7 @@ fn decide(w: &mut Worker, headers: &[(String, Vec<u8>)], now_s: u64, context_id:
             d.operation = Some(r.operation(&req).as_str());
         }
     }
-    Ok(gate.authorize(&req, &refs, id?)?)
+    Ok(gate.authorize(&req, &refs, id?.0)?)
 }
 
 /// What the stream does after [`apply`].
@@ -1505,7 +1515,7 @@ impl Stream {
             *masking.entry(k.clone()).or_insert(0) += v;
         }
         let record = d.finish(now_ms(), w.node.clone(), status, masking, usage);
-        let json = serde_json::to_vec(&record).unwrap_or_default();
+        let json = record_json(&record);
         let queue = w.shipper.as_ref().map(|sh| (sh.queue, sh.dropped));
         let queue_max = w.gate.config.audit.collector.as_ref().map(|c| c.queue_max).unwrap_or(0);
         drop(guard);
