@@ -823,7 +823,7 @@ pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_
 
 /// Handles the anchor byte `b` at `i` (see [`scan`]).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(never)]
 fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: &mut usize, open: &mut Option<usize>, base: usize, out: &mut Vec<Cand>) {
     let push = |start: usize, end: usize, det: u16, out: &mut Vec<Cand>| {
         out.push(Cand { start: base + start, end: base + end, det });

@@ -406,11 +406,12 @@ impl Writer {
 /// Reads an object key (the opening quote at `pos`) and the `:` after it;
 /// returns the decoded key (empty when `keep` is false) and the position of
 /// the member's value.
-fn key<'a>(text: &'a str, src: &[u8], anchors: &Anchors, pos: usize, keep: bool) -> Result<(Cow<'a, str>, usize), MaskError> {
+fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a, str>, usize), MaskError> {
     if at(src, pos) != b'"' {
         return Err(MaskError::new(pos, "expected a string key"));
     }
-    let (end, esc, _) = scan_string(src, anchors, pos + 1)?;
+    // keys are never scanned: no anchor classes needed
+    let (end, esc, _) = scan_string(src, &Anchors::default(), pos + 1)?;
     let k = if !keep {
         Cow::Borrowed("")
     } else if esc {
@@ -498,7 +499,7 @@ pub(crate) fn rewrite_changes(
                 if at(src, pos) == b'}' {
                     pos += 1;
                 } else {
-                    let (k, p) = key(text, src, anchors, pos, track)?;
+                    let (k, p) = key(text, src, pos, track)?;
                     stack.push(Frame::Obj(k));
                     pos = p;
                     continue 'value;
@@ -572,7 +573,7 @@ pub(crate) fn rewrite_changes(
                 }
                 Some(Frame::Obj(_)) => match c {
                     b',' => {
-                        let (k, p) = key(text, src, anchors, ws(src, pos + 1), track)?;
+                        let (k, p) = key(text, src, ws(src, pos + 1), track)?;
                         if let Some(top) = stack.last_mut() {
                             *top = Frame::Obj(k);
                         }
