@@ -3,7 +3,7 @@
 //!
 //! Prints MB/s (10^6 bytes of input per second, one core) for:
 //! - `Masker::mask_json` on a clean and a PII-dense RAG search response,
-//!   with and without the string prefilter;
+//!   scanning string values while lexing them (one pass) or after;
 //! - `Masker::mask_text` and the text / SSE stream maskers;
 //! - a bare-regex baseline: approximations of the built-in detectors as
 //!   plain patterns (no validation), run over the same text with `regex-lite`
@@ -200,7 +200,7 @@ fn main() {
     let clean_sse = sse(&mut rng, size, 0);
 
     let m = Masker::compile(RawMasking::default(), "masking").unwrap();
-    let m_nopf = m.clone().with_prefilter(false);
+    let m_nopf = m.clone().with_one_pass(false);
     let mut counts = Counts::new();
     let dense_hits = {
         let mut c = Counts::new();
@@ -233,7 +233,7 @@ fn main() {
         }};
     }
 
-    row!("mask_json clean (prefilter on)", measure(clean_json.len(), min, || {
+    row!("mask_json clean (one pass)", measure(clean_json.len(), min, || {
         black_box(m.mask_json(black_box(&clean_json), &mut counts).unwrap());
     }));
     let (env_clean, env_dense) = (envoy_bench_body(1 << 20, false), envoy_bench_body(1 << 20, true));
@@ -243,19 +243,19 @@ fn main() {
     row!("mask_json bench_mask.py body, PII-dense 1 MiB", measure(env_dense.len(), min, || {
         black_box(m.mask_json(black_box(&env_dense), &mut counts).unwrap());
     }));
-    row!("mask_json clean (prefilter off)", measure(clean_json.len(), min, || {
+    row!("mask_json clean (lex, then scan)", measure(clean_json.len(), min, || {
         black_box(m_nopf.mask_json(black_box(&clean_json), &mut counts).unwrap());
     }));
-    row!("mask_json clean API listing (prefilter on)", measure(api_json.len(), min, || {
+    row!("mask_json clean API listing (one pass)", measure(api_json.len(), min, || {
         black_box(m.mask_json(black_box(&api_json), &mut counts).unwrap());
     }));
-    row!("mask_json clean API listing (prefilter off)", measure(api_json.len(), min, || {
+    row!("mask_json clean API listing (lex, then scan)", measure(api_json.len(), min, || {
         black_box(m_nopf.mask_json(black_box(&api_json), &mut counts).unwrap());
     }));
-    row!("mask_json PII-dense (prefilter on)", measure(dense_json.len(), min, || {
+    row!("mask_json PII-dense (one pass)", measure(dense_json.len(), min, || {
         black_box(m.mask_json(black_box(&dense_json), &mut counts).unwrap());
     }));
-    row!("mask_json PII-dense (prefilter off)", measure(dense_json.len(), min, || {
+    row!("mask_json PII-dense (lex, then scan)", measure(dense_json.len(), min, || {
         black_box(m_nopf.mask_json(black_box(&dense_json), &mut counts).unwrap());
     }));
     for (label, dets) in [

@@ -257,6 +257,23 @@ pub(crate) fn scan_masks(b: &[u8; 16], a: &Anchors) -> ScanMasks {
     }
 }
 
+/// Lexer stops and detector masks of a block from one load (the one-pass
+/// scan of a JSON string value): `(stop, masks)`, as in [`string_masks`]
+/// and [`scan_masks`].
+#[inline(always)]
+pub(crate) fn value_masks(b: &[u8; 16], a: &Anchors) -> (u16, ScanMasks) {
+    let x = v::load(b);
+    let stop = v::or(v::or(v::eq(x, b'"'), v::eq(x, b'\\')), v::below(x, 0x20));
+    let m = ScanMasks {
+        trig: v::bits(trig(x, a)),
+        dig: v::bits(v::within(x, b'0', 10)),
+        low: v::bits(v::within(x, b'a', 26)),
+        join: v::bits(v::or(v::eq(x, b'-'), v::eq(x, b'.'))),
+        us: v::bits(v::eq(x, b'_')),
+    };
+    (v::bits(stop), m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +303,7 @@ mod tests {
                 let (s, c) = reference(&b, &a);
                 assert_eq!(string_masks(&b, &a), s, "{b:?}");
                 assert_eq!(scan_masks(&b, &a), c, "{b:?}");
+                assert_eq!(value_masks(&b, &a), (s.stop, c), "{b:?}");
             }
         }
     }

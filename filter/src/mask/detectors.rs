@@ -793,24 +793,11 @@ pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_
     let mut open = None;
     let mut ipv6_done = 0usize;
     let mut i = 0usize;
-    // the previous block's masks (bit 15: its last byte)
-    let (mut p_dig, mut p_low, mut p_join, mut p_us) = (0u16, 0u16, 0u16, 0u16);
+    let mut carry = Carry::default();
     while i < s.len() {
         let (b, n) = classify::block(s, i);
         let m = classify::scan_masks(&b, anchors);
-        let mut trig = m.trig & classify::first(n);
-        if trig & m.dig != 0 {
-            // byte k's left neighbour(s), carried over from the previous block
-            let prev = |x: u16, p: u16| (x << 1) | (p >> 15);
-            let prev2 = |x: u16, p: u16| (x << 2) | (p >> 14);
-            // A digit anchors only at the start of its run, and not where it
-            // is certainly glued to a longer token (see `glued_before`): after
-            // a-z or '_', or after '-'/'.' that follows a digit or a-z. (Runs
-            // after A-Z stay anchors: IBANs start there.)
-            let glued = prev(m.low | m.us, p_low | p_us) | (prev(m.join, p_join) & prev2(m.dig | m.low, p_dig | p_low));
-            trig &= !(m.dig & (prev(m.dig, p_dig) | glued));
-        }
-        (p_dig, p_low, p_join, p_us) = (m.dig, m.low, m.join, m.us);
+        let mut trig = anchor_bits(&m, classify::first(n), &mut carry);
         while trig != 0 {
             let k = trig.trailing_zeros() as usize;
             trig &= trig - 1;
@@ -819,6 +806,45 @@ pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_
         i += 16;
     }
     open
+}
+
+/// The previous block's masks, for [`anchor_bits`] (bit 15: its last byte).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Carry {
+    dig: u16,
+    low: u16,
+    join: u16,
+    us: u16,
+}
+
+/// The bytes of a block (within `valid`) where [`scan`] runs a detector:
+/// anchor bytes, except digits that continue a digit run or are certainly
+/// glued to a longer token (see `glued_before`): after a-z or '_', or after
+/// '-'/'.' that follows a digit or a-z. (Runs after A-Z stay anchors: IBANs
+/// start there.) Blocks must be consecutive; `carry` links them.
+#[inline(always)]
+pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry) -> u16 {
+    let mut trig = m.trig & valid;
+    if trig & m.dig != 0 {
+        // byte k's left neighbour(s), carried over from the previous block
+        let p = *carry;
+        let prev = |x: u16, p: u16| (x << 1) | (p >> 15);
+        let prev2 = |x: u16, p: u16| (x << 2) | (p >> 14);
+        let glued = prev(m.low | m.us, p.low | p.us) | (prev(m.join, p.join) & prev2(m.dig | m.low, p.dig | p.low));
+        trig &= !(m.dig & (prev(m.dig, p.dig) | glued));
+    }
+    *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us };
+    trig
+}
+
+/// [`scan`] of a complete string `s` whose anchor positions (from
+/// [`anchor_bits`], in order) are already known.
+pub(crate) fn scan_at(en: &Enabled, s: &[u8], positions: &[usize], out: &mut Vec<Cand>) {
+    let mut open = None;
+    let mut ipv6_done = 0usize;
+    for &i in positions {
+        anchor(en, s, i, at(s, i), usize::MAX, &mut ipv6_done, &mut open, 0, out);
+    }
 }
 
 /// Handles the anchor byte `b` at `i` (see [`scan`]).

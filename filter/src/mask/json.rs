@@ -3,6 +3,7 @@
 //! field rules, and copies every untouched byte as it was.
 
 use super::classify::{self, Anchors};
+use super::detectors;
 use super::{Counts, Inner, MaskError, RawFields};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -272,6 +273,48 @@ fn scan_string(src: &[u8], anchors: &Anchors, start: usize) -> Result<(usize, bo
     }
 }
 
+/// Lexes a string value like [`scan_string`] (returns the index of the
+/// closing quote and whether it holds escapes) and, in the same pass, while
+/// no escape has been seen, collects the detectors' anchor positions
+/// (offsets from `start`) into `positions`: a string without escapes needs
+/// no second pass (see `detectors::anchor_bits`).
+#[inline]
+fn scan_value(src: &[u8], anchors: &Anchors, start: usize, positions: &mut Vec<usize>) -> Result<(usize, bool), MaskError> {
+    positions.clear();
+    let mut i = start;
+    let mut esc = false;
+    let mut carry = detectors::Carry::default();
+    loop {
+        let (b, n) = classify::block(src, i);
+        let (stop, m) = classify::value_masks(&b, anchors);
+        let stop = stop & classify::first(n);
+        if !esc {
+            let valid = if stop == 0 { classify::first(n) } else { classify::first(stop.trailing_zeros() as usize) };
+            let mut t = detectors::anchor_bits(&m, valid, &mut carry);
+            while t != 0 {
+                positions.push(i - start + t.trailing_zeros() as usize);
+                t &= t - 1;
+            }
+        }
+        if stop == 0 {
+            if n < 16 {
+                return Err(MaskError::new(src.len(), "unterminated string"));
+            }
+            i += 16;
+            continue;
+        }
+        i += stop.trailing_zeros() as usize;
+        match at(src, i) {
+            b'"' => return Ok((i, esc)),
+            b'\\' => {
+                esc = true;
+                i = escape(src, i + 1)?.0;
+            }
+            _ => return Err(MaskError::new(i, "control character in string")),
+        }
+    }
+}
+
 /// Decodes the (validated) string body `src[start..end]`.
 fn decode<'a>(text: &'a str, src: &[u8], start: usize, end: usize) -> Result<Cow<'a, str>, MaskError> {
     let mut out = String::with_capacity(end.saturating_sub(start));
@@ -485,6 +528,7 @@ pub(crate) fn rewrite_changes(
     let mut dec = String::new();
     let mut cands = Vec::new();
     let mut tmp = String::new();
+    let mut positions = Vec::new();
     'value: loop {
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
             match inner.fields.action(&stack) {
@@ -515,12 +559,29 @@ pub(crate) fn rewrite_changes(
                 }
             }
             b'"' => {
-                let (end, esc, trig) = scan_string(src, anchors, pos + 1)?;
+                // one pass: lexing collects the anchors (strings with escapes
+                // are decoded and scanned again); otherwise lex, then scan
+                // strings holding an anchor or an escape
+                let (end, esc, trig, one_pass) = if inner.one_pass() {
+                    let (end, esc) = scan_value(src, anchors, pos + 1, &mut positions)?;
+                    (end, esc, false, !esc)
+                } else {
+                    let (end, esc, trig) = scan_string(src, anchors, pos + 1)?;
+                    (end, esc, trig, false)
+                };
                 if mute.is_none() {
                     let hook = if content.is_some() { stream_field(&stack) } else { None };
                     if let Some(rep) = hook.and_then(|k| content.and_then(|m| m.get(&k))) {
                         w.replace_quoted(src, pos, end + 1, rep);
-                    } else if inner.needs_scan(trig || esc) {
+                    } else if one_pass {
+                        let s = text.get(pos + 1..end).unwrap_or("");
+                        if (!positions.is_empty() || inner.has_custom()) && inner.find_at(s, &positions, &mut cands) {
+                            w.copy_to(src, pos);
+                            inner.quote_masked(s, true, &cands, &mut w.out, &mut tmp, counts);
+                            w.copied = end + 1;
+                            w.changed = true;
+                        }
+                    } else if esc || trig || inner.has_custom() {
                         let decoded = if esc {
                             decode_into(text, src, pos + 1, end, &mut dec)?;
                             dec.as_str()
