@@ -202,7 +202,7 @@ def test_json_is_masked_valid_and_keeps_ids(gw):
     assert doc["results"][0]["ssn"] != SSN
     assert "1700000000000" in doc["results"][1]["text"], "a ms timestamp is not a card number"
     assert "123e4567-e89b-12d3-a456-426614174000" in doc["results"][1]["text"]
-    assert "content-length" not in h or int(h["content-length"]) == len(body)
+    assert int(h["content-length"]) == len(body), "a buffered masked body gets its exact Content-Length"
 
 
 def test_json_escapes_are_decoded_before_detection(gw):
@@ -212,8 +212,9 @@ def test_json_escapes_are_decoded_before_detection(gw):
 
 
 def test_clean_json_passes_byte_for_byte(gw):
-    code, _, body = get(gw, "/data/clean.json")
+    code, h, body = get(gw, "/data/clean.json")
     assert body == b'{"a": [1, 2.5e3, "plain text", {"k": null}]}'
+    assert h.get("content-length") == str(len(body)), "an unchanged body keeps the upstream's Content-Length"
 
 
 def test_text_is_masked(gw):
@@ -232,6 +233,7 @@ def test_gzip_answer_is_decoded_and_masked(gw):
     code, h, body = get(gw, "/data/gz.json")
     assert code == 200
     assert "content-encoding" not in h
+    assert int(h["content-length"]) == len(body)
     no_pii(body.decode())
     assert json.loads(body)["results"][0]["id"] == "doc-1"
 

@@ -1723,18 +1723,25 @@ impl Stream {
     fn response_headers(&mut self, _n: usize, eos: bool) -> Action {
         let Some((masker, settings)) = self.masker() else { return Action::Continue };
         let (m, method) = (&settings.0, &settings.1);
-        let status = self.get_http_response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let ctype = self.get_http_response_header_bytes("content-type");
+        // one host call for the three headers (names are lowercase in Envoy)
+        let (mut status, mut ctype, mut cenc) = (0u32, None, None);
+        for (name, value) in self.get_http_response_headers_bytes() {
+            match name.as_str() {
+                ":status" => status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                "content-type" => ctype = Some(value),
+                "content-encoding" => cenc = Some(value),
+                _ => {}
+            }
+        }
         let mode = body::response_mode(m, method, status, ctype.as_deref());
         if mode == BodyMode::Pass {
             return Action::Continue;
         }
-        let gzip = match body::encoding(self.get_http_response_header_bytes("content-encoding").as_deref()) {
+        let gzip = match body::encoding(cenc.as_deref()) {
             Encoding::Identity => false,
             Encoding::Gzip => true,
             Encoding::Unsupported => return self.fail(502, "unmaskable_encoding", "the upstream answered with a content encoding the filter cannot decode"),
         };
-        self.set_http_response_header("content-length", None);
         if gzip {
             self.set_http_response_header("content-encoding", None);
         }
@@ -1747,8 +1754,14 @@ impl Stream {
             (mode, gzip) => Response::Buffer { mode, gzip, limit: m.max_buffer_bytes, reject: m.reject_over_limit },
         };
         match self.response {
+            // The headers wait for the whole body: Content-Length is set
+            // then, to the length of what is sent.
             Response::Buffer { .. } => Action::Pause,
-            _ => Action::Continue,
+            // Streamed: the headers go now, the length is not known.
+            _ => {
+                self.set_http_response_header("content-length", None);
+                Action::Continue
+            }
         }
     }
 
@@ -1897,6 +1910,8 @@ impl Stream {
                 };
                 self.response = Response::Pass;
                 self.set_http_response_body(0, size, &out);
+                // the headers are still held (paused at response headers)
+                self.set_http_response_header("content-length", Some(&out.len().to_string()));
                 self.capture_response(&out);
                 Action::Continue
             }
