@@ -1860,7 +1860,13 @@ impl Stream {
             if eos {
                 out.extend(sm.finish(&mut self.counts));
             }
-            self.set_http_response_body(0, size, &out);
+            if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &out) {
+                // The headers are gone; the chunk's own bytes must not flow on.
+                log::warn!("context={}: masked body chunk could not be written ({e:?}): resetting the stream", self.context_id);
+                self.response = Response::Pass;
+                let _ = hostcalls::reset_http_response();
+                return Action::Pause;
+            }
             self.capture_response(&out);
             return Action::Continue;
         }
@@ -1908,8 +1914,10 @@ impl Stream {
                     }
                     _ => masker.mask_text(&String::from_utf8_lossy(&plain), &mut self.counts).into_bytes(),
                 };
+                if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &out).is_err() {
+                    return self.fail(502, "unmaskable_body", "the masked body could not be written back");
+                }
                 self.response = Response::Pass;
-                self.set_http_response_body(0, size, &out);
                 // the headers are still held (paused at response headers)
                 self.set_http_response_header("content-length", Some(&out.len().to_string()));
                 self.capture_response(&out);
