@@ -5,13 +5,11 @@ The upstream is a real HTTP server on loopback that writes SSE events in
 separate TCP writes, with PII split across events."""
 import gzip
 import json
-import threading
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from harness import Envoy, Handler, JwksServer, Key, claims, free_port
+from harness import Envoy, Handler, _Server, JwksServer, Key, claims
 
 ISS = "https://ci.test"
 EMAIL = "jane.doe@example.com"
@@ -56,9 +54,8 @@ def legacy(text, finish=None):
             "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
 
 
-class Backend:
+class Backend(_Server):
     def __init__(self, big=20000):
-        self.port = free_port()
         self.seen = []
         outer = self
 
@@ -145,13 +142,7 @@ class Backend:
                 else:  # echo
                     self.send(200, "application/json", json.dumps({"received": body.decode()}).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        _Server.__init__(self, lambda _: H)
 
 
 def policy(jwk):
@@ -399,13 +390,12 @@ def test_prompt_arriving_during_a_jwks_wait_is_masked(envoy_bin):
 TRAILER_SSE = [chunk(0, "")] + [chunk(i, f) for i, f in enumerate(FRAGMENTS)] + [chunk(9, None, "stop")]
 
 
-class TrailerBackend:
+class TrailerBackend(_Server):
     """Answers chunked HTTP/1.1 bodies that end with a trailer (`x-checksum`):
     /sse-done (SSE ending in `data: [DONE]`), /sse-open (SSE whose last choice
     never finishes), /text (text/plain). PII is split across chunks."""
 
     def __init__(self):
-        self.port = free_port()
 
         class H(Handler):
             def do_GET(self):
@@ -427,13 +417,7 @@ class TrailerBackend:
                 self.wfile.write(b"0\r\nx-checksum: abc123\r\n\r\n")
                 self.wfile.flush()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        _Server.__init__(self, lambda _: H)
 
 
 def get_chunked(port, path, token, timeout=10):

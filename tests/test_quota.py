@@ -8,22 +8,20 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from harness import Envoy, Handler, claims, free_port
+from harness import Envoy, Handler, _Server, claims
 
 ISS = "https://ci.test"
 PER_REQUEST = 30  # tokens the backend reports for every completion
 
 
-class Llm:
+class Llm(_Server):
     """OpenAI-compatible chat completions reporting PER_REQUEST tokens; an SSE
     stream carries usage only if the request asked (stream_options.include_usage)."""
 
     def __init__(self):
-        self.port = free_port()
         self.bodies = []
         self.lock = threading.Lock()
         outer = self
@@ -46,13 +44,7 @@ class Llm:
                 time.sleep(0.05)
                 self.reply(200, json.dumps({"choices": [{"message": {"content": "hi"}}], "usage": usage}).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        _Server.__init__(self, lambda _: H)
 
 
 def fresh_window(need_s=20):

@@ -183,6 +183,14 @@ proptest! {
     }
 }
 
+/// Appends the SSE event `data: <v>` with its blank line.
+fn sse_event(out: &mut String, v: &Value, eol: &str) {
+    out.push_str("data: ");
+    out.push_str(&v.to_string());
+    out.push_str(eol);
+    out.push_str(eol);
+}
+
 /// An OpenAI-style chat-completion SSE stream delivering `content` in
 /// fragments of the given char counts (cycled), with a role chunk first, a
 /// `finish_reason` chunk with an empty delta, and `[DONE]`.
@@ -193,12 +201,7 @@ fn chat_sse(content: &str, frag: &[usize], eol: &str) -> String {
                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
     };
     let mut out = String::new();
-    let mut ev = |v: Value| {
-        out.push_str("data: ");
-        out.push_str(&v.to_string());
-        out.push_str(eol);
-        out.push_str(eol);
-    };
+    let mut ev = |v: Value| sse_event(&mut out, &v, eol);
     ev(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
     let chars: Vec<char> = content.chars().collect();
     let mut i = 0;
@@ -458,12 +461,7 @@ fn tool_sse(args: &[String], frag: &[usize], interleave: bool, eol: &str) -> Str
                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
     };
     let mut out = String::new();
-    let mut ev = |v: Value| {
-        out.push_str("data: ");
-        out.push_str(&v.to_string());
-        out.push_str(eol);
-        out.push_str(eol);
-    };
+    let mut ev = |v: Value| sse_event(&mut out, &v, eol);
     ev(chunk(json!({"role": "assistant", "content": null}), Value::Null));
     // per call: its fragments
     let mut pieces: Vec<Vec<String>> = Vec::new();

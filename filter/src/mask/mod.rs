@@ -467,6 +467,16 @@ impl Masker {
     }
 }
 
+/// Adds one to `counts[name]`.
+fn count(counts: &mut Counts, name: &str) {
+    match counts.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(name.to_string(), 1);
+        }
+    }
+}
+
 fn hex16(mac: &[u8; 32]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(16);
@@ -607,12 +617,7 @@ impl Inner {
             out.push_str("[REDACTED]");
             return;
         };
-        match counts.get_mut(&d.name) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert(d.name.clone(), 1);
-            }
-        }
+        count(counts, &d.name);
         match d.redaction {
             Redaction::Label => out.push_str(&d.label),
             Redaction::Partial => partial(value, out),
@@ -686,9 +691,18 @@ impl Inner {
         let mut last = 0usize;
         for c in cands {
             text(s.get(last..c.start).unwrap_or(""), out);
-            tmp.clear();
-            self.redact_into(c.det, s.get(c.start..c.end).unwrap_or(""), tmp, counts);
-            json::escape_into(tmp, out);
+            match self.dets.get(usize::from(c.det)) {
+                // a label is `[` + a detector name uppercased + `]`: nothing to escape
+                Some(d) if d.redaction == Redaction::Label => {
+                    count(counts, &d.name);
+                    out.extend_from_slice(d.label.as_bytes());
+                }
+                _ => {
+                    tmp.clear();
+                    self.redact_into(c.det, s.get(c.start..c.end).unwrap_or(""), tmp, counts);
+                    json::escape_into(tmp, out);
+                }
+            }
             last = c.end;
         }
         text(s.get(last..).unwrap_or(""), out);
