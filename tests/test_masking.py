@@ -393,7 +393,8 @@ TRAILER_SSE = [chunk(0, "")] + [chunk(i, f) for i, f in enumerate(FRAGMENTS)] + 
 class TrailerBackend(_Server):
     """Answers chunked HTTP/1.1 bodies that end with a trailer (`x-checksum`):
     /sse-done (SSE ending in `data: [DONE]`), /sse-open (SSE whose last choice
-    never finishes), /text (text/plain). PII is split across chunks."""
+    never finishes), /json (application/json, buffered), /text (text/plain).
+    PII is split across chunks."""
 
     def __init__(self):
 
@@ -403,6 +404,9 @@ class TrailerBackend(_Server):
                     ctype, parts = "text/event-stream", TRAILER_SSE + [b"data: [DONE]\n\n"]
                 elif self.path == "/t/sse-open":
                     ctype, parts = "text/event-stream", TRAILER_SSE[:-1]
+                elif self.path == "/t/json":
+                    ctype, parts = "application/json", [b'{"id": 7, "note": "Escalate to jane.', b'doe@exam',
+                                                        b'ple.com today; SSN 123-', b'45-6789."}']
                 else:
                     ctype, parts = "text/plain", [b"Escalate to jane.", b"doe@exam", b"ple.com today; SSN 123-", b"45-6789. Thanks."]
                 self.send_response(200)
@@ -500,3 +504,13 @@ def test_stream_holding_bytes_at_trailers_is_reset_never_leaked(tgw, path):
         time.sleep(0.1)
     assert env.stats().get("wasmcustom.nhi_gate_stream_tail_reset", 0) == before + 1
     assert "resetting the stream" in env.logs()
+
+
+def test_buffered_json_ending_with_trailers_is_masked_whole(tgw):
+    """A buffered body's last chunk was paused, so Envoy still holds it at
+    trailers time: it is masked then; body and trailers arrive whole."""
+    status, body, trailers, complete = get_chunked(tgw["env"].port, "/t/json", tgw["token"])
+    assert status == 200 and complete, body
+    assert trailers.get("x-checksum") == "abc123"
+    no_pii(body.decode())
+    assert json.loads(body) == {"id": 7, "note": "Escalate to [EMAIL] today; SSN [US_SSN]."}

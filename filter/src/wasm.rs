@@ -1794,8 +1794,25 @@ impl Stream {
     /// `data: [DONE]`): the trailers pass.
     fn response_trailers(&mut self, _n: usize) -> Action {
         match &mut self.response {
-            // Buffered for masking but ended with trailers: never release it unmasked.
-            Response::Buffer { .. } => self.fail(502, "unmaskable_body", "response bodies with trailers cannot be masked"),
+            // Buffered for masking and ended with trailers: the whole body is
+            // in Envoy's buffer (its last chunk was paused), so it is masked
+            // now, before anything goes out.
+            Response::Buffer { mode, gzip, limit, .. } => {
+                let (mode, gzip, limit) = (*mode, *gzip, *limit);
+                let Some((masker, _)) = self.masker() else {
+                    return self.fail(502, "unmaskable_body", "masking settings missing for a buffered body");
+                };
+                match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, limit.saturating_add(1)) {
+                    Ok(raw) => {
+                        let raw = raw.unwrap_or_default();
+                        if raw.len() > limit {
+                            return self.fail(502, "response_too_large", "response body larger than the masking limit");
+                        }
+                        self.mask_buffered(&masker, raw, mode, gzip, limit, true)
+                    }
+                    Err(_) => self.fail(502, "unmaskable_body", "the buffered body could not be read at trailers time"),
+                }
+            }
             Response::Stream(sm) => {
                 let held = sm.held();
                 if held == 0 {
@@ -1886,43 +1903,57 @@ impl Stream {
                     return Action::Pause;
                 }
                 let raw = self.get_http_response_body(0, size).unwrap_or_default();
-                let plain: std::borrow::Cow<[u8]> = if gzip {
-                    match body::gunzip(&raw, limit) {
-                        Ok(p) => p.into(),
-                        Err(e) => return self.fail(502, "unmaskable_encoding", &e),
-                    }
-                } else {
-                    raw.as_slice().into()
-                };
-                let out = match mode {
-                    BodyMode::Json => match masker.mask_json_changes(&plain, &mut self.counts) {
-                        Ok(Some(o)) => o,
-                        // nothing to redact: Envoy's buffer already holds the exact bytes
-                        Ok(None) if !gzip => {
-                            self.response = Response::Pass;
-                            self.capture_response(&raw);
-                            return Action::Continue;
-                        }
-                        Ok(None) => plain.into_owned(),
-                        Err(_) => return self.fail(502, "unmaskable_body", "the upstream's JSON body could not be parsed for masking"),
-                    },
-                    BodyMode::Sse => {
-                        let mut sm = masker.stream(StreamKind::Sse);
-                        let mut o = sm.push(&plain, &mut self.counts);
-                        o.extend(sm.finish(&mut self.counts));
-                        o
-                    }
-                    _ => masker.mask_text(&String::from_utf8_lossy(&plain), &mut self.counts).into_bytes(),
-                };
-                if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &out).is_err() {
-                    return self.fail(502, "unmaskable_body", "the masked body could not be written back");
-                }
-                self.response = Response::Pass;
-                // the headers are still held (paused at response headers)
-                self.set_http_response_header("content-length", Some(&out.len().to_string()));
-                self.capture_response(&out);
-                Action::Continue
+                self.mask_buffered(&masker, raw, mode, gzip, limit, false)
             }
         }
+    }
+
+    /// Masks a whole buffered response body `raw` (Envoy's buffer holds it;
+    /// the response headers are still paused) and writes the result back.
+    /// `trailers`: the body ended with trailers, so it goes out chunked
+    /// (no `Content-Length`); otherwise `Content-Length` is set to the
+    /// length sent. Fails closed (local reply) on gzip, JSON or write errors.
+    fn mask_buffered(&mut self, masker: &Masker, raw: Vec<u8>, mode: BodyMode, gzip: bool, limit: usize, trailers: bool) -> Action {
+        let size = raw.len();
+        let plain: std::borrow::Cow<[u8]> = if gzip {
+            match body::gunzip(&raw, limit) {
+                Ok(p) => p.into(),
+                Err(e) => return self.fail(502, "unmaskable_encoding", &e),
+            }
+        } else {
+            raw.as_slice().into()
+        };
+        let out = match mode {
+            BodyMode::Json => match masker.mask_json_changes(&plain, &mut self.counts) {
+                Ok(Some(o)) => o,
+                // nothing to redact: Envoy's buffer already holds the exact bytes
+                Ok(None) if !gzip => {
+                    self.response = Response::Pass;
+                    self.capture_response(&raw);
+                    return Action::Continue;
+                }
+                Ok(None) => plain.into_owned(),
+                Err(_) => return self.fail(502, "unmaskable_body", "the upstream's JSON body could not be parsed for masking"),
+            },
+            BodyMode::Sse => {
+                let mut sm = masker.stream(StreamKind::Sse);
+                let mut o = sm.push(&plain, &mut self.counts);
+                o.extend(sm.finish(&mut self.counts));
+                o
+            }
+            _ => masker.mask_text(&String::from_utf8_lossy(&plain), &mut self.counts).into_bytes(),
+        };
+        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &out).is_err() {
+            return self.fail(502, "unmaskable_body", "the masked body could not be written back");
+        }
+        self.response = Response::Pass;
+        // the headers are still held (paused at response headers)
+        if trailers {
+            self.set_http_response_header("content-length", None);
+        } else {
+            self.set_http_response_header("content-length", Some(&out.len().to_string()));
+        }
+        self.capture_response(&out);
+        Action::Continue
     }
 }
