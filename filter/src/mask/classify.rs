@@ -236,18 +236,15 @@ fn trig(x: v::V, a: &Anchors) -> v::V {
     t
 }
 
-/// Lexer masks of a block (see [`StringMasks`]).
+/// `"`, `\\` or a control byte.
 #[inline(always)]
-pub(crate) fn string_masks(b: &[u8; 16], a: &Anchors) -> StringMasks {
-    let x = v::load(b);
-    let stop = v::or(v::or(v::eq(x, b'"'), v::eq(x, b'\\')), v::below(x, 0x20));
-    StringMasks { stop: v::bits(stop), trig: v::bits(trig(x, a)) }
+fn stops(x: v::V) -> u16 {
+    v::bits(v::or(v::or(v::eq(x, b'"'), v::eq(x, b'\\')), v::below(x, 0x20)))
 }
 
-/// Detector masks of a block (see [`ScanMasks`]).
+/// The detector masks of a loaded block.
 #[inline(always)]
-pub(crate) fn scan_masks(b: &[u8; 16], a: &Anchors) -> ScanMasks {
-    let x = v::load(b);
+fn scan(x: v::V, a: &Anchors) -> ScanMasks {
     ScanMasks {
         trig: v::bits(trig(x, a)),
         dig: v::bits(v::within(x, b'0', 10)),
@@ -257,21 +254,26 @@ pub(crate) fn scan_masks(b: &[u8; 16], a: &Anchors) -> ScanMasks {
     }
 }
 
+/// Lexer masks of a block (see [`StringMasks`]).
+#[inline(always)]
+pub(crate) fn string_masks(b: &[u8; 16], a: &Anchors) -> StringMasks {
+    let x = v::load(b);
+    StringMasks { stop: stops(x), trig: v::bits(trig(x, a)) }
+}
+
+/// Detector masks of a block (see [`ScanMasks`]).
+#[inline(always)]
+pub(crate) fn scan_masks(b: &[u8; 16], a: &Anchors) -> ScanMasks {
+    scan(v::load(b), a)
+}
+
 /// Lexer stops and detector masks of a block from one load (the one-pass
 /// scan of a JSON string value): `(stop, masks)`, as in [`string_masks`]
 /// and [`scan_masks`].
 #[inline(always)]
 pub(crate) fn value_masks(b: &[u8; 16], a: &Anchors) -> (u16, ScanMasks) {
     let x = v::load(b);
-    let stop = v::or(v::or(v::eq(x, b'"'), v::eq(x, b'\\')), v::below(x, 0x20));
-    let m = ScanMasks {
-        trig: v::bits(trig(x, a)),
-        dig: v::bits(v::within(x, b'0', 10)),
-        low: v::bits(v::within(x, b'a', 26)),
-        join: v::bits(v::or(v::eq(x, b'-'), v::eq(x, b'.'))),
-        us: v::bits(v::eq(x, b'_')),
-    };
-    (v::bits(stop), m)
+    (stops(x), scan(x, a))
 }
 
 #[cfg(test)]

@@ -655,11 +655,7 @@ impl Inner {
     pub(crate) fn find(&self, s: &str, cands: &mut Vec<Cand>) -> bool {
         cands.clear();
         self.candidates(s, 0, usize::MAX, cands);
-        if cands.is_empty() {
-            return false;
-        }
-        self.select(s.as_bytes(), cands, 0, s.len());
-        !cands.is_empty()
+        self.selected(s, cands)
     }
 
     /// [`Inner::find`] for a complete string whose built-in anchor
@@ -668,10 +664,15 @@ impl Inner {
         cands.clear();
         detectors::scan_at(&self.enabled, s.as_bytes(), positions, cands);
         self.custom_candidates(s, 0, cands);
-        if cands.is_empty() {
-            return false;
+        self.selected(s, cands)
+    }
+
+    /// Selects the candidates found in the whole of `s` (see
+    /// [`Inner::select`]); whether any is left.
+    fn selected(&self, s: &str, cands: &mut Vec<Cand>) -> bool {
+        if !cands.is_empty() {
+            self.select(s.as_bytes(), cands, 0, s.len());
         }
-        self.select(s.as_bytes(), cands, 0, s.len());
         !cands.is_empty()
     }
 
