@@ -1010,7 +1010,7 @@ fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) ->
     let mut counts = Counts::new();
     let out = match kind {
         RequestMask::ChatMessages => mask_chat_request(&masker, &body, &mut counts),
-        RequestMask::Json => masker.mask_json(&body, &mut counts).map_err(|e| format!("{e:?}")),
+        RequestMask::Json => masker.mask_request_json(&body, &mut counts).map_err(|e| format!("{e:?}")),
     };
     let out = out.map_err(|e| Denial { status: 400, reason: "invalid_json", detail: format!("request body is not the JSON the policy masks: {e}") })?;
     if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &out).is_err() {

@@ -55,6 +55,7 @@ fn errors_name_their_field() {
         (json!({"custom": [{"name": "email", "pattern": "x"}]}), "masking.custom[0].name", "built-in"),
         (json!({"custom": [{"name": "emp", "pattern": "x", "redaction": "blur"}]}), "masking.custom[0].redaction", "unknown redaction"),
         (json!({"redaction": "hash"}), "masking.hash_key", "required"),
+        (json!({"logprobs": "drop"}), "masking.logprobs", "must be \"withhold\" or \"mask\""),
         (json!({"per_detector": {"email": "hash"}}), "masking.hash_key", "required"),
         (json!({"custom": [{"name": "emp", "pattern": "x", "redaction": "hash"}]}), "masking.hash_key", "required"),
         (json!({"redaction": "hash", "hash_key": "short"}), "masking.hash_key", "at least 16"),

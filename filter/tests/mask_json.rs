@@ -269,3 +269,57 @@ fn one_pass_and_two_pass_agree_with_masking_each_string() {
     }
     assert!(redacted > 1000, "the generator must produce PII ({redacted} redactions)");
 }
+
+/// A chat completion whose content and log-probabilities carry an email cut
+/// across tokens, as OpenAI returns it with `logprobs: true`.
+const CHAT_WITH_LOGPROBS: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,
+ "message":{"role":"assistant","content":"Mail jane.doe@example.com"},
+ "logprobs":{"content":[{"token":"Mail","logprob":-0.1,"bytes":[77,97,105,108],"top_logprobs":[]},
+  {"token":" jane","logprob":-0.2,"bytes":[32,106,97,110,101],"top_logprobs":[{"token":" john","logprob":-3.0,"bytes":[32,106,111,104,110]}]},
+  {"token":".doe","logprob":-0.1,"bytes":[46,100,111,101],"top_logprobs":[]},
+  {"token":"@example.com","logprob":-0.1,"bytes":[64],"top_logprobs":[]}],"refusal":null},
+ "finish_reason":"stop"}]}"#;
+
+#[test]
+fn logprobs_are_withheld_from_responses_by_default() {
+    let m = masker(json!({}));
+    let (out, counts) = mask(&m, CHAT_WITH_LOGPROBS);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Mail [EMAIL]");
+    assert_eq!(v["choices"][0]["logprobs"], Value::Null, "{out}");
+    assert!(!out.contains("jane") && !out.contains(".doe"), "{out}");
+    assert_eq!(counts.get("logprobs"), Some(&1));
+    assert_eq!(counts.get("email"), Some(&1));
+    // Responses API events carry `logprobs` as an array: it stays an array
+    let (out, counts) = mask(&m, r#"{"type":"response.output_text.delta","delta":"jane","logprobs":[{"token":"jane","logprob":-0.1,"top_logprobs":[]}]}"#);
+    assert_eq!(out, r#"{"type":"response.output_text.delta","delta":"jane","logprobs":[]}"#);
+    assert_eq!(counts.get("logprobs"), Some(&1));
+    // null and empty values are left as they are (byte for byte)
+    for clean in [r#"{"choices":[{"logprobs":null,"text":"hi"}]}"#, r#"{"logprobs":[ ]}"#, r#"{"logprobs": null}"#] {
+        let mut counts = Counts::new();
+        assert_eq!(m.mask_json_changes(clean.as_bytes(), &mut counts).unwrap(), None, "{clean}");
+        assert!(counts.is_empty());
+    }
+}
+
+#[test]
+fn logprobs_mask_keeps_tokens_masked_one_by_one() {
+    let m = masker(json!({"logprobs": "mask"}));
+    let (out, counts) = mask(&m, CHAT_WITH_LOGPROBS);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Mail [EMAIL]");
+    // tokens are kept: the email cut across them is not found (the risk `mask` accepts)
+    assert_eq!(v["choices"][0]["logprobs"]["content"][2]["token"], ".doe");
+    assert_eq!(counts.get("logprobs"), None);
+}
+
+#[test]
+fn request_json_keeps_logprobs() {
+    let m = masker(json!({}));
+    let body = r#"{"model":"m","logprobs":true,"top_logprobs":2,"messages":[{"role":"user","content":"mail jane.doe@example.com"}]}"#;
+    let out = String::from_utf8(m.mask_request_json(body.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out, body.replace("jane.doe@example.com", "[EMAIL]"));
+    // the same document as a response has its `logprobs` member withheld
+    let (out, _) = mask(&m, body);
+    assert!(out.contains(r#""logprobs":null"#), "{out}");
+}

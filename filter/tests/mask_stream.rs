@@ -722,3 +722,42 @@ fn sse_tool_calls_of_several_choices_and_content_are_kept_apart() {
     assert_eq!(args, want);
     assert_eq!(counts.get("email"), Some(&4));
 }
+
+/// `logprobs: true` on a chat stream: each chunk repeats its tokens in
+/// `choices[].logprobs.content`, where an email cut across tokens could be
+/// read back. They are withheld (null) by default, under any chunking.
+#[test]
+fn sse_logprobs_are_withheld() {
+    let tokens = ["Mail", " jane", ".doe", "@exam", "ple.com", " now"];
+    let mut input = String::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let lp = json!({"content": [{"token": t, "logprob": -0.5, "bytes": t.as_bytes(), "top_logprobs": [{"token": t, "logprob": -0.5, "bytes": t.as_bytes()}]}], "refusal": null});
+        let finish = if i + 1 == tokens.len() { json!("stop") } else { Value::Null };
+        sse_event(&mut input, &json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                      "choices": [{"index": 0, "delta": {"content": t}, "logprobs": lp, "finish_reason": finish}]}), "\n");
+    }
+    input.push_str("data: [DONE]\n\n");
+    for (cfg, withheld) in [(json!({}), true), (json!({"logprobs": "mask"}), false)] {
+        let m = masker(cfg);
+        for cuts in [vec![], (0..input.len()).step_by(7).collect::<Vec<_>>()] {
+            let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+            let out = String::from_utf8(out).unwrap();
+            let mut text = String::new();
+            for d in parse_sse(&out).iter().filter(|d| *d != "[DONE]") {
+                let v: Value = serde_json::from_str(d).unwrap();
+                text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+                if withheld {
+                    assert_eq!(v["choices"][0]["logprobs"], Value::Null, "{d}");
+                }
+            }
+            assert_eq!(text, "Mail [EMAIL] now");
+            if withheld {
+                assert!(!out.contains("jane") && !out.contains("exam"), "{out}");
+                assert_eq!(counts.get("logprobs"), Some(&(tokens.len() as u64)));
+            } else {
+                // `mask`: the tokens pass one by one (the accepted risk)
+                assert!(out.contains(".doe"), "{out}");
+            }
+        }
+    }
+}

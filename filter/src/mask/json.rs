@@ -436,6 +436,13 @@ impl Writer {
         self.copied = end;
         self.changed = true;
     }
+    /// Replaces `src[start..end]` by the JSON text `raw`.
+    fn replace_raw(&mut self, src: &[u8], start: usize, end: usize, raw: &[u8]) {
+        self.copy_to(src, start);
+        self.out.extend_from_slice(raw);
+        self.copied = end;
+        self.changed = true;
+    }
     /// The rewritten document; `None` when nothing was replaced.
     fn finish(mut self, src: &[u8]) -> Option<Vec<u8>> {
         if !self.changed {
@@ -447,9 +454,9 @@ impl Writer {
 }
 
 /// Reads an object key (the opening quote at `pos`) and the `:` after it;
-/// returns the decoded key (empty when `keep` is false) and the position of
-/// the member's value.
-fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a, str>, usize), MaskError> {
+/// returns the decoded key (empty when `keep` is false), the position of
+/// the member's value, and (when `probe`) whether the key is `logprobs`.
+fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool, probe: bool) -> Result<(Cow<'a, str>, usize, bool), MaskError> {
     if at(src, pos) != b'"' {
         return Err(MaskError::new(pos, "expected a string key"));
     }
@@ -462,11 +469,18 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     } else {
         Cow::Borrowed(text.get(pos + 1..end).unwrap_or(""))
     };
+    let logprobs = probe
+        && if esc {
+            // escaped spellings (`log\u0070robs`) are the same key
+            decode(text, src, pos + 1, end)? == "logprobs"
+        } else {
+            src.get(pos + 1..end) == Some(b"logprobs".as_slice())
+        };
     let p = ws(src, end + 1);
     if at(src, p) != b':' {
         return Err(MaskError::new(p, "expected ':'"));
     }
-    Ok((k, ws(src, p + 1)))
+    Ok((k, ws(src, p + 1), logprobs))
 }
 
 /// A streamed text field of an SSE chunk, by array positions (not by the
@@ -502,13 +516,31 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
 struct Mute {
     depth: usize,
     start: usize,
-    label: Option<String>,
+    with: Replace,
+}
+
+/// What a muted value becomes once complete.
+enum Replace {
+    /// Nothing: the value is copied as it is (skip rules).
+    Keep,
+    /// The JSON string for this label (redact rules).
+    Label(String),
+    /// These JSON bytes (`null`, `[]`: withheld `logprobs`).
+    Raw(&'static [u8]),
 }
 
 /// Masks a JSON document. `content`: replacement text (already masked) for
-/// the strings at the given [`StreamField`]s (SSE chunks).
-pub(crate) fn rewrite(inner: &Inner, src: &[u8], content: Option<&BTreeMap<StreamField, String>>, counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
-    Ok(rewrite_changes(inner, src, content, counts)?.unwrap_or_else(|| src.to_vec()))
+/// the strings at the given [`StreamField`]s (SSE chunks). `response`: the
+/// document is (part of) a response body, whose `logprobs` members are
+/// withheld when the policy says so ([`super::RawMasking::logprobs`]).
+pub(crate) fn rewrite(
+    inner: &Inner,
+    src: &[u8],
+    content: Option<&BTreeMap<StreamField, String>>,
+    response: bool,
+    counts: &mut Counts,
+) -> Result<Vec<u8>, MaskError> {
+    Ok(rewrite_changes(inner, src, content, response, counts)?.unwrap_or_else(|| src.to_vec()))
 }
 
 /// [`rewrite`], giving `Ok(None)` when nothing is replaced.
@@ -516,10 +548,12 @@ pub(crate) fn rewrite_changes(
     inner: &Inner,
     src: &[u8],
     content: Option<&BTreeMap<StreamField, String>>,
+    response: bool,
     counts: &mut Counts,
 ) -> Result<Option<Vec<u8>>, MaskError> {
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
     let anchors = inner.anchors();
+    let withhold = response && inner.withhold_logprobs();
     let track = !inner.fields.is_empty() || content.is_some();
     let mut w = Writer { out: Vec::new(), copied: 0, changed: false };
     let mut stack: Vec<Frame<'_>> = Vec::new();
@@ -529,11 +563,18 @@ pub(crate) fn rewrite_changes(
     let mut cands = Vec::new();
     let mut tmp = String::new();
     let mut positions = Vec::new();
+    // the value about to be read is a `logprobs` member's, to withhold
+    let mut withheld = false;
     'value: loop {
+        if withheld && mute.is_none() && at(src, pos) != b'n' {
+            let with = Replace::Raw(if at(src, pos) == b'[' { b"[]" } else { b"null" });
+            mute = Some(Mute { depth: stack.len(), start: pos, with });
+        }
+        withheld = false;
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
             match inner.fields.action(&stack) {
-                Some(Action::Redact(label)) => mute = Some(Mute { depth: stack.len(), start: pos, label: Some(label) }),
-                Some(Action::Skip) => mute = Some(Mute { depth: stack.len(), start: pos, label: None }),
+                Some(Action::Redact(label)) => mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Label(label) }),
+                Some(Action::Skip) => mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Keep }),
                 None => {}
             }
         }
@@ -543,7 +584,8 @@ pub(crate) fn rewrite_changes(
                 if at(src, pos) == b'}' {
                     pos += 1;
                 } else {
-                    let (k, p) = key(text, src, pos, track)?;
+                    let (k, p, lp) = key(text, src, pos, track, withhold)?;
+                    withheld = lp;
                     stack.push(Frame::Obj(k));
                     pos = p;
                     continue 'value;
@@ -617,9 +659,19 @@ pub(crate) fn rewrite_changes(
         loop {
             if mute.as_ref().is_some_and(|m| m.depth == stack.len()) {
                 if let Some(m) = mute.take() {
-                    if let Some(label) = m.label {
-                        w.replace_quoted(src, m.start, pos, &label);
-                        *counts.entry("field".to_string()).or_insert(0) += 1;
+                    match m.with {
+                        Replace::Keep => {}
+                        Replace::Label(label) => {
+                            w.replace_quoted(src, m.start, pos, &label);
+                            *counts.entry("field".to_string()).or_insert(0) += 1;
+                        }
+                        Replace::Raw(raw) => {
+                            // `[]` stays as it is
+                            if !src.get(m.start..pos).is_some_and(|v| v.iter().filter(|b| !b.is_ascii_whitespace()).eq(raw.iter())) {
+                                w.replace_raw(src, m.start, pos, raw);
+                                *counts.entry("logprobs".to_string()).or_insert(0) += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -634,7 +686,8 @@ pub(crate) fn rewrite_changes(
                 }
                 Some(Frame::Obj(_)) => match c {
                     b',' => {
-                        let (k, p) = key(text, src, ws(src, pos + 1), track)?;
+                        let (k, p, lp) = key(text, src, ws(src, pos + 1), track, withhold)?;
+                        withheld = lp;
                         if let Some(top) = stack.last_mut() {
                             *top = Frame::Obj(k);
                         }

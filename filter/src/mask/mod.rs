@@ -53,8 +53,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Number of values redacted, by detector name (`email`, `payment_card`,
-/// a custom detector's name, and `field` for values redacted by a field
-/// rule).
+/// a custom detector's name, `field` for values redacted by a field rule,
+/// and `logprobs` for withheld `logprobs` values).
 pub type Counts = BTreeMap<String, u64>;
 
 /// The policy section `masking` (top level of the plugin configuration), as
@@ -83,6 +83,14 @@ pub struct RawMasking {
     pub hash_key: Option<String>,
     /// Rules by JSON field (applied by [`Masker::mask_json`] only).
     pub fields: RawFields,
+    /// What happens to `logprobs` members of response JSON (chat and legacy
+    /// completions, SSE chunks, Responses API events): `withhold` (default:
+    /// the value becomes `null`, or `[]` for an array) or `mask` (each token
+    /// string masked on its own). Log-probabilities repeat the generated
+    /// text one token per string, where a value cut across tokens cannot be
+    /// found, so a job asking for them (`logprobs: true`) could read masked
+    /// text back; `mask` accepts that risk.
+    pub logprobs: Option<String>,
 }
 
 /// A custom detector: `masking.custom[i]`.
@@ -215,6 +223,8 @@ pub(crate) struct Inner {
     allow: BTreeSet<String>,
     hash_key: Vec<u8>,
     fields: json::FieldRules,
+    /// Withhold `logprobs` members of response JSON ([`RawMasking::logprobs`]).
+    withhold_logprobs: bool,
     /// Scan JSON string values while lexing them (off only for measurements).
     one_pass: bool,
 }
@@ -387,6 +397,14 @@ impl Masker {
         }
 
         let fields = json::FieldRules::compile(&raw.fields, &field_path(prefix, "fields"), &mut err);
+        let withhold_logprobs = match raw.logprobs.as_deref() {
+            None | Some("withhold") => true,
+            Some("mask") => false,
+            Some(other) => {
+                err(field_path(prefix, "logprobs"), format!("must be \"withhold\" or \"mask\", not {other:?}"));
+                true
+            }
+        };
 
         if !errs.is_empty() {
             return Err(errs);
@@ -401,6 +419,7 @@ impl Masker {
                 allow,
                 hash_key: raw.hash_key.map(String::into_bytes).unwrap_or_default(),
                 fields,
+                withhold_logprobs,
                 one_pass: true,
             }),
         })
@@ -429,14 +448,15 @@ impl Masker {
         out
     }
 
-    /// JSON-aware masking of a whole JSON document (RFC 8259, UTF-8).
+    /// JSON-aware masking of a whole response document (RFC 8259, UTF-8).
     ///
     /// Detectors run on the decoded value of each string (`"a\u0040b.com"`
     /// is an email); a changed string is re-encoded (minimal escaping), so
     /// the output stays valid JSON. Object keys are never masked, numbers
     /// and literals only by a field rule ([`RawFields`]). Everything not
     /// masked is copied byte for byte: a document without findings comes
-    /// back unchanged.
+    /// back unchanged. `logprobs` members are withheld unless the policy
+    /// says `logprobs: mask` ([`RawMasking::logprobs`]).
     ///
     /// Errors: the body is not valid JSON (syntax, bad escapes, lone
     /// surrogates, control characters in strings, trailing data) or not
@@ -449,7 +469,13 @@ impl Masker {
     /// `Ok(None)` when nothing is redacted (the body can be forwarded as
     /// it is), `Ok(Some(masked))` otherwise. Same errors.
     pub fn mask_json_changes(&self, body: &[u8], counts: &mut Counts) -> Result<Option<Vec<u8>>, MaskError> {
-        json::rewrite_changes(&self.inner, body, None, counts)
+        json::rewrite_changes(&self.inner, body, None, true, counts)
+    }
+
+    /// [`Masker::mask_json`] for a request body (the prompt): the same, but
+    /// `logprobs` members (a request's `logprobs: true`) are left alone.
+    pub fn mask_request_json(&self, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, MaskError> {
+        Ok(json::rewrite_changes(&self.inner, body, None, false, counts)?.unwrap_or_else(|| body.to_vec()))
     }
 
     /// An incremental masker for a streamed body of the given kind.
@@ -505,6 +531,11 @@ impl Inner {
     /// Whether JSON string values are scanned while they are lexed (see
     /// `json::scan_value`); off only for measurements.
     #[inline]
+    /// Whether response JSON has its `logprobs` members withheld.
+    pub(crate) fn withhold_logprobs(&self) -> bool {
+        self.withhold_logprobs
+    }
+
     pub(crate) fn one_pass(&self) -> bool {
         self.one_pass
     }

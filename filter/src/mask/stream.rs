@@ -40,8 +40,8 @@
 //! field the concatenation of what the client receives equals masking the
 //! whole text (arguments: the whole document) once, however the events and
 //! the bytes are cut. The rest of the chunk is masked as JSON
-//! ([`super::Masker::mask_json`]; `logprobs` tokens are masked one by one,
-//! not joined). When a choice's `finish_reason` is set, the held text of
+//! ([`super::Masker::mask_json`]; `logprobs` are withheld, or with
+//! `logprobs: mask` masked token by token, not joined). When a choice's `finish_reason` is set, the held text of
 //! each of its fields goes into that field of the event, or, when the event
 //! lacks it, into a synthetic chunk event (the same `id`, `model`, … with
 //! only that choice and field: `delta.content`, `delta.tool_calls: [{index,
@@ -372,7 +372,7 @@ impl Joiner {
             Joiner::Text(t) => t.finish(counts),
             Joiner::Json { inner, buf } => {
                 let raw = std::mem::take(buf);
-                json::rewrite(inner, &raw, None, counts).unwrap_or_else(|_| {
+                json::rewrite(inner, &raw, None, false, counts).unwrap_or_else(|_| {
                     let mut t = TextStream::new(Arc::clone(inner));
                     let mut out = t.push(&raw, counts);
                     out.extend(t.finish(counts));
@@ -598,7 +598,7 @@ impl SseStream {
         }
         let Ok(chunk) = serde_json::from_slice::<ChunkLite>(payload) else {
             // other JSON is masked as JSON, anything else as text
-            return json::rewrite(&self.inner, payload, None, counts).unwrap_or_else(|_| {
+            return json::rewrite(&self.inner, payload, None, true, counts).unwrap_or_else(|_| {
                 let mut out = Vec::new();
                 self.mask_line(payload, &mut out, counts);
                 out
@@ -647,7 +647,7 @@ impl SseStream {
                 released.insert(field, String::from_utf8_lossy(&text).into_owned());
             }
         }
-        match json::rewrite(&self.inner, payload, Some(&released), counts) {
+        match json::rewrite(&self.inner, payload, Some(&released), true, counts) {
             Ok(v) => v,
             Err(_) => {
                 let mut out = Vec::new();
@@ -708,7 +708,7 @@ impl SseStream {
         let raw = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
         let mut keep = BTreeMap::new();
         keep.insert(field, text.to_string());
-        let body = json::rewrite(&self.inner, &raw, Some(&keep), counts).unwrap_or(raw);
+        let body = json::rewrite(&self.inner, &raw, Some(&keep), true, counts).unwrap_or(raw);
         let eol = self.eol();
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&body);
