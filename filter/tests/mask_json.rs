@@ -323,3 +323,33 @@ fn request_json_keeps_logprobs() {
     let (out, _) = mask(&m, body);
     assert!(out.contains(r#""logprobs":null"#), "{out}");
 }
+
+/// Tool-call arguments are a JSON document inside a string: a value right
+/// after an escape (`\n4111 …`) is glued to the escape's letter when the
+/// string is read as text, so arguments are masked as JSON (decoded values,
+/// field rules, the result still JSON).
+#[test]
+fn tool_call_arguments_are_masked_as_json_documents() {
+    let m = masker(json!({"fields": {"redact": ["customer_id"]}}));
+    let args = json!({"body": "Hi,\n4111 1111 1111 1111\tjane\u{40}example.com", "customer_id": 77, "n": 2}).to_string();
+    let doc = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "send", "arguments": args}}]}}]}).to_string();
+    // as text, the card would be missed (glued to the `n` of `\n`)
+    assert!(m.mask_text(&args, &mut Counts::new()).contains("4111 1111 1111 1111"));
+    let (out, counts) = mask(&m, &doc);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got: Value = serde_json::from_str(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(got, json!({"body": "Hi,\n[PAYMENT_CARD]\t[EMAIL]", "customer_id": "[CUSTOMER_ID]", "n": 2}));
+    assert_eq!((counts.get("payment_card"), counts.get("email"), counts.get("field")), (Some(&1), Some(&1), Some(&1)));
+    // the Responses API's function_call item, with an escaped key spelling
+    let item = format!(r#"{{"type":"function_call","call_id":"c","argum\u0065nts":{}}}"#, serde_json::to_string(&args).unwrap());
+    let (out, _) = mask(&m, &item);
+    assert!(!out.contains("4111") && out.contains("[PAYMENT_CARD]"), "{out}");
+    // clean JSON arguments are left byte for byte
+    let clean = json!({"arguments": "{\"q\": \"weather in Paris\", \"days\": 3}"}).to_string();
+    assert_eq!(m.mask_json_changes(clean.as_bytes(), &mut Counts::new()).unwrap(), None);
+    // arguments that are not JSON are masked as text
+    let (out, counts) = mask(&m, r#"{"arguments":"to: jane@example.com {"}"#);
+    assert_eq!(out, r#"{"arguments":"to: [EMAIL] {"}"#);
+    assert_eq!(counts.get("email"), Some(&1));
+}

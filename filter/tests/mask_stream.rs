@@ -761,3 +761,168 @@ fn sse_logprobs_are_withheld() {
         }
     }
 }
+
+/// Cuts `s` into pieces of the given char counts (cycled).
+fn pieces(s: &str, frag: &[usize]) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let (mut i, mut k, mut out) = (0, 0, Vec::new());
+    while i < chars.len() {
+        let n = frag[k % frag.len()].max(1);
+        k += 1;
+        out.push(chars[i..(i + n).min(chars.len())].iter().collect());
+        i += n;
+    }
+    out
+}
+
+/// An OpenAI Responses API stream (`POST /v1/responses`, `stream: true`):
+/// a message whose text arrives in `response.output_text.delta` fragments,
+/// then a function call whose arguments arrive in
+/// `response.function_call_arguments.delta` fragments; `.done` events, the
+/// items' `done` events and `response.completed` repeat the whole values.
+/// Each event has an `event:` line when `named`.
+fn responses_sse(text: &str, args: &str, frag: &[usize], named: bool, eol: &str) -> String {
+    let mut out = String::new();
+    let mut seq = 0u64;
+    let mut ev = |mut v: Value| {
+        v["sequence_number"] = json!(seq);
+        seq += 1;
+        if named {
+            out.push_str(&format!("event: {}{eol}", v["type"].as_str().unwrap()));
+        }
+        sse_event(&mut out, &v, eol);
+    };
+    let resp = |status: &str, output: Value| json!({"id": "resp_1", "object": "response", "created_at": 1, "status": status, "model": "m", "output": output});
+    let msg = |t: &str, status: &str| {
+        json!({"id": "msg_1", "type": "message", "status": status, "role": "assistant",
+               "content": if status == "in_progress" { json!([]) } else { json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}]) }})
+    };
+    let call = |a: &str, status: &str| json!({"id": "fc_1", "type": "function_call", "status": status, "call_id": "call_1", "name": "send_mail", "arguments": a});
+    ev(json!({"type": "response.created", "response": resp("in_progress", json!([]))}));
+    ev(json!({"type": "response.output_item.added", "output_index": 0, "item": msg("", "in_progress")}));
+    ev(json!({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+              "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}));
+    for p in pieces(text, frag) {
+        ev(json!({"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": p, "logprobs": []}));
+    }
+    ev(json!({"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": text, "logprobs": []}));
+    ev(json!({"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+              "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}));
+    ev(json!({"type": "response.output_item.done", "output_index": 0, "item": msg(text, "completed")}));
+    ev(json!({"type": "response.output_item.added", "output_index": 1, "item": call("", "in_progress")}));
+    for p in pieces(args, frag) {
+        ev(json!({"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 1, "delta": p}));
+    }
+    ev(json!({"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 1, "arguments": args}));
+    ev(json!({"type": "response.output_item.done", "output_index": 1, "item": call(args, "completed")}));
+    ev(json!({"type": "response.completed", "response": resp("completed", json!([msg(text, "completed"), call(args, "completed")]))}));
+    out
+}
+
+/// What a Responses API client assembles: the message text and the
+/// arguments from the deltas, and the same values from the `.done` events,
+/// the items' `done` events and `response.completed` (in that order).
+fn assemble_responses(out: &str) -> (String, String, Vec<String>, Vec<String>) {
+    let (mut text, mut args, mut texts, mut argss) = (String::new(), String::new(), Vec::new(), Vec::new());
+    let (mut text_done, mut args_done) = (false, false);
+    let mut last_seq = None;
+    for d in parse_sse(out) {
+        let v: Value = serde_json::from_str(&d).expect("event JSON");
+        let seq = v["sequence_number"].as_u64().expect("sequence_number");
+        assert!(last_seq.is_none_or(|l| seq >= l), "sequence numbers go back: {d}");
+        last_seq = Some(seq);
+        match v["type"].as_str().expect("type") {
+            "response.output_text.delta" => {
+                assert!(!text_done, "a text delta after its done event");
+                text.push_str(v["delta"].as_str().unwrap());
+            }
+            "response.function_call_arguments.delta" => {
+                assert!(!args_done, "an arguments delta after its done event");
+                args.push_str(v["delta"].as_str().unwrap());
+            }
+            "response.output_text.done" => {
+                text_done = true;
+                texts.push(v["text"].as_str().unwrap().to_string());
+            }
+            "response.content_part.done" => texts.push(v["part"]["text"].as_str().unwrap().to_string()),
+            "response.function_call_arguments.done" => {
+                args_done = true;
+                argss.push(v["arguments"].as_str().unwrap().to_string());
+            }
+            "response.output_item.done" => match v["item"]["type"].as_str() {
+                Some("message") => texts.push(v["item"]["content"][0]["text"].as_str().unwrap().to_string()),
+                _ => argss.push(v["item"]["arguments"].as_str().unwrap().to_string()),
+            },
+            "response.completed" => {
+                texts.push(v["response"]["output"][0]["content"][0]["text"].as_str().unwrap().to_string());
+                argss.push(v["response"]["output"][1]["arguments"].as_str().unwrap().to_string());
+            }
+            _ => {}
+        }
+    }
+    (text, args, texts, argss)
+}
+
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Responses API: the message text and the function-call arguments are
+    /// joined across delta events; any chunking gives the same output; the
+    /// deltas add up to masking the whole value once, which is also what the
+    /// `.done`, item `done` and `response.completed` events carry; framing,
+    /// `event:` lines, event JSON and order stay valid; no value survives.
+    #[test]
+    fn sse_responses_api_deltas_are_joined_across_events(
+        (content, pii) in text(),
+        (args, arg_pii) in tool_args(),
+        frag in prop::collection::vec(1usize..12, 1..60),
+        named in any::<bool>(),
+        crlf in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let args = &args[0];
+        let input = responses_sse(&content, args, &frag, named, if crlf { "\r\n" } else { "\n" });
+        let (one, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, cut_counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        prop_assert_eq!(&cut_counts, &counts);
+        let out = String::from_utf8(out).unwrap();
+        let (text, got_args, texts, argss) = assemble_responses(&out);
+        let want = m.mask_text(&content, &mut Counts::new());
+        // arguments are masked as one JSON document (as chat tool calls)
+        let want_args = String::from_utf8(m.mask_json(args.as_bytes(), &mut Counts::new()).expect("JSON")).unwrap();
+        prop_assert_eq!(&text, &want);
+        prop_assert_eq!(&got_args, &want_args);
+        prop_assert_eq!(texts, vec![want.clone(); 4]);
+        prop_assert_eq!(argss, vec![want_args.clone(); 3]);
+        if named {
+            for block in out.replace("\r\n", "\n").split("\n\n").filter(|b| !b.is_empty()) {
+                let (first, data) = block.split_once('\n').expect("event and data lines");
+                let v: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                prop_assert_eq!(first.strip_prefix("event: "), v["type"].as_str());
+            }
+        }
+        for v in pii.iter().chain(&arg_pii) {
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}
+
+#[test]
+fn responses_api_email_split_across_deltas_is_caught() {
+    let m = masker(json!({}));
+    let text = "Write to jane.doe@example.com or call +1 415 555 0134 today, please.";
+    let input = responses_sse(text, r#"{"to":"jane.doe@example.com"}"#, &[3, 5, 2], true, "\n");
+    for cuts in [vec![], (0..input.len()).collect::<Vec<_>>()] {
+        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("jane") && !out.contains("0134"), "{out}");
+        let (text, args, _, _) = assemble_responses(&out);
+        assert_eq!(text, "Write to [EMAIL] or call [PHONE] today, please.");
+        assert_eq!(args, r#"{"to":"[EMAIL]"}"#);
+        // counted once per value in the deltas, again where done events repeat it
+        assert!(counts.get("email").is_some_and(|n| *n >= 2), "{counts:?}");
+    }
+}

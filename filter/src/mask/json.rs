@@ -453,10 +453,46 @@ impl Writer {
     }
 }
 
+/// A member key the masker treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Special {
+    None,
+    /// `logprobs`: withheld in responses ([`super::RawMasking::logprobs`]).
+    Logprobs,
+    /// `arguments`: a tool call's arguments, a JSON document in a string
+    /// (OpenAI chat `tool_calls[].function.arguments`, Responses API
+    /// `function_call` items): masked as JSON when it parses as JSON.
+    Arguments,
+}
+
+/// The string value `src[pos..=end]` (quotes included) of an `arguments`
+/// member, masked as a JSON document: `Some(None)` when it is JSON without
+/// findings, `Some(Some(masked))`, or `None` when it is not JSON (then it is
+/// masked as text, and what this pass counted is dropped).
+#[inline(never)]
+fn arguments(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, esc: bool, counts: &mut Counts) -> Result<Option<Option<Vec<u8>>>, MaskError> {
+    let decoded;
+    let doc = if esc {
+        decoded = decode(text, src, pos + 1, end)?;
+        decoded.as_bytes()
+    } else {
+        src.get(pos + 1..end).unwrap_or(&[])
+    };
+    let mut found = Counts::new();
+    let r = rewrite_doc(inner, doc, None, false, false, &mut found).ok();
+    if r.is_some() {
+        for (k, v) in found {
+            *counts.entry(k).or_insert(0) += v;
+        }
+    }
+    Ok(r)
+}
+
 /// Reads an object key (the opening quote at `pos`) and the `:` after it;
 /// returns the decoded key (empty when `keep` is false), the position of
-/// the member's value, and (when `probe`) whether the key is `logprobs`.
-fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool, probe: bool) -> Result<(Cow<'a, str>, usize, bool), MaskError> {
+/// the member's value, and which [`Special`] key it is (escaped spellings
+/// such as `log\u0070robs` included).
+fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a, str>, usize, Special), MaskError> {
     if at(src, pos) != b'"' {
         return Err(MaskError::new(pos, "expected a string key"));
     }
@@ -469,18 +505,23 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool, probe: bool) -> Re
     } else {
         Cow::Borrowed(text.get(pos + 1..end).unwrap_or(""))
     };
-    let logprobs = probe
-        && if esc {
-            // escaped spellings (`log\u0070robs`) are the same key
-            decode(text, src, pos + 1, end)? == "logprobs"
-        } else {
-            src.get(pos + 1..end) == Some(b"logprobs".as_slice())
-        };
+    let special = |name: &[u8]| match name {
+        b"logprobs" => Special::Logprobs,
+        b"arguments" => Special::Arguments,
+        _ => Special::None,
+    };
+    let kind = if esc {
+        special(decode(text, src, pos + 1, end)?.as_bytes())
+    } else if matches!(end - pos - 1, 8 | 9) {
+        special(src.get(pos + 1..end).unwrap_or(&[]))
+    } else {
+        Special::None
+    };
     let p = ws(src, end + 1);
     if at(src, p) != b':' {
         return Err(MaskError::new(p, "expected ':'"));
     }
-    Ok((k, ws(src, p + 1), logprobs))
+    Ok((k, ws(src, p + 1), kind))
 }
 
 /// A streamed text field of an SSE chunk, by array positions (not by the
@@ -493,6 +534,9 @@ pub(crate) enum StreamField {
     Text(usize),
     /// `choices[k].delta.tool_calls[m].function.arguments`.
     Args(usize, usize),
+    /// The top-level `delta` string of a Responses API event
+    /// (`response.output_text.delta`, …).
+    Delta,
 }
 
 /// Which [`StreamField`] `path` is, if any.
@@ -507,6 +551,7 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
         {
             Some(StreamField::Args(*k, *m))
         }
+        [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         _ => None,
     }
 }
@@ -551,6 +596,21 @@ pub(crate) fn rewrite_changes(
     response: bool,
     counts: &mut Counts,
 ) -> Result<Option<Vec<u8>>, MaskError> {
+    rewrite_doc(inner, src, content, response, true, counts)
+}
+
+/// [`rewrite_changes`]; `nested_args`: string values of `arguments`
+/// members that parse as JSON are masked as JSON documents (one level: not
+/// inside such arguments again). A string that is not JSON is masked as
+/// text; counts of a document that turns out not to be JSON are dropped.
+fn rewrite_doc(
+    inner: &Inner,
+    src: &[u8],
+    content: Option<&BTreeMap<StreamField, String>>,
+    response: bool,
+    nested_args: bool,
+    counts: &mut Counts,
+) -> Result<Option<Vec<u8>>, MaskError> {
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
     let anchors = inner.anchors();
     let withhold = response && inner.withhold_logprobs();
@@ -563,14 +623,14 @@ pub(crate) fn rewrite_changes(
     let mut cands = Vec::new();
     let mut tmp = String::new();
     let mut positions = Vec::new();
-    // the value about to be read is a `logprobs` member's, to withhold
-    let mut withheld = false;
+    // the key of the member whose value is about to be read
+    let mut special = Special::None;
     'value: loop {
-        if withheld && mute.is_none() && at(src, pos) != b'n' {
+        let member = std::mem::replace(&mut special, Special::None);
+        if withhold && member == Special::Logprobs && mute.is_none() && at(src, pos) != b'n' {
             let with = Replace::Raw(if at(src, pos) == b'[' { b"[]" } else { b"null" });
             mute = Some(Mute { depth: stack.len(), start: pos, with });
         }
-        withheld = false;
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
             match inner.fields.action(&stack) {
                 Some(Action::Redact(label)) => mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Label(label) }),
@@ -584,8 +644,8 @@ pub(crate) fn rewrite_changes(
                 if at(src, pos) == b'}' {
                     pos += 1;
                 } else {
-                    let (k, p, lp) = key(text, src, pos, track, withhold)?;
-                    withheld = lp;
+                    let (k, p, sp) = key(text, src, pos, track)?;
+                    special = sp;
                     stack.push(Frame::Obj(k));
                     pos = p;
                     continue 'value;
@@ -613,8 +673,18 @@ pub(crate) fn rewrite_changes(
                 };
                 if mute.is_none() {
                     let hook = if content.is_some() { stream_field(&stack) } else { None };
-                    if let Some(rep) = hook.and_then(|k| content.and_then(|m| m.get(&k))) {
+                    let rep = hook.and_then(|k| content.and_then(|m| m.get(&k)));
+                    let nested = if rep.is_none() && member == Special::Arguments && nested_args {
+                        arguments(inner, text, src, pos, end, esc, counts)?
+                    } else {
+                        None
+                    };
+                    if let Some(rep) = rep {
                         w.replace_quoted(src, pos, end + 1, rep);
+                    } else if let Some(nested) = nested {
+                        if let Some(masked) = nested {
+                            w.replace_quoted(src, pos, end + 1, &String::from_utf8_lossy(&masked));
+                        }
                     } else if one_pass {
                         let s = text.get(pos + 1..end).unwrap_or("");
                         if (!positions.is_empty() || inner.has_custom()) && inner.find_at(s, &positions, &mut cands) {
@@ -686,8 +756,8 @@ pub(crate) fn rewrite_changes(
                 }
                 Some(Frame::Obj(_)) => match c {
                     b',' => {
-                        let (k, p, lp) = key(text, src, ws(src, pos + 1), track, withhold)?;
-                        withheld = lp;
+                        let (k, p, sp) = key(text, src, ws(src, pos + 1), track)?;
+                        special = sp;
                         if let Some(top) = stack.last_mut() {
                             *top = Frame::Obj(k);
                         }

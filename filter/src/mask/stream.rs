@@ -271,11 +271,63 @@ fn choose_cut(buf: &[u8], start: usize, limit: usize, cands: &mut [Cand], open: 
 
 // ---------------------------------------------------------------- SSE
 
-/// The parts of a chat-completion chunk the SSE masker reads (other members
-/// are skipped by serde without being kept).
+/// The parts of an SSE JSON payload the SSE masker reads (other members
+/// are skipped by serde without being kept): a chat-completion chunk
+/// (`choices`) or a Responses API event (`type`, `delta`, and the indices
+/// that name the streamed part).
 #[derive(serde::Deserialize)]
 struct ChunkLite {
-    choices: Vec<ChoiceLite>,
+    #[serde(default)]
+    choices: Option<Vec<ChoiceLite>>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    delta: Option<Value>,
+    #[serde(default)]
+    item_id: Option<String>,
+    #[serde(default)]
+    output_index: Option<u64>,
+    #[serde(default)]
+    content_index: Option<u64>,
+    #[serde(default)]
+    summary_index: Option<u64>,
+}
+
+/// A streamed part of a Responses API answer: the event family
+/// (`response.output_text`), `item_id`, `output_index`, and
+/// `content_index` or `summary_index`.
+type PartKey = (String, String, u64, u64, u64);
+
+impl ChunkLite {
+    fn part(&self, family: &str) -> PartKey {
+        (
+            family.to_string(),
+            self.item_id.clone().unwrap_or_default(),
+            self.output_index.unwrap_or(0),
+            self.content_index.unwrap_or(0),
+            self.summary_index.unwrap_or(0),
+        )
+    }
+}
+
+/// The family of a Responses API event whose `delta` string is joined
+/// across events (`response.output_text.delta` → `response.output_text`;
+/// also refusals, reasoning text and summaries, function-call and custom
+/// tool inputs, transcripts). `response.audio.delta` (base64 audio) is not.
+fn joined_family(kind: &str) -> Option<&str> {
+    kind.strip_suffix(".delta").filter(|f| f.starts_with("response.") && *f != "response.audio")
+}
+
+/// The held text of one Responses API part (arguments held whole and
+/// masked as JSON, like chat tool-call arguments; other text streamed), and
+/// its last delta event (the model of the synthetic event that carries the
+/// rest).
+#[derive(Debug)]
+struct Part {
+    text: Joiner,
+    template: Vec<u8>,
+    /// The `event:` line of that event, if it had one.
+    event_line: Option<Vec<u8>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -400,6 +452,8 @@ pub(crate) struct SseStream {
     lines_bytes: usize,
     /// Held text, by choice index and slot.
     choices: BTreeMap<(u64, Slot), Joiner>,
+    /// Held text of Responses API parts.
+    parts: BTreeMap<PartKey, Part>,
     /// The last chat chunk's payload (the model of synthetic chunks).
     template: Vec<u8>,
     /// Line end used for synthetic events.
@@ -417,6 +471,7 @@ impl SseStream {
             lines: Vec::new(),
             lines_bytes: 0,
             choices: BTreeMap::new(),
+            parts: BTreeMap::new(),
             template: Vec::new(),
             eol: Vec::new(),
             open_event: false,
@@ -424,7 +479,10 @@ impl SseStream {
     }
 
     fn held(&self) -> usize {
-        self.buf.len() + self.lines_bytes + self.choices.values().map(Joiner::held).sum::<usize>()
+        self.buf.len()
+            + self.lines_bytes
+            + self.choices.values().map(Joiner::held).sum::<usize>()
+            + self.parts.values().map(|p| p.text.held()).sum::<usize>()
     }
 
     fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
@@ -562,7 +620,8 @@ impl SseStream {
                 }
             }
             let mut pre = Vec::new();
-            let masked = self.payload(&payload, &mut pre, counts);
+            let event_line = lines.iter().find(|l| l.text.starts_with(b"event:")).map(|l| l.text.clone());
+            let masked = self.payload(&payload, event_line, &mut pre, counts);
             new_data = Some((masked, pre));
         }
         if let Some((_, pre)) = &new_data {
@@ -589,25 +648,109 @@ impl SseStream {
         self.open_event = blank.is_empty();
     }
 
-    /// Masks one event's data payload; synthetic events to emit before it
-    /// go to `pre`.
-    fn payload(&mut self, payload: &[u8], pre: &mut Vec<u8>, counts: &mut Counts) -> Vec<u8> {
+    /// Masks one event's data payload (`event_line`: the event's `event:`
+    /// line, if any); synthetic events to emit before it go to `pre`.
+    fn payload(&mut self, payload: &[u8], event_line: Option<Vec<u8>>, pre: &mut Vec<u8>, counts: &mut Counts) -> Vec<u8> {
         if payload.trim_ascii() == b"[DONE]" {
             self.flush_all(pre, counts);
             return payload.to_vec();
         }
-        let Ok(chunk) = serde_json::from_slice::<ChunkLite>(payload) else {
-            // other JSON is masked as JSON, anything else as text
-            return json::rewrite(&self.inner, payload, None, true, counts).unwrap_or_else(|_| {
-                let mut out = Vec::new();
-                self.mask_line(payload, &mut out, counts);
-                out
-            });
+        let chunk = serde_json::from_slice::<ChunkLite>(payload).ok();
+        let released = match chunk {
+            Some(ChunkLite { choices: Some(choices), .. }) => Some(self.chat_chunk(payload, choices, pre, counts)),
+            Some(ev) => self.responses_event(payload, ev, event_line, pre, counts),
+            None => None,
         };
+        // other JSON is masked as JSON, anything else as text
+        json::rewrite(&self.inner, payload, released.as_ref(), true, counts).unwrap_or_else(|_| {
+            let mut out = Vec::new();
+            self.mask_line(payload, &mut out, counts);
+            out
+        })
+    }
+
+    /// A Responses API event (`type`): a joined part's `delta` gives the
+    /// text released for it; its `.done` event, the end of its output item
+    /// or of the response first flush what the part holds as a synthetic
+    /// delta event (into `pre`). `None`: nothing of the event is joined.
+    fn responses_event(
+        &mut self,
+        payload: &[u8],
+        ev: ChunkLite,
+        event_line: Option<Vec<u8>>,
+        pre: &mut Vec<u8>,
+        counts: &mut Counts,
+    ) -> Option<BTreeMap<StreamField, String>> {
+        let kind = ev.kind.as_deref()?;
+        if let (Some(family), Some(Value::String(frag))) = (joined_family(kind), &ev.delta) {
+            let inner = &self.inner;
+            let part = self.parts.entry(ev.part(family)).or_insert_with(|| Part {
+                text: if family.ends_with("_arguments") {
+                    Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() }
+                } else {
+                    Joiner::Text(TextStream::new(Arc::clone(inner)))
+                },
+                template: Vec::new(),
+                event_line: None,
+            });
+            part.template.clear();
+            part.template.extend_from_slice(payload);
+            part.event_line = event_line;
+            let text = part.text.push(frag.as_bytes(), counts);
+            let mut released = BTreeMap::new();
+            released.insert(StreamField::Delta, String::from_utf8_lossy(&text).into_owned());
+            return Some(released);
+        }
+        let done: Vec<PartKey> = match kind {
+            "response.completed" | "response.failed" | "response.incomplete" | "error" => self.parts.keys().cloned().collect(),
+            "response.output_item.done" => {
+                let item = ev.item_id.clone().unwrap_or_default();
+                let index = ev.output_index.unwrap_or(0);
+                self.parts.keys().filter(|k| k.2 == index || (!item.is_empty() && k.1 == item)).cloned().collect()
+            }
+            _ => match kind.strip_suffix(".done") {
+                Some(family) => vec![ev.part(family)],
+                None => Vec::new(),
+            },
+        };
+        for key in done {
+            if let Some(mut part) = self.parts.remove(&key) {
+                let tail = part.text.finish(counts);
+                self.part_tail(&part, &tail, pre);
+            }
+        }
+        None
+    }
+
+    /// Emits `tail` (the rest of a part's text) as a copy of the part's last
+    /// delta event (same `type`, ids, indices and `sequence_number`), after
+    /// its `event:` line.
+    fn part_tail(&self, part: &Part, tail: &[u8], out: &mut Vec<u8>) {
+        if tail.is_empty() {
+            return;
+        }
+        let mut keep = BTreeMap::new();
+        keep.insert(StreamField::Delta, String::from_utf8_lossy(tail).into_owned());
+        // the template's own values were counted when it was sent
+        let body = json::rewrite(&self.inner, &part.template, Some(&keep), true, &mut Counts::new()).unwrap_or_default();
+        let eol = self.eol();
+        if let Some(line) = &part.event_line {
+            out.extend_from_slice(line);
+            out.extend_from_slice(&eol);
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&eol);
+        out.extend_from_slice(&eol);
+    }
+
+    /// A chat-completion chunk: feeds its joined fields, per choice, and
+    /// flushes finished choices; gives the text released for each field.
+    fn chat_chunk(&mut self, payload: &[u8], choices: Vec<ChoiceLite>, pre: &mut Vec<u8>, counts: &mut Counts) -> BTreeMap<StreamField, String> {
         self.template.clear();
         self.template.extend_from_slice(payload);
         let mut released: BTreeMap<StreamField, String> = BTreeMap::new();
-        for (k, ch) in chunk.choices.into_iter().enumerate() {
+        for (k, ch) in choices.into_iter().enumerate() {
             let idx = ch.index.unwrap_or(k as u64);
             // the joined fields this choice carries, with their fragments
             let mut here: Vec<(Slot, StreamField, String)> = Vec::new();
@@ -647,18 +790,15 @@ impl SseStream {
                 released.insert(field, String::from_utf8_lossy(&text).into_owned());
             }
         }
-        match json::rewrite(&self.inner, payload, Some(&released), true, counts) {
-            Ok(v) => v,
-            Err(_) => {
-                let mut out = Vec::new();
-                self.mask_line(payload, &mut out, counts);
-                out
-            }
-        }
+        released
     }
 
-    /// Flushes every choice's held text as synthetic events.
+    /// Flushes every choice's and part's held text as synthetic events.
     fn flush_all(&mut self, out: &mut Vec<u8>, counts: &mut Counts) {
+        for (_, mut part) in std::mem::take(&mut self.parts) {
+            let tail = part.text.finish(counts);
+            self.part_tail(&part, &tail, out);
+        }
         let choices = std::mem::take(&mut self.choices);
         for ((idx, slot), mut st) in choices {
             let text = st.finish(counts);
