@@ -125,20 +125,23 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def stream_sse(self, events, delay=0.0):
+    def stream_sse(self, events, delay=0.0, named=False, done=True):
         """Answers 200 text/event-stream, chunked: one `data:` event per JSON
-        object in `events` (each in its own chunk), then `data: [DONE]`."""
+        object in `events` (each in its own chunk; `named`: after an
+        `event: <its type>` line, as the Responses API sends them), then
+        `data: [DONE]` (unless `done` is false)."""
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
         for e in events:
             time.sleep(delay)
-            data = f"data: {json.dumps(e)}\n\n".encode()
+            data = (f"event: {e['type']}\n" if named else "") + f"data: {json.dumps(e)}\n\n"
+            data = data.encode()
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
-        done = b"data: [DONE]\n\n"
-        self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+        end = b"data: [DONE]\n\n" if done else b""
+        self.wfile.write((f"{len(end):x}\r\n".encode() + end + b"\r\n" if end else b"") + b"0\r\n\r\n")
 
     def reply(self, status, body: bytes, ctype="application/json"):
         self.send_response(status)

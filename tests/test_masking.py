@@ -49,6 +49,51 @@ for _j, _frags in enumerate(TOOL_ARGS):
 TOOL_EVENTS.append(tool_chunk({}, "tool_calls"))
 
 
+def responses_events(text_frags, arg_frags):
+    """An OpenAI Responses API stream: a message whose text arrives in
+    `response.output_text.delta` fragments, then a function call whose
+    arguments arrive in `response.function_call_arguments.delta` fragments;
+    done events and `response.completed` repeat the whole values."""
+    text, args = "".join(text_frags), "".join(arg_frags)
+    resp = lambda status, output: {"id": "resp_1", "object": "response", "created_at": 1, "status": status,  # noqa: E731
+                                   "model": "m", "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": []}
+    part = lambda t: {"type": "output_text", "text": t, "annotations": [], "logprobs": []}  # noqa: E731
+    msg = lambda t, st: {"id": "msg_1", "type": "message", "status": st, "role": "assistant",  # noqa: E731
+                         "content": [] if st == "in_progress" else [part(t)]}
+    call = lambda a, st: {"id": "fc_1", "type": "function_call", "status": st, "call_id": "call_1",  # noqa: E731
+                          "name": "send_mail", "arguments": a}
+    ev = [{"type": "response.created", "response": resp("in_progress", [])},
+          {"type": "response.output_item.added", "output_index": 0, "item": msg("", "in_progress")},
+          {"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": part("")}]
+    ev += [{"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": f,
+            "logprobs": [{"token": f, "logprob": -0.1, "top_logprobs": []}]} for f in text_frags]
+    ev += [{"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": text,
+            "logprobs": []},
+           {"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": part(text)},
+           {"type": "response.output_item.done", "output_index": 0, "item": msg(text, "completed")},
+           {"type": "response.output_item.added", "output_index": 1, "item": call("", "in_progress")}]
+    ev += [{"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 1, "delta": f} for f in arg_frags]
+    ev += [{"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 1, "arguments": args},
+           {"type": "response.output_item.done", "output_index": 1, "item": call(args, "completed")},
+           {"type": "response.completed", "response": resp("completed", [msg(text, "completed"), call(args, "completed")])}]
+    for i, e in enumerate(ev):
+        e["sequence_number"] = i
+    return ev
+
+
+# Tool-call arguments with a card right after a `\n` escape (read as text,
+# it would be glued to the `n`) and an email split across fragments.
+RESP_ARGS = ["{\"to\": \"jane.", "doe@exam", "ple.com\", \"note\": \"card:\\n4111 1111 ", "1111 1111\"}"]
+
+
+def chat_logprobs_chunk(content, finish=None):
+    return {"id": "chatcmpl-3", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish,
+                         "logprobs": {"content": [{"token": content, "logprob": -0.2, "bytes": list(content.encode()),
+                                                   "top_logprobs": [{"token": content, "logprob": -0.2, "bytes": list(content.encode())}]}],
+                                      "refusal": None}}]}
+
+
 def legacy(text, finish=None):
     return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
             "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
@@ -115,7 +160,11 @@ class Backend(_Server):
                         self.rfile.readline()
                 outer.seen.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
                 req = json.loads(body or b"{}")
-                if self.path == "/v1/chat/completions" and req.get("stream") and req.get("tools"):
+                if self.path == "/v1/responses" and req.get("stream"):
+                    self.stream_sse(responses_events(FRAGMENTS, RESP_ARGS), named=True, done=False)
+                elif self.path == "/v1/chat/completions" and req.get("stream") and req.get("logprobs"):
+                    self.stream_sse([chat_logprobs_chunk(f) for f in FRAGMENTS] + [chat_logprobs_chunk("", "stop")])
+                elif self.path == "/v1/chat/completions" and req.get("stream") and req.get("tools"):
                     self.stream_sse(TOOL_EVENTS)
                 elif self.path == "/v1/completions" and req.get("stream"):
                     self.stream_sse([legacy(f) for f in FRAGMENTS] + [legacy("", "stop")])
@@ -135,8 +184,11 @@ class Backend(_Server):
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
                 elif self.path == "/v1/chat/completions":
+                    lp = {"content": [{"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []}
+                                      for t in ["Mail", " jane", ".doe", "@example", ".com"]], "refusal": None}
                     out = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Mail {EMAIL}"}, "finish_reason": "stop"}],
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Mail {EMAIL}"}, "finish_reason": "stop",
+                                        "logprobs": lp if req.get("logprobs") else None}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
                     self.send(200, "application/json", json.dumps(out).encode())
                 else:  # echo
@@ -154,7 +206,8 @@ def policy(jwk):
              "mask": {"max_buffer_bytes": 8192}},
             {"name": "llm", "path_prefix": "/v1/", "read": {"any_of": ["readers"]},
              "operations": [{"methods": ["POST"], "path_glob": "/v1/chat/completions", "class": "read"},
-                            {"methods": ["POST"], "path_glob": "/v1/completions", "class": "read"}],
+                            {"methods": ["POST"], "path_glob": "/v1/completions", "class": "read"},
+                            {"methods": ["POST"], "path_glob": "/v1/responses", "class": "read"}],
              "upstream_headers": {"authorization": "Bearer backend"},
              "mask": {"requests": "chat_messages"}},
             {"name": "echo", "path_prefix": "/echo", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
@@ -327,6 +380,52 @@ def test_openai_sdk_streams_legacy_completions_masked(gw):
     text = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt="x", stream=True) if c.choices)
     no_pii(text)
     assert text == "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
+
+
+def test_openai_sdk_logprobs_are_withheld(gw):
+    """logprobs repeat the text token by token, where a value cut across
+    tokens cannot be found: a job asking for them gets null instead, in
+    streamed chunks and in whole answers; the content is masked."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
+    msgs = [{"role": "user", "content": "hi"}]
+    parts = []
+    for ev in client.chat.completions.create(model="m", messages=msgs, stream=True, logprobs=True, top_logprobs=1):
+        for ch in ev.choices:
+            assert ch.logprobs is None
+            parts.append(ch.delta.content or "")
+    text = "".join(parts)
+    assert text == "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
+    r = client.chat.completions.create(model="m", messages=msgs, logprobs=True)
+    assert r.choices[0].logprobs is None and r.choices[0].message.content == "Mail [EMAIL]"
+    # the request itself still asks for them (request masking leaves `logprobs` alone)
+    assert json.loads(gw["be"].seen[-1]["body"])["logprobs"] is True
+
+
+def test_openai_sdk_streams_responses_api_masked(gw):
+    """The Responses API (`client.responses.stream`): text deltas and
+    function-call argument deltas with PII split across events reach the
+    SDK masked; the SDK's own snapshot checks pass, the final response (from
+    response.completed) agrees with the deltas, and arguments stay JSON."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
+    text, args, types = "", "", []
+    with client.responses.stream(model="m", input="hi") as stream:
+        for ev in stream:
+            types.append(ev.type)
+            if ev.type == "response.output_text.delta":
+                text += ev.delta
+                assert ev.logprobs == []
+            elif ev.type == "response.function_call_arguments.delta":
+                args += ev.delta
+        final = stream.get_final_response()
+    want = "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
+    assert text == want and final.output_text == want
+    assert json.loads(args) == {"to": "[EMAIL]", "note": "card:\n[PAYMENT_CARD]"}
+    assert final.output[1].arguments == args
+    assert types[-1] == "response.completed"
+    assert types.index("response.output_text.done") > max(i for i, t in enumerate(types) if t == "response.output_text.delta")
+    no_pii(text + args + final.model_dump_json())
 
 
 def test_request_json_masking(gw):

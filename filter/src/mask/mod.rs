@@ -456,7 +456,9 @@ impl Masker {
     /// and literals only by a field rule ([`RawFields`]). Everything not
     /// masked is copied byte for byte: a document without findings comes
     /// back unchanged. `logprobs` members are withheld unless the policy
-    /// says `logprobs: mask` ([`RawMasking::logprobs`]).
+    /// says `logprobs: mask` ([`RawMasking::logprobs`]). The string value
+    /// of an `arguments` member (OpenAI tool-call arguments) that parses as
+    /// JSON is masked as a JSON document of its own (one level deep).
     ///
     /// Errors: the body is not valid JSON (syntax, bad escapes, lone
     /// surrogates, control characters in strings, trailing data) or not

@@ -1,5 +1,6 @@
 //! Incremental masking of streamed bodies: plain text, and server-sent
-//! events (WHATWG HTML §9.2) carrying OpenAI chat-completion chunks.
+//! events (WHATWG HTML §9.2) carrying OpenAI chat-completion chunks and
+//! Responses API events.
 //!
 //! **Text.** Bytes are held back until they can no longer be part of a value
 //! that continues in a later chunk, then released masked. A release cut is
@@ -50,6 +51,22 @@
 //! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
 //! Other JSON payloads are masked as JSON, other payloads and other fields'
 //! values as text.
+//!
+//! **Responses API** (`POST /v1/responses`, `stream: true`). An event whose
+//! `type` ends in `.delta` and whose `delta` is a string
+//! (`response.output_text.delta`, `response.refusal.delta`, reasoning text
+//! and summaries, `response.function_call_arguments.delta`, …; not
+//! `response.audio.delta`, which is base64 audio) is joined per part — its
+//! family, `item_id`, `output_index`, and `content_index` or
+//! `summary_index` — the same way: text streamed through a text masker,
+//! arguments (`*_arguments`) held whole and masked as JSON. Each delta event
+//! carries the text released so far. The part's `.done` event, the
+//! `response.output_item.done` of its item, `response.completed` /
+//! `failed` / `incomplete`, `error`, and the end of the stream flush the
+//! held rest as a copy of the part's last delta event (same `type`, ids,
+//! indices, `sequence_number` and `event:` line) emitted just before. The
+//! `.done`, item and `response.completed` events repeat whole values and
+//! are masked as JSON, which gives the same text the deltas add up to.
 //!
 //! **Trailers.** A body that ends with trailers has no end-of-stream body
 //! callback, and Envoy gives a filter no body buffer at trailers time once
