@@ -926,3 +926,61 @@ fn responses_api_email_split_across_deltas_is_caught() {
         assert!(counts.get("email").is_some_and(|n| *n >= 2), "{counts:?}");
     }
 }
+
+/// One SSE event from a grammar of near-valid shapes: chat chunks and
+/// Responses API events with missing, repeated or ill-typed members, other
+/// JSON, `[DONE]`, comments, garbage lines.
+fn odd_event() -> impl Strategy<Value = String> {
+    let frag = prop_oneof![prop::sample::select(FRAGMENTS).prop_map(str::to_string), "[a-z@. 0-9-]{0,8}"];
+    let family = prop::sample::select(vec![
+        "response.output_text", "response.function_call_arguments", "response.refusal", "response.audio", "response.reasoning_summary_text", "x",
+    ]);
+    let suffix = prop::sample::select(vec![".delta", ".done", ""]);
+    let idx = prop_oneof![Just(json!(0)), Just(json!(1)), Just(json!(-1)), Just(json!("0")), Just(Value::Null), Just(json!(18446744073709551615u64))];
+    let resp = (family, suffix, frag.clone(), idx.clone(), any::<bool>(), any::<bool>()).prop_map(|(f, s, d, i, item, text)| {
+        let mut v = json!({"type": format!("{f}{s}"), "output_index": i, "sequence_number": 1});
+        if item {
+            v["item_id"] = json!("it");
+        }
+        v[if text { "delta" } else { "arguments" }] = if d.len() % 5 == 4 { json!({"text": d}) } else { json!(d) };
+        format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap_or(""))
+    });
+    let chat = (frag.clone(), idx, prop::option::of(prop::sample::select(vec!["stop", "tool_calls"])), any::<bool>()).prop_map(|(d, i, fin, tool)| {
+        let delta = if tool { json!({"tool_calls": [{"index": i, "function": {"arguments": d}}]}) } else { json!({"content": d}) };
+        format!("data: {}\n\n", json!({"choices": [{"index": i, "delta": delta, "finish_reason": fin, "logprobs": {"content": [{"token": "x"}]}}]}))
+    });
+    let other = prop_oneof![
+        Just("data: [DONE]\n\n".to_string()),
+        Just(": keep-alive\n\n".to_string()),
+        Just("data: {\"type\": \"response.completed\"}\n\n".to_string()),
+        Just("data: {\"choices\": null}\n\n".to_string()),
+        Just("data: [1, 2\n\n".to_string()),
+        frag.prop_map(|f| format!("data: {f}\r\n\r\n")),
+    ];
+    prop_oneof![3 => resp, 2 => chat, 1 => other]
+}
+
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Near-valid SSE of every shape never makes the masker panic, gives the
+    /// same output for any chunking, and leaves nothing held after the end.
+    #[test]
+    fn sse_odd_events_are_total_and_chunking_invariant(
+        events in prop::collection::vec(odd_event(), 0..40),
+        cuts in prop::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let m = masker(json!({}));
+        let input = events.concat();
+        let (one, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, cut_counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        prop_assert_eq!(&cut_counts, &counts);
+        prop_assert!(String::from_utf8(out).is_ok());
+        let mut s = m.stream(StreamKind::Sse);
+        let mut c = Counts::new();
+        s.push(input.as_bytes(), &mut c);
+        s.finish(&mut c);
+        prop_assert_eq!(s.held(), 0);
+    }
+}
