@@ -377,9 +377,10 @@ def test_openai_sdk_streams_tool_calls_with_masked_arguments(gw):
 def test_openai_sdk_streams_legacy_completions_masked(gw):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
-    text = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt="x", stream=True) if c.choices)
+    text = "".join(c.choices[0].text for c in client.completions.create(model="m", prompt=f"to {EMAIL}", stream=True) if c.choices)
     no_pii(text)
     assert text == "Escalate to [EMAIL] today; SSN [US_SSN] on file. Thanks."
+    assert json.loads(gw["be"].seen[-1]["body"])["prompt"] == "to [EMAIL]"
 
 
 def test_openai_sdk_logprobs_are_withheld(gw):
@@ -410,7 +411,8 @@ def test_openai_sdk_streams_responses_api_masked(gw):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{gw['env'].port}/v1", api_key=gw["token"], max_retries=0)
     text, args, types = "", "", []
-    with client.responses.stream(model="m", input="hi") as stream:
+    with client.responses.stream(model="m", instructions=f"cc {EMAIL}",
+                                 input=[{"role": "user", "content": [{"type": "input_text", "text": f"mail {EMAIL}"}]}]) as stream:
         for ev in stream:
             types.append(ev.type)
             if ev.type == "response.output_text.delta":
@@ -426,6 +428,10 @@ def test_openai_sdk_streams_responses_api_masked(gw):
     assert types[-1] == "response.completed"
     assert types.index("response.output_text.done") > max(i for i, t in enumerate(types) if t == "response.output_text.delta")
     no_pii(text + args + final.model_dump_json())
+    # the prompt (instructions and input) was masked before it reached the LLM
+    sent = json.loads(gw["be"].seen[-1]["body"])
+    assert sent["instructions"] == "cc [EMAIL]" and sent["input"][0]["content"][0]["text"] == "mail [EMAIL]"
+    assert sent["stream"] is True and sent["model"] == "m"
 
 
 def test_request_json_masking(gw):

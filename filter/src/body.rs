@@ -1,8 +1,11 @@
 //! Body handling decisions for masking, independent of the host: which
 //! responses are masked and how (buffered JSON, streamed SSE or text), the
-//! `Content-Encoding` the filter can undo, and gzip decoding.
+//! `Content-Encoding` the filter can undo, gzip decoding, and the prompt
+//! parts of a request body that `requests: chat_messages` masks.
 
 use crate::config::ResourceMask;
+use crate::mask::{Counts, Masker};
+use serde_json::Value;
 use std::io::Read;
 
 /// How a response (or request) body is processed.
@@ -81,6 +84,87 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
         return Err(format!("gzip: decoded body larger than {limit} bytes"));
     }
     Ok(out)
+}
+
+/// Masks the prompt of an OpenAI-style request body (`requests:
+/// chat_messages`) and gives the body to send upstream (re-serialized).
+///
+/// Masked, as text unless noted: chat completions `messages[].content` (a
+/// string, or content parts' `text`) and the `function.arguments` of
+/// `messages[].tool_calls[]` (as JSON, see [`Masker::mask_request_json`]);
+/// legacy completions `prompt` (a string or an array of strings); Responses
+/// API `instructions` and `input` (a string, or items: `content` as for
+/// chat, `output` of tool outputs, `arguments` of function calls). Every
+/// other member is sent as it came (`logprobs: true` included).
+///
+/// Errors: the body is not a JSON object.
+pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
+    let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
+    let text = |s: &mut String, counts: &mut Counts| *s = masker.mask_text(s, counts);
+    for key in ["prompt", "instructions"] {
+        match obj.get_mut(key) {
+            Some(Value::String(s)) => text(s, counts),
+            Some(Value::Array(items)) if key == "prompt" => {
+                for s in items.iter_mut().filter_map(|i| if let Value::String(s) = i { Some(s) } else { None }) {
+                    text(s, counts);
+                }
+            }
+            _ => {}
+        }
+    }
+    for key in ["messages", "input"] {
+        match obj.get_mut(key) {
+            Some(Value::String(s)) => text(s, counts),
+            Some(Value::Array(items)) => {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    prompt_item(masker, item, counts);
+                }
+            }
+            _ => {}
+        }
+    }
+    serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
+/// One chat message or Responses API input item.
+fn prompt_item(masker: &Masker, item: &mut serde_json::Map<String, Value>, counts: &mut Counts) {
+    match item.get_mut("content") {
+        Some(Value::String(s)) => *s = masker.mask_text(s, counts),
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                if let Some(Value::String(s)) = part.get_mut("text") {
+                    *s = masker.mask_text(s, counts);
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(Value::String(s)) = item.get_mut("output") {
+        *s = masker.mask_text(s, counts);
+    }
+    if let Some(Value::String(s)) = item.get_mut("arguments") {
+        arguments(masker, s, counts);
+    }
+    for call in item.get_mut("tool_calls").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(Value::String(s)) = call.get_mut("function").and_then(|f| f.get_mut("arguments")) {
+            arguments(masker, s, counts);
+        }
+    }
+}
+
+/// Tool-call arguments: masked as a JSON document when they are one, else as text.
+fn arguments(masker: &Masker, s: &mut String, counts: &mut Counts) {
+    let mut found = Counts::new();
+    match masker.mask_request_json(s.as_bytes(), &mut found) {
+        Ok(out) => {
+            *s = String::from_utf8_lossy(&out).into_owned();
+            for (k, v) in found {
+                *counts.entry(k).or_insert(0) += v;
+            }
+        }
+        Err(_) => *s = masker.mask_text(s, counts),
+    }
 }
 
 #[cfg(test)]

@@ -365,7 +365,8 @@ pub struct Collector {
 /// Which request bodies are masked before they reach the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestMask {
-    /// `messages[].content` of an OpenAI chat-completion request.
+    /// The prompt of an OpenAI-style request (chat, completions, Responses
+    /// API): see [`crate::body::mask_prompt`].
     ChatMessages,
     /// Every string value of a JSON body.
     Json,

@@ -1009,7 +1009,7 @@ fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) ->
     }
     let mut counts = Counts::new();
     let out = match kind {
-        RequestMask::ChatMessages => mask_chat_request(&masker, &body, &mut counts),
+        RequestMask::ChatMessages => body::mask_prompt(&masker, &body, &mut counts),
         RequestMask::Json => masker.mask_request_json(&body, &mut counts).map_err(|e| format!("{e:?}")),
     };
     let out = out.map_err(|e| Denial { status: 400, reason: "invalid_json", detail: format!("request body is not the JSON the policy masks: {e}") })?;
@@ -1570,28 +1570,6 @@ impl Stream {
 
 /// Masks the `messages[].content` strings (and text parts) of an OpenAI
 /// chat-completion request; other fields are kept as they are.
-fn mask_chat_request(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if let Some(messages) = v.get_mut("messages").and_then(|m| m.as_array_mut()) {
-        for m in messages {
-            match m.get_mut("content") {
-                Some(serde_json::Value::String(s)) => *s = masker.mask_text(s, counts),
-                Some(serde_json::Value::Array(parts)) => {
-                    for part in parts {
-                        if let Some(serde_json::Value::String(s)) = part.get_mut("text") {
-                            *s = masker.mask_text(s, counts);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    serde_json::to_vec(&v).map_err(|e| e.to_string())
-}
-
-impl Stream {
-}
 
 impl HttpContext for Stream {
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {

@@ -353,3 +353,51 @@ fn tool_call_arguments_are_masked_as_json_documents() {
     assert_eq!(out, r#"{"arguments":"to: [EMAIL] {"}"#);
     assert_eq!(counts.get("email"), Some(&1));
 }
+
+/// `requests: chat_messages`: the prompt of chat completions, legacy
+/// completions and the Responses API is masked; other members are not.
+#[test]
+fn prompts_of_every_openai_request_shape_are_masked() {
+    use nhi_gate::body::mask_prompt;
+    let m = masker(json!({}));
+    let run = |v: Value| {
+        let mut counts = Counts::new();
+        let out: Value = serde_json::from_slice(&mask_prompt(&m, v.to_string().as_bytes(), &mut counts).expect("JSON")).unwrap();
+        (out, counts.values().sum::<u64>())
+    };
+    let e = "jane.doe@example.com";
+    let args = json!({"to": e, "note": "x\n4111 1111 1111 1111"}).to_string();
+    let (out, n) = run(json!({"model": "m", "logprobs": true, "user": e, "messages": [
+        {"role": "system", "content": format!("mail {e}")},
+        {"role": "user", "content": [{"type": "text", "text": format!("me: {e}")}, {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "c", "content": format!("sent to {e}")}]}));
+    assert_eq!(out["messages"][0]["content"], "mail [EMAIL]");
+    assert_eq!(out["messages"][1]["content"][0]["text"], "me: [EMAIL]");
+    assert_eq!(out["messages"][1]["content"][1]["image_url"]["url"], "https://x/a.png");
+    let a: Value = serde_json::from_str(out["messages"][2]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(a, json!({"to": "[EMAIL]", "note": "x\n[PAYMENT_CARD]"}));
+    assert_eq!(out["messages"][3]["content"], "sent to [EMAIL]");
+    assert_eq!((out["logprobs"].clone(), out["user"].clone()), (json!(true), json!(e)), "other members are left alone");
+    assert_eq!(n, 5);
+    // legacy completions
+    let (out, _) = run(json!({"prompt": format!("to {e}")}));
+    assert_eq!(out["prompt"], "to [EMAIL]");
+    let (out, _) = run(json!({"prompt": [format!("to {e}"), "plain"]}));
+    assert_eq!(out["prompt"], json!(["to [EMAIL]", "plain"]));
+    // Responses API
+    let (out, _) = run(json!({"instructions": format!("cc {e}"), "input": format!("hi {e}")}));
+    assert_eq!((out["instructions"].as_str(), out["input"].as_str()), (Some("cc [EMAIL]"), Some("hi [EMAIL]")));
+    let (out, n) = run(json!({"input": [
+        {"role": "user", "content": [{"type": "input_text", "text": format!("hi {e}")}]},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": args},
+        {"type": "function_call_output", "call_id": "c", "output": format!("ok {e}")}]}));
+    assert_eq!(out["input"][0]["content"][0]["text"], "hi [EMAIL]");
+    assert!(out["input"][1]["arguments"].as_str().unwrap().contains("[PAYMENT_CARD]"));
+    assert_eq!(out["input"][2]["output"], "ok [EMAIL]");
+    assert_eq!(n, 4);
+    // not a JSON object: an error (the filter answers 400)
+    for bad in ["[1]", "{", "\"x\""] {
+        assert!(mask_prompt(&m, bad.as_bytes(), &mut Counts::new()).is_err(), "{bad}");
+    }
+}
