@@ -984,3 +984,57 @@ proptest! {
         prop_assert_eq!(s.held(), 0);
     }
 }
+
+/// A chat stream from a reasoning model on an OpenAI-compatible server:
+/// `delta.<field>` fragments (vLLM/DeepSeek `reasoning_content`, then the
+/// answer in `content`), then a finish chunk and `[DONE]`.
+fn reasoning_sse(fields: &[(&str, &str)], frag: &[usize]) -> String {
+    let mut out = String::new();
+    for (field, text) in fields {
+        for p in pieces(text, frag) {
+            let mut delta = serde_json::Map::new();
+            delta.insert((*field).to_string(), json!(p));
+            sse_event(&mut out, &json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                        "choices": [{"index": 0, "delta": delta, "finish_reason": null}]}), "\n");
+        }
+    }
+    sse_event(&mut out, &json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}), "\n");
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Reasoning text and refusals are joined like the answer: per field,
+    /// the fragments the client adds up equal masking the whole text once,
+    /// for any chunking, and no value survives in any field.
+    #[test]
+    fn sse_reasoning_and_refusal_fields_are_joined_across_events(
+        (reasoning, pii) in text(),
+        (answer, pii2) in text(),
+        field in prop::sample::select(vec!["reasoning_content", "reasoning", "refusal"]),
+        frag in prop::collection::vec(1usize..12, 1..60),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let input = reasoning_sse(&[(field, &reasoning), ("content", &answer)], &frag);
+        let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        let out = String::from_utf8(out).unwrap();
+        let (mut got, mut got_answer) = (String::new(), String::new());
+        for d in parse_sse(&out).iter().filter(|d| *d != "[DONE]") {
+            let v: Value = serde_json::from_str(d).expect("chunk JSON");
+            got.push_str(v["choices"][0]["delta"][field].as_str().unwrap_or(""));
+            got_answer.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+        prop_assert_eq!(got, m.mask_text(&reasoning, &mut Counts::new()));
+        prop_assert_eq!(got_answer, m.mask_text(&answer, &mut Counts::new()));
+        for v in pii.iter().chain(&pii2) {
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}

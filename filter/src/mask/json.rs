@@ -528,8 +528,9 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
 /// `index` members): the strings the SSE masker joins across events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum StreamField {
-    /// `choices[k].delta.content` (chat completions).
-    Content(usize),
+    /// `choices[k].delta.<name>` (chat completions), `name` one of
+    /// [`DELTA_TEXT`].
+    Content(usize, &'static str),
     /// `choices[k].text` (legacy completions).
     Text(usize),
     /// `choices[k].delta.tool_calls[m].function.arguments`.
@@ -539,11 +540,17 @@ pub(crate) enum StreamField {
     Delta,
 }
 
+/// The text members of a chat-completion chunk's `delta` that are joined
+/// across events: the answer, a refusal, and the reasoning text some
+/// OpenAI-compatible servers stream (`reasoning_content`: vLLM, DeepSeek;
+/// `reasoning`: OpenRouter, Ollama).
+pub(crate) const DELTA_TEXT: [&str; 4] = ["content", "refusal", "reasoning_content", "reasoning"];
+
 /// Which [`StreamField`] `path` is, if any.
 fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
     match path {
-        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(t)] if c == "choices" && d == "delta" && t == "content" => {
-            Some(StreamField::Content(*k))
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(t)] if c == "choices" && d == "delta" => {
+            DELTA_TEXT.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Content(*k, n))
         }
         [Frame::Obj(c), Frame::Arr(k), Frame::Obj(t)] if c == "choices" && t == "text" => Some(StreamField::Text(*k)),
         [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(tc), Frame::Arr(m), Frame::Obj(f), Frame::Obj(a)]

@@ -21,11 +21,14 @@
 //!
 //! **SSE.** Events are parsed from `data:` lines (LF, CRLF or CR line ends)
 //! up to the blank line. A `data:` payload that is a JSON object with a
-//! `choices` array is a chunk of a streamed completion, and three of its
-//! strings are joined across events, per choice `index`:
+//! `choices` array is a chunk of a streamed completion, and these strings
+//! are joined across events, per choice `index`:
 //!
-//! - `choices[i].delta.content` (chat completions) and `choices[i].text`
-//!   (legacy `/v1/completions`) are fed to a text stream masker as above;
+//! - `choices[i].delta.content`, `.refusal`, `.reasoning_content` and
+//!   `.reasoning` (chat completions; the last two are the reasoning text of
+//!   OpenAI-compatible servers such as vLLM, DeepSeek, OpenRouter) and
+//!   `choices[i].text` (legacy `/v1/completions`), each on its own, are fed
+//!   to a text stream masker as above;
 //!   each event carries in that field the part of the text released so far
 //!   (possibly empty, possibly text of earlier events);
 //! - `choices[i].delta.tool_calls[j].function.arguments`, per tool call
@@ -45,7 +48,7 @@
 //! `logprobs: mask` masked token by token, not joined). When a choice's `finish_reason` is set, the held text of
 //! each of its fields goes into that field of the event, or, when the event
 //! lacks it, into a synthetic chunk event (the same `id`, `model`, … with
-//! only that choice and field: `delta.content`, `delta.tool_calls: [{index,
+//! only that choice and field: `delta.content` (or `refusal`, …), `delta.tool_calls: [{index,
 //! function: {arguments}}]` or `text`) emitted just before it; `data: [DONE]`
 //! and the end of the stream flush every choice the same way. Every event
 //! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
@@ -366,6 +369,12 @@ struct DeltaLite {
     #[serde(default)]
     content: Option<String>,
     #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
     tool_calls: Option<Vec<ToolCallLite>>,
 }
 
@@ -386,8 +395,8 @@ struct FunctionLite {
 /// A text joined across events, within one choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Slot {
-    /// `delta.content`.
-    Content,
+    /// `delta.<name>`, `name` one of [`json::DELTA_TEXT`].
+    Content(&'static str),
     /// `text` (legacy completions).
     Text,
     /// `delta.tool_calls[]` with this `index`: `function.arguments`.
@@ -409,7 +418,7 @@ impl Joiner {
     fn new(inner: &Arc<Inner>, slot: Slot) -> Joiner {
         match slot {
             Slot::Args(_) => Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() },
-            Slot::Content | Slot::Text => Joiner::Text(TextStream::new(Arc::clone(inner))),
+            Slot::Content(_) | Slot::Text => Joiner::Text(TextStream::new(Arc::clone(inner))),
         }
     }
 
@@ -775,8 +784,11 @@ impl SseStream {
                 here.push((Slot::Text, StreamField::Text(k), t));
             }
             if let Some(d) = ch.delta {
-                if let Some(c) = d.content {
-                    here.push((Slot::Content, StreamField::Content(k), c));
+                let [content, refusal, reasoning_content, reasoning] = json::DELTA_TEXT;
+                for (name, text) in [(content, d.content), (refusal, d.refusal), (reasoning_content, d.reasoning_content), (reasoning, d.reasoning)] {
+                    if let Some(t) = text {
+                        here.push((Slot::Content(name), StreamField::Content(k, name), t));
+                    }
                 }
                 for (m, tc) in d.tool_calls.unwrap_or_default().into_iter().enumerate() {
                     if let Some(a) = tc.function.and_then(|f| f.arguments) {
@@ -791,7 +803,7 @@ impl SseStream {
                 texts.push(st.push(frag.as_bytes(), counts));
             }
             if ch.finish_reason.is_some() {
-                let keys: Vec<(u64, Slot)> = self.choices.range((idx, Slot::Content)..=(idx, Slot::Args(u64::MAX))).map(|(key, _)| *key).collect();
+                let keys: Vec<(u64, Slot)> = self.choices.range((idx, Slot::Content(""))..=(idx, Slot::Args(u64::MAX))).map(|(key, _)| *key).collect();
                 for key in keys {
                     let Some(mut st) = self.choices.remove(&key) else { continue };
                     let tail = st.finish(counts);
@@ -837,11 +849,11 @@ impl SseStream {
         let mut choice = Map::new();
         choice.insert("index".into(), Value::from(idx));
         let field = match slot {
-            Slot::Content => {
+            Slot::Content(name) => {
                 let mut delta = Map::new();
-                delta.insert("content".into(), Value::String(text.to_string()));
+                delta.insert(name.into(), Value::String(text.to_string()));
                 choice.insert("delta".into(), Value::Object(delta));
-                StreamField::Content(0)
+                StreamField::Content(0, name)
             }
             Slot::Args(j) => {
                 let mut function = Map::new();
