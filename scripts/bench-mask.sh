@@ -10,6 +10,9 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 scripts/setup.sh
 scripts/build.sh
+# the no-op Wasm filter of the latency table (filter/examples/noop_filter.rs)
+cargo build --locked --release -p nhi-gate-filter --example noop_filter --target wasm32-wasip1
+export NOOP_WASM="$root/target/wasm32-wasip1/release/examples/noop_filter.wasm"
 export ENVOY_BIN="${ENVOY_BIN:-$root/.tools/envoy-1.40.0/envoy/_bin/envoy}"
 "$root/.tools/venv/bin/python" "$root/scripts/bench_mask.py" "$@"
 echo; echo "native core (release):"

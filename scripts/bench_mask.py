@@ -18,7 +18,10 @@ per core = body bytes / (`mask` - `passthrough`), i.e. everything the
 filter adds (token check, audit, buffering, body copies, masking).
 
 Latency: wrk with one connection (requests back to back, no queueing) on
-the 1 KiB bodies; p50 of each gateway. Rounds are interleaved; medians.
+the 1 KiB bodies; p50 of each gateway, and of a fourth one, **wasm-noop**:
+Envoy with a proxy-wasm filter that does nothing (filter/examples/
+noop_filter.rs, $NOOP_WASM), the floor any Wasm filter pays. Rounds are
+interleaved; medians.
 """
 import argparse
 import json
@@ -63,6 +66,10 @@ def gateway(kind, jwk, port, admin, up_port):
     resource = {"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]}}
     if kind == "mask":
         resource["mask"] = {"max_buffer_bytes": 4 << 20}
+    if kind == "wasm-noop":
+        cfg = envoy_config.render("{}", os.environ["NOOP_WASM"], port, admin, [("upstream", up_port)], [("/", "upstream")], True)
+        cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 8 << 20
+        return cfg
     policy = {"providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [jwk]}}],
               "resources": [resource]}
     cfg = envoy_config.render(json.dumps(policy), WASM, port, admin, [("upstream", up_port)], [("/", "upstream")],
@@ -105,7 +112,7 @@ def main():
     procs = [start(upstream(up_port, free_port()))]
     gws = {}
     try:
-        for kind in KINDS:
+        for kind in KINDS + ("wasm-noop",):
             port = free_port()
             p = start(gateway(kind, key.jwk, port, free_port(), up_port))
             procs.append(p)
@@ -121,7 +128,8 @@ def main():
         for _ in range(a.rounds):
             for name in SIZES:
                 for dense in ("clean", "pii"):
-                    for kind, (port, pid) in gws.items():
+                    for kind in KINDS:
+                        port, pid = gws[kind]
                         url = f"http://127.0.0.1:{port}/data/{dense}-{name}"
                         thr.setdefault((name, dense, kind), []).append(wrk(url, token, a.seconds, a.connections, pid))
             for dense in ("clean", "pii"):
@@ -147,12 +155,13 @@ def main():
             print(f"| {dense} {name} | {r['passthrough'][0]:.0f} / {r['no-mask'][0]:.0f} / {r['mask'][0]:.0f} "
                   f"| {r['passthrough'][2]:.1f} / {r['no-mask'][2]:.1f} / {r['mask'][2]:.1f} | {mbs(mask_us)} | {mbs(gate_us)} |")
     print(f"\nlatency: 1 KiB bodies, wrk -c1 (back-to-back requests), {a.rounds} rounds x {a.seconds}s, medians of p50\n")
-    print("| body | p50 ms passthrough | p50 ms no-mask | p50 ms mask | mask / no-mask | mask / passthrough |")
-    print("|---|---|---|---|---|---|")
+    print("| body | p50 ms passthrough | p50 ms wasm-noop | p50 ms no-mask | p50 ms mask "
+          "| wasm-noop / passthrough | mask / no-mask | mask / passthrough |")
+    print("|---|---|---|---|---|---|---|---|")
     for dense in ("clean", "pii"):
-        p = {k: med([x[1] for x in lat[(dense, k)]]) for k in KINDS}
-        print(f"| {dense} 1k | {p['passthrough']:.3f} | {p['no-mask']:.3f} | {p['mask']:.3f} "
-              f"| {p['mask'] / p['no-mask']:.3f}x | {p['mask'] / p['passthrough']:.3f}x |")
+        p = {k: med([x[1] for x in lat[(dense, k)]]) for k in gws}
+        print(f"| {dense} 1k | {p['passthrough']:.3f} | {p['wasm-noop']:.3f} | {p['no-mask']:.3f} | {p['mask']:.3f} "
+              f"| {p['wasm-noop'] / p['passthrough']:.3f}x | {p['mask'] / p['no-mask']:.3f}x | {p['mask'] / p['passthrough']:.3f}x |")
 
 
 if __name__ == "__main__":

@@ -1568,9 +1568,6 @@ impl Stream {
     }
 }
 
-/// Masks the `messages[].content` strings (and text parts) of an OpenAI
-/// chat-completion request; other fields are kept as they are.
-
 impl HttpContext for Stream {
     fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
         let was_buffered = self.request_buffered;
