@@ -54,6 +54,26 @@ fn email_positive() {
     }
 }
 
+/// Addresses glued to text in other scripts (CJK has no spaces between
+/// words): the address ends where the ASCII top-level domain ends, and
+/// starts after the other script; a non-ASCII local part stays whole.
+#[test]
+fn email_next_to_other_scripts() {
+    let m = masker(json!({}));
+    for (text, want) in [
+        ("メールはjohn.doe@example.comです", "メールは[EMAIL]です"),
+        ("mail john.doe@example.com。", "mail [EMAIL]。"),
+        ("联系john@example.cn获取", "联系[EMAIL]获取"),
+        ("see jane@example.comé", "see [EMAIL]é"),
+        ("用户@example.com", "[EMAIL]"),
+        ("x@bücher.example", "[EMAIL]"),
+    ] {
+        let mut counts = Counts::new();
+        assert_eq!(m.mask_text(text, &mut counts), want, "{text}");
+        assert_eq!(counts.get("email"), Some(&1));
+    }
+}
+
 #[test]
 fn email_negative() {
     let m = masker(json!({}));

@@ -401,3 +401,59 @@ fn prompts_of_every_openai_request_shape_are_masked() {
         assert!(mask_prompt(&m, bad.as_bytes(), &mut Counts::new()).is_err(), "{bad}");
     }
 }
+
+/// Arguments are a model's JSON: a card may be a JSON number there, so
+/// numbers inside arguments are masked (the value becomes a string label);
+/// numbers elsewhere in a body are left alone.
+#[test]
+fn numbers_inside_tool_call_arguments_are_masked() {
+    let m = masker(json!({}));
+    for (args, want) in [
+        (r#"{"card_number":4111111111111111,"amount":12}"#, json!({"card_number": "[PAYMENT_CARD]", "amount": 12})),
+        ("4111111111111111", json!("[PAYMENT_CARD]")),
+        (r#"[5555555555554444, 3.5, 1700000000000]"#, json!(["[PAYMENT_CARD]", 3.5, 1700000000000u64])),
+    ] {
+        let body = json!({"n": 4111111111111111u64, "choices": [{"message": {"tool_calls": [{"function": {"name": "f", "arguments": args}}]}}]});
+        let (out, _) = mask(&m, &body.to_string());
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["n"], json!(4111111111111111u64), "numbers outside arguments are left alone");
+        let got: Value = serde_json::from_str(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(got, want, "{args}");
+    }
+}
+
+/// Arguments that are not strict JSON but hold escapes (a lone surrogate,
+/// `NaN`, a trailing comma — accepted by lenient parsers) would be masked
+/// as text with the escapes still in, where `\n4111…` and `\u0040` hide
+/// values: they are withheld whole. Without escapes, text masking is sound.
+#[test]
+fn non_json_arguments_with_escapes_are_withheld() {
+    let m = masker(json!({}));
+    for args in [
+        r#"{"x":"\udc00","card":"4111111111111111\n5555555555554444","email":"bob\u0040example.com"}"#,
+        r#"{"n":NaN,"card":"x\n5555555555554444"}"#,
+        r#"{"email":"bob\u0040example.com",}"#,
+    ] {
+        let body = json!({"output": [{"type": "function_call", "arguments": args}]}).to_string();
+        let (out, counts) = mask(&m, &body);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["output"][0]["arguments"], "\"[ARGUMENTS]\"", "{args}");
+        assert_eq!(counts.get("arguments"), Some(&1));
+    }
+    let (out, _) = mask(&m, r#"{"arguments":"card 4111111111111111 {"}"#);
+    assert_eq!(out, r#"{"arguments":"card [PAYMENT_CARD] {"}"#);
+}
+
+/// Arguments inside arguments (up to 8 levels) are masked as JSON too.
+#[test]
+fn nested_arguments_are_masked_as_json() {
+    let m = masker(json!({}));
+    let inner = json!({"email": "bob@example.com", "c": "x\n4111111111111111"}).to_string();
+    let args = json!({"arguments": inner}).to_string();
+    let (out, counts) = mask(&m, &json!({"arguments": args}).to_string());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let a: Value = serde_json::from_str(v["arguments"].as_str().unwrap()).unwrap();
+    let b: Value = serde_json::from_str(a["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(b, json!({"email": "[EMAIL]", "c": "x\n[PAYMENT_CARD]"}));
+    assert_eq!((counts.get("email"), counts.get("payment_card")), (Some(&1), Some(&1)));
+}

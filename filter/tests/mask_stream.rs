@@ -1038,3 +1038,71 @@ proptest! {
         }
     }
 }
+
+/// A chunk of another shape (Mistral sends `content` as an array of parts;
+/// a string `index`) is not joined, but the text held so far goes out
+/// before it: text never changes order, and the parts are masked.
+#[test]
+fn sse_chunk_of_another_shape_flushes_held_text_first() {
+    let m = masker(json!({}));
+    let chunk = |delta: Value, fin: Value| json!({"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": fin}]});
+    for odd in [json!({"content": [{"type": "text", "text": " call 415-555-0134 ok"}]}), json!({"content": " call 415-555-0134 ok", "x": 1})] {
+        let mut input = String::new();
+        sse_event(&mut input, &chunk(json!({"content": "hello there, my card is 4111 1111 1111 1111 and"}), Value::Null), "\n");
+        let mut second = chunk(odd.clone(), Value::Null);
+        if odd.get("x").is_some() {
+            second["choices"][0]["index"] = json!("0");
+        }
+        sse_event(&mut input, &second, "\n");
+        sse_event(&mut input, &chunk(json!({"content": " more"}), json!("stop")), "\n");
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let out = String::from_utf8(out).unwrap();
+        let mut text = String::new();
+        for d in parse_sse(&out) {
+            let v: Value = serde_json::from_str(&d).unwrap();
+            match &v["choices"][0]["delta"]["content"] {
+                Value::String(s) => text.push_str(s),
+                Value::Array(parts) => text.push_str(parts[0]["text"].as_str().unwrap()),
+                _ => {}
+            }
+        }
+        assert_eq!(text, "hello there, my card is [PAYMENT_CARD] and call [PHONE] ok more", "{out}");
+    }
+}
+
+/// Streamed arguments: numbers are masked, non-JSON arguments with escapes
+/// and arguments over 1 MiB are withheld whole (never streamed as text),
+/// and a Responses API `.done` event repeats exactly what the deltas add up to.
+#[test]
+fn sse_arguments_edge_cases_fail_closed() {
+    let m = masker(json!({}));
+    let big = format!(r#"{{"pad":"{}","c":"x\n4111111111111111"}}"#, "a ".repeat(600_000));
+    for (args, want) in [
+        (r#"{"card_number":4111111111111111}"#.to_string(), r#"{"card_number":"[PAYMENT_CARD]"}"#.to_string()),
+        (r#"{"x":"\udc00","c":"x\n4111111111111111"}"#.to_string(), "\"[ARGUMENTS]\"".to_string()),
+        (big, "\"[ARGUMENTS]\"".to_string()),
+    ] {
+        let (a, b) = args.split_at(args.len() / 2);
+        let mut input = String::new();
+        for (t, d) in [("response.function_call_arguments.delta", a), ("response.function_call_arguments.delta", b)] {
+            sse_event(&mut input, &json!({"type": t, "item_id": "fc", "output_index": 0, "delta": d}), "\n");
+        }
+        sse_event(&mut input, &json!({"type": "response.function_call_arguments.done", "item_id": "fc", "output_index": 0, "arguments": args}), "\n");
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("4111"), "{}", &out[..out.len().min(300)]);
+        let mut joined = String::new();
+        let mut done = None;
+        for d in parse_sse(&out) {
+            let v: Value = serde_json::from_str(&d).unwrap();
+            match v["type"].as_str() {
+                Some("response.function_call_arguments.delta") => joined.push_str(v["delta"].as_str().unwrap()),
+                _ => done = v["arguments"].as_str().map(str::to_string),
+            }
+        }
+        assert_eq!(joined, want);
+        if args.len() < 1024 * 1024 {
+            assert_eq!(done.as_deref(), Some(want.as_str()));
+        }
+    }
+}

@@ -549,6 +549,16 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
             return None;
         }
     }
+    // text in a script written without spaces (CJK, kana, Thai: characters
+    // of 3 or more UTF-8 bytes) glued before the address (`メールはjohn@…`):
+    // the address starts after it (Latin letters like `ü` stay in it)
+    if let Some(lp) = s.get(st..a).and_then(|lp| std::str::from_utf8(lp).ok()) {
+        if let Some((k, c)) = lp.char_indices().rfind(|(_, c)| c.len_utf8() >= 3) {
+            if k + c.len_utf8() < lp.len() {
+                st += k + c.len_utf8();
+            }
+        }
+    }
     while at(s, st) == b'.' && st < a {
         st += 1;
     }
@@ -581,7 +591,15 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
             break;
         }
     }
-    let tld = s.get(last.0..last.1)?;
+    let mut tld = s.get(last.0..last.1)?;
+    // text in another script glued after the address (`…@example.comです`):
+    // an ASCII top-level domain ends at it
+    if let Some(k) = tld.iter().position(|b| *b >= 0x80).filter(|k| *k >= 2) {
+        if tld.get(..k).is_some_and(|t| t.iter().all(|b| b.is_ascii_alphabetic())) {
+            pos = last.0 + k;
+            tld = s.get(last.0..pos)?;
+        }
+    }
     let tld_ok = (tld.len() >= 2 && tld.iter().all(|b| b.is_ascii_alphabetic()))
         || (tld.len() >= 5 && tld.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"xn--")));
     if labels < 2 || !tld_ok || word(at(s, pos)) {

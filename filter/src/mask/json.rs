@@ -465,12 +465,12 @@ enum Special {
     Arguments,
 }
 
-/// The string value `src[pos..=end]` (quotes included) of an `arguments`
-/// member, masked as a JSON document: `Some(None)` when it is JSON without
-/// findings, `Some(Some(masked))`, or `None` when it is not JSON (then it is
-/// masked as text, and what this pass counted is dropped).
+/// The string value `src[pos..=end]` (quotes at `pos` and `end`) of an
+/// `arguments` member in a document at nesting `depth`, decoded and masked
+/// with [`mask_arguments`]. `Ok(None)`: unchanged.
 #[inline(never)]
-fn arguments(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, esc: bool, counts: &mut Counts) -> Result<Option<Option<Vec<u8>>>, MaskError> {
+#[allow(clippy::too_many_arguments)]
+fn arguments(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, esc: bool, depth: u8, counts: &mut Counts) -> Result<Option<Vec<u8>>, MaskError> {
     let decoded;
     let doc = if esc {
         decoded = decode(text, src, pos + 1, end)?;
@@ -478,14 +478,7 @@ fn arguments(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, esc:
     } else {
         src.get(pos + 1..end).unwrap_or(&[])
     };
-    let mut found = Counts::new();
-    let r = rewrite_doc(inner, doc, None, false, false, &mut found).ok();
-    if r.is_some() {
-        for (k, v) in found {
-            *counts.entry(k).or_insert(0) += v;
-        }
-    }
-    Ok(r)
+    Ok(mask_arguments(inner, doc, depth, counts))
 }
 
 /// Reads an object key (the opening quote at `pos`) and the `:` after it;
@@ -603,21 +596,55 @@ pub(crate) fn rewrite_changes(
     response: bool,
     counts: &mut Counts,
 ) -> Result<Option<Vec<u8>>, MaskError> {
-    rewrite_doc(inner, src, content, response, true, counts)
+    rewrite_doc(inner, src, content, response, 0, counts)
 }
 
-/// [`rewrite_changes`]; `nested_args`: string values of `arguments`
-/// members that parse as JSON are masked as JSON documents (one level: not
-/// inside such arguments again). A string that is not JSON is masked as
-/// text; counts of a document that turns out not to be JSON are dropped.
+/// How deep tool-call arguments nest inside arguments before the innermost
+/// are masked as text.
+const MAX_ARGS_DEPTH: u8 = 8;
+
+/// What withheld tool-call arguments become: a JSON document (a string).
+pub(crate) const WITHHELD_ARGUMENTS: &str = "\"[ARGUMENTS]\"";
+
+/// Masks tool-call arguments `doc` (a JSON document in a string: OpenAI
+/// chat `tool_calls[].function.arguments`, Responses API `function_call`
+/// items) found at nesting `depth` (0: in a body or stream). As JSON:
+/// decoded string values, and numbers too (a card number may be written as
+/// a JSON number), the result still JSON. Not JSON: masked as text when it
+/// holds no `\` (escapes could hide a value from text detectors: `\n4111…`,
+/// `\u0040`), else withheld as a whole ([`WITHHELD_ARGUMENTS`], counted as
+/// `arguments`). `None`: unchanged.
+pub(crate) fn mask_arguments(inner: &Inner, doc: &[u8], depth: u8, counts: &mut Counts) -> Option<Vec<u8>> {
+    let mut found = Counts::new();
+    match rewrite_doc(inner, doc, None, false, depth.saturating_add(1), &mut found) {
+        Ok(r) => {
+            for (k, v) in found {
+                *counts.entry(k).or_insert(0) += v;
+            }
+            r
+        }
+        Err(_) if !doc.contains(&b'\\') => inner.mask_str(&String::from_utf8_lossy(doc), counts).map(String::into_bytes),
+        Err(_) => {
+            *counts.entry("arguments".to_string()).or_insert(0) += 1;
+            Some(WITHHELD_ARGUMENTS.as_bytes().to_vec())
+        }
+    }
+}
+
+/// [`rewrite_changes`] at arguments nesting `depth` (0: a body or an SSE
+/// payload; more: tool-call arguments, whose numbers are masked too).
+/// String values of `arguments` members are masked with
+/// [`mask_arguments`] up to [`MAX_ARGS_DEPTH`].
 fn rewrite_doc(
     inner: &Inner,
     src: &[u8],
     content: Option<&BTreeMap<StreamField, String>>,
     response: bool,
-    nested_args: bool,
+    depth: u8,
     counts: &mut Counts,
 ) -> Result<Option<Vec<u8>>, MaskError> {
+    let nested_args = depth < MAX_ARGS_DEPTH;
+    let numbers = depth > 0;
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
     let anchors = inner.anchors();
     let withhold = response && inner.withhold_logprobs();
@@ -681,15 +708,10 @@ fn rewrite_doc(
                 if mute.is_none() {
                     let hook = if content.is_some() { stream_field(&stack) } else { None };
                     let rep = hook.and_then(|k| content.and_then(|m| m.get(&k)));
-                    let nested = if rep.is_none() && member == Special::Arguments && nested_args {
-                        arguments(inner, text, src, pos, end, esc, counts)?
-                    } else {
-                        None
-                    };
                     if let Some(rep) = rep {
                         w.replace_quoted(src, pos, end + 1, rep);
-                    } else if let Some(nested) = nested {
-                        if let Some(masked) = nested {
+                    } else if member == Special::Arguments && nested_args {
+                        if let Some(masked) = arguments(inner, text, src, pos, end, esc, depth, counts)? {
                             w.replace_quoted(src, pos, end + 1, &String::from_utf8_lossy(&masked));
                         }
                     } else if one_pass {
@@ -728,7 +750,20 @@ fn rewrite_doc(
                 }
                 pos += lit.len();
             }
-            b'-' | b'0'..=b'9' => pos = number(src, pos)?,
+            b'-' | b'0'..=b'9' => {
+                let end = number(src, pos)?;
+                if numbers && mute.is_none() {
+                    // inside tool-call arguments a number may be a card or phone number
+                    let s = text.get(pos..end).unwrap_or("");
+                    if inner.find(s, &mut cands) {
+                        w.copy_to(src, pos);
+                        inner.quote_masked(s, true, &cands, &mut w.out, &mut tmp, counts);
+                        w.copied = end;
+                        w.changed = true;
+                    }
+                }
+                pos = end;
+            }
             0 if pos >= src.len() => return Err(MaskError::new(pos, "unexpected end of input")),
             _ => return Err(MaskError::new(pos, "expected a value")),
         }

@@ -53,7 +53,9 @@
 //! and the end of the stream flush every choice the same way. Every event
 //! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
 //! Other JSON payloads are masked as JSON, other payloads and other fields'
-//! values as text.
+//! values as text; a payload that is not JSON of the shapes above (e.g. a
+//! chunk whose `content` is an array of parts) first flushes everything
+//! held, so text never changes order.
 //!
 //! **Responses API** (`POST /v1/responses`, `stream: true`). An event whose
 //! `type` ends in `.delta` and whose `delta` is a string
@@ -92,6 +94,9 @@ pub const HOLD_BACK: usize = 128;
 pub const MAX_HOLD: usize = 64 * 1024;
 /// Bytes of already-released text kept as left context.
 const CONTEXT: usize = 128;
+/// Most bytes of tool-call arguments held for masking as one JSON
+/// document; larger arguments are withheld as a whole.
+pub const MAX_ARGUMENTS: usize = 1024 * 1024;
 /// Largest SSE event held while waiting for its blank line (bytes); a
 /// larger one is released masked as text.
 pub const MAX_EVENT: usize = 4 * 1024 * 1024;
@@ -409,9 +414,12 @@ enum Joiner {
     /// Content and legacy text: a text stream masker.
     Text(TextStream),
     /// Tool-call arguments (a JSON document in fragments): held whole and
-    /// masked as JSON when the choice finishes; past [`MAX_HOLD`] bytes, or
-    /// when not valid JSON at the end, masked as text instead.
+    /// masked when the choice finishes (`json::mask_arguments`: as JSON,
+    /// or as text when not JSON, or withheld).
     Json { inner: Arc<Inner>, buf: Vec<u8> },
+    /// Arguments over [`MAX_ARGUMENTS`] bytes: the rest is dropped and the
+    /// whole value is withheld (`"[ARGUMENTS]"`).
+    Withheld,
 }
 
 impl Joiner {
@@ -426,22 +434,22 @@ impl Joiner {
         match self {
             Joiner::Text(t) => t.held(),
             Joiner::Json { buf, .. } => buf.len(),
+            Joiner::Withheld => 0,
         }
     }
 
     fn push(&mut self, frag: &[u8], counts: &mut Counts) -> Vec<u8> {
         match self {
             Joiner::Text(t) => t.push(frag, counts),
-            Joiner::Json { inner, buf } => {
+            Joiner::Json { buf, .. } => {
                 buf.extend_from_slice(frag);
-                if buf.len() <= MAX_HOLD {
-                    return Vec::new();
+                if buf.len() > MAX_ARGUMENTS {
+                    // too large to hold: withheld, never streamed unmasked
+                    *self = Joiner::Withheld;
                 }
-                let mut t = TextStream::new(Arc::clone(inner));
-                let out = t.push(buf, counts);
-                *self = Joiner::Text(t);
-                out
+                Vec::new()
             }
+            Joiner::Withheld => Vec::new(),
         }
     }
 
@@ -450,12 +458,12 @@ impl Joiner {
             Joiner::Text(t) => t.finish(counts),
             Joiner::Json { inner, buf } => {
                 let raw = std::mem::take(buf);
-                json::rewrite(inner, &raw, None, false, counts).unwrap_or_else(|_| {
-                    let mut t = TextStream::new(Arc::clone(inner));
-                    let mut out = t.push(&raw, counts);
-                    out.extend(t.finish(counts));
-                    out
-                })
+                json::mask_arguments(inner, &raw, 0, counts).unwrap_or(raw)
+            }
+            Joiner::Withheld => {
+                *counts.entry("arguments".to_string()).or_insert(0) += 1;
+                *self = Joiner::Withheld;
+                json::WITHHELD_ARGUMENTS.as_bytes().to_vec()
             }
         }
     }
@@ -685,7 +693,12 @@ impl SseStream {
         let released = match chunk {
             Some(ChunkLite { choices: Some(choices), .. }) => Some(self.chat_chunk(payload, choices, pre, counts)),
             Some(ev) => self.responses_event(payload, ev, event_line, pre, counts),
-            None => None,
+            None => {
+                // a payload of another shape (e.g. `content` as an array of
+                // parts): what is held goes out first, so text keeps its order
+                self.flush_all(pre, counts);
+                None
+            }
         };
         // other JSON is masked as JSON, anything else as text
         json::rewrite(&self.inner, payload, released.as_ref(), true, counts).unwrap_or_else(|_| {
