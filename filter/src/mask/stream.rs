@@ -33,12 +33,12 @@
 //!   (possibly empty, possibly text of earlier events);
 //! - `choices[i].delta.tool_calls[j].function.arguments`, per tool call
 //!   `index` `j` (OpenAI streams the arguments, a JSON document, as string
-//!   fragments): held whole and masked as one JSON document
-//!   ([`super::Masker::mask_json`]: decoded string values, keys and numbers
-//!   left alone, the result still JSON) when the choice finishes; the
-//!   fragments' events carry `""` meanwhile. Past [`MAX_HOLD`] bytes, or when
-//!   the arguments are not valid JSON at the end, they are masked as text
-//!   instead (a value straddling the 64 KiB cut may then be missed).
+//!   fragments): held whole and masked as one JSON document when the
+//!   choice finishes (decoded string values and numbers, keys left alone,
+//!   the result still JSON; see `json::mask_arguments`); the fragments'
+//!   events carry `""` meanwhile. Arguments that are not JSON are masked as
+//!   text when they hold no `\`, else withheld whole (`"[ARGUMENTS]"`), as
+//!   are arguments over [`MAX_ARGUMENTS`] bytes.
 //!
 //! So a value split over several events is still found, and for each joined
 //! field the concatenation of what the client receives equals masking the
