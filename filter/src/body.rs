@@ -89,20 +89,21 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 /// Masks the prompt of an OpenAI-style request body (`requests:
 /// chat_messages`) and gives the body to send upstream (re-serialized).
 ///
-/// Masked, as text unless noted: chat completions `messages[].content` (a
-/// string, or content parts' `text`) and the `function.arguments` of
-/// `messages[].tool_calls[]` (as JSON, see [`Masker::mask_request_json`]);
-/// legacy completions `prompt` (a string or an array of strings); Responses
-/// API `instructions` and `input` (a string, or items: `content` as for
-/// chat, `output` of tool outputs, `arguments` of function calls). Every
-/// other member is sent as it came (`logprobs: true` included).
+/// Masked, as text unless noted: chat completions `messages[]` (`content`
+/// as a string or parts' `text`/`refusal`, `refusal`, tool-call arguments
+/// as JSON: [`Masker::mask_tool_arguments`]) and `prediction.content`;
+/// legacy completions `prompt` (a string or an array of strings) and
+/// `suffix`; Responses API `instructions` and `input` (a string, or items
+/// read like chat messages, plus tool `output`, custom tool `input`,
+/// reasoning `summary[].text`, function-call `arguments`). Every other
+/// member is sent as it came (`logprobs: true` included).
 ///
 /// Errors: the body is not a JSON object.
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
     let text = |s: &mut String, counts: &mut Counts| *s = masker.mask_text(s, counts);
-    for key in ["prompt", "instructions"] {
+    for key in ["prompt", "instructions", "suffix"] {
         match obj.get_mut(key) {
             Some(Value::String(s)) => text(s, counts),
             Some(Value::Array(items)) if key == "prompt" => {
@@ -112,6 +113,9 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
             }
             _ => {}
         }
+    }
+    if let Some(p) = obj.get_mut("prediction").and_then(Value::as_object_mut) {
+        prompt_item(masker, p, counts);
     }
     for key in ["messages", "input"] {
         match obj.get_mut(key) {
@@ -127,43 +131,42 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
     serde_json::to_vec(&v).map_err(|e| e.to_string())
 }
 
-/// One chat message or Responses API input item.
+/// One chat message, Responses API input item, or `prediction`: text in
+/// `content`, `refusal`, `output` (a string, or parts' `text` and
+/// `refusal`), `input` (custom tool calls) and `summary[].text`; tool-call
+/// arguments in `arguments`, `function_call.arguments` and
+/// `tool_calls[].function.arguments`.
 fn prompt_item(masker: &Masker, item: &mut serde_json::Map<String, Value>, counts: &mut Counts) {
-    match item.get_mut("content") {
-        Some(Value::String(s)) => *s = masker.mask_text(s, counts),
-        Some(Value::Array(parts)) => {
-            for part in parts {
-                if let Some(Value::String(s)) = part.get_mut("text") {
-                    *s = masker.mask_text(s, counts);
+    for key in ["content", "refusal", "output", "input", "summary"] {
+        match item.get_mut(key) {
+            Some(Value::String(s)) => *s = masker.mask_text(s, counts),
+            Some(Value::Array(parts)) => {
+                for part in parts.iter_mut().filter_map(Value::as_object_mut) {
+                    for field in ["text", "refusal"] {
+                        if let Some(Value::String(s)) = part.get_mut(field) {
+                            *s = masker.mask_text(s, counts);
+                        }
+                    }
                 }
             }
+            _ => {}
         }
-        _ => {}
-    }
-    if let Some(Value::String(s)) = item.get_mut("output") {
-        *s = masker.mask_text(s, counts);
     }
     if let Some(Value::String(s)) = item.get_mut("arguments") {
-        arguments(masker, s, counts);
+        *s = masker.mask_tool_arguments(s, counts);
     }
+    let mut mask_call = |f: &mut Value| {
+        if let Some(Value::String(s)) = f.get_mut("arguments") {
+            *s = masker.mask_tool_arguments(s, counts);
+        }
+    };
     for call in item.get_mut("tool_calls").and_then(Value::as_array_mut).into_iter().flatten() {
-        if let Some(Value::String(s)) = call.get_mut("function").and_then(|f| f.get_mut("arguments")) {
-            arguments(masker, s, counts);
+        if let Some(f) = call.get_mut("function") {
+            mask_call(f);
         }
     }
-}
-
-/// Tool-call arguments: masked as a JSON document when they are one, else as text.
-fn arguments(masker: &Masker, s: &mut String, counts: &mut Counts) {
-    let mut found = Counts::new();
-    match masker.mask_request_json(s.as_bytes(), &mut found) {
-        Ok(out) => {
-            *s = String::from_utf8_lossy(&out).into_owned();
-            for (k, v) in found {
-                *counts.entry(k).or_insert(0) += v;
-            }
-        }
-        Err(_) => *s = masker.mask_text(s, counts),
+    if let Some(f) = item.get_mut("function_call") {
+        mask_call(f);
     }
 }
 

@@ -457,3 +457,25 @@ fn nested_arguments_are_masked_as_json() {
     assert_eq!(b, json!({"email": "[EMAIL]", "c": "x\n[PAYMENT_CARD]"}));
     assert_eq!((counts.get("email"), counts.get("payment_card")), (Some(&1), Some(&1)));
 }
+
+/// More prompt-carrying fields of OpenAI requests.
+#[test]
+fn prompt_refusals_predictions_summaries_and_tool_inputs_are_masked() {
+    use nhi_gate::body::mask_prompt;
+    let m = masker(json!({}));
+    let e = "jane.doe@example.com";
+    let body = json!({
+        "suffix": format!("end {e}"),
+        "prediction": {"type": "content", "content": [{"type": "text", "text": format!("draft {e}")}]},
+        "messages": [
+            {"role": "assistant", "refusal": format!("no, {e}"), "content": [{"type": "refusal", "refusal": format!("not {e}")}],
+             "function_call": {"name": "f", "arguments": json!({"to": e}).to_string()}}],
+        "input": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": format!("user is {e}")}]},
+            {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": format!("sent {e}")}]},
+            {"type": "custom_tool_call", "call_id": "d", "name": "g", "input": format!("mail {e}")}]});
+    let mut counts = Counts::new();
+    let out = String::from_utf8(mask_prompt(&m, body.to_string().as_bytes(), &mut counts).unwrap()).unwrap();
+    assert!(!out.contains("jane"), "{out}");
+    assert_eq!(counts.get("email"), Some(&8));
+}

@@ -480,6 +480,17 @@ impl Masker {
         Ok(json::rewrite_changes(&self.inner, body, None, false, counts)?.unwrap_or_else(|| body.to_vec()))
     }
 
+    /// Masks tool-call arguments (a JSON document held in a string): as
+    /// JSON, numbers included; text when not JSON and free of `\`
+    /// escapes; else withheld whole as `"[ARGUMENTS]"` (counted as
+    /// `arguments`).
+    pub fn mask_tool_arguments(&self, args: &str, counts: &mut Counts) -> String {
+        match json::mask_arguments(&self.inner, args.as_bytes(), 0, counts) {
+            Some(out) => String::from_utf8_lossy(&out).into_owned(),
+            None => args.to_string(),
+        }
+    }
+
     /// An incremental masker for a streamed body of the given kind.
     pub fn stream(&self, kind: StreamKind) -> StreamMasker {
         StreamMasker::new(Arc::clone(&self.inner), kind)
