@@ -437,3 +437,21 @@ fn unicode_text_is_safe() {
         let _ = all_detectors().mask_text(t, &mut counts);
     }
 }
+
+/// JSON held in a text field (structured outputs, tool results) is masked
+/// as text with its escapes still in: a value right after `\n` or `\t` is
+/// glued to the escape's letter, yet it starts a token and is found; the
+/// escape itself stays intact, so the text is still JSON.
+#[test]
+fn values_after_escapes_in_json_text_are_found() {
+    let m = masker(json!({}));
+    let text = r#"{"cards":"4111111111111111\n5555555555554444","ssn":"SSN:\n123-45-6789","keys":"x\tAKIAIOSFODNN7EXAMPLE","e":"x\njane@example.com","p":"\n+1 415-555-0134"}"#;
+    let mut counts = Counts::new();
+    let out = m.mask_text(text, &mut counts);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v, json!({"cards": "[PAYMENT_CARD]\n[PAYMENT_CARD]", "ssn": "SSN:\n[US_SSN]", "keys": "x\t[AWS_ACCESS_KEY]",
+                         "e": "x\n[EMAIL]", "p": "\n[PHONE]"}));
+    assert_eq!(counts.values().sum::<u64>(), 6);
+    // a letter that is not after a backslash still glues: ids stay
+    assert_clean(&m, "order n4111111111111111 and x\\\\n4111111111111111z");
+}

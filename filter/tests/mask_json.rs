@@ -324,18 +324,16 @@ fn request_json_keeps_logprobs() {
     assert!(out.contains(r#""logprobs":null"#), "{out}");
 }
 
-/// Tool-call arguments are a JSON document inside a string: a value right
-/// after an escape (`\n4111 …`) is glued to the escape's letter when the
-/// string is read as text, so arguments are masked as JSON (decoded values,
-/// field rules, the result still JSON).
+/// Tool-call arguments are a JSON document inside a string, masked as JSON:
+/// decoded values (`\u0040`), field rules, the result still JSON.
 #[test]
 fn tool_call_arguments_are_masked_as_json_documents() {
     let m = masker(json!({"fields": {"redact": ["customer_id"]}}));
     let args = json!({"body": "Hi,\n4111 1111 1111 1111\tjane\u{40}example.com", "customer_id": 77, "n": 2}).to_string();
     let doc = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "send", "arguments": args}}]}}]}).to_string();
-    // as text, the card would be missed (glued to the `n` of `\n`)
-    assert!(m.mask_text(&args, &mut Counts::new()).contains("4111 1111 1111 1111"));
+    // as text, the field rule could not reach `customer_id`
+    assert!(m.mask_text(&args, &mut Counts::new()).contains("77"));
     let (out, counts) = mask(&m, &doc);
     let v: Value = serde_json::from_str(&out).unwrap();
     let got: Value = serde_json::from_str(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();

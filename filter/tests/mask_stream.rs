@@ -121,7 +121,7 @@ proptest! {
     /// anchors, multibyte characters): still chunking-invariant.
     #[test]
     fn text_stream_soup_is_chunking_invariant(
-        input in "[0-9 \\-.+()@a-fA-Z_:\nkyJIé日]{0,600}",
+        input in "[0-9 \\-.+()@a-fA-Z_:\nkyJIé日\\\\]{0,600}",
         cuts in prop::collection::vec(any::<usize>(), 0..60),
     ) {
         let m = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "jwt", "aws_access_key"]}));

@@ -63,6 +63,8 @@ pub(crate) struct ScanMasks {
     pub join: u16,
     /// `_`.
     pub us: u16,
+    /// `\\` (a JSON or C escape starts: `\n4111…` is a break, not a word).
+    pub bs: u16,
 }
 
 /// The 16 bytes of `s` at `i` (zero-padded past the end) and how many of
@@ -251,6 +253,7 @@ fn scan(x: v::V, a: &Anchors) -> ScanMasks {
         low: v::bits(v::within(x, b'a', 26)),
         join: v::bits(v::or(v::eq(x, b'-'), v::eq(x, b'.'))),
         us: v::bits(v::eq(x, b'_')),
+        bs: v::bits(v::eq(x, b'\\')),
     }
 }
 
@@ -290,6 +293,7 @@ mod tests {
                 low: m(&|x| x.is_ascii_lowercase()),
                 join: m(&|x| x == b'-' || x == b'.'),
                 us: m(&|x| x == b'_'),
+                bs: m(&|x| x == b'\\'),
             },
         )
     }

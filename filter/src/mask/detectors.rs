@@ -145,7 +145,26 @@ fn upper(b: u8) -> bool {
 #[inline]
 fn glued_before(s: &[u8], i: usize) -> bool {
     let p = back(s, i, 1);
-    word(p) || ((p == b'.' || p == b'-') && alnum(back(s, i, 2)))
+    word_before(s, i) || ((p == b'.' || p == b'-') && alnum(back(s, i, 2)))
+}
+
+/// Whether the byte before `i` is a lowercase letter that ends an escape
+/// (`\n`, `\t`: JSON held in a text field): a break, not part of a word.
+#[inline]
+fn escape_before(s: &[u8], i: usize) -> bool {
+    back(s, i, 1).is_ascii_lowercase() && back(s, i, 2) == b'\\'
+}
+
+/// Whether a word byte (`[A-Za-z0-9_]`) glues onto position `i` from the left.
+#[inline]
+fn word_before(s: &[u8], i: usize) -> bool {
+    word(back(s, i, 1)) && !escape_before(s, i)
+}
+
+/// Whether a base64url byte glues onto position `i` from the left.
+#[inline]
+fn b64url_before(s: &[u8], i: usize) -> bool {
+    b64url(back(s, i, 1)) && !escape_before(s, i)
 }
 
 /// Whether the value ending at `e` continues into a longer token on its right.
@@ -495,7 +514,7 @@ fn ipv6(s: &[u8], i: usize) -> Option<(usize, usize)> {
     while e > st && back(s, e, 1) == b'.' {
         e -= 1;
     }
-    if e - st > 45 || e - st < 3 || word(back(s, st, 1)) || word(at(s, end)) {
+    if e - st > 45 || e - st < 3 || word_before(s, st) || word(at(s, end)) {
         return None;
     }
     let text = std::str::from_utf8(s.get(st..e)?).ok()?;
@@ -543,8 +562,10 @@ fn iban(s: &[u8], cc: usize) -> Option<usize> {
 fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     let local = |b: u8| alnum(b) || b >= 0x80 || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
     let mut st = a;
-    while st > 0 && local(back(s, st, 1)) {
+    let mut ascii = true;
+    while st > 0 && local(back(s, st, 1)) && !escape_before(s, st) {
         st -= 1;
+        ascii &= at(s, st) < 0x80;
         if a - st > 64 {
             return None;
         }
@@ -552,7 +573,7 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     // text in a script written without spaces (CJK, kana, Thai: characters
     // of 3 or more UTF-8 bytes) glued before the address (`メールはjohn@…`):
     // the address starts after it (Latin letters like `ü` stay in it)
-    if let Some(lp) = s.get(st..a).and_then(|lp| std::str::from_utf8(lp).ok()) {
+    if let Some(lp) = s.get(st..a).filter(|_| !ascii).and_then(|lp| std::str::from_utf8(lp).ok()) {
         if let Some((k, c)) = lp.char_indices().rfind(|(_, c)| c.len_utf8() >= 3) {
             if k + c.len_utf8() < lp.len() {
                 st += k + c.len_utf8();
@@ -833,6 +854,9 @@ pub(crate) struct Carry {
     low: u16,
     join: u16,
     us: u16,
+    bs: u16,
+    /// Lowercase letters that follow a `\` (escapes such as `\n`).
+    esc: u16,
 }
 
 /// The bytes of a block (within `valid`) where [`scan`] runs a detector:
@@ -848,10 +872,15 @@ pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry
         let p = *carry;
         let prev = |x: u16, p: u16| (x << 1) | (p >> 15);
         let prev2 = |x: u16, p: u16| (x << 2) | (p >> 14);
-        let glued = prev(m.low | m.us, p.low | p.us) | (prev(m.join, p.join) & prev2(m.dig | m.low, p.dig | p.low));
+        // a letter right after `\` ends an escape (`\n`): the digit after it starts a token
+        let esc = m.low & prev(m.bs, p.bs);
+        let glued = prev((m.low & !esc) | m.us, (p.low & !p.esc) | p.us) | (prev(m.join, p.join) & prev2(m.dig | m.low, p.dig | p.low));
         trig &= !(m.dig & (prev(m.dig, p.dig) | glued));
+        *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us, bs: m.bs, esc };
+        return trig;
     }
-    *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us };
+    let esc = m.low & ((m.bs << 1) | (carry.bs >> 15));
+    *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us, bs: m.bs, esc };
     trig
 }
 
@@ -889,7 +918,7 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
             }
             b'-' => {
                 let st2 = i.wrapping_sub(2);
-                if back(s, i, 2) == b's' && back(s, i, 1) == b'k' && i >= 2 && !b64url(back(s, st2, 1)) {
+                if back(s, i, 2) == b's' && back(s, i, 1) == b'k' && i >= 2 && !b64url_before(s, st2) {
                     if let Some(d) = en.get(Builtin::AnthropicKey) {
                         if let Some(e) = anthropic(s, st2) {
                             push(st2, e, d, out);
@@ -905,7 +934,7 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
                 if i >= 4
                     && s.get(st4..st4 + 3) == Some(b"xox")
                     && matches!(back(s, i, 1), b'b' | b'a' | b'p' | b'r' | b's')
-                    && !b64url(back(s, st4, 1))
+                    && !b64url_before(s, st4)
                 {
                     if let Some(d) = en.get(Builtin::SlackToken) {
                         if let Some(e) = slack(s, st4) {
@@ -929,7 +958,7 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
                     && back(s, i, 3) == b'g'
                     && back(s, i, 2) == b'h'
                     && matches!(back(s, i, 1), b'p' | b'o' | b'u' | b's' | b'r')
-                    && !b64url(back(s, st3, 1))
+                    && !b64url_before(s, st3)
                 {
                     if let Some(d) = en.get(Builtin::GithubToken) {
                         if let Some(e) = github(s, st3) {
@@ -938,7 +967,7 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
                     }
                 }
                 let st6 = i.wrapping_sub(6);
-                if i >= 6 && s.get(st6..st6 + 11) == Some(b"github_pat_") && !b64url(back(s, st6, 1)) {
+                if i >= 6 && s.get(st6..st6 + 11) == Some(b"github_pat_") && !b64url_before(s, st6) {
                     if let Some(d) = en.get(Builtin::GithubToken) {
                         if let Some(e) = github_pat(s, st6) {
                             push(st6, e, d, out);
@@ -952,7 +981,7 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
                     && back(s, i, 2) == b'A'
                     && matches!(back(s, i, 1), b'K' | b'S')
                     && at(s, i + 1) == b'A'
-                    && !word(back(s, st, 1))
+                    && !word_before(s, st)
                 {
                     if let Some(d) = en.get(Builtin::AwsAccessKey) {
                         if let Some(e) = aws(s, st) {
@@ -963,7 +992,7 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
             }
             b'J' => {
                 let st = i.wrapping_sub(2);
-                if i >= 2 && back(s, i, 2) == b'e' && back(s, i, 1) == b'y' && !b64url(back(s, st, 1)) && back(s, st, 1) != b'.' {
+                if i >= 2 && back(s, i, 2) == b'e' && back(s, i, 1) == b'y' && !b64url_before(s, st) && back(s, st, 1) != b'.' {
                     if let Some(d) = en.get(Builtin::Jwt) {
                         if let Some(e) = jwt(s, st) {
                             push(st, e, d, out);

@@ -465,6 +465,21 @@ enum Special {
     Arguments,
 }
 
+/// Inside tool-call arguments a number may be a card or phone number: the
+/// number `src[pos..end]` is replaced by its masked text (a JSON string)
+/// when a detector finds a value in it.
+#[inline(never)]
+fn mask_number(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, w: &mut Writer, counts: &mut Counts) {
+    let s = text.get(pos..end).unwrap_or("");
+    let mut cands = Vec::new();
+    if inner.find(s, &mut cands) {
+        w.copy_to(src, pos);
+        inner.quote_masked(s, true, &cands, &mut w.out, &mut String::new(), counts);
+        w.copied = end;
+        w.changed = true;
+    }
+}
+
 /// The string value `src[pos..=end]` (quotes at `pos` and `end`) of an
 /// `arguments` member in a document at nesting `depth`, decoded and masked
 /// with [`mask_arguments`]. `Ok(None)`: unchanged.
@@ -753,14 +768,7 @@ fn rewrite_doc(
             b'-' | b'0'..=b'9' => {
                 let end = number(src, pos)?;
                 if numbers && mute.is_none() {
-                    // inside tool-call arguments a number may be a card or phone number
-                    let s = text.get(pos..end).unwrap_or("");
-                    if inner.find(s, &mut cands) {
-                        w.copy_to(src, pos);
-                        inner.quote_masked(s, true, &cands, &mut w.out, &mut tmp, counts);
-                        w.copied = end;
-                        w.changed = true;
-                    }
+                    mask_number(inner, text, src, pos, end, &mut w, counts);
                 }
                 pos = end;
             }
