@@ -294,6 +294,9 @@ fn logprobs_are_withheld_from_responses_by_default() {
     let (out, counts) = mask(&m, r#"{"type":"response.output_text.delta","delta":"jane","logprobs":[{"token":"jane","logprob":-0.1,"top_logprobs":[]}]}"#);
     assert_eq!(out, r#"{"type":"response.output_text.delta","delta":"jane","logprobs":[]}"#);
     assert_eq!(counts.get("logprobs"), Some(&1));
+    // vLLM's `prompt_logprobs` too
+    let (out, _) = mask(&m, r#"{"prompt_logprobs":[null,{"1":{"logprob":-1.0,"decoded_token":"jane"}}],"choices":[]}"#);
+    assert_eq!(out, r#"{"prompt_logprobs":[],"choices":[]}"#);
     // null and empty values are left as they are (byte for byte)
     for clean in [r#"{"choices":[{"logprobs":null,"text":"hi"}]}"#, r#"{"logprobs":[ ]}"#, r#"{"logprobs": null}"#] {
         let mut counts = Counts::new();

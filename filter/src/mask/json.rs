@@ -457,7 +457,8 @@ impl Writer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Special {
     None,
-    /// `logprobs`: withheld in responses ([`super::RawMasking::logprobs`]).
+    /// `logprobs` (and vLLM's `prompt_logprobs`): withheld in responses
+    /// ([`super::RawMasking::logprobs`]).
     Logprobs,
     /// `arguments`: a tool call's arguments, a JSON document in a string
     /// (OpenAI chat `tool_calls[].function.arguments`, Responses API
@@ -514,13 +515,13 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         Cow::Borrowed(text.get(pos + 1..end).unwrap_or(""))
     };
     let special = |name: &[u8]| match name {
-        b"logprobs" => Special::Logprobs,
+        b"logprobs" | b"prompt_logprobs" => Special::Logprobs,
         b"arguments" => Special::Arguments,
         _ => Special::None,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 8 | 9) {
+    } else if matches!(end - pos - 1, 8 | 9 | 15) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
