@@ -452,6 +452,18 @@ fn values_after_escapes_in_json_text_are_found() {
     assert_eq!(v, json!({"cards": "[PAYMENT_CARD]\n[PAYMENT_CARD]", "ssn": "SSN:\n[US_SSN]", "keys": "x\t[AWS_ACCESS_KEY]",
                          "e": "x\n[EMAIL]", "p": "\n[PHONE]"}));
     assert_eq!(counts.values().sum::<u64>(), 6);
+    // `\uXXXX` escapes (Python's json.dumps writes a no-break space as
+    // `\u00a0`, Go writes `>` as `\u003e`) are breaks too; an escaped letter
+    // inside an address belongs to it, an escaped `<` does not
+    for (text, want) in [
+        (r#"Card:\u00a04111 1111 1111 1111"#, r#"Card:\u00a0[PAYMENT_CARD]"#),
+        (r#"<td>\u003e4111111111111111\u003c/td>"#, r#"<td>\u003e[PAYMENT_CARD]\u003c/td>"#),
+        (r#"x\u0020123-45-6789"#, r#"x\u0020[US_SSN]"#),
+        (r#"{"n":"jos\u00e9@example.com"}"#, r#"{"n":"[EMAIL]"}"#),
+        (r#"\u003cjohn.doe@example.com\u003e"#, r#"\u003c[EMAIL]\u003e"#),
+    ] {
+        assert_eq!(m.mask_text(text, &mut Counts::new()), want, "{text}");
+    }
     // a letter that is not after a backslash still glues: ids stay
     assert_clean(&m, "order n4111111111111111 and x\\\\n4111111111111111z");
 }

@@ -413,6 +413,10 @@ fn numbers_inside_tool_call_arguments_are_masked() {
         (r#"{"card_number":4111111111111111,"amount":12}"#, json!({"card_number": "[PAYMENT_CARD]", "amount": 12})),
         ("4111111111111111", json!("[PAYMENT_CARD]")),
         (r#"[5555555555554444, 3.5, 1700000000000]"#, json!(["[PAYMENT_CARD]", 3.5, 1700000000000u64])),
+        // the same integer written with a fraction or an exponent
+        (r#"[4111111111111111.0, 4.111111111111111e15, 4111111111111111E+0, 41111111111111110e-1, 1.5e3]"#,
+         json!(["[PAYMENT_CARD]", "[PAYMENT_CARD]", "[PAYMENT_CARD]", "[PAYMENT_CARD]", 1.5e3])),
+
     ] {
         let body = json!({"n": 4111111111111111u64, "choices": [{"message": {"tool_calls": [{"function": {"name": "f", "arguments": args}}]}}]});
         let (out, _) = mask(&m, &body.to_string());
@@ -420,6 +424,16 @@ fn numbers_inside_tool_call_arguments_are_masked() {
         assert_eq!(v["n"], json!(4111111111111111u64), "numbers outside arguments are left alone");
         let got: Value = serde_json::from_str(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(got, want, "{args}");
+    }
+}
+
+/// Numbers with extreme exponents inside arguments are left alone (and
+/// never overflow the digit arithmetic).
+#[test]
+fn extreme_numbers_inside_arguments_are_left_alone() {
+    let m = masker(json!({}));
+    for args in ["[1e-2147483648, 1e2147483647, -0.0e-0, 0e5, 1E-0, 9.99e-400]", "-2147483648e-2147483648"] {
+        assert_eq!(m.mask_tool_arguments(args, &mut Counts::new()), args);
     }
 }
 

@@ -148,11 +148,30 @@ fn glued_before(s: &[u8], i: usize) -> bool {
     word_before(s, i) || ((p == b'.' || p == b'-') && alnum(back(s, i, 2)))
 }
 
-/// Whether the byte before `i` is a lowercase letter that ends an escape
-/// (`\n`, `\t`: JSON held in a text field): a break, not part of a word.
+/// Whether an escape ends right before `i` (JSON held in a text field): a
+/// letter after `\` (`\n`, `\t`) or `\uXXXX` — a break, not part of a word.
 #[inline]
 fn escape_before(s: &[u8], i: usize) -> bool {
-    back(s, i, 1).is_ascii_lowercase() && back(s, i, 2) == b'\\'
+    (back(s, i, 1).is_ascii_lowercase() && back(s, i, 2) == b'\\') || unicode_escape_before(s, i).is_some()
+}
+
+/// The character of a `\uXXXX` escape that ends right before `i`.
+#[inline(always)]
+fn unicode_escape_before(s: &[u8], i: usize) -> Option<char> {
+    if back(s, i, 6) != b'\\' {
+        return None;
+    }
+    decode_unicode_escape(s, i)
+}
+
+#[cold]
+#[inline(never)]
+fn decode_unicode_escape(s: &[u8], i: usize) -> Option<char> {
+    if i < 6 || back(s, i, 5) != b'u' {
+        return None;
+    }
+    let hex = std::str::from_utf8(s.get(i - 4..i)?).ok()?;
+    char::from_u32(u32::from_str_radix(hex, 16).ok()?)
 }
 
 /// Whether a word byte (`[A-Za-z0-9_]`) glues onto position `i` from the left.
@@ -563,9 +582,21 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     let local = |b: u8| alnum(b) || b >= 0x80 || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
     let mut st = a;
     let mut ascii = true;
-    while st > 0 && local(back(s, st, 1)) && !escape_before(s, st) {
-        st -= 1;
-        ascii &= at(s, st) < 0x80;
+    loop {
+        // `\u00e9` (é) is part of the address, `\u003c` (<) and `\n` end it
+        if let Some(c) = unicode_escape_before(s, st) {
+            if c.is_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-') {
+                st -= 6;
+                ascii = false;
+            } else {
+                break;
+            }
+        } else if st > 0 && local(back(s, st, 1)) && !escape_before(s, st) {
+            st -= 1;
+            ascii &= at(s, st) < 0x80;
+        } else {
+            break;
+        }
         if a - st > 64 {
             return None;
         }
@@ -780,23 +811,21 @@ enum Pem {
 
 /// PEM private key (RFC 7468) at `i`: from the `-----BEGIN … PRIVATE
 /// KEY-----` line through the matching `-----END … PRIVATE KEY-----` line
-/// when it follows within [`PEM_WINDOW`] bytes; without a footer, the header
-/// and the base64 lines right after it.
-fn pem(s: &[u8], i: usize, at_end: bool) -> Option<Pem> {
+/// when it follows within [`PEM_WINDOW`] bytes and before any other
+/// `-----BEGIN ` header; without a footer, the header and the base64 lines
+/// right after it. Open (in a stream) while neither a footer, another
+/// header nor the end of the window has come.
+fn pem(s: &[u8], i: usize, at_end: bool, st: &mut ScanState) -> Option<Pem> {
     let hdr_end = pem_line(s, i, b"-----BEGIN ")?;
-    let limit = (i + PEM_WINDOW).min(s.len());
-    let region = s.get(hdr_end..limit)?;
-    let mut from = 0usize;
-    while let Some(off) = region.get(from..).and_then(|r| r.windows(9).position(|w| w == b"-----END ")) {
-        let p = hdr_end + from + off;
-        if let Some(e) = pem_line(s, p, b"-----END ") {
-            if e <= limit {
-                return Some(Pem::Found(e));
-            }
+    // a block ends before the next armor header: the window stops there
+    let next_begin = st.begin.next(s, hdr_end, false).map(|(p, _)| p);
+    let limit = (i + PEM_WINDOW).min(s.len()).min(next_begin.unwrap_or(usize::MAX));
+    if let Some((_, e)) = st.footer.next(s, hdr_end, true) {
+        if e <= limit {
+            return Some(Pem::Found(e));
         }
-        from += off + 1;
     }
-    if !at_end && s.len() < i + PEM_WINDOW {
+    if !at_end && next_begin.is_none() && s.len() < i + PEM_WINDOW {
         return Some(Pem::Open);
     }
     // No footer: header plus the base64 body lines that follow it.
@@ -830,7 +859,7 @@ fn pem(s: &[u8], i: usize, at_end: bool) -> Option<Pem> {
 /// Returns the start of the first open PEM block, if any.
 pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
     let mut open = None;
-    let mut ipv6_done = 0usize;
+    let mut st = ScanState::default();
     let mut i = 0usize;
     let mut carry = Carry::default();
     while i < s.len() {
@@ -840,11 +869,57 @@ pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_
         while trig != 0 {
             let k = trig.trailing_zeros() as usize;
             trig &= trig - 1;
-            anchor(en, s, i + k, at(s, i + k), open_from, &mut ipv6_done, &mut open, base, out);
+            anchor(en, s, i + k, at(s, i + k), open_from, &mut st, &mut open, base, out);
         }
         i += 16;
     }
     open
+}
+
+/// What one scan of a text remembers between anchors.
+#[derive(Default)]
+struct ScanState {
+    /// IPv6 candidates end here (no new one starts inside).
+    ipv6_done: usize,
+    /// The last search for a valid PEM footer line.
+    footer: NextLine,
+    /// The last search for a `-----BEGIN ` (any armor header).
+    begin: NextLine,
+}
+
+/// The first line at or after `from` that starts with a PEM armor lead
+/// (`(start, end)`; for footers, the first valid `-----END … PRIVATE
+/// KEY-----` line), remembered so that many headers without a footer do not
+/// each search the same window again (that made the scan quadratic).
+#[derive(Default)]
+struct NextLine {
+    searched: bool,
+    from: usize,
+    found: Option<(usize, usize)>,
+}
+
+impl NextLine {
+    /// `footer`: find a valid `-----END ` line; else any `-----BEGIN `.
+    fn next(&mut self, s: &[u8], from: usize, footer: bool) -> Option<(usize, usize)> {
+        if self.searched && self.from <= from && self.found.is_none_or(|(p, _)| p >= from) {
+            return self.found;
+        }
+        let lead: &[u8] = if footer { b"-----END " } else { b"-----BEGIN " };
+        let mut f = from;
+        let found = loop {
+            let Some(off) = s.get(f..).and_then(|r| r.windows(lead.len()).position(|w| w == lead)) else { break None };
+            let p = f + off;
+            if !footer {
+                break Some((p, p + lead.len()));
+            }
+            if let Some(e) = pem_line(s, p, lead) {
+                break Some((p, e));
+            }
+            f = p + 1;
+        };
+        *self = NextLine { searched: true, from, found };
+        found
+    }
 }
 
 /// The previous block's masks, for [`anchor_bits`] (bit 15: its last byte).
@@ -867,7 +942,9 @@ pub(crate) struct Carry {
 #[inline(always)]
 pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry) -> u16 {
     let mut trig = m.trig & valid;
-    if trig & m.dig != 0 {
+    // near a `\` (an escape, `\u00a0` included) every digit stays an anchor:
+    // the detectors' own boundary checks decide
+    if trig & m.dig != 0 && (m.bs | carry.bs) == 0 {
         // byte k's left neighbour(s), carried over from the previous block
         let p = *carry;
         let prev = |x: u16, p: u16| (x << 1) | (p >> 15);
@@ -888,23 +965,23 @@ pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry
 /// [`anchor_bits`], in order) are already known.
 pub(crate) fn scan_at(en: &Enabled, s: &[u8], positions: &[usize], out: &mut Vec<Cand>) {
     let mut open = None;
-    let mut ipv6_done = 0usize;
+    let mut st = ScanState::default();
     for &i in positions {
-        anchor(en, s, i, at(s, i), usize::MAX, &mut ipv6_done, &mut open, 0, out);
+        anchor(en, s, i, at(s, i), usize::MAX, &mut st, &mut open, 0, out);
     }
 }
 
 /// Handles the anchor byte `b` at `i` (see [`scan`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: &mut usize, open: &mut Option<usize>, base: usize, out: &mut Vec<Cand>) {
+fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut ScanState, open: &mut Option<usize>, base: usize, out: &mut Vec<Cand>) {
     let push = |start: usize, end: usize, det: u16, out: &mut Vec<Cand>| {
         out.push(Cand { start: base + start, end: base + end, det });
     };
     {
         match b {
             b'0'..=b'9' => {
-                if digit(back(s, i, 1)) {
+                if digit(back(s, i, 1)) && unicode_escape_before(s, i).is_none() {
                     return;
                 }
                 numeric(en, s, i, &mut |st, e, d| push(st, e, d, out));
@@ -944,7 +1021,7 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
                 }
                 if back(s, i, 1) != b'-' && at(s, i + 5) == b'B' {
                     if let Some(d) = en.get(Builtin::PrivateKey) {
-                        match pem(s, i, base + i < open_from) {
+                        match pem(s, i, base + i < open_from, state) {
                             Some(Pem::Found(e)) => push(i, e, d, out),
                             Some(Pem::Open) if open.is_none() => *open = Some(base + i),
                             _ => {}
@@ -1001,13 +1078,13 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, ipv6_done: 
                 }
             }
             b':' => {
-                if i < *ipv6_done {
+                if i < state.ipv6_done {
                     return;
                 }
                 if let Some(d) = en.get(Builtin::Ipv6) {
                     if let Some((st, e)) = ipv6(s, i) {
                         push(st, e, d, out);
-                        *ipv6_done = e;
+                        state.ipv6_done = e;
                     }
                 }
             }

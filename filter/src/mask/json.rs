@@ -471,7 +471,10 @@ enum Special {
 /// when a detector finds a value in it.
 #[inline(never)]
 fn mask_number(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, w: &mut Writer, counts: &mut Counts) {
-    let s = text.get(pos..end).unwrap_or("");
+    let raw = text.get(pos..end).unwrap_or("");
+    // `4111111111111111.0` and `4.111111111111111e15` are that integer too
+    let integer = integer_digits(raw);
+    let s = integer.as_deref().unwrap_or(raw);
     let mut cands = Vec::new();
     if inner.find(s, &mut cands) {
         w.copy_to(src, pos);
@@ -479,6 +482,37 @@ fn mask_number(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, w:
         w.copied = end;
         w.changed = true;
     }
+}
+
+/// The digits of a JSON number written with a fraction or an exponent whose
+/// value is an integer of at most 24 digits (`-41.5e1` → `-415`); `None`
+/// for plain integers and other numbers.
+fn integer_digits(num: &str) -> Option<String> {
+    let (sign, rest) = num.strip_prefix('-').map_or(("", num), |r| ("-", r));
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(k) => (rest.get(..k)?, rest.get(k + 1..)?.trim_start_matches('+').parse::<i32>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if mantissa.len() == rest.len() && !mantissa.contains('.') {
+        return None;
+    }
+    let mut digits = format!("{int}{frac}");
+    let shift = exp.checked_sub(i32::try_from(frac.len()).ok()?)?;
+    if shift >= 0 {
+        if digits.len() + usize::try_from(shift).ok()? > 24 {
+            return None;
+        }
+        digits.extend(std::iter::repeat_n('0', usize::try_from(shift).ok()?));
+    } else {
+        let cut = digits.len().checked_sub(usize::try_from(shift.unsigned_abs()).ok()?)?;
+        if !digits.get(cut..)?.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        digits.truncate(cut);
+    }
+    let digits = digits.trim_start_matches('0');
+    (!digits.is_empty() && digits.len() <= 24).then(|| format!("{sign}{digits}"))
 }
 
 /// The string value `src[pos..=end]` (quotes at `pos` and `end`) of an
