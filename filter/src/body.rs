@@ -93,22 +93,38 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 /// as a string or parts' `text`/`refusal`, `refusal`, tool-call arguments
 /// as JSON: [`Masker::mask_tool_arguments`]) and `prediction.content`;
 /// legacy completions `prompt` (a string or an array of strings) and
-/// `suffix`; Responses API `instructions` and `input` (a string, or items
-/// read like chat messages, plus tool `output`, custom tool `input`,
-/// reasoning `summary[].text`, function-call `arguments`). Every other
-/// member is sent as it came (`logprobs: true` included).
+/// `suffix`; Responses API `instructions`, `prompt.variables` and `input`
+/// (a string, or items read like chat messages, plus tool `output`, custom
+/// tool `input`, reasoning `summary[].text`, function-call `arguments`);
+/// message `name`s and the end-user ids `user` and `safety_identifier`
+/// (often an email). Every other member is sent as it came (`logprobs:
+/// true` included).
 ///
 /// Errors: the body is not a JSON object.
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
     let text = |s: &mut String, counts: &mut Counts| *s = masker.mask_text(s, counts);
-    for key in ["prompt", "instructions", "suffix"] {
+    for key in ["prompt", "instructions", "suffix", "user", "safety_identifier"] {
         match obj.get_mut(key) {
             Some(Value::String(s)) => text(s, counts),
             Some(Value::Array(items)) if key == "prompt" => {
                 for s in items.iter_mut().filter_map(|i| if let Value::String(s) = i { Some(s) } else { None }) {
                     text(s, counts);
+                }
+            }
+            // Responses API reusable prompt: `{"id", "variables": {name: text or input_text}}`
+            Some(Value::Object(p)) if key == "prompt" => {
+                for v in p.get_mut("variables").and_then(Value::as_object_mut).into_iter().flat_map(|m| m.values_mut()) {
+                    match v {
+                        Value::String(s) => text(s, counts),
+                        Value::Object(part) => {
+                            if let Some(Value::String(s)) = part.get_mut("text") {
+                                text(s, counts);
+                            }
+                        }
+                        _ => {}
+                    }
                 }
             }
             _ => {}
@@ -137,6 +153,9 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
 /// arguments in `arguments`, `function_call.arguments` and
 /// `tool_calls[].function.arguments`.
 fn prompt_item(masker: &Masker, item: &mut serde_json::Map<String, Value>, counts: &mut Counts) {
+    if let Some(Value::String(s)) = item.get_mut("name") {
+        *s = masker.mask_text(s, counts);
+    }
     for key in ["content", "refusal", "output", "input", "summary"] {
         match item.get_mut(key) {
             Some(Value::String(s)) => *s = masker.mask_text(s, counts),

@@ -379,8 +379,9 @@ fn prompts_of_every_openai_request_shape_are_masked() {
     let a: Value = serde_json::from_str(out["messages"][2]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(a, json!({"to": "[EMAIL]", "note": "x\n[PAYMENT_CARD]"}));
     assert_eq!(out["messages"][3]["content"], "sent to [EMAIL]");
-    assert_eq!((out["logprobs"].clone(), out["user"].clone()), (json!(true), json!(e)), "other members are left alone");
-    assert_eq!(n, 5);
+    assert_eq!(out["logprobs"], json!(true), "other members are left alone");
+    assert_eq!(out["user"], "[EMAIL]", "the end-user id is often an email");
+    assert_eq!(n, 6);
     // legacy completions
     let (out, _) = run(json!({"prompt": format!("to {e}")}));
     assert_eq!(out["prompt"], "to [EMAIL]");
@@ -493,4 +494,11 @@ fn prompt_refusals_predictions_summaries_and_tool_inputs_are_masked() {
     let out = String::from_utf8(mask_prompt(&m, body.to_string().as_bytes(), &mut counts).unwrap()).unwrap();
     assert!(!out.contains("jane"), "{out}");
     assert_eq!(counts.get("email"), Some(&8));
+    // end-user ids, message names, reusable prompt variables
+    let body = json!({"user": e, "safety_identifier": e, "messages": [{"role": "user", "name": e, "content": "hi"}],
+                      "prompt": {"id": "pmpt_1", "variables": {"who": e, "doc": {"type": "input_text", "text": format!("to {e}")}, "n": 3}}});
+    let mut counts = Counts::new();
+    let out: Value = serde_json::from_slice(&mask_prompt(&m, body.to_string().as_bytes(), &mut counts).unwrap()).unwrap();
+    assert!(!out.to_string().contains("jane"), "{out}");
+    assert_eq!((counts.get("email"), &out["prompt"]["id"], &out["prompt"]["variables"]["n"]), (Some(&5), &json!("pmpt_1"), &json!(3)));
 }
