@@ -930,8 +930,6 @@ pub(crate) struct Carry {
     join: u16,
     us: u16,
     bs: u16,
-    /// Lowercase letters that follow a `\` (escapes such as `\n`).
-    esc: u16,
 }
 
 /// The bytes of a block (within `valid`) where [`scan`] runs a detector:
@@ -942,22 +940,17 @@ pub(crate) struct Carry {
 #[inline(always)]
 pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry) -> u16 {
     let mut trig = m.trig & valid;
-    // near a `\` (an escape, `\u00a0` included) every digit stays an anchor:
-    // the detectors' own boundary checks decide
+    // near a `\` (an escape: `\n4111…`, `\u00a04111…`, at most 6 bytes back)
+    // every digit stays an anchor: the detectors' own boundary checks decide
     if trig & m.dig != 0 && (m.bs | carry.bs) == 0 {
         // byte k's left neighbour(s), carried over from the previous block
         let p = *carry;
         let prev = |x: u16, p: u16| (x << 1) | (p >> 15);
         let prev2 = |x: u16, p: u16| (x << 2) | (p >> 14);
-        // a letter right after `\` ends an escape (`\n`): the digit after it starts a token
-        let esc = m.low & prev(m.bs, p.bs);
-        let glued = prev((m.low & !esc) | m.us, (p.low & !p.esc) | p.us) | (prev(m.join, p.join) & prev2(m.dig | m.low, p.dig | p.low));
+        let glued = prev(m.low | m.us, p.low | p.us) | (prev(m.join, p.join) & prev2(m.dig | m.low, p.dig | p.low));
         trig &= !(m.dig & (prev(m.dig, p.dig) | glued));
-        *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us, bs: m.bs, esc };
-        return trig;
     }
-    let esc = m.low & ((m.bs << 1) | (carry.bs >> 15));
-    *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us, bs: m.bs, esc };
+    *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us, bs: m.bs };
     trig
 }
 

@@ -462,7 +462,6 @@ impl Joiner {
             }
             Joiner::Withheld => {
                 *counts.entry("arguments".to_string()).or_insert(0) += 1;
-                *self = Joiner::Withheld;
                 json::WITHHELD_ARGUMENTS.as_bytes().to_vec()
             }
         }
