@@ -43,11 +43,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def body(size, dense):
     """A JSON search result of about `size` bytes; dense: every record holds an email, phone and card."""
-    recs, i = [], 0
-    while len(json.dumps({"result": recs})) < size:
+    recs, i, total = [], 0, len('{"result": []}')
+    while total < size:
         text = (f"contact user{i}@example.com or +1 415-555-{i % 10000:04d}, card 4111 1111 1111 1111"
                 if dense else f"chunk {i} of the onboarding runbook: restart the indexer and check the queue depth")
         recs.append({"id": i, "score": 0.5, "payload": {"text": text}})
+        total += len(json.dumps(recs[-1])) + (2 if i else 0)
         i += 1
     return json.dumps({"result": recs})
 
@@ -105,6 +106,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--latency-only", action="store_true", help="only the 1 KiB p50 comparison")
     a = ap.parse_args()
     key = Key("ES256", "m1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
@@ -126,7 +128,7 @@ def main():
                 raise RuntimeError(f"{kind}: unexpected body: " + check[:300])
         thr, lat = {}, {}
         for _ in range(a.rounds):
-            for name in SIZES:
+            for name in ([] if a.latency_only else SIZES):
                 for dense in ("clean", "pii"):
                     for kind in KINDS:
                         port, pid = gws[kind]
@@ -145,7 +147,7 @@ def main():
     print("| body | req/s passthrough / no-mask / mask | CPU us passthrough / no-mask / mask "
           "| masking MB/s per core | nhi-gate MB/s per core |")
     print("|---|---|---|---|---|")
-    for name in SIZES:
+    for name in ([] if a.latency_only else SIZES):
         for dense in ("clean", "pii"):
             r = {k: [med([x[i] for x in thr[(name, dense, k)]]) for i in range(3)] for k in KINDS}
             size = len(body(SIZES[name], dense == "pii"))
@@ -154,14 +156,27 @@ def main():
             mbs = lambda us: f"{size / us:.0f}" if us > 0 else "n/a"  # noqa: E731  (bytes/us = MB/s)
             print(f"| {dense} {name} | {r['passthrough'][0]:.0f} / {r['no-mask'][0]:.0f} / {r['mask'][0]:.0f} "
                   f"| {r['passthrough'][2]:.1f} / {r['no-mask'][2]:.1f} / {r['mask'][2]:.1f} | {mbs(mask_us)} | {mbs(gate_us)} |")
-    print(f"\nlatency: 1 KiB bodies, wrk -c1 (back-to-back requests), {a.rounds} rounds x {a.seconds}s, medians of p50\n")
+    print(f"\nlatency: 1 KiB bodies, wrk -c1 (back-to-back requests), {a.rounds} rounds x {a.seconds}s; p50: median over rounds; "
+          "ratios: median of the per-round ratios (range)\n")
     print("| body | p50 ms passthrough | p50 ms wasm-noop | p50 ms no-mask | p50 ms mask "
           "| wasm-noop / passthrough | mask / no-mask | mask / passthrough |")
     print("|---|---|---|---|---|---|---|---|")
+    # ratios: per round (the gateways of a round ran back to back), then the
+    # median over rounds, with the range
+    def ratio(dense, a, b):
+        rs = sorted(x[1] / y[1] for x, y in zip(lat[(dense, a)], lat[(dense, b)]))
+        return f"{med(rs):.3f}x ({rs[0]:.2f}-{rs[-1]:.2f})"
     for dense in ("clean", "pii"):
         p = {k: med([x[1] for x in lat[(dense, k)]]) for k in gws}
         print(f"| {dense} 1k | {p['passthrough']:.3f} | {p['wasm-noop']:.3f} | {p['no-mask']:.3f} | {p['mask']:.3f} "
-              f"| {p['wasm-noop'] / p['passthrough']:.3f}x | {p['mask'] / p['no-mask']:.3f}x | {p['mask'] / p['passthrough']:.3f}x |")
+              f"| {ratio(dense, 'wasm-noop', 'passthrough')} | {ratio(dense, 'mask', 'no-mask')} "
+              f"| {ratio(dense, 'mask', 'passthrough')} |")
+    print("\nCPU us per request at one connection (same runs, medians)\n")
+    print("| body | passthrough | wasm-noop | no-mask | mask |")
+    print("|---|---|---|---|---|")
+    for dense in ("clean", "pii"):
+        c = {k: med([x[2] for x in lat[(dense, k)]]) for k in gws}
+        print(f"| {dense} 1k | {c['passthrough']:.1f} | {c['wasm-noop']:.1f} | {c['no-mask']:.1f} | {c['mask']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -243,6 +243,14 @@ fn main() {
     row!("mask_json bench_mask.py body, PII-dense 1 MiB", measure(env_dense.len(), min, || {
         black_box(m.mask_json(black_box(&env_dense), &mut counts).unwrap());
     }));
+    // the 1 KiB bodies of the latency comparison: per-call costs show here
+    let (small_clean, small_dense) = (envoy_bench_body(1 << 10, false), envoy_bench_body(1 << 10, true));
+    row!("mask_json_changes bench_mask.py body, clean 1 KiB", measure(small_clean.len(), min, || {
+        black_box(m.mask_json_changes(black_box(&small_clean), &mut counts).unwrap());
+    }));
+    row!("mask_json_changes bench_mask.py body, PII-dense 1 KiB", measure(small_dense.len(), min, || {
+        black_box(m.mask_json_changes(black_box(&small_dense), &mut counts).unwrap());
+    }));
     row!("mask_json clean (lex, then scan)", measure(clean_json.len(), min, || {
         black_box(m_nopf.mask_json(black_box(&clean_json), &mut counts).unwrap());
     }));

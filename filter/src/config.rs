@@ -454,7 +454,7 @@ pub struct Resource {
     /// Whether to set `x-nhi-subject` and `x-nhi-groups` upstream.
     pub identity_headers: bool,
     /// PII masking of bodies, if enabled for this resource.
-    pub mask: Option<ResourceMask>,
+    pub mask: Option<std::rc::Rc<ResourceMask>>,
     /// Out-of-band approval of some requests, if enabled for this resource.
     pub approval: Option<std::rc::Rc<Approval>>,
     /// Token (and request) budget per identity per window, if enabled for this resource.
@@ -1053,13 +1053,13 @@ impl RawConfig {
                         errs.add(format!("{mat}.content_types[{j}]"), "use a media type (text/plain) or a suffix (+json)");
                     }
                 }
-                ResourceMask {
+                std::rc::Rc::new(ResourceMask {
                     responses: m.responses,
                     requests,
                     content_types,
                     max_buffer_bytes: m.max_buffer_bytes,
                     reject_over_limit,
-                }
+                })
             });
             let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a)));
             let quota = r.quota.map(|q| std::rc::Rc::new(quota(&mut errs, &format!("{at}.quota"), q)));

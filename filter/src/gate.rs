@@ -134,7 +134,7 @@ pub struct Plan {
     /// Headers to set (replacing any value).
     pub set: Vec<(String, String)>,
     /// Masking settings of the resource, when its bodies are masked.
-    pub mask: Option<crate::config::ResourceMask>,
+    pub mask: Option<std::rc::Rc<crate::config::ResourceMask>>,
     /// Set when the request must be held for approval before it is forwarded.
     pub hold: Option<Ticket>,
     /// Set when the resource has a token quota: checked before forwarding, debited after.

@@ -1337,7 +1337,16 @@ struct Stream {
 }
 
 /// Masking settings of one allowed stream: the resource's mask and the request method.
-type MaskedStream = (ResourceMask, String);
+type MaskedStream = (Rc<ResourceMask>, String);
+
+/// The response headers masking looks at.
+#[derive(Default)]
+struct ResponseHead {
+    /// `:status`; 0 when missing or not a number.
+    status: u32,
+    ctype: Option<Vec<u8>>,
+    cenc: Option<Vec<u8>>,
+}
 
 /// What happens to the response body of one stream.
 enum Response {
@@ -1381,9 +1390,9 @@ impl Context for Stream {
                 }
             }
         }
-        if !self.counts.is_empty() {
+        if !self.counts.is_empty() && log::log_enabled!(log::Level::Debug) {
             let summary: Vec<String> = self.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            log::info!("masked context={} {}", self.context_id, summary.join(" "));
+            log::debug!("masked context={} {}", self.context_id, summary.join(" "));
         }
         true
     }
@@ -1663,13 +1672,32 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_headers(&mut self, n: usize, eos: bool) -> Action {
-        let ctype = self.get_http_response_header_bytes("content-type").unwrap_or_default().to_ascii_lowercase();
+    fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
+        let masker = self.masker();
+        // one host call: the content type alone, or (masked) the three headers
+        // masking needs (names are lowercase in Envoy)
+        let mut head = ResponseHead::default();
+        if masker.is_some() {
+            for (name, value) in self.get_http_response_headers_bytes() {
+                match name.as_str() {
+                    ":status" => head.status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                    "content-type" => head.ctype = Some(value),
+                    "content-encoding" => head.cenc = Some(value),
+                    _ => {}
+                }
+            }
+        } else {
+            head.ctype = self.get_http_response_header_bytes("content-type");
+        }
+        let ctype = head.ctype.as_deref().unwrap_or_default().to_ascii_lowercase();
         let usage_body = ctype.windows(4).any(|w| w == b"json") || ctype.windows(12).any(|w| w == b"event-stream");
         if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
             d.usage_body = usage_body;
         }
-        let action = self.response_headers(n, eos);
+        let action = match masker {
+            Some(m) => self.response_headers(m, head, eos),
+            None => Action::Continue,
+        };
         if eos && action == Action::Continue {
             self.response_done();
         }
@@ -1695,19 +1723,11 @@ impl HttpContext for Stream {
 }
 
 impl Stream {
-    fn response_headers(&mut self, _n: usize, eos: bool) -> Action {
-        let Some((masker, settings)) = self.masker() else { return Action::Continue };
+    /// Response headers of a stream whose bodies are masked (`masker`, its
+    /// settings): decides how the body is handled.
+    fn response_headers(&mut self, (masker, settings): (Rc<Masker>, Rc<MaskedStream>), head: ResponseHead, eos: bool) -> Action {
         let (m, method) = (&settings.0, &settings.1);
-        // one host call for the three headers (names are lowercase in Envoy)
-        let (mut status, mut ctype, mut cenc) = (0u32, None, None);
-        for (name, value) in self.get_http_response_headers_bytes() {
-            match name.as_str() {
-                ":status" => status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-                "content-type" => ctype = Some(value),
-                "content-encoding" => cenc = Some(value),
-                _ => {}
-            }
-        }
+        let ResponseHead { status, ctype, cenc } = head;
         let mode = body::response_mode(m, method, status, ctype.as_deref());
         if mode == BodyMode::Pass {
             return Action::Continue;
