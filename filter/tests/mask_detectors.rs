@@ -258,6 +258,73 @@ fn iban() {
     }
 }
 
+/// Documents typeset by word processors or rendered from HTML group digits
+/// with no-break, narrow no-break, figure or thin spaces and with Unicode
+/// hyphens; the digit detectors take them as separators of the same class
+/// as ASCII space and `-`.
+#[test]
+fn digit_groups_with_unicode_separators() {
+    let m = masker(json!({}));
+    for (v, label) in [
+        ("4111\u{a0}1111\u{a0}1111\u{a0}1111", "payment_card"),
+        ("4111\u{202f}1111\u{202f}1111\u{202f}1111", "payment_card"),
+        ("4111\u{2007}1111\u{2007}1111\u{2007}1111", "payment_card"),
+        ("3782\u{2009}822463\u{2009}10005", "payment_card"),
+        ("4111\u{2011}1111\u{2011}1111\u{2011}1111", "payment_card"),
+        ("4111 1111\u{a0}1111 1111", "payment_card"),
+        ("123\u{2011}45\u{2011}6789", "us_ssn"),
+        ("123\u{2013}45\u{2013}6789", "us_ssn"),
+        ("01\u{a0}23\u{a0}45\u{a0}67\u{a0}89", "phone"),
+        ("+33\u{a0}1\u{a0}23\u{a0}45\u{a0}67\u{a0}89", "phone"),
+        ("+33\u{202f}1\u{202f}23\u{202f}45\u{202f}67\u{202f}89", "phone"),
+        ("+44\u{a0}20\u{a0}7946\u{a0}0958", "phone"),
+        ("415\u{2011}555\u{2011}0134", "phone"),
+        ("(415)\u{a0}555\u{2011}0134", "phone"),
+        ("1\u{2010}800\u{2010}555\u{2010}0199", "phone"),
+        ("DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00", "iban"),
+        ("FR14\u{202f}2004\u{202f}1010\u{202f}0505\u{202f}0001\u{202f}3M02\u{202f}606", "iban"),
+    ] {
+        assert_found(&m, v, label);
+    }
+    for t in [
+        // Luhn or mod-97 fails
+        "4111\u{a0}1111\u{a0}1111\u{a0}1112",
+        "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}01",
+        // mixed classes: a space and a hyphen
+        "4111\u{a0}1111\u{2011}1111\u{a0}1111",
+        "415\u{2011}555\u{a0}0134",
+        // SSN with spaces, dates, ranges, amounts in French and Swiss formats
+        "123\u{a0}45\u{a0}6789",
+        "2024\u{2013}01\u{2013}15",
+        "pages 100\u{2013}200",
+        "1\u{a0}000\u{a0}000\u{a0}000\u{a0}000\u{a0}000 €",
+        "4\u{202f}111\u{202f}111\u{202f}111\u{202f}111\u{202f}111,00\u{a0}€",
+        "CHF 12\u{2009}345\u{2009}678.90",
+        // a digit run glued to a letter after a separator stays a word
+        "4111\u{a0}1111\u{a0}1111\u{a0}1111x",
+        // other Unicode spaces are not separators
+        "4111\u{3000}1111\u{3000}1111\u{3000}1111",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
+fn unicode_separators_in_json_strings_and_hash_redaction() {
+    // `\u00a0` in a JSON string decodes to a no-break space
+    let m = masker(json!({}));
+    let mut counts = Counts::new();
+    let out = m.mask_json(br#"{"t":"card 4111\u00a01111\u00a01111\u00a01111, call 01\u202f23\u202f45\u202f67\u202f89"}"#, &mut counts).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v, json!({"t": "card [PAYMENT_CARD], call [PHONE]"}));
+    // keyed hash: the same value with other separators gives the same token
+    let h = masker(json!({"hash_key": "k".repeat(32), "per_detector": {"payment_card": "hash", "iban": "hash"}}));
+    let token = |s: &str| h.mask_text(s, &mut Counts::new());
+    assert_eq!(token("4111\u{a0}1111\u{a0}1111\u{a0}1111"), token("4111 1111 1111 1111"));
+    assert_eq!(token("DE89\u{202f}3704\u{202f}0044\u{202f}0532\u{202f}0130\u{202f}00"), token("DE89370400440532013000"));
+    assert_ne!(token("DE89\u{202f}3704\u{202f}0044\u{202f}0532\u{202f}0130\u{202f}00"), token("4111 1111 1111 1111"));
+}
+
 #[test]
 fn ip_addresses_are_opt_in() {
     let default = masker(json!({}));

@@ -46,6 +46,11 @@ const PII: &[&str] = &[
     "+14155550134",
     "DE89 3704 0044 0532 0130 00",
     "GB82WEST12345698765432",
+    // typeset separators: no-break space, narrow no-break space, non-breaking hyphen
+    "4111\u{a0}1111\u{a0}1111\u{a0}1111",
+    "01\u{202f}23\u{202f}45\u{202f}67\u{202f}89",
+    "123\u{2011}45\u{2011}6789",
+    "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00",
     "AKIAIOSFODNN7EXAMPLE",
     "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
     "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z_AbC-dEf",

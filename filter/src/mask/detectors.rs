@@ -193,6 +193,48 @@ fn glued_after(s: &[u8], e: usize) -> bool {
     word(n) || ((n == b'.' || n == b'-') && alnum(at(s, e + 1)))
 }
 
+/// A digit-group separator at `i`: its class (`b' '`, `b'-'` or `b'.'`)
+/// and length in bytes. Besides ASCII space, `-` and `.`, the Unicode
+/// spaces and hyphens that typeset documents put between digit groups
+/// (word processors, HTML `&nbsp;`, French and Swiss number formats):
+/// U+00A0 no-break space, U+2007 figure space, U+2009 thin space, U+202F
+/// narrow no-break space (class space); U+2010 hyphen, U+2011 non-breaking
+/// hyphen, U+2012 figure dash, U+2013 en dash (class `-`).
+#[inline(always)]
+fn sep_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
+    match at(s, i) {
+        c @ (b' ' | b'-' | b'.') => Some((c, 1)),
+        c => wide_sep_at(s, i, c),
+    }
+}
+
+/// [`sep_at`] for the multi-byte separators (`c`: the byte at `i`; other
+/// bytes give `None` at once).
+#[inline(always)]
+fn wide_sep_at(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
+    if c < 0xC2 {
+        return None;
+    }
+    wide_sep(s, i, c)
+}
+
+#[cold]
+#[inline(never)]
+fn wide_sep(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
+    match (c, at(s, i + 1), at(s, i + 2)) {
+        (0xC2, 0xA0, _) => Some((b' ', 2)),
+        (0xE2, 0x80, 0x87 | 0x89 | 0xAF) => Some((b' ', 3)),
+        (0xE2, 0x80, 0x90..=0x93) => Some((b'-', 3)),
+        _ => None,
+    }
+}
+
+/// The separator (see [`sep_at`]) that ends right before `i`.
+#[inline]
+fn sep_before(s: &[u8], i: usize) -> Option<(u8, usize)> {
+    (1..=3).find_map(|k| i.checked_sub(k).and_then(|j| sep_at(s, j)).filter(|(_, l)| *l == k))
+}
+
 fn count_while(s: &[u8], from: usize, max: usize, f: impl Fn(u8) -> bool) -> usize {
     s.get(from..).map_or(0, |r| r.iter().take(max).take_while(|b| f(**b)).count())
 }
@@ -287,9 +329,10 @@ fn iban_len(cc: [u8; 2]) -> Option<usize> {
 // ---------------------------------------------------------------- detectors
 
 /// Payment card at a digit-run start `i`: 13–19 digits, either contiguous or
-/// in groups separated by one space or one dash (the same separator
-/// throughout; groups of 3–6 digits except the last), passing the brand
-/// table and Luhn. Returns the end of the longest valid span.
+/// in groups separated by one space or one dash (or a Unicode space or
+/// hyphen, see [`sep_at`]; the same class throughout; groups of 3–6 digits
+/// except the last), passing the brand table and Luhn. Returns the end of
+/// the longest valid span.
 fn card(s: &[u8], i: usize) -> Option<usize> {
     // (end, total digits, group length) per group
     // groups before the last have 3..=6 digits, so at most 7 groups matter
@@ -310,15 +353,21 @@ fn card(s: &[u8], i: usize) -> Option<usize> {
             None => break,
         }
         ng += 1;
-        let c = at(s, pos);
         if !(3..=6).contains(&glen) {
             break;
         }
+        let c = at(s, pos);
         if (c == b' ' || c == b'-') && digit(at(s, pos + 1)) && (sep == 0 || sep == c) {
             sep = c;
             pos += 1;
         } else {
-            break;
+            match wide_sep_at(s, pos, c) {
+                Some((c, l)) if digit(at(s, pos + l)) && (sep == 0 || sep == c) => {
+                    sep = c;
+                    pos += l;
+                }
+                _ => break,
+            }
         }
     }
     for k in (0..ng).rev() {
@@ -348,20 +397,29 @@ fn card(s: &[u8], i: usize) -> Option<usize> {
     None
 }
 
-/// US SSN at `i`: `AAA-GG-SSSS` only; area not 000, 666 or 900–999, group
-/// not 00, serial not 0000.
+/// US SSN at `i`: `AAA-GG-SSSS` only (the dashes may be Unicode hyphens,
+/// see [`sep_at`]); area not 000, 666 or 900–999, group not 00, serial not
+/// 0000.
 fn ssn(s: &[u8], i: usize) -> Option<usize> {
-    let w = s.get(i..i + 11)?;
-    let shape = w.iter().enumerate().all(|(k, b)| if k == 3 || k == 6 { *b == b'-' } else { digit(*b) });
-    if !shape || glued_after(s, i + 11) {
+    if at(s, i + 3) == b'-' && at(s, i + 6) != b'-' && at(s, i + 6) < 0x80 {
+        // ASCII, not `AAA-GG-`: not an SSN
         return None;
     }
-    let num = |r: std::ops::Range<usize>| w.get(r).map_or(0, |d| d.iter().fold(0u32, |a, b| a * 10 + u32::from(b - b'0')));
-    let (area, group, serial) = (num(0..3), num(4..6), num(7..11));
-    if area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0 {
+    let num = |from: usize, n: usize| -> Option<u32> {
+        let d = s.get(from..from + n)?;
+        d.iter().all(|b| digit(*b)).then(|| d.iter().fold(0u32, |a, b| a * 10 + u32::from(b - b'0')))
+    };
+    let dash = |at: usize| sep_at(s, at).filter(|(c, _)| *c == b'-').map(|(_, l)| l);
+    let area = num(i, 3)?;
+    let g = i + 3 + dash(i + 3)?;
+    let group = num(g, 2)?;
+    let r = g + 2 + dash(g + 2)?;
+    let serial = num(r, 4)?;
+    let end = r + 4;
+    if glued_after(s, end) || area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0 {
         return None;
     }
-    Some(i + 11)
+    Some(end)
 }
 
 #[derive(Clone, Copy, Default)]
@@ -379,6 +437,7 @@ struct PGroup {
 /// E.164 (`+` and 8–15 digits, optional separators) or a national format
 /// with separators: NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`,
 /// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`.
+/// Separators may be Unicode spaces or hyphens (see [`sep_at`]).
 fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut pos = start;
     let plus = at(s, pos) == b'+';
@@ -388,7 +447,7 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut groups = [PGroup::default(); 8];
     let mut ng = 0usize;
     let mut sep = 0u8;
-    while ng < groups.len() && pos - start <= 32 {
+    while ng < groups.len() && pos - start <= 40 {
         let mut p = pos;
         let paren = at(s, p) == b'(';
         if paren {
@@ -417,6 +476,12 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
         if (c == b' ' || c == b'-' || c == b'.') && (digit(n) || (c == b' ' && n == b'(')) {
             sep = c;
             pos += 1;
+        } else if let Some((c, l)) = wide_sep_at(s, pos, c).filter(|(c, l)| {
+            let n = at(s, pos + l);
+            digit(n) || (*c == b' ' && n == b'(')
+        }) {
+            sep = c;
+            pos += l;
         } else if paren && digit(c) {
             sep = 0;
         } else {
@@ -546,13 +611,13 @@ fn ipv6(s: &[u8], i: usize) -> Option<(usize, usize)> {
 
 /// IBAN (ISO 13616) whose country code starts at `cc`: exact per-country
 /// length, uppercase, either contiguous or in groups of four separated by
-/// single spaces, MOD 97-10 check digits.
+/// single spaces (or Unicode spaces, see [`sep_at`]), MOD 97-10 check digits.
 fn iban(s: &[u8], cc: usize) -> Option<usize> {
     let want = iban_len([at(s, cc), at(s, cc + 1)])?;
     if !digit(at(s, cc + 2)) || !digit(at(s, cc + 3)) {
         return None;
     }
-    let spaced = at(s, cc + 4) == b' ';
+    let spaced = matches!(sep_at(s, cc + 4), Some((b' ', _)));
     let mut buf = [0u8; 34];
     let mut count = 0usize;
     let mut pos = cc;
@@ -562,8 +627,8 @@ fn iban(s: &[u8], cc: usize) -> Option<usize> {
             *buf.get_mut(count)? = c;
             count += 1;
             pos += 1;
-        } else if c == b' ' && spaced && count.is_multiple_of(4) && count > 0 {
-            pos += 1;
+        } else if let Some((b' ', l)) = sep_at(s, pos).filter(|_| spaced && count.is_multiple_of(4) && count > 0) {
+            pos += l;
         } else {
             return None;
         }
@@ -1111,10 +1176,12 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
     }
     let run_len = count_while(s, i, 20, digit);
     let nx = at(s, i + run_len);
+    // the separator after the run: its class, its length
+    let (nsep, nlen) = if matches!(nx, b' ' | b'-' | b'.') { (nx, 1) } else { wide_sep_at(s, i + run_len, nx).unwrap_or((0, 1)) };
     let first = at(s, i);
     if let Some(d) = en.get(Builtin::PaymentCard) {
         // every brand starts with 2..6
-        let shape = (13..=19).contains(&run_len) || ((3..=6).contains(&run_len) && (nx == b' ' || nx == b'-'));
+        let shape = (13..=19).contains(&run_len) || ((3..=6).contains(&run_len) && (nsep == b' ' || nsep == b'-'));
         if shape && (b'2'..=b'6').contains(&first) {
             if let Some(e) = card(s, i) {
                 push(i, e, d);
@@ -1122,14 +1189,14 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
         }
     }
     if let Some(d) = en.get(Builtin::UsSsn) {
-        if run_len == 3 && nx == b'-' {
+        if run_len == 3 && nsep == b'-' {
             if let Some(e) = ssn(s, i) {
                 push(i, e, d);
             }
         }
     }
     if let Some(d) = phone_d {
-        let after = i + run_len + 1;
+        let after = i + run_len + nlen;
         let next_group = digit(at(s, after)) || at(s, after) == b'(';
         // cheap shape checks before parsing: "1-800-…", "415-555-…", "020 7946 …"
         let shape = match run_len {
@@ -1140,8 +1207,16 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
         };
         // a national number is not the tail of a longer digit run grouped
         // the same way ("0044 0532 0130 01", "+0 415 555 0134")
-        let grouped = prev == nx && digit(back(s, i, 2));
-        if !phone_done && !grouped && shape && matches!(nx, b' ' | b'-' | b'.') {
+        let grouped = || {
+            if nlen == 1 {
+                prev == nx && digit(back(s, i, 2))
+            } else {
+                sep_before(s, i).is_some_and(|(_, l)| {
+                    l == nlen && (1..=l).all(|k| back(s, i, k) == at(s, i + run_len + l - k)) && digit(back(s, i, l + 1))
+                })
+            }
+        };
+        if !phone_done && shape && nsep != 0 && !grouped() {
             if let Some(e) = phone(s, i) {
                 push(i, e, d);
             }

@@ -784,7 +784,7 @@ fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
             s.extend(value.chars().filter(char::is_ascii_digit));
             Cow::Owned(s)
         }
-        Kind::Builtin(Builtin::Iban) => Cow::Owned(value.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_uppercase()).collect()),
+        Kind::Builtin(Builtin::Iban) => Cow::Owned(value.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect()),
         Kind::Builtin(Builtin::Email) => Cow::Owned(value.to_ascii_lowercase()),
         _ => Cow::Borrowed(value),
     }

@@ -9,7 +9,7 @@
 //! candidate value and before any `-----BEGIN … PRIVATE KEY-----` block whose
 //! footer has not arrived yet (for at most 32 KiB). Built-in values never
 //! contain whitespace except the spaced forms of cards, phones and IBANs (at
-//! most 45 bytes) and PEM blocks (held whole), and each built-in decides a
+//! most 58 bytes, with 3-byte Unicode separators) and PEM blocks (held whole), and each built-in decides a
 //! candidate from its whitespace-free token and at most three bytes around
 //! it, so the concatenated output is exactly what masking the whole text at
 //! once gives, however the stream is cut into chunks. A run without
