@@ -697,6 +697,61 @@ fn sse_email_and_card_split_across_tool_call_argument_fragments() {
     }
 }
 
+/// The deprecated `functions` API streams `delta.function_call.arguments`
+/// fragments; they are joined like tool-call arguments: held, masked as one
+/// JSON document, sent when the choice finishes (or at `[DONE]` when no
+/// finish chunk comes), however the bytes are cut.
+#[test]
+fn sse_legacy_function_call_arguments_are_joined_across_events() {
+    let m = masker(json!({}));
+    let args = r#"{"to":"jane.doe@example.com","card":4111111111111111,"note":"call +1 415-555-0134"}"#;
+    let splits = [9, 17, 40, 47, 70];
+    let mut frags = Vec::new();
+    let mut last = 0;
+    for s in splits.iter().chain([args.len()].iter()) {
+        frags.push(&args[last..*s]);
+        last = *s;
+    }
+    assert!(frags.iter().all(|f| !f.contains("jane.doe@example.com") && !f.contains("4111111111111111") && !f.contains("415-555-0134")));
+    let ev = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-fn1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    for finish in [true, false] {
+        let mut input = ev(json!({"role": "assistant", "content": null, "function_call": {"name": "send", "arguments": ""}}), Value::Null);
+        for f in &frags {
+            input += &ev(json!({"function_call": {"arguments": f}}), Value::Null);
+        }
+        if finish {
+            input += &ev(json!({}), json!("function_call"));
+        }
+        input += "data: [DONE]\n\n";
+        let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        for cuts in [vec![], (0..input.len()).collect::<Vec<_>>(), vec![5, 100, 101, 333, 334, 600]] {
+            let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+            assert_eq!(out, one);
+            let s = String::from_utf8(out).unwrap();
+            assert!(!s.contains("jane") && !s.contains("4111") && !s.contains("0134"), "{s}");
+            let events = parse_sse(&s);
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+            let mut joined = String::new();
+            for data in &events[..events.len() - 1] {
+                let v: Value = serde_json::from_str(data).expect("chunk JSON");
+                assert_eq!(v["id"], "chatcmpl-fn1");
+                if let Some(a) = v["choices"][0]["delta"]["function_call"]["arguments"].as_str() {
+                    joined.push_str(a);
+                }
+            }
+            let v: Value = serde_json::from_str(&joined).expect("joined arguments are JSON");
+            assert_eq!(v, json!({"to": "[EMAIL]", "card": "[PAYMENT_CARD]", "note": "call [PHONE]"}));
+            assert_eq!((counts.get("email"), counts.get("payment_card"), counts.get("phone")), (Some(&1), Some(&1), Some(&1)));
+        }
+    }
+}
+
 #[test]
 fn sse_tool_calls_of_several_choices_and_content_are_kept_apart() {
     let m = masker(json!({}));

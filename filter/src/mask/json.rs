@@ -578,6 +578,9 @@ pub(crate) enum StreamField {
     Text(usize),
     /// `choices[k].delta.tool_calls[m].function.arguments`.
     Args(usize, usize),
+    /// `choices[k].delta.function_call.arguments` (the deprecated
+    /// `functions` API, still streamed by OpenAI-compatible servers).
+    Call(usize),
     /// The top-level `delta` string of a Responses API event
     /// (`response.output_text.delta`, …).
     Delta,
@@ -600,6 +603,11 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
             if c == "choices" && d == "delta" && tc == "tool_calls" && f == "function" && a == "arguments" =>
         {
             Some(StreamField::Args(*k, *m))
+        }
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(f), Frame::Obj(a)]
+            if c == "choices" && d == "delta" && f == "function_call" && a == "arguments" =>
+        {
+            Some(StreamField::Call(*k))
         }
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         _ => None,

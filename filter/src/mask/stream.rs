@@ -32,8 +32,9 @@
 //!   each event carries in that field the part of the text released so far
 //!   (possibly empty, possibly text of earlier events);
 //! - `choices[i].delta.tool_calls[j].function.arguments`, per tool call
-//!   `index` `j` (OpenAI streams the arguments, a JSON document, as string
-//!   fragments): held whole and masked as one JSON document when the
+//!   `index` `j`, and `choices[i].delta.function_call.arguments` (the
+//!   deprecated `functions` API) (OpenAI streams the arguments, a JSON
+//!   document, as string fragments): held whole and masked as one JSON document when the
 //!   choice finishes (decoded string values and numbers, keys left alone,
 //!   the result still JSON; see `json::mask_arguments`); the fragments'
 //!   events carry `""` meanwhile. Arguments that are not JSON are masked as
@@ -49,7 +50,7 @@
 //! each of its fields goes into that field of the event, or, when the event
 //! lacks it, into a synthetic chunk event (the same `id`, `model`, … with
 //! only that choice and field: `delta.content` (or `refusal`, …), `delta.tool_calls: [{index,
-//! function: {arguments}}]` or `text`) emitted just before it; `data: [DONE]`
+//! function: {arguments}}]`, `delta.function_call: {arguments}` or `text`) emitted just before it; `data: [DONE]`
 //! and the end of the stream flush every choice the same way. Every event
 //! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
 //! Other JSON payloads are masked as JSON, other payloads and other fields'
@@ -381,6 +382,8 @@ struct DeltaLite {
     reasoning: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallLite>>,
+    #[serde(default)]
+    function_call: Option<FunctionLite>,
 }
 
 #[derive(serde::Deserialize)]
@@ -404,6 +407,8 @@ enum Slot {
     Content(&'static str),
     /// `text` (legacy completions).
     Text,
+    /// `delta.function_call.arguments` (deprecated `functions` API).
+    Call,
     /// `delta.tool_calls[]` with this `index`: `function.arguments`.
     Args(u64),
 }
@@ -425,7 +430,7 @@ enum Joiner {
 impl Joiner {
     fn new(inner: &Arc<Inner>, slot: Slot) -> Joiner {
         match slot {
-            Slot::Args(_) => Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() },
+            Slot::Args(_) | Slot::Call => Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() },
             Slot::Content(_) | Slot::Text => Joiner::Text(TextStream::new(Arc::clone(inner))),
         }
     }
@@ -807,6 +812,9 @@ impl SseStream {
                         here.push((Slot::Args(tc.index.unwrap_or(m as u64)), StreamField::Args(k, m), a));
                     }
                 }
+                if let Some(a) = d.function_call.and_then(|f| f.arguments) {
+                    here.push((Slot::Call, StreamField::Call(k), a));
+                }
             }
             let mut texts: Vec<Vec<u8>> = Vec::with_capacity(here.len());
             for (slot, _, frag) in &here {
@@ -853,7 +861,8 @@ impl SseStream {
     /// A chunk event carrying `text` for `slot` of choice `idx`: the last
     /// chunk's members but `choices` and `usage`, and one choice holding only
     /// that text (`delta.content`; `delta.tool_calls: [{index, function:
-    /// {arguments}}]`; or `text` for legacy completions).
+    /// {arguments}}]`; `delta.function_call: {arguments}`; or `text` for
+    /// legacy completions).
     fn synthetic(&self, idx: u64, slot: Slot, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
         let mut m = serde_json::from_slice::<Map<String, Value>>(&self.template).unwrap_or_default();
         m.remove("choices");
@@ -877,6 +886,14 @@ impl SseStream {
                 delta.insert("tool_calls".into(), Value::Array(vec![Value::Object(call)]));
                 choice.insert("delta".into(), Value::Object(delta));
                 StreamField::Args(0, 0)
+            }
+            Slot::Call => {
+                let mut function = Map::new();
+                function.insert("arguments".into(), Value::String(text.to_string()));
+                let mut delta = Map::new();
+                delta.insert("function_call".into(), Value::Object(function));
+                choice.insert("delta".into(), Value::Object(delta));
+                StreamField::Call(0)
             }
             Slot::Text => {
                 choice.insert("text".into(), Value::String(text.to_string()));
