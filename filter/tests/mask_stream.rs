@@ -1194,3 +1194,136 @@ fn repeated_pem_headers_are_not_held() {
     let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &(0..text.len()).collect::<Vec<_>>());
     assert_eq!(String::from_utf8(out).unwrap(), "key: [PRIVATE_KEY]\ndone");
 }
+
+/// An Anthropic Messages API stream (`POST /v1/messages`, `stream: true`),
+/// every event after its `event:` line: `message_start`; a thinking block
+/// (`thinking_delta` fragments, then a `signature_delta`), a text block
+/// (`text_delta`) and a tool-use block (`input_json_delta`, starting with an
+/// empty fragment, as Anthropic sends it), each between its
+/// `content_block_start` and `content_block_stop`; `message_delta`,
+/// `message_stop`.
+fn anthropic_sse(thinking: &str, text: &str, input: &str, frag: &[usize], eol: &str) -> String {
+    let mut out = String::new();
+    let mut ev = |v: Value| {
+        out.push_str("event: ");
+        out.push_str(v["type"].as_str().unwrap());
+        out.push_str(eol);
+        out.push_str("data: ");
+        out.push_str(&v.to_string());
+        out.push_str(eol);
+        out.push_str(eol);
+    };
+    ev(json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+              "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 10, "output_tokens": 1}}}));
+    ev(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}));
+    for p in pieces(thinking, frag) {
+        ev(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": p}}));
+    }
+    ev(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}}));
+    ev(json!({"type": "content_block_stop", "index": 0}));
+    ev(json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}));
+    for p in pieces(text, frag) {
+        ev(json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": p}}));
+    }
+    ev(json!({"type": "content_block_stop", "index": 1}));
+    ev(json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "send", "input": {}}}));
+    ev(json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": ""}}));
+    for p in pieces(input, frag) {
+        ev(json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": p}}));
+    }
+    ev(json!({"type": "content_block_stop", "index": 2}));
+    ev(json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 42}}));
+    ev(json!({"type": "message_stop"}));
+    out
+}
+
+const SIGNATURE: &str = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
+
+/// Checks a masked Anthropic stream: each event's `event:` line names its
+/// `type`, events stay JSON, a block's deltas come between its start and
+/// stop, the signature is kept; returns the joined thinking, text and tool
+/// input.
+fn assemble_anthropic(out: &str) -> (String, String, String) {
+    let (mut thinking, mut text, mut input) = (String::new(), String::new(), String::new());
+    let mut open: Option<u64> = None;
+    let mut stopped = Vec::new();
+    let mut signature = None;
+    for block in out.replace("\r\n", "\n").split("\n\n").filter(|b| !b.is_empty()) {
+        let (first, data) = block.split_once('\n').expect("event and data lines");
+        let v: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data line")).expect("event JSON");
+        assert_eq!(first.strip_prefix("event: "), v["type"].as_str());
+        match v["type"].as_str().unwrap() {
+            "content_block_start" => open = v["index"].as_u64(),
+            "content_block_stop" => {
+                assert_eq!(open, v["index"].as_u64());
+                stopped.push(open.take());
+            }
+            "content_block_delta" => {
+                assert_eq!(open, v["index"].as_u64(), "a delta outside its block: {data}");
+                let d = &v["delta"];
+                match d["type"].as_str().unwrap() {
+                    "thinking_delta" => thinking.push_str(d["thinking"].as_str().unwrap()),
+                    "text_delta" => text.push_str(d["text"].as_str().unwrap()),
+                    "input_json_delta" => input.push_str(d["partial_json"].as_str().unwrap()),
+                    "signature_delta" => signature = d["signature"].as_str().map(str::to_string),
+                    other => panic!("unexpected delta {other}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(stopped, vec![Some(0), Some(1), Some(2)]);
+    assert_eq!(signature.as_deref(), Some(SIGNATURE));
+    (thinking, text, input)
+}
+
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Anthropic Messages API streams: thinking and text deltas are joined
+    /// per content block and masked as text; tool input (`input_json_delta`)
+    /// is held and masked as one JSON document; the output is the same
+    /// under any chunking and no value survives.
+    #[test]
+    fn sse_anthropic_content_block_deltas_are_joined(
+        (thinking, pii_a) in text(),
+        (content, pii_b) in text(),
+        (args, arg_pii) in tool_args(),
+        frag in prop::collection::vec(1usize..12, 1..60),
+        crlf in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let input = anthropic_sse(&thinking, &content, &args[0], &frag, if crlf { "\r\n" } else { "\n" });
+        let (one, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, cut_counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        prop_assert_eq!(&cut_counts, &counts);
+        let out = String::from_utf8(out).unwrap();
+        let (t, c, a) = assemble_anthropic(&out);
+        prop_assert_eq!(t, m.mask_text(&thinking, &mut Counts::new()));
+        prop_assert_eq!(c, m.mask_text(&content, &mut Counts::new()));
+        let want_args = String::from_utf8(m.mask_json(args[0].as_bytes(), &mut Counts::new()).expect("JSON")).unwrap();
+        prop_assert_eq!(a, want_args);
+        for v in pii_a.iter().chain(&pii_b).chain(&arg_pii) {
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}
+
+#[test]
+fn anthropic_email_split_across_text_deltas_is_caught() {
+    let m = masker(json!({}));
+    let input = anthropic_sse("mail jane.", "write to jane.doe@example.com today", r#"{"card":"4111 1111 1111 1111"}"#, &[14, 3, 9], "\n");
+    // the values are split across events in the input
+    assert!(!input.contains("jane.doe@example.com") && !input.contains("4111 1111 1111 1111"));
+    for cuts in [vec![], (0..input.len()).step_by(7).collect::<Vec<_>>()] {
+        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        let out = String::from_utf8(out).unwrap();
+        let (t, c, a) = assemble_anthropic(&out);
+        assert_eq!((t.as_str(), c.as_str(), a.as_str()), ("mail jane.", "write to [EMAIL] today", r#"{"card":"[PAYMENT_CARD]"}"#));
+        assert!(!out.contains("doe@") && !out.contains("1111"), "{out}");
+        assert_eq!((counts.get("email"), counts.get("payment_card")), (Some(&1), Some(&1)));
+    }
+}

@@ -584,7 +584,16 @@ pub(crate) enum StreamField {
     /// The top-level `delta` string of a Responses API event
     /// (`response.output_text.delta`, …).
     Delta,
+    /// `delta.<name>` of an Anthropic Messages API `content_block_delta`
+    /// event, `name` one of [`BLOCK_DELTA`].
+    Block(&'static str),
 }
+
+/// The strings of an Anthropic Messages API `content_block_delta` event's
+/// `delta` that are joined across events: `text` (`text_delta`),
+/// `partial_json` (`input_json_delta`: tool input, a JSON document in
+/// fragments) and `thinking` (`thinking_delta`).
+pub(crate) const BLOCK_DELTA: [&str; 3] = ["text", "partial_json", "thinking"];
 
 /// The text members of a chat-completion chunk's `delta` that are joined
 /// across events: the answer, a refusal, and the reasoning text some
@@ -610,6 +619,7 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
             Some(StreamField::Call(*k))
         }
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
+        [Frame::Obj(d), Frame::Obj(t)] if d == "delta" => BLOCK_DELTA.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Block(n)),
         _ => None,
     }
 }

@@ -74,6 +74,16 @@
 //! `.done`, item and `response.completed` events repeat whole values and
 //! are masked as JSON, which gives the same text the deltas add up to.
 //!
+//! **Anthropic Messages API** (`POST /v1/messages`, `stream: true`). A
+//! `content_block_delta` event's `delta.text` (`text_delta`),
+//! `delta.thinking` (`thinking_delta`) and `delta.partial_json`
+//! (`input_json_delta`: tool input, held whole and masked as JSON) are joined
+//! per content block `index` the same way; the block's
+//! `content_block_stop`, `message_delta`, `message_stop` and `error` flush
+//! the held rest as a copy of the block's last delta event emitted just
+//! before. `signature_delta` is left as it is (a thinking block whose text
+//! was masked no longer matches its signature).
+//!
 //! **Trailers.** A body that ends with trailers has no end-of-stream body
 //! callback, and Envoy gives a filter no body buffer at trailers time once
 //! the body streamed: held bytes can then not be sent. The filter
@@ -317,6 +327,9 @@ struct ChunkLite {
     content_index: Option<u64>,
     #[serde(default)]
     summary_index: Option<u64>,
+    /// Anthropic Messages API: the content block's index.
+    #[serde(default)]
+    index: Option<u64>,
 }
 
 /// A streamed part of a Responses API answer: the event family
@@ -336,6 +349,10 @@ impl ChunkLite {
     }
 }
 
+/// The family prefix of the parts that join an Anthropic content block's
+/// deltas (`content_block.text`, `content_block.partial_json`, …).
+const BLOCK_FAMILY: &str = "content_block.";
+
 /// The family of a Responses API event whose `delta` string is joined
 /// across events (`response.output_text.delta` → `response.output_text`;
 /// also refusals, reasoning text and summaries, function-call and custom
@@ -351,6 +368,9 @@ fn joined_family(kind: &str) -> Option<&str> {
 #[derive(Debug)]
 struct Part {
     text: Joiner,
+    /// The joined string's place in the event: [`StreamField::Delta`] or
+    /// [`StreamField::Block`].
+    field: StreamField,
     template: Vec<u8>,
     /// The `event:` line of that event, if it had one.
     event_line: Option<Vec<u8>>,
@@ -725,6 +745,9 @@ impl SseStream {
         counts: &mut Counts,
     ) -> Option<BTreeMap<StreamField, String>> {
         let kind = ev.kind.as_deref()?;
+        if let Some(released) = self.block_delta(kind, payload, &ev, &event_line, counts) {
+            return Some(released);
+        }
         if let (Some(family), Some(Value::String(frag))) = (joined_family(kind), &ev.delta) {
             let inner = &self.inner;
             let part = self.parts.entry(ev.part(family)).or_insert_with(|| Part {
@@ -733,6 +756,7 @@ impl SseStream {
                 } else {
                     Joiner::Text(TextStream::new(Arc::clone(inner)))
                 },
+                field: StreamField::Delta,
                 template: Vec::new(),
                 event_line: None,
             });
@@ -745,7 +769,13 @@ impl SseStream {
             return Some(released);
         }
         let done: Vec<PartKey> = match kind {
-            "response.completed" | "response.failed" | "response.incomplete" | "error" => self.parts.keys().cloned().collect(),
+            "response.completed" | "response.failed" | "response.incomplete" | "error" | "message_delta" | "message_stop" => {
+                self.parts.keys().cloned().collect()
+            }
+            "content_block_stop" => {
+                let index = ev.index.unwrap_or(0);
+                self.parts.keys().filter(|k| k.0.starts_with(BLOCK_FAMILY) && k.2 == index).cloned().collect()
+            }
             "response.output_item.done" => {
                 let item = ev.item_id.clone().unwrap_or_default();
                 let index = ev.output_index.unwrap_or(0);
@@ -765,6 +795,52 @@ impl SseStream {
         None
     }
 
+    /// An Anthropic Messages API `content_block_delta` event whose `delta`
+    /// is a `text_delta`, `input_json_delta` or `thinking_delta`: its string
+    /// is joined per content block `index` (tool input held whole and
+    /// masked as JSON, like tool-call arguments); gives the text released
+    /// for it. `None`: not such an event.
+    fn block_delta(
+        &mut self,
+        kind: &str,
+        payload: &[u8],
+        ev: &ChunkLite,
+        event_line: &Option<Vec<u8>>,
+        counts: &mut Counts,
+    ) -> Option<BTreeMap<StreamField, String>> {
+        if kind != "content_block_delta" {
+            return None;
+        }
+        let Some(Value::Object(d)) = &ev.delta else { return None };
+        let name = match d.get("type").and_then(Value::as_str)? {
+            "text_delta" => "text",
+            "input_json_delta" => "partial_json",
+            "thinking_delta" => "thinking",
+            _ => return None,
+        };
+        let Some(Value::String(frag)) = d.get(name) else { return None };
+        let field = json::BLOCK_DELTA.iter().find(|n| **n == name).map(|n| StreamField::Block(n))?;
+        let key: PartKey = (format!("{BLOCK_FAMILY}{name}"), String::new(), ev.index.unwrap_or(0), 0, 0);
+        let inner = &self.inner;
+        let part = self.parts.entry(key).or_insert_with(|| Part {
+            text: if name == "partial_json" {
+                Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() }
+            } else {
+                Joiner::Text(TextStream::new(Arc::clone(inner)))
+            },
+            field,
+            template: Vec::new(),
+            event_line: None,
+        });
+        part.template.clear();
+        part.template.extend_from_slice(payload);
+        part.event_line = event_line.clone();
+        let text = part.text.push(frag.as_bytes(), counts);
+        let mut released = BTreeMap::new();
+        released.insert(field, String::from_utf8_lossy(&text).into_owned());
+        Some(released)
+    }
+
     /// Emits `tail` (the rest of a part's text) as a copy of the part's last
     /// delta event (same `type`, ids, indices and `sequence_number`), after
     /// its `event:` line.
@@ -773,7 +849,7 @@ impl SseStream {
             return;
         }
         let mut keep = BTreeMap::new();
-        keep.insert(StreamField::Delta, String::from_utf8_lossy(tail).into_owned());
+        keep.insert(part.field, String::from_utf8_lossy(tail).into_owned());
         // the template's own values were counted when it was sent
         let body = json::rewrite(&self.inner, &part.template, Some(&keep), true, &mut Counts::new()).unwrap_or_default();
         let eol = self.eol();
