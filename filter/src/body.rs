@@ -97,20 +97,32 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 /// (a string, or items read like chat messages, plus tool `output`, custom
 /// tool `input`, reasoning `summary[].text`, function-call `arguments`);
 /// message `name`s and the end-user ids `user` and `safety_identifier`
-/// (often an email). Every other member is sent as it came (`logprobs:
-/// true` included).
+/// (often an email); Anthropic Messages API `system` (a string or text
+/// blocks), `metadata.user_id`, and in `messages[].content` blocks:
+/// `text`, `tool_result` `content` (a string or text blocks) and `tool_use`
+/// `input` (a JSON object, masked like tool-call arguments). Every other
+/// member is sent as it came (`logprobs: true` included; Anthropic
+/// `thinking` blocks too: they carry a signature over their text).
 ///
 /// Errors: the body is not a JSON object.
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
     let text = |s: &mut String, counts: &mut Counts| *s = masker.mask_text(s, counts);
-    for key in ["prompt", "instructions", "suffix", "user", "safety_identifier"] {
+    for key in ["prompt", "instructions", "suffix", "user", "safety_identifier", "system"] {
         match obj.get_mut(key) {
             Some(Value::String(s)) => text(s, counts),
             Some(Value::Array(items)) if key == "prompt" => {
                 for s in items.iter_mut().filter_map(|i| if let Value::String(s) = i { Some(s) } else { None }) {
                     text(s, counts);
+                }
+            }
+            // Anthropic: system text blocks
+            Some(Value::Array(blocks)) if key == "system" => {
+                for b in blocks.iter_mut().filter_map(Value::as_object_mut) {
+                    if let Some(Value::String(s)) = b.get_mut("text") {
+                        text(s, counts);
+                    }
                 }
             }
             // Responses API reusable prompt: `{"id", "variables": {name: text or input_text}}`
@@ -133,6 +145,9 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
     if let Some(p) = obj.get_mut("prediction").and_then(Value::as_object_mut) {
         prompt_item(masker, p, counts);
     }
+    if let Some(Value::String(s)) = obj.get_mut("metadata").and_then(|m| m.get_mut("user_id")) {
+        text(s, counts);
+    }
     for key in ["messages", "input"] {
         match obj.get_mut(key) {
             Some(Value::String(s)) => text(s, counts),
@@ -145,6 +160,37 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
         }
     }
     serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
+/// One content part or block: `text` and `refusal`; Anthropic `tool_result`
+/// blocks' `content` (a string or blocks, read the same way) and
+/// `tool_use` blocks' `input` (a JSON object: masked as JSON, numbers too,
+/// see [`Masker::mask_tool_arguments`]).
+fn prompt_part(masker: &Masker, part: &mut serde_json::Map<String, Value>, counts: &mut Counts) {
+    for field in ["text", "refusal"] {
+        if let Some(Value::String(s)) = part.get_mut(field) {
+            *s = masker.mask_text(s, counts);
+        }
+    }
+    match part.get("type").and_then(Value::as_str) {
+        Some("tool_result") => match part.get_mut("content") {
+            Some(Value::String(s)) => *s = masker.mask_text(s, counts),
+            Some(Value::Array(blocks)) => {
+                for b in blocks.iter_mut().filter_map(Value::as_object_mut) {
+                    prompt_part(masker, b, counts);
+                }
+            }
+            _ => {}
+        },
+        Some("tool_use") => {
+            if let Some(input) = part.get_mut("input").filter(|v| v.is_object()) {
+                let masked = masker.mask_tool_arguments(&input.to_string(), counts);
+                // a JSON object masked as JSON stays one
+                *input = serde_json::from_str(&masked).unwrap_or(Value::String(masked));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One chat message, Responses API input item, or `prediction`: text in
@@ -161,11 +207,7 @@ fn prompt_item(masker: &Masker, item: &mut serde_json::Map<String, Value>, count
             Some(Value::String(s)) => *s = masker.mask_text(s, counts),
             Some(Value::Array(parts)) => {
                 for part in parts.iter_mut().filter_map(Value::as_object_mut) {
-                    for field in ["text", "refusal"] {
-                        if let Some(Value::String(s)) = part.get_mut(field) {
-                            *s = masker.mask_text(s, counts);
-                        }
-                    }
+                    prompt_part(masker, part, counts);
                 }
             }
             _ => {}

@@ -404,6 +404,45 @@ fn prompts_of_every_openai_request_shape_are_masked() {
     }
 }
 
+/// `requests: chat_messages` on an Anthropic Messages API request: the
+/// system prompt, text blocks, tool results and tool inputs are masked;
+/// thinking blocks (signed) and other members are not.
+#[test]
+fn prompts_of_anthropic_messages_requests_are_masked() {
+    use nhi_gate::body::mask_prompt;
+    let m = masker(json!({}));
+    let e = "jane.doe@example.com";
+    let body = json!({"model": "claude-x", "max_tokens": 100,
+        "system": [{"type": "text", "text": format!("support for {e}"), "cache_control": {"type": "ephemeral"}}],
+        "metadata": {"user_id": e},
+        "messages": [
+            {"role": "user", "content": format!("mail {e}")},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "the user is jane", "signature": "sig"},
+                {"type": "text", "text": "sending"},
+                {"type": "tool_use", "id": "toolu_1", "name": "send", "input": {"to": e, "card": 4111111111111111_u64, "n": 3}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": format!("sent to {e}")},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": format!("cc {e}")}]},
+                {"type": "text", "text": format!("and {e}")}]}]});
+    let mut counts = Counts::new();
+    let out: Value = serde_json::from_slice(&mask_prompt(&m, body.to_string().as_bytes(), &mut counts).unwrap()).unwrap();
+    assert_eq!(out["system"][0]["text"], "support for [EMAIL]");
+    assert_eq!(out["system"][0]["cache_control"], json!({"type": "ephemeral"}));
+    assert_eq!(out["metadata"]["user_id"], "[EMAIL]");
+    assert_eq!(out["messages"][0]["content"], "mail [EMAIL]");
+    assert_eq!(out["messages"][1]["content"][0], body["messages"][1]["content"][0], "thinking is signed: left alone");
+    assert_eq!(out["messages"][1]["content"][2]["input"], json!({"to": "[EMAIL]", "card": "[PAYMENT_CARD]", "n": 3}));
+    assert_eq!(out["messages"][2]["content"][0]["content"], "sent to [EMAIL]");
+    assert_eq!(out["messages"][2]["content"][1]["content"][0]["text"], "cc [EMAIL]");
+    assert_eq!(out["messages"][2]["content"][2]["text"], "and [EMAIL]");
+    assert_eq!(counts.get("email"), Some(&7));
+    assert_eq!(counts.get("payment_card"), Some(&1));
+    // a string system prompt
+    let out: Value = serde_json::from_slice(&mask_prompt(&m, json!({"system": format!("for {e}")}).to_string().as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out["system"], "for [EMAIL]");
+}
+
 /// Arguments are a model's JSON: a card may be a JSON number there, so
 /// numbers inside arguments are masked (the value becomes a string label);
 /// numbers elsewhere in a body are left alone.
