@@ -304,9 +304,44 @@ fn digit_groups_with_unicode_separators() {
         "4111\u{a0}1111\u{a0}1111\u{a0}1111x",
         // other Unicode spaces are not separators
         "4111\u{3000}1111\u{3000}1111\u{3000}1111",
+        // a Unicode hyphen joins a value to a longer token, as `-` does
+        "ORD\u{2011}415\u{2011}555\u{2011}0134",
+        "INV\u{2011}123\u{2011}45\u{2011}6789",
+        "x\u{2011}4111 1111 1111 1111",
+        "4111\u{2011}1111\u{2011}1111\u{2011}1111\u{2011}0001",
+        "123\u{2013}45\u{2013}6789\u{2013}0",
+        "415\u{2013}555\u{2013}0134\u{2013}12",
+        "378282246310005\u{2011}1",
+        "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00\u{2011}5",
+        // the tail of a longer run grouped by the same class of separator
+        "+0\u{a0}415 555 0134",
+        "0044\u{a0}0532 0130 01",
     ] {
         assert_clean(&m, t);
     }
+}
+
+/// JSON held in text (NDJSON, `text/*`, structured output in a chat
+/// `content`) keeps non-ASCII separators escaped (`\u00a0`, as Python's
+/// `json.dumps` writes them): they separate digit groups there too, and
+/// the keyed hash does not depend on how the separator was written.
+#[test]
+fn escaped_unicode_separators_in_text() {
+    let m = masker(json!({}));
+    for (text, want) in [
+        (r#"{"card":"4111\u00a01111\u00a01111\u00a01111"}"#, r#"{"card":"[PAYMENT_CARD]"}"#),
+        (r#"{"iban":"DE89\u202f3704\u202f0044\u202f0532\u202f0130\u202f00"}"#, r#"{"iban":"[IBAN]"}"#),
+        (r#"{"ssn":"123\u201145\u20116789","tel":"415\u2011555\u20110134"}"#, r#"{"ssn":"[US_SSN]","tel":"[PHONE]"}"#),
+        // a Unicode hyphen, escaped or not, joins a value to a longer token
+        (r#"{"ref":"ORD\u2011415\u2011555\u20110134"}"#, r#"{"ref":"ORD\u2011415\u2011555\u20110134"}"#),
+    ] {
+        assert_eq!(m.mask_text(text, &mut Counts::new()), want, "{text}");
+    }
+    let h = masker(json!({"hash_key": "k".repeat(32), "per_detector": {"payment_card": "hash", "iban": "hash", "phone": "hash"}}));
+    let token = |s: &str| h.mask_text(s, &mut Counts::new());
+    assert_eq!(token(r"4111\u00a01111\u00a01111\u00a01111"), token("4111 1111 1111 1111"));
+    assert_eq!(token(r"DE89\u202f3704\u202f0044\u202f0532\u202f0130\u202f00"), token("DE89370400440532013000"));
+    assert_eq!(token(r"415\u2011555\u20110134"), token("415-555-0134"));
 }
 
 #[test]

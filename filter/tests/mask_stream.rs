@@ -48,7 +48,7 @@ const PII: &[&str] = &[
     "GB82WEST12345698765432",
     // typeset separators: no-break space, narrow no-break space, non-breaking hyphen
     "4111\u{a0}1111\u{a0}1111\u{a0}1111",
-    "01\u{202f}23\u{202f}45\u{202f}67\u{202f}89",
+    "+33\u{202f}1\u{202f}23\u{202f}45\u{202f}67\u{202f}89",
     "123\u{2011}45\u{2011}6789",
     "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00",
     "AKIAIOSFODNN7EXAMPLE",
@@ -694,6 +694,30 @@ fn sse_email_and_card_split_across_tool_call_argument_fragments() {
         assert_eq!(assemble_tool_calls(&out), vec![r#"{"to":"[EMAIL]","card":"[PAYMENT_CARD]","note":"ok"}"#.to_string()]);
         assert_eq!(counts.get("email"), Some(&1));
         assert_eq!(counts.get("payment_card"), Some(&1));
+    }
+}
+
+/// A `function_call` of another shape (a string, arguments as an object)
+/// does not stop the chunk's `content` from being joined.
+#[test]
+fn sse_odd_function_call_shapes_keep_content_joined() {
+    let m = masker(json!({}));
+    for fc in [json!({"name": "f", "arguments": {"a": 1}}), json!("auto"), json!({"arguments": 5})] {
+        let ev = |delta: Value, finish: Value| {
+            format!("data: {}\n\n", json!({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+        };
+        let input = ev(json!({"content": "card 4111 1111"}), Value::Null)
+            + &ev(json!({"content": " 1111 1111 end", "function_call": fc}), Value::Null)
+            + &ev(json!({}), json!("stop"))
+            + "data: [DONE]\n\n";
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let out = String::from_utf8(out).unwrap();
+        let content: String = parse_sse(&out)
+            .iter()
+            .filter(|d| d.as_str() != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(content, "card [PAYMENT_CARD] end", "{fc}");
     }
 }
 

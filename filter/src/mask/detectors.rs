@@ -145,7 +145,8 @@ fn upper(b: u8) -> bool {
 #[inline]
 fn glued_before(s: &[u8], i: usize) -> bool {
     let p = back(s, i, 1);
-    word_before(s, i) || ((p == b'.' || p == b'-') && alnum(back(s, i, 2)))
+    // (an escape right before `i` is a break, unless it is a hyphen)
+    word_before(s, i) || ((p == b'.' || p == b'-') && alnum(back(s, i, 2))) || ((p >= 0x90 || word(p)) && wide_hyphen_glued_before(s, i))
 }
 
 /// Whether an escape ends right before `i` (JSON held in a text field): a
@@ -190,7 +191,7 @@ fn b64url_before(s: &[u8], i: usize) -> bool {
 #[inline]
 fn glued_after(s: &[u8], e: usize) -> bool {
     let n = at(s, e);
-    word(n) || ((n == b'.' || n == b'-') && alnum(at(s, e + 1)))
+    word(n) || ((n == b'.' || n == b'-') && alnum(at(s, e + 1))) || ((n == 0xE2 || n == b'\\') && wide_hyphen_glued_after(s, e))
 }
 
 /// A digit-group separator at `i`: its class (`b' '`, `b'-'` or `b'.'`)
@@ -199,7 +200,9 @@ fn glued_after(s: &[u8], e: usize) -> bool {
 /// (word processors, HTML `&nbsp;`, French and Swiss number formats):
 /// U+00A0 no-break space, U+2007 figure space, U+2009 thin space, U+202F
 /// narrow no-break space (class space); U+2010 hyphen, U+2011 non-breaking
-/// hyphen, U+2012 figure dash, U+2013 en dash (class `-`).
+/// hyphen, U+2012 figure dash, U+2013 en dash (class `-`); also these
+/// written as a JSON `\uXXXX` escape (JSON held in text, e.g. Python's
+/// `json.dumps` output: 6 bytes).
 #[inline(always)]
 fn sep_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
     match at(s, i) {
@@ -212,7 +215,7 @@ fn sep_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
 /// bytes give `None` at once).
 #[inline(always)]
 fn wide_sep_at(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
-    if c < 0xC2 {
+    if c < 0xC2 && c != b'\\' {
         return None;
     }
     wide_sep(s, i, c)
@@ -221,6 +224,13 @@ fn wide_sep_at(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
 #[cold]
 #[inline(never)]
 fn wide_sep(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
+    if c == b'\\' {
+        return match decode_unicode_escape(s, i + 6).filter(|_| at(s, i + 1) == b'u') {
+            Some('\u{a0}' | '\u{2007}' | '\u{2009}' | '\u{202f}') => Some((b' ', 6)),
+            Some('\u{2010}'..='\u{2013}') => Some((b'-', 6)),
+            _ => None,
+        };
+    }
     match (c, at(s, i + 1), at(s, i + 2)) {
         (0xC2, 0xA0, _) => Some((b' ', 2)),
         (0xE2, 0x80, 0x87 | 0x89 | 0xAF) => Some((b' ', 3)),
@@ -232,7 +242,29 @@ fn wide_sep(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
 /// The separator (see [`sep_at`]) that ends right before `i`.
 #[inline]
 fn sep_before(s: &[u8], i: usize) -> Option<(u8, usize)> {
-    (1..=3).find_map(|k| i.checked_sub(k).and_then(|j| sep_at(s, j)).filter(|(_, l)| *l == k))
+    [1, 2, 3, 6].into_iter().find_map(|k| i.checked_sub(k).and_then(|j| sep_at(s, j)).filter(|(_, l)| *l == k))
+}
+
+/// Whether a Unicode hyphen (class `-` of [`sep_at`], 3 bytes or escaped)
+/// ends right before `i`, joined on its left to an alphanumeric.
+#[cold]
+#[inline(never)]
+fn wide_hyphen_glued_before(s: &[u8], i: usize) -> bool {
+    match sep_before(s, i) {
+        Some((b'-', l)) if l > 1 => alnum(back(s, i, l + 1)),
+        _ => false,
+    }
+}
+
+/// Whether a Unicode hyphen starts at `e`, joined on its right to an
+/// alphanumeric.
+#[cold]
+#[inline(never)]
+fn wide_hyphen_glued_after(s: &[u8], e: usize) -> bool {
+    match wide_sep_at(s, e, at(s, e)) {
+        Some((b'-', l)) => alnum(at(s, e + l)),
+        _ => false,
+    }
 }
 
 fn count_while(s: &[u8], from: usize, max: usize, f: impl Fn(u8) -> bool) -> usize {
@@ -381,13 +413,16 @@ fn card(s: &[u8], i: usize) -> Option<usize> {
         if glued_after(s, end) {
             continue;
         }
+        // the digits of groups 0..=k (not those of an escaped separator)
         let mut d = [0u8; 19];
         let mut n = 0;
-        for &b in s.get(i..end)?.iter().filter(|b| digit(**b)) {
-            if let Some(slot) = d.get_mut(n) {
-                *slot = b;
+        for &(g_end, _, glen) in groups.get(..=k)? {
+            for &b in s.get(g_end - glen..g_end)? {
+                if let Some(slot) = d.get_mut(n) {
+                    *slot = b;
+                }
+                n += 1;
             }
-            n += 1;
         }
         let d = d.get(..n)?;
         if card_brand(d) && luhn(d) {
@@ -1207,13 +1242,12 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
         };
         // a national number is not the tail of a longer digit run grouped
         // the same way ("0044 0532 0130 01", "+0 415 555 0134")
+        // (by separator class: `415 555` after `+0\u{a0}` is grouped too)
         let grouped = || {
-            if nlen == 1 {
+            if nlen == 1 && prev < 0x80 {
                 prev == nx && digit(back(s, i, 2))
             } else {
-                sep_before(s, i).is_some_and(|(_, l)| {
-                    l == nlen && (1..=l).all(|k| back(s, i, k) == at(s, i + run_len + l - k)) && digit(back(s, i, l + 1))
-                })
+                sep_before(s, i).is_some_and(|(c, l)| c == nsep && digit(back(s, i, l + 1)))
             }
         };
         if !phone_done && shape && nsep != 0 && !grouped() {

@@ -771,20 +771,43 @@ impl Inner {
     }
 }
 
+/// `value` without its `\uXXXX` escapes (escaped digit-group separators
+/// of JSON held in text).
+fn without_escapes(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains("\\u") {
+        return value.into();
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(k) = rest.find("\\u") {
+        out.push_str(rest.get(..k).unwrap_or(""));
+        let hex = rest.get(k + 2..k + 6).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let skip = if hex.is_some() { 6 } else { 2 };
+        if hex.is_none() {
+            out.push_str("\\u");
+        }
+        rest = rest.get(k + skip..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out.into()
+}
+
 /// The value hashed for `hash` redaction (see [`Redaction::Hash`]).
 fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
     match kind {
-        Kind::Builtin(Builtin::PaymentCard | Builtin::UsSsn) => Cow::Owned(value.chars().filter(char::is_ascii_digit).collect()),
+        Kind::Builtin(Builtin::PaymentCard | Builtin::UsSsn) => Cow::Owned(without_escapes(value).chars().filter(char::is_ascii_digit).collect()),
         Kind::Builtin(Builtin::Phone) => {
             let mut s = String::new();
             if value.starts_with('+') {
                 s.push('+');
             }
-            s.extend(value.chars().filter(char::is_ascii_digit));
+            s.extend(without_escapes(value).chars().filter(char::is_ascii_digit));
             Cow::Owned(s)
         }
-        Kind::Builtin(Builtin::Iban) => Cow::Owned(value.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect()),
+        Kind::Builtin(Builtin::Iban) => {
+            Cow::Owned(without_escapes(value).chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect())
+        }
         Kind::Builtin(Builtin::Email) => Cow::Owned(value.to_ascii_lowercase()),
         _ => Cow::Borrowed(value),
     }

@@ -414,10 +414,24 @@ struct ToolCallLite {
     function: Option<FunctionLite>,
 }
 
+/// `function` of a tool call, or `function_call`: read leniently (any JSON
+/// value), so that an odd shape (`"function_call": "auto"`, arguments as an
+/// object) does not make the whole chunk unreadable; only a string
+/// `arguments` is joined, anything else is masked as JSON in place.
 #[derive(serde::Deserialize)]
-struct FunctionLite {
-    #[serde(default)]
-    arguments: Option<String>,
+#[serde(transparent)]
+struct FunctionLite(Value);
+
+impl FunctionLite {
+    fn arguments(self) -> Option<String> {
+        match self.0 {
+            Value::Object(mut m) => match m.remove("arguments") {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// A text joined across events, within one choice.
@@ -884,11 +898,11 @@ impl SseStream {
                     }
                 }
                 for (m, tc) in d.tool_calls.unwrap_or_default().into_iter().enumerate() {
-                    if let Some(a) = tc.function.and_then(|f| f.arguments) {
+                    if let Some(a) = tc.function.and_then(FunctionLite::arguments) {
                         here.push((Slot::Args(tc.index.unwrap_or(m as u64)), StreamField::Args(k, m), a));
                     }
                 }
-                if let Some(a) = d.function_call.and_then(|f| f.arguments) {
+                if let Some(a) = d.function_call.and_then(FunctionLite::arguments) {
                     here.push((Slot::Call, StreamField::Call(k), a));
                 }
             }
