@@ -376,6 +376,14 @@ struct Part {
     event_line: Option<Vec<u8>>,
 }
 
+impl Part {
+    /// An empty part whose string sits at `field`: held whole and masked as
+    /// JSON (`json`: arguments, tool input) or streamed as text.
+    fn new(inner: &Arc<Inner>, json: bool, field: StreamField) -> Part {
+        Part { text: Joiner::of(inner, json), field, template: Vec::new(), event_line: None }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct ChoiceLite {
     #[serde(default)]
@@ -463,9 +471,16 @@ enum Joiner {
 
 impl Joiner {
     fn new(inner: &Arc<Inner>, slot: Slot) -> Joiner {
-        match slot {
-            Slot::Args(_) | Slot::Call => Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() },
-            Slot::Content(_) | Slot::Text => Joiner::Text(TextStream::new(Arc::clone(inner))),
+        Joiner::of(inner, matches!(slot, Slot::Args(_) | Slot::Call))
+    }
+
+    /// An empty joiner: held whole and masked as JSON (`json`), or a text
+    /// stream masker.
+    fn of(inner: &Arc<Inner>, json: bool) -> Joiner {
+        if json {
+            Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() }
+        } else {
+            Joiner::Text(TextStream::new(Arc::clone(inner)))
         }
     }
 
@@ -764,16 +779,7 @@ impl SseStream {
         }
         if let (Some(family), Some(Value::String(frag))) = (joined_family(kind), &ev.delta) {
             let inner = &self.inner;
-            let part = self.parts.entry(ev.part(family)).or_insert_with(|| Part {
-                text: if family.ends_with("_arguments") {
-                    Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() }
-                } else {
-                    Joiner::Text(TextStream::new(Arc::clone(inner)))
-                },
-                field: StreamField::Delta,
-                template: Vec::new(),
-                event_line: None,
-            });
+            let part = self.parts.entry(ev.part(family)).or_insert_with(|| Part::new(inner, family.ends_with("_arguments"), StreamField::Delta));
             part.template.clear();
             part.template.extend_from_slice(payload);
             part.event_line = event_line;
@@ -836,16 +842,7 @@ impl SseStream {
         let field = json::BLOCK_DELTA.iter().find(|n| **n == name).map(|n| StreamField::Block(n))?;
         let key: PartKey = (format!("{BLOCK_FAMILY}{name}"), String::new(), ev.index.unwrap_or(0), 0, 0);
         let inner = &self.inner;
-        let part = self.parts.entry(key).or_insert_with(|| Part {
-            text: if name == "partial_json" {
-                Joiner::Json { inner: Arc::clone(inner), buf: Vec::new() }
-            } else {
-                Joiner::Text(TextStream::new(Arc::clone(inner)))
-            },
-            field,
-            template: Vec::new(),
-            event_line: None,
-        });
+        let part = self.parts.entry(key).or_insert_with(|| Part::new(inner, name == "partial_json", field));
         part.template.clear();
         part.template.extend_from_slice(payload);
         part.event_line = event_line.clone();
