@@ -541,3 +541,27 @@ fn prompt_refusals_predictions_summaries_and_tool_inputs_are_masked() {
     assert!(!out.to_string().contains("jane"), "{out}");
     assert_eq!((counts.get("email"), &out["prompt"]["id"], &out["prompt"]["variables"]["n"]), (Some(&5), &json!("pmpt_1"), &json!(3)));
 }
+
+#[test]
+fn redactions_are_counted_by_detector_name_across_calls_and_many_detectors() {
+    // 40 custom detectors after the 14 built-ins: indices past 32 count too
+    let custom: Vec<Value> = (0..40).map(|k| json!({"name": format!("tag_{k}"), "pattern": format!("TAG{k}X")})).collect();
+    let m = masker(json!({"custom": custom, "per_detector": {"phone": "partial", "tag_39": "hash"}, "hash_key": "k3y-for-tests-0123456789"}));
+    let body = r#"{"a":"a@example.com b@example.com","b":["TAG0X","TAG39X TAG39X","TAG31X TAG32X"],"c":"+1 415-555-0134","d":{"arguments":"{\"n\":4111111111111111}"}}"#;
+    let mut counts = Counts::new();
+    let out = m.mask_json(body.as_bytes(), &mut counts).expect("valid JSON");
+    let out = String::from_utf8(out).expect("UTF-8");
+    for v in ["a@example.com", "TAG0X", "TAG39X", "TAG31X", "TAG32X", "415-555", "4111111111111111"] {
+        assert!(!out.contains(v), "{v} survived: {out}");
+    }
+    let want = |n: u64| -> Counts {
+        [("email", 2), ("tag_0", 1), ("tag_39", 2), ("tag_31", 1), ("tag_32", 1), ("phone", 1), ("payment_card", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v * n))
+            .collect()
+    };
+    assert_eq!(counts, want(1), "{out}");
+    // a second call adds to the same counts
+    m.mask_json(body.as_bytes(), &mut counts).expect("valid JSON");
+    assert_eq!(counts, want(2));
+}

@@ -543,12 +543,10 @@ fn digits_total(gs: &[PGroup]) -> usize {
 
 fn e164(gs: &[PGroup]) -> bool {
     let total = digits_total(gs);
-    let lens: Vec<usize> = gs.iter().map(|g| g.len).collect();
+    // a date-like "+2024 01 15" (groups of 4, 2, 2 and maybe 2) is not a number
+    let date = matches!(gs, [y, m, d] | [y, m, d, _] if y.len == 4 && m.len == 2 && d.len == 2 && gs.iter().skip(3).all(|g| g.len == 2));
     // a compact "+14155550134" takes no further groups
-    (8..=15).contains(&total)
-        && gs.first().is_some_and(|g| g.first != b'0' && !g.paren && (gs.len() == 1 || g.len <= 4))
-        && lens != [4, 2, 2]
-        && lens != [4, 2, 2, 2]
+    (8..=15).contains(&total) && gs.first().is_some_and(|g| g.first != b'0' && !g.paren && (gs.len() == 1 || g.len <= 4)) && !date
 }
 
 fn nanp(gs: &[PGroup]) -> bool {

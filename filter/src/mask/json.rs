@@ -4,7 +4,7 @@
 
 use super::classify::{self, Anchors};
 use super::detectors;
-use super::{Counts, Inner, MaskError, RawFields};
+use super::{Counts, Inner, MaskError, RawFields, Tally};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -470,7 +470,7 @@ enum Special {
 /// number `src[pos..end]` is replaced by its masked text (a JSON string)
 /// when a detector finds a value in it.
 #[inline(never)]
-fn mask_number(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, w: &mut Writer, counts: &mut Counts) {
+fn mask_number(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, w: &mut Writer, tally: &mut Tally) {
     let raw = text.get(pos..end).unwrap_or("");
     // `4111111111111111.0` and `4.111111111111111e15` are that integer too
     let integer = integer_digits(raw);
@@ -478,7 +478,7 @@ fn mask_number(inner: &Inner, text: &str, src: &[u8], pos: usize, end: usize, w:
     let mut cands = Vec::new();
     if inner.find(s, &mut cands) {
         w.copy_to(src, pos);
-        inner.quote_masked(s, true, &cands, &mut w.out, &mut String::new(), counts);
+        inner.quote_masked(s, true, &cands, &mut w.out, &mut String::new(), tally);
         w.copied = end;
         w.changed = true;
     }
@@ -711,6 +711,22 @@ fn rewrite_doc(
     depth: u8,
     counts: &mut Counts,
 ) -> Result<Option<Vec<u8>>, MaskError> {
+    let mut tally = Tally::default();
+    let r = rewrite_tallied(inner, src, content, response, depth, counts, &mut tally);
+    tally.flush(inner, counts);
+    r
+}
+
+/// [`rewrite_doc`], counting the redactions of values in `tally`.
+fn rewrite_tallied(
+    inner: &Inner,
+    src: &[u8],
+    content: Option<&BTreeMap<StreamField, String>>,
+    response: bool,
+    depth: u8,
+    counts: &mut Counts,
+    tally: &mut Tally,
+) -> Result<Option<Vec<u8>>, MaskError> {
     let nested_args = depth < MAX_ARGS_DEPTH;
     let numbers = depth > 0;
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
@@ -786,7 +802,7 @@ fn rewrite_doc(
                         let s = text.get(pos + 1..end).unwrap_or("");
                         if (!positions.is_empty() || inner.has_custom()) && inner.find_at(s, &positions, &mut cands) {
                             w.copy_to(src, pos);
-                            inner.quote_masked(s, true, &cands, &mut w.out, &mut tmp, counts);
+                            inner.quote_masked(s, true, &cands, &mut w.out, &mut tmp, tally);
                             w.copied = end + 1;
                             w.changed = true;
                         }
@@ -799,7 +815,7 @@ fn rewrite_doc(
                         };
                         if inner.find(decoded, &mut cands) {
                             w.copy_to(src, pos);
-                            inner.quote_masked(decoded, !esc, &cands, &mut w.out, &mut tmp, counts);
+                            inner.quote_masked(decoded, !esc, &cands, &mut w.out, &mut tmp, tally);
                             w.copied = end + 1;
                             w.changed = true;
                         }
@@ -821,7 +837,7 @@ fn rewrite_doc(
             b'-' | b'0'..=b'9' => {
                 let end = number(src, pos)?;
                 if numbers && mute.is_none() {
-                    mask_number(inner, text, src, pos, end, &mut w, counts);
+                    mask_number(inner, text, src, pos, end, &mut w, tally);
                 }
                 pos = end;
             }
