@@ -467,6 +467,39 @@ fn numbers_inside_tool_call_arguments_are_masked() {
     }
 }
 
+/// An Anthropic Messages API response carries a tool call's input as a
+/// JSON object in the document (`content[k].input`): numbers inside it are
+/// masked like numbers in OpenAI `arguments`; numbers elsewhere (usage,
+/// ids, an `input` that is not an object) are left alone.
+#[test]
+fn numbers_inside_anthropic_tool_use_input_are_masked() {
+    let m = masker(json!({}));
+    let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "n": 4111111111111111u64,
+        "content": [
+            {"type": "text", "text": "charging"},
+            {"type": "tool_use", "id": "toolu_1", "name": "charge",
+             "input": {"card": 4111111111111111u64, "amount": 25, "nested": {"cards": [5555555555554444u64, 7], "input": {}}, "phone": "+1 415-555-0134"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "noop", "input": {}}],
+        "after": 4111111111111111u64,
+        "input": [4111111111111111u64],
+        "usage": {"input_tokens": 4111111111111111u64, "output_tokens": 34}});
+    let (out, counts) = mask(&m, &body.to_string());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["content"][1]["input"],
+               json!({"card": "[PAYMENT_CARD]", "amount": 25, "nested": {"cards": ["[PAYMENT_CARD]", 7], "input": {}}, "phone": "[PHONE]"}));
+    assert_eq!(v["content"][2]["input"], json!({}));
+    for k in ["n", "after"] {
+        assert_eq!(v[k], json!(4111111111111111u64), "{k}: numbers outside tool input are left alone");
+    }
+    assert_eq!(v["input"], json!([4111111111111111u64]), "an `input` array is not tool input");
+    assert_eq!(v["usage"]["input_tokens"], json!(4111111111111111u64));
+    assert_eq!(counts.get("payment_card"), Some(&2));
+    // the key written with an escape is the same key
+    let esc = r#"{"content":[{"type":"tool_use","input":{"c":4111111111111111}}],"m":4111111111111111}"#;
+    let (out, _) = mask(&m, esc);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"content": [{"type": "tool_use", "input": {"c": "[PAYMENT_CARD]"}}], "m": 4111111111111111u64}));
+}
+
 /// Numbers with extreme exponents inside arguments are left alone (and
 /// never overflow the digit arithmetic).
 #[test]

@@ -464,6 +464,11 @@ enum Special {
     /// (OpenAI chat `tool_calls[].function.arguments`, Responses API
     /// `function_call` items): masked as JSON when it parses as JSON.
     Arguments,
+    /// `input` with an object value: an Anthropic Messages API `tool_use`
+    /// block's input (`content[k].input`), the tool-call arguments as JSON
+    /// in the document itself; its numbers are masked too, as in
+    /// [`Special::Arguments`].
+    Input,
 }
 
 /// Inside tool-call arguments a number may be a card or phone number: the
@@ -551,11 +556,12 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     let special = |name: &[u8]| match name {
         b"logprobs" | b"prompt_logprobs" => Special::Logprobs,
         b"arguments" => Special::Arguments,
+        b"input" => Special::Input,
         _ => Special::None,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 8 | 9 | 15) {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 15) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
@@ -729,6 +735,9 @@ fn rewrite_tallied(
 ) -> Result<Option<Vec<u8>>, MaskError> {
     let nested_args = depth < MAX_ARGS_DEPTH;
     let numbers = depth > 0;
+    // the stack depth of the `input` object whose numbers are masked (see
+    // `Special::Input`), while inside it
+    let mut input_at: Option<usize> = None;
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
     let anchors = inner.anchors();
     let withhold = response && inner.withhold_logprobs();
@@ -755,6 +764,9 @@ fn rewrite_tallied(
                 Some(Action::Skip) => mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Keep }),
                 None => {}
             }
+        }
+        if member == Special::Input && input_at.is_none() && at(src, pos) == b'{' {
+            input_at = Some(stack.len());
         }
         match at(src, pos) {
             b'{' => {
@@ -836,7 +848,7 @@ fn rewrite_tallied(
             }
             b'-' | b'0'..=b'9' => {
                 let end = number(src, pos)?;
-                if numbers && mute.is_none() {
+                if (numbers || input_at.is_some()) && mute.is_none() {
                     mask_number(inner, text, src, pos, end, &mut w, tally);
                 }
                 pos = end;
@@ -846,6 +858,9 @@ fn rewrite_tallied(
         }
         // after a value
         loop {
+            if input_at == Some(stack.len()) {
+                input_at = None;
+            }
             if mute.as_ref().is_some_and(|m| m.depth == stack.len()) {
                 if let Some(m) = mute.take() {
                     match m.with {
