@@ -17,11 +17,13 @@ what else the 2-core machine runs. Masking MB/s per core = body bytes /
 per core = body bytes / (`mask` - `passthrough`), i.e. everything the
 filter adds (token check, audit, buffering, body copies, masking).
 
-Latency: wrk with one connection (requests back to back, no queueing) on
-the 1 KiB bodies; p50 of each gateway, and of a fourth one, **wasm-noop**:
-Envoy with a proxy-wasm filter that does nothing (filter/examples/
-noop_filter.rs, $NOOP_WASM), the floor any Wasm filter pays. Rounds are
-interleaved; medians.
+Latency: one request in flight at a time on the 1 KiB bodies, sent in
+turn to each gateway and to a fourth one, **wasm-noop** (Envoy with a
+proxy-wasm filter that does nothing: filter/examples/noop_filter.rs,
+$NOOP_WASM, the floor any Wasm filter pays) by cli/examples/latency_ab.rs
+($LATENCY_AB): interleaved request by request, so a machine that slows
+down during the run slows every gateway alike. p50 per gateway; the
+requests are cut into 5 consecutive blocks for the range of each ratio.
 """
 import argparse
 import json
@@ -107,6 +109,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--latency-only", action="store_true", help="only the 1 KiB p50 comparison")
+    ap.add_argument("--latency-requests", type=int, default=5000, help="requests per gateway and body in the latency comparison")
     a = ap.parse_args()
     key = Key("ES256", "m1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
@@ -134,10 +137,8 @@ def main():
                         port, pid = gws[kind]
                         url = f"http://127.0.0.1:{port}/data/{dense}-{name}"
                         thr.setdefault((name, dense, kind), []).append(wrk(url, token, a.seconds, a.connections, pid))
-            for dense in ("clean", "pii"):
-                for kind, (port, pid) in gws.items():
-                    url = f"http://127.0.0.1:{port}/data/{dense}-1k"
-                    lat.setdefault((dense, kind), []).append(wrk(url, token, a.seconds, 1, pid))
+        for dense in ("clean", "pii"):
+            lat[dense] = latency_ab(gws, dense, token, a.latency_requests)
     finally:
         for p in procs:
             p.terminate()
@@ -156,27 +157,44 @@ def main():
             mbs = lambda us: f"{size / us:.0f}" if us > 0 else "n/a"  # noqa: E731  (bytes/us = MB/s)
             print(f"| {dense} {name} | {r['passthrough'][0]:.0f} / {r['no-mask'][0]:.0f} / {r['mask'][0]:.0f} "
                   f"| {r['passthrough'][2]:.1f} / {r['no-mask'][2]:.1f} / {r['mask'][2]:.1f} | {mbs(mask_us)} | {mbs(gate_us)} |")
-    print(f"\nlatency: 1 KiB bodies, wrk -c1 (back-to-back requests), {a.rounds} rounds x {a.seconds}s; p50: median over rounds; "
-          "ratios: median of the per-round ratios (range)\n")
+    names = list(gws)
+    print(f"\nlatency: 1 KiB bodies, one request in flight, interleaved request by request across the gateways "
+          f"({a.latency_requests} requests each, after 200 to warm up); ratios of the p50s, with the range over 5 "
+          "consecutive blocks of the run\n")
     print("| body | p50 ms passthrough | p50 ms wasm-noop | p50 ms no-mask | p50 ms mask "
           "| wasm-noop / passthrough | mask / no-mask | mask / passthrough |")
     print("|---|---|---|---|---|---|---|---|")
-    # ratios: per round (the gateways of a round ran back to back), then the
-    # median over rounds, with the range
-    def ratio(dense, a, b):
-        rs = sorted(x[1] / y[1] for x, y in zip(lat[(dense, a)], lat[(dense, b)]))
-        return f"{med(rs):.3f}x ({rs[0]:.2f}-{rs[-1]:.2f})"
     for dense in ("clean", "pii"):
-        p = {k: med([x[1] for x in lat[(dense, k)]]) for k in gws}
-        print(f"| {dense} 1k | {p['passthrough']:.3f} | {p['wasm-noop']:.3f} | {p['no-mask']:.3f} | {p['mask']:.3f} "
-              f"| {ratio(dense, 'wasm-noop', 'passthrough')} | {ratio(dense, 'mask', 'no-mask')} "
-              f"| {ratio(dense, 'mask', 'passthrough')} |")
-    print("\nCPU us per request at one connection (same runs, medians)\n")
+        p50, blocks, _ = lat[dense]
+        def ratio(x, y):
+            i, j = names.index(x), names.index(y)
+            rs = sorted(b[i] / b[j] for b in blocks)
+            return f"{p50[x] / p50[y]:.3f}x ({rs[0]:.2f}-{rs[-1]:.2f})"
+        print(f"| {dense} 1k | {p50['passthrough']:.3f} | {p50['wasm-noop']:.3f} | {p50['no-mask']:.3f} | {p50['mask']:.3f} "
+              f"| {ratio('wasm-noop', 'passthrough')} | {ratio('mask', 'no-mask')} | {ratio('mask', 'passthrough')} |")
+    print("\nCPU us per request in the same runs (gateway process CPU time / its requests)\n")
     print("| body | passthrough | wasm-noop | no-mask | mask |")
     print("|---|---|---|---|---|")
     for dense in ("clean", "pii"):
-        c = {k: med([x[2] for x in lat[(dense, k)]]) for k in gws}
+        c = lat[dense][2]
         print(f"| {dense} 1k | {c['passthrough']:.1f} | {c['wasm-noop']:.1f} | {c['no-mask']:.1f} | {c['mask']:.1f} |")
+
+
+def latency_ab(gws, dense, token, requests):
+    """One interleaved latency run over all gateways (see the module doc):
+    (p50 ms by gateway, per-block p50 lists in gateway order, CPU us per
+    request by gateway)."""
+    client = os.environ["LATENCY_AB"]
+    names = list(gws)
+    before = {k: cpu_seconds(pid) for k, (_, pid) in gws.items()}
+    out = subprocess.run([client, "--requests", str(requests), "--header", f"authorization: Bearer {token}"]
+                         + [f"http://127.0.0.1:{gws[k][0]}/data/{dense}-1k" for k in names],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"latency_ab failed: {out.stderr}")
+    r = json.loads(out.stdout)
+    cpu = {k: (cpu_seconds(pid) - before[k]) * 1e6 / (requests + 200) for k, (_, pid) in gws.items()}
+    return {k: t["p50_ms"] for k, t in zip(names, r["targets"])}, r["blocks"], cpu
 
 
 if __name__ == "__main__":
