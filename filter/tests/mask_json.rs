@@ -270,6 +270,49 @@ fn one_pass_and_two_pass_agree_with_masking_each_string() {
     assert!(redacted > 1000, "the generator must produce PII ({redacted} redactions)");
 }
 
+/// Strings of values glued to each other, to digit groups and to the
+/// punctuation after which anchors inside a found value are skipped: the
+/// output must be that of running the detectors at every anchor (and that
+/// of masking each string as text), so the skip never leaves a byte of an
+/// overlapping value behind.
+#[test]
+fn anchors_inside_a_found_value_are_skipped_without_changing_the_output() {
+    const PIECES: &[&str] = &[
+        "+1 ", "+44 ", "+", "(", ")", "4111 1111 1111 1111", "5555 5555 5555 4444", "4111", "1111", "4444", "5555",
+        "415-555-0134", "415 555 0134", "555-0134", "0134", "020 7946 0958", "123-45-6789", "45-6789", "DE89 3704 0044 0532 0130 00",
+        "DE89", "3704", "jane@example.org", "@example.org", "x@1.2.3.4.com", "192.168.0.1", "10.0.0.1", "::1", "fe80::1", ":",
+        "AKIAIOSFODNN7EXAMPLE", "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "sk-ant-api03-Ab3dEf6hIj9kLm2nOp5qRs8tUv1w",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", " ", " ", " ", "-", ".", ",", ";",
+        "!", "?", "]", "}", "<", ">", "'", "\\\"", "\\n", "\\t", " a", " Z", " 7", "a", "Z", "0", "9", "\\u00a0", "é",
+    ];
+    let all = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6",
+        "aws_access_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"],
+        "per_detector": {"phone": "hash", "payment_card": "partial"}, "hash_key": "0123456789abcdef0123"}));
+    let mut rng = Rng(0x0a11_a9c4_0e5e_ed01);
+    let mut skipped_any = false;
+    for m in [masker(json!({})), all] {
+        let every = m.clone().with_every_anchor();
+        for case in 0..4000 {
+            let mut s = String::new();
+            for _ in 0..1 + rng.below(7) {
+                s.push_str(PIECES[rng.below(PIECES.len())]);
+            }
+            let doc = format!("[\"{s}\"]");
+            let parsed: Value = serde_json::from_str(&doc).unwrap_or_else(|e| panic!("generator made bad JSON ({e}): {doc}"));
+            let (mut c1, mut c2) = (Counts::new(), Counts::new());
+            let a = m.mask_json(doc.as_bytes(), &mut c1).expect("valid");
+            let b = every.mask_json(doc.as_bytes(), &mut c2).expect("valid");
+            let (a, b) = (String::from_utf8(a).expect("UTF-8"), String::from_utf8(b).expect("UTF-8"));
+            assert_eq!(a, b, "case {case}: {doc}");
+            assert_eq!(c1, c2, "case {case}: {doc}");
+            let out: Value = serde_json::from_str(&a).unwrap_or_else(|e| panic!("case {case}: output not JSON ({e})"));
+            assert_eq!(out, oracle(&m, &parsed), "case {case}: {doc}");
+            skipped_any |= c1.values().sum::<u64>() > 1;
+        }
+    }
+    assert!(skipped_any, "the generator must put several values in one string");
+}
+
 /// A chat completion whose content and log-probabilities carry an email cut
 /// across tokens, as OpenAI returns it with `logprobs: true`.
 const CHAT_WITH_LOGPROBS: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,

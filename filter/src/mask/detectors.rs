@@ -80,6 +80,9 @@ pub(crate) struct Cand {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Enabled {
     idx: [Option<u16>; 14],
+    /// [`scan_at`] may skip anchors inside a value already found (see
+    /// [`contained_after`]); off when an allow-list could drop that value.
+    pub(crate) skip_covered: bool,
 }
 
 impl Enabled {
@@ -1057,8 +1060,42 @@ pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry
 pub(crate) fn scan_at(en: &Enabled, s: &[u8], positions: &[usize], out: &mut Vec<Cand>) {
     let mut open = None;
     let mut st = ScanState::default();
+    // anchors before `covered` lie inside a value found so far
+    let mut covered = 0usize;
     for &i in positions {
+        if i < covered {
+            continue;
+        }
+        let n = out.len();
         anchor(en, s, i, at(s, i), usize::MAX, &mut st, &mut open, 0, out);
+        if en.skip_covered {
+            for c in out.get(n..).unwrap_or(&[]) {
+                if c.end > covered && contained_after(s, c.end) {
+                    covered = c.end;
+                }
+            }
+        }
+    }
+}
+
+/// Whether every built-in value found from an anchor inside a value that
+/// ends at `e` (in the complete string `s`) ends at or before `e`: `e` is
+/// the end of `s`, or the byte there is punctuation that no built-in takes
+/// into a value (`,` `;` `"` `'` `!` `?` `]` `}` `<` `>`, a tab or line
+/// break), or a space before an ASCII letter (only PEM armor has those,
+/// and it cannot start inside another value). Such a value's own bytes
+/// would then lie inside the one found (the built-ins look back at most to
+/// the start of their own token), and overlapping candidates merge into
+/// one span attributed to the earliest and longest (`Inner::select`): the
+/// anchors in between can be skipped without changing the output. On a
+/// PII-dense body this skips the phone, card and SSN checks that the later
+/// digit groups of a phone or card number would otherwise run.
+fn contained_after(s: &[u8], e: usize) -> bool {
+    match s.get(e) {
+        None => true,
+        Some(b',' | b';' | b'"' | b'\'' | b'!' | b'?' | b']' | b'}' | b'<' | b'>' | b'\t' | b'\n' | b'\r') => true,
+        Some(b' ') => at(s, e + 1).is_ascii_alphabetic(),
+        Some(_) => false,
     }
 }
 
