@@ -271,6 +271,11 @@ def test_text_is_masked(gw):
 def test_upstream_is_asked_for_identity_encoding(gw):
     get(gw, "/data/pii.json", headers=[("accept-encoding", "gzip, br")])
     assert gw["be"].seen[-1]["headers"].get("accept-encoding") == "identity"
+    # without the header (or with identity alone) there is nothing to rewrite
+    get(gw, "/data/pii.json")
+    assert "accept-encoding" not in gw["be"].seen[-1]["headers"]
+    get(gw, "/data/pii.json", headers=[("accept-encoding", "identity")])
+    assert gw["be"].seen[-1]["headers"].get("accept-encoding") == "identity"
 
 
 def test_gzip_answer_is_decoded_and_masked(gw):

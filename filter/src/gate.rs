@@ -34,6 +34,16 @@ pub fn header_safe(value: &str) -> String {
     out
 }
 
+/// Whether a request's `Accept-Encoding` headers (RFC 9110 §12.5.3) allow
+/// a content coding other than `identity`, so that a masked route must
+/// rewrite them to `identity`. A request without the header is left as it
+/// is (one header change less per request): servers answer it without a
+/// coding, and a route that still answers coded is decoded (gzip) or
+/// refused (502 `unmaskable_encoding`), never passed unmasked.
+pub fn asks_for_coding(headers: &[Header<'_>]) -> bool {
+    headers.iter().any(|(n, v)| *n == "accept-encoding" && !v.trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
 /// Where the pipeline gets a provider's current keys.
 pub trait KeyStore {
     /// The current key set of provider `index` and its generation (changes
@@ -310,7 +320,7 @@ impl Gate {
             set.push(("x-nhi-groups".into(), groups.join(",")));
         }
         if let Some(m) = &resource.mask {
-            if m.responses {
+            if m.responses && asks_for_coding(headers) {
                 // Ask for an uncompressed answer, so it can be masked as it streams.
                 set.push(("accept-encoding".into(), "identity".into()));
             }

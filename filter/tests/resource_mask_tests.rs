@@ -40,8 +40,14 @@ fn masking_resource_gets_a_compiled_masker_and_a_plan() {
     assert!(m.responses && m.reject_over_limit && m.requests == Some(RequestMask::ChatMessages));
     let gate = Gate::new(c);
     let id = Identity::from_claims("p", "https://i", &["groups".into()], &obj(json!({"groups": ["g"]})));
-    let plan = gate.authorize(&Request { authority: b"x", path: b"/v1/chat/completions", method: "POST" }, &[], id).unwrap();
+    let req = Request { authority: b"x", path: b"/v1/chat/completions", method: "POST" };
+    let plan = gate.authorize(&req, &[("accept-encoding", b"gzip, br")], id.clone()).unwrap();
     assert!(plan.set.contains(&("accept-encoding".to_string(), "identity".to_string())));
+    // nothing to rewrite: no Accept-Encoding, or only identity
+    for headers in [&[][..], &[("accept-encoding", &b" Identity"[..])][..]] {
+        let p = gate.authorize(&req, headers, id.clone()).unwrap();
+        assert!(!p.set.iter().any(|(n, _)| n == "accept-encoding"), "{headers:?}");
+    }
     assert!(plan.remove.contains(&"content-length".to_string()));
     assert_eq!(plan.mask, Some(m));
 }
