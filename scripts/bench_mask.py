@@ -24,6 +24,10 @@ $NOOP_WASM, the floor any Wasm filter pays) by cli/examples/latency_ab.rs
 ($LATENCY_AB): interleaved request by request, so a machine that slows
 down during the run slows every gateway alike. p50 per gateway; the
 requests are cut into 5 consecutive blocks for the range of each ratio.
+The fast upstream answers at once, which puts the filter's cost in full
+view; a second latency table (--upstream-delay-ms, default 2) repeats the
+comparison against an upstream that takes that long to answer, as a search
+backend does.
 """
 import argparse
 import json
@@ -55,14 +59,28 @@ def body(size, dense):
     return json.dumps({"result": recs})
 
 
-def upstream(port, admin):
+def upstream(port, admin, delay_ms):
+    """The fast upstream: /data/{clean,pii}-{1k,64k,1m} answer at once;
+    /data/slow/{clean,pii}-1k answer the 1 KiB bodies after `delay_ms`
+    (Envoy's fault filter, a fixed delay on every request), like a backend
+    that takes that long to search."""
     routes = []
     for name, size in SIZES.items():
         for dense in (False, True):
-            routes.append({"match": {"path": f"/data/{'pii' if dense else 'clean'}-{name}"},
-                           "direct_response": {"status": 200, "body": {"inline_string": body(size, dense)}},
-                           "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]})
-    return upstream_config(port, admin, routes)
+            for slow in ((False, True) if name == "1k" else (False,)):
+                route = {"match": {"path": f"/data/{'slow/' if slow else ''}{'pii' if dense else 'clean'}-{name}"},
+                         "direct_response": {"status": 200, "body": {"inline_string": body(size, dense)}},
+                         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]}
+                if slow:
+                    route["typed_per_filter_config"] = {"envoy.filters.http.fault": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                        "delay": {"fixed_delay": f"{delay_ms / 1000:.3f}s", "percentage": {"numerator": 100}}}}
+                routes.append(route)
+    cfg = upstream_config(port, admin, routes)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(0, {"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}})
+    return cfg
 
 
 def gateway(kind, jwk, port, admin, up_port):
@@ -110,11 +128,13 @@ def main():
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--latency-only", action="store_true", help="only the 1 KiB p50 comparison")
     ap.add_argument("--latency-requests", type=int, default=5000, help="requests per gateway and body in the latency comparison")
+    ap.add_argument("--upstream-delay-ms", type=float, default=2.0,
+                    help="second latency table: the upstream answers after this delay (0: skip it)")
     a = ap.parse_args()
     key = Key("ES256", "m1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
     up_port = free_port()
-    procs = [start(upstream(up_port, free_port()))]
+    procs = [start(upstream(up_port, free_port(), a.upstream_delay_ms))]
     gws = {}
     try:
         for kind in KINDS + ("wasm-noop",):
@@ -139,6 +159,12 @@ def main():
                         thr.setdefault((name, dense, kind), []).append(wrk(url, token, a.seconds, a.connections, pid))
         for dense in ("clean", "pii"):
             lat[dense] = latency_ab(gws, dense, token, a.latency_requests)
+        slow = {}
+        if a.upstream_delay_ms > 0:
+            # fewer requests: each takes the delay; the p50 needs no more
+            n = max(500, a.latency_requests // 4)
+            for dense in ("clean", "pii"):
+                slow[dense] = latency_ab(gws, f"slow/{dense}", token, n)
     finally:
         for p in procs:
             p.terminate()
@@ -161,23 +187,33 @@ def main():
     print(f"\nlatency: 1 KiB bodies, one request in flight, interleaved request by request across the gateways "
           f"({a.latency_requests} requests each, after 200 to warm up); ratios of the p50s, with the range over 5 "
           "consecutive blocks of the run\n")
-    print("| body | p50 ms passthrough | p50 ms wasm-noop | p50 ms no-mask | p50 ms mask "
-          "| wasm-noop / passthrough | mask / no-mask | mask / passthrough |")
-    print("|---|---|---|---|---|---|---|---|")
-    for dense in ("clean", "pii"):
-        p50, blocks, _ = lat[dense]
-        def ratio(x, y):
-            i, j = names.index(x), names.index(y)
-            rs = sorted(b[i] / b[j] for b in blocks)
-            return f"{p50[x] / p50[y]:.3f}x ({rs[0]:.2f}-{rs[-1]:.2f})"
-        print(f"| {dense} 1k | {p50['passthrough']:.3f} | {p50['wasm-noop']:.3f} | {p50['no-mask']:.3f} | {p50['mask']:.3f} "
-              f"| {ratio('wasm-noop', 'passthrough')} | {ratio('mask', 'no-mask')} | {ratio('mask', 'passthrough')} |")
+    latency_table(lat, names)
+    if slow:
+        n = max(500, a.latency_requests // 4)
+        print(f"\nthe same with an upstream that answers after {a.upstream_delay_ms:g} ms ({n} requests each)\n")
+        latency_table(slow, names)
     print("\nCPU us per request in the same runs (gateway process CPU time / its requests)\n")
     print("| body | passthrough | wasm-noop | no-mask | mask |")
     print("|---|---|---|---|---|")
     for dense in ("clean", "pii"):
         c = lat[dense][2]
         print(f"| {dense} 1k | {c['passthrough']:.1f} | {c['wasm-noop']:.1f} | {c['no-mask']:.1f} | {c['mask']:.1f} |")
+
+
+def latency_table(lat, names):
+    """Prints the p50s and ratios of latency_ab runs by body (clean, pii)."""
+    print("| body | p50 ms passthrough | p50 ms wasm-noop | p50 ms no-mask | p50 ms mask "
+          "| wasm-noop / passthrough | mask / no-mask | mask / passthrough |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dense in ("clean", "pii"):
+        p50, blocks, _ = lat[dense]
+
+        def ratio(x, y):
+            i, j = names.index(x), names.index(y)
+            rs = sorted(b[i] / b[j] for b in blocks)
+            return f"{p50[x] / p50[y]:.3f}x ({rs[0]:.2f}-{rs[-1]:.2f})"
+        print(f"| {dense} 1k | {p50['passthrough']:.3f} | {p50['wasm-noop']:.3f} | {p50['no-mask']:.3f} | {p50['mask']:.3f} "
+              f"| {ratio('wasm-noop', 'passthrough')} | {ratio('mask', 'no-mask')} | {ratio('mask', 'passthrough')} |")
 
 
 def latency_ab(gws, dense, token, requests):
