@@ -162,7 +162,7 @@ def main():
         slow = {}
         if a.upstream_delay_ms > 0:
             # fewer requests: each takes the delay; the p50 needs no more
-            n = max(500, a.latency_requests // 4)
+            n = max(500, a.latency_requests // 2)
             for dense in ("clean", "pii"):
                 slow[dense] = latency_ab(gws, f"slow/{dense}", token, n)
     finally:
@@ -189,7 +189,7 @@ def main():
           "consecutive blocks of the run\n")
     latency_table(lat, names)
     if slow:
-        n = max(500, a.latency_requests // 4)
+        n = max(500, a.latency_requests // 2)
         print(f"\nthe same with an upstream that answers after {a.upstream_delay_ms:g} ms ({n} requests each)\n")
         latency_table(slow, names)
     print("\nCPU us per request in the same runs (gateway process CPU time / its requests)\n")
