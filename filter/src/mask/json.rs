@@ -273,6 +273,23 @@ fn scan_string(src: &[u8], anchors: &Anchors, start: usize) -> Result<(usize, bo
     }
 }
 
+/// Lexes a key like [`scan_string`] without anchor classes: `(index of
+/// the closing quote, whether it holds escapes)`. Keys are short, so the
+/// first bytes are checked one by one before the block scan takes over.
+#[inline]
+fn scan_key(src: &[u8], start: usize) -> Result<(usize, bool), MaskError> {
+    for (k, &b) in src.get(start..).unwrap_or(&[]).iter().take(16).enumerate() {
+        if b == b'"' {
+            return Ok((start + k, false));
+        }
+        if b == b'\\' || b < 0x20 {
+            break;
+        }
+    }
+    let (end, esc, _) = scan_string(src, &Anchors::default(), start)?;
+    Ok((end, esc))
+}
+
 /// Lexes a string value like [`scan_string`] (returns the index of the
 /// closing quote and whether it holds escapes) and, in the same pass, while
 /// no escape has been seen, collects the detectors' anchor positions
@@ -545,7 +562,7 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         return Err(MaskError::new(pos, "expected a string key"));
     }
     // keys are never scanned: no anchor classes needed
-    let (end, esc, _) = scan_string(src, &Anchors::default(), pos + 1)?;
+    let (end, esc) = scan_key(src, pos + 1)?;
     let k = if !keep {
         Cow::Borrowed("")
     } else if esc {

@@ -705,7 +705,11 @@ impl Inner {
             });
         }
         if cands.len() > 1 {
-            cands.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.det.cmp(&b.det)));
+            let order = |a: &Cand, b: &Cand| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.det.cmp(&b.det));
+            // built-ins come in anchor order: often sorted already
+            if !cands.is_sorted_by(|a, b| order(a, b).is_le()) {
+                cands.sort_unstable_by(order);
+            }
             // in place: a candidate starting inside the kept one before it joins it
             cands.dedup_by(|c, kept| {
                 let joins = c.start < kept.end;
