@@ -1082,10 +1082,10 @@ pub(crate) fn scan_at(en: &Enabled, s: &[u8], positions: &[usize], out: &mut Vec
 /// ends at `e` (in the complete string `s`) ends at or before `e`: `e` is
 /// the end of `s`, or the byte there is punctuation that no built-in takes
 /// into a value (`,` `;` `"` `'` `!` `?` `]` `}` `<` `>`, a tab or line
-/// break), or a space before an ASCII letter (only PEM armor has those,
-/// and it cannot start inside another value). Such a value's own bytes
-/// would then lie inside the one found (the built-ins look back at most to
-/// the start of their own token), and overlapping candidates merge into
+/// break). Not a space: IBANs run on past `GB82 WEST…`, and one may start
+/// inside a token found before it (`sk-…_-GB82 WEST…`). Such a value's own
+/// bytes would then lie inside the one found (the built-ins look back at
+/// most to the start of their own token), and overlapping candidates merge into
 /// one span attributed to the earliest and longest (`Inner::select`): the
 /// anchors in between can be skipped without changing the output. On a
 /// PII-dense body this skips the phone, card and SSN checks that the later
@@ -1094,7 +1094,6 @@ fn contained_after(s: &[u8], e: usize) -> bool {
     match s.get(e) {
         None => true,
         Some(b',' | b';' | b'"' | b'\'' | b'!' | b'?' | b']' | b'}' | b'<' | b'>' | b'\t' | b'\n' | b'\r') => true,
-        Some(b' ') => at(s, e + 1).is_ascii_alphabetic(),
         Some(_) => false,
     }
 }
