@@ -131,6 +131,8 @@ def main():
     ap.add_argument("--upstream-delay-ms", type=float, default=2.0,
                     help="second latency table: the upstream answers after this delay (0: skip it)")
     a = ap.parse_args()
+    # delayed-upstream table: fewer requests (each takes the delay; the p50 needs no more)
+    slow_n = max(500, a.latency_requests // 2)
     key = Key("ES256", "m1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
     up_port = free_port()
@@ -161,10 +163,8 @@ def main():
             lat[dense] = latency_ab(gws, dense, token, a.latency_requests)
         slow = {}
         if a.upstream_delay_ms > 0:
-            # fewer requests: each takes the delay; the p50 needs no more
-            n = max(500, a.latency_requests // 2)
             for dense in ("clean", "pii"):
-                slow[dense] = latency_ab(gws, f"slow/{dense}", token, n)
+                slow[dense] = latency_ab(gws, f"slow/{dense}", token, slow_n)
     finally:
         for p in procs:
             p.terminate()
@@ -189,8 +189,7 @@ def main():
           "consecutive blocks of the run\n")
     latency_table(lat, names)
     if slow:
-        n = max(500, a.latency_requests // 2)
-        print(f"\nthe same with an upstream that answers after {a.upstream_delay_ms:g} ms ({n} requests each)\n")
+        print(f"\nthe same with an upstream that answers after {a.upstream_delay_ms:g} ms ({slow_n} requests each)\n")
         latency_table(slow, names)
     print("\nCPU us per request in the same runs (gateway process CPU time / its requests)\n")
     print("| body | passthrough | wasm-noop | no-mask | mask |")
