@@ -688,3 +688,20 @@ fn redactions_are_counted_by_detector_name_across_calls_and_many_detectors() {
     m.mask_json(body.as_bytes(), &mut counts).expect("valid JSON");
     assert_eq!(counts, want(2));
 }
+
+/// Keys are lexed byte by byte for 16 bytes, then by blocks: escapes and
+/// the closing quote on either side of that line are found.
+#[test]
+fn long_and_escaped_keys_are_lexed_around_the_byte_by_byte_prefix() {
+    let m = masker(json!({"fields": {"redact": ["$.aaaaaaaaaaaaaaaaaaaaAb"]}}));
+    for key in ["aaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaaaaaa\\u0041b", "aaa\\u0041", "aaaaaaaaaaaaaaa\\\"x"] {
+        let body = format!(r#"{{"{key}": "jane@example.org", "n": 1}}"#);
+        let (out, _) = mask(&m, &body);
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        let want: Value = serde_json::from_str(&body).expect("JSON");
+        let k = want.as_object().and_then(|o| o.keys().next().cloned()).expect("a key");
+        assert!(v.get(&k).is_some(), "{key}: {out}");
+        assert!(!out.contains("jane@"), "{key}: {out}");
+        assert_eq!(v["n"], 1, "{key}: {out}");
+    }
+}

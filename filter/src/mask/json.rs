@@ -278,15 +278,18 @@ fn scan_string(src: &[u8], anchors: &Anchors, start: usize) -> Result<(usize, bo
 /// first bytes are checked one by one before the block scan takes over.
 #[inline]
 fn scan_key(src: &[u8], start: usize) -> Result<(usize, bool), MaskError> {
-    for (k, &b) in src.get(start..).unwrap_or(&[]).iter().take(16).enumerate() {
+    let mut from = start;
+    for &b in src.get(start..).unwrap_or(&[]).iter().take(16) {
         if b == b'"' {
-            return Ok((start + k, false));
+            return Ok((from, false));
         }
         if b == b'\\' || b < 0x20 {
             break;
         }
+        from += 1;
     }
-    let (end, esc, _) = scan_string(src, &Anchors::default(), start)?;
+    // the block scan goes on from the first byte not yet passed
+    let (end, esc, _) = scan_string(src, &Anchors::default(), from)?;
     Ok((end, esc))
 }
 
