@@ -136,6 +136,9 @@ class Backend(_Server):
                     self.send(200, "application/json", b"\x0b\x02\x80{}\x03", [("content-encoding", "br")])
                 elif p == "/data/big.json":
                     self.send(200, "application/json", json.dumps({"pad": "x" * big, "mail": EMAIL}).encode())
+                elif p == "/data/grows.json":
+                    # under the 8192-byte limit; each email masked is one byte longer
+                    self.send(200, "application/json", json.dumps(["a@b.co"] * 800).encode())
                 elif p == "/data/bad.json":
                     self.send(200, "application/json", f'{{"mail": "{EMAIL}", '.encode())
                 elif p == "/data/none":
@@ -296,6 +299,12 @@ def test_over_limit_fails_closed(gw):
     code, h, body = get(gw, "/data/big.json")
     assert code == 502 and json.loads(body)["reason"] == "response_too_large"
     assert EMAIL.encode() not in body
+
+
+def test_masked_body_over_the_limit_fails_closed(gw):
+    code, _, body = get(gw, "/data/grows.json")
+    assert code == 502 and json.loads(body)["reason"] == "response_too_large"
+    assert b"a@b.co" not in body
 
 
 def test_invalid_json_fails_closed(gw):
@@ -624,3 +633,82 @@ def test_buffered_json_ending_with_trailers_is_masked_whole(tgw):
     assert trailers.get("x-checksum") == "abc123"
     no_pii(body.decode())
     assert json.loads(body) == {"id": 7, "note": "Escalate to [EMAIL] today; SSN [US_SSN]."}
+
+
+class BigBackend(_Server):
+    """Bodies around Envoy's default buffer limit (1 MiB), which is also the
+    default masking limit: `/grows` is under it but ~6 % longer once masked
+    (each `a@b.co` becomes `[EMAIL]`), `/announced` declares 1.2 MB up front."""
+
+    def __init__(self):
+        class H(Handler):
+            def do_GET(self):
+                if self.path == "/big/grows":
+                    body = json.dumps(["a@b.co"] * 110_000, separators=(",", ":")).encode()
+                elif self.path == "/big/announced":
+                    body = json.dumps({"pad": "x" * 1_200_000}).encode()
+                else:
+                    body = json.dumps({"mail": EMAIL}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n)
+                self.send_response(200)
+                self.send_header("content-type", "text/plain")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        _Server.__init__(self, lambda _: H)
+
+
+@pytest.fixture(scope="module")
+def big_gw(envoy_bin):
+    key = Key("ES256", "k1")
+    be = BigBackend()
+    pol = {"providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [key.jwk]}}],
+           "resources": [{"name": "big", "path_prefix": "/big/", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
+                          "mask": {"requests": "json"}}]}
+    env = Envoy(envoy_bin, pol, be.port)
+    yield {"env": env, "auth": [("authorization", f"Bearer {key.sign(claims(ISS, ttl=900))}")]}
+    env.stop()
+    be.close()
+
+
+def assert_alive(big_gw):
+    """Envoy still runs and answers (a GET without a body on a resource that
+    masks request bodies passes: there is nothing to mask)."""
+    assert big_gw["env"].proc.poll() is None, "Envoy exited"
+    code, _, body = big_gw["env"].request("GET", "/big/small", big_gw["auth"])
+    assert code == 200 and json.loads(body) == {"mail": "[EMAIL]"}
+
+
+def test_masked_body_growing_past_envoys_buffer_limit_fails_closed_without_crashing(big_gw):
+    """Default limits (masking and Envoy's buffer: 1 MiB). Writing the longer
+    masked body into Envoy's paused buffer made Envoy answer 500 from inside
+    the body callback, which re-entered the module and aborted the VM (and
+    Envoy with it). The filter refuses it first."""
+    code, h, body = big_gw["env"].request("GET", "/big/grows", big_gw["auth"])
+    assert code == 502 and json.loads(body)["reason"] == "response_too_large"
+    assert b"a@b.co" not in body
+    assert_alive(big_gw)
+
+
+def test_body_announced_over_the_limit_gets_the_filters_reply(big_gw):
+    """Content-Length over the limit: refused at the response headers with
+    the filter's reason, not Envoy's own 500 once its buffer overflows."""
+    code, h, body = big_gw["env"].request("GET", "/big/announced", big_gw["auth"])
+    assert code == 502 and json.loads(body)["reason"] == "response_too_large"
+    assert_alive(big_gw)
+
+
+def test_request_growing_past_the_limit_is_refused(big_gw):
+    body = json.dumps(["a@b.co"] * 110_000, separators=(",", ":")).encode()
+    code, h, out = big_gw["env"].request("POST", "/big/echo", big_gw["auth"] + [("content-type", "application/json")], body)
+    assert code == 413 and json.loads(out)["reason"] == "request_too_large"
+    assert_alive(big_gw)

@@ -992,7 +992,8 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
 
 /// Masks the whole buffered request body (the prompt) in place when the
 /// stream's resource masks requests; redaction counts go to its audit draft.
-/// Errors: 413 `request_too_large` over the masking limit, 400 `invalid_json`.
+/// An empty body passes as it is. Errors: 413 `request_too_large` over the
+/// masking limit (before or after masking), 400 `invalid_json`.
 fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) -> Result<(), Denial> {
     let Some((masker, settings)) = worker
         .borrow()
@@ -1007,12 +1008,20 @@ fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) ->
     if body.len() > m.max_buffer_bytes {
         return Err(Denial { status: 413, reason: "request_too_large", detail: "request body larger than the masking limit".into() });
     }
+    if body.is_empty() {
+        // no body (a GET, a bodiless POST): nothing to mask
+        return Ok(());
+    }
     let mut counts = Counts::new();
     let out = match kind {
         RequestMask::ChatMessages => body::mask_prompt(&masker, &body, &mut counts),
         RequestMask::Json => masker.mask_request_json(&body, &mut counts).map_err(|e| format!("{e:?}")),
     };
     let out = out.map_err(|e| Denial { status: 400, reason: "invalid_json", detail: format!("request body is not the JSON the policy masks: {e}") })?;
+    // held to the limit after masking too: see `Stream::mask_buffered`
+    if out.len() > m.max_buffer_bytes {
+        return Err(Denial { status: 413, reason: "request_too_large", detail: "masked request body larger than the masking limit".into() });
+    }
     if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &out).is_err() {
         return Err(Denial { status: 502, reason: "unmaskable_body", detail: "the request body could not be rewritten".into() });
     }
@@ -1346,6 +1355,8 @@ struct ResponseHead {
     status: u32,
     ctype: Option<Vec<u8>>,
     cenc: Option<Vec<u8>>,
+    /// `Content-Length` in bytes; `None` when missing or not a number.
+    clen: Option<usize>,
 }
 
 /// What happens to the response body of one stream.
@@ -1674,7 +1685,7 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
         let masker = self.masker();
-        // one host call: the content type alone, or (masked) the three headers
+        // one host call: the content type alone, or (masked) the four headers
         // masking needs (names are lowercase in Envoy)
         let mut head = ResponseHead::default();
         if masker.is_some() {
@@ -1683,6 +1694,7 @@ impl HttpContext for Stream {
                     ":status" => head.status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
                     "content-type" => head.ctype = Some(value),
                     "content-encoding" => head.cenc = Some(value),
+                    "content-length" => head.clen = std::str::from_utf8(&value).ok().and_then(|s| s.trim().parse().ok()),
                     _ => {}
                 }
             }
@@ -1727,7 +1739,7 @@ impl Stream {
     /// settings): decides how the body is handled.
     fn response_headers(&mut self, (masker, settings): (Rc<Masker>, Rc<MaskedStream>), head: ResponseHead, eos: bool) -> Action {
         let (m, method) = (&settings.0, &settings.1);
-        let ResponseHead { status, ctype, cenc } = head;
+        let ResponseHead { status, ctype, cenc, clen } = head;
         let mode = body::response_mode(m, method, status, ctype.as_deref());
         if mode == BodyMode::Pass {
             return Action::Continue;
@@ -1746,6 +1758,16 @@ impl Stream {
         self.response = match (mode, gzip) {
             (BodyMode::Sse, false) => Response::Stream(masker.stream(StreamKind::Sse)),
             (BodyMode::StreamText, false) => Response::Stream(masker.stream(StreamKind::Text)),
+            // A body announced over the limit is refused (or passed) now,
+            // before Envoy buffers it: past Envoy's own buffer limit Envoy
+            // would answer 500 itself, without the filter's reason.
+            _ if clen.is_some_and(|n| n > m.max_buffer_bytes) => {
+                if m.reject_over_limit {
+                    return self.fail(502, "response_too_large", "response body larger than the masking limit");
+                }
+                log::warn!("response over the masking limit passed unmasked (over_limit: pass)");
+                return Action::Continue;
+            }
             (mode, gzip) => Response::Buffer { mode, gzip, limit: m.max_buffer_bytes, reject: m.reject_over_limit },
         };
         match self.response {
@@ -1907,7 +1929,9 @@ impl Stream {
     /// the response headers are still paused) and writes the result back.
     /// `trailers`: the body ended with trailers, so it goes out chunked
     /// (no `Content-Length`); otherwise `Content-Length` is set to the
-    /// length sent. Fails closed (local reply) on gzip, JSON or write errors.
+    /// length sent. Fails closed (local reply) on gzip, JSON or write
+    /// errors, and when the masked body is longer than `limit` (502
+    /// `response_too_large`).
     fn mask_buffered(&mut self, masker: &Masker, raw: Vec<u8>, mode: BodyMode, gzip: bool, limit: usize, trailers: bool) -> Action {
         let size = raw.len();
         let plain: std::borrow::Cow<[u8]> = if gzip {
@@ -1938,6 +1962,14 @@ impl Stream {
             }
             _ => masker.mask_text(&String::from_utf8_lossy(&plain), &mut self.counts).into_bytes(),
         };
+        // Redaction can lengthen a body (`a@b.co` → `[EMAIL]`, keyed-hash
+        // tokens). Envoy holds the paused body to its buffer limit; writing
+        // more makes Envoy send its own 500 from inside this call, which
+        // re-enters the module and aborts the VM. The masked body is held to
+        // the masking limit, which must not exceed Envoy's.
+        if out.len() > limit {
+            return self.fail(502, "response_too_large", "masked body larger than the masking limit");
+        }
         if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &out).is_err() {
             return self.fail(502, "unmaskable_body", "the masked body could not be written back");
         }
