@@ -93,6 +93,9 @@ def gateway(kind, jwk, port, admin, up_port):
         return cfg
     policy = {"providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [jwk]}}],
               "resources": [resource]}
+    if kind == "mask":
+        # the listener below buffers up to 8 MiB (1 MiB bodies, masked)
+        policy["masking"] = {"envoy_buffer_limit_bytes": 8 << 20}
     cfg = envoy_config.render(json.dumps(policy), WASM, port, admin, [("upstream", up_port)], [("/", "upstream")],
                               kind != "passthrough")
     cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 8 << 20

@@ -863,6 +863,11 @@ impl RawConfig {
         if self.token_cache_entries > 100_000 {
             errs.add("token_cache_entries", "must be at most 100000");
         }
+        // Envoy's default `per_connection_buffer_limit_bytes`
+        let envoy_limit = self.masking.as_ref().and_then(|m| m.envoy_buffer_limit_bytes).unwrap_or(1 << 20);
+        if envoy_limit == 0 || envoy_limit > u32::MAX as usize {
+            errs.add("masking.envoy_buffer_limit_bytes", "must be between 1 and 4294967295 (the listener's per_connection_buffer_limit_bytes)");
+        }
         let f = &self.jwks_fetch;
         if !(10..=86400).contains(&f.refresh_seconds) {
             errs.add("jwks_fetch.refresh_seconds", "must be between 10 and 86400");
@@ -1045,6 +1050,14 @@ impl RawConfig {
                 };
                 if !(1..=(16 << 20)).contains(&m.max_buffer_bytes) {
                     errs.add(format!("{mat}.max_buffer_bytes"), "must be between 1 and 16777216");
+                } else if m.max_buffer_bytes > envoy_limit {
+                    errs.add(
+                        format!("{mat}.max_buffer_bytes"),
+                        format!(
+                            "{} is over Envoy's buffer limit of {envoy_limit} bytes; raise the listener's per_connection_buffer_limit_bytes and set masking.envoy_buffer_limit_bytes to it",
+                            m.max_buffer_bytes
+                        ),
+                    );
                 }
                 let content_types: Vec<String> = m.content_types.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
                 for (j, c) in content_types.iter().enumerate() {

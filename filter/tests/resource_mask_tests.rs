@@ -33,6 +33,23 @@ fn mask_settings_are_validated_with_their_field() {
 }
 
 #[test]
+fn max_buffer_bytes_is_held_to_envoys_buffer_limit() {
+    // Envoy's default limit (1 MiB) unless the policy declares the listener's
+    let over = json!({"max_buffer_bytes": (1 << 20) + 1});
+    let errs = config_errors(&doc(over.clone()));
+    let e = errs.iter().find(|e| e.field == "resources[0].mask.max_buffer_bytes").expect("over Envoy's default limit");
+    assert!(e.problem.contains("per_connection_buffer_limit_bytes"), "{e:?}");
+    assert_eq!(config(&doc(json!({"max_buffer_bytes": 1 << 20}))).resources[0].mask.as_ref().map(|m| m.max_buffer_bytes), Some(1 << 20));
+    let mut d = doc(over);
+    d["masking"] = json!({"envoy_buffer_limit_bytes": 8 << 20});
+    assert_eq!(config(&d).resources[0].mask.as_ref().map(|m| m.max_buffer_bytes), Some((1 << 20) + 1));
+    d["masking"] = json!({"envoy_buffer_limit_bytes": 1 << 20});
+    assert!(config_errors(&d).iter().any(|e| e.field == "resources[0].mask.max_buffer_bytes"));
+    d["masking"] = json!({"envoy_buffer_limit_bytes": 0});
+    assert!(config_errors(&d).iter().any(|e| e.field == "masking.envoy_buffer_limit_bytes"));
+}
+
+#[test]
 fn masking_resource_gets_a_compiled_masker_and_a_plan() {
     let c = config(&doc(json!({"requests": "chat_messages"})));
     assert!(c.masker.is_some());
