@@ -146,6 +146,16 @@ class Backend(_Server):
                     self.end_headers()
                 elif p == "/data/image":
                     self.send(200, "image/png", EMAIL.encode())
+                elif p == "/data/untyped":
+                    self.send(200, None, EMAIL.encode())
+                elif p == "/data/untyped-empty":
+                    self.send(200, None, b"")
+                elif p == "/data/two-types":
+                    self.send(200, "application/json", json.dumps({"m": EMAIL}).encode(), [("content-type", "text/plain")])
+                elif p == "/wild/page.html":
+                    self.send(200, "text/html; charset=utf-8", f"<p>{EMAIL}</p>".encode())
+                elif p == "/wild/data.json":
+                    self.send(200, "application/json", json.dumps({"m": EMAIL}).encode())
                 else:
                     self.send(404, "text/plain", b"no")
 
@@ -213,6 +223,7 @@ def policy(jwk):
                             {"methods": ["POST"], "path_glob": "/v1/responses", "class": "read"}],
              "upstream_headers": {"authorization": "Bearer backend"},
              "mask": {"requests": "chat_messages"}},
+            {"name": "wild", "path_prefix": "/wild/", "read": {"any_of": ["readers"]}, "mask": {"content_types": ["text/*"]}},
             {"name": "echo", "path_prefix": "/echo", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
              "mask": {"requests": "json"}},
         ],
@@ -320,6 +331,24 @@ def test_head_and_204_and_other_types_left_alone(gw):
     assert get(gw, "/data/none")[0] == 204
     code, _, body = get(gw, "/data/image")
     assert body == EMAIL.encode(), "content types the policy does not list pass unchanged"
+
+
+def test_body_without_a_single_content_type_fails_closed(gw):
+    """No Content-Type, or two: the filter cannot tell how to mask the body,
+    so it is refused rather than passed. Without a body there is nothing to refuse."""
+    for path in ["/data/untyped", "/data/two-types"]:
+        code, h, body = get(gw, path)
+        assert code == 502 and json.loads(body)["reason"] == "unmaskable_content_type", path
+        assert EMAIL.encode() not in body
+    code, _, body = get(gw, "/data/untyped-empty")
+    assert code == 200 and body == b""
+
+
+def test_top_level_type_wildcard_masks_every_subtype(gw):
+    code, _, body = get(gw, "/wild/page.html")
+    assert code == 200 and body == b"<p>[EMAIL]</p>"
+    code, _, body = get(gw, "/wild/data.json")
+    assert code == 200 and EMAIL.encode() in body, "text/* does not list application/json"
 
 
 def test_sse_stream_masked_incrementally_with_valid_framing(gw):

@@ -19,8 +19,12 @@ pub enum BodyMode {
     Text,
     /// Masked incrementally as SSE events (`text/event-stream`).
     Sse,
-    /// Masked incrementally as text (`text/*`).
+    /// Masked incrementally as text (`text/plain` and other listed types).
     StreamText,
+    /// The body's type cannot be told — no `Content-Type`, an empty one, or
+    /// several (Envoy joins repeated headers with `,`) — so it cannot be
+    /// masked: a body that follows is refused (502 `unmaskable_content_type`).
+    Unmaskable,
 }
 
 /// `Content-Encoding` of a body, as far as masking is concerned (RFC 9110 §8.4).
@@ -49,19 +53,35 @@ pub fn media_type(content_type: &[u8]) -> String {
     s.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
+/// Whether the resource lists `media`: the type itself, its structured
+/// syntax suffix (`+json`), its top-level type (`text/*`) or `*/*`.
 fn listed(mask: &ResourceMask, media: &str) -> bool {
-    mask.content_types.iter().any(|c| if c.starts_with('+') { media.ends_with(c.as_str()) } else { c == media })
+    mask.content_types.iter().any(|c| {
+        if c.starts_with('+') {
+            media.ends_with(c.as_str())
+        } else if let Some(top) = c.strip_suffix("/*") {
+            top == "*" || media.strip_prefix(top).is_some_and(|rest| rest.starts_with('/'))
+        } else {
+            c == media
+        }
+    })
 }
 
 /// Chooses how to mask a response. HEAD requests and 1xx/204/304 answers
 /// carry no body (RFC 9110 §6.4.1) and are left alone, as are content
-/// types the resource does not list.
+/// types the resource does not list. A response whose type cannot be told
+/// (no `Content-Type`, an empty one, or several joined by `,`) is
+/// [`BodyMode::Unmaskable`]: a masked resource does not let through a body
+/// it cannot classify (fail closed).
 pub fn response_mode(mask: &ResourceMask, method: &str, status: u32, content_type: Option<&[u8]>) -> BodyMode {
     if !mask.responses || method == "HEAD" || status < 200 || status == 204 || status == 304 {
         return BodyMode::Pass;
     }
     let media = content_type.map(media_type).unwrap_or_default();
-    if media.is_empty() || !listed(mask, &media) {
+    if media.is_empty() || media.contains(',') {
+        return BodyMode::Unmaskable;
+    }
+    if !listed(mask, &media) {
         return BodyMode::Pass;
     }
     if media == "application/json" || media.ends_with("+json") {
@@ -257,9 +277,28 @@ mod tests {
         assert_eq!(response_mode(&m, "GET", 204, Some(b"application/json")), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 304, Some(b"application/json")), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 200, Some(b"image/png")), BodyMode::Pass);
-        assert_eq!(response_mode(&m, "GET", 200, None), BodyMode::Pass);
+        // a type that cannot be told is not passed: missing, empty, several
+        for ct in [None, Some(&b""[..]), Some(b" ; charset=utf-8"), Some(b"application/json,text/plain"), Some(b"image/png, text/plain")] {
+            assert_eq!(response_mode(&m, "GET", 200, ct), BodyMode::Unmaskable, "{ct:?}");
+        }
+        assert_eq!(response_mode(&m, "HEAD", 200, None), BodyMode::Pass);
+        assert_eq!(response_mode(&m, "GET", 204, None), BodyMode::Pass);
         let off = ResourceMask { responses: false, ..mask() };
         assert_eq!(response_mode(&off, "GET", 200, Some(b"application/json")), BodyMode::Pass);
+        assert_eq!(response_mode(&off, "GET", 200, None), BodyMode::Pass);
+    }
+
+    #[test]
+    fn top_level_and_any_type_wildcards() {
+        let text = ResourceMask { content_types: vec!["text/*".into()], ..mask() };
+        assert_eq!(response_mode(&text, "GET", 200, Some(b"text/html; charset=utf-8")), BodyMode::StreamText);
+        assert_eq!(response_mode(&text, "GET", 200, Some(b"text/event-stream")), BodyMode::Sse);
+        assert_eq!(response_mode(&text, "GET", 200, Some(b"textual/html")), BodyMode::Pass);
+        assert_eq!(response_mode(&text, "GET", 200, Some(b"application/json")), BodyMode::Pass);
+        let any = ResourceMask { content_types: vec!["*/*".into()], ..mask() };
+        assert_eq!(response_mode(&any, "GET", 200, Some(b"application/octet-stream")), BodyMode::StreamText);
+        assert_eq!(response_mode(&any, "GET", 200, Some(b"application/vnd.api+json")), BodyMode::Json);
+        assert_eq!(response_mode(&any, "GET", 200, None), BodyMode::Unmaskable);
     }
 
     #[test]

@@ -1061,9 +1061,18 @@ impl RawConfig {
                 }
                 let content_types: Vec<String> = m.content_types.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
                 for (j, c) in content_types.iter().enumerate() {
-                    let ok = (c.starts_with('+') && c.len() > 1) || (c.split('/').count() == 2 && !c.contains(';') && !c.contains('*'));
+                    let mut parts = c.split('/');
+                    let (top, sub) = (parts.next().unwrap_or(""), parts.next());
+                    let token = |t: &str| !t.is_empty() && !t.contains(|ch: char| ch == '*' || ch == ';' || ch == ',' || ch.is_whitespace());
+                    let ok = (c.starts_with('+') && token(c.trim_start_matches('+')))
+                        || (parts.next().is_none()
+                            && match sub {
+                                Some("*") => top == "*" || token(top),
+                                Some(sub) => token(top) && token(sub),
+                                None => false,
+                            });
                     if !ok {
-                        errs.add(format!("{mat}.content_types[{j}]"), "use a media type (text/plain) or a suffix (+json)");
+                        errs.add(format!("{mat}.content_types[{j}]"), "use a media type (text/plain), a top-level type (text/*, */*) or a suffix (+json)");
                     }
                 }
                 std::rc::Rc::new(ResourceMask {

@@ -1692,7 +1692,14 @@ impl HttpContext for Stream {
             for (name, value) in self.get_http_response_headers_bytes() {
                 match name.as_str() {
                     ":status" => head.status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-                    "content-type" => head.ctype = Some(value),
+                    // repeated: joined, as Envoy joins them (several types: unmaskable)
+                    "content-type" => match &mut head.ctype {
+                        Some(v) => {
+                            v.push(b',');
+                            v.extend_from_slice(&value);
+                        }
+                        None => head.ctype = Some(value),
+                    },
                     "content-encoding" => head.cenc = Some(value),
                     "content-length" => head.clen = std::str::from_utf8(&value).ok().and_then(|s| s.trim().parse().ok()),
                     _ => {}
@@ -1743,6 +1750,12 @@ impl Stream {
         let mode = body::response_mode(m, method, status, ctype.as_deref());
         if mode == BodyMode::Pass {
             return Action::Continue;
+        }
+        if mode == BodyMode::Unmaskable {
+            if eos {
+                return Action::Continue;
+            }
+            return self.fail(502, "unmaskable_content_type", "the response has no single Content-Type, so the filter cannot tell how to mask it");
         }
         let gzip = match body::encoding(cenc.as_deref()) {
             Encoding::Identity => false,

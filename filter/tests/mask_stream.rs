@@ -365,6 +365,37 @@ fn sse_email_split_across_events() {
 }
 
 #[test]
+fn sse_stream_starting_with_a_byte_order_mark_is_parsed_as_sse() {
+    // Clients skip a leading BOM and read the event after it; the masker must
+    // too, or the event is masked as text, where `\u0040` hides the email.
+    let m = masker(json!({}));
+    let mut input = b"\xEF\xBB\xBF".to_vec();
+    // the first event holds the email, its `@` written as a JSON escape;
+    // then a stream split across events as usual
+    let first = chat_sse("mail jane.doe@example.com, ", &[40], "\n");
+    let first = first.split("\n\n").nth(1).unwrap().replace('@', "\\u0040");
+    input.extend_from_slice(first.as_bytes());
+    input.extend_from_slice(b"\n\n");
+    input.extend_from_slice(chat_sse("or jane.roe@example.com now", &[12], "\n").as_bytes());
+    for cuts in [vec![], vec![1], vec![2], vec![1, 2, 3], (0..input.len()).collect::<Vec<_>>()] {
+        let (out, _, counts) = stream(&m, StreamKind::Sse, &input, &cuts);
+        assert!(out.starts_with(b"\xEF\xBB\xBF"), "the mark is passed on ({cuts:?})");
+        let out = String::from_utf8(out[3..].to_vec()).unwrap();
+        let text: String = parse_sse(&out)
+            .iter()
+            .filter(|d| *d != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().map(String::from))
+            .collect();
+        assert_eq!(text, "mail [EMAIL], or [EMAIL] now", "{cuts:?}: {out}");
+        assert_eq!(counts.get("email"), Some(&2));
+    }
+    // a stream of only part of a mark, or a mark alone, is passed on as it is
+    for input in [&b"\xEF"[..], b"\xEF\xBB", b"\xEF\xBB\xBF"] {
+        assert_eq!(stream(&m, StreamKind::Sse, input, &[]).0, input);
+    }
+}
+
+#[test]
 fn sse_passthrough_and_other_payloads() {
     let m = masker(json!({}));
     let input = ": keep-alive comment\n\

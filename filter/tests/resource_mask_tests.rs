@@ -21,7 +21,11 @@ fn mask_settings_are_validated_with_their_field() {
         (json!({"requests": "everything"}), "resources[0].mask.requests"),
         (json!({"over_limit": "maybe"}), "resources[0].mask.over_limit"),
         (json!({"max_buffer_bytes": 0}), "resources[0].mask.max_buffer_bytes"),
-        (json!({"content_types": ["text/*"]}), "resources[0].mask.content_types[0]"),
+        (json!({"content_types": ["*/json"]}), "resources[0].mask.content_types[0]"),
+        (json!({"content_types": ["text/*/x"]}), "resources[0].mask.content_types[0]"),
+        (json!({"content_types": ["text/pl*n"]}), "resources[0].mask.content_types[0]"),
+        (json!({"content_types": ["text/plain, text/html"]}), "resources[0].mask.content_types[0]"),
+        (json!({"content_types": ["+"]}), "resources[0].mask.content_types[0]"),
         (json!({"content_types": ["application/json; charset=utf-8"]}), "resources[0].mask.content_types[0]"),
     ] {
         let errs = config_errors(&doc(mask.clone()));
@@ -30,6 +34,12 @@ fn mask_settings_are_validated_with_their_field() {
     let mut d = doc(json!({}));
     d["masking"] = json!({"detectors": ["no_such_detector"]});
     assert!(config_errors(&d).iter().any(|e| e.field.starts_with("masking.detectors")));
+}
+
+#[test]
+fn wildcard_content_types_are_accepted() {
+    let c = config(&doc(json!({"content_types": ["text/*", "*/*", "+xml", "Application/JSON"]})));
+    assert_eq!(c.resources[0].mask.as_ref().map(|m| m.content_types.clone()), Some(vec!["text/*".into(), "*/*".into(), "+xml".into(), "application/json".into()]));
 }
 
 #[test]

@@ -547,7 +547,14 @@ pub(crate) struct SseStream {
     eol: Vec<u8>,
     /// Whether the last bytes emitted left an event open (no blank line).
     open_event: bool,
+    /// Whether the stream's first bytes were checked for a byte order mark.
+    bom_checked: bool,
 }
+
+/// UTF-8 byte order mark. A stream may start with one, which clients
+/// ignore (WHATWG HTML, "Parsing an event stream"): it is passed on and the
+/// events after it are parsed as usual.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl SseStream {
     fn new(inner: Arc<Inner>) -> SseStream {
@@ -562,6 +569,7 @@ impl SseStream {
             template: Vec::new(),
             eol: Vec::new(),
             open_event: false,
+            bom_checked: false,
         }
     }
 
@@ -575,6 +583,17 @@ impl SseStream {
     fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
+        if !self.bom_checked {
+            if self.buf.len() < BOM.len() && BOM.starts_with(&self.buf) {
+                // maybe a mark cut across chunks: wait for its other bytes
+                return out;
+            }
+            self.bom_checked = true;
+            if self.buf.starts_with(BOM) {
+                out.extend_from_slice(BOM);
+                self.buf.drain(..BOM.len());
+            }
+        }
         self.split_lines(false, &mut out, counts);
         if self.buf.len() + self.lines_bytes > MAX_EVENT {
             // not SSE as we know it: release what we hold as text
