@@ -111,6 +111,39 @@ def test_istio_wasmplugin_carries_the_demo_policy():
     assert r.returncode == 0, r.stderr
 
 
+def test_istio_envoyfilter_is_the_rendered_filter_and_loads_in_envoy(envoy_bin, tmp_path):
+    """The EnvoyFilter form exists because WasmPlugin cannot set
+    allow_on_headers_stop_iteration: its patch is exactly the filter entry
+    scripts/envoy_config.py renders (flag and FAIL_CLOSED included), with the
+    demo policy, and Envoy accepts it in place of the demo's entry."""
+    doc = yaml.safe_load(open(ROOT / "envoy" / "istio" / "envoyfilter.yaml"))
+    assert doc["kind"] == "EnvoyFilter"
+    patch = doc["spec"]["configPatches"][0]
+    assert patch["applyTo"] == "HTTP_FILTER" and patch["patch"]["operation"] == "INSERT_BEFORE"
+    assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
+    flt = patch["patch"]["value"]
+    config = flt["typed_config"]["config"]
+    path = config["vm_config"]["code"]["local"]["filename"]
+    policy = json.load(open(ROOT / "policies" / "rag-demo.json"))
+    assert json.loads(config["configuration"]["value"]) == policy
+    assert flt == envoy_config.wasm_filter(config["configuration"]["value"], path)
+    assert config["allow_on_headers_stop_iteration"] is True and config["failure_policy"] == "FAIL_CLOSED"
+    cfg = envoy_config.render("{}", str(WASM), 10000, 9901, [("idp", 9400), ("upstream", 9401), ("approvals", 9402)], [("/", "upstream")])
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    local = json.loads(json.dumps(flt).replace(json.dumps(path), json.dumps(str(WASM))))
+    hcm["http_filters"] = [local] + [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router"]
+    f = tmp_path / "envoy.json"
+    f.write_text(json.dumps(cfg))
+    r = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(f), "--disable-hot-restart"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    r = subprocess.run([CLI, "policy", "check", str(ROOT / "envoy" / "istio" / "envoyfilter.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok (1 provider, 2 resources)" in r.stdout, r.stdout + r.stderr
+    bad = tmp_path / "bad-envoyfilter.yaml"
+    bad.write_text(open(ROOT / "envoy" / "istio" / "envoyfilter.yaml").read().replace('"max_lifetime_seconds": 3600', '"max_lifetime_seconds": 0'))
+    r = subprocess.run([CLI, "policy", "check", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "providers[0].max_lifetime_seconds" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("name,text", [
     ("dup.json", '{"providers":[{"name":"a","issuer":"i","audiences":["x"],"jwks_uri":"https://i/k","cluster":"c"}],'
                  '"resources":[{"name":"r","write":{"any_of":["w"]},"write":{"any_of":["w","readers"]}}]}'),

@@ -9,8 +9,9 @@ const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.was
 /// The nhi-gate configurations found in a file, each as JSON text with a label:
 /// - a policy document (JSON, or YAML by `.yaml`/`.yml` extension);
 /// - an Istio `WasmPlugin` manifest: its `spec.pluginConfig`;
-/// - an Envoy bootstrap (`static_resources`): the `configuration` string of
-///   every `envoy.extensions.filters.http.wasm.v3.Wasm` filter.
+/// - an Envoy bootstrap (`static_resources`) or an Istio `EnvoyFilter`
+///   manifest: the `configuration` string of every
+///   `envoy.extensions.filters.http.wasm.v3.Wasm` filter.
 ///
 /// A JSON policy is handed to the validator as written, so duplicate
 /// members are reported like the filter reports them.
@@ -28,7 +29,7 @@ pub fn load(path: &PathBuf) -> Result<Vec<(String, String)>, String> {
         let pc = v.pointer("/spec/pluginConfig").ok_or("spec.pluginConfig: missing in WasmPlugin manifest")?;
         return Ok(vec![("spec.pluginConfig".into(), pc.to_string())]);
     }
-    if v.get("static_resources").is_some() {
+    if v.get("static_resources").is_some() || v.get("kind").and_then(|k| k.as_str()) == Some("EnvoyFilter") {
         let mut found = Vec::new();
         wasm_configs(&v, "", &mut found);
         if found.is_empty() {

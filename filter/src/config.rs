@@ -625,7 +625,7 @@ impl Config {
                 // serde's " at line L column C" suffix depends on formatting;
                 // the field path already says where.
                 let msg = e.into_inner().to_string();
-                let problem = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                let problem = plain_types(msg.split(" at line ").next().unwrap_or(&msg));
                 return Err(vec![ConfigError { field, problem }]);
             }
         };
@@ -645,6 +645,26 @@ impl Config {
     pub fn provider_by_issuer(&self, iss: &str) -> Option<(usize, &Provider)> {
         self.providers.iter().enumerate().find(|(_, p)| p.issuer == iss)
     }
+}
+
+/// serde's message with Rust type names said in JSON terms
+/// (`expected u64` → `expected a non-negative integer`).
+fn plain_types(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, json) in [
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u16", "expected a non-negative integer"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(rest) = out.strip_suffix(rust) {
+            out = format!("{rest}{json}");
+        }
+    }
+    out
 }
 
 struct Errors(Vec<ConfigError>);

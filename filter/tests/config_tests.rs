@@ -582,3 +582,26 @@ fn wildcard_authority_with_port_or_inner_star_is_rejected() {
         assert!(errs.iter().any(|e| e.field == "resources[0].authorities[0]"), "{bad}: {errs:?}");
     }
 }
+
+#[test]
+fn type_errors_are_said_in_json_terms() {
+    let base = json!({
+        "providers": [{"name": "p", "issuer": "https://i", "audiences": ["a"], "jwks_uri": "https://i/k", "cluster": "c"}],
+        "resources": [{"name": "r", "read": {"any_of": ["g"]}}]
+    });
+    for (field, value, want) in [
+        ("clock_skew_seconds", json!("60"), "expected a non-negative integer"),
+        ("clock_skew_seconds", json!(1.5), "expected a non-negative integer"),
+    ] {
+        let mut d = base.clone();
+        d[field] = value.clone();
+        let errs = config_errors(&d);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, field);
+        assert!(errs[0].problem.ends_with(want) && errs[0].problem.contains("invalid type"), "{value}: {}", errs[0].problem);
+    }
+    let mut d = base.clone();
+    d["resources"][0]["identity_headers"] = json!("yes");
+    let errs = config_errors(&d);
+    assert!(errs[0].problem.ends_with("expected true or false"), "{}", errs[0].problem);
+}
