@@ -161,3 +161,36 @@ def test_cli_checks_the_policy_inside_an_envoy_bootstrap():
     r = subprocess.run([CLI, "policy", "check", str(ROOT / "envoy" / "envoy.yaml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "configuration.value): ok (1 provider, 2 resources)" in r.stdout
+
+
+def test_policy_check_reads_every_document_of_a_manifest(tmp_path):
+    """Istio manifests bundle documents with `---`: each WasmPlugin or
+    EnvoyFilter among them is checked, other kinds are skipped."""
+    plugin = (ROOT / "envoy" / "istio" / "wasmplugin.yaml").read_text()
+    flt = (ROOT / "envoy" / "istio" / "envoyfilter.yaml").read_text()
+    deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: rag-gateway}\n"
+    f = tmp_path / "bundle.yaml"
+    f.write_text(deployment + "---\n" + plugin + "---\n" + flt.replace('"max_lifetime_seconds": 3600', '"max_lifetime_seconds": 0'))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "(document 2: spec.pluginConfig): ok (1 provider, 2 resources)" in r.stdout, r.stdout
+    assert "document 3: " in r.stderr and "providers[0].max_lifetime_seconds" in r.stderr, r.stderr
+    f.write_text(deployment)
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1 and "kind" not in r.stdout
+
+
+def test_policy_check_finds_clusters_missing_from_an_envoy_config(tmp_path):
+    """Envoy accepts a bootstrap whose policy names a cluster it lacks, and
+    then every callout fails at run time; the check names the field."""
+    have = json.load(open(ROOT / "envoy" / "envoy.yaml"))
+    f = tmp_path / "envoy.json"
+    f.write_text(json.dumps(have))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    f.write_text(json.dumps(have).replace('\\"cluster\\": \\"idp\\"', '\\"cluster\\": \\"idp-typo\\"')
+                 .replace('\\"cluster\\": \\"approvals\\"', '\\"cluster\\": \\"approval\\"'))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert 'providers[0].cluster: no cluster "idp-typo"' in r.stderr, r.stderr
+    assert 'resources[0].approval.cluster: no cluster "approval"' in r.stderr, r.stderr

@@ -6,38 +6,82 @@ use std::process::ExitCode;
 
 const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
-/// The nhi-gate configurations found in a file, each as JSON text with a label:
+/// One nhi-gate configuration found in a file.
+pub struct Found {
+    /// Where in the file (empty for a whole policy document).
+    pub label: String,
+    /// The configuration, JSON text.
+    pub text: String,
+    /// The clusters of the Envoy bootstrap it came from ([`static_clusters`]).
+    pub clusters: Option<Vec<String>>,
+}
+
+/// The nhi-gate configurations found in a file:
 /// - a policy document (JSON, or YAML by `.yaml`/`.yml` extension);
 /// - an Istio `WasmPlugin` manifest: its `spec.pluginConfig`;
 /// - an Envoy bootstrap (`static_resources`) or an Istio `EnvoyFilter`
 ///   manifest: the `configuration` string of every
 ///   `envoy.extensions.filters.http.wasm.v3.Wasm` filter.
 ///
-/// A JSON policy is handed to the validator as written, so duplicate
-/// members are reported like the filter reports them.
-pub fn load(path: &PathBuf) -> Result<Vec<(String, String)>, String> {
+/// A YAML file may hold several documents (`---`, as Istio manifests do):
+/// each `WasmPlugin`, `EnvoyFilter`, bootstrap or policy among them is
+/// checked, other kinds are skipped. A JSON policy is handed to the
+/// validator as written, so duplicate members are reported like the filter
+/// reports them.
+pub fn load(path: &PathBuf) -> Result<Vec<Found>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
-    let v: serde_json::Value = if yaml {
+    if !matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("(document): not JSON: {e}"))?;
+        return from_document(&v, Some(text), "");
+    }
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(&text) {
         // Through serde_yaml's own Value, which refuses duplicate keys.
-        let y: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| format!("(document): not YAML: {e}"))?;
-        serde_json::to_value(y).map_err(|e| format!("(document): {e}"))?
-    } else {
-        serde_json::from_str(&text).map_err(|e| format!("(document): not JSON: {e}"))?
-    };
+        let y = <serde_yaml::Value as serde::Deserialize>::deserialize(d).map_err(|e| format!("(document): not YAML: {e}"))?;
+        if !y.is_null() {
+            docs.push(serde_json::to_value(y).map_err(|e| format!("(document): {e}"))?);
+        }
+    }
+    if let [v] = docs.as_slice() {
+        return from_document(v, None, "");
+    }
+    let mut found = Vec::new();
+    for (i, v) in docs.iter().enumerate() {
+        let kind = v.get("kind").and_then(|k| k.as_str());
+        let ours = matches!(kind, Some("WasmPlugin" | "EnvoyFilter"))
+            || v.get("static_resources").is_some()
+            || (kind.is_none() && (v.get("providers").is_some() || v.get("resources").is_some()));
+        if ours {
+            found.extend(from_document(v, None, &format!("document {}: ", i + 1))?);
+        }
+    }
+    if found.is_empty() {
+        return Err("(document): no WasmPlugin, EnvoyFilter, Envoy config or policy among its documents".into());
+    }
+    Ok(found)
+}
+
+/// [`load`] for one document `v` (`written`: its JSON text as written);
+/// labels start with `prefix`.
+fn from_document(v: &serde_json::Value, written: Option<String>, prefix: &str) -> Result<Vec<Found>, String> {
     if v.get("kind").and_then(|k| k.as_str()) == Some("WasmPlugin") {
-        let pc = v.pointer("/spec/pluginConfig").ok_or("spec.pluginConfig: missing in WasmPlugin manifest")?;
-        return Ok(vec![("spec.pluginConfig".into(), pc.to_string())]);
+        let pc = v.pointer("/spec/pluginConfig").ok_or(format!("{prefix}spec.pluginConfig: missing in WasmPlugin manifest"))?;
+        return Ok(vec![Found { label: format!("{prefix}spec.pluginConfig"), text: pc.to_string(), clusters: None }]);
     }
     if v.get("static_resources").is_some() || v.get("kind").and_then(|k| k.as_str()) == Some("EnvoyFilter") {
         let mut found = Vec::new();
-        wasm_configs(&v, "", &mut found);
+        wasm_configs(v, "", &mut found);
         if found.is_empty() {
-            return Err("(document): Envoy config without an envoy.filters.http.wasm filter configuration".into());
+            return Err(format!("{prefix}(document): Envoy config without an envoy.filters.http.wasm filter configuration"));
         }
-        return Ok(found);
+        let clusters = static_clusters(v);
+        return Ok(found
+            .into_iter()
+            .map(|(label, text)| Found { label: format!("{prefix}{label}"), text, clusters: clusters.clone() })
+            .collect());
     }
-    Ok(vec![(String::new(), if yaml { v.to_string() } else { text })])
+    let label = prefix.trim_end_matches(": ").to_string();
+    Ok(vec![Found { label, text: written.unwrap_or_else(|| v.to_string()), clusters: None }])
 }
 
 fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
@@ -61,6 +105,41 @@ fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>
     }
 }
 
+/// The clusters an Envoy bootstrap defines statically, or `None` when it
+/// may get more from CDS (`dynamic_resources.cds_config`) or is not a
+/// bootstrap (a policy, an Istio manifest: clusters live elsewhere).
+pub fn static_clusters(v: &serde_json::Value) -> Option<Vec<String>> {
+    v.get("static_resources")?;
+    if v.pointer("/dynamic_resources/cds_config").is_some() {
+        return None;
+    }
+    let clusters = v.pointer("/static_resources/clusters").and_then(|c| c.as_array());
+    Some(clusters.into_iter().flatten().filter_map(|c| c.get("name")?.as_str().map(String::from)).collect())
+}
+
+/// Every Envoy cluster a configuration calls, with the field that names it.
+pub fn called_clusters(c: &Config) -> Vec<(String, String)> {
+    use nhi_gate::config::KeySource;
+    let mut out = Vec::new();
+    for (i, p) in c.providers.iter().enumerate() {
+        if let KeySource::Remote { cluster, .. } | KeySource::Discovery { cluster, .. } = &p.keys {
+            out.push((format!("providers[{i}].cluster"), cluster.clone()));
+        }
+    }
+    for (i, r) in c.resources.iter().enumerate() {
+        if let Some(a) = &r.approval {
+            out.push((format!("resources[{i}].approval.cluster"), a.cluster.clone()));
+        }
+        if let Some(s) = r.quota.as_ref().and_then(|q| q.service.as_ref()) {
+            out.push((format!("resources[{i}].quota.service.cluster"), s.cluster.clone()));
+        }
+    }
+    if let Some(col) = &c.audit.collector {
+        out.push(("audit.collector.cluster".into(), col.cluster.clone()));
+    }
+    out
+}
+
 fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
@@ -76,10 +155,25 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
                 continue;
             }
         };
-        for (label, text) in docs {
+        for Found { label, text, clusters } in docs {
             let name = if label.is_empty() { f.display().to_string() } else { format!("{} ({label})", f.display()) };
             match Config::from_json(text.as_bytes()) {
-                Ok(c) => println!("{name}: ok ({}, {})", plural(c.providers.len(), "provider"), plural(c.resources.len(), "resource")),
+                Ok(c) => {
+                    // In a bootstrap, a cluster the policy calls must exist:
+                    // Envoy accepts the config either way, and the callout
+                    // fails at run time (BadArgument) on every request.
+                    let missing: Vec<(String, String)> = match &clusters {
+                        Some(have) => called_clusters(&c).into_iter().filter(|(_, n)| !have.contains(n)).collect(),
+                        None => Vec::new(),
+                    };
+                    if missing.is_empty() {
+                        println!("{name}: ok ({}, {})", plural(c.providers.len(), "provider"), plural(c.resources.len(), "resource"));
+                    }
+                    for (field, cluster) in missing {
+                        failed = true;
+                        eprintln!("{name}: invalid configuration: {field}: no cluster {cluster:?} in this Envoy config's static_resources.clusters");
+                    }
+                }
                 Err(errs) => {
                     failed = true;
                     for e in errs {
