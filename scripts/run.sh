@@ -6,7 +6,9 @@
 # run, builds, prints ready-to-paste curl lines, and stops everything on Ctrl-C.
 #
 # Environment: ENVOY_BIN (Envoy binary to use), NHI_GATE_PORT (listener,
-# default 10000), NHI_GATE_POLICY (default policies/rag-demo.json).
+# default 10000), NHI_GATE_ADMIN_PORT (default 9901), NHI_GATE_POLICY (default
+# policies/rag-demo.json), NHI_GATE_RUN_DIR (logs, audit records, approvals
+# database; default a new temporary folder, kept after the demo stops).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -24,7 +26,9 @@ if [ -z "${ENVOY_BIN:-}" ]; then
 fi
 scripts/build.sh
 
-run_dir="$(mktemp -d -t nhi-gate-run.XXXXXX)"
+# logs, audit records and the approvals database (NHI_GATE_RUN_DIR, else a new temporary folder)
+run_dir="${NHI_GATE_RUN_DIR:-$(mktemp -d -t nhi-gate-run.XXXXXX)}"
+mkdir -p "$run_dir"
 pids=()
 cleanup() {
   trap - INT TERM EXIT
@@ -96,4 +100,7 @@ More tokens (the dev IdP mints any identity for anyone who can reach it: demo on
 Press Ctrl-C to stop.
 MSG
 wait -n "${pids[@]}" || true
-echo "a demo process exited; see $run_dir" >&2
+# Ctrl-C stops Envoy and the CLI too, which can end the wait before the INT
+# trap runs: give the trap its turn before reporting a process that died.
+sleep 0.5
+echo "a demo process exited on its own; see the logs in $run_dir" >&2

@@ -15,9 +15,10 @@ from harness import ROOT, free_port
 
 
 @pytest.fixture(scope="module")
-def demo(envoy_bin):
+def demo(envoy_bin, tmp_path_factory):
     port, admin = free_port(), free_port()
-    env = dict(os.environ, ENVOY_BIN=envoy_bin, NHI_GATE_PORT=str(port), NHI_GATE_ADMIN_PORT=str(admin))
+    env = dict(os.environ, ENVOY_BIN=envoy_bin, NHI_GATE_PORT=str(port), NHI_GATE_ADMIN_PORT=str(admin),
+               NHI_GATE_RUN_DIR=str(tmp_path_factory.mktemp("run")))
     proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh")], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = []
