@@ -150,6 +150,13 @@ class Backend(_Server):
                     self.send(200, None, EMAIL.encode())
                 elif p == "/data/untyped-empty":
                     self.send(200, None, b"")
+                elif p in ("/data/untyped-chunked", "/data/untyped-chunked-empty"):
+                    self.send_response(200)
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    if p.endswith("chunked"):
+                        self.wfile.write(f"{len(EMAIL):x}\r\n{EMAIL}\r\n".encode())
+                    self.wfile.write(b"0\r\n\r\n")
                 elif p == "/data/two-types":
                     self.send(200, "application/json", json.dumps({"m": EMAIL}).encode(), [("content-type", "text/plain")])
                 elif p == "/wild/page.html":
@@ -336,12 +343,13 @@ def test_head_and_204_and_other_types_left_alone(gw):
 def test_body_without_a_single_content_type_fails_closed(gw):
     """No Content-Type, or two: the filter cannot tell how to mask the body,
     so it is refused rather than passed. Without a body there is nothing to refuse."""
-    for path in ["/data/untyped", "/data/two-types"]:
+    for path in ["/data/untyped", "/data/two-types", "/data/untyped-chunked"]:
         code, h, body = get(gw, path)
         assert code == 502 and json.loads(body)["reason"] == "unmaskable_content_type", path
         assert EMAIL.encode() not in body
-    code, _, body = get(gw, "/data/untyped-empty")
-    assert code == 200 and body == b""
+    for path in ["/data/untyped-empty", "/data/untyped-chunked-empty"]:
+        code, _, body = get(gw, path)
+        assert code == 200 and body == b"", path
 
 
 def test_top_level_type_wildcard_masks_every_subtype(gw):

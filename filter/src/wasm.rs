@@ -1366,6 +1366,9 @@ enum Response {
     Buffer { mode: BodyMode, gzip: bool, limit: usize, reject: bool },
     /// Mask chunk by chunk.
     Stream(StreamMasker),
+    /// No single `Content-Type` ([`BodyMode::Unmaskable`]): the headers wait;
+    /// the first body byte is refused, an empty body passes.
+    Untyped,
 }
 
 impl Context for Stream {
@@ -1755,7 +1758,9 @@ impl Stream {
             if eos {
                 return Action::Continue;
             }
-            return self.fail(502, "unmaskable_content_type", "the response has no single Content-Type, so the filter cannot tell how to mask it");
+            // refused at its first byte; an empty body (e.g. chunked) passes
+            self.response = Response::Untyped;
+            return Action::Pause;
         }
         let gzip = match body::encoding(cenc.as_deref()) {
             Encoding::Identity => false,
@@ -1862,6 +1867,8 @@ impl Stream {
                 Action::Pause
             }
             Response::Pass => Action::Continue,
+            // no body byte came (the first would have been refused)
+            Response::Untyped => Action::Continue,
         }
     }
 }
@@ -1919,6 +1926,12 @@ impl Stream {
         }
         match &mut self.response {
             Response::Pass | Response::Stream(_) => Action::Continue,
+            Response::Untyped if size > 0 => self.fail(502, "unmaskable_content_type", "the response has no single Content-Type, so the filter cannot tell how to mask it"),
+            Response::Untyped if eos => {
+                self.response = Response::Pass;
+                Action::Continue
+            }
+            Response::Untyped => Action::Pause,
             Response::Buffer { mode, gzip, limit, reject } => {
                 let (mode, gzip, limit, reject) = (*mode, *gzip, *limit, *reject);
                 if size > limit {
