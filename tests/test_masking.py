@@ -157,6 +157,18 @@ class Backend(_Server):
                     if p.endswith("chunked"):
                         self.wfile.write(f"{len(EMAIL):x}\r\n{EMAIL}\r\n".encode())
                     self.wfile.write(b"0\r\n\r\n")
+                elif p == "/pass/gz.json":
+                    self.send(200, "application/json", gzip.compress(json.dumps(DOC).encode()), [("content-encoding", "gzip")])
+                elif p == "/pass/gz-chunked.json":
+                    gz = gzip.compress(json.dumps(DOC).encode())
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-encoding", "gzip")
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(f"{len(gz):x}\r\n".encode() + gz + b"\r\n0\r\n\r\n")
+                elif p == "/data/two-types-params":
+                    self.send(200, "image/png; a=b", json.dumps({"m": EMAIL}).encode(), [("content-type", "application/json")])
                 elif p == "/data/two-types":
                     self.send(200, "application/json", json.dumps({"m": EMAIL}).encode(), [("content-type", "text/plain")])
                 elif p == "/wild/page.html":
@@ -230,6 +242,8 @@ def policy(jwk):
                             {"methods": ["POST"], "path_glob": "/v1/responses", "class": "read"}],
              "upstream_headers": {"authorization": "Bearer backend"},
              "mask": {"requests": "chat_messages"}},
+            {"name": "pass", "path_prefix": "/pass/", "read": {"any_of": ["readers"]},
+             "mask": {"max_buffer_bytes": 64, "over_limit": "pass"}},
             {"name": "wild", "path_prefix": "/wild/", "read": {"any_of": ["readers"]}, "mask": {"content_types": ["text/*"]}},
             {"name": "echo", "path_prefix": "/echo", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
              "mask": {"requests": "json"}},
@@ -325,6 +339,16 @@ def test_masked_body_over_the_limit_fails_closed(gw):
     assert b"a@b.co" not in body
 
 
+def test_gzip_body_passed_over_the_limit_keeps_its_encoding(gw):
+    """`over_limit: pass` hands the body on as the upstream sent it: still
+    gzip, so its Content-Encoding stays (announced by Content-Length at the
+    headers, or found over the limit while buffering a chunked body)."""
+    for path in ["/pass/gz.json", "/pass/gz-chunked.json"]:
+        code, h, body = get(gw, path)
+        assert code == 200 and h.get("content-encoding") == "gzip", (path, h)
+        assert json.loads(gzip.decompress(body)) == DOC, path
+
+
 def test_invalid_json_fails_closed(gw):
     code, h, body = get(gw, "/data/bad.json")
     assert code == 502 and json.loads(body)["reason"] == "unmaskable_body"
@@ -343,7 +367,7 @@ def test_head_and_204_and_other_types_left_alone(gw):
 def test_body_without_a_single_content_type_fails_closed(gw):
     """No Content-Type, or two: the filter cannot tell how to mask the body,
     so it is refused rather than passed. Without a body there is nothing to refuse."""
-    for path in ["/data/untyped", "/data/two-types", "/data/untyped-chunked"]:
+    for path in ["/data/untyped", "/data/two-types", "/data/two-types-params", "/data/untyped-chunked"]:
         code, h, body = get(gw, path)
         assert code == 502 and json.loads(body)["reason"] == "unmaskable_content_type", path
         assert EMAIL.encode() not in body

@@ -47,6 +47,23 @@ pub fn encoding(value: Option<&[u8]>) -> Encoding {
     }
 }
 
+/// Whether a `Content-Type` value holds several types: a `,` outside a
+/// quoted parameter value (RFC 9110 §5.6.4), as when Envoy joins repeated
+/// headers (`image/png; a=b,application/json`).
+pub fn several_types(content_type: &[u8]) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in content_type {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The media type of a `Content-Type` value, lowercase, without parameters.
 pub fn media_type(content_type: &[u8]) -> String {
     let s = String::from_utf8_lossy(content_type);
@@ -78,7 +95,7 @@ pub fn response_mode(mask: &ResourceMask, method: &str, status: u32, content_typ
         return BodyMode::Pass;
     }
     let media = content_type.map(media_type).unwrap_or_default();
-    if media.is_empty() || media.contains(',') {
+    if media.is_empty() || content_type.is_some_and(several_types) {
         return BodyMode::Unmaskable;
     }
     if !listed(mask, &media) {
@@ -278,9 +295,21 @@ mod tests {
         assert_eq!(response_mode(&m, "GET", 304, Some(b"application/json")), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 200, Some(b"image/png")), BodyMode::Pass);
         // a type that cannot be told is not passed: missing, empty, several
-        for ct in [None, Some(&b""[..]), Some(b" ; charset=utf-8"), Some(b"application/json,text/plain"), Some(b"image/png, text/plain")] {
+        for ct in [
+            None,
+            Some(&b""[..]),
+            Some(b" ; charset=utf-8"),
+            Some(b"application/json,text/plain"),
+            Some(b"image/png, text/plain"),
+            // the comma after the first type's parameters
+            Some(b"image/png; a=b,application/json"),
+            Some(b"text/plain; charset=utf-8, application/json"),
+            Some(b"image/png; a=\"x\\\"\",application/json"),
+        ] {
             assert_eq!(response_mode(&m, "GET", 200, ct), BodyMode::Unmaskable, "{ct:?}");
         }
+        // a comma inside a quoted parameter value is not a second type
+        assert_eq!(response_mode(&m, "GET", 200, Some(b"application/json; x=\"a,b\"")), BodyMode::Json);
         assert_eq!(response_mode(&m, "HEAD", 200, None), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 204, None), BodyMode::Pass);
         let off = ResourceMask { responses: false, ..mask() };

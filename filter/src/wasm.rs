@@ -1767,9 +1767,8 @@ impl Stream {
             Encoding::Gzip => true,
             Encoding::Unsupported => return self.fail(502, "unmaskable_encoding", "the upstream answered with a content encoding the filter cannot decode"),
         };
-        if gzip {
-            self.set_http_response_header("content-encoding", None);
-        }
+        // (a gzip body loses its Content-Encoding only once it is written
+        // back decoded: a body passed over the limit keeps it)
         if eos {
             return Action::Continue;
         }
@@ -2001,6 +2000,9 @@ impl Stream {
         }
         self.response = Response::Pass;
         // the headers are still held (paused at response headers)
+        if gzip {
+            self.set_http_response_header("content-encoding", None);
+        }
         if trailers {
             self.set_http_response_header("content-length", None);
         } else {
