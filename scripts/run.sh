@@ -11,6 +11,8 @@
 # database; default a new temporary folder, kept after the demo stops).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# a relative NHI_GATE_RUN_DIR is relative to where the script was started
+case "${NHI_GATE_RUN_DIR:-/}" in /*) ;; *) NHI_GATE_RUN_DIR="$PWD/$NHI_GATE_RUN_DIR" ;; esac
 cd "$root"
 
 ENVOY_VERSION=1.40.0

@@ -194,3 +194,35 @@ def test_policy_check_finds_clusters_missing_from_an_envoy_config(tmp_path):
     assert r.returncode == 1
     assert 'providers[0].cluster: no cluster "idp-typo"' in r.stderr, r.stderr
     assert 'resources[0].approval.cluster: no cluster "approval"' in r.stderr, r.stderr
+
+
+def test_policy_check_holds_masking_limits_to_the_listeners_buffer_limit(tmp_path):
+    """A body is masked in Envoy's buffer; past the listener's
+    per_connection_buffer_limit_bytes Envoy answers 500 from inside the
+    filter's call. The demo masks with the default 1 MiB limit."""
+    have = json.load(open(ROOT / "envoy" / "envoy.yaml"))
+    have["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 16384
+    f = tmp_path / "envoy.json"
+    f.write_text(json.dumps(have))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    for i in (0, 1):  # both demo resources mask
+        assert f"resources[{i}].mask.max_buffer_bytes: 1048576 is over the listener's per_connection_buffer_limit_bytes 16384" in r.stderr, r.stderr
+    have["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 2 << 20
+    f.write_text(json.dumps(have))
+    assert subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True).returncode == 0
+
+
+def test_policy_check_skips_other_envoyfilters_and_reads_merge_keys(tmp_path):
+    limit = ("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: buffer-limit}\n"
+             "spec:\n  configPatches:\n  - applyTo: LISTENER\n    patch:\n      operation: MERGE\n"
+             "      value: {per_connection_buffer_limit_bytes: 2097152}\n")
+    f = tmp_path / "bundle.yaml"
+    f.write_text(limit + "---\n" + (ROOT / "envoy" / "istio" / "envoyfilter.yaml").read_text())
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0 and "document 2: " in r.stdout, r.stdout + r.stderr
+    # `read` merges the group rule written once for `write` (kubectl reads `<<` the same way)
+    f.write_text("providers: [{name: ci, issuer: 'https://ci', audiences: [a], jwks_uri: 'https://ci/k', cluster: idp}]\n"
+                 "resources:\n- name: r\n  write: &rule {any_of: [writers]}\n  read:\n    <<: *rule\n")
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -14,6 +14,9 @@ pub struct Found {
     pub text: String,
     /// The clusters of the Envoy bootstrap it came from ([`static_clusters`]).
     pub clusters: Option<Vec<String>>,
+    /// The smallest `per_connection_buffer_limit_bytes` of that bootstrap's
+    /// listeners (Envoy's default 1048576 where unset).
+    pub buffer_limit: Option<u64>,
 }
 
 /// The nhi-gate configurations found in a file:
@@ -39,6 +42,9 @@ pub fn load(path: &PathBuf) -> Result<Vec<Found>, String> {
         // Through serde_yaml's own Value, which refuses duplicate keys.
         let y = <serde_yaml::Value as serde::Deserialize>::deserialize(d).map_err(|e| format!("(document): not YAML: {e}"))?;
         if !y.is_null() {
+            let mut y = y;
+            // `<<: *anchor` merge keys, as kubectl reads them
+            y.apply_merge().map_err(|e| format!("(document): {e}"))?;
             docs.push(serde_json::to_value(y).map_err(|e| format!("(document): {e}"))?);
         }
     }
@@ -48,8 +54,11 @@ pub fn load(path: &PathBuf) -> Result<Vec<Found>, String> {
     let mut found = Vec::new();
     for (i, v) in docs.iter().enumerate() {
         let kind = v.get("kind").and_then(|k| k.as_str());
-        let ours = matches!(kind, Some("WasmPlugin" | "EnvoyFilter"))
-            || v.get("static_resources").is_some()
+        let mut wasm = Vec::new();
+        wasm_configs(v, "", &mut wasm);
+        // an EnvoyFilter without the Wasm filter (e.g. one raising a buffer limit) is another kind
+        let ours = kind == Some("WasmPlugin")
+            || ((kind == Some("EnvoyFilter") || v.get("static_resources").is_some()) && !wasm.is_empty())
             || (kind.is_none() && (v.get("providers").is_some() || v.get("resources").is_some()));
         if ours {
             found.extend(from_document(v, None, &format!("document {}: ", i + 1))?);
@@ -66,7 +75,7 @@ pub fn load(path: &PathBuf) -> Result<Vec<Found>, String> {
 fn from_document(v: &serde_json::Value, written: Option<String>, prefix: &str) -> Result<Vec<Found>, String> {
     if v.get("kind").and_then(|k| k.as_str()) == Some("WasmPlugin") {
         let pc = v.pointer("/spec/pluginConfig").ok_or(format!("{prefix}spec.pluginConfig: missing in WasmPlugin manifest"))?;
-        return Ok(vec![Found { label: format!("{prefix}spec.pluginConfig"), text: pc.to_string(), clusters: None }]);
+        return Ok(vec![Found { label: format!("{prefix}spec.pluginConfig"), text: pc.to_string(), clusters: None, buffer_limit: None }]);
     }
     if v.get("static_resources").is_some() || v.get("kind").and_then(|k| k.as_str()) == Some("EnvoyFilter") {
         let mut found = Vec::new();
@@ -75,13 +84,29 @@ fn from_document(v: &serde_json::Value, written: Option<String>, prefix: &str) -
             return Err(format!("{prefix}(document): Envoy config without an envoy.filters.http.wasm filter configuration"));
         }
         let clusters = static_clusters(v);
+        let buffer_limit = listener_buffer_limit(v);
         return Ok(found
             .into_iter()
-            .map(|(label, text)| Found { label: format!("{prefix}{label}"), text, clusters: clusters.clone() })
+            .map(|(label, text)| Found { label: format!("{prefix}{label}"), text, clusters: clusters.clone(), buffer_limit })
             .collect());
     }
     let label = prefix.trim_end_matches(": ").to_string();
-    Ok(vec![Found { label, text: written.unwrap_or_else(|| v.to_string()), clusters: None }])
+    Ok(vec![Found { label, text: written.unwrap_or_else(|| v.to_string()), clusters: None, buffer_limit: None }])
+}
+
+/// The smallest `per_connection_buffer_limit_bytes` among a bootstrap's
+/// static listeners (1048576, Envoy's default, where unset); `None` when it
+/// has none (not a bootstrap, or listeners from LDS).
+pub fn listener_buffer_limit(v: &serde_json::Value) -> Option<u64> {
+    let listeners = v.pointer("/static_resources/listeners")?.as_array()?;
+    listeners
+        .iter()
+        .map(|l| match l.get("per_connection_buffer_limit_bytes") {
+            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
+            Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+            _ => 1 << 20,
+        })
+        .min()
 }
 
 fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
@@ -110,7 +135,7 @@ fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>
 /// bootstrap (a policy, an Istio manifest: clusters live elsewhere).
 pub fn static_clusters(v: &serde_json::Value) -> Option<Vec<String>> {
     v.get("static_resources")?;
-    if v.pointer("/dynamic_resources/cds_config").is_some() {
+    if v.pointer("/dynamic_resources/cds_config").is_some() || v.pointer("/dynamic_resources/cds_resources_locator").is_some() {
         return None;
     }
     let clusters = v.pointer("/static_resources/clusters").and_then(|c| c.as_array());
@@ -155,7 +180,7 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
                 continue;
             }
         };
-        for Found { label, text, clusters } in docs {
+        for Found { label, text, clusters, buffer_limit } in docs {
             let name = if label.is_empty() { f.display().to_string() } else { format!("{} ({label})", f.display()) };
             match Config::from_json(text.as_bytes()) {
                 Ok(c) => {
@@ -166,7 +191,24 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
                         Some(have) => called_clusters(&c).into_iter().filter(|(_, n)| !have.contains(n)).collect(),
                         None => Vec::new(),
                     };
-                    if missing.is_empty() {
+                    // A body masked in Envoy's buffer must fit the listener's
+                    // limit; past it Envoy answers 500 from inside the
+                    // filter's call and the module aborts.
+                    let over: Vec<(usize, usize)> = c
+                        .resources
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| Some((i, r.mask.as_ref()?.max_buffer_bytes)))
+                        .filter(|(_, n)| buffer_limit.is_some_and(|l| *n as u64 > l))
+                        .collect();
+                    for (i, n) in &over {
+                        failed = true;
+                        eprintln!(
+                            "{name}: invalid configuration: resources[{i}].mask.max_buffer_bytes: {n} is over the listener's per_connection_buffer_limit_bytes {}; lower it (and masking.envoy_buffer_limit_bytes) or raise the listener's",
+                            buffer_limit.unwrap_or(0)
+                        );
+                    }
+                    if missing.is_empty() && over.is_empty() {
                         println!("{name}: ok ({}, {})", plural(c.providers.len(), "provider"), plural(c.resources.len(), "resource"));
                     }
                     for (field, cluster) in missing {
