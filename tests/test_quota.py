@@ -71,6 +71,7 @@ def stack(envoy_bin, keys):
             resource("c", {"tokens": 50, "window": "minute", "check_max_tokens": True}),
             resource("d", {"tokens": 10_000, "requests": 2, "window": "minute"}),
             resource("e", {"tokens": 60, "window": "minute"}),
+            resource("f", {"tokens": 10_000_000, "window": "minute"}),
         ],
     }
     env = Envoy(envoy_bin, pol, llm.port, concurrency=2)
@@ -185,3 +186,27 @@ def test_a_burst_cannot_spend_the_budget_many_times_over(stack):
     assert 1 <= admitted <= 2 and res.count(429) == 20 - admitted, res
     if admitted == 2:  # 2 x 30 used: the budget is spent
         assert chat(env, keys, "/e/v1/chat/completions", "bursty", False)[0] == 429
+
+
+def test_asking_for_stream_usage_never_writes_past_envoys_buffer_limit(stack):
+    """A streamed request just under Envoy's 1 MiB buffer limit would pass it
+    once `stream_options.include_usage` is added: the filter refuses it with
+    its reason instead of writing it back (Envoy would answer its own 413
+    from inside the call). A little smaller, it goes through as usual."""
+    env, llm, keys = stack
+    tok = keys["es"].sign(claims(ISS, sub="big", groups=("llm-users",)))
+    headers = [("authorization", f"Bearer {tok}"), ("content-type", "application/json")]
+
+    def body(size):
+        b = {"model": "m", "messages": [{"role": "user", "content": ""}], "stream": True}
+        b["messages"][0]["content"] = "x" * (size - len(json.dumps(b)))
+        out = json.dumps(b).encode()
+        assert len(out) == size
+        return out
+
+    before = len(llm.bodies)
+    st, h, out = env.request("POST", "/f/v1/chat/completions", headers, body((1 << 20) - 20))
+    assert st == 413 and json.loads(out)["reason"] == "request_too_large", (st, out[:200])
+    assert len(llm.bodies) == before
+    st, _, _ = env.request("POST", "/f/v1/chat/completions", headers, body((1 << 20) - 200))
+    assert st == 200 and llm.bodies[-1]["stream_options"]["include_usage"] is True

@@ -329,6 +329,10 @@ pub struct Config {
     pub masker: Option<std::rc::Rc<crate::mask::Masker>>,
     /// Audit record settings (`audit` section; see `docs/audit-record.md`).
     pub audit: Audit,
+    /// Envoy's buffer limit for a stream, bytes, as the policy declares it
+    /// (`masking.envoy_buffer_limit_bytes`, default 1048576): no body the
+    /// filter writes back into Envoy's buffer may be longer.
+    pub envoy_buffer_limit: usize,
 }
 
 /// Audit record settings.
@@ -1171,6 +1175,7 @@ impl RawConfig {
             resources,
             masker,
             audit,
+            envoy_buffer_limit: envoy_limit,
         })
     }
 }

@@ -947,6 +947,13 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
         let max_tokens = if q.check_max_tokens { asked } else { None };
         let reserved = quota::reservation(body.len(), asked.filter(|m| *m != u64::MAX));
         if let Some(with_usage) = quota::ensure_include_usage(&body) {
+            // Written past Envoy's buffer limit, Envoy would answer 413 from
+            // inside the call (see `Stream::mask_buffered`).
+            let limit = worker.borrow().as_ref().map_or(0, |w| w.gate.config.envoy_buffer_limit);
+            if with_usage.len() > limit {
+                refuse(worker, context_id, Denial { status: 413, reason: "request_too_large", detail: "request body larger than Envoy's buffer limit once stream usage is asked for".into() });
+                return Action::Pause;
+            }
             if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &with_usage) {
                 log::warn!("quota: cannot ask for stream usage: {e:?}");
             }
