@@ -113,21 +113,25 @@ def test_retry_must_match_subject_method_path_and_body(stack, keys):
     env, svc, up = stack
     fresh(up)
     body = b'{"points":[{"id":9}]}'
-    st, _, out = env.request("PUT", "/collections/docs/points", [auth(keys)], body)
+    # `key` is one of the query parameters the shown path redacts: the
+    # approval binds the exact path all the same
+    path = "/collections/docs/points?key=tmp-cache-1"
+    st, _, out = env.request("PUT", path, [auth(keys)], body)
     assert st == 202
     aid = json.loads(out)["approval_id"]
     svc.cli("approve", aid)
     tries = [
-        ("PUT", "/collections/docs/points", auth(keys), b'{"points":[{"id":666}]}'),   # other body
+        ("PUT", path, auth(keys), b'{"points":[{"id":666}]}'),                         # other body
+        ("PUT", "/collections/docs/points?key=ALL-PRODUCTION", auth(keys), body),       # other query value, shown alike
         ("PUT", "/collections/other/points", auth(keys), body),                         # other path
-        ("PUT", "/collections/docs/points", auth(keys, "someone-else"), body),          # other subject
-        ("POST", "/collections/docs/points", auth(keys), body),                         # other method
+        ("PUT", path, auth(keys, "someone-else"), body),                                # other subject
+        ("POST", path, auth(keys), body),                                               # other method
     ]
-    for method, path, a, b in tries:
-        st, _, out = env.request(method, path, [a, ("x-nhi-approval", aid)], b)
-        assert st == 403 and json.loads(out)["reason"] == "approval_mismatch", (method, path, out)
+    for method, p, a, b in tries:
+        st, _, out = env.request(method, p, [a, ("x-nhi-approval", aid)], b)
+        assert st == 403 and json.loads(out)["reason"] == "approval_mismatch", (method, p, out)
     assert up.count == 0
-    st, _, out = env.request("PUT", "/collections/docs/points", [auth(keys), ("x-nhi-approval", aid)], body)
+    st, _, out = env.request("PUT", path, [auth(keys), ("x-nhi-approval", aid)], body)
     assert st == 200 and up.count == 1
     st, _, out = env.request("PUT", "/collections/docs/points", [auth(keys), ("x-nhi-approval", "apr_doesnotexist")], body)
     assert st == 403 and json.loads(out)["reason"] == "approval_unknown"

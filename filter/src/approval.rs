@@ -59,7 +59,13 @@ pub struct Ticket {
     pub operation: &'static str,
     pub method: String,
     pub authority: String,
+    /// `:path` for display: query values that look like secrets redacted
+    /// ([`crate::audit::redact_path`]).
     pub path: String,
+    /// Lowercase hex SHA-256 of the exact `:path` bytes (query included):
+    /// what an approval binds, since `path` may hide the values that pick
+    /// the target (`?key=…`).
+    pub path_sha256: String,
 }
 
 /// Shared reference to a resource's approval settings (compared by address).
@@ -116,6 +122,7 @@ impl Ticket {
             "method": self.method,
             "authority": self.authority,
             "path": self.path,
+            "path_sha256": self.path_sha256,
             "body": {"sha256": sha256_hex(body), "size": body.len(), "preview": preview, "truncated": cut < body.len()},
             "source": origin.source,
             "grant": {"uses": s.grant_uses, "window_seconds": s.grant_window_seconds},

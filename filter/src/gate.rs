@@ -349,6 +349,7 @@ impl Gate {
                     authority: String::from_utf8_lossy(req.authority).to_string(),
                     // Token-like query values never reach approvers (and the binding uses the same form).
                     path: crate::audit::redact_path(&String::from_utf8_lossy(req.path)),
+                    path_sha256: crate::approval::sha256_hex(req.path),
                 })
             }
             _ => None,

@@ -73,6 +73,7 @@ fn ticket(s: Approval) -> Ticket {
         method: "PUT".into(),
         authority: "rag.example.com:10000".into(),
         path: "/collections/docs/points?wait=true".into(),
+        path_sha256: nhi_gate::approval::sha256_hex(b"/collections/docs/points?wait=true"),
     }
 }
 
@@ -307,7 +308,7 @@ fn callout_body_has_exactly_the_protocol_fields() {
     let v = callout(&ticket(settings()), b"{}");
     let expected = set(&[
         "version", "hold_id", "request_id", "approval_id", "wait_ms", "time_ms", "identity", "resource", "operation",
-        "method", "authority", "path", "body", "source", "grant",
+        "method", "authority", "path", "path_sha256", "body", "source", "grant",
     ]);
     assert_eq!(keys(&v), expected);
     assert_eq!(keys(&v["identity"]), set(&["provider", "issuer", "subject", "groups", "jti"]));
@@ -328,6 +329,9 @@ fn callout_body_carries_the_origin_and_the_request() {
     assert_eq!(v["method"], json!("PUT"));
     assert_eq!(v["authority"], json!("rag.example.com:10000"));
     assert_eq!(v["path"], json!("/collections/docs/points?wait=true"));
+    // SHA-256 of the exact path (FIPS 180-4), as sha256sum prints it
+    assert_eq!(v["path_sha256"], json!(nhi_gate::approval::sha256_hex(b"/collections/docs/points?wait=true")));
+    assert_eq!(nhi_gate::approval::sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 #[test]

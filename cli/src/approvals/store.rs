@@ -91,6 +91,9 @@ pub struct Callout {
     pub method: String,
     pub authority: String,
     pub path: String,
+    /// Lowercase hex SHA-256 of the exact `:path` (64 chars; empty when the
+    /// filter did not send it): `path` may have query values redacted.
+    pub path_sha256: String,
     /// Lowercase hex SHA-256 of the held body (64 chars).
     pub body_sha256: String,
     pub body_size: i64,
@@ -138,6 +141,11 @@ impl Callout {
         if method.is_empty() || path.is_empty() {
             return Err("method and path must be non-empty strings".into());
         }
+        let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let path_sha256 = text(v, "path_sha256");
+        if v.get("path_sha256").is_some() && !hex64(&path_sha256) {
+            return Err("path_sha256 must be 64 lowercase hex characters".into());
+        }
         let body = v.get("body").cloned().unwrap_or(Value::Null);
         let body_sha256 = text(&body, "sha256");
         if body_sha256.len() != 64 || !body_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -164,6 +172,7 @@ impl Callout {
             method,
             authority: text(v, "authority"),
             path,
+            path_sha256,
             body_sha256,
             body_size: body.get("size").and_then(Value::as_i64).unwrap_or(0),
             body_preview: text(&body, "preview"),
@@ -205,6 +214,9 @@ pub struct Approval {
     pub method: String,
     pub authority: String,
     pub path: String,
+    /// SHA-256 of the exact `:path` of the held request (from its stored
+    /// callout; empty if the filter did not send one).
+    pub path_sha256: String,
     pub body_sha256: String,
     pub body_size: i64,
     pub body_preview: String,
@@ -225,7 +237,8 @@ pub struct Approval {
 impl Approval {
     /// Whether a redeem callout is for the same request: same identity
     /// (issuer and subject), resource, authority (ASCII case-insensitive),
-    /// method, path and body digest.
+    /// method, path (as shown, and the digest of the exact path: the shown
+    /// one may have query values redacted) and body digest.
     pub fn binds(&self, c: &Callout) -> bool {
         self.issuer == c.issuer
             && self.subject == c.subject
@@ -233,6 +246,7 @@ impl Approval {
             && self.authority.eq_ignore_ascii_case(&c.authority)
             && self.method == c.method
             && self.path == c.path
+            && self.path_sha256 == c.path_sha256
             && self.body_sha256 == c.body_sha256
     }
 
@@ -350,6 +364,11 @@ pub fn new_id() -> Result<String, String> {
 
 fn approval_from_row(r: &Row) -> DbResult<Approval> {
     let identity: String = r.get("identity")?;
+    let callout: String = r.get("callout")?;
+    let path_sha256 = serde_json::from_str::<Value>(&callout)
+        .ok()
+        .and_then(|v| v.get("path_sha256")?.as_str().map(String::from))
+        .unwrap_or_default();
     Ok(Approval {
         id: r.get("id")?,
         hold_id: r.get("hold_id")?,
@@ -366,6 +385,7 @@ fn approval_from_row(r: &Row) -> DbResult<Approval> {
         method: r.get("method")?,
         authority: r.get("authority")?,
         path: r.get("path")?,
+        path_sha256,
         body_sha256: r.get("body_sha256")?,
         body_size: r.get("body_size")?,
         body_preview: r.get("body_preview")?,
