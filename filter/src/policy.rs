@@ -242,10 +242,11 @@ pub fn path_only(path: &[u8]) -> &[u8] {
 }
 
 impl Resource {
-    /// Whether this resource covers the request.
+    /// Whether this resource covers the request (its `methods` by
+    /// [`method_listed`]: `GET` covers `HEAD`).
     pub fn matches(&self, req: &Request<'_>) -> bool {
         let path = path_only(req.path);
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == req.method))
+        method_listed(&self.methods, req.method)
             && authority_matches(&self.authorities, req.authority)
             && self.path_prefix.as_ref().is_none_or(|p| path.starts_with(p.as_bytes()))
             && self.path_glob.as_ref().is_none_or(|g| g.matches(path))

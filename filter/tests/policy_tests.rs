@@ -238,6 +238,11 @@ fn method_filter() {
     assert!(r.matches(&req("POST", "h", "/")));
     assert!(!r.matches(&req("DELETE", "h", "/")));
     assert!(!r.matches(&req("PUT", "h", "/")));
+    // a HEAD runs the GET handler in most frameworks: a resource listing GET
+    // covers it, so it cannot fall through to a broader resource
+    assert!(r.matches(&req("HEAD", "h", "/")));
+    let post_only = resource(json!({"methods": ["POST"]}));
+    assert!(!post_only.matches(&req("HEAD", "h", "/")));
 }
 
 // ---------------------------------------------------------------------------
