@@ -564,3 +564,17 @@ def test_background_refresh_picks_up_new_keys_without_requests(envoy_bin, keys):
         time.sleep(0.5)  # every worker syncs from shared data on its next tick
         code, _, body = env.request("POST", path, bearer(keys["es"].sign(claims(CI_ISS, sub="after-refresh"))), b"{}")
         assert code == 200, body
+
+
+def test_path_variants_a_backend_reads_as_another_path(stack):
+    """`;` path parameters (Tomcat and Spring route `/search;x` as `/search`)
+    and encoded control characters are refused before matching; a trailing
+    slash is the same path to the operation globs (the search stays a read)."""
+    reader = stack["keys"]["es"].sign(claims(CI_ISS))
+    for path in ["/collections/docs/points/search;x", "/collections/docs/points;v=1/search", "/collections/docs/points/search%09"]:
+        before = stack["up"].count
+        assert_denied(stack, call(stack, reader, path=path), 403, "unnormalized_path", before)
+    before = stack["up"].count
+    code, _, body = call(stack, reader, path="/collections/docs/points/search/")
+    assert code == 200, body
+    assert stack["up"].count == before + 1

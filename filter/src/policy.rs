@@ -43,11 +43,14 @@ impl Glob {
         Glob { pattern: pattern.as_bytes().to_vec() }
     }
 
-    /// Whether `path` (without query string) matches. One pass over the
+    /// Whether `path` (without query string) matches. One trailing slash
+    /// is not significant (`/a/export/` matches `/a/*/export`): most web
+    /// frameworks route both forms to the same handler. One pass over the
     /// pattern keeping the set of matched path prefixes: O(len(path) ×
     /// len(pattern)) at worst, whatever the number of stars.
     pub fn matches(&self, path: &[u8]) -> bool {
         glob_match(&self.pattern, path)
+            || path.strip_suffix(b"/").is_some_and(|p| !p.is_empty() && glob_match(&self.pattern, p))
     }
 }
 
@@ -205,14 +208,17 @@ fn authority_matches(patterns: &[String], authority: &[u8]) -> bool {
 
 /// Whether `:path` (without query) is in the form the policy can be trusted
 /// on: no dot-segments (`.`/`..`, RFC 3986 §5.2.4), no empty segments
-/// (`//`), no backslashes, and no percent-encoding of `/`, `\`, `.` or any
-/// other unreserved character (RFC 3986 §6.2.2.2) — otherwise the upstream
-/// could act on another path than the one matched. Envoy's `normalize_path`,
+/// (`//`), no backslashes, no `;` (path parameters, which Tomcat and Spring
+/// cut off before routing: `/export;x` is `/export` there), no
+/// percent-encoded control characters (`%09`, `%0A`, … which some servers
+/// trim), and no percent-encoding of `/`, `\`, `.` or any other unreserved
+/// character (RFC 3986 §6.2.2.2) — otherwise the upstream could act on
+/// another path than the one matched. Envoy's `normalize_path`,
 /// `merge_slashes` and `path_with_escaped_slashes_action` (set in
 /// `envoy/envoy.yaml`) fix most of these before the filter runs.
 pub fn path_is_normalized(path: &[u8]) -> bool {
     let p = path_only(path);
-    if !p.starts_with(b"/") || p.contains(&b'\\') {
+    if !p.starts_with(b"/") || p.contains(&b'\\') || p.contains(&b';') {
         return false;
     }
     let segments: Vec<&[u8]> = p.split(|b| *b == b'/').skip(1).collect();
@@ -227,7 +233,7 @@ pub fn path_is_normalized(path: &[u8]) -> bool {
         let hex = p.get(at + 1..at + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
         match hex {
             None => return false,
-            Some(c) if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) => return false,
+            Some(c) if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) || c.is_ascii_control() => return false,
             Some(_) => {}
         }
         i = at + 3;
