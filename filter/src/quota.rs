@@ -359,11 +359,26 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     None
 }
 
-/// A usage object: numeric `prompt_tokens` and `completion_tokens` required.
+/// A usage object, in one of two shapes (numbers required):
+/// - Chat Completions and legacy completions: `prompt_tokens` and
+///   `completion_tokens`;
+/// - Responses API and Anthropic Messages API: `input_tokens` and
+///   `output_tokens`; Anthropic's prompt-cache counts
+///   (`cache_creation_input_tokens`, `cache_read_input_tokens`), reported
+///   apart from `input_tokens`, are added to the prompt.
+///
+/// Anything else (e.g. the `output_tokens`-only usage of an Anthropic
+/// stream's last event) → `None`, and the caller estimates.
 fn usage_of(v: &Value) -> Option<Usage> {
     let o = v.as_object()?;
-    let prompt_tokens = o.get("prompt_tokens")?.as_u64()?;
-    let completion_tokens = o.get("completion_tokens")?.as_u64()?;
+    let num = |k: &str| o.get(k).and_then(Value::as_u64);
+    let (prompt_tokens, completion_tokens) = match (num("prompt_tokens"), num("completion_tokens")) {
+        (Some(p), Some(c)) => (p, c),
+        _ => {
+            let cached = num("cache_creation_input_tokens").unwrap_or(0).saturating_add(num("cache_read_input_tokens").unwrap_or(0));
+            (num("input_tokens")?.saturating_add(cached), num("output_tokens")?)
+        }
+    };
     let sum = prompt_tokens.saturating_add(completion_tokens);
     let total_tokens = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(sum).max(sum);
     Some(Usage { prompt_tokens, completion_tokens, total_tokens, estimated: false })
@@ -414,8 +429,9 @@ pub fn ensure_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&v).ok()
 }
 
-/// The completion length a request body asks for: the larger of
-/// `max_completion_tokens` and `max_tokens` of a JSON object; `None` when
+/// The completion length a request body asks for: the largest of
+/// `max_completion_tokens`, `max_tokens` and `max_output_tokens` (Responses
+/// API) of a JSON object; `None` when
 /// neither is given (or `null`) or the body is not one. Lenient servers
 /// (pydantic's lax mode) also take `"100000"`, `100000.0` or `1e5`, so those
 /// count too (fractions rounded up); any other value counts as unbounded
@@ -435,7 +451,8 @@ pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
             _ => u64::MAX,
         })
     };
-    read("max_completion_tokens").max(read("max_tokens"))
+    // Chat Completions; legacy and Anthropic `max_tokens`; Responses API `max_output_tokens`
+    read("max_completion_tokens").max(read("max_tokens")).max(read("max_output_tokens"))
 }
 
 /// Why a shared-data write failed.

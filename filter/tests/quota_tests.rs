@@ -431,6 +431,33 @@ fn usage_of_a_full_chat_completion() {
 }
 
 #[test]
+fn usage_of_responses_api_and_anthropic_answers() {
+    // Responses API: input/output/total, reasoning tokens inside the output count
+    let resp = json!({"id": "resp_1", "object": "response", "output": [], "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": 5000, "output_tokens_details": {"reasoning_tokens": 4990}, "total_tokens": 5010}});
+    assert_eq!(usage_from_tail(resp.to_string().as_bytes()), usage(10, 5000, 5010));
+    // its stream: the last event, response.completed, repeats the response with its usage
+    let stream = format!("event: response.completed\ndata: {}\n\n", json!({"type": "response.completed", "response": resp}));
+    assert_eq!(usage_from_tail(stream.as_bytes()), usage(10, 5000, 5010));
+    // Anthropic Messages API: no total; prompt-cache tokens are prompt too
+    let msg = json!({"id": "msg_1", "type": "message", "content": [], "usage": {"input_tokens": 12, "cache_creation_input_tokens": 100,
+                     "cache_read_input_tokens": 3, "output_tokens": 40}});
+    assert_eq!(usage_from_tail(msg.to_string().as_bytes()), usage(115, 40, 155));
+    // an Anthropic stream's last usage has output tokens only: estimated instead
+    let delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n";
+    assert_eq!(usage_from_tail(delta.as_bytes()), None);
+    // a chat completion's shape wins when both are there
+    let both = json!({"usage": {"prompt_tokens": 1, "completion_tokens": 2, "input_tokens": 100, "output_tokens": 200}});
+    assert_eq!(usage_from_tail(both.to_string().as_bytes()), usage(1, 2, 3));
+}
+
+#[test]
+fn max_output_tokens_of_the_responses_api_counts() {
+    assert_eq!(requested_max_tokens(br#"{"model":"m","input":"hi","max_output_tokens":700}"#), Some(700));
+    assert_eq!(requested_max_tokens(br#"{"max_tokens":10,"max_output_tokens":700}"#), Some(700));
+}
+
+#[test]
 fn usage_from_every_cut_of_the_tail() {
     let body = chat_completion(&"long answer ".repeat(50));
     let text = String::from_utf8(body.clone()).unwrap();
@@ -492,7 +519,9 @@ fn usage_requires_numeric_prompt_and_completion_tokens() {
         r#"{"usage": {"prompt_tokens": 1e30, "completion_tokens": 2}}"#,
         r#"{"usage": {"prompt_tokens": 18446744073709551616, "completion_tokens": 2}}"#,
         r#"{"usage": {"prompt_tokens": null, "completion_tokens": 2}}"#,
-        r#"{"usage": {"input_tokens": 1, "output_tokens": 2}}"#,
+        r#"{"usage": {"input_tokens": "1", "output_tokens": 2}}"#,
+        r#"{"usage": {"input_tokens": 1}}"#,
+        r#"{"usage": {"output_tokens": 2, "cache_read_input_tokens": 5}}"#,
         r#"{"usage": [1, 2]}"#,
         r#"{"usage": 29}"#,
         r#"{"usage": "29"}"#,
