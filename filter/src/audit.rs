@@ -248,7 +248,7 @@ pub struct Record {
     pub method: String,
     pub authority: String,
     pub path: String,
-    /// `allow`, `deny` or `pending`.
+    /// `allow`, `deny`, `pending` or `undecided` (the client left before a decision).
     pub decision: &'static str,
     pub reason: Option<String>,
     /// Status the client got; 0 if it hung up first; `null` in a sync-audit request part.
@@ -338,6 +338,8 @@ impl Draft {
     /// the record as the request is forwarded, `status: null`, no response.
     pub fn request_part(&self, now_ms: u64, node: String, masking: BTreeMap<String, u64>) -> Record {
         let mut r = self.finish(now_ms, node, 0, masking, None);
+        // sent as the request is released, just before it is forwarded
+        (r.decision, r.reason) = ("allow", None);
         r.status = None;
         r.aborted = false;
         r.response_body = None;
@@ -353,6 +355,9 @@ impl Draft {
             (false, Some((_, r)), _) => ("deny", Some(r.to_string())),
             // Envoy itself answered (e.g. 413 over its buffer limit): nothing went upstream.
             (false, None, Some(details)) => ("deny", Some(details.clone())),
+            // The client went away while the filter waited (for JWKS keys,
+            // an approval, a quota or collector answer): nothing was forwarded.
+            (false, None, None) if self.forwarded_ms.is_none() => ("undecided", Some("client_aborted".to_string())),
             (false, None, None) => ("allow", None),
         };
         let local_reply = self.pending || self.refused.is_some() || self.envoy_reply.is_some();

@@ -568,7 +568,9 @@ fn draft_new_redacts_path_and_copies_request_facts() {
 
 #[test]
 fn finish_allowed_is_allow_with_null_reason() {
-    let r = finish(&draft(), T0 + 1, 200);
+    let mut d = draft();
+    d.forwarded_ms = Some(T0);
+    let r = finish(&d, T0 + 1, 200);
     assert_eq!(r.decision, "allow");
     assert_eq!(r.reason, None);
     assert_eq!(r.status, Some(200));
@@ -917,7 +919,8 @@ fn full_record() -> Record {
 }
 
 fn empty_record() -> Record {
-    let d = Draft::new(T0, String::new(), "GET".into(), String::new(), "/", (0, 0));
+    let mut d = Draft::new(T0, String::new(), "GET".into(), String::new(), "/", (0, 0));
+    d.forwarded_ms = Some(T0);
     d.finish(T0, String::new(), 0, BTreeMap::new(), None)
 }
 
@@ -991,6 +994,17 @@ fn field_types_match_the_documented_example() {
             }
         }
     }
+}
+
+#[test]
+fn a_request_never_forwarded_nor_refused_is_undecided() {
+    // the client hung up while the filter waited (JWKS keys, an approval, …)
+    let r = finish(&draft(), T0 + 1, 0);
+    assert_eq!((r.decision, r.reason.as_deref()), ("undecided", Some("client_aborted")));
+    assert!(r.aborted);
+    // the request part of a sync audit is sent just before forwarding: allow
+    let p = draft().request_part(T0 + 1, "n".into(), BTreeMap::new());
+    assert_eq!((p.decision, p.reason), ("allow", None));
 }
 
 #[test]
