@@ -194,8 +194,12 @@ pub fn verdict(status: Option<&str>, body: &[u8]) -> Verdict {
         Some(s) => return Verdict::Denied(unavailable(format!("approval service answered {s}"))),
         None => return Verdict::Denied(unavailable("approval service gave no answer (no :status)")),
     }
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Verdict::Denied(unavailable("approval service answer is not JSON"));
+    // Duplicate member names are refused, not read last-wins: a proxy or
+    // log on the way could read the other `status`.
+    let v = match crate::jwt::parse_unique(body) {
+        Ok(v) => v,
+        Err(true) => return Verdict::Denied(unavailable("approval service answer has a duplicate member name")),
+        Err(false) => return Verdict::Denied(unavailable("approval service answer is not JSON")),
     };
     if !v.is_object() {
         return Verdict::Denied(unavailable("approval service answer is not a JSON object"));

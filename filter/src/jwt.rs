@@ -85,6 +85,16 @@ fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Denial> {
 
 const DUPLICATE: &str = "duplicate member";
 
+/// Parses JSON whose objects must have unique member names at every depth
+/// (as JOSE headers and claims are read). `Err(true)`: a duplicate name;
+/// `Err(false)`: not JSON.
+pub(crate) fn parse_unique(bytes: &[u8]) -> Result<Value, bool> {
+    match serde_json::from_slice::<Unique>(bytes) {
+        Ok(Unique(v)) => Ok(v),
+        Err(e) => Err(e.to_string().starts_with(DUPLICATE)),
+    }
+}
+
 /// A JSON value whose objects have unique member names at every depth.
 /// RFC 7515 §4 and RFC 7519 §4 let a parser reject duplicates; accepting
 /// "last wins" would let a signer and a verifier read different claims.
@@ -151,7 +161,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
 /// missing `alg`), `algorithm` (`none` in any spelling, HS*, anything not in
 /// [`SUPPORTED_ALGS`]), `untrusted_header` (`jwk`, `jku`, `x5u`, `x5c`),
 /// `crit_unsupported` (any `crit`: no extension is understood, RFC 7515 §4.1.11).
-/// A `typ` other than `JWT`/`*+jwt`, or `iss`/`sub`/`jti`/`aud` of the wrong
+/// A `typ` other than `JWT`/`at+jwt`, or `iss`/`sub`/`jti`/`aud` of the wrong
 /// JSON type, is `malformed`.
 pub fn parse(token: &str) -> Result<UnverifiedJwt, Denial> {
     let mut parts = token.split('.');
@@ -181,10 +191,16 @@ pub fn parse(token: &str) -> Result<UnverifiedJwt, Denial> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(Denial::unauthorized("malformed", "kid is not a string")),
     };
-    // Explicit typing (RFC 8725 §3.11): a `typ` that does not say JWT is
-    // another kind of JOSE object.
+    // Explicit typing (RFC 8725 §3.11): a `typ` other than a plain JWT or an
+    // OAuth access token (RFC 9068 §2.1: `at+jwt`) is another kind of token
+    // signed by the same keys — `logout+jwt` (OIDC Back-Channel Logout),
+    // `secevent+jwt` (RFC 8417), `dpop+jwt` (RFC 9449) — and no credential.
+    // The `application/` prefix may be given (RFC 7515 §4.1.9).
     if let Some(typ) = header.get("typ") {
-        let ok = typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT") || t.to_ascii_lowercase().ends_with("+jwt"));
+        let ok = typ.as_str().is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            matches!(t.strip_prefix("application/").unwrap_or(&t), "jwt" | "at+jwt")
+        });
         if !ok {
             return Err(Denial::unauthorized("malformed", "typ is not JWT"));
         }

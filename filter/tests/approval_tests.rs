@@ -674,6 +674,9 @@ fn answers_that_are_not_json_objects_are_unavailable() {
         b"null",
         b"42",
         b"true",
+        // duplicate member names: never read last-wins
+        b"{\"status\": \"denied\", \"status\": \"approved\", \"approval_id\": \"apr_1\"}",
+        b"{\"status\": \"approved\", \"approval_id\": \"apr_1\", \"x\": {\"a\": 1, \"a\": 2}}",
     ] {
         assert_unavailable(verdict(Some("200"), body));
     }

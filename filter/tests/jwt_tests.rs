@@ -444,6 +444,12 @@ fn raw_token_is_trimmed_and_validated() {
 fn typ_must_say_jwt_when_present() {
     assert!(parse(&with_header(json!({"alg": "RS256", "typ": "JWT"}))).is_ok());
     assert!(parse(&with_header(json!({"alg": "RS256", "typ": "at+jwt"}))).is_ok());
+    assert!(parse(&with_header(json!({"alg": "RS256", "typ": "application/AT+JWT"}))).is_ok());
+    assert!(parse(&with_header(json!({"alg": "RS256", "typ": "jwt"}))).is_ok());
+    // other tokens the same keys sign are no credentials
+    for other in ["logout+jwt", "secevent+jwt", "dpop+jwt", "application/logout+jwt", "+jwt", "jwt+jwt"] {
+        assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": other}))), "malformed");
+    }
     assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": "JOSE"}))), "malformed");
     assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": 1}))), "malformed");
 }
