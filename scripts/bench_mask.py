@@ -95,7 +95,7 @@ def gateway(kind, jwk, port, admin, up_port):
               "resources": [resource]}
     if kind == "mask":
         # the listener below buffers up to 8 MiB (1 MiB bodies, masked)
-        policy["masking"] = {"envoy_buffer_limit_bytes": 8 << 20}
+        policy["envoy_buffer_limit_bytes"] = 8 << 20
     cfg = envoy_config.render(json.dumps(policy), WASM, port, admin, [("upstream", up_port)], [("/", "upstream")],
                               kind != "passthrough")
     cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 8 << 20

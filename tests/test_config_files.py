@@ -208,6 +208,8 @@ def test_policy_check_holds_masking_limits_to_the_listeners_buffer_limit(tmp_pat
     assert r.returncode == 1
     for i in (0, 1):  # both demo resources mask
         assert f"resources[{i}].mask.max_buffer_bytes: 1048576 is over the listener's per_connection_buffer_limit_bytes 16384" in r.stderr, r.stderr
+    # and the vector store holds writes for approval: their bodies wait in the same buffer
+    assert "resources[0].approval.max_body_bytes: 1048576 is over the listener's per_connection_buffer_limit_bytes 16384" in r.stderr, r.stderr
     have["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 2 << 20
     f.write_text(json.dumps(have))
     assert subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True).returncode == 0

@@ -194,17 +194,21 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
                     // A body masked in Envoy's buffer must fit the listener's
                     // limit; past it Envoy answers 500 from inside the
                     // filter's call and the module aborts.
-                    let over: Vec<(usize, usize)> = c
-                        .resources
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, r)| Some((i, r.mask.as_ref()?.max_buffer_bytes)))
-                        .filter(|(_, n)| buffer_limit.is_some_and(|l| *n as u64 > l))
-                        .collect();
-                    for (i, n) in &over {
+                    // (a held approval body too: past it Envoy answers 413)
+                    let mut over: Vec<(String, usize)> = Vec::new();
+                    for (i, r) in c.resources.iter().enumerate() {
+                        if let Some(m) = &r.mask {
+                            over.push((format!("resources[{i}].mask.max_buffer_bytes"), m.max_buffer_bytes));
+                        }
+                        if let Some(a) = &r.approval {
+                            over.push((format!("resources[{i}].approval.max_body_bytes"), a.max_body_bytes));
+                        }
+                    }
+                    over.retain(|(_, n)| buffer_limit.is_some_and(|l| *n as u64 > l));
+                    for (field, n) in &over {
                         failed = true;
                         eprintln!(
-                            "{name}: invalid configuration: resources[{i}].mask.max_buffer_bytes: {n} is over the listener's per_connection_buffer_limit_bytes {}; lower it (and masking.envoy_buffer_limit_bytes) or raise the listener's",
+                            "{name}: invalid configuration: {field}: {n} is over the listener's per_connection_buffer_limit_bytes {}; lower it (and envoy_buffer_limit_bytes) or raise the listener's",
                             buffer_limit.unwrap_or(0)
                         );
                     }

@@ -33,6 +33,10 @@ struct RawConfig {
     masking: Option<crate::mask::RawMasking>,
     #[serde(default)]
     audit: RawAudit,
+    /// Envoy's buffer limit for a stream (the listener's
+    /// `per_connection_buffer_limit_bytes`); default 1048576, Envoy's.
+    #[serde(default)]
+    envoy_buffer_limit_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,7 +334,7 @@ pub struct Config {
     /// Audit record settings (`audit` section; see `docs/audit-record.md`).
     pub audit: Audit,
     /// Envoy's buffer limit for a stream, bytes, as the policy declares it
-    /// (`masking.envoy_buffer_limit_bytes`, default 1048576): no body the
+    /// (`envoy_buffer_limit_bytes`, default 1048576): no body the
     /// filter writes back into Envoy's buffer may be longer.
     pub envoy_buffer_limit: usize,
 }
@@ -709,7 +713,8 @@ fn group_rule(errs: &mut Errors, field: &str, raw: RawGroupRule) -> GroupRule {
     GroupRule { any_of: raw.any_of, all_of: raw.all_of }
 }
 
-fn approval(errs: &mut Errors, at: &str, a: RawApproval) -> Approval {
+/// `envoy_limit`: Envoy's buffer limit, which a held body must fit.
+fn approval(errs: &mut Errors, at: &str, a: RawApproval, envoy_limit: usize) -> Approval {
     if a.cluster.is_empty() {
         errs.add(format!("{at}.cluster"), "the Envoy cluster of the approval service is required");
     }
@@ -734,6 +739,15 @@ fn approval(errs: &mut Errors, at: &str, a: RawApproval) -> Approval {
     }
     if !(1..=(16 << 20)).contains(&a.max_body_bytes) {
         errs.add(format!("{at}.max_body_bytes"), "must be between 1 and 16777216");
+    } else if a.max_body_bytes > envoy_limit {
+        // a held body waits in Envoy's buffer; past it Envoy answers 413 itself
+        errs.add(
+            format!("{at}.max_body_bytes"),
+            format!(
+                "{} is over Envoy's buffer limit of {envoy_limit} bytes; raise the listener's per_connection_buffer_limit_bytes and set envoy_buffer_limit_bytes to it",
+                a.max_body_bytes
+            ),
+        );
     }
     if a.preview_bytes > 65536 {
         errs.add(format!("{at}.preview_bytes"), "must be at most 65536");
@@ -888,9 +902,9 @@ impl RawConfig {
             errs.add("token_cache_entries", "must be at most 100000");
         }
         // Envoy's default `per_connection_buffer_limit_bytes`
-        let envoy_limit = self.masking.as_ref().and_then(|m| m.envoy_buffer_limit_bytes).unwrap_or(1 << 20);
+        let envoy_limit = self.envoy_buffer_limit_bytes.unwrap_or(1 << 20);
         if envoy_limit == 0 || envoy_limit > u32::MAX as usize {
-            errs.add("masking.envoy_buffer_limit_bytes", "must be between 1 and 4294967295 (the listener's per_connection_buffer_limit_bytes)");
+            errs.add("envoy_buffer_limit_bytes", "must be between 1 and 4294967295 (the listener's per_connection_buffer_limit_bytes)");
         }
         let f = &self.jwks_fetch;
         if !(10..=86400).contains(&f.refresh_seconds) {
@@ -1078,7 +1092,7 @@ impl RawConfig {
                     errs.add(
                         format!("{mat}.max_buffer_bytes"),
                         format!(
-                            "{} is over Envoy's buffer limit of {envoy_limit} bytes; raise the listener's per_connection_buffer_limit_bytes and set masking.envoy_buffer_limit_bytes to it",
+                            "{} is over Envoy's buffer limit of {envoy_limit} bytes; raise the listener's per_connection_buffer_limit_bytes and set envoy_buffer_limit_bytes to it",
                             m.max_buffer_bytes
                         ),
                     );
@@ -1107,7 +1121,7 @@ impl RawConfig {
                     reject_over_limit,
                 })
             });
-            let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a)));
+            let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a, envoy_limit)));
             let quota = r.quota.map(|q| std::rc::Rc::new(quota(&mut errs, &format!("{at}.quota"), q)));
             let sync_audit = match r.audit.as_deref() {
                 None | Some("async") => false,

@@ -37,6 +37,16 @@ fn mask_settings_are_validated_with_their_field() {
 }
 
 #[test]
+fn held_body_limit_is_held_to_envoys_buffer_limit() {
+    let mut d = doc(json!({}));
+    d["resources"][0]["approval"] = json!({"cluster": "approvals", "max_body_bytes": 2 << 20});
+    let errs = config_errors(&d);
+    assert!(errs.iter().any(|e| e.field == "resources[0].approval.max_body_bytes" && e.problem.contains("per_connection_buffer_limit_bytes")), "{errs:?}");
+    d["envoy_buffer_limit_bytes"] = json!(4 << 20);
+    assert_eq!(config(&d).resources[0].approval.as_ref().map(|a| a.max_body_bytes), Some(2 << 20));
+}
+
+#[test]
 fn wildcard_content_types_are_accepted() {
     let c = config(&doc(json!({"content_types": ["text/*", "*/*", "+xml", "Application/JSON"]})));
     assert_eq!(c.resources[0].mask.as_ref().map(|m| m.content_types.clone()), Some(vec!["text/*".into(), "*/*".into(), "+xml".into(), "application/json".into()]));
@@ -51,12 +61,12 @@ fn max_buffer_bytes_is_held_to_envoys_buffer_limit() {
     assert!(e.problem.contains("per_connection_buffer_limit_bytes"), "{e:?}");
     assert_eq!(config(&doc(json!({"max_buffer_bytes": 1 << 20}))).resources[0].mask.as_ref().map(|m| m.max_buffer_bytes), Some(1 << 20));
     let mut d = doc(over);
-    d["masking"] = json!({"envoy_buffer_limit_bytes": 8 << 20});
+    d["envoy_buffer_limit_bytes"] = json!(8 << 20);
     assert_eq!(config(&d).resources[0].mask.as_ref().map(|m| m.max_buffer_bytes), Some((1 << 20) + 1));
-    d["masking"] = json!({"envoy_buffer_limit_bytes": 1 << 20});
+    d["envoy_buffer_limit_bytes"] = json!(1 << 20);
     assert!(config_errors(&d).iter().any(|e| e.field == "resources[0].mask.max_buffer_bytes"));
-    d["masking"] = json!({"envoy_buffer_limit_bytes": 0});
-    assert!(config_errors(&d).iter().any(|e| e.field == "masking.envoy_buffer_limit_bytes"));
+    d["envoy_buffer_limit_bytes"] = json!(0);
+    assert!(config_errors(&d).iter().any(|e| e.field == "envoy_buffer_limit_bytes"));
 }
 
 #[test]

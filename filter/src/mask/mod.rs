@@ -91,14 +91,6 @@ pub struct RawMasking {
     /// found, so a job asking for them (`logprobs: true`) could read masked
     /// text back; `mask` accepts that risk.
     pub logprobs: Option<String>,
-    /// Envoy's buffer limit for a stream, in bytes: the listener's
-    /// `per_connection_buffer_limit_bytes` (Envoy's default 1048576). Every
-    /// resource's `mask.max_buffer_bytes` must be at most this, because a
-    /// buffered body is held in Envoy's buffer, and a body written back past
-    /// Envoy's limit makes Envoy answer 500 from inside the filter's call
-    /// (see the Envoy docs, `config.listener.v3.Listener`). Checked by the
-    /// policy validator; not used by the masker itself.
-    pub envoy_buffer_limit_bytes: Option<usize>,
 }
 
 /// A custom detector: `masking.custom[i]`.
