@@ -215,6 +215,20 @@ def test_policy_check_holds_masking_limits_to_the_listeners_buffer_limit(tmp_pat
     assert subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True).returncode == 0
 
 
+def test_policy_check_reads_a_typedstruct_envoyfilter(tmp_path):
+    """The TypedStruct form of an Istio EnvoyFilter (type_url names the Wasm filter)."""
+    doc = yaml.safe_load(open(ROOT / "envoy" / "istio" / "envoyfilter.yaml"))
+    tc = doc["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]
+    wasm_type = tc.pop("@type")
+    doc["spec"]["configPatches"][0]["patch"]["value"]["typed_config"] = {
+        "@type": "type.googleapis.com/udpa.type.v1.TypedStruct", "type_url": wasm_type, "value": tc}
+    tc["config"]["configuration"]["value"] = tc["config"]["configuration"]["value"].replace('"max_lifetime_seconds": 3600', '"max_lifetime_seconds": 0')
+    f = tmp_path / "typed.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1 and ".value.config.configuration.value" in r.stderr and "providers[0].max_lifetime_seconds" in r.stderr, r.stderr
+
+
 def test_policy_check_skips_other_envoyfilters_and_reads_merge_keys(tmp_path):
     limit = ("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: buffer-limit}\n"
              "spec:\n  configPatches:\n  - applyTo: LISTENER\n    patch:\n      operation: MERGE\n"

@@ -112,9 +112,17 @@ pub fn listener_buffer_limit(v: &serde_json::Value) -> Option<u64> {
 fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
     match v {
         serde_json::Value::Object(m) => {
-            if m.get("@type").and_then(|t| t.as_str()) == Some(WASM_FILTER) {
+            let ty = m.get("@type").and_then(|t| t.as_str());
+            if ty == Some(WASM_FILTER) {
                 if let Some(s) = v.pointer("/config/configuration/value").and_then(|s| s.as_str()) {
                     out.push((format!("{at}.config.configuration.value"), s.to_string()));
+                }
+            }
+            // Istio EnvoyFilters often wrap the filter in a TypedStruct
+            // (udpa.type.v1 / xds.type.v3) naming the Wasm type in `type_url`
+            if ty.is_some_and(|t| t.ends_with(".TypedStruct")) && m.get("type_url").and_then(|t| t.as_str()) == Some(WASM_FILTER) {
+                if let Some(s) = v.pointer("/value/config/configuration/value").and_then(|s| s.as_str()) {
+                    out.push((format!("{at}.value.config.configuration.value"), s.to_string()));
                 }
             }
             for (k, x) in m {
