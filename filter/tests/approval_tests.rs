@@ -914,7 +914,11 @@ fn max_body_bytes_range_is_1_to_16_mib() {
     assert_rejected(json!({"max_body_bytes": 0}), "resources[0].approval.max_body_bytes");
     assert_rejected(json!({"max_body_bytes": 16_777_217}), "resources[0].approval.max_body_bytes");
     assert_eq!(assert_accepted(json!({"max_body_bytes": 1})).max_body_bytes, 1);
-    assert_eq!(assert_accepted(json!({"max_body_bytes": 16_777_216})).max_body_bytes, 16_777_216);
+    // over Envoy's default buffer limit (1 MiB) only when the policy declares a larger one
+    assert_rejected(json!({"max_body_bytes": 16_777_216}), "resources[0].approval.max_body_bytes");
+    let mut d = doc_with_approval(approval_json(json!({"max_body_bytes": 16_777_216})));
+    d["envoy_buffer_limit_bytes"] = json!(16_777_216);
+    assert_eq!(config(&d).resources[0].approval.as_ref().map(|a| a.max_body_bytes), Some(16_777_216));
 }
 
 #[test]
