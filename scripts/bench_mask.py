@@ -27,14 +27,18 @@ requests are cut into 5 consecutive blocks for the range of each ratio.
 The fast upstream answers at once, which puts the filter's cost in full
 view; a second latency table (--upstream-delay-ms, default 2) repeats the
 comparison against an upstream that takes that long to answer, as a search
-backend does.
+backend does (SlowUpstream, in this process).
 """
 import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,36 +63,57 @@ def body(size, dense):
     return json.dumps({"result": recs})
 
 
-def upstream(port, admin, delay_ms):
-    """The fast upstream: /data/{clean,pii}-{1k,64k,1m} answer at once;
-    /data/slow/{clean,pii}-1k answer the 1 KiB bodies after `delay_ms`
-    (Envoy's fault filter, a fixed delay on every request), like a backend
-    that takes that long to search."""
-    routes = []
-    for name, size in SIZES.items():
-        for dense in (False, True):
-            for slow in ((False, True) if name == "1k" else (False,)):
-                route = {"match": {"path": f"/data/{'slow/' if slow else ''}{'pii' if dense else 'clean'}-{name}"},
-                         "direct_response": {"status": 200, "body": {"inline_string": body(size, dense)}},
-                         "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]}
-                if slow:
-                    route["typed_per_filter_config"] = {"envoy.filters.http.fault": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-                        "delay": {"fixed_delay": f"{delay_ms / 1000:.3f}s", "percentage": {"numerator": 100}}}}
-                routes.append(route)
-    cfg = upstream_config(port, admin, routes)
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"].insert(0, {"name": "envoy.filters.http.fault", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}})
-    return cfg
+def upstream(port, admin):
+    """The fast upstream: /data/{clean,pii}-{1k,64k,1m} answer at once."""
+    routes = [{"match": {"path": f"/data/{'pii' if dense else 'clean'}-{name}"},
+               "direct_response": {"status": 200, "body": {"inline_string": body(size, dense)}},
+               "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}]}
+              for name, size in SIZES.items() for dense in (False, True)]
+    return upstream_config(port, admin, routes)
 
 
-def gateway(kind, jwk, port, admin, up_port):
+class SlowUpstream:
+    """/data/slow/{clean,pii}-1k: the 1 KiB bodies after `delay_ms`, like a
+    backend that takes that long to search. A thread per connection sleeps
+    (nanosleep: ~0.1 ms late at most) and answers in one write with
+    TCP_NODELAY. (Envoy's fault filter, used first, fires on its event loop's
+    timer: the p50s came out bimodal, ~3.1 or ~4.7 ms for a 2 ms delay,
+    whichever mode a gateway's median fell in.)"""
+
+    def __init__(self, delay_ms):
+        answers = {}
+        for dense in ("clean", "pii"):
+            b = body(1024, dense == "pii").encode()
+            answers[f"/data/slow/{dense}-1k"] = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                                 + f"content-length: {len(b)}\r\n\r\n".encode() + b)
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_GET(self):
+                time.sleep(delay_ms / 1000)
+                self.wfile.write(answers.get(self.path, b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"))
+
+            def log_message(self, *_):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def gateway(kind, jwk, port, admin, up_port, slow_port):
     resource = {"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]}}
     if kind == "mask":
         resource["mask"] = {"max_buffer_bytes": 4 << 20}
     if kind == "wasm-noop":
-        cfg = envoy_config.render("{}", os.environ["NOOP_WASM"], port, admin, [("upstream", up_port)], [("/", "upstream")], True)
+        cfg = envoy_config.render("{}", os.environ["NOOP_WASM"], port, admin, [("upstream", up_port), ("slow", slow_port)],
+                                  [("/data/slow/", "slow"), ("/", "upstream")], True)
         cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 8 << 20
         return cfg
     policy = {"providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [jwk]}}],
@@ -96,8 +121,8 @@ def gateway(kind, jwk, port, admin, up_port):
     if kind == "mask":
         # the listener below buffers up to 8 MiB (1 MiB bodies, masked)
         policy["envoy_buffer_limit_bytes"] = 8 << 20
-    cfg = envoy_config.render(json.dumps(policy), WASM, port, admin, [("upstream", up_port)], [("/", "upstream")],
-                              kind != "passthrough")
+    cfg = envoy_config.render(json.dumps(policy), WASM, port, admin, [("upstream", up_port), ("slow", slow_port)],
+                              [("/data/slow/", "slow"), ("/", "upstream")], kind != "passthrough")
     cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 8 << 20
     cfg["static_resources"]["clusters"][0]["per_connection_buffer_limit_bytes"] = 8 << 20
     return cfg
@@ -139,12 +164,13 @@ def main():
     key = Key("ES256", "m1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
     up_port = free_port()
-    procs = [start(upstream(up_port, free_port(), a.upstream_delay_ms))]
+    procs = [start(upstream(up_port, free_port()))]
+    slow_up = SlowUpstream(a.upstream_delay_ms)
     gws = {}
     try:
         for kind in KINDS + ("wasm-noop",):
             port = free_port()
-            p = start(gateway(kind, key.jwk, port, free_port(), up_port))
+            p = start(gateway(kind, key.jwk, port, free_port(), up_port, slow_up.port))
             procs.append(p)
             gws[kind] = (port, p.pid)
         for port, _ in gws.values():
