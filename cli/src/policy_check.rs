@@ -173,6 +173,37 @@ pub fn called_clusters(c: &Config) -> Vec<(String, String)> {
     out
 }
 
+/// What a valid configuration `c` gets wrong about the Envoy bootstrap it
+/// sits in (`clusters`, `buffer_limit`: see [`Found`]), one `field: problem`
+/// line each. Envoy accepts such a bootstrap, then fails at run time:
+/// - a cluster the policy calls that the bootstrap lacks: every callout
+///   fails (BadArgument);
+/// - a masking or held-body limit over the listener's
+///   `per_connection_buffer_limit_bytes`: the body sits in Envoy's buffer,
+///   and past it Envoy answers 500/413 from inside the filter's call.
+pub fn deployment_problems(c: &Config, clusters: Option<&[String]>, buffer_limit: Option<u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(limit) = buffer_limit {
+        for (i, r) in c.resources.iter().enumerate() {
+            let limits = [
+                r.mask.as_ref().map(|m| ("mask.max_buffer_bytes", m.max_buffer_bytes)),
+                r.approval.as_ref().map(|a| ("approval.max_body_bytes", a.max_body_bytes)),
+            ];
+            for (field, n) in limits.into_iter().flatten().filter(|(_, n)| *n as u64 > limit) {
+                out.push(format!(
+                    "resources[{i}].{field}: {n} is over the listener's per_connection_buffer_limit_bytes {limit}; lower it (and envoy_buffer_limit_bytes) or raise the listener's"
+                ));
+            }
+        }
+    }
+    if let Some(have) = clusters {
+        for (field, cluster) in called_clusters(c).into_iter().filter(|(_, n)| !have.contains(n)) {
+            out.push(format!("{field}: no cluster {cluster:?} in this Envoy config's static_resources.clusters"));
+        }
+    }
+    out
+}
+
 fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
@@ -192,40 +223,13 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
             let name = if label.is_empty() { f.display().to_string() } else { format!("{} ({label})", f.display()) };
             match Config::from_json(text.as_bytes()) {
                 Ok(c) => {
-                    // In a bootstrap, a cluster the policy calls must exist:
-                    // Envoy accepts the config either way, and the callout
-                    // fails at run time (BadArgument) on every request.
-                    let missing: Vec<(String, String)> = match &clusters {
-                        Some(have) => called_clusters(&c).into_iter().filter(|(_, n)| !have.contains(n)).collect(),
-                        None => Vec::new(),
-                    };
-                    // A body masked in Envoy's buffer must fit the listener's
-                    // limit; past it Envoy answers 500 from inside the
-                    // filter's call and the module aborts.
-                    // (a held approval body too: past it Envoy answers 413)
-                    let mut over: Vec<(String, usize)> = Vec::new();
-                    for (i, r) in c.resources.iter().enumerate() {
-                        if let Some(m) = &r.mask {
-                            over.push((format!("resources[{i}].mask.max_buffer_bytes"), m.max_buffer_bytes));
-                        }
-                        if let Some(a) = &r.approval {
-                            over.push((format!("resources[{i}].approval.max_body_bytes"), a.max_body_bytes));
-                        }
-                    }
-                    over.retain(|(_, n)| buffer_limit.is_some_and(|l| *n as u64 > l));
-                    for (field, n) in &over {
-                        failed = true;
-                        eprintln!(
-                            "{name}: invalid configuration: {field}: {n} is over the listener's per_connection_buffer_limit_bytes {}; lower it (and envoy_buffer_limit_bytes) or raise the listener's",
-                            buffer_limit.unwrap_or(0)
-                        );
-                    }
-                    if missing.is_empty() && over.is_empty() {
+                    let problems = deployment_problems(&c, clusters.as_deref(), buffer_limit);
+                    if problems.is_empty() {
                         println!("{name}: ok ({}, {})", plural(c.providers.len(), "provider"), plural(c.resources.len(), "resource"));
                     }
-                    for (field, cluster) in missing {
+                    for p in problems {
                         failed = true;
-                        eprintln!("{name}: invalid configuration: {field}: no cluster {cluster:?} in this Envoy config's static_resources.clusters");
+                        eprintln!("{name}: invalid configuration: {p}");
                     }
                 }
                 Err(errs) => {
