@@ -3,11 +3,13 @@
 jwt_authn + rbac, and with nhi-gate (see scripts/bench.sh). All traffic stays
 on 127.0.0.1; every load run is bounded in time."""
 import argparse
+import atexit
 import json
 import os
 import re
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -94,8 +96,24 @@ def gateway_config(kind, jwk, port, admin, up_port):
                                [("/", "upstream")], with_filter=with_filter)
 
 
+# Envoy configs and logs of this run: removed when the script ends,
+# kept (and named) when it ends with an error.
+RUN_DIR = tempfile.mkdtemp(prefix="nhi-gate-bench-")
+_failed = []
+
+
+def _on_error(*exc):
+    _failed.append(True)
+    print(f"bench: Envoy configs and logs kept in {RUN_DIR}", file=sys.stderr)
+    sys.__excepthook__(*exc)
+
+
+sys.excepthook = _on_error
+atexit.register(lambda: _failed or shutil.rmtree(RUN_DIR, True))
+
+
 def start(cfg, concurrency=1):
-    d = tempfile.mkdtemp(prefix="nhi-gate-bench-")
+    d = tempfile.mkdtemp(dir=RUN_DIR)
     p = os.path.join(d, "envoy.json")
     Path(p).write_text(json.dumps(cfg))
     log = open(os.path.join(d, "envoy.log"), "w")
@@ -125,7 +143,7 @@ def wrk(url, token, seconds, connections, method="POST"):
     args = []
     if method == "POST":
         script = "wrk.method = 'POST'\nwrk.body = '{\"vector\":[1,0,0]}'\nwrk.headers['content-type'] = 'application/json'\n"
-        sp = Path(tempfile.mkstemp(suffix=".lua")[1])
+        sp = Path(tempfile.mkstemp(suffix=".lua", dir=RUN_DIR)[1])
         sp.write_text(script)
         args = ["-s", str(sp)]
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *args,

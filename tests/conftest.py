@@ -1,6 +1,23 @@
+import shutil
+
 import pytest
 
+import harness
 from harness import Envoy, JwksServer, Key, Upstream, envoy_binaries
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Removes the servers' folder (harness.run_dir) after a run in which
+    every test passed; after a failure it stays for its logs."""
+    d = harness._RUN_DIR
+    if d and exitstatus == 0:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    d = harness._RUN_DIR
+    if d and exitstatus != 0:
+        terminalreporter.write_line(f"nhi-gate: Envoy, approval service and collector logs of this run are kept in {d}")
 
 
 def pytest_generate_tests(metafunc):

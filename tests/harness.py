@@ -36,6 +36,24 @@ def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_RUN_DIR = None
+
+
+def run_dir() -> str:
+    """This test process's folder for server files (configs, logs, SQLite
+    files), created on first use; conftest.py removes it after a run in
+    which every test passed and keeps it (naming it) otherwise."""
+    global _RUN_DIR
+    if _RUN_DIR is None:
+        _RUN_DIR = tempfile.mkdtemp(prefix="nhi-gate-tests-")
+    return _RUN_DIR
+
+
+def scratch_dir(prefix: str) -> str:
+    """A fresh folder under `run_dir()` for one server or test."""
+    return tempfile.mkdtemp(prefix=prefix, dir=run_dir())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,7 +271,7 @@ class Envoy:
         self.binary = binary
         self.port = free_port()
         self.admin = free_port()
-        self.dir = tempfile.mkdtemp(prefix="nhi-gate-envoy-")
+        self.dir = scratch_dir("envoy-")
         text = policy if isinstance(policy, str) else json.dumps(policy)
         cl = [("upstream", upstream_port)] + list((clusters or {}).items())
         self.audit_path = os.path.join(self.dir, "audit.log")
@@ -411,7 +429,7 @@ class ApprovalService:
 
     def __init__(self, *extra):
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="nhi-gate-approvals-")
+        self.dir = scratch_dir("approvals-")
         self.db = os.path.join(self.dir, "approvals.db")
         self.extra = list(extra)
         self.start()
@@ -497,7 +515,7 @@ class AuditCollector:
 
     def __init__(self):
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="nhi-gate-audit-")
+        self.dir = scratch_dir("audit-")
         self.db = os.path.join(self.dir, "audit.db")
         self.log = open(os.path.join(self.dir, "collector.log"), "a")
         self.proc = subprocess.Popen([str(CLI), "audit", "serve", "--listen", f"127.0.0.1:{self.port}", "--db", self.db],

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from harness import ApprovalService, Envoy, Upstream, claims
+from harness import ApprovalService, Envoy, Upstream, claims, scratch_dir
 
 ISS = "https://ci.test"
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
@@ -26,7 +25,7 @@ CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver")
 
 @pytest.fixture()
 def browser():
-    profile = tempfile.mkdtemp(prefix="nhi-gate-chromium-")
+    profile = scratch_dir("chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
