@@ -458,10 +458,28 @@ class ApprovalService:
 
     def cli(self, *args, approver="alice", check=True):
         env = dict(os.environ, NHI_GATE_APPROVALS_URL=self.url, NHI_GATE_APPROVER_TOKEN=self.TOKENS[approver])
-        r = subprocess.run([str(CLI), "approvals", *args], env=env, capture_output=True, text=True, timeout=30)
+        try:
+            r = subprocess.run([str(CLI), "approvals", *args], env=env, capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired as e:
+            self.log.flush()
+            with open(os.path.join(self.dir, "service.log")) as f:
+                raise AssertionError(f"nhi-gate approvals {args}: no answer in 30 s; the service's threads wait in "
+                                     f"{self.thread_waits()}; its log:\n{f.read()[-3000:]}") from e
         if check and r.returncode != 0:
             raise AssertionError(f"nhi-gate approvals {args} failed: {r.stderr}")
         return r
+
+    def thread_waits(self):
+        """Where the service's threads sleep in the kernel (/proc/PID/task/*/wchan,
+        e.g. a futex for a lock, a journal wait for fsync): counts by place."""
+        waits = {}
+        for t in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            try:
+                w = (t / "wchan").read_text().strip() or "running"
+            except OSError:
+                continue
+            waits[w] = waits.get(w, 0) + 1
+        return waits
 
     def pending(self):
         return json.loads(self.cli("list", "--json").stdout)["approvals"]
