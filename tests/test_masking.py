@@ -244,7 +244,8 @@ def policy(jwk):
              "mask": {"requests": "chat_messages"}},
             {"name": "pass", "path_prefix": "/pass/", "read": {"any_of": ["readers"]},
              "mask": {"max_buffer_bytes": 64, "over_limit": "pass"}},
-            {"name": "wild", "path_prefix": "/wild/", "read": {"any_of": ["readers"]}, "mask": {"content_types": ["text/*"]}},
+            {"name": "wild", "path_prefix": "/wild/", "read": {"any_of": ["readers"]},
+             "mask": {"content_types": ["text/*"], "other_types": "pass"}},
             {"name": "echo", "path_prefix": "/echo", "read": {"any_of": ["readers"]}, "write": {"any_of": ["readers"]},
              "mask": {"requests": "json"}},
         ],
@@ -355,13 +356,14 @@ def test_invalid_json_fails_closed(gw):
     assert EMAIL.encode() not in body
 
 
-def test_head_and_204_and_other_types_left_alone(gw):
+def test_head_and_204_left_alone_and_other_types_refused(gw):
     code, h, body = get(gw, "/data/pii.json", method="HEAD")
     assert code == 200 and body == b""
     assert h.get("content-length") == str(len(json.dumps(DOC)))
     assert get(gw, "/data/none")[0] == 204
     code, _, body = get(gw, "/data/image")
-    assert body == EMAIL.encode(), "content types the policy does not list pass unchanged"
+    assert code == 502 and json.loads(body)["reason"] == "unmaskable_content_type", "content types the policy does not list are refused"
+    assert EMAIL.encode() not in body
 
 
 def test_body_without_a_single_content_type_fails_closed(gw):
@@ -380,7 +382,7 @@ def test_top_level_type_wildcard_masks_every_subtype(gw):
     code, _, body = get(gw, "/wild/page.html")
     assert code == 200 and body == b"<p>[EMAIL]</p>"
     code, _, body = get(gw, "/wild/data.json")
-    assert code == 200 and EMAIL.encode() in body, "text/* does not list application/json"
+    assert code == 200 and EMAIL.encode() in body, "text/* does not list application/json, and other_types: pass passes it"
 
 
 def test_sse_stream_masked_incrementally_with_valid_framing(gw):

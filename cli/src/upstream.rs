@@ -13,8 +13,9 @@
 //!
 //! The seeded documents carry realistic but fake personal data, so that
 //! response masking has something to show. Every answer carries
-//! `x-demo-upstream-auth` naming the `Authorization`/`api-key` it received,
-//! so a demo shows which credential reached the backend.
+//! `x-demo-upstream-auth` naming the `Authorization`/`api-key` it received
+//! (as `api-key sha256:<first 12 hex digits>`), so a demo shows which
+//! credential reached the backend without echoing it.
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -48,6 +49,11 @@ fn seed() -> BTreeMap<String, BTreeMap<String, Value>> {
     let mut c = BTreeMap::new();
     c.insert("docs".to_string(), points);
     c
+}
+
+/// The first 12 hex digits of the SHA-256 of `value`.
+fn fingerprint(value: &str) -> String {
+    hmac_sha256::Hash::hash(value.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 fn now_s() -> u64 {
@@ -154,7 +160,9 @@ fn handle(mut req: tiny_http::Request, store: &Store, delay_ms: u64) {
         .headers()
         .iter()
         .filter(|h| h.field.equiv("authorization") || h.field.equiv("api-key"))
-        .map(|h| format!("{}={}", h.field, h.value))
+        // a fingerprint, not the value: the gateway drops response headers
+        // that hold a backend credential, and a demo should not print it
+        .map(|h| format!("{} sha256:{}", h.field, fingerprint(h.value.as_str())))
         .collect::<Vec<_>>()
         .join("; ");
     let url = req.url().split('?').next().unwrap_or("").to_string();

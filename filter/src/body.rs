@@ -21,10 +21,45 @@ pub enum BodyMode {
     Sse,
     /// Masked incrementally as text (`text/plain` and other listed types).
     StreamText,
-    /// The body's type cannot be told — no `Content-Type`, an empty one, or
-    /// several (Envoy joins repeated headers with `,`) — so it cannot be
-    /// masked: a body that follows is refused (502 `unmaskable_content_type`).
-    Unmaskable,
+    /// The body cannot be masked, so a body that follows is refused with 502
+    /// and this reason (an empty body passes):
+    /// - `unmaskable_content_type`: no `Content-Type`, an empty one, several
+    ///   (Envoy joins repeated headers with `,`), or a type the resource
+    ///   does not list (unless `other_types: pass`);
+    /// - `unmaskable_charset`: a `charset` whose bytes are not ASCII-compatible
+    ///   (UTF-16, UTF-32, EBCDIC), where the detectors would see nothing;
+    /// - `unmaskable_partial_content`: a 206 answer, a part of a body
+    ///   (RFC 9110 §15.3.7) where a value can be cut at the range's edge.
+    Unmaskable(&'static str),
+}
+
+/// Character encodings whose bytes are ASCII for ASCII text, so detectors
+/// see values as they are (WHATWG Encoding Standard labels, lowercase).
+fn ascii_compatible(charset: &str) -> bool {
+    let c = charset.trim().trim_matches('"').to_ascii_lowercase();
+    matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1" | "l1" | "cp819" | "ibm819")
+        || c.starts_with("iso-8859-")
+        || c.starts_with("iso8859-")
+        || c.starts_with("iso_8859-")
+        || c.starts_with("windows-125")
+        || c.starts_with("cp125")
+}
+
+/// The `charset` parameter of a `Content-Type` value, if any.
+fn charset(content_type: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(content_type);
+    s.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("charset").then(|| v.trim().to_string())
+    })
+}
+
+/// Whether a chunk of a text body has bytes that UTF-8 or ASCII text never
+/// holds: NUL (every ASCII character of UTF-16/UTF-32 text comes with one)
+/// or 0xFE/0xFF (UTF-16 byte-order marks, never in UTF-8). Such a body is
+/// not masked as text: its values would pass unseen.
+pub fn not_text(chunk: &[u8]) -> bool {
+    memchr::memchr3(0, 0xfe, 0xff, chunk).is_some()
 }
 
 /// `Content-Encoding` of a body, as far as masking is concerned (RFC 9110 §8.4).
@@ -85,21 +120,28 @@ fn listed(mask: &ResourceMask, media: &str) -> bool {
 }
 
 /// Chooses how to mask a response. HEAD requests and 1xx/204/304 answers
-/// carry no body (RFC 9110 §6.4.1) and are left alone, as are content
-/// types the resource does not list. A response whose type cannot be told
-/// (no `Content-Type`, an empty one, or several joined by `,`) is
-/// [`BodyMode::Unmaskable`]: a masked resource does not let through a body
-/// it cannot classify (fail closed).
+/// carry no body (RFC 9110 §6.4.1) and are left alone. A masked resource
+/// does not let through a body it cannot mask (fail closed): a response
+/// whose type cannot be told (no `Content-Type`, an empty one, or several
+/// joined by `,`), of a type the resource does not list (unless
+/// `other_types: pass`, then it is left alone), in a charset that is not
+/// ASCII-compatible, or a 206 partial answer is [`BodyMode::Unmaskable`].
 pub fn response_mode(mask: &ResourceMask, method: &str, status: u32, content_type: Option<&[u8]>) -> BodyMode {
     if !mask.responses || method == "HEAD" || status < 200 || status == 204 || status == 304 {
         return BodyMode::Pass;
     }
+    if status == 206 {
+        return BodyMode::Unmaskable("unmaskable_partial_content");
+    }
     let media = content_type.map(media_type).unwrap_or_default();
     if media.is_empty() || content_type.is_some_and(several_types) {
-        return BodyMode::Unmaskable;
+        return BodyMode::Unmaskable("unmaskable_content_type");
     }
     if !listed(mask, &media) {
-        return BodyMode::Pass;
+        return if mask.pass_other_types { BodyMode::Pass } else { BodyMode::Unmaskable("unmaskable_content_type") };
+    }
+    if content_type.and_then(charset).is_some_and(|c| !ascii_compatible(&c)) {
+        return BodyMode::Unmaskable("unmaskable_charset");
     }
     if media == "application/json" || media.ends_with("+json") {
         BodyMode::Json
@@ -280,6 +322,7 @@ mod tests {
             content_types: vec!["application/json".into(), "+json".into(), "text/plain".into(), "text/event-stream".into()],
             max_buffer_bytes: 1024,
             reject_over_limit: true,
+            pass_other_types: false,
         }
     }
 
@@ -293,7 +336,11 @@ mod tests {
         assert_eq!(response_mode(&m, "HEAD", 200, Some(b"application/json")), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 204, Some(b"application/json")), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 304, Some(b"application/json")), BodyMode::Pass);
-        assert_eq!(response_mode(&m, "GET", 200, Some(b"image/png")), BodyMode::Pass);
+        // an unlisted type is refused, unless the resource passes other types
+        assert_eq!(response_mode(&m, "GET", 200, Some(b"image/png")), BodyMode::Unmaskable("unmaskable_content_type"));
+        assert_eq!(response_mode(&m, "GET", 200, Some(b"text/html")), BodyMode::Unmaskable("unmaskable_content_type"));
+        let pass = ResourceMask { pass_other_types: true, ..mask() };
+        assert_eq!(response_mode(&pass, "GET", 200, Some(b"image/png")), BodyMode::Pass);
         // a type that cannot be told is not passed: missing, empty, several
         for ct in [
             None,
@@ -306,7 +353,8 @@ mod tests {
             Some(b"text/plain; charset=utf-8, application/json"),
             Some(b"image/png; a=\"x\\\"\",application/json"),
         ] {
-            assert_eq!(response_mode(&m, "GET", 200, ct), BodyMode::Unmaskable, "{ct:?}");
+            assert_eq!(response_mode(&m, "GET", 200, ct), BodyMode::Unmaskable("unmaskable_content_type"), "{ct:?}");
+            assert_eq!(response_mode(&pass, "GET", 200, ct), BodyMode::Unmaskable("unmaskable_content_type"), "{ct:?}");
         }
         // a comma inside a quoted parameter value is not a second type
         assert_eq!(response_mode(&m, "GET", 200, Some(b"application/json; x=\"a,b\"")), BodyMode::Json);
@@ -322,12 +370,32 @@ mod tests {
         let text = ResourceMask { content_types: vec!["text/*".into()], ..mask() };
         assert_eq!(response_mode(&text, "GET", 200, Some(b"text/html; charset=utf-8")), BodyMode::StreamText);
         assert_eq!(response_mode(&text, "GET", 200, Some(b"text/event-stream")), BodyMode::Sse);
-        assert_eq!(response_mode(&text, "GET", 200, Some(b"textual/html")), BodyMode::Pass);
-        assert_eq!(response_mode(&text, "GET", 200, Some(b"application/json")), BodyMode::Pass);
+        assert_eq!(response_mode(&text, "GET", 200, Some(b"textual/html")), BodyMode::Unmaskable("unmaskable_content_type"));
+        assert_eq!(response_mode(&text, "GET", 200, Some(b"application/json")), BodyMode::Unmaskable("unmaskable_content_type"));
+        let text_pass = ResourceMask { pass_other_types: true, ..text };
+        assert_eq!(response_mode(&text_pass, "GET", 200, Some(b"textual/html")), BodyMode::Pass);
+        assert_eq!(response_mode(&text_pass, "GET", 200, Some(b"application/json")), BodyMode::Pass);
         let any = ResourceMask { content_types: vec!["*/*".into()], ..mask() };
         assert_eq!(response_mode(&any, "GET", 200, Some(b"application/octet-stream")), BodyMode::StreamText);
         assert_eq!(response_mode(&any, "GET", 200, Some(b"application/vnd.api+json")), BodyMode::Json);
-        assert_eq!(response_mode(&any, "GET", 200, None), BodyMode::Unmaskable);
+        assert_eq!(response_mode(&any, "GET", 200, None), BodyMode::Unmaskable("unmaskable_content_type"));
+    }
+
+    #[test]
+    fn partial_content_and_charsets_that_hide_values_are_refused() {
+        let m = mask();
+        assert_eq!(response_mode(&m, "GET", 206, Some(b"application/json")), BodyMode::Unmaskable("unmaskable_partial_content"));
+        assert_eq!(response_mode(&m, "GET", 206, Some(b"multipart/byteranges; boundary=x")), BodyMode::Unmaskable("unmaskable_partial_content"));
+        assert_eq!(response_mode(&m, "HEAD", 206, Some(b"text/plain")), BodyMode::Pass);
+        for ct in ["text/plain; charset=utf-16", "text/plain;charset=UTF-16LE", "text/event-stream; charset=\"utf-32\"", "text/plain; charset=ibm500"] {
+            assert_eq!(response_mode(&m, "GET", 200, Some(ct.as_bytes())), BodyMode::Unmaskable("unmaskable_charset"), "{ct}");
+        }
+        for ct in ["text/plain; charset=utf-8", "text/plain; Charset=\"UTF-8\"", "text/plain; charset=iso-8859-1", "text/plain; charset=windows-1252", "text/plain; charset=us-ascii"] {
+            assert_eq!(response_mode(&m, "GET", 200, Some(ct.as_bytes())), BodyMode::StreamText, "{ct}");
+        }
+        assert!(not_text(b"a\0@\0b\0"));
+        assert!(not_text(b"\xff\xfea\0"));
+        assert!(!not_text("caf\u{e9} \u{2014} a@b.co".as_bytes()));
     }
 
     #[test]

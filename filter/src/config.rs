@@ -260,6 +260,8 @@ struct RawResourceMask {
     max_buffer_bytes: usize,
     #[serde(default)]
     over_limit: Option<String>,
+    #[serde(default)]
+    other_types: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +333,11 @@ pub struct Config {
     /// The compiled PII detectors (`masking` section; defaults when only
     /// resources ask for masking), `None` when no resource masks.
     pub masker: Option<std::rc::Rc<crate::mask::Masker>>,
+    /// The backend credentials the gateway injects ([`backend_credentials`]):
+    /// response headers holding one are dropped, and masked bodies redact
+    /// them (`[BACKEND_CREDENTIAL]`), so a backend that echoes its request
+    /// does not hand them to the job.
+    pub credentials: std::rc::Rc<[String]>,
     /// Audit record settings (`audit` section; see `docs/audit-record.md`).
     pub audit: Audit,
     /// Envoy's buffer limit for a stream, bytes, as the policy declares it
@@ -394,6 +401,10 @@ pub struct ResourceMask {
     pub max_buffer_bytes: usize,
     /// Over the limit: refuse with 502 `response_too_large` (true, default) or pass unmasked.
     pub reject_over_limit: bool,
+    /// Response bodies of types not in `content_types`: passed unmasked
+    /// (`other_types: pass`) or refused with 502 `unmaskable_content_type`
+    /// (false, default: the job could ask for another type with `Accept`).
+    pub pass_other_types: bool,
 }
 
 /// Timing of remote JWKS fetches.
@@ -649,10 +660,46 @@ impl Config {
         Config::from_json(&bytes)
     }
 
+    /// Whether a request trailer named `name` (lowercase) must not reach the
+    /// backend: the header rules applied to trailers, which Envoy forwards
+    /// after the body (HTTP/1.1 chunked, HTTP/2). Covers `authorization`,
+    /// `proxy-authorization`, the providers' token headers, client-sent
+    /// `x-nhi-*`, the method-override headers, `range`/`if-range`, and every
+    /// header name a resource sets upstream (`upstream_headers`).
+    pub fn strips_trailer(&self, name: &str) -> bool {
+        matches!(name, "authorization" | "proxy-authorization" | "range" | "if-range")
+            || name.starts_with(crate::gate::IDENTITY_HEADER_PREFIX)
+            || crate::gate::METHOD_OVERRIDE_HEADERS.contains(&name)
+            || self.providers.iter().any(|p| p.token_header.as_deref() == Some(name))
+            || self.resources.iter().any(|r| r.upstream_headers.iter().any(|(n, _)| n == name))
+    }
+
     /// The provider whose `issuer` equals `iss` exactly.
     pub fn provider_by_issuer(&self, iss: &str) -> Option<(usize, &Provider)> {
         self.providers.iter().enumerate().find(|(_, p)| p.issuer == iss)
     }
+}
+
+/// Shortest secret looked for in responses, bytes: shorter header values
+/// (`x-tenant: acme`) are too likely to occur in ordinary text.
+pub const MIN_CREDENTIAL_BYTES: usize = 8;
+
+/// The values of every resource's `upstream_headers` that are looked for in
+/// responses: each value, and its part after an auth scheme (`Bearer sk-…`
+/// → `sk-…`, RFC 9110 §11.4), when at least [`MIN_CREDENTIAL_BYTES`] long;
+/// without repeats.
+pub fn backend_credentials(resources: &[Resource]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (_, value) in resources.iter().flat_map(|r| r.upstream_headers.iter()) {
+        let v = value.trim();
+        let after_scheme = v.split_once(' ').map(|(_, rest)| rest.trim()).filter(|rest| !rest.contains(' '));
+        for c in std::iter::once(v).chain(after_scheme) {
+            if c.len() >= MIN_CREDENTIAL_BYTES && !out.iter().any(|o| o == c) {
+                out.push(c.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// serde's message with Rust type names said in JSON terms
@@ -1086,6 +1133,14 @@ impl RawConfig {
                         true
                     }
                 };
+                let pass_other_types = match m.other_types.as_deref() {
+                    None | Some("refuse") => false,
+                    Some("pass") => true,
+                    Some(other) => {
+                        errs.add(format!("{mat}.other_types"), format!("must be \"refuse\" or \"pass\", not {other:?}"));
+                        false
+                    }
+                };
                 if !(1..=(16 << 20)).contains(&m.max_buffer_bytes) {
                     errs.add(format!("{mat}.max_buffer_bytes"), "must be between 1 and 16777216");
                 } else if m.max_buffer_bytes > envoy_limit {
@@ -1119,6 +1174,7 @@ impl RawConfig {
                     content_types,
                     max_buffer_bytes: m.max_buffer_bytes,
                     reject_over_limit,
+                    pass_other_types,
                 })
             });
             let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a, envoy_limit)));
@@ -1160,9 +1216,10 @@ impl RawConfig {
             errs.add("resources", "at least one resource is required (everything else is denied)");
         }
         let audit = audit(&mut errs, self.audit);
+        let credentials = backend_credentials(&resources);
         let masker = if self.masking.is_some() || resources.iter().any(|r| r.mask.is_some()) {
             match crate::mask::Masker::compile(self.masking.unwrap_or_default(), "masking") {
-                Ok(m) => Some(std::rc::Rc::new(m)),
+                Ok(m) => Some(std::rc::Rc::new(m.with_credentials(&credentials))),
                 Err(e) => {
                     errs.0.extend(e);
                     None
@@ -1188,6 +1245,7 @@ impl RawConfig {
             providers,
             resources,
             masker,
+            credentials: credentials.into(),
             audit,
             envoy_buffer_limit: envoy_limit,
         })

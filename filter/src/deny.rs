@@ -2,7 +2,7 @@
 //! `WWW-Authenticate` challenge of RFC 6750 §3.
 
 /// Why a request was refused. `status` is the HTTP status of the local reply
-/// (401, 403, 413, 502, 503); `reason` is a short snake_case word that clients
+/// (400, 401, 403, 413, 502, 503); `reason` is a short snake_case word that clients
 /// and audit records match on (`expired`, `group_not_allowed`, ...);
 /// `detail` is a human sentence, never containing token material.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,12 @@ impl Denial {
         Denial { status: 401, reason, detail: detail.into() }
     }
 
+    /// 400: the request carries its credential in a way RFC 6750 §2 forbids
+    /// (`invalid_request`, §3.1).
+    pub fn bad_request(reason: &'static str, detail: impl Into<String>) -> Self {
+        Denial { status: 400, reason, detail: detail.into() }
+    }
+
     /// 403: the caller is authenticated but the policy does not allow the request.
     pub fn forbidden(reason: &'static str, detail: impl Into<String>) -> Self {
         Denial { status: 403, reason, detail: detail.into() }
@@ -31,6 +37,10 @@ impl Denial {
         let desc = quote_free(&self.detail);
         match (self.status, self.reason) {
             (401, "missing_token") => Some(format!("Bearer realm=\"{realm}\"")),
+            (400, _) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{}: {desc}\"",
+                self.reason
+            )),
             (401, _) => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}: {desc}\"",
                 self.reason

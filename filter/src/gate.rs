@@ -204,6 +204,21 @@ impl Gate {
         Err(Denial::unauthorized("missing_token", "no bearer token"))
     }
 
+    /// Where else the request carries `token` (RFC 6750 §2: a client sends
+    /// it by one method only): the name of a header other than
+    /// `Authorization` and the providers' token headers (which are stripped
+    /// before forwarding), or `the path` (`:path`, e.g. `?access_token=`).
+    /// Such a copy would reach the backend, which must never see the job's
+    /// token. `None` when there is none.
+    fn token_elsewhere<'h>(&self, headers: &[Header<'h>], token: &str) -> Option<&'h str> {
+        let finder = memchr::memmem::Finder::new(token.as_bytes());
+        headers
+            .iter()
+            .filter(|(n, _)| *n != "authorization" && !self.config.providers.iter().any(|p| p.token_header.as_deref() == Some(*n)))
+            .find(|(_, v)| finder.find(v).is_some())
+            .map(|(n, _)| if *n == ":path" { "the path" } else { *n })
+    }
+
     /// The identity from verified claims, with the audit session claim.
     fn identity(&self, p: &crate::config::Provider, shared: &Rc<Map<String, Value>>) -> Identity {
         let claims: &Map<String, Value> = shared;
@@ -253,6 +268,9 @@ impl Gate {
         now: u64,
     ) -> Result<(Identity, String), AuthError> {
         let (token, via_header) = self.token(headers)?;
+        if let Some(place) = self.token_elsewhere(headers, &token) {
+            return Err(Denial::bad_request("token_repeated", format!("the bearer token is also sent in {place}: send it once, in the Authorization header")).into());
+        }
         let skew = self.config.clock_skew_seconds;
         if let Some(e) = cache.map.get(&token) {
             if via_header.is_some_and(|i| i != e.provider) {
@@ -320,6 +338,12 @@ impl Gate {
             set.push(("x-nhi-groups".into(), groups.join(",")));
         }
         if let Some(m) = &resource.mask {
+            if m.responses {
+                // A part of a body (RFC 9110 §14) cannot be masked: a value
+                // cut at a range boundary, or several ranges in one
+                // `multipart/byteranges` answer, would pass unmasked.
+                remove.extend(["range".to_string(), "if-range".to_string()]);
+            }
             if m.responses && asks_for_coding(headers) {
                 // Ask for an uncompressed answer, so it can be masked as it streams.
                 set.push(("accept-encoding".into(), "identity".into()));

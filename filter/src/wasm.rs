@@ -1373,9 +1373,10 @@ enum Response {
     Buffer { mode: BodyMode, gzip: bool, limit: usize, reject: bool },
     /// Mask chunk by chunk.
     Stream(StreamMasker),
-    /// No single `Content-Type` ([`BodyMode::Unmaskable`]): the headers wait;
-    /// the first body byte is refused, an empty body passes.
-    Untyped,
+    /// A body that cannot be masked ([`BodyMode::Unmaskable`], with its
+    /// reason): the headers wait; the first body byte is refused, an empty
+    /// body passes.
+    Untyped(&'static str),
 }
 
 impl Context for Stream {
@@ -1698,8 +1699,17 @@ impl HttpContext for Stream {
         // one host call: the content type alone, or (masked) the four headers
         // masking needs (names are lowercase in Envoy)
         let mut head = ResponseHead::default();
-        if masker.is_some() {
+        let credentials = self.worker.borrow().as_ref().map(|w| w.gate.config.credentials.clone()).unwrap_or_else(|| Rc::from([]));
+        if masker.is_some() || !credentials.is_empty() {
             for (name, value) in self.get_http_response_headers_bytes() {
+                // a backend credential echoed back (a reflected header, a
+                // redirect, an error) never reaches the job
+                if credentials.iter().any(|c| memchr::memmem::find(&value, c.as_bytes()).is_some()) {
+                    log::warn!("context={}: response header {name} held a backend credential: removed", self.context_id);
+                    *self.counts.entry("backend_credential".to_string()).or_insert(0) += 1;
+                    self.set_http_response_header(&name, None);
+                    continue;
+                }
                 match name.as_str() {
                     ":status" => head.status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
                     // repeated: joined, as Envoy joins them (several types: unmaskable)
@@ -1734,6 +1744,17 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_trailers(&mut self, n: usize) -> Action {
+        // The request-header rules hold for trailers too (Envoy forwards
+        // them after the body): no job token, identity header, method
+        // override, range or header the gateway sets upstream comes this way.
+        let gate = self.worker.borrow().as_ref().map(|w| w.gate.clone());
+        if let Some(gate) = gate {
+            for (name, _) in self.get_http_request_trailers_bytes() {
+                if gate.config.strips_trailer(&name.to_ascii_lowercase()) {
+                    self.set_http_request_trailer(&name, None);
+                }
+            }
+        }
         let action = self.request_trailers(n);
         if action == Action::Continue && self.request_buffered {
             // The body was held until now and goes upstream as a whole.
@@ -1761,12 +1782,12 @@ impl Stream {
         if mode == BodyMode::Pass {
             return Action::Continue;
         }
-        if mode == BodyMode::Unmaskable {
+        if let BodyMode::Unmaskable(reason) = mode {
             if eos {
                 return Action::Continue;
             }
             // refused at its first byte; an empty body (e.g. chunked) passes
-            self.response = Response::Untyped;
+            self.response = Response::Untyped(reason);
             return Action::Pause;
         }
         let gzip = match body::encoding(cenc.as_deref()) {
@@ -1874,7 +1895,7 @@ impl Stream {
             }
             Response::Pass => Action::Continue,
             // no body byte came (the first would have been refused)
-            Response::Untyped => Action::Continue,
+            Response::Untyped(_) => Action::Continue,
         }
     }
 }
@@ -1915,6 +1936,15 @@ impl Stream {
         let Some((masker, _)) = self.masker() else { return Action::Continue };
         if let Response::Stream(_) = self.response {
             let chunk = self.get_http_response_body(0, size).unwrap_or_default();
+            if body::not_text(&chunk) {
+                // UTF-16/32 text (NUL bytes, byte-order marks): the detectors
+                // would see nothing. The headers are gone: reset the stream.
+                log::warn!("context={}: streamed text body is not UTF-8 or ASCII text: resetting the stream", self.context_id);
+                *self.counts.entry("unmaskable_charset".to_string()).or_insert(0) += 1;
+                self.response = Response::Pass;
+                let _ = hostcalls::reset_http_response();
+                return Action::Pause;
+            }
             let Response::Stream(sm) = &mut self.response else { return Action::Continue };
             let mut out = sm.push(&chunk, &mut self.counts);
             if eos {
@@ -1932,12 +1962,20 @@ impl Stream {
         }
         match &mut self.response {
             Response::Pass | Response::Stream(_) => Action::Continue,
-            Response::Untyped if size > 0 => self.fail(502, "unmaskable_content_type", "the response has no single Content-Type, so the filter cannot tell how to mask it"),
-            Response::Untyped if eos => {
+            Response::Untyped(reason) if size > 0 => {
+                let reason: &'static str = reason;
+                let detail = match reason {
+                    "unmaskable_partial_content" => "a partial (206) answer cannot be masked: a value may be cut at the range's edge",
+                    "unmaskable_charset" => "the response's charset is not ASCII-compatible, so its values cannot be found",
+                    _ => "the response has no single Content-Type that the resource masks",
+                };
+                self.fail(502, reason, detail)
+            }
+            Response::Untyped(_) if eos => {
                 self.response = Response::Pass;
                 Action::Continue
             }
-            Response::Untyped => Action::Pause,
+            Response::Untyped(_) => Action::Pause,
             Response::Buffer { mode, gzip, limit, reject } => {
                 let (mode, gzip, limit, reject) = (*mode, *gzip, *limit, *reject);
                 if size > limit {
@@ -1992,6 +2030,7 @@ impl Stream {
                 o.extend(sm.finish(&mut self.counts));
                 o
             }
+            _ if body::not_text(&plain) => return self.fail(502, "unmaskable_charset", "the response body is not UTF-8 or ASCII text, so its values cannot be found"),
             _ => masker.mask_text(&String::from_utf8_lossy(&plain), &mut self.counts).into_bytes(),
         };
         // Redaction can lengthen a body (`a@b.co` → `[EMAIL]`, keyed-hash

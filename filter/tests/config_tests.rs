@@ -605,3 +605,31 @@ fn type_errors_are_said_in_json_terms() {
     let errs = config_errors(&d);
     assert!(errs[0].problem.ends_with("expected true or false"), "{}", errs[0].problem);
 }
+
+#[test]
+fn trailers_follow_the_request_header_rules() {
+    let c = config(&json!({
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks_uri": format!("{ISSUER}/jwks"), "cluster": "idp", "token_header": "x-ci-token"}],
+        "resources": [{"name": "r", "path_prefix": "/", "read": {"any_of": ["g"]}, "upstream_headers": {"Api-Key": "backend-secret-0123", "Authorization": "Bearer sk-0123456789", "x-tenant": "acme"}}],
+    }));
+    for name in ["authorization", "proxy-authorization", "x-ci-token", "x-nhi-groups", "x-http-method-override", "range", "if-range", "api-key", "x-tenant"] {
+        assert!(c.strips_trailer(name), "{name}");
+    }
+    for name in ["x-amz-checksum-crc32", "grpc-status", "content-md5"] {
+        assert!(!c.strips_trailer(name), "{name}");
+    }
+    // the credentials looked for in responses: values and the part after a scheme, 8 bytes or more
+    assert_eq!(&*c.credentials, ["backend-secret-0123", "Bearer sk-0123456789", "sk-0123456789"]);
+}
+
+#[test]
+fn other_types_is_refuse_or_pass() {
+    let doc = |v: Value| json!({
+        "providers": [{"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks_uri": format!("{ISSUER}/jwks"), "cluster": "idp"}],
+        "resources": [{"name": "r", "path_prefix": "/", "read": {"any_of": ["g"]}, "mask": {"other_types": v}}],
+    });
+    assert!(config(&doc(json!("pass"))).resources[0].mask.as_ref().unwrap().pass_other_types);
+    assert!(!config(&doc(json!("refuse"))).resources[0].mask.as_ref().unwrap().pass_other_types);
+    let errs = config_errors(&doc(json!("allow")));
+    assert_eq!(errs[0].field, "resources[0].mask.other_types", "{errs:?}");
+}

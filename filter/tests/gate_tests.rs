@@ -433,3 +433,40 @@ fn pipeline_end_to_end() {
     assert_eq!(plan.remove, ["authorization", "x-ci-token", "x-nhi-groups"]);
     assert!(plan.set.contains(&("x-nhi-groups".into(), "readers,writers".into())));
 }
+
+#[test]
+fn token_sent_a_second_way_is_refused() {
+    // RFC 6750 §2: one method per request; a copy elsewhere would reach the backend
+    let f = Fixture::new();
+    let t = f.token(&["readers"]);
+    let auth = format!("Bearer {t}");
+    let cookie = format!("session=abc; tok={t}");
+    let path = format!("/v1/idx/docs?access_token={t}");
+    for (extra, place) in [
+        (("cookie", cookie.as_bytes()), "cookie"),
+        (("proxy-authorization", auth.as_bytes()), "proxy-authorization"),
+        ((":path", path.as_bytes()), "the path"),
+    ] {
+        let err = f.authenticate_headers(&[("authorization", auth.as_bytes()), extra]).unwrap_err();
+        let AuthError::Deny(d) = err else { panic!("{place}: {err:?}") };
+        assert_eq!((d.status, d.reason), (400, "token_repeated"), "{place}");
+        assert!(d.detail.contains(place) && !d.detail.contains(&t), "{place}: {}", d.detail);
+        assert!(d.www_authenticate("rag").unwrap().contains("error=\"invalid_request\""));
+    }
+    // the token header of the provider is stripped anyway: sending both is not refused
+    let ok = f.authenticate_headers(&[("authorization", auth.as_bytes()), ("x-ci-token", t.as_bytes()), (":path", b"/v1/idx/docs")]);
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn masked_resources_drop_range_requests() {
+    let gate = Gate::new(config_with_resources(json!([
+        {"name": "docs", "path_prefix": "/docs/", "read": {"any_of": ["readers"]}, "mask": {}},
+        {"name": "files", "path_prefix": "/files/", "read": {"any_of": ["readers"]}}
+    ])));
+    let h: [Header; 2] = [("range", b"bytes=0-40,41-200"), ("if-range", b"\"etag\"")];
+    let plan = gate.authorize(&req("GET", "/docs/a"), &h, identity(&["readers"])).unwrap();
+    assert!(plan.remove.iter().any(|r| r == "range") && plan.remove.iter().any(|r| r == "if-range"), "{:?}", plan.remove);
+    let plan = gate.authorize(&req("GET", "/files/a"), &h, identity(&["readers"])).unwrap();
+    assert!(!plan.remove.iter().any(|r| r == "range"), "{:?}", plan.remove);
+}

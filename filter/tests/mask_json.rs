@@ -705,3 +705,18 @@ fn long_and_escaped_keys_are_lexed_around_the_byte_by_byte_prefix() {
         assert_eq!(v["n"], 1, "{key}: {out}");
     }
 }
+
+#[test]
+fn backend_credentials_are_redacted_in_json() {
+    let m = masker(json!({})).with_credentials(&["backend-secret-0123456789".to_string(), "sk-plain".to_string()]);
+    let mut counts = Counts::new();
+    let body = br#"{"headers":{"api-key":["backend-secret-0123456789"],"authorization":"Bearer sk-plain"},"n":1}"#;
+    let out = m.mask_json(body, &mut counts).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"headers":{"api-key":["[BACKEND_CREDENTIAL]"],"authorization":"Bearer [BACKEND_CREDENTIAL]"},"n":1}"#
+    );
+    assert_eq!(counts.get("backend_credential"), Some(&2));
+    // without credentials nothing changes
+    assert!(masker(json!({})).with_credentials(&[]).mask_json_changes(body, &mut counts).unwrap().is_none());
+}

@@ -1382,3 +1382,38 @@ fn anthropic_email_split_across_text_deltas_is_caught() {
         assert_eq!((counts.get("email"), counts.get("payment_card")), (Some(&1), Some(&1)));
     }
 }
+
+#[test]
+fn sse_events_that_are_not_strict_json_are_withheld() {
+    // Python's json.loads (the OpenAI SDK) reads NaN/Infinity, lone surrogates
+    // and repeated members; masked as text they would leak (escapes, splits)
+    let m = masker(json!({}));
+    let chunk = |content: &str, extra: &str| {
+        format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}}{extra}}}]}}\n\n")
+    };
+    for extra in [r#","logprobs":{"content":[{"token":"a","logprob":-Infinity}]}"#, r#","x":NaN"#, r#","index":0"#] {
+        let input = format!("{}{}data: [DONE]\n\n", chunk("mail jane.doe@", extra), chunk("example.com now", extra));
+        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("example.com") && !out.contains("jane.doe"), "{extra}: {out}");
+        assert_eq!(counts.get("unmaskable_event"), Some(&2), "{extra}: {out}");
+        assert!(out.contains("\"unmaskable_event\"") && out.ends_with("data: [DONE]\n\n"), "{out}");
+    }
+    let escaped = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a jane\\u0040example.com\"}}],\"id\":\"\\ud83d\"}\n\n";
+    let (out, _, _) = stream(&m, StreamKind::Sse, escaped.as_bytes(), &[]);
+    assert!(!String::from_utf8_lossy(&out).contains("example.com"), "{}", String::from_utf8_lossy(&out));
+    // text that is not JSON-looking is still masked as text
+    let (out, _, _) = stream(&m, StreamKind::Sse, b"data: mail jane.doe@example.com now\n\n", &[]);
+    assert_eq!(String::from_utf8(out).unwrap(), "data: mail [EMAIL] now\n\n");
+}
+
+#[test]
+fn backend_credentials_are_redacted_in_streams() {
+    let m = masker(json!({})).with_credentials(&["backend-secret-0123456789".to_string()]);
+    let input = "invalid key backend-secret-0123456789 given\n";
+    for cut in 0..input.len() {
+        let (out, _, counts) = stream(&m, StreamKind::Text, input.as_bytes(), &[cut]);
+        assert_eq!(String::from_utf8(out).unwrap(), "invalid key [BACKEND_CREDENTIAL] given\n", "cut {cut}");
+        assert_eq!(counts.get("backend_credential"), Some(&1));
+    }
+}

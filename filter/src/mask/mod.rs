@@ -199,6 +199,8 @@ enum Validator {
 enum Kind {
     Builtin(Builtin),
     Custom { re: regex_lite::Regex, validator: Option<Validator> },
+    /// Exact values (the backend credentials, [`Masker::with_credentials`]).
+    Literal(Vec<memchr::memmem::Finder<'static>>),
 }
 
 #[derive(Debug, Clone)]
@@ -497,6 +499,29 @@ impl Masker {
         StreamMasker::new(Arc::clone(&self.inner), kind)
     }
 
+    /// The same masker that also redacts these exact values as
+    /// `[BACKEND_CREDENTIAL]` (counted as `backend_credential`), whatever the
+    /// redaction settings: the credentials the gateway injects upstream
+    /// (`Config::credentials`), should a backend echo them back. No values:
+    /// unchanged.
+    pub fn with_credentials(mut self, values: &[String]) -> Masker {
+        let inner = Arc::make_mut(&mut self.inner);
+        let Ok(idx) = u16::try_from(inner.dets.len()) else { return self };
+        if values.is_empty() {
+            return self;
+        }
+        let finders = values.iter().map(|v| memchr::memmem::Finder::new(v.as_bytes()).into_owned()).collect();
+        inner.dets.push(Detector {
+            name: "backend_credential".into(),
+            tag: "BACKEND_CREDENTIAL".into(),
+            label: "[BACKEND_CREDENTIAL]".into(),
+            redaction: Redaction::Label,
+            kind: Kind::Literal(finders),
+        });
+        inner.customs.push(idx);
+        self
+    }
+
     /// Turns the one-pass JSON scan on or off (measurements only: the
     /// output is the same either way). Off, string values are lexed first
     /// and those holding an anchor byte or an escape are scanned again.
@@ -637,8 +662,17 @@ impl Inner {
     /// Candidates of the custom detectors in `s` (offset by `base`).
     fn custom_candidates(&self, s: &str, base: usize, out: &mut Vec<Cand>) {
         for &idx in &self.customs {
-            let Some(Detector { kind: Kind::Custom { re, validator }, .. }) = self.dets.get(usize::from(idx)) else {
-                continue;
+            let (re, validator) = match self.dets.get(usize::from(idx)).map(|d| &d.kind) {
+                Some(Kind::Custom { re, validator }) => (re, validator),
+                Some(Kind::Literal(finders)) => {
+                    for f in finders {
+                        for start in f.find_iter(s.as_bytes()) {
+                            out.push(Cand { start: base + start, end: base + start + f.needle().len(), det: idx });
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             for m in re.find_iter(s) {
                 if m.is_empty() {

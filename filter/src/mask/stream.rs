@@ -761,8 +761,11 @@ impl SseStream {
             self.flush_all(pre, counts);
             return payload.to_vec();
         }
-        let chunk = serde_json::from_slice::<ChunkLite>(payload).ok();
-        let released = match chunk {
+        let parsed = serde_json::from_slice::<ChunkLite>(payload);
+        // (a member named twice: clients read one of them, so the event is
+        // neither joined nor passed — see `UNMASKABLE_EVENT`)
+        let repeated = matches!(&parsed, Err(e) if e.to_string().starts_with("duplicate field"));
+        let released = match parsed.ok() {
             Some(ChunkLite { choices: Some(choices), .. }) => Some(self.chat_chunk(payload, choices, pre, counts)),
             Some(ev) => self.responses_event(payload, ev, event_line, pre, counts),
             None => {
@@ -772,12 +775,19 @@ impl SseStream {
                 None
             }
         };
+        if repeated {
+            return unmaskable_event(counts);
+        }
         // other JSON is masked as JSON, anything else as text
-        json::rewrite(&self.inner, payload, released.as_ref(), true, counts).unwrap_or_else(|_| {
-            let mut out = Vec::new();
-            self.mask_line(payload, &mut out, counts);
-            out
-        })
+        match json::rewrite(&self.inner, payload, released.as_ref(), true, counts) {
+            Ok(out) => out,
+            Err(_) if matches!(payload.trim_ascii_start().first(), Some(b'{' | b'[')) => unmaskable_event(counts),
+            Err(_) => {
+                let mut out = Vec::new();
+                self.mask_line(payload, &mut out, counts);
+                out
+            }
+        }
     }
 
     /// A Responses API event (`type`): a joined part's `delta` gives the
@@ -1019,4 +1029,20 @@ impl SseStream {
         out.extend_from_slice(&eol);
         out.extend_from_slice(&eol);
     }
+}
+
+/// What an SSE event's data becomes when it looks like JSON (starts with
+/// `{` or `[`) but is not strict JSON (RFC 8259: `NaN`, `Infinity`, lone
+/// surrogate escapes, cut off) or names a member twice. Clients parse such
+/// events leniently (Python's `json.loads` takes all of these), while the
+/// filter could only mask it as text — escapes undecoded, values split
+/// across events unjoined — so it is withheld: an error event that the
+/// OpenAI and Anthropic SDKs raise as an API error. Counted as
+/// `unmaskable_event` in the audit record.
+pub(crate) const UNMASKABLE_EVENT: &str =
+    r#"{"type":"error","error":{"type":"unmaskable_event","code":"unmaskable_event","message":"nhi-gate withheld an event it could not mask (not strict JSON)"}}"#;
+
+fn unmaskable_event(counts: &mut Counts) -> Vec<u8> {
+    *counts.entry("unmaskable_event".to_string()).or_insert(0) += 1;
+    UNMASKABLE_EVENT.as_bytes().to_vec()
 }
