@@ -37,6 +37,7 @@ def keys():
         "ed": Key("EdDSA", "ed-1"),
         "kc": Key("ES384", "kc-1"),
         "other": Key("RS256", "rs-1"),  # same kid as "rs", different key: forged signature
+        "rs2": Key("RS256", "rs-2"),  # a second RSA key, for rotations
     }
 
 

@@ -152,6 +152,18 @@ pub fn response_mode(mask: &ResourceMask, method: &str, status: u32, content_typ
     }
 }
 
+/// Whether a request body with this `Content-Type` may be read as JSON by
+/// the backend: anything but forms, multipart uploads and binary media
+/// (`application/octet-stream`, `audio/*`, `image/*`, `video/*`). Many LLM
+/// servers parse the body as JSON whatever its declared type.
+pub fn read_as_json(content_type: Option<&[u8]>) -> bool {
+    let media = content_type.map(media_type).unwrap_or_default();
+    !(media.starts_with("multipart/")
+        || media == "application/x-www-form-urlencoded"
+        || media == "application/octet-stream"
+        || ["audio/", "image/", "video/"].iter().any(|t| media.starts_with(t)))
+}
+
 /// Decodes a gzip body (RFC 1952), refusing output larger than `limit` bytes.
 ///
 /// Errors: corrupt or truncated data, or output over `limit` (a zip bomb).
@@ -165,148 +177,78 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Masks the prompt of an OpenAI-style request body (`requests:
-/// chat_messages`) and gives the body to send upstream (re-serialized).
+/// Members of a request body that `requests: chat_messages` leaves as sent:
+/// signatures and encrypted reasoning (Anthropic `signature`, OpenAI
+/// `encrypted_content`: the provider checks them).
+const PROMPT_SKIP: [&str; 2] = ["signature", "encrypted_content"];
+
+/// Whether a string is an encoded payload rather than text: a data URI, or
+/// 64 bytes or more of the base64 / base64url alphabet alone (images, audio,
+/// files), where a detector could match random characters and corrupt it.
+/// Text with an `@`, a space, `.` or other punctuation is never one.
+fn encoded_payload(s: &str) -> bool {
+    s.starts_with("data:") || (s.len() >= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')))
+}
+
+/// Masks the prompt of an LLM request body (`requests: chat_messages`) and
+/// gives the body to send upstream (re-serialized).
 ///
-/// Masked, as text unless noted: chat completions `messages[]` (`content`
-/// as a string or parts' `text`/`refusal`, `refusal`, tool-call arguments
-/// as JSON: [`Masker::mask_tool_arguments`]) and `prediction.content`;
-/// legacy completions `prompt` (a string or an array of strings) and
-/// `suffix`; Responses API `instructions`, `prompt.variables` and `input`
-/// (a string, or items read like chat messages, plus tool `output`, custom
-/// tool `input`, reasoning `summary[].text`, function-call `arguments`);
-/// message `name`s and the end-user ids `user` and `safety_identifier`
-/// (often an email); Anthropic Messages API `system` (a string or text
-/// blocks), `metadata.user_id`, and in `messages[].content` blocks:
-/// `text`, `tool_result` `content` (a string or text blocks) and `tool_use`
-/// `input` (a JSON object, masked like tool-call arguments). Every other
-/// member is sent as it came (`logprobs: true` included; Anthropic
-/// `thinking` blocks too: they carry a signature over their text).
+/// Every string in the body is masked as text — chat `messages`, Responses
+/// API `input` items of any type, Anthropic blocks of any type (`document`,
+/// `search_result`, citations, server and MCP tool calls), embeddings
+/// `input` arrays, `metadata`, tool descriptions — so a prompt field the
+/// filter does not know by name is still masked (fail closed), except:
+/// tool-call `arguments` (a JSON document in a string) and tool `input`
+/// objects, which are masked as JSON, numbers too
+/// ([`Masker::mask_tool_arguments`]); Anthropic `thinking` and
+/// `redacted_thinking` blocks, which carry a signature over their text; and
+/// the members of [`PROMPT_SKIP`] and encoded payloads (`encoded_payload`:
+/// base64 images, audio, files). Other numbers, booleans and
+/// object keys are left alone.
 ///
-/// Errors: the body is not a JSON object.
+/// Errors: the body is not a JSON object, or its `prompt` is token ids
+/// (numbers: text that cannot be masked).
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
-    let text = |s: &mut String, counts: &mut Counts| *s = masker.mask_text(s, counts);
-    for key in ["prompt", "instructions", "suffix", "user", "safety_identifier", "system"] {
-        match obj.get_mut(key) {
-            Some(Value::String(s)) => text(s, counts),
-            Some(Value::Array(items)) if key == "prompt" => {
-                for s in items.iter_mut().filter_map(|i| if let Value::String(s) = i { Some(s) } else { None }) {
-                    text(s, counts);
-                }
-            }
-            // Anthropic: system text blocks
-            Some(Value::Array(blocks)) if key == "system" => {
-                for b in blocks.iter_mut().filter_map(Value::as_object_mut) {
-                    if let Some(Value::String(s)) = b.get_mut("text") {
-                        text(s, counts);
-                    }
-                }
-            }
-            // Responses API reusable prompt: `{"id", "variables": {name: text or input_text}}`
-            Some(Value::Object(p)) if key == "prompt" => {
-                for v in p.get_mut("variables").and_then(Value::as_object_mut).into_iter().flat_map(|m| m.values_mut()) {
-                    match v {
-                        Value::String(s) => text(s, counts),
-                        Value::Object(part) => {
-                            if let Some(Value::String(s)) = part.get_mut("text") {
-                                text(s, counts);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
+    let token_ids = |p: &Value| match p {
+        Value::Array(items) => items.iter().any(|i| i.is_number() || i.as_array().is_some_and(|a| a.iter().any(Value::is_number))),
+        _ => false,
+    };
+    if obj.get("prompt").is_some_and(token_ids) {
+        return Err("a prompt given as token ids cannot be masked; send it as text".into());
     }
-    if let Some(p) = obj.get_mut("prediction").and_then(Value::as_object_mut) {
-        prompt_item(masker, p, counts);
-    }
-    if let Some(Value::String(s)) = obj.get_mut("metadata").and_then(|m| m.get_mut("user_id")) {
-        text(s, counts);
-    }
-    for key in ["messages", "input"] {
-        match obj.get_mut(key) {
-            Some(Value::String(s)) => text(s, counts),
-            Some(Value::Array(items)) => {
-                for item in items.iter_mut().filter_map(Value::as_object_mut) {
-                    prompt_item(masker, item, counts);
-                }
-            }
-            _ => {}
-        }
-    }
+    mask_prompt_value(masker, &mut v, counts);
     serde_json::to_vec(&v).map_err(|e| e.to_string())
 }
 
-/// One content part or block: `text` and `refusal`; Anthropic `tool_result`
-/// blocks' `content` (a string or blocks, read the same way) and
-/// `tool_use` blocks' `input` (a JSON object: masked as JSON, numbers too,
-/// see [`Masker::mask_tool_arguments`]).
-fn prompt_part(masker: &Masker, part: &mut serde_json::Map<String, Value>, counts: &mut Counts) {
-    for field in ["text", "refusal"] {
-        if let Some(Value::String(s)) = part.get_mut(field) {
-            *s = masker.mask_text(s, counts);
-        }
-    }
-    match part.get("type").and_then(Value::as_str) {
-        Some("tool_result") => match part.get_mut("content") {
-            Some(Value::String(s)) => *s = masker.mask_text(s, counts),
-            Some(Value::Array(blocks)) => {
-                for b in blocks.iter_mut().filter_map(Value::as_object_mut) {
-                    prompt_part(masker, b, counts);
-                }
+/// [`mask_prompt`] over one value, recursively.
+fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {
+    match v {
+        Value::String(s) if !encoded_payload(s) => *s = masker.mask_text(s, counts),
+        Value::Array(items) => {
+            for i in items {
+                mask_prompt_value(masker, i, counts);
             }
-            _ => {}
-        },
-        Some("tool_use") => {
-            if let Some(input) = part.get_mut("input").filter(|v| v.is_object()) {
-                let masked = masker.mask_tool_arguments(&input.to_string(), counts);
-                // a JSON object masked as JSON stays one
-                *input = serde_json::from_str(&masked).unwrap_or(Value::String(masked));
+        }
+        Value::Object(o) => {
+            if matches!(o.get("type").and_then(Value::as_str), Some("thinking" | "redacted_thinking")) {
+                return;
+            }
+            for (k, item) in o.iter_mut() {
+                match (k.as_str(), item) {
+                    (k, _) if PROMPT_SKIP.contains(&k) => {}
+                    ("arguments", Value::String(s)) => *s = masker.mask_tool_arguments(s, counts),
+                    ("input", input @ Value::Object(_)) => {
+                        let masked = masker.mask_tool_arguments(&input.to_string(), counts);
+                        // a JSON object masked as JSON stays one
+                        *input = serde_json::from_str(&masked).unwrap_or(Value::String(masked));
+                    }
+                    (_, item) => mask_prompt_value(masker, item, counts),
+                }
             }
         }
         _ => {}
-    }
-}
-
-/// One chat message, Responses API input item, or `prediction`: text in
-/// `content`, `refusal`, `output` (a string, or parts' `text` and
-/// `refusal`), `input` (custom tool calls) and `summary[].text`; tool-call
-/// arguments in `arguments`, `function_call.arguments` and
-/// `tool_calls[].function.arguments`.
-fn prompt_item(masker: &Masker, item: &mut serde_json::Map<String, Value>, counts: &mut Counts) {
-    if let Some(Value::String(s)) = item.get_mut("name") {
-        *s = masker.mask_text(s, counts);
-    }
-    for key in ["content", "refusal", "output", "input", "summary"] {
-        match item.get_mut(key) {
-            Some(Value::String(s)) => *s = masker.mask_text(s, counts),
-            Some(Value::Array(parts)) => {
-                for part in parts.iter_mut().filter_map(Value::as_object_mut) {
-                    prompt_part(masker, part, counts);
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(Value::String(s)) = item.get_mut("arguments") {
-        *s = masker.mask_tool_arguments(s, counts);
-    }
-    let mut mask_call = |f: &mut Value| {
-        if let Some(Value::String(s)) = f.get_mut("arguments") {
-            *s = masker.mask_tool_arguments(s, counts);
-        }
-    };
-    for call in item.get_mut("tool_calls").and_then(Value::as_array_mut).into_iter().flatten() {
-        if let Some(f) = call.get_mut("function") {
-            mask_call(f);
-        }
-    }
-    if let Some(f) = item.get_mut("function_call") {
-        mask_call(f);
     }
 }
 
@@ -396,6 +338,16 @@ mod tests {
         assert!(not_text(b"a\0@\0b\0"));
         assert!(not_text(b"\xff\xfea\0"));
         assert!(!not_text("caf\u{e9} \u{2014} a@b.co".as_bytes()));
+    }
+
+    #[test]
+    fn request_bodies_read_as_json() {
+        for ct in [None, Some(&b""[..]), Some(b"application/json"), Some(b"text/plain"), Some(b"application/vnd.x+json; charset=utf-8")] {
+            assert!(read_as_json(ct), "{ct:?}");
+        }
+        for ct in [&b"multipart/form-data; boundary=x"[..], b"application/x-www-form-urlencoded", b"audio/wav", b"Image/PNG", b"application/octet-stream"] {
+            assert!(!read_as_json(Some(ct)), "{ct:?}");
+        }
     }
 
     #[test]

@@ -113,6 +113,8 @@ struct RawProvider {
     #[serde(default = "default_groups_claim")]
     groups_claim: String,
     #[serde(default)]
+    groups_prefix: String,
+    #[serde(default)]
     token_header: Option<String>,
     #[serde(default)]
     jwks: Option<serde_json::Value>,
@@ -444,6 +446,10 @@ pub struct Provider {
     pub max_lifetime_seconds: u64,
     /// Dot path of the group claim (`groups`, `realm_access.roles`).
     pub groups_claim: Vec<String>,
+    /// Prepended to every group of this provider's tokens (`github:`), so
+    /// group names from different issuers cannot collide in a rule (as
+    /// Kubernetes' `--oidc-groups-prefix`); "" for none.
+    pub groups_prefix: String,
     /// Extra header carrying the raw token, lowercase, if any.
     pub token_header: Option<String>,
     pub keys: KeySource,
@@ -987,6 +993,9 @@ impl RawConfig {
             if !(1..=86400).contains(&p.max_lifetime_seconds) {
                 errs.add(format!("{at}.max_lifetime_seconds"), "must be between 1 and 86400: long-lived tokens are static secrets");
             }
+            if p.groups_prefix.len() > 64 || !p.groups_prefix.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'%') {
+                errs.add(format!("{at}.groups_prefix"), "must be at most 64 visible ASCII characters without ',' or '%'");
+            }
             let groups_claim: Vec<String> = p.groups_claim.split('.').map(str::to_string).collect();
             if groups_claim.iter().any(String::is_empty) {
                 errs.add(format!("{at}.groups_claim"), "must be a dot path of non-empty names, e.g. realm_access.roles");
@@ -1037,6 +1046,7 @@ impl RawConfig {
                 audiences: p.audiences,
                 max_lifetime_seconds: p.max_lifetime_seconds,
                 groups_claim,
+                groups_prefix: p.groups_prefix,
                 token_header,
                 keys,
             });

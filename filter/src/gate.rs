@@ -223,6 +223,9 @@ impl Gate {
     fn identity(&self, p: &crate::config::Provider, shared: &Rc<Map<String, Value>>) -> Identity {
         let claims: &Map<String, Value> = shared;
         let mut id = Identity::from_shared_claims(&p.name, &p.issuer, &p.groups_claim, shared);
+        if !p.groups_prefix.is_empty() {
+            id.groups = id.groups.iter().map(|g| format!("{}{g}", p.groups_prefix)).collect();
+        }
         if let Some(path) = &self.config.audit.session_claim {
             let mut cur: Option<&Value> = None;
             for (i, seg) in path.iter().enumerate() {
@@ -324,6 +327,19 @@ impl Gate {
         if !resource.forward_authorization {
             remove.push("authorization".into());
             remove.extend(self.config.providers.iter().filter_map(|p| p.token_header.clone()));
+        } else {
+            // Only the verified token goes on: `Authorization` when sent (it
+            // is read first, see `Gate::token`), else the first provider's
+            // token header present. Other token headers were never verified.
+            let mut kept = headers.iter().any(|(n, _)| *n == "authorization");
+            for h in self.config.providers.iter().filter_map(|p| p.token_header.as_deref()) {
+                if headers.iter().any(|(n, _)| *n == h) {
+                    if kept {
+                        remove.push(h.to_string());
+                    }
+                    kept = true;
+                }
+            }
         }
         for (name, _) in headers {
             let client_owned = name.starts_with(IDENTITY_HEADER_PREFIX) || METHOD_OVERRIDE_HEADERS.contains(name);
@@ -344,14 +360,16 @@ impl Gate {
                 // `multipart/byteranges` answer, would pass unmasked.
                 remove.extend(["range".to_string(), "if-range".to_string()]);
             }
-            if m.responses && asks_for_coding(headers) {
-                // Ask for an uncompressed answer, so it can be masked as it streams.
-                set.push(("accept-encoding".into(), "identity".into()));
-            }
             if m.requests.is_some() {
                 // The masked request body has another length.
                 remove.push("content-length".into());
             }
+        }
+        let masks_responses = resource.mask.as_ref().is_some_and(|m| m.responses);
+        if (masks_responses || resource.quota.is_some()) && asks_for_coding(headers) {
+            // Ask for an uncompressed answer, so it can be masked as it
+            // streams, and its `usage` read at its end for the quota.
+            set.push(("accept-encoding".into(), "identity".into()));
         }
         let hold = match &resource.approval {
             Some(a) if a.holds(op, req, &id) => {

@@ -239,3 +239,23 @@ impl KeySet {
         }
     }
 }
+
+/// The `jwks_uri` of an OpenID Provider configuration document (OpenID
+/// Connect Discovery 1.0 §3) as `(authority, path)`, for the provider whose
+/// `issuer` is given.
+///
+/// Errors: not a JSON object; its `issuer` is not exactly `issuer` (§4.3:
+/// such a document must not be used — it may be another tenant's); no
+/// `jwks_uri`, or one that is not an `https://` or `http://` URL.
+pub fn discovered_jwks_uri(doc: &[u8], issuer: &str) -> Result<(String, String), String> {
+    let d: serde_json::Value = serde_json::from_slice(doc).map_err(|e| format!("discovery document is not JSON: {e}"))?;
+    match d.get("issuer").and_then(|v| v.as_str()) {
+        Some(i) if i == issuer => {}
+        Some(i) => return Err(format!("discovery document names issuer {i:?}, not {issuer:?}")),
+        None => return Err("discovery document has no issuer".into()),
+    }
+    d.get("jwks_uri")
+        .and_then(|u| u.as_str())
+        .and_then(crate::config::split_url)
+        .ok_or_else(|| "discovery document has no usable jwks_uri".into())
+}

@@ -161,7 +161,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
 /// missing `alg`), `algorithm` (`none` in any spelling, HS*, anything not in
 /// [`SUPPORTED_ALGS`]), `untrusted_header` (`jwk`, `jku`, `x5u`, `x5c`),
 /// `crit_unsupported` (any `crit`: no extension is understood, RFC 7515 §4.1.11).
-/// A `typ` other than `JWT`/`at+jwt`, or `iss`/`sub`/`jti`/`aud` of the wrong
+/// A `typ` other than `JWT`/`at+jwt` (`application/at+jwt`), or `iss`/`sub`/`jti`/`aud` of the wrong
 /// JSON type, is `malformed`.
 pub fn parse(token: &str) -> Result<UnverifiedJwt, Denial> {
     let mut parts = token.split('.');
@@ -195,14 +195,13 @@ pub fn parse(token: &str) -> Result<UnverifiedJwt, Denial> {
     // OAuth access token (RFC 9068 §2.1: `at+jwt`) is another kind of token
     // signed by the same keys — `logout+jwt` (OIDC Back-Channel Logout),
     // `secevent+jwt` (RFC 8417), `dpop+jwt` (RFC 9449) — and no credential.
-    // The `application/` prefix may be given (RFC 7515 §4.1.9).
+    // RFC 7515 §4.1.9 allows an `application/` prefix; the signature
+    // library (jwt-simple) takes it on `application/at+jwt` only and reads
+    // `application/jwt` as no JWT, so that one is refused here, with its name.
     if let Some(typ) = header.get("typ") {
-        let ok = typ.as_str().is_some_and(|t| {
-            let t = t.to_ascii_lowercase();
-            matches!(t.strip_prefix("application/").unwrap_or(&t), "jwt" | "at+jwt")
-        });
+        let ok = typ.as_str().is_some_and(|t| matches!(t.to_ascii_lowercase().as_str(), "jwt" | "at+jwt" | "application/at+jwt"));
         if !ok {
-            return Err(Denial::unauthorized("malformed", "typ is not JWT"));
+            return Err(Denial::unauthorized("malformed", "typ is not JWT or at+jwt"));
         }
     }
     let claims = json_object(&b64(c, "claims")?, "claims")?;

@@ -122,7 +122,9 @@ pub struct Identity {
 
 fn strings(v: &Value) -> Vec<String> {
     match v {
-        Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+        // space-delimited (RFC 8693 §4.2 `scope`; a string `groups`): only
+        // U+0020 separates, so `team\u{a0}admins` is one name, not `admins`
+        Value::String(s) => s.split(' ').filter(|p| !p.is_empty()).map(str::to_string).collect(),
         Value::Array(a) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
         _ => Vec::new(),
     }

@@ -19,8 +19,9 @@
 //! `quota_key_missing`; shared data unusable → 503 `quota_unavailable`.
 //!
 //! The check runs before the response is known, so requests in flight when a
-//! budget runs out may overshoot it by their own usage; `check_max_tokens`
-//! narrows that gap but reserves nothing.
+//! budget runs out may overshoot it by their own usage; each admitted
+//! request reserves its [`reservation`], and `check_max_tokens` refuses
+//! requests that ask for more than remains.
 
 use crate::config::Quota;
 use crate::deny::Denial;
@@ -316,25 +317,30 @@ pub struct Usage {
     pub estimated: bool,
 }
 
-/// The usage reported at the end of a response: the value of the LAST
-/// `"usage"` member in `tail` (the end of a JSON body, or of an SSE stream
-/// whose final `data:` event carries it). `tail` may start anywhere, even
-/// inside a string or a UTF-8 sequence.
+/// The usage reported at the end of a response, from the `"usage"` members
+/// in `tail` (the end of a JSON body, or of an SSE stream whose final
+/// `data:` event carries it). `tail` may start anywhere, even inside a
+/// string or a UTF-8 sequence.
 ///
-/// The last `"usage"` key (a quoted `usage` whose opening quote is not
-/// escaped, then optional whitespace and `:`) decides: its value must be an
-/// object with numeric `prompt_tokens` and `completion_tokens`
-/// (`total_tokens` defaults to their sum); `null` (as in every event of a
-/// stream but the last), anything else, or no such key → `None`.
-///
-/// Text inside JSON strings cannot fool it: a `"usage"` in a string is
-/// written `\"usage\"`, which does not match. What can: a `"usage"` member
-/// nested in an object after the real one (the last wins), or a body that is
-/// not JSON (plain text containing `"usage": {...}` is read as usage), so the
-/// filter reads usage only from JSON and event-stream responses.
+/// A `"usage"` key is a quoted `usage` whose opening quote is not escaped,
+/// then optional whitespace and `:`; text inside JSON strings cannot fool
+/// it (a `"usage"` in a string is written `\"usage\"`). Its value counts
+/// when it is an object: complete (numeric prompt and completion counts,
+/// see `usage_of`) or output-only (an Anthropic stream's final
+/// `message_delta`, whose `output_tokens` is the whole completion). `null`
+/// (every event of a stream but the last) and other values (a caller's
+/// `metadata` echoed after the usage, as the Responses API does) are not
+/// usage. The result is the largest complete usage, with its completion
+/// raised to the largest output-only count; `None` when there is no
+/// complete usage (the caller estimates). Taking the largest means an echo
+/// of caller-chosen members can only raise the charge. Plain text containing
+/// `"usage": {...}` would be read as usage, so the filter reads usage only
+/// from JSON and event-stream responses.
 pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
+    let mut best: Option<Usage> = None;
+    let mut output_only = 0u64;
     while let Some(at) = tail.get(..end).and_then(|t| t.windows(KEY.len()).rposition(|w| w == KEY)) {
         // The next candidate ends before this one's closing quote.
         end = at + KEY.len() - 1;
@@ -350,13 +356,25 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
             continue;
         }
         let value = after.get(colon + 1..).unwrap_or_default();
-        let parsed = serde_json::Deserializer::from_slice(value).into_iter::<Value>().next();
-        return match parsed {
-            Some(Ok(v)) => usage_of(&v),
-            _ => None,
+        let Some(Ok(Value::Object(o))) = serde_json::Deserializer::from_slice(value).into_iter::<Value>().next() else {
+            continue;
         };
+        match usage_of(&o) {
+            Some(u) if best.as_ref().is_none_or(|b| u.total_tokens > b.total_tokens) => best = Some(u),
+            Some(_) => {}
+            None => {
+                if let Some(out) = o.get("output_tokens").and_then(Value::as_u64) {
+                    output_only = output_only.max(out);
+                }
+            }
+        }
     }
-    None
+    let mut u = best?;
+    if output_only > u.completion_tokens {
+        u.total_tokens = u.total_tokens.saturating_add(output_only - u.completion_tokens);
+        u.completion_tokens = output_only;
+    }
+    Some(u)
 }
 
 /// A usage object, in one of two shapes (numbers required):
@@ -369,8 +387,7 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
 ///
 /// Anything else (e.g. the `output_tokens`-only usage of an Anthropic
 /// stream's last event) → `None`, and the caller estimates.
-fn usage_of(v: &Value) -> Option<Usage> {
-    let o = v.as_object()?;
+fn usage_of(o: &Map<String, Value>) -> Option<Usage> {
     let num = |k: &str| o.get(k).and_then(Value::as_u64);
     let (prompt_tokens, completion_tokens) = match (num("prompt_tokens"), num("completion_tokens")) {
         (Some(p), Some(c)) => (p, c),
@@ -409,7 +426,7 @@ pub fn estimate(request_bytes: usize, response_bytes: usize) -> Usage {
 pub fn ensure_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object_mut()?;
-    if obj.get("stream") != Some(&Value::Bool(true)) {
+    if !obj.get("stream").is_some_and(lax_true) {
         return None;
     }
     match obj.get_mut("stream_options") {
@@ -429,9 +446,22 @@ pub fn ensure_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&v).ok()
 }
 
+/// Whether a request member is true as lenient servers read it (pydantic's
+/// lax mode: `true`, `1`, and the strings `true`, `1`, `yes`, `on`, `t`,
+/// `y` in any case), so a streamed request cannot hide as `"stream": "true"`.
+pub fn lax_true(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() == Some(1.0),
+        Value::String(s) => matches!(s.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on" | "t" | "y"),
+        _ => false,
+    }
+}
+
 /// The completion length a request body asks for: the largest of
 /// `max_completion_tokens`, `max_tokens` and `max_output_tokens` (Responses
-/// API) of a JSON object; `None` when
+/// API) of a JSON object, times the number of choices it asks for (the
+/// larger of `n` and `best_of`, at least 1); `None` when
 /// neither is given (or `null`) or the body is not one. Lenient servers
 /// (pydantic's lax mode) also take `"100000"`, `100000.0` or `1e5`, so those
 /// count too (fractions rounded up); any other value counts as unbounded
@@ -452,7 +482,10 @@ pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
         })
     };
     // Chat Completions; legacy and Anthropic `max_tokens`; Responses API `max_output_tokens`
-    read("max_completion_tokens").max(read("max_tokens")).max(read("max_output_tokens"))
+    let per_choice = read("max_completion_tokens").max(read("max_tokens")).max(read("max_output_tokens"))?;
+    // each of `n` choices (and each of legacy completions' `best_of` candidates) may be that long
+    let choices = read("n").max(read("best_of")).unwrap_or(1).max(1);
+    Some(per_choice.saturating_mul(choices))
 }
 
 /// Why a shared-data write failed.

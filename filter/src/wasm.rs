@@ -16,7 +16,7 @@ use crate::audit::{ApprovalRecord, Draft, IdentityRecord};
 use crate::quota;
 use crate::rls;
 use crate::body::{self, BodyMode, Encoding};
-use crate::config::{split_url, Config, KeySource, RequestMask, ResourceMask};
+use crate::config::{Config, KeySource, RequestMask, ResourceMask};
 use crate::mask::{Counts, Masker, StreamKind, StreamMasker};
 use crate::deny::Denial;
 use crate::gate::{AuthError, Gate, KeyStore, Plan, QuotaPlan, TokenCache};
@@ -302,6 +302,19 @@ impl Worker {
         l.next_ms <= now && now >= l.last_ok_ms.saturating_add(min_ms)
     }
 
+    /// Whether a fetch of provider `i`'s keys is running now, on this worker
+    /// or (the shared lease held, no failure backoff, past the minimum
+    /// refetch interval) on another: a request with an unknown `kid` waits
+    /// for it rather than failing while it runs.
+    fn fetch_in_flight(&self, i: usize, now: u64) -> bool {
+        if matches!(self.remote.get(i), Some(Some(r)) if r.in_flight) {
+            return true;
+        }
+        let l = Lease::read(&lease_key(&self.gate, i));
+        let min_ms = self.gate.config.jwks_fetch.min_refetch_seconds.saturating_mul(1000);
+        l.next_ms > now && l.failures == 0 && now >= l.last_ok_ms.saturating_add(min_ms)
+    }
+
     fn fetch_due(&self, i: usize, now: u64) -> bool {
         let Some(Some(r)) = self.remote.get(i) else { return false };
         if r.in_flight {
@@ -360,19 +373,15 @@ impl Context for Root {
             Err(format!("status {}", status.as_deref().unwrap_or("none (no :status)")))
         } else {
             match kind {
-                CallKind::Discovery => match serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|d| d.get("jwks_uri").and_then(|u| u.as_str()).map(str::to_string))
-                    .and_then(|u| split_url(&u))
-                {
-                    Some(loc) => {
+                CallKind::Discovery => {
+                    let issuer = gate.config.providers.get(i).map(|p| p.issuer.as_str()).unwrap_or("");
+                    crate::jwks::discovered_jwks_uri(&body, issuer).map(|loc| {
                         if let Some(Some(r)) = w.remote.get_mut(i) {
                             r.discovered = Some(loc);
                         }
-                        Ok(None)
-                    }
-                    None => Err("discovery document has no usable jwks_uri".into()),
-                },
+                        None
+                    })
+                }
                 CallKind::Jwks => KeySet::from_json(&body).map(Some),
             }
         };
@@ -942,6 +951,13 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     };
     if let Some(plan) = pending_quota {
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
+        let ctype = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type").ok().flatten();
+        if !body.is_empty() && body::read_as_json(ctype.as_deref()) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            // A lenient backend (Python's json: NaN, a BOM) would read what the
+            // quota could not: its max_tokens, n and stream.
+            refuse(worker, context_id, Denial { status: 400, reason: "invalid_json", detail: "the request body of a quota resource must be strict JSON (RFC 8259)".into() });
+            return Action::Pause;
+        }
         let q = &plan.quota;
         let asked = quota::requested_max_tokens(&body);
         let max_tokens = if q.check_max_tokens { asked } else { None };
@@ -1651,7 +1667,7 @@ impl HttpContext for Stream {
                             let wait_ms = if !remote {
                                 None
                             } else if unknown_kid {
-                                w.refetch_allowed(provider, now).then_some(fetch.timeout_ms.saturating_add(1000))
+                                (w.refetch_allowed(provider, now) || w.fetch_in_flight(provider, now)).then_some(fetch.timeout_ms.saturating_add(1000))
                             } else {
                                 Some(fetch.cold_start_wait_ms)
                             };

@@ -470,3 +470,43 @@ fn masked_resources_drop_range_requests() {
     let plan = gate.authorize(&req("GET", "/files/a"), &h, identity(&["readers"])).unwrap();
     assert!(!plan.remove.iter().any(|r| r == "range"), "{:?}", plan.remove);
 }
+
+#[test]
+fn forward_authorization_forwards_only_the_verified_token() {
+    let f = Fixture::new();
+    // Authorization is read first: an unverified x-ci-token beside it is removed
+    let h: [Header<'_>; 2] = [("authorization", b"Bearer x"), ("x-ci-token", b"forged")];
+    let plan = f.gate.authorize(&req("GET", "/fwd/a"), &h, identity(&["readers"])).unwrap();
+    assert_eq!(plan.remove, ["x-ci-token"]);
+    // the token came in x-ci-token: it stays
+    let h: [Header<'_>; 1] = [("x-ci-token", b"t")];
+    let plan = f.gate.authorize(&req("GET", "/fwd/a"), &h, identity(&["readers"])).unwrap();
+    assert!(plan.remove.is_empty(), "{:?}", plan.remove);
+}
+
+#[test]
+fn groups_prefix_keeps_issuers_group_names_apart() {
+    let ec = ES256KeyPair::generate().with_key_id("ec1");
+    let keys = jwks(&[ec.public_key().to_jwk()]);
+    let doc = json!({
+        "providers": [{"name": "gh", "issuer": ISSUER, "audiences": [AUDIENCE], "groups_claim": "repository_owner",
+                       "groups_prefix": "github:", "jwks": keys}],
+        "resources": [
+            {"name": "kc-role", "path_prefix": "/a/", "read": {"any_of": ["rag-readers"]}},
+            {"name": "gh-org", "path_prefix": "/b/", "read": {"any_of": ["github:rag-readers"]}}
+        ]
+    });
+    let gate = Gate::new(config(&doc));
+    let token = ec.sign(claims(json!({"repository_owner": "rag-readers"}))).unwrap();
+    let auth = format!("Bearer {token}");
+    let id = gate.authenticate(&[("authorization", auth.as_bytes())], &InlineStore(&gate), &mut TokenCache::new(4), NOW).unwrap();
+    assert_eq!(id.groups, ["github:rag-readers"]);
+    assert_forbidden(gate.authorize(&req("GET", "/a/x"), &[], id.clone()), "group_not_allowed");
+    assert!(gate.authorize(&req("GET", "/b/x"), &[], id).is_ok());
+}
+
+#[test]
+fn string_groups_split_on_spaces_only() {
+    let id = nhi_gate::policy::Identity::from_claims("p", ISSUER, &["groups".into()], &obj(json!({"groups": "team\u{a0}admins ops  dev\tx"})));
+    assert_eq!(id.groups, ["team\u{a0}admins", "ops", "dev\tx"]);
+}

@@ -361,3 +361,23 @@ fn at_most_max_keys_are_kept() {
     assert_eq!(set.keys.last().unwrap().kid.as_deref(), Some(format!("k{}", MAX_KEYS - 1).as_str()));
     assert_eq!(set.candidates("EdDSA", Some(&format!("k{MAX_KEYS}"))).unwrap_err(), "unknown_kid");
 }
+
+#[test]
+fn discovery_document_must_name_the_providers_issuer() {
+    use nhi_gate::jwks::discovered_jwks_uri;
+    let iss = "https://sso.example.com/realms/ci";
+    let doc = |v: Value| v.to_string().into_bytes();
+    assert_eq!(
+        discovered_jwks_uri(&doc(json!({"issuer": iss, "jwks_uri": format!("{iss}/certs")})), iss),
+        Ok(("sso.example.com".into(), "/realms/ci/certs".into()))
+    );
+    // OIDC Discovery 1.0 §4.3: another issuer's document is not used
+    for bad in [json!({"issuer": "https://sso.example.com/realms/other", "jwks_uri": format!("{iss}/certs")}),
+                json!({"issuer": format!("{iss}/"), "jwks_uri": format!("{iss}/certs")}),
+                json!({"jwks_uri": format!("{iss}/certs")}),
+                json!({"issuer": iss}),
+                json!({"issuer": iss, "jwks_uri": "ftp://x/certs"})] {
+        assert!(discovered_jwks_uri(&doc(bad.clone()), iss).is_err(), "{bad}");
+    }
+    assert!(discovered_jwks_uri(b"not json", iss).is_err());
+}

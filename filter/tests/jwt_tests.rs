@@ -451,6 +451,8 @@ fn typ_must_say_jwt_when_present() {
         assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": other}))), "malformed");
     }
     assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": "JOSE"}))), "malformed");
+    // the signature library reads `application/jwt` as no JWT: refused here, named
+    assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": "application/jwt"}))), "malformed");
     assert_unauthorized(parse(&with_header(json!({"alg": "RS256", "typ": 1}))), "malformed");
 }
 

@@ -720,3 +720,35 @@ fn backend_credentials_are_redacted_in_json() {
     // without credentials nothing changes
     assert!(masker(json!({})).with_credentials(&[]).mask_json_changes(body, &mut counts).unwrap().is_none());
 }
+
+/// `requests: chat_messages` masks prompt text in any field, known by name
+/// or not (fail closed), but leaves signed and encoded payloads alone.
+#[test]
+fn prompt_text_in_unlisted_fields_is_masked_and_payloads_are_not() {
+    use nhi_gate::body::mask_prompt;
+    let m = masker(json!({}));
+    let e = "jane.doe@example.com";
+    let b64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk4111111111111111AAAAAElFTkSuQmCC";
+    let body = json!({"model": "claude", "messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": format!("HR file: {e}")}},
+        {"type": "search_result", "source": "kb", "title": "t", "content": [{"type": "text", "text": format!("cc {e}")}]},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64}},
+        {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}")}},
+        {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": format!("who is {e}")}},
+        {"type": "thinking", "thinking": format!("user {e}"), "signature": "sig"}]}],
+        "input": [format!("embed {e}"), "plain"]});
+    let mut counts = Counts::new();
+    let out: Value = serde_json::from_slice(&mask_prompt(&m, body.to_string().as_bytes(), &mut counts).unwrap()).unwrap();
+    let c = &out["messages"][0]["content"];
+    assert_eq!(c[0]["source"]["data"], "HR file: [EMAIL]");
+    assert_eq!(c[1]["content"][0]["text"], "cc [EMAIL]");
+    assert_eq!(c[2]["source"]["data"], b64, "base64 payloads are left alone");
+    assert_eq!(c[3]["image_url"]["url"], format!("data:image/png;base64,{b64}"));
+    assert_eq!(c[4]["input"]["query"], "who is [EMAIL]");
+    assert_eq!(c[5], body["messages"][0]["content"][5], "thinking is signed: left alone");
+    assert_eq!(out["input"], json!(["embed [EMAIL]", "plain"]));
+    assert_eq!(counts.get("email"), Some(&4));
+    // a prompt of token ids cannot be masked: refused
+    assert!(mask_prompt(&m, br#"{"prompt": [15339, 1917]}"#, &mut Counts::new()).is_err());
+    assert!(mask_prompt(&m, br#"{"prompt": [[15339], [1917]]}"#, &mut Counts::new()).is_err());
+}

@@ -504,7 +504,7 @@ fn stream_without_final_usage_has_none() {
 #[test]
 fn usage_null_is_none() {
     assert_eq!(usage_from_tail(br#"{"usage": null}"#), None);
-    assert_eq!(usage_from_tail(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"x":{"usage":null}}"#), None, "the last one decides");
+    assert_eq!(usage_from_tail(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"x":{"usage":null}}"#), usage(1, 2, 3), "null is no usage");
 }
 
 #[test]
@@ -588,9 +588,12 @@ fn escaped_quote_before_usage_is_skipped_but_an_escaped_backslash_is_not() {
 /// Documented limitation: the LAST `"usage"` member wins even when nested,
 /// and a non-JSON body containing `"usage": {...}` is read as usage.
 #[test]
-fn documented_limits_last_key_wins_and_plain_text_is_read() {
+fn documented_limits_largest_usage_wins_and_plain_text_is_read() {
+    // an echo of caller-chosen members after the real usage can only raise the charge
     let body = br#"{"usage":{"prompt_tokens":100,"completion_tokens":100},"extra":{"usage":{"prompt_tokens":1,"completion_tokens":1}}}"#;
-    assert_eq!(usage_from_tail(body), usage(1, 1, 2));
+    assert_eq!(usage_from_tail(body), usage(100, 100, 200));
+    let body = br#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"extra":{"usage":{"prompt_tokens":100,"completion_tokens":100}}}"#;
+    assert_eq!(usage_from_tail(body), usage(100, 100, 200));
     let text = br#"The model said "usage": {"prompt_tokens": 1, "completion_tokens": 1} here."#;
     assert_eq!(usage_from_tail(text), usage(1, 1, 2));
 }
@@ -712,8 +715,8 @@ fn include_usage_leaves_other_bodies_alone() {
     for body in [
         json!({"stream": true, "stream_options": {"include_usage": true}}),
         json!({"stream": false}),
-        json!({"stream": "true"}),
-        json!({"stream": 1}),
+        json!({"stream": "false"}),
+        json!({"stream": 0}),
         json!({"messages": []}),
         json!({"stream": true, "stream_options": "include_usage"}),
         json!({"stream": true, "stream_options": [true]}),
@@ -1119,4 +1122,38 @@ fn settling_charges_the_usage_and_aborted_requests_at_least_their_reservation() 
     assert_eq!(charge(30, 500, true), 30);
     assert_eq!(charge(30, 500, false), 500, "an aborted long completion is not free");
     assert_eq!(charge(700, 500, false), 700);
+}
+
+#[test]
+fn usage_is_found_past_a_metadata_echo_and_joined_with_an_anthropic_delta() {
+    // Responses API: `metadata` (caller-chosen) follows `usage`
+    let body = br#"{"object":"response","usage":{"input_tokens":300,"output_tokens":300,"total_tokens":600},"user":null,"metadata":{"usage":"x"}}"#;
+    assert_eq!(usage_from_tail(body), usage(300, 300, 600));
+    let body = br#"{"usage":{"input_tokens":300,"output_tokens":300},"metadata":{"usage":{}}}"#;
+    assert_eq!(usage_from_tail(body), usage(300, 300, 600));
+    // Anthropic stream: message_start's usage, then message_delta's final output count
+    let sse = b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n\
+data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":250}}\n\n";
+    assert_eq!(usage_from_tail(sse), usage(40, 250, 290));
+    // an output-only usage alone is no usage: estimated
+    assert_eq!(usage_from_tail(br#"{"type":"message_delta","usage":{"output_tokens":250}}"#), None);
+}
+
+#[test]
+fn streamed_requests_are_found_as_lenient_servers_read_stream() {
+    for stream in [json!("true"), json!("True"), json!(1), json!("yes"), json!("on")] {
+        let out = ensure_include_usage(json!({"stream": stream}).to_string().as_bytes()).expect("include_usage added");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], json!(true), "{stream}");
+    }
+}
+
+#[test]
+fn max_tokens_counts_every_choice() {
+    assert_eq!(requested_max_tokens(br#"{"max_tokens": 600, "n": 10}"#), Some(6000));
+    assert_eq!(requested_max_tokens(br#"{"max_tokens": 600, "n": 2, "best_of": 5}"#), Some(3000));
+    assert_eq!(requested_max_tokens(br#"{"max_tokens": 600, "n": "3"}"#), Some(1800));
+    assert_eq!(requested_max_tokens(br#"{"max_tokens": 600, "n": 0}"#), Some(600));
+    assert_eq!(requested_max_tokens(br#"{"max_tokens": 600, "n": "many"}"#), Some(u64::MAX));
+    assert_eq!(requested_max_tokens(br#"{"n": 5}"#), None);
 }

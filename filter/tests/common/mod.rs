@@ -119,6 +119,7 @@ pub fn provider(audiences: &[&str], max_lifetime_seconds: u64) -> Provider {
         audiences: audiences.iter().map(|a| a.to_string()).collect(),
         max_lifetime_seconds,
         groups_claim: vec!["groups".into()],
+        groups_prefix: String::new(),
         token_header: None,
         keys: KeySource::Remote {
             cluster: "idp".into(),
