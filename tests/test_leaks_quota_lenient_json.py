@@ -2,8 +2,8 @@
 request body with a strict JSON parser (serde_json) for the max_tokens
 pre-check, the reservation and `stream_options.include_usage`. Python
 backends (FastAPI's request.json() = json.loads(bytes), so vLLM, LiteLLM,
-...) also accept a UTF-8 BOM and NaN/Infinity. Such a body skips all three:
-no pre-check, no usage asked for on a stream."""
+...) also accept a UTF-8 BOM and NaN/Infinity. Such a body used to skip all
+three (no pre-check, no usage asked for on a stream); it is now refused."""
 import json
 
 import pytest
@@ -31,11 +31,11 @@ def st(envoy_bin):
     llm.close()
 
 
-def send(st, raw):
+def send(st, raw, path="/v1/chat/completions"):
     env, llm, key = st
     tok = key.sign(claims(ISS, sub=uid(), groups=("llm",)))
     n = len(llm.seen)
-    code, _, out = env.request("POST", "/v1/chat/completions",
+    code, _, out = env.request("POST", path,
                                [("authorization", f"Bearer {tok}"), ("content-type", "application/json")], raw)
     sent = llm.seen[-1]["body"] if len(llm.seen) > n else None
     return code, out, sent
@@ -74,3 +74,15 @@ def test_stream_without_usage(st, variant):
     if sent is not None:
         assert (json.loads(sent).get("stream_options") or {}).get("include_usage") is True, \
             f"streamed request reached the backend without include_usage ({variant}): {sent!r}"
+
+
+def test_stream_usage_is_asked_for_on_chat_completions_only(st):
+    """The Responses API and Anthropic's Messages API stream usage unasked and
+    refuse an unknown `stream_options` member: their bodies go as sent."""
+    chat = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    _, _, sent = send(st, json.dumps(chat).encode())
+    assert json.loads(sent)["stream_options"] == {"include_usage": True}
+    for path, body in [("/v1/responses", {"model": "m", "stream": True, "input": "hi"}),
+                       ("/v1/messages", {"model": "m", "stream": True, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})]:
+        _, _, sent = send(st, json.dumps(body).encode(), path)
+        assert sent is not None and "stream_options" not in json.loads(sent), (path, sent)

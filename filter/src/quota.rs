@@ -411,6 +411,16 @@ pub fn estimate(request_bytes: usize, response_bytes: usize) -> Usage {
     Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens), estimated: true }
 }
 
+/// Whether a request to `path` is a Chat Completions or legacy completions
+/// call (`…/chat/completions`, `…/completions`, query ignored): the APIs whose
+/// streams report usage only when asked (`stream_options.include_usage`).
+/// The Responses API and Anthropic's Messages API report it in every
+/// stream, and refuse an unknown `stream_options` member.
+pub fn streams_usage_on_request(path: &str) -> bool {
+    let p = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
+    p.ends_with("/completions")
+}
+
 /// For a streamed chat request (a JSON object with `"stream": true`) whose
 /// `stream_options.include_usage` is not `true`: the body re-serialized with
 /// it set (other `stream_options` members kept; a missing or `null`

@@ -962,7 +962,9 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
         let asked = quota::requested_max_tokens(&body);
         let max_tokens = if q.check_max_tokens { asked } else { None };
         let reserved = quota::reservation(body.len(), asked.filter(|m| *m != u64::MAX));
-        if let Some(with_usage) = quota::ensure_include_usage(&body) {
+        let path = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten().unwrap_or_default();
+        let with_usage = if quota::streams_usage_on_request(&path) { quota::ensure_include_usage(&body) } else { None };
+        if let Some(with_usage) = with_usage {
             // Written past Envoy's buffer limit, Envoy would answer 413 from
             // inside the call (see `Stream::mask_buffered`).
             let limit = worker.borrow().as_ref().map_or(0, |w| w.gate.config.envoy_buffer_limit);

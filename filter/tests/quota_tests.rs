@@ -10,7 +10,7 @@ use common::*;
 use nhi_gate::config::{Config, Quota};
 use nhi_gate::quota::{
     admit, check, counter_key, debit, duration, ensure_include_usage, estimate, key_missing, key_value, ratelimit_headers,
-    requested_max_tokens, unavailable, update, usage_from_tail, Counter, Exceeded, SharedStore, StoreError, UpdateError,
+    requested_max_tokens, streams_usage_on_request, unavailable, update, usage_from_tail, Counter, Exceeded, SharedStore, StoreError, UpdateError,
     Usage, Window, CAS_ATTEMPTS, KEY_PREFIX, MAX_REQUESTS_BUDGET, MAX_TOKENS_BUDGET, TAIL_BYTES,
 };
 use proptest::prelude::*;
@@ -1156,4 +1156,14 @@ fn max_tokens_counts_every_choice() {
     assert_eq!(requested_max_tokens(br#"{"max_tokens": 600, "n": 0}"#), Some(600));
     assert_eq!(requested_max_tokens(br#"{"max_tokens": 600, "n": "many"}"#), Some(u64::MAX));
     assert_eq!(requested_max_tokens(br#"{"n": 5}"#), None);
+}
+
+#[test]
+fn stream_usage_is_asked_for_on_completions_paths_only() {
+    for p in ["/v1/chat/completions", "/openai/deployments/x/chat/completions?api-version=2024", "/v1/completions", "/v1/chat/completions/"] {
+        assert!(streams_usage_on_request(p), "{p}");
+    }
+    for p in ["/v1/responses", "/v1/messages", "/v1/embeddings", "/v1/completions/x", "/"] {
+        assert!(!streams_usage_on_request(p), "{p}");
+    }
 }
