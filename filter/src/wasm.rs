@@ -1394,7 +1394,7 @@ enum Response {
     /// A body that cannot be masked ([`BodyMode::Unmaskable`], with its
     /// reason): the headers wait; the first body byte is refused, an empty
     /// body passes.
-    Untyped(&'static str),
+    Unmaskable(&'static str),
 }
 
 impl Context for Stream {
@@ -1805,7 +1805,7 @@ impl Stream {
                 return Action::Continue;
             }
             // refused at its first byte; an empty body (e.g. chunked) passes
-            self.response = Response::Untyped(reason);
+            self.response = Response::Unmaskable(reason);
             return Action::Pause;
         }
         let gzip = match body::encoding(cenc.as_deref()) {
@@ -1913,7 +1913,7 @@ impl Stream {
             }
             Response::Pass => Action::Continue,
             // no body byte came (the first would have been refused)
-            Response::Untyped(_) => Action::Continue,
+            Response::Unmaskable(_) => Action::Continue,
         }
     }
 }
@@ -1980,7 +1980,7 @@ impl Stream {
         }
         match &mut self.response {
             Response::Pass | Response::Stream(_) => Action::Continue,
-            Response::Untyped(reason) if size > 0 => {
+            Response::Unmaskable(reason) if size > 0 => {
                 let reason: &'static str = reason;
                 let detail = match reason {
                     "unmaskable_partial_content" => "a partial (206) answer cannot be masked: a value may be cut at the range's edge",
@@ -1989,11 +1989,11 @@ impl Stream {
                 };
                 self.fail(502, reason, detail)
             }
-            Response::Untyped(_) if eos => {
+            Response::Unmaskable(_) if eos => {
                 self.response = Response::Pass;
                 Action::Continue
             }
-            Response::Untyped(_) => Action::Pause,
+            Response::Unmaskable(_) => Action::Pause,
             Response::Buffer { mode, gzip, limit, reject } => {
                 let (mode, gzip, limit, reject) = (*mode, *gzip, *limit, *reject);
                 if size > limit {
