@@ -228,6 +228,15 @@ pub fn verdict(status: Option<&str>, body: &[u8]) -> Verdict {
     }
 }
 
+/// The `approval_id` (when a valid approval id) and `approver` (when not
+/// empty) that an answer names, for the audit record of a denial.
+pub fn answer_names(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return (None, None) };
+    let id = crate::approval::approval_id(text(&v, "approval_id").as_bytes());
+    let approver = Some(text(&v, "approver")).filter(|a| !a.is_empty());
+    (id, approver)
+}
+
 /// The abandon body (protocol §2).
 pub fn abandon_body(hold_id: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"hold_id": hold_id})).unwrap_or_default()

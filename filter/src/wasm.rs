@@ -1303,7 +1303,12 @@ fn approval_answer(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, c
         .flatten()
         .unwrap_or_default();
     let id = &hold.origin.hold_id;
-    let verdict = approval::verdict(status.as_deref(), &body);
+    let mut verdict = approval::verdict(status.as_deref(), &body);
+    if let Verdict::Approved { approval_id, .. } = &verdict {
+        if hold.ticket.approval_id.as_ref().is_some_and(|a| a != approval_id) {
+            verdict = Verdict::Denied(approval::unavailable("approval service approved another approval than the one redeemed"));
+        }
+    }
     if let Some(d) = worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&context_id)) {
         let now = now_ms();
         d.approval_wait_ms = d.approval_started_ms.map(|t| now.saturating_sub(t)).unwrap_or(0);
@@ -1323,16 +1328,17 @@ fn approval_answer(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, c
                 }
                 Verdict::Denied(den) => {
                     a.outcome = Some(if den.status == 503 { "unavailable" } else { "denied" });
-                    a.approval_id = hold.ticket.approval_id.clone();
+                    // the redeemed approval, else the one the service names
+                    // (a new request denied by an approver) and who denied it
+                    let (named, approver) = if den.status == 503 { (None, None) } else { approval::answer_names(&body) };
+                    a.approval_id = hold.ticket.approval_id.clone().or(named);
+                    a.approver = approver;
                     a.decided_ms = Some(now);
                 }
             }
         }
     }
     match verdict {
-        Verdict::Approved { approval_id, .. } if hold.ticket.approval_id.as_ref().is_some_and(|a| *a != approval_id) => {
-            refuse(worker, context_id, approval::unavailable("approval service approved another approval than the one redeemed"));
-        }
         Verdict::Approved { approval_id, approver } => {
             log::info!("approved hold {id} approval={approval_id} approver={approver}");
             release(caller, worker, context_id, true);
@@ -1527,6 +1533,10 @@ impl Stream {
         let Some(w) = guard.as_mut() else { return };
         let Some(mut d) = w.drafts.remove(&self.context_id) else { return };
         let details = property_text(vec!["response", "code_details"]);
+        // The client left (e.g. while the filter buffered a masked body): no
+        // reply of Envoy's, and the client got no status.
+        let client_left = details.starts_with("downstream_remote_disconnect");
+        let status = if client_left && !d.response_done { 0 } else { status };
         if status != 0 && !details.is_empty() && details != "via_upstream" && d.refused.is_none() && !d.pending {
             d.envoy_reply = Some(details);
         }
@@ -1608,6 +1618,18 @@ impl Stream {
     }
 
     /// Local reply from the response path (headers not yet sent downstream).
+    /// Resets a response whose headers already went out (the status can
+    /// no longer change), recording `reason` in the audit record as the
+    /// filter's refusal: the client did not abort, the filter cut it.
+    fn reset_response(&mut self, reason: &'static str) -> Action {
+        self.response = Response::Pass;
+        if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
+            d.refused = Some((502, reason));
+        }
+        let _ = hostcalls::reset_http_response();
+        Action::Pause
+    }
+
     fn fail(&mut self, status: u32, reason: &'static str, detail: &str) -> Action {
         self.response = Response::Pass;
         let d = Denial { status, reason, detail: detail.to_string() };
@@ -1899,17 +1921,16 @@ impl Stream {
                     self.response = Response::Pass;
                     return Action::Continue;
                 }
-                // Never sent: neither the held bytes nor their masked form.
-                let _ = sm.finish(&mut Counts::new());
-                self.response = Response::Pass;
+                // Never sent: neither the held bytes nor their masked form
+                // (what they held is counted all the same).
+                let _ = sm.finish(&mut self.counts);
                 log::warn!(
                     "context={}: streamed response ended with trailers while {held} bytes were held for masking; Envoy cannot send them now: resetting the stream",
                     self.context_id
                 );
                 let id = self.worker.borrow().as_ref().and_then(|w| w.tail_resets);
                 metric(id, 1);
-                let _ = hostcalls::reset_http_response();
-                Action::Pause
+                self.reset_response("stream_tail_reset")
             }
             Response::Pass => Action::Continue,
             // no body byte came (the first would have been refused)
@@ -1958,10 +1979,7 @@ impl Stream {
                 // UTF-16/32 text (NUL bytes, byte-order marks): the detectors
                 // would see nothing. The headers are gone: reset the stream.
                 log::warn!("context={}: streamed text body is not UTF-8 or ASCII text: resetting the stream", self.context_id);
-                *self.counts.entry("unmaskable_charset".to_string()).or_insert(0) += 1;
-                self.response = Response::Pass;
-                let _ = hostcalls::reset_http_response();
-                return Action::Pause;
+                return self.reset_response("unmaskable_charset");
             }
             let Response::Stream(sm) = &mut self.response else { return Action::Continue };
             let mut out = sm.push(&chunk, &mut self.counts);
@@ -1971,9 +1989,7 @@ impl Stream {
             if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &out) {
                 // The headers are gone; the chunk's own bytes must not flow on.
                 log::warn!("context={}: masked body chunk could not be written ({e:?}): resetting the stream", self.context_id);
-                self.response = Response::Pass;
-                let _ = hostcalls::reset_http_response();
-                return Action::Pause;
+                return self.reset_response("unmaskable_body");
             }
             self.capture_response(&out);
             return Action::Continue;

@@ -6,7 +6,8 @@
 //! more than `--gap-seconds` apart. Records are shown in request order
 //! (`time_ms`, then seq). When a synchronous-audit resource left both a
 //! request-part record (`status: null`) and a final one for the same
-//! `request_id`, only the final one is shown (and sent).
+//! request (`request_id`, `node` and `time_ms`), only the final one is shown
+//! (and sent).
 //!
 //! Output, per run:
 //!
@@ -137,18 +138,26 @@ fn quoted(prefix: &str, body: Option<(String, bool)>) -> String {
     out
 }
 
+/// The request a record belongs to: `request_id`, `node` and the request's
+/// `time_ms`. The id alone is not enough: a client may send its own
+/// `x-request-id`, and Envoy keeps it for clients on internal addresses, so
+/// two requests can share one (a request part must not vanish behind
+/// another request's final record).
+fn request_key(r: &Value) -> Option<(String, String, i64)> {
+    let id = r.get("request_id").and_then(Value::as_str)?.to_string();
+    let node = r.get("node").and_then(Value::as_str).unwrap_or("").to_string();
+    Some((id, node, time_of(r)))
+}
+
 /// Drops request-part records (`status: null`) whose request has a final record.
 fn finals_only(records: Vec<(i64, Value)>) -> Vec<(i64, Value)> {
-    let finished: HashSet<String> = records
-        .iter()
-        .filter(|(_, r)| !r.get("status").is_none_or(Value::is_null))
-        .filter_map(|(_, r)| r.get("request_id").and_then(Value::as_str).map(str::to_string))
-        .collect();
+    let finished: HashSet<(String, String, i64)> =
+        records.iter().filter(|(_, r)| !r.get("status").is_none_or(Value::is_null)).filter_map(|(_, r)| request_key(r)).collect();
     records
         .into_iter()
         .filter(|(_, r)| {
             let part = r.get("status").is_none_or(Value::is_null);
-            !(part && r.get("request_id").and_then(Value::as_str).is_some_and(|id| finished.contains(id)))
+            !(part && request_key(r).is_some_and(|k| finished.contains(&k)))
         })
         .collect()
 }
@@ -380,12 +389,14 @@ mod tests {
     #[test]
     fn request_parts_give_way_to_final_records() {
         let recs = vec![
-            (1, json!({"request_id": "a", "status": null})),
-            (2, json!({"request_id": "b", "status": null})),
-            (3, json!({"request_id": "a", "status": 200})),
+            (1, json!({"request_id": "a", "node": "n", "time_ms": 10, "status": null})),
+            (2, json!({"request_id": "b", "node": "n", "time_ms": 11, "status": null})),
+            (3, json!({"request_id": "a", "node": "n", "time_ms": 10, "status": 200})),
+            // a client-chosen id reused by another request: its final record hides no one else's part
+            (4, json!({"request_id": "b", "node": "n", "time_ms": 12, "status": 200})),
         ];
         let kept: Vec<i64> = finals_only(recs).iter().map(|(s, _)| *s).collect();
-        assert_eq!(kept, [2, 3]);
+        assert_eq!(kept, [2, 3, 4]);
         assert!(parse_headers(&["x-staging-token: abc".into()]).unwrap() == [("x-staging-token".to_string(), "abc".to_string())]);
         assert!(parse_headers(&["nocolon".into()]).is_err());
         assert!(parse_headers(&["bad name: v".into()]).is_err());
