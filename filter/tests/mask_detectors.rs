@@ -569,3 +569,42 @@ fn values_after_escapes_in_json_text_are_found() {
     // a letter that is not after a backslash still glues: ids stay
     assert_clean(&m, "order n4111111111111111 and x\\\\n4111111111111111z");
 }
+
+/// Values after a URL percent-escape (`Bearer%20…`, `token%3D…`), Slack
+/// app-level and rotation tokens, and a `+` number after `Tel.`.
+#[test]
+fn secrets_after_percent_escapes_slack_app_tokens_and_phones_after_abbreviations() {
+    let m = masker(json!({}));
+    for (text, value) in [
+        ("GET /p?Authorization=Bearer%20eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.NqVwYS81VP7Hb1DX8pPd5khxE3pyIgKpaUnArl63Xyk HTTP/1.1", "NqVwYS81VP7Hb1DX8pPd5khxE3pyIgKpaUnArl63Xyk"),
+        ("next=https%3A%2F%2Fci.example.com%2Fhook%3Ftoken%3Dghp_WZeiNNCiia3anXn9k3ksu9mI4ROnl89Sm995", "ghp_WZeiNNCiia3anXn9k3ksu9mI4ROnl89Sm995"),
+        ("cb%3Fkey%3Dsk-proj-ytbxAk7jqevt0MLaMRTvetw0tESulEETldq8b8Vw2zbJYAxyL1aCcTlN99mh", "ytbxAk7jqevt0MLaMRTvetw0tESulEETldq8b8Vw2zbJYAxyL1aCcTlN99mh"),
+        ("s3%3FAWSAccessKeyId%3DAKIAYHOLQLQIYODSXYZL%26Expires%3D1700000000", "AKIAYHOLQLQIYODSXYZL"),
+        ("cb%3Fkey%3Dxoxb-1234567890-1234567890123-3scB8fnvGNx6jvr7SIftRutl", "3scB8fnvGNx6jvr7SIftRutl"),
+        ("SLACK_APP_TOKEN=xapp-1-A0123456789-1234567890123-28a79023c39c200661fccd268a29a0d347301ef56e64dc3cd6089065c3146e80", "28a79023c39c"),
+        ("refresh_token: xoxe-1-XNv1syeefnLOpaMxxNDi9LE1Ki3ylOjt6o0NpUmkVO8JmR8y4EMfAdggcG9qpVTzqA05MFsH", "XNv1syeefnLOpaMxxNDi9LE1"),
+        ("Max Mustermann, Tel.+49 30 12345678", "12345678"),
+        ("Mob.+44 7700 900123", "900123"),
+    ] {
+        let mut counts = Counts::new();
+        let out = m.mask_text(text, &mut counts);
+        assert!(!out.contains(value), "{value} survived: {out}");
+        let doc = json!({ "t": text }).to_string();
+        let out = String::from_utf8(m.mask_json(doc.as_bytes(), &mut counts).unwrap()).unwrap();
+        assert!(!out.contains(value), "{value} survived in JSON: {out}");
+    }
+    // a percent-escape is a break, not a licence: glued words still glue
+    assert_clean(&m, "v1.2.3 build%20ORD-4111111111111111 and version2.415-555-0134");
+}
+
+/// Diners Club 38/39 and 16-digit ranges, Maestro, Mir and RuPay.
+#[test]
+fn more_card_brands() {
+    let m = masker(json!({}));
+    for v in ["3056 9300 0902 0004", "3852 000002 3237", "39150502700295", "3611443330589398", "6759 6020 8942 4678",
+              "5018 7992 7375 1533", "5020368799173402302", "2200 2151 3065 8873", "6005 9059 2888 4644", "5087 3098 3491 7874"] {
+        assert_found(&m, v, "payment_card");
+    }
+    // Luhn-invalid, or a prefix of no brand
+    assert_clean(&m, "ref 3852 000002 3238 and 7000 0000 0000 0008");
+}

@@ -181,13 +181,21 @@ fn decode_unicode_escape(s: &[u8], i: usize) -> Option<char> {
 /// Whether a word byte (`[A-Za-z0-9_]`) glues onto position `i` from the left.
 #[inline]
 fn word_before(s: &[u8], i: usize) -> bool {
-    word(back(s, i, 1)) && !escape_before(s, i)
+    word(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i)
 }
 
 /// Whether a base64url byte glues onto position `i` from the left.
 #[inline]
 fn b64url_before(s: &[u8], i: usize) -> bool {
-    b64url(back(s, i, 1)) && !escape_before(s, i)
+    b64url(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i)
+}
+
+/// Whether a URL percent-escape (`%20`, `%3D`, `%2F`: RFC 3986 §2.1) ends
+/// right before `i`: a break, as the character it encodes is (a value
+/// after `Bearer%20` or `token%3D` in a logged URL is not glued to a word).
+#[inline]
+fn percent_escape_before(s: &[u8], i: usize) -> bool {
+    back(s, i, 3) == b'%' && back(s, i, 2).is_ascii_hexdigit() && back(s, i, 1).is_ascii_hexdigit()
 }
 
 /// Whether the value ending at `e` continues into a longer token on its right.
@@ -325,7 +333,8 @@ pub(crate) fn mod97(value: &[u8]) -> bool {
 
 /// Whether an all-digit PAN has an issuer prefix and length of a known
 /// brand (ISO/IEC 7812 IIN ranges): Visa, Mastercard, Amex, Discover, JCB,
-/// Diners Club, UnionPay.
+/// Diners Club (300–305, 3095, 36, 38, 39; 14–19 digits), UnionPay,
+/// Maestro, Mir, RuPay.
 fn card_brand(d: &[u8]) -> bool {
     let len = d.len();
     let pre = |k: usize| -> u32 {
@@ -337,8 +346,14 @@ fn card_brand(d: &[u8]) -> bool {
         || ((p2 == 34 || p2 == 37) && len == 15)
         || ((p4 == 6011 || (644..=649).contains(&p3) || p2 == 65) && (16..=19).contains(&len))
         || ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
-        || ((p2 == 36 || (300..=305).contains(&p3)) && len == 14)
+        || ((p2 == 36 || p2 == 38 || p2 == 39 || (300..=305).contains(&p3) || p4 == 3095) && (14..=19).contains(&len))
         || (p2 == 62 && (16..=19).contains(&len))
+        // Maestro
+        || (matches!(p4, 5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761 | 6762 | 6763) && (13..=19).contains(&len))
+        // Mir
+        || ((2200..=2204).contains(&p4) && (16..=19).contains(&len))
+        // RuPay
+        || ((p2 == 60 || p3 == 508) && len == 16)
 }
 
 /// IBAN length per country (ISO 13616 registry).
@@ -824,7 +839,9 @@ fn anthropic(s: &[u8], st: usize) -> Option<usize> {
     token_body(s, st + 7, 32)
 }
 
-/// Slack token at `st`: `xox[baprs]-` and 10+ of `[A-Za-z0-9-]`, with a digit.
+/// Slack token at `st`: `xox[baprse]-` (bot, app, user, refresh, legacy,
+/// rotation refresh) or `xapp-` (app-level), then 10+ of `[A-Za-z0-9-]`,
+/// with a digit.
 fn slack(s: &[u8], st: usize) -> Option<usize> {
     let body = st + 5;
     let n = run(s, body, KEY_MAX, |b| alnum(b) || b == b'-');
@@ -1136,8 +1153,8 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                 }
                 let st4 = i.wrapping_sub(4);
                 if i >= 4
-                    && s.get(st4..st4 + 3) == Some(b"xox")
-                    && matches!(back(s, i, 1), b'b' | b'a' | b'p' | b'r' | b's')
+                    && ((s.get(st4..st4 + 3) == Some(b"xox") && matches!(back(s, i, 1), b'b' | b'a' | b'p' | b'r' | b's' | b'e'))
+                        || s.get(st4..i) == Some(b"xapp"))
                     && !b64url_before(s, st4)
                 {
                     if let Some(d) = en.get(Builtin::SlackToken) {
@@ -1232,7 +1249,9 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
     }
     let phone_d = en.get(Builtin::Phone);
     let mut phone_done = false;
-    if (prev == b'+' || prev == b'(') && !glued_before(s, i - 1) {
+    // a `+` opens a number even after `Tel.` or `Mob.`: only a word glues to it
+    let opener = prev == b'+' || prev == b'(';
+    if opener && i >= 1 && !(if prev == b'+' { word_before(s, i - 1) } else { glued_before(s, i - 1) }) {
         if let Some(d) = phone_d {
             if let Some(e) = phone(s, i - 1) {
                 push(i - 1, e, d);
