@@ -29,7 +29,7 @@ struct RawConfig {
     jwks_fetch: RawJwksFetch,
     providers: Vec<RawProvider>,
     resources: Vec<RawResource>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     masking: Option<crate::mask::RawMasking>,
     #[serde(default)]
     audit: RawAudit,
@@ -154,11 +154,11 @@ struct RawResource {
     upstream_headers: BTreeMap<String, String>,
     #[serde(default)]
     identity_headers: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     mask: Option<RawResourceMask>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     approval: Option<RawApproval>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     quota: Option<RawQuota>,
     #[serde(default)]
     audit: Option<String>,
@@ -601,6 +601,13 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// An optional section that, when written, must be an object: `null` (a
+/// YAML key whose children are all commented out) is a type error naming
+/// the field, not a silent "off" for masking, approval or quota.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 const METHODS: [&str; 9] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "CONNECT"];
 
 /// Headers a policy may never set upstream (hop-by-hop or pseudo headers,
@@ -608,7 +615,10 @@ const METHODS: [&str; 9] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "D
 fn forbidden_upstream_header(name: &str) -> bool {
     name.starts_with(':')
         || name.starts_with("x-nhi-")
-        || matches!(name, "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade" | "keep-alive")
+        || matches!(
+            name,
+            "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "keep-alive" | "proxy-connection" | "proxy-authorization"
+        )
 }
 
 fn valid_header_name(name: &str) -> bool {
@@ -621,7 +631,9 @@ fn valid_header_value(v: &str) -> bool {
 }
 
 /// Splits `http(s)://authority/path` into authority and path (path defaults
-/// to `/`); `None` for other schemes, an empty authority or userinfo (`@`).
+/// to `/`); `None` for other schemes, an authority that is not a host with
+/// an optional port (empty, userinfo `@`, query, spaces, control bytes), or
+/// a path with a fragment, spaces or control bytes.
 /// Used for `jwks_uri` in the config and in OIDC discovery documents.
 pub fn split_url(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
@@ -629,10 +641,14 @@ pub fn split_url(url: &str) -> Option<(String, String)> {
         Some(i) => (rest.get(..i)?, rest.get(i..)?),
         None => (rest, "/"),
     };
-    if authority.is_empty() || authority.contains('@') {
-        return None;
-    }
-    Some((authority.to_string(), path.to_string()))
+    // a host (name, IPv4, `[IPv6]`) and an optional port: no userinfo,
+    // query, fragment, spaces or control bytes, which would make the fetch's
+    // `:authority` or `:path` something no server answers
+    let host_ok = !authority.is_empty()
+        && !authority.starts_with(':')
+        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']' | b'_'));
+    let path_ok = !path.contains('#') && path.bytes().all(|b| b.is_ascii_graphic());
+    (host_ok && path_ok).then(|| (authority.to_string(), path.to_string()))
 }
 
 impl Config {
@@ -724,6 +740,10 @@ fn plain_types(msg: &str) -> String {
         if let Some(rest) = out.strip_suffix(rust) {
             out = format!("{rest}{json}");
         }
+    }
+    // `expected struct RawQuota` (a section that must be an object)
+    if let Some(at) = out.find("expected struct Raw") {
+        out = format!("{}expected an object", out.get(..at).unwrap_or_default());
     }
     out
 }
@@ -1002,8 +1022,10 @@ impl RawConfig {
             }
             let token_header = p.token_header.map(|h| h.to_ascii_lowercase());
             if let Some(h) = &token_header {
-                if !valid_header_name(h) || h == "authorization" || h.starts_with(':') {
-                    errs.add(format!("{at}.token_header"), "must be a valid header name other than authorization");
+                // the filter removes it from every request: never a header
+                // that frames the body or that others own
+                if !valid_header_name(h) || h == "authorization" || forbidden_upstream_header(h) || matches!(h.as_str(), "cookie" | "content-type" | "content-encoding" | "expect") {
+                    errs.add(format!("{at}.token_header"), "must be a valid header name other than authorization, hop-by-hop, framing, cookie or x-nhi-* headers");
                 }
             }
             let sources = [p.jwks.is_some(), p.jwks_uri.is_some(), p.discovery].iter().filter(|b| **b).count();
@@ -1014,10 +1036,16 @@ impl RawConfig {
                 if p.cluster.is_some() {
                     errs.add(format!("{at}.cluster"), "only used with jwks_uri or discovery");
                 }
+                let private = doc.get("keys").and_then(|k| k.as_array()).is_some_and(|ks| ks.iter().any(|k| k.get("d").is_some()));
+                if private {
+                    errs.add(format!("{at}.jwks"), "contains private key material (d): a policy holds public keys only; remove it and rotate that key");
+                }
                 match KeySet::from_json(doc.to_string().as_bytes()) {
                     Ok(ks) => KeySource::Inline(std::rc::Rc::new(ks)),
                     Err(e) => {
-                        errs.add(format!("{at}.jwks"), e);
+                        if !private {
+                            errs.add(format!("{at}.jwks"), e);
+                        }
                         KeySource::Inline(std::rc::Rc::default())
                     }
                 }
@@ -1069,12 +1097,18 @@ impl RawConfig {
                 }
             }
             let path_glob = r.path_glob.as_deref().map(|g| glob(&mut errs, &format!("{at}.path_glob"), g));
-            let authorities: Vec<String> = r.authorities.iter().map(|a| a.to_ascii_lowercase()).collect();
-            for (j, a) in authorities.iter().enumerate() {
-                if a.is_empty() || (a.starts_with("*.") && a.contains(':')) || (a.contains('*') && a != "*" && !a.starts_with("*.")) {
+            // requests are compared without a trailing dot: so are patterns
+            let written: Vec<String> = r.authorities.iter().map(|a| a.to_ascii_lowercase()).collect();
+            for (j, a) in written.iter().enumerate() {
+                // a host (name, IPv4, [IPv6]) with an optional port: no scheme, path, spaces or control bytes
+                let chars_ok = a.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']' | b'_' | b'*'));
+                let port_ok = !a.ends_with(':') && !a.starts_with(':');
+                let wild_ok = a == "*" || (a.starts_with("*.") && a.len() > 2 && !a.get(2..).unwrap_or("").contains('*'));
+                if a.is_empty() || !chars_ok || !port_ok || (a.starts_with("*.") && a.contains(':')) || (a.contains('*') && !wild_ok) {
                     errs.add(format!("{at}.authorities[{j}]"), "use host, host:port, *.suffix (no port) or *");
                 }
             }
+            let authorities: Vec<String> = written.iter().map(|a| a.strip_suffix('.').unwrap_or(a).to_string()).collect();
             let methods_v = methods(&mut errs, &format!("{at}.methods"), &r.methods);
             let mut operations = Vec::new();
             for (j, op) in r.operations.into_iter().enumerate() {
@@ -1112,7 +1146,9 @@ impl RawConfig {
             for (name, value) in r.upstream_headers {
                 let lname = name.to_ascii_lowercase();
                 let hat = format!("{at}.upstream_headers.{name}");
-                if !valid_header_name(&lname) {
+                if upstream_headers.iter().any(|(n, _): &(String, String)| *n == lname) {
+                    errs.add(hat, "set twice (header names are case-insensitive)");
+                } else if !valid_header_name(&lname) {
                     errs.add(hat, "not a valid header name");
                 } else if forbidden_upstream_header(&lname) {
                     errs.add(hat, "this header cannot be set by policy");

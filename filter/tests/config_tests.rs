@@ -633,3 +633,69 @@ fn other_types_is_refuse_or_pass() {
     let errs = config_errors(&doc(json!("allow")));
     assert_eq!(errs[0].field, "resources[0].mask.other_types", "{errs:?}");
 }
+
+#[test]
+fn hostile_or_mistaken_policies_are_refused_naming_the_field() {
+    let provider = || json!({"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks_uri": format!("{ISSUER}/jwks"), "cluster": "idp"});
+    let res = |extra: Value| {
+        let mut r = json!({"name": "r", "path_prefix": "/", "read": {"any_of": ["g"]}});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    };
+    let first_field = |doc: Value| config_errors(&doc).first().map(|e| e.field.clone()).unwrap_or_default();
+    // a section written as null is not "off"
+    for (k, field) in [("mask", "resources[0].mask"), ("approval", "resources[0].approval"), ("quota", "resources[0].quota")] {
+        assert_eq!(first_field(json!({"providers": [provider()], "resources": [res(json!({k: null}))]})), field);
+    }
+    assert_eq!(first_field(json!({"providers": [provider()], "resources": [res(json!({}))], "masking": null})), "masking");
+    // one header set twice, hop-by-hop headers
+    assert_eq!(first_field(json!({"providers": [provider()], "resources": [res(json!({"upstream_headers": {"Api-Key": "a", "api-key": "b"}}))]})),
+               "resources[0].upstream_headers.api-key");
+    for h in ["proxy-connection", "proxy-authorization", "trailer"] {
+        assert_eq!(first_field(json!({"providers": [provider()], "resources": [res(json!({"upstream_headers": {h: "x"}}))]})),
+                   format!("resources[0].upstream_headers.{h}"));
+    }
+    // token headers the filter would strip from every request
+    for h in ["content-length", "transfer-encoding", "host", "cookie", "x-nhi-subject", "proxy-authorization"] {
+        let mut p = provider();
+        p["token_header"] = json!(h);
+        assert_eq!(first_field(json!({"providers": [p], "resources": [res(json!({}))]})), "providers[0].token_header", "{h}");
+    }
+    // jwks_uri that no fetch can use
+    for u in ["https://h\r\nx/jwks", "https://h x/jwks", "https://:443/jwks", "https://h?x", "https://h/jwks#frag"] {
+        let mut p = provider();
+        p["jwks_uri"] = json!(u);
+        assert_eq!(first_field(json!({"providers": [p], "resources": [res(json!({}))]})), "providers[0].jwks_uri", "{u:?}");
+    }
+    // a private key in an inline JWKS, even beside a public one
+    let ec = ES256KeyPair::generate().with_key_id("ec1");
+    let mut private: Value = serde_json::from_str(&ec.public_key().to_jwk()).unwrap();
+    private["d"] = json!("c2VjcmV0");
+    private["kid"] = json!("ec2");
+    let public: Value = serde_json::from_str(&ec.public_key().to_jwk()).unwrap();
+    let p = json!({"name": "idp", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": {"keys": [public, private]}});
+    let errs = config_errors(&json!({"providers": [p], "resources": [res(json!({}))]}));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].field == "providers[0].jwks" && errs[0].problem.contains("private key"), "{errs:?}");
+    // too many custom detectors, and a pattern too large to compile
+    let custom: Vec<Value> = (0..65).map(|i| json!({"name": format!("c{i}"), "pattern": format!("X{i}Y")})).collect();
+    assert_eq!(first_field(json!({"providers": [provider()], "resources": [res(json!({}))], "masking": {"custom": custom}})), "masking.custom");
+    let big = json!([{"name": "big", "pattern": "(?:\\w{15000})x"}]);
+    assert_eq!(first_field(json!({"providers": [provider()], "resources": [res(json!({}))], "masking": {"custom": big}})), "masking.custom[0].pattern");
+}
+
+#[test]
+fn authorities_that_can_never_match_are_refused() {
+    for a in ["https://api.example.com", "api.example.com/v1", "api example.com", "api.example.com\r\n", "*.*.com", "*.", "host:", ":443"] {
+        let errs = config_errors(&json!({
+            "providers": [remote_provider_json("idp", ISSUER)],
+            "resources": [{"name": "r", "authorities": [a], "path_prefix": "/", "read": {"any_of": ["g"]}}],
+        }));
+        assert_eq!(errs[0].field, "resources[0].authorities[0]", "{a:?}");
+    }
+    // a trailing dot is dropped, as it is from requests
+    let c = config_with_resources(json!([{"name": "r", "authorities": ["API.example.com.", "*.example.org", "[::1]:8080", "*"], "path_prefix": "/", "read": {"any_of": ["g"]}}]));
+    assert_eq!(c.resources[0].authorities, ["api.example.com", "*.example.org", "[::1]:8080", "*"]);
+}

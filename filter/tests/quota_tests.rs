@@ -1070,9 +1070,10 @@ fn wrong_quota_types_name_their_field() {
 }
 
 #[test]
-fn quota_null_means_no_quota() {
-    let c = config(&doc_with_quota(Value::Null));
-    assert!(c.resources[0].quota.is_none());
+fn quota_null_is_refused_naming_the_field() {
+    // a YAML `quota:` whose children are commented out is null: not a silent "no quota"
+    let errs = config_errors(&doc_with_quota(Value::Null));
+    assert_eq!((errs[0].field.as_str(), errs[0].problem.as_str()), ("resources[0].quota", "invalid type: null, expected an object"));
 }
 
 #[test]

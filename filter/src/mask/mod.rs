@@ -93,6 +93,15 @@ pub struct RawMasking {
     pub logprobs: Option<String>,
 }
 
+/// Most custom detectors a policy may define: with [`CUSTOM_SIZE_LIMIT`]
+/// each, the compiled patterns stay within 16 MiB of the module's memory
+/// (an unbounded list made the module run out of memory at load).
+pub const MAX_CUSTOM: usize = 64;
+
+/// Largest compiled size of one custom pattern, bytes (regex-lite's
+/// `size_limit`); a pattern over it is refused naming its field.
+pub const CUSTOM_SIZE_LIMIT: usize = 256 << 10;
+
 /// A custom detector: `masking.custom[i]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -325,7 +334,10 @@ impl Masker {
 
         let mut customs = Vec::new();
         let mut seen: BTreeSet<String> = BTreeSet::new();
-        for (i, c) in raw.custom.iter().enumerate() {
+        if raw.custom.len() > MAX_CUSTOM {
+            err(field_path(prefix, "custom"), format!("at most {MAX_CUSTOM} custom detectors"));
+        }
+        for (i, c) in raw.custom.iter().enumerate().take(MAX_CUSTOM) {
             let at = |f: &str| field_path(prefix, &format!("custom[{i}].{f}"));
             if !valid_custom_name(&c.name) {
                 err(at("name"), "must match [a-z][a-z0-9_]* and be at most 64 bytes".into());
@@ -338,7 +350,7 @@ impl Masker {
                 err(at("pattern"), "must be at most 4096 bytes".into());
                 None
             } else {
-                match regex_lite::RegexBuilder::new(&c.pattern).size_limit(1 << 20).build() {
+                match regex_lite::RegexBuilder::new(&c.pattern).size_limit(CUSTOM_SIZE_LIMIT).build() {
                     Ok(re) if re.is_match("") => {
                         err(at("pattern"), "matches the empty string".into());
                         None
