@@ -5,6 +5,7 @@ policy with a backend credential in `upstream_headers`, and raw-socket sends."""
 import gzip, json, socket, sys, threading, time, os
 
 import harness
+import pytest
 from harness import Envoy, Key, Handler, _Server, claims, free_port
 
 ISS = "https://ci.test"
@@ -104,6 +105,20 @@ def make_stack(envoy_bin, mask=True, extra_resources=(), **render):
     up = Echo()
     env = Envoy(envoy_bin, p, up.port, **render)
     return env, up
+
+
+def stack_fixture(respond=None, **render):
+    """A module-scoped `stack` fixture: (Envoy, Echo upstream) from
+    `make_stack`; `respond` scripts the upstream's answers."""
+    @pytest.fixture(scope="module")
+    def stack(envoy_bin):
+        env, up = make_stack(envoy_bin, **render)
+        if respond:
+            up.respond = respond
+        yield env, up
+        env.stop()
+        up.close()
+    return stack
 
 
 def token(groups=("readers",), **kw):

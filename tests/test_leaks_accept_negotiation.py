@@ -10,7 +10,7 @@ listed types, or refuses (502 unmaskable_content_type) a body of an
 unlisted type that the request asked for. At minimum: no PII reaches the job."""
 import json
 import pytest
-from leak_upstream import make_stack, token
+from leak_upstream import stack_fixture, token
 
 DOC_J = json.dumps({"name": "Alice Smith", "email": "alice.smith@example.com"}).encode()
 
@@ -26,13 +26,7 @@ def negotiate(h, req):
     return h.reply(200, DOC_J, "application/json")
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin)
-    up.respond = negotiate
-    yield env, up
-    env.stop()
-    up.close()
+stack = stack_fixture(respond=negotiate)
 
 
 @pytest.mark.parametrize("accept", ["application/json", "text/html", "text/csv", "application/xml"])

@@ -15,17 +15,12 @@ JSON path does."""
 import http.client
 
 import pytest
-from leak_upstream import make_stack, token
+from leak_upstream import stack_fixture, token
 
 TXT = "Customer alice.smith@example.com card 4111 1111 1111 1111 SSN 219-09-9999"
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin)
-    yield env, up
-    env.stop()
-    up.close()
+stack = stack_fixture()
 
 
 @pytest.mark.parametrize("ctype,codec,bom", [

@@ -8,15 +8,10 @@ resource; a response that carries one of them is redacted or refused (5xx),
 never delivered, and never recorded."""
 import json
 import pytest
-from leak_upstream import SECRET, make_stack, token
+from leak_upstream import SECRET, stack_fixture, token
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin)
-    yield env, up
-    env.stop()
-    up.close()
+stack = stack_fixture()
 
 
 def auth():

@@ -18,7 +18,7 @@ Expected: no personal data reaches the job - e.g. the filter drops
 the whole body, which is masked), or refuses 206 answers (502)."""
 import json
 import pytest
-from leak_upstream import make_stack, token
+from leak_upstream import stack_fixture, token
 
 DOC_T = b"Customer record: Alice Smith, alice.smith@example.com, card 4111 1111 1111 1111, SSN 219-09-9999.\n"
 DOC_J = json.dumps({"name": "Alice Smith", "email": "alice.smith@example.com", "card": "4111111111111111"}).encode()
@@ -54,12 +54,7 @@ def ranged(doc, ctype):
     return f
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin)
-    yield env, up
-    env.stop()
-    up.close()
+stack = stack_fixture()
 
 
 def get(env, rng):

@@ -10,18 +10,13 @@ Expected: the same header rules apply to request trailers (drop `x-nhi-*`,
 method overrides, the token headers and the `upstream_headers` names), or a
 request with such trailers is refused."""
 import pytest
-from leak_upstream import SECRET, make_stack, raw, token
+from leak_upstream import SECRET, stack_fixture, raw, token
 
 P = "/collections/docs/points/search"
 BAD = ("authorization", "x-nhi-subject", "x-nhi-groups", "api-key", "x-http-method-override")
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin, trailers=True)
-    yield env, up
-    env.stop()
-    up.close()
+stack = stack_fixture(trailers=True)
 
 
 def test_request_trailers_cannot_spoof_identity_or_carry_token(stack):

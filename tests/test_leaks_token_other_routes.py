@@ -8,17 +8,12 @@ query value.
 
 Expected: the exact token string never appears in what the upstream gets."""
 import pytest
-from leak_upstream import make_stack, token
+from leak_upstream import stack_fixture, token
 
 P = "/collections/docs/points/search"
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin)
-    yield env, up
-    env.stop()
-    up.close()
+stack = stack_fixture()
 
 
 @pytest.mark.parametrize("where", ["proxy-authorization", "cookie", "query"])
