@@ -122,6 +122,18 @@ fn send(req: tiny_http::Request, r: Reply) {
 /// Handles one request (on its own thread) and answers it.
 pub fn handle(mut req: tiny_http::Request, shared: &Shared) {
     let mut raw = Vec::new();
+    // credentials are checked before a body is read (an unauthenticated
+    // client cannot make the service hold a body per connection)
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let unauthorized = req.method().as_str() == "POST"
+        && if path.starts_with("/v1/check") {
+            shared.config.secret.as_ref().is_some_and(|secret| !bearer(&req).is_some_and(|t| same(&t, secret)))
+        } else {
+            path.starts_with("/v1/approvals/") && approver(&req, shared).is_none()
+        };
+    if unauthorized {
+        return send(req, error(401, "unauthorized", "missing or wrong credentials"));
+    }
     let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut raw);
     let reply = if read.is_err() || raw.len() as u64 > MAX_BODY {
         error(400, "bad_request", "unreadable or too large body")
@@ -368,6 +380,9 @@ pub fn serve(server: tiny_http::Server, shared: Arc<Shared>) {
     });
     for req in server.incoming_requests() {
         let shared = shared.clone();
-        std::thread::spawn(move || handle(req, &shared));
+        // no thread for it (a process limit): the request is dropped, the service lives
+        if let Err(e) = std::thread::Builder::new().spawn(move || handle(req, &shared)) {
+            eprintln!("nhi-gate approvals: request dropped, no thread for it: {e}");
+        }
     }
 }

@@ -176,6 +176,14 @@ pub fn csv_line(cells: impl IntoIterator<Item = String>) -> String {
     let quoted: Vec<String> = cells
         .into_iter()
         .map(|c| {
+            // A cell a spreadsheet would read as a formula (`=`, `+`, `-`,
+            // `@`, tab, CR first: OWASP "CSV injection") gets a leading `'`;
+            // record values such as `request_id` can be the client's. Other
+            // control characters are dropped.
+            let mut c: String = c.chars().filter(|ch| !ch.is_control() || matches!(ch, '\n' | '\r' | '\t')).collect();
+            if c.starts_with(['=', '+', '-', '@', '\t', '\r']) && c.parse::<f64>().is_err() {
+                c.insert(0, '\'');
+            }
             if c.contains([',', '"', '\r', '\n']) {
                 format!("\"{}\"", c.replace('"', "\"\""))
             } else {

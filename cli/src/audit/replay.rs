@@ -120,6 +120,22 @@ pub fn answer(text: &str) -> String {
 }
 
 /// `text` with `prefix` on every line (`(no body)` when `None`).
+/// `text` with control characters other than a line break shown as
+/// `\x1b`-style escapes, so a recorded prompt or answer cannot drive the
+/// terminal (ANSI/OSC sequences: clipboard writes, cursor moves that hide
+/// or forge lines) or overwrite a line with `\r`.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '\n' => out.push('\n'),
+            c if c.is_control() || ('\u{80}'..='\u{9f}').contains(&c) => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn quoted(prefix: &str, body: Option<(String, bool)>) -> String {
     let Some((text, truncated)) = body else { return format!("{prefix}(no body)\n") };
     let mut out = String::new();
@@ -129,7 +145,7 @@ fn quoted(prefix: &str, body: Option<(String, bool)>) -> String {
     }
     for l in lines {
         out.push_str(prefix);
-        out.push_str(l.strip_suffix('\r').unwrap_or(l));
+        out.push_str(&printable(l.strip_suffix('\r').unwrap_or(l)));
         out.push('\n');
     }
     if truncated {
@@ -340,7 +356,7 @@ pub fn run(a: ReplayArgs) -> ExitCode {
                     }
                 }
             }
-            println!("\n{head}");
+            println!("\n{}", printable(&head));
             let p = body_text(r, "request_body").map(|(t, tr)| (prompt(t), tr));
             let ans = body_text(r, "response_body").map(|(t, tr)| (answer(t), tr));
             print!("{}{}", quoted("> ", p), quoted("< ", ans));

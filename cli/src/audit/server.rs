@@ -67,8 +67,13 @@ fn error(status: u16, code: &str, detail: &str) -> Reply {
 /// Handles one request (on its own thread) and answers it.
 pub fn handle(mut req: tiny_http::Request, shared: &Shared) {
     let mut raw = Vec::new();
-    let read = req.as_reader().take(MAX_BODY + 1).read_to_end(&mut raw);
+    // the token is checked before a body is read: an unauthenticated
+    // client cannot make the collector hold 64 MiB per connection
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let unauthorized = path == "/v1/records" && shared.token.as_ref().is_some_and(|t| !bearer(&req).is_some_and(|b| same(&b, t)));
+    let read = if unauthorized { Ok(0) } else { req.as_reader().take(MAX_BODY + 1).read_to_end(&mut raw) };
     let (status, body) = match read {
+        _ if unauthorized => error(401, "unauthorized", "missing or wrong bearer token"),
         Err(e) => error(400, "bad_request", &format!("unreadable body: {e}")),
         Ok(_) if raw.len() as u64 > MAX_BODY => error(413, "too_large", &format!("body over {MAX_BODY} bytes")),
         Ok(_) => route(&req, &raw, shared),
@@ -198,11 +203,15 @@ fn get(s: &Shared, query: &str) -> Reply {
     }
 }
 
-/// Serves until the process ends, one thread per request.
+/// Serves until the process ends, one thread per request. A request whose
+/// thread cannot be created (a process thread or memory limit) is dropped,
+/// not a reason to abort the process.
 pub fn serve(server: tiny_http::Server, shared: Arc<Shared>) {
     for req in server.incoming_requests() {
         let shared = shared.clone();
-        std::thread::spawn(move || handle(req, &shared));
+        if let Err(e) = std::thread::Builder::new().spawn(move || handle(req, &shared)) {
+            eprintln!("nhi-gate audit: request dropped, no thread for it: {e}");
+        }
     }
 }
 

@@ -366,16 +366,13 @@ fn verify_rows(conn: &Connection) -> Result<(i64, String), VerifyError> {
         if recomputed != stored_hash {
             return broken(Break::Edited { seq, why: "hash mismatch".into() });
         }
-        let stored = Columns {
-            time_ms: r.get(4).unwrap_or(None),
-            subject: r.get(5).unwrap_or(None),
-            resource: r.get(6).unwrap_or(None),
-            decision: r.get(7).unwrap_or(None),
-            session: r.get(8).unwrap_or(None),
-            request_id: r.get(9).unwrap_or(None),
-        };
+        // a column of the wrong SQLite type (text in time_ms, a blob in
+        // subject) is an edit too, not a NULL
+        let stored = (|| -> rusqlite::Result<Columns> {
+            Ok(Columns { time_ms: r.get(4)?, subject: r.get(5)?, resource: r.get(6)?, decision: r.get(7)?, session: r.get(8)?, request_id: r.get(9)? })
+        })();
         let derived = serde_json::from_str::<Value>(&record).map(|v| Columns::of(&v));
-        if derived.as_ref().ok() != Some(&stored) {
+        if stored.is_err() || derived.ok() != stored.ok() {
             return broken(Break::Edited { seq, why: "indexed columns do not match the record".into() });
         }
         prev_seq = seq;
