@@ -14,7 +14,7 @@ pub const SECRET_QUERY_PARAMS: [&str; 18] = [
 ];
 
 /// Bytes kept from the end of a response body, for the `usage` object.
-pub const TAIL_BYTES: usize = 4096;
+pub const TAIL_BYTES: usize = crate::quota::TAIL_BYTES;
 
 /// `:path` with the values of [`SECRET_QUERY_PARAMS`] (names compared
 /// case-insensitively, also when percent-encoding is absent) replaced by `REDACTED`.
@@ -54,7 +54,7 @@ pub fn redact_path(path: &str) -> String {
 
 /// Decodes `%XX` escapes and `+` (as backends do for query parameter names,
 /// WHATWG URL `application/x-www-form-urlencoded`); invalid escapes stay as they are.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -125,6 +125,31 @@ impl Capture {
         *self = Capture::new(self.cap, self.tail.is_some());
         if !digest {
             self.hash = None;
+        }
+    }
+
+    /// Replaces each of `secrets` in the kept text by `[BACKEND_CREDENTIAL]`
+    /// (the backend credentials the gateway injects: a backend that echoes
+    /// one must not put it in the audit trail). The digest and size stay
+    /// those of the body as sent.
+    pub fn redact(&mut self, secrets: &[String]) {
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            let finder = memchr::memmem::Finder::new(s.as_bytes());
+            if finder.find(&self.head).is_none() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(self.head.len());
+            let mut last = 0;
+            for at in finder.find_iter(&self.head) {
+                if at < last {
+                    continue;
+                }
+                out.extend_from_slice(self.head.get(last..at).unwrap_or_default());
+                out.extend_from_slice(b"[BACKEND_CREDENTIAL]");
+                last = at + s.len();
+            }
+            out.extend_from_slice(self.head.get(last..).unwrap_or_default());
+            self.head = out;
         }
     }
 

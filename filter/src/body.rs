@@ -54,12 +54,14 @@ fn charset(content_type: &[u8]) -> Option<String> {
     })
 }
 
-/// Whether a chunk of a text body has bytes that UTF-8 or ASCII text never
-/// holds: NUL (every ASCII character of UTF-16/UTF-32 text comes with one)
-/// or 0xFE/0xFF (UTF-16 byte-order marks, never in UTF-8). Such a body is
-/// not masked as text: its values would pass unseen.
-pub fn not_text(chunk: &[u8]) -> bool {
-    memchr::memchr3(0, 0xfe, 0xff, chunk).is_some()
+/// Whether a chunk of a text body is UTF-16 or UTF-32 rather than text in an
+/// ASCII-compatible encoding: it holds a NUL byte (every ASCII character of
+/// UTF-16/32 text comes with one, and text never does), or, at the start of
+/// the body (`at_start`), a UTF-16/32 byte-order mark (`FE FF`, `FF FE`).
+/// Such a body is not masked as text: its values would pass unseen. (0xFE
+/// and 0xFF elsewhere are `þ` and `ÿ` in Latin-1 and Windows-1252.)
+pub fn not_text(chunk: &[u8], at_start: bool) -> bool {
+    memchr::memchr(0, chunk).is_some() || (at_start && (chunk.starts_with(&[0xfe, 0xff]) || chunk.starts_with(&[0xff, 0xfe])))
 }
 
 /// `Content-Encoding` of a body, as far as masking is concerned (RFC 9110 §8.4).
@@ -156,7 +158,13 @@ pub fn response_mode(mask: &ResourceMask, method: &str, status: u32, content_typ
 /// the backend: anything but forms, multipart uploads and binary media
 /// (`application/octet-stream`, `audio/*`, `image/*`, `video/*`). Many LLM
 /// servers parse the body as JSON whatever its declared type.
-pub fn read_as_json(content_type: Option<&[u8]>) -> bool {
+pub fn read_as_json(content_type: Option<&[u8]>, body: &[u8]) -> bool {
+    // whatever its declared type, a body that opens like JSON (after a BOM
+    // and whitespace) is read as JSON by servers that ignore the type
+    let opened = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body).trim_ascii_start();
+    if matches!(opened.first(), Some(b'{' | b'[')) {
+        return true;
+    }
     let media = content_type.map(media_type).unwrap_or_default();
     !(media.starts_with("multipart/")
         || media == "application/x-www-form-urlencoded"
@@ -183,11 +191,29 @@ pub fn gunzip(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 const PROMPT_SKIP: [&str; 2] = ["signature", "encrypted_content"];
 
 /// Whether a string is an encoded payload rather than text: a data URI, or
-/// 64 bytes or more of the base64 / base64url alphabet alone (images, audio,
-/// files), where a detector could match random characters and corrupt it.
-/// Text with an `@`, a space, `.` or other punctuation is never one.
+/// 256 bytes or more of the base64 / base64url alphabet alone (images,
+/// audio, files), where a detector could match random characters and
+/// corrupt it. Text with an `@`, a space, `.` or other punctuation is never
+/// one, and API keys and tokens are shorter (an OpenAI project key is about
+/// 164 bytes), so a message that is only a key is still masked.
 fn encoded_payload(s: &str) -> bool {
-    s.starts_with("data:") || (s.len() >= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')))
+    let b64 = |t: &str| t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'));
+    // a data URI with a base64 payload (RFC 2397): `data:<type>;base64,<base64>`
+    let data_uri = s.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,")).is_some_and(|(media, payload)| {
+        !media.contains([' ', ',']) && b64(payload)
+    });
+    data_uri || (s.len() >= 256 && b64(s))
+}
+
+/// Whether a content block of an assistant message is Anthropic extended
+/// thinking that the provider checks: `thinking` with a `signature`, or
+/// `redacted_thinking` with its encrypted `data`.
+fn signed_thinking(block: &serde_json::Map<String, Value>) -> bool {
+    match block.get("type").and_then(Value::as_str) {
+        Some("thinking") => block.get("signature").is_some_and(Value::is_string),
+        Some("redacted_thinking") => block.get("data").is_some_and(Value::is_string),
+        _ => false,
+    }
 }
 
 /// Masks the prompt of an LLM request body (`requests: chat_messages`) and
@@ -200,14 +226,15 @@ fn encoded_payload(s: &str) -> bool {
 /// filter does not know by name is still masked (fail closed), except:
 /// tool-call `arguments` (a JSON document in a string) and tool `input`
 /// objects, which are masked as JSON, numbers too
-/// ([`Masker::mask_tool_arguments`]); Anthropic `thinking` and
-/// `redacted_thinking` blocks, which carry a signature over their text; and
+/// ([`Masker::mask_tool_arguments`]); Anthropic `thinking` blocks with a
+/// `signature` and `redacted_thinking` blocks in an assistant message's
+/// `content`, which the provider checks; and
 /// the members of [`PROMPT_SKIP`] and encoded payloads (`encoded_payload`:
 /// base64 images, audio, files). Other numbers, booleans and
 /// object keys are left alone.
 ///
-/// Errors: the body is not a JSON object, or its `prompt` is token ids
-/// (numbers: text that cannot be masked).
+/// Errors: the body is not a JSON object, or its `prompt` or `input` is
+/// token ids (numbers: text that cannot be masked).
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
@@ -215,7 +242,8 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
         Value::Array(items) => items.iter().any(|i| i.is_number() || i.as_array().is_some_and(|a| a.iter().any(Value::is_number))),
         _ => false,
     };
-    if obj.get("prompt").is_some_and(token_ids) {
+    // legacy completions `prompt`, embeddings and Responses `input`
+    if obj.get("prompt").is_some_and(token_ids) || obj.get("input").is_some_and(token_ids) {
         return Err("a prompt given as token ids cannot be masked; send it as text".into());
     }
     mask_prompt_value(masker, &mut v, counts);
@@ -232,12 +260,20 @@ fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {
             }
         }
         Value::Object(o) => {
-            if matches!(o.get("type").and_then(Value::as_str), Some("thinking" | "redacted_thinking")) {
-                return;
-            }
+            // signed thinking is left alone only as a content block of an
+            // assistant message (where Anthropic checks its signature), not
+            // wherever a `"type": "thinking"` is written
+            let assistant = o.get("role").and_then(Value::as_str) == Some("assistant");
             for (k, item) in o.iter_mut() {
                 match (k.as_str(), item) {
                     (k, _) if PROMPT_SKIP.contains(&k) => {}
+                    ("content", Value::Array(blocks)) if assistant => {
+                        for b in blocks {
+                            if !b.as_object().is_some_and(signed_thinking) {
+                                mask_prompt_value(masker, b, counts);
+                            }
+                        }
+                    }
                     ("arguments", Value::String(s)) => *s = masker.mask_tool_arguments(s, counts),
                     ("input", input @ Value::Object(_)) => {
                         let masked = masker.mask_tool_arguments(&input.to_string(), counts);
@@ -335,18 +371,20 @@ mod tests {
         for ct in ["text/plain; charset=utf-8", "text/plain; Charset=\"UTF-8\"", "text/plain; charset=iso-8859-1", "text/plain; charset=windows-1252", "text/plain; charset=us-ascii"] {
             assert_eq!(response_mode(&m, "GET", 200, Some(ct.as_bytes())), BodyMode::StreamText, "{ct}");
         }
-        assert!(not_text(b"a\0@\0b\0"));
-        assert!(not_text(b"\xff\xfea\0"));
-        assert!(!not_text("caf\u{e9} \u{2014} a@b.co".as_bytes()));
+        assert!(not_text(b"a\0@\0b\0", false));
+        assert!(not_text(b"\xff\xfea", true) && not_text(b"\xfe\xffa", true));
+        assert!(!not_text(b"\xff\xfea", false), "Latin-1 \u{ff}\u{fe} in the middle of a body");
+        assert!(!not_text("caf\u{e9} \u{2014} a@b.co".as_bytes(), true));
     }
 
     #[test]
     fn request_bodies_read_as_json() {
         for ct in [None, Some(&b""[..]), Some(b"application/json"), Some(b"text/plain"), Some(b"application/vnd.x+json; charset=utf-8")] {
-            assert!(read_as_json(ct), "{ct:?}");
+            assert!(read_as_json(ct, b"x=1"), "{ct:?}");
         }
         for ct in [&b"multipart/form-data; boundary=x"[..], b"application/x-www-form-urlencoded", b"audio/wav", b"Image/PNG", b"application/octet-stream"] {
-            assert!(!read_as_json(Some(ct)), "{ct:?}");
+            assert!(!read_as_json(Some(ct), b"--x\r\n"), "{ct:?}");
+            assert!(read_as_json(Some(ct), b"\xef\xbb\xbf {\"max_tokens\": 1}"), "{ct:?}: a JSON body under another type");
         }
     }
 

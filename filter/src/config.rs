@@ -48,7 +48,7 @@ struct RawAudit {
     max_request_bytes: usize,
     #[serde(default = "default_audit_cap")]
     max_response_bytes: usize,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     collector: Option<RawCollector>,
 }
 
@@ -177,7 +177,7 @@ struct RawQuota {
     requests: Option<u64>,
     #[serde(default)]
     check_max_tokens: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     service: Option<RawRlsService>,
 }
 

@@ -19,6 +19,19 @@ pub const IDENTITY_HEADER_PREFIX: &str = "x-nhi-";
 /// backend cannot be told to act on another method than the one authorized.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
+/// Whether `value` holds the token `finder` looks for, as sent or
+/// percent-decoded (a query parser or cookie library decodes `%2E` back to
+/// `.`, so an encoded copy reaches the backend as the token).
+fn carries(finder: &memchr::memmem::Finder<'_>, value: &[u8]) -> bool {
+    finder.find(value).is_some()
+        || (memchr::memchr(b'%', value).is_some() && finder.find(crate::audit::percent_decode(&String::from_utf8_lossy(value)).as_bytes()).is_some())
+}
+
+/// Whether `value` (a request trailer) holds `token`, as sent or percent-decoded.
+pub fn carries_token(token: &str, value: &[u8]) -> bool {
+    carries(&memchr::memmem::Finder::new(token.as_bytes()), value)
+}
+
 /// Percent-encodes (RFC 3986 §2.1) `%`, `,` and every byte outside visible
 /// ASCII, so identity values from token claims stay one unambiguous header
 /// value: `x-nhi-groups` is a comma-separated list of encoded group names.
@@ -215,8 +228,13 @@ impl Gate {
         headers
             .iter()
             .filter(|(n, _)| *n != "authorization" && !self.config.providers.iter().any(|p| p.token_header.as_deref() == Some(*n)))
-            .find(|(_, v)| finder.find(v).is_some())
+            .find(|(_, v)| carries(&finder, v))
             .map(|(n, _)| if *n == ":path" { "the path" } else { *n })
+    }
+
+    /// The request's token (as [`Gate::token`] reads it), if it has one.
+    pub fn request_token(&self, headers: &[Header<'_>]) -> Option<String> {
+        self.token(headers).ok().map(|(t, _)| t)
     }
 
     /// The identity from verified claims, with the audit session claim.

@@ -28,9 +28,11 @@ use crate::deny::Denial;
 use serde_json::{Map, Value};
 
 /// How much of the end of a response the filter keeps for
-/// [`usage_from_tail`], bytes: OpenAI puts `usage` last in a JSON body and in
-/// the final event of a stream, a few hundred bytes from the end.
-pub const TAIL_BYTES: usize = 4096;
+/// [`usage_from_tail`], bytes: OpenAI puts `usage` near the end of a JSON
+/// body and in the final event of a stream; a Responses API object follows
+/// it with `user` and the caller's `metadata` (up to 16 pairs of 64 + 512
+/// characters, about 10 KiB with escapes), which must not push it out.
+pub const TAIL_BYTES: usize = 16 << 10;
 
 /// Largest token budget a policy may set per window.
 pub const MAX_TOKENS_BUDGET: u64 = 1_000_000_000_000;

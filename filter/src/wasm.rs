@@ -738,6 +738,8 @@ impl RootContext for Root {
             counts: Counts::new(),
             request_buffered: false,
             response_captured: false,
+            text_started: false,
+            token: None,
         }))
     }
 
@@ -952,7 +954,7 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     if let Some(plan) = pending_quota {
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let ctype = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type").ok().flatten();
-        if !body.is_empty() && body::read_as_json(ctype.as_deref()) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+        if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             // A lenient backend (Python's json: NaN, a BOM) would read what the
             // quota could not: its max_tokens, n and stream.
             refuse(worker, context_id, Denial { status: 400, reason: "invalid_json", detail: "the request body of a quota resource must be strict JSON (RFC 8259)".into() });
@@ -1374,6 +1376,11 @@ struct Stream {
     request_buffered: bool,
     /// The response body callback already captured what it sent on.
     response_captured: bool,
+    /// A streamed text body's first bytes were seen (its byte-order mark is checked there).
+    text_started: bool,
+    /// The request's bearer token, read at the request headers (before
+    /// `Authorization` is removed), to drop copies of it in request trailers.
+    token: Option<String>,
 }
 
 /// Masking settings of one allowed stream: the resource's mask and the request method.
@@ -1543,6 +1550,9 @@ impl Stream {
         if w.node.is_empty() {
             w.node = node_id();
         }
+        let credentials = w.gate.config.credentials.clone();
+        d.response.redact(&credentials);
+        d.request.redact(&credentials);
         let admitted = w.quotas.remove(&self.context_id).filter(|q| q.admitted);
         let mut usage = if d.usage_body { quota::usage_from_tail(d.response.tail()) } else { None };
         if let Some(q) = &admitted {
@@ -1672,6 +1682,14 @@ impl HttpContext for Stream {
 
     fn on_http_request_headers(&mut self, _n: usize, eos: bool) -> Action {
         let headers: Vec<(String, Vec<u8>)> = self.get_http_request_headers_bytes();
+        if !eos {
+            // (a request without a body has no trailers)
+            let gate = self.worker.borrow().as_ref().map(|w| w.gate.clone());
+            if let Some(gate) = gate {
+                let refs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+                self.token = gate.request_token(&refs);
+            }
+        }
         let now = now_ms();
         self.start_audit(&headers, now);
         let outcome = {
@@ -1789,8 +1807,12 @@ impl HttpContext for Stream {
         // override, range or header the gateway sets upstream comes this way.
         let gate = self.worker.borrow().as_ref().map(|w| w.gate.clone());
         if let Some(gate) = gate {
-            for (name, _) in self.get_http_request_trailers_bytes() {
-                if gate.config.strips_trailer(&name.to_ascii_lowercase()) {
+            let trailers = self.get_http_request_trailers_bytes();
+            // a copy of the job's token in any trailer is dropped too (the
+            // token was read at the headers, before Authorization went)
+            for (name, value) in trailers {
+                let carries = self.token.as_deref().is_some_and(|t| crate::gate::carries_token(t, &value));
+                if carries || gate.config.strips_trailer(&name.to_ascii_lowercase()) {
                     self.set_http_request_trailer(&name, None);
                 }
             }
@@ -1804,6 +1826,16 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_trailers(&mut self, n: usize) -> Action {
+        // a backend credential echoed in a trailer is dropped, as in a header
+        let credentials = self.worker.borrow().as_ref().map(|w| w.gate.config.credentials.clone()).unwrap_or_else(|| Rc::from([]));
+        if !credentials.is_empty() {
+            for (name, value) in self.get_http_response_trailers_bytes() {
+                if credentials.iter().any(|c| memchr::memmem::find(&value, c.as_bytes()).is_some()) {
+                    *self.counts.entry("backend_credential".to_string()).or_insert(0) += 1;
+                    self.set_http_response_trailer(&name, None);
+                }
+            }
+        }
         let action = self.response_trailers(n);
         if action == Action::Continue {
             self.response_done();
@@ -1975,7 +2007,9 @@ impl Stream {
         let Some((masker, _)) = self.masker() else { return Action::Continue };
         if let Response::Stream(_) = self.response {
             let chunk = self.get_http_response_body(0, size).unwrap_or_default();
-            if body::not_text(&chunk) {
+            let at_start = !self.text_started;
+            self.text_started = true;
+            if body::not_text(&chunk, at_start) {
                 // UTF-16/32 text (NUL bytes, byte-order marks): the detectors
                 // would see nothing. The headers are gone: reset the stream.
                 log::warn!("context={}: streamed text body is not UTF-8 or ASCII text: resetting the stream", self.context_id);
@@ -2064,7 +2098,7 @@ impl Stream {
                 o.extend(sm.finish(&mut self.counts));
                 o
             }
-            _ if body::not_text(&plain) => return self.fail(502, "unmaskable_charset", "the response body is not UTF-8 or ASCII text, so its values cannot be found"),
+            _ if body::not_text(&plain, true) => return self.fail(502, "unmaskable_charset", "the response body is not UTF-8 or ASCII text, so its values cannot be found"),
             _ => masker.mask_text(&String::from_utf8_lossy(&plain), &mut self.counts).into_bytes(),
         };
         // Redaction can lengthen a body (`a@b.co` → `[EMAIL]`, keyed-hash

@@ -1582,3 +1582,15 @@ fn local_replies_are_not_aborted_but_unfinished_allowed_responses_are() {
     let d = draft();
     assert!(finish(&d, T0 + 5, 200).aborted, "an allowed response that never completed");
 }
+
+#[test]
+fn captured_text_never_holds_a_backend_credential() {
+    use nhi_gate::audit::Capture;
+    let mut c = Capture::new(1024, false);
+    c.push(b"{\"headers\":{\"api-key\":\"backend-sec");
+    c.push(b"ret-0123\"},\"again\":\"backend-secret-0123\"}");
+    c.redact(&["backend-secret-0123".to_string()]);
+    let r = c.response_record();
+    assert_eq!(r.text, "{\"headers\":{\"api-key\":\"[BACKEND_CREDENTIAL]\"},\"again\":\"[BACKEND_CREDENTIAL]\"}");
+    assert_eq!(r.size, 75, "the size is the body's as sent");
+}

@@ -745,9 +745,17 @@ fn prompt_text_in_unlisted_fields_is_masked_and_payloads_are_not() {
     assert_eq!(c[2]["source"]["data"], b64, "base64 payloads are left alone");
     assert_eq!(c[3]["image_url"]["url"], format!("data:image/png;base64,{b64}"));
     assert_eq!(c[4]["input"]["query"], "who is [EMAIL]");
-    assert_eq!(c[5], body["messages"][0]["content"][5], "thinking is signed: left alone");
+    // `"type": "thinking"` outside an assistant message is no signed thinking: masked
+    assert_eq!(c[5]["thinking"], "user [EMAIL]");
     assert_eq!(out["input"], json!(["embed [EMAIL]", "plain"]));
-    assert_eq!(counts.get("email"), Some(&4));
+    assert_eq!(counts.get("email"), Some(&5));
+    // a top-level `type: thinking` skips nothing
+    let out: Value = serde_json::from_slice(&mask_prompt(&m, json!({"type": "thinking", "signature": "s", "messages": [{"role": "user", "type": "thinking", "content": format!("hi {e}")}]}).to_string().as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out["messages"][0]["content"], "hi [EMAIL]");
+    // text that starts with `data:` is no data URI; a key alone in a string is masked
+    let out: Value = serde_json::from_slice(&mask_prompt(&m, json!({"input": [{"type": "function_call_output", "output": format!("data: {{\"customer\":\"{e}\"}}")},
+        {"type": "function_call_output", "output": "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKlMnOpQrStUvWx-AbCdEfAA"}]}).to_string().as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert!(!out.to_string().contains(e) && !out.to_string().contains("sk-ant-api03"), "{out}");
     // a prompt of token ids cannot be masked: refused
     assert!(mask_prompt(&m, br#"{"prompt": [15339, 1917]}"#, &mut Counts::new()).is_err());
     assert!(mask_prompt(&m, br#"{"prompt": [[15339], [1917]]}"#, &mut Counts::new()).is_err());

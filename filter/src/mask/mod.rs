@@ -93,6 +93,11 @@ pub struct RawMasking {
     pub logprobs: Option<String>,
 }
 
+/// Names the filter counts in the audit record besides detectors
+/// (`backend_credential` redactions, withheld `logprobs`, `arguments` and
+/// `unmaskable_event`s): no custom detector may take them.
+pub const RESERVED_COUNTS: [&str; 4] = ["backend_credential", "logprobs", "arguments", "unmaskable_event"];
+
 /// Most custom detectors a policy may define: with [`CUSTOM_SIZE_LIMIT`]
 /// each, the compiled patterns stay within 16 MiB of the module's memory
 /// (an unbounded list made the module run out of memory at load).
@@ -341,8 +346,8 @@ impl Masker {
             let at = |f: &str| field_path(prefix, &format!("custom[{i}].{f}"));
             if !valid_custom_name(&c.name) {
                 err(at("name"), "must match [a-z][a-z0-9_]* and be at most 64 bytes".into());
-            } else if detectors::builtin_by_name(&c.name).is_some() {
-                err(at("name"), format!("{:?} is a built-in detector name", c.name));
+            } else if detectors::builtin_by_name(&c.name).is_some() || RESERVED_COUNTS.contains(&c.name.as_str()) {
+                err(at("name"), format!("{:?} is a built-in detector name or a count the filter keeps", c.name));
             } else if !seen.insert(c.name.clone()) {
                 err(at("name"), format!("duplicate custom detector name {:?}", c.name));
             }
