@@ -4,6 +4,8 @@ tests/test_leaks_quota_*.py."""
 import sys
 import gzip
 import json
+
+import pytest
 import threading
 import time
 import uuid
@@ -74,3 +76,25 @@ class Llm(_Server):
 
 def uid(prefix="job"):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def quota_fixture(budget, llm_class=None):
+    """A module-scoped `st` fixture: (Envoy, LLM, signing key) with one `/v1/`
+    resource whose quota is `budget` tokens a day (`check_max_tokens` on)."""
+    @pytest.fixture(scope="module")
+    def st(envoy_bin):
+        key = Key("ES256", "k1")
+        llm = (llm_class or Llm)()
+        pol = {
+            "providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [key.jwk]}}],
+            "resources": [
+                {"name": "llm", "path_prefix": "/v1/", "read": {"any_of": ["llm"]},
+                 "operations": [{"methods": ["POST"], "path_glob": "/v1/**", "class": "read"}],
+                 "quota": {"tokens": budget, "window": "day", "check_max_tokens": True}},
+            ],
+        }
+        env = Envoy(envoy_bin, pol, llm.port)
+        yield env, llm, key
+        env.stop()
+        llm.close()
+    return st

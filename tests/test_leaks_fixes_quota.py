@@ -2,7 +2,7 @@
 JSON body under a non-JSON declared type gets the strict-JSON rule."""
 import codecs, json
 import pytest
-from llm_upstream import ISS, Envoy, Key, Llm, claims, uid
+from llm_upstream import ISS, Envoy, Key, Llm, claims, quota_fixture, uid
 
 BUDGET = 100000
 
@@ -12,21 +12,7 @@ class BigLlm(Llm):
     COMPLETION = 49980
 
 
-@pytest.fixture(scope="module")
-def st(envoy_bin):
-    key = Key("ES256", "k1")
-    llm = BigLlm()
-    pol = {
-        "providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [key.jwk]}}],
-        "resources": [
-            {"name": "llm", "path_prefix": "/v1/", "read": {"any_of": ["llm"]},
-             "operations": [{"methods": ["POST"], "path_glob": "/v1/**", "class": "read"}],
-             "quota": {"tokens": BUDGET, "window": "day", "check_max_tokens": True}},
-        ],
-    }
-    env = Envoy(envoy_bin, pol, llm.port)
-    yield env, llm, key
-    env.stop(); llm.close()
+st = quota_fixture(BUDGET, BigLlm)
 
 
 def send(st, sub, path, raw, ctype="application/json"):

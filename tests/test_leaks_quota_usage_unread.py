@@ -6,27 +6,12 @@ import json
 
 import pytest
 
-from llm_upstream import ISS, Envoy, Key, Llm, claims, uid
+from llm_upstream import ISS, Envoy, Key, Llm, claims, quota_fixture, uid
 
 BUDGET = 1000
 
 
-@pytest.fixture(scope="module")
-def st(envoy_bin):
-    key = Key("ES256", "k1")
-    llm = Llm()
-    pol = {
-        "providers": [{"name": "ci", "issuer": ISS, "audiences": ["nhi-gate"], "jwks": {"keys": [key.jwk]}}],
-        "resources": [
-            {"name": "llm", "path_prefix": "/v1/", "read": {"any_of": ["llm"]},
-             "operations": [{"methods": ["POST"], "path_glob": "/v1/**", "class": "read"}],
-             "quota": {"tokens": BUDGET, "window": "day", "check_max_tokens": True}},
-        ],
-    }
-    env = Envoy(envoy_bin, pol, llm.port)
-    yield env, llm, key
-    env.stop()
-    llm.close()
+st = quota_fixture(BUDGET)
 
 
 def send(st, sub, path, body, extra=()):
