@@ -107,7 +107,10 @@ def test_spent_budget_admits_nothing_and_debits_exactly_the_usage(stack):
     # every streamed request reached the backend asking for usage, though the client did not
     streamed = [b for b in llm.bodies if b.get("stream")]
     assert len(streamed) == 6 and all(b["stream_options"]["include_usage"] is True for b in streamed)
-    # each identity used exactly its budget (4 x 30 = 120): nothing more is admitted
+    # each identity used exactly its budget (4 x 30 = 120): nothing more is admitted.
+    # (Usage is settled when Envoy ends each stream, just after the client has the
+    # answer: the audit records, written in the same step, say all 12 are settled.)
+    assert len(env.audit_records(12)) >= 12
     before = len(llm.bodies)
     second = round_of(env, keys, "/a/v1/chat/completions", [(s, i % 2 == 0, None) for s in subs for i in range(3)])
     assert [r[0] for r in second] == [429] * 9
