@@ -28,7 +28,7 @@ fn defaults() {
     let m = masker(json!({}));
     assert_eq!(
         m.detector_names(),
-        ["email", "payment_card", "us_ssn", "phone", "iban", "aws_access_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"]
+        ["email", "payment_card", "us_ssn", "phone", "iban", "aws_access_key", "google_api_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"]
     );
     let only = masker(json!({"detectors": ["email"]}));
     assert_eq!(only.detector_names(), ["email"]);

@@ -13,7 +13,7 @@ fn masker(cfg: serde_json::Value) -> Masker {
 
 fn all_detectors() -> Masker {
     masker(json!({"detectors": [
-        "email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "aws_access_key",
+        "email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "aws_access_key", "google_api_key",
         "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"
     ]}))
 }
@@ -194,6 +194,12 @@ fn phone_positive() {
         "020 7946 0958",
         "01 23 45 67 89",
         "030 12345678",
+        "01.23.45.67.89",
+        "06.12.34.56.78",
+        "+44(0)20 7946 0958",
+        "+44 (0) 20 7946 0958",
+        "+44 (0)20 7946 0958",
+        "+44(0)7700 900123",
     ] {
         assert_found(&m, v, "phone");
     }
@@ -222,6 +228,15 @@ fn phone_negative() {
         "000 1234 5678",
         "pages 100-200",
         "score 3.14159265",
+        "01.23.45.67",
+        "01.02.2024",
+        "10.20.30.40.50",
+        "v01.23.45.67.89",
+        "01.23.45.67.89.10",
+        "01.23.45.67.89-rc1",
+        "01.23.45 67.89",
+        "+44(1)20 7946 0958",
+        "+44(0)",
     ] {
         assert_clean(&m, t);
     }
@@ -390,6 +405,8 @@ fn secrets_positive() {
     let m = masker(json!({}));
     assert_found(&m, "AKIAIOSFODNN7EXAMPLE", "aws_access_key");
     assert_found(&m, "ASIAY34FZKBOKMUTVV7A", "aws_access_key");
+    assert_found(&m, "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "google_api_key");
+    assert_found(&m, "AIza0123456789abcdefghijklmnopqrstuvw_-", "google_api_key");
     assert_found(&m, "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "github_token");
     assert_found(&m, "gho_16C7e42F292c6912E7710c838347Ae178B4a", "github_token");
     assert_found(&m, "ghs_16C7e42F292c6912E7710c838347Ae178B4a", "github_token");
@@ -450,6 +467,10 @@ fn secrets_negative() {
         "AKIAIOSFODNN7EXAMPLE1",
         "AKIAiosfodnn7example",
         "XAKIAIOSFODNN7EXAMPLE",
+        "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQ",
+        "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe1",
+        "xAIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+        "AIzeSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
         "ghp_short",
         "ghx_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
         "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ012345678",

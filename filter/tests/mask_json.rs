@@ -284,11 +284,11 @@ fn anchors_inside_a_found_value_are_skipped_without_changing_the_output() {
         "AKIAIOSFODNN7EXAMPLE", "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "sk-ant-api03-Ab3dEf6hIj9kLm2nOp5qRs8tUv1w",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", " ", " ", " ", "-", ".", ",", ";",
         "!", "?", "]", "}", "<", ">", "'", "\\\"", "\\n", "\\t", " a", " Z", " 7", "a", "Z", "0", "9", "\\u00a0", "é",
-        "\u{a0}", "\u{202f}", "\u{2011}", "\u{2013}", "+1 (415) 555-0134", "(020) 7946 0958", "1-800-555-0199", "+33 1 23 45 67 89",
+        "\u{a0}", "\u{202f}", "\u{2011}", "\u{2013}", "+1 (415) 555-0134", "(020) 7946 0958", "1-800-555-0199", "+33 1 23 45 67 89", "01.23.45.67.89", "+44(0)20 7946 0958", "(0)", "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "AIza",
         "GB82WEST12345698765432", "GB82 WEST 1234 5698 7654 32", " WEST", "AKIAIOSFODNN7EXAGB82", "IT60 X054 2811 1010 0000 0123 456", "4111-1111-1111-1111", "378282246310005", "x", "A", "_", "J", "I", "sk-proj-", "xoxb-", "日本",
     ];
     let all = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6",
-        "aws_access_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"],
+        "aws_access_key", "google_api_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"],
         "per_detector": {"phone": "hash", "payment_card": "partial"}, "hash_key": "0123456789abcdef0123"}));
     let mut rng = Rng(0x0a11_a9c4_0e5e_ed01);
     let mut skipped_any = false;
@@ -334,9 +334,10 @@ fn anchor_skip_matches_every_anchor_on_random_text() {
     const VALS: &[&str] = &["4111 1111 1111 1111", "+1 415-555-0134", "415-555-0134", "123-45-6789", "GB82 WEST 1234 5698 7654 32", "DE89 3704 0044 0532 0130 00",
         "jane@example.org", "AKIAIOSFODNN7EXAMPLE", "sk-ant-api03-Ab3dEf6hIj9kLm2nOp5qRs8tUv1w", "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
-        "192.168.0.1", "fe80::1", "IT60 X054 2811 1010 0000 0123 456", "+44 20 7946 0958", "(415) 555-0134", "5555 5555 5555 4444"];
+        "192.168.0.1", "fe80::1", "IT60 X054 2811 1010 0000 0123 456", "+44 20 7946 0958", "(415) 555-0134", "5555 5555 5555 4444",
+        "01.23.45.67.89", "+44(0)20 7946 0958", "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe"];
     let all = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6",
-        "aws_access_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"]}));
+        "aws_access_key", "google_api_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"]}));
     let every = all.clone().with_every_anchor();
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let cases = std::env::var("MASK_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);

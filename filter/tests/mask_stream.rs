@@ -52,6 +52,9 @@ const PII: &[&str] = &[
     "123\u{2011}45\u{2011}6789",
     "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00",
     "AKIAIOSFODNN7EXAMPLE",
+    "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+    "01.23.45.67.89",
+    "+44(0)20 7946 0958",
     "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
     "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z_AbC-dEf",
     "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
@@ -67,6 +70,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
+    "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", "01.23.", "45.67.89",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",
     "3704", "0044", "+", "(", ")", "-", ":", "::1", "fe80", "123", "45", "6789", "EMP-", "2024", "é", "日本",
@@ -129,7 +133,7 @@ proptest! {
         input in "[0-9 \\-.+()@a-fA-Z_:\nkyuJIé日\\\\]{0,600}",
         cuts in prop::collection::vec(any::<usize>(), 0..60),
     ) {
-        let m = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "jwt", "aws_access_key"]}));
+        let m = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "jwt", "aws_access_key", "google_api_key"]}));
         let whole = m.mask_text(&input, &mut Counts::new());
         let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
         prop_assert_eq!(String::from_utf8(out).expect("UTF-8"), whole);
@@ -143,7 +147,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..60),
     ) {
         let m = masker(json!({"detectors": [
-            "email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "aws_access_key",
+            "email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "aws_access_key", "google_api_key",
             "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"
         ], "custom": [{"name": "emp", "pattern": "EMP-[0-9]{4}"}]}));
         let input = parts.concat();

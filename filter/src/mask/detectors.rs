@@ -24,6 +24,7 @@ pub(crate) enum Builtin {
     Ipv4,
     Ipv6,
     AwsAccessKey,
+    GoogleApiKey,
     GithubToken,
     OpenaiKey,
     AnthropicKey,
@@ -33,7 +34,7 @@ pub(crate) enum Builtin {
 }
 
 /// Every built-in with its configuration name.
-pub(crate) const BUILTINS: [(Builtin, &str); 14] = [
+pub(crate) const BUILTINS: [(Builtin, &str); 15] = [
     (Builtin::Email, "email"),
     (Builtin::PaymentCard, "payment_card"),
     (Builtin::UsSsn, "us_ssn"),
@@ -42,6 +43,7 @@ pub(crate) const BUILTINS: [(Builtin, &str); 14] = [
     (Builtin::Ipv4, "ipv4"),
     (Builtin::Ipv6, "ipv6"),
     (Builtin::AwsAccessKey, "aws_access_key"),
+    (Builtin::GoogleApiKey, "google_api_key"),
     (Builtin::GithubToken, "github_token"),
     (Builtin::OpenaiKey, "openai_key"),
     (Builtin::AnthropicKey, "anthropic_key"),
@@ -79,7 +81,7 @@ pub(crate) struct Cand {
 /// Enabled built-ins, as indices into the masker's detector table.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Enabled {
-    idx: [Option<u16>; 14],
+    idx: [Option<u16>; BUILTINS.len()],
     /// [`scan_at`] may skip anchors inside a value already found (see
     /// [`contained_after`]); off when an allow-list could drop that value.
     pub(crate) skip_covered: bool,
@@ -104,7 +106,7 @@ pub(crate) fn anchors(en: &Enabled) -> Anchors {
         at: any(&[Builtin::Email]),
         digit: any(&[Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4]),
         colon: any(&[Builtin::Ipv6]),
-        upper_i: any(&[Builtin::AwsAccessKey]),
+        upper_i: any(&[Builtin::AwsAccessKey, Builtin::GoogleApiKey]),
         upper_j: any(&[Builtin::Jwt]),
         uscore: any(&[Builtin::GithubToken]),
         dash: any(&[Builtin::OpenaiKey, Builtin::AnthropicKey, Builtin::SlackToken, Builtin::PrivateKey]),
@@ -489,7 +491,8 @@ struct PGroup {
 /// Phone number starting at `start` (a `+`, a `(` or a digit-run start):
 /// E.164 (`+` and 8–15 digits, optional separators) or a national format
 /// with separators: NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`,
-/// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`.
+/// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`,
+/// `01.23.45.67.89`; `+44(0)20 7946 0958` (trunk prefix in parentheses).
 /// Separators may be Unicode spaces or hyphens (see [`sep_at`]).
 fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut pos = start;
@@ -535,7 +538,9 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
         }) {
             sep = c;
             pos += l;
-        } else if paren && digit(c) {
+        } else if (paren && digit(c)) || (plus && ng == 1 && c == b'(' && n == b'0' && at(s, pos + 2) == b')') {
+            // "(415)555-0134"; "+44(0)20 7946 0958": the national trunk
+            // prefix in parentheses right after the country code
             sep = 0;
         } else {
             break;
@@ -599,7 +604,10 @@ fn trunk(gs: &[PGroup]) -> bool {
     }
     let rest = gs.get(1..).unwrap_or(&[]);
     let sep = rest.first().map_or(0, |g| g.sep);
-    (sep == b' ' || sep == b'-' || (first.paren && sep == 0))
+    // dots only in the French form "01.23.45.67.89" (five pairs): fewer
+    // dotted groups are dates and versions
+    let dotted = sep == b'.' && gs.len() == 5 && gs.iter().all(|g| g.len == 2 && !g.paren);
+    (sep == b' ' || sep == b'-' || dotted || (first.paren && sep == 0))
         && rest.iter().all(|g| !g.paren && (2..=8).contains(&g.len))
         && rest.iter().skip(1).all(|g| g.sep == sep || (sep == 0 && g.sep == b' '))
 }
@@ -795,6 +803,14 @@ fn aws(s: &[u8], st: usize) -> Option<usize> {
     let n = run(s, st + 4, 16, |b| upper(b) || digit(b));
     let end = st + 4 + 16;
     (n == 16 && !word(at(s, end))).then_some(end)
+}
+
+/// Google API key at `st` (`AIza`): exactly 35 of `[A-Za-z0-9_-]` follow,
+/// and no further base64url byte (the keys are 39 bytes long).
+fn google(s: &[u8], st: usize) -> Option<usize> {
+    let n = run(s, st + 4, 35, b64url);
+    let end = st + 4 + 35;
+    (n == 35).then_some(end)
 }
 
 /// GitHub token at `st`: `gh[pousr]_` and 36+ alphanumerics.
@@ -1197,6 +1213,14 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                 }
             }
             b'I' => {
+                // `AIza…`: a Google API key
+                if i >= 1 && back(s, i, 1) == b'A' && at(s, i + 1) == b'z' && at(s, i + 2) == b'a' && !b64url_before(s, i - 1) {
+                    if let Some(d) = en.get(Builtin::GoogleApiKey) {
+                        if let Some(e) = google(s, i - 1) {
+                            push(i - 1, e, d, out);
+                        }
+                    }
+                }
                 let st = i.wrapping_sub(2);
                 if i >= 2
                     && back(s, i, 2) == b'A'

@@ -13,10 +13,11 @@
 //! | `email` | addresses (RFC 5321 shape, ASCII; `xn--` A-labels) | local part ≤ 64, labels ≤ 63, domain ≤ 253, alphabetic TLD ≥ 2 or `xn--` |
 //! | `payment_card` | PANs, 13–19 digits, contiguous or grouped by single spaces/dashes | issuer prefix and length per brand (ISO/IEC 7812 IINs: Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay) and Luhn |
 //! | `us_ssn` | `AAA-GG-SSSS` | area ≠ 000, 666, 900–999; group ≠ 00; serial ≠ 0000 |
-//! | `phone` | E.164 (`+` and 8–15 digits, separators allowed); NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`; trunk-prefixed national `020 7946 0958` | digit counts and group shapes; bare digit runs are never phones |
+//! | `phone` | E.164 (`+` and 8–15 digits, separators allowed); NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`; trunk-prefixed national `020 7946 0958`, `01.23.45.67.89`; `+44(0)20 7946 0958` | digit counts and group shapes; bare digit runs are never phones |
 //! | `iban` | ISO 13616, contiguous or in groups of four | per-country length, MOD 97-10 |
 //! | `ipv4`, `ipv6` | addresses (opt-in) | octets ≤ 255; `std::net::Ipv6Addr` |
 //! | `aws_access_key` | `AKIA…`/`ASIA…` + 16 `[A-Z0-9]` | exact length |
+//! | `google_api_key` | Google Cloud API keys, `AIza` + 35 `[A-Za-z0-9_-]` | exact length |
 //! | `github_token` | `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` + ≥ 36 alphanumerics; `github_pat_…` | length |
 //! | `openai_key` | `sk-…` (≥ 32), `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…` | length, holds a digit |
 //! | `anthropic_key` | `sk-ant-…` | length, holds a digit |
@@ -64,7 +65,7 @@ pub type Counts = BTreeMap<String, u64>;
 pub struct RawMasking {
     /// Built-in detectors to enable, by name. Absent: every built-in except
     /// `ipv4` and `ipv6`. Names: `email`, `payment_card`, `us_ssn`, `phone`,
-    /// `iban`, `ipv4`, `ipv6`, `aws_access_key`, `github_token`,
+    /// `iban`, `ipv4`, `ipv6`, `aws_access_key`, `google_api_key`, `github_token`,
     /// `openai_key`, `anthropic_key`, `slack_token`, `jwt`, `private_key`.
     pub detectors: Option<Vec<String>>,
     /// Extra detectors given by a pattern.
