@@ -74,6 +74,23 @@ fn email_next_to_other_scripts() {
     }
 }
 
+/// Near the scp-form git remote and image-name exclusions: still addresses.
+#[test]
+fn email_near_exclusions() {
+    let m = masker(json!({}));
+    for (text, want) in [
+        ("write to git@example.com: thanks", "write to [EMAIL]: thanks"),
+        ("git@example.com:", "[EMAIL]:"),
+        ("jane@github.com:org/repo", "[EMAIL]:org/repo"),
+        ("logo@1.5x.pngs.example", "[EMAIL]"),
+        ("art@studio.png.example.com", "[EMAIL]"),
+    ] {
+        let mut counts = Counts::new();
+        assert_eq!(m.mask_text(text, &mut counts), want, "{text}");
+        assert_eq!(counts.get("email"), Some(&1), "{text}");
+    }
+}
+
 #[test]
 fn email_negative() {
     let m = masker(json!({}));
@@ -84,6 +101,11 @@ fn email_negative() {
         "user@-example.com",
         "user@example-.com",
         "icon@2x.png and logo@3x.webp",
+        "logo@1.5x.png, hero@2.5x.JPG and banner@0.75x.svg",
+        "git@github.com:org/repo.git",
+        "git clone git@gitlab.example.com:group/sub/project.git",
+        "git@ssh.dev.azure.com:v3/org/project/repo",
+        "git@bitbucket.org:~user/repo.git",
         "user..name@example.com",
         "name.@example.com",
         "foo@bar",

@@ -781,6 +781,17 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     if labels < 2 || !tld_ok || word(at(s, pos)) {
         return None;
     }
+    // "logo@1.5x.png": an image name (these extensions are not delegated
+    // top-level domains), not an address
+    const IMAGE_EXTS: [&[u8]; 11] = [b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"avif", b"bmp", b"ico", b"tif", b"tiff"];
+    if IMAGE_EXTS.iter().any(|e| tld.eq_ignore_ascii_case(e)) {
+        return None;
+    }
+    // "git@github.com:org/repo.git": an SSH remote in scp form (user `git`,
+    // then `:` and a path), not an address
+    if lp == b"git" && at(s, pos) == b':' && (alnum(at(s, pos + 1)) || matches!(at(s, pos + 1), b'/' | b'~' | b'_')) {
+        return None;
+    }
     // "icon@2x.png": a HiDPI image name, not an address
     let first = s.get(a + 1..).map_or(0, |r| r.iter().take_while(|b| **b != b'.').count());
     if labels == 2 && first >= 2 && s.get(a + 1..a + first).is_some_and(|r| r.iter().all(|b| digit(*b))) && at(s, a + first) == b'x' {
