@@ -60,6 +60,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc, timeout=10, kill=True):
+    """Stops a child process: SIGTERM, then up to `timeout` seconds for it to
+    exit. One still running then is, with `kill`, sent SIGKILL and reaped;
+    without `kill`, subprocess.TimeoutExpired propagates (the caller's test
+    fails: the process should have exited on SIGTERM)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if not kill:
+            raise
+        proc.kill()
+        proc.wait()
+
+
 def envoy_binaries():
     """Envoy binaries under test: ENVOY_BIN (one), else ENVOY_BINS (colon list)."""
     if os.environ.get("ENVOY_BIN"):
@@ -345,12 +362,7 @@ class Envoy:
         return r.status, {k.lower(): v for k, v in r.getheaders()}, data
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -447,9 +459,7 @@ class ApprovalService:
         wait_port(self.port, "approval service")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc, kill=False)
         self.log.close()
 
     def restart(self):
@@ -552,7 +562,5 @@ class AuditCollector:
         return json.loads(c.getresponse().read())["records"]
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc, kill=False)
         self.log.close()

@@ -2,7 +2,7 @@
 for tests/test_leaks_services.py (files under the test run folder)."""
 import json, os, socket, subprocess, tempfile, time, http.client
 
-from harness import CLI, free_port, run_dir  # noqa: F401
+from harness import CLI, free_port, run_dir, stop_process  # noqa: F401
 
 CLI = str(CLI)
 TOKENS = {"alice": "tok-alice-0123456789", "bob": "tok-bob-0123456789"}
@@ -23,13 +23,7 @@ def wait_port(port, t=10):
 
 class Proc:
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
     def rss_kb(self):
