@@ -146,15 +146,19 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def read_body(self) -> bytes:
-        """The request body, by content-length or chunked transfer coding."""
+        """The request body, by content-length or chunked transfer coding;
+        a chunked body's trailer lines (Latin-1, stripped) go to `self.trailers`."""
+        self.trailers = []
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             body = b""
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return body
+                    while True:
+                        line = self.rfile.readline()
+                        if line in (b"\r\n", b"\n", b""):
+                            return body
+                        self.trailers.append(line.decode("latin-1").strip())
                 body += self.rfile.read(size)
                 self.rfile.readline()
         n = int(self.headers.get("content-length") or 0)
@@ -201,7 +205,11 @@ class _Server:
 
 
 class Upstream(_Server):
-    """Records every request: method, path, headers (lowercased names, all values), body."""
+    """Records every request: method, path, headers (lowercased names, all
+    values), body, arrival time `t`; answers 200 `{"ok": true, "path": ...}`.
+    Subclasses change `METHODS` (the ones served), `record` and `answer`."""
+
+    METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 
     def __init__(self):
         self.requests = []
@@ -209,21 +217,26 @@ class Upstream(_Server):
         outer = self
 
         def factory(_):
-            class H(Handler):
-                def _any(self):
-                    body = self.read_body()
-                    hdrs = {}
-                    for k, v in self.headers.items():
-                        hdrs.setdefault(k.lower(), []).append(v)
-                    with outer.lock:
-                        outer.requests.append({"method": self.command, "path": self.path, "headers": hdrs, "body": body, "t": time.time()})
-                    self.reply(200, json.dumps({"ok": True, "path": self.path}).encode())
+            def _any(handler):
+                req = outer.record(handler)
+                with outer.lock:
+                    outer.requests.append(req)
+                outer.answer(handler, req)
 
-                do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
-
-            return H
+            return type("H", (Handler,), {f"do_{m}": _any for m in outer.METHODS})
 
         super().__init__(factory)
+
+    def record(self, handler):
+        """What is kept of the request `handler` is serving (its body read)."""
+        body = handler.read_body()
+        hdrs = {}
+        for k, v in handler.headers.items():
+            hdrs.setdefault(k.lower(), []).append(v)
+        return {"method": handler.command, "path": handler.path, "headers": hdrs, "body": body, "t": time.time()}
+
+    def answer(self, handler, req):
+        handler.reply(200, json.dumps({"ok": True, "path": handler.path}).encode())
 
     @property
     def count(self):
