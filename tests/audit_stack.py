@@ -2,6 +2,7 @@
 tests/test_leaks_audit_truth.py."""
 import json, socket, threading, time, sys
 from http.server import ThreadingHTTPServer
+import harness
 from harness import Envoy, FakeApprovals, Handler, claims, free_port
 
 ISS = "https://ci.test"
@@ -147,20 +148,8 @@ def A(t):
 
 
 def raw(port, data, timeout=5, read=True):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(data)
-    out = b""
-    if read:
-        try:
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                out += b
-        except OSError as e:
-            out += f"<<{e!r}>>".encode()
-    s.close()
-    return out
+    """harness.raw, a socket error (a timeout too) marked in the answer."""
+    return harness.raw(port, data, timeout, read, mark_errors=True)
 
 
 def record_for(env, path, timeout=5):

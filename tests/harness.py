@@ -77,6 +77,28 @@ def stop_process(proc, timeout=10, kill=True):
         proc.wait()
 
 
+def raw(port, data: bytes, timeout=5, read=True, mark_errors=False) -> bytes:
+    """Sends raw bytes on a new connection to 127.0.0.1:port and returns what
+    comes back until the peer closes (b"" without `read`). A read timeout ends
+    the answer and another socket error propagates; with `mark_errors`, any
+    socket error (a timeout too) ends it with `<<repr(error)>>` appended."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while read:
+                b = s.recv(65536)
+                if not b:
+                    break
+                out += b
+        except OSError as e:
+            if mark_errors:
+                out += f"<<{e!r}>>".encode()
+            elif not isinstance(e, socket.timeout):
+                raise
+        return out
+
+
 def envoy_binaries():
     """Envoy binaries under test: ENVOY_BIN (one), else ENVOY_BINS (colon list)."""
     if os.environ.get("ENVOY_BIN"):

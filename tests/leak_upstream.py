@@ -1,8 +1,9 @@
 """Shared parts of the response-leak tests (tests/test_leaks_*.py): an upstream
 that records requests (trailers included) and answers as each test scripts it
 (by default a JSON echo of the request headers, like a debug endpoint), the
-policy with a backend credential in `upstream_headers`, and raw-socket sends."""
-import json, socket
+policy with a backend credential in `upstream_headers` (raw-socket sends:
+harness.raw)."""
+import json
 
 import harness
 import pytest
@@ -91,21 +92,3 @@ def stack_fixture(respond=None, **render):
 
 def token(groups=("readers",), **kw):
     return key().sign(claims(ISS, groups=groups, **kw))
-
-
-def raw(port, data: bytes, timeout=5, read_until_close=True):
-    """Sends raw bytes, returns everything read until close/timeout."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(data)
-    out = b""
-    s.settimeout(timeout)
-    try:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
-    except socket.timeout:
-        pass
-    s.close()
-    return out

@@ -1,7 +1,8 @@
 """Backend credential (upstream_headers value) echoed by the upstream."""
 import json, time
 import pytest
-from leak_upstream import SECRET, make_stack, raw, token
+from harness import raw
+from leak_upstream import SECRET, make_stack, token
 
 P = "/collections/docs/points/search"
 

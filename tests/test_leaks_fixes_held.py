@@ -3,7 +3,8 @@ holds: trailers in mixed case or repeated, UTF-16 in a later stream chunk,
 charset variants, 206 answers."""
 import gzip, json, time
 import pytest
-from leak_upstream import SECRET, make_stack, raw, token
+from harness import raw
+from leak_upstream import SECRET, make_stack, token
 
 P = "/collections/docs/points/search"
 EMAIL = "jane.doe@example.com"

@@ -1,7 +1,8 @@
 """token_repeated: the verified token must not reach the backend by any other route."""
 import urllib.parse
 import pytest
-from leak_upstream import make_stack, raw, token
+from harness import raw
+from leak_upstream import make_stack, token
 
 P = "/collections/docs/points/search"
 
