@@ -92,3 +92,8 @@ def stack_fixture(respond=None, **render):
 
 def token(groups=("readers",), **kw):
     return key().sign(claims(ISS, groups=groups, **kw))
+
+
+def auth_headers():
+    """The authorization header of a fresh reader token, as a request header list."""
+    return [("authorization", "Bearer " + token())]

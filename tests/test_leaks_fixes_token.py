@@ -2,16 +2,12 @@
 import urllib.parse
 import pytest
 from harness import raw
-from leak_upstream import make_stack, token
+from leak_upstream import stack_fixture, token
 
 P = "/collections/docs/points/search"
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin, trailers=True)
-    yield env, up
-    env.stop(); up.close()
+stack = stack_fixture(trailers=True)
 
 
 def _forwarded(up, n, t, variants=()):
