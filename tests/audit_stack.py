@@ -1,17 +1,16 @@
 """A scripted upstream and an approval-held, masked gateway for
 tests/test_leaks_audit_truth.py."""
-import json, socket, threading, time, sys
-from http.server import ThreadingHTTPServer
-from harness import Envoy, FakeApprovals, Handler, claims, free_port
+import json, socket, time, sys
+import harness
+from harness import Envoy, FakeApprovals, Handler, _Server, claims
 
 ISS = "https://ci.test"
 BACKEND_KEY = "backend-secret-key-0042"
 EMAIL = "jane.doe@example.com"
 
 
-class Backend:
+class Backend(_Server):
     def __init__(self):
-        self.port = free_port()
         self.hits = []
         outer = self
 
@@ -113,14 +112,7 @@ class Backend:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda *_: None
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(lambda _: H)
 
 
 def policy(jwk, hold_seconds=2):
@@ -147,20 +139,8 @@ def A(t):
 
 
 def raw(port, data, timeout=5, read=True):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(data)
-    out = b""
-    if read:
-        try:
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                out += b
-        except OSError as e:
-            out += f"<<{e!r}>>".encode()
-    s.close()
-    return out
+    """harness.raw, a socket error (a timeout too) marked in the answer."""
+    return harness.raw(port, data, timeout, read, mark_errors=True)
 
 
 def record_for(env, path, timeout=5):

@@ -60,6 +60,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc, timeout=10, kill=True):
+    """Stops a child process: SIGTERM, then up to `timeout` seconds for it to
+    exit. One still running then is, with `kill`, sent SIGKILL and reaped;
+    without `kill`, subprocess.TimeoutExpired propagates (the caller's test
+    fails: the process should have exited on SIGTERM)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if not kill:
+            raise
+        proc.kill()
+        proc.wait()
+
+
+def raw(port, data: bytes, timeout=5, read=True, mark_errors=False) -> bytes:
+    """Sends raw bytes on a new connection to 127.0.0.1:port and returns what
+    comes back until the peer closes (b"" without `read`). A read timeout ends
+    the answer and another socket error propagates; with `mark_errors`, any
+    socket error (a timeout too) ends it with `<<repr(error)>>` appended."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while read:
+                b = s.recv(65536)
+                if not b:
+                    break
+                out += b
+        except OSError as e:
+            if mark_errors:
+                out += f"<<{e!r}>>".encode()
+            elif not isinstance(e, socket.timeout):
+                raise
+        return out
+
+
 def envoy_binaries():
     """Envoy binaries under test: ENVOY_BIN (one), else ENVOY_BINS (colon list)."""
     if os.environ.get("ENVOY_BIN"):
@@ -129,15 +168,19 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def read_body(self) -> bytes:
-        """The request body, by content-length or chunked transfer coding."""
+        """The request body, by content-length or chunked transfer coding;
+        a chunked body's trailer lines (Latin-1, stripped) go to `self.trailers`."""
+        self.trailers = []
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             body = b""
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return body
+                    while True:
+                        line = self.rfile.readline()
+                        if line in (b"\r\n", b"\n", b""):
+                            return body
+                        self.trailers.append(line.decode("latin-1").strip())
                 body += self.rfile.read(size)
                 self.rfile.readline()
         n = int(self.headers.get("content-length") or 0)
@@ -184,7 +227,11 @@ class _Server:
 
 
 class Upstream(_Server):
-    """Records every request: method, path, headers (lowercased names, all values), body."""
+    """Records every request: method, path, headers (lowercased names, all
+    values), body, arrival time `t`; answers 200 `{"ok": true, "path": ...}`.
+    Subclasses change `METHODS` (the ones served), `record` and `answer`."""
+
+    METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 
     def __init__(self):
         self.requests = []
@@ -192,21 +239,26 @@ class Upstream(_Server):
         outer = self
 
         def factory(_):
-            class H(Handler):
-                def _any(self):
-                    body = self.read_body()
-                    hdrs = {}
-                    for k, v in self.headers.items():
-                        hdrs.setdefault(k.lower(), []).append(v)
-                    with outer.lock:
-                        outer.requests.append({"method": self.command, "path": self.path, "headers": hdrs, "body": body, "t": time.time()})
-                    self.reply(200, json.dumps({"ok": True, "path": self.path}).encode())
+            def _any(handler):
+                req = outer.record(handler)
+                with outer.lock:
+                    outer.requests.append(req)
+                outer.answer(handler, req)
 
-                do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
-
-            return H
+            return type("H", (Handler,), {f"do_{m}": _any for m in outer.METHODS})
 
         super().__init__(factory)
+
+    def record(self, handler):
+        """What is kept of the request `handler` is serving (its body read)."""
+        body = handler.read_body()
+        hdrs = {}
+        for k, v in handler.headers.items():
+            hdrs.setdefault(k.lower(), []).append(v)
+        return {"method": handler.command, "path": handler.path, "headers": hdrs, "body": body, "t": time.time()}
+
+    def answer(self, handler, req):
+        handler.reply(200, json.dumps({"ok": True, "path": handler.path}).encode())
 
     @property
     def count(self):
@@ -345,12 +397,7 @@ class Envoy:
         return r.status, {k.lower(): v for k, v in r.getheaders()}, data
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -447,9 +494,7 @@ class ApprovalService:
         wait_port(self.port, "approval service")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc, kill=False)
         self.log.close()
 
     def restart(self):
@@ -552,7 +597,5 @@ class AuditCollector:
         return json.loads(c.getresponse().read())["records"]
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc, kill=False)
         self.log.close()

@@ -1,70 +1,39 @@
 """Shared parts of the response-leak tests (tests/test_leaks_*.py): an upstream
 that records requests (trailers included) and answers as each test scripts it
 (by default a JSON echo of the request headers, like a debug endpoint), the
-policy with a backend credential in `upstream_headers`, and raw-socket sends."""
-import gzip, json, socket, sys, threading, time, os
+policy with a backend credential in `upstream_headers` (raw-socket sends:
+harness.raw)."""
+import json
 
 import harness
 import pytest
-from harness import Envoy, Key, Handler, _Server, claims, free_port
+from harness import Envoy, Key, claims
 
 ISS = "https://ci.test"
 SECRET = "backend-secret-0123456789"
 
 
-class Echo(_Server):
-    """Upstream that records requests; `respond(handler, req)` answers (default: JSON echo of the headers)."""
+class Echo(harness.Upstream):
+    """Upstream that records requests, also their raw header block and trailers,
+    and serves more methods; `respond(handler, req)` answers (default: JSON echo
+    of the headers)."""
+
+    METHODS = harness.Upstream.METHODS + ("TRACE", "PROPFIND", "CONNECT", "PURGE")
 
     def __init__(self):
-        self.requests = []
         self.respond = None
-        self.lock = threading.Lock()
-        outer = self
+        super().__init__()
 
-        def factory(_):
-            class H(Handler):
-                def read_body(self):
-                    self.trailers = []
-                    if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                        body = b""
-                        while True:
-                            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                            if size == 0:
-                                while True:
-                                    l = self.rfile.readline()
-                                    if l in (b"\r\n", b"\n", b""):
-                                        return body
-                                    self.trailers.append(l.decode("latin-1").strip())
-                            body += self.rfile.read(size)
-                            self.rfile.readline()
-                    n = int(self.headers.get("content-length") or 0)
-                    return self.rfile.read(n) if n else b""
+    def record(self, handler):
+        req = super().record(handler)
+        req.update(raw_headers=str(handler.headers), trailers=handler.trailers)
+        return req
 
-                def _any(self):
-                    body = self.read_body()
-                    hdrs = {}
-                    for k, v in self.headers.items():
-                        hdrs.setdefault(k.lower(), []).append(v)
-                    req = {"method": self.command, "path": self.path, "headers": hdrs, "body": body,
-                           "raw_headers": str(self.headers), "trailers": self.trailers}
-                    with outer.lock:
-                        outer.requests.append(req)
-                    if outer.respond:
-                        outer.respond(self, req)
-                    else:
-                        self.reply(200, json.dumps({"headers": hdrs, "path": self.path}).encode())
-
-                do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_PROPFIND = _any
-                do_CONNECT = do_PURGE = _any
-
-            return H
-
-        super().__init__(factory)
-
-    @property
-    def count(self):
-        with self.lock:
-            return len(self.requests)
+    def answer(self, handler, req):
+        if self.respond:
+            self.respond(handler, req)
+        else:
+            handler.reply(200, json.dumps({"headers": req["headers"], "path": handler.path}).encode())
 
 
 def policy(extra_resources=(), mask=True):
@@ -125,19 +94,6 @@ def token(groups=("readers",), **kw):
     return key().sign(claims(ISS, groups=groups, **kw))
 
 
-def raw(port, data: bytes, timeout=5, read_until_close=True):
-    """Sends raw bytes, returns everything read until close/timeout."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(data)
-    out = b""
-    s.settimeout(timeout)
-    try:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
-    except socket.timeout:
-        pass
-    s.close()
-    return out
+def auth_headers():
+    """The authorization header of a fresh reader token, as a request header list."""
+    return [("authorization", "Bearer " + token())]

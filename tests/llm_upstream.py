@@ -78,6 +78,14 @@ def uid(prefix="job"):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def post(st, sub, path, body: bytes, ctype="application/json", extra=()):
+    """POSTs `body` through the `st` stack (see quota_fixture) with a token for
+    `sub` in group llm; returns Envoy.request's (status, headers, body)."""
+    env, llm, key = st
+    tok = key.sign(claims(ISS, sub=sub, groups=("llm",)))
+    return env.request("POST", path, [("authorization", f"Bearer {tok}"), ("content-type", ctype), *extra], body)
+
+
 def quota_fixture(budget, llm_class=None):
     """A module-scoped `st` fixture: (Envoy, LLM, signing key) with one `/v1/`
     resource whose quota is `budget` tokens a day (`check_max_tokens` on)."""

@@ -1,35 +1,17 @@
 """Approval service and audit collector instances with raw-request helpers,
 for tests/test_leaks_services.py (files under the test run folder)."""
-import json, os, socket, subprocess, tempfile, time, http.client
+import json, os, subprocess, time, http.client
 
-from harness import CLI, free_port, run_dir  # noqa: F401
+from harness import CLI, ApprovalService, free_port, scratch_dir, stop_process, wait_port
 
 CLI = str(CLI)
-TOKENS = {"alice": "tok-alice-0123456789", "bob": "tok-bob-0123456789"}
+TOKENS = ApprovalService.TOKENS
 SECRET = "callout-secret-xyz"
-
-
-
-def wait_port(port, t=10):
-    end = time.time() + t
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("port not up")
 
 
 class Proc:
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
     def rss_kb(self):
@@ -59,7 +41,7 @@ class Proc:
 class Approvals(Proc):
     def __init__(self, *extra, secret=SECRET, approvers=TOKENS):
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="apr-", dir=run_dir())
+        self.dir = scratch_dir("apr-")
         self.db = os.path.join(self.dir, "a.db")
         args = [CLI, "approvals", "serve", "--listen", f"127.0.0.1:{self.port}", "--db", self.db]
         for n, t in approvers.items():
@@ -69,7 +51,7 @@ class Approvals(Proc):
         self.secret = secret
         self.log = open(os.path.join(self.dir, "log"), "a")
         self.proc = subprocess.Popen(args + list(extra), stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port)
+        wait_port(self.port, "approval service")
 
     def callout(self, c, timeout=30, path="/v1/check"):
         h = {"authorization": f"Bearer {self.secret}"} if self.secret else {}
@@ -92,7 +74,7 @@ def callout(hold="h" * 32, subject="ci-ingest", approval_id=None, wait_ms=0, bod
 class Collector(Proc):
     def __init__(self, token=None):
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="aud-", dir=run_dir())
+        self.dir = scratch_dir("aud-")
         self.db = os.path.join(self.dir, "audit.db")
         args = [CLI, "audit", "serve", "--listen", f"127.0.0.1:{self.port}", "--db", self.db]
         if token:
@@ -100,7 +82,7 @@ class Collector(Proc):
         self.token = token
         self.log = open(os.path.join(self.dir, "log"), "a")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port)
+        wait_port(self.port, "audit collector")
 
     def post(self, records, token=None):
         h = {"authorization": f"Bearer {token or self.token}"} if (token or self.token) else {}

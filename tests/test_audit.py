@@ -5,13 +5,11 @@ state wasm.nhi_gate_audit) and at the collector; no secret in any record;
 a collector that is down never stops traffic and its drops are counted."""
 import json
 import socket
-import threading
 import time
-from http.server import ThreadingHTTPServer
 
 import pytest
 
-from harness import Envoy, FakeApprovals, FakeCollector, Handler, claims, free_port
+from harness import Envoy, FakeApprovals, FakeCollector, Handler, _Server, claims, free_port
 
 ISS = "https://ci.test"
 EMAIL = "jane.doe@example.com"
@@ -20,11 +18,10 @@ COOKIE = "session=cookie-secret-77"
 QUERY_SECRET = "query-secret-31337"
 
 
-class Backend:
+class Backend(_Server):
     """Never echoes what it receives (so a leak in a record is the filter's)."""
 
     def __init__(self):
-        self.port = free_port()
         outer = self
         self.hits = 0
 
@@ -69,14 +66,7 @@ class Backend:
                        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
                 self.reply(200, json.dumps(out).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda *_: None
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(lambda _: H)
 
 
 def policy(jwk, collector=None):

@@ -1,24 +1,17 @@
 """Backend credential (upstream_headers value) echoed by the upstream."""
 import json, time
 import pytest
-from leak_upstream import SECRET, make_stack, raw, token
+from harness import raw
+from leak_upstream import SECRET, stack_fixture, token
 
 P = "/collections/docs/points/search"
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin, trailers=True)
-    yield env, up
-    env.stop(); up.close()
+stack = stack_fixture(trailers=True)
 
 
-@pytest.fixture(scope="module")
-def plain(envoy_bin):
-    # the same policy, resources without `mask`
-    env, up = make_stack(envoy_bin, mask=False)
-    yield env, up
-    env.stop(); up.close()
+# the same policy, resources without `mask`
+plain = stack_fixture(mask=False)
 
 
 def auth():

@@ -3,21 +3,14 @@ holds: trailers in mixed case or repeated, UTF-16 in a later stream chunk,
 charset variants, 206 answers."""
 import gzip, json, time
 import pytest
-from leak_upstream import SECRET, make_stack, raw, token
+from harness import raw
+from leak_upstream import SECRET, auth_headers, stack_fixture, token
 
 P = "/collections/docs/points/search"
 EMAIL = "jane.doe@example.com"
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin, trailers=True)
-    yield env, up
-    env.stop(); up.close()
-
-
-def auth():
-    return [("authorization", "Bearer " + token())]
+stack = stack_fixture(trailers=True)
 
 
 def test_trailers_mixed_case_and_duplicates(stack):
@@ -48,7 +41,7 @@ def _send(h, status, ctype, chunks, extra=()):
 def _get(env, up, f):
     up.respond = f
     try:
-        return env.request("POST", P, auth(), b"{}")
+        return env.request("POST", P, auth_headers(), b"{}")
     except Exception as e:
         return 0, {}, str(e).encode()
 

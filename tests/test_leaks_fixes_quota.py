@@ -2,7 +2,7 @@
 JSON body under a non-JSON declared type gets the strict-JSON rule."""
 import codecs, json
 import pytest
-from llm_upstream import ISS, Envoy, Key, Llm, claims, quota_fixture, uid
+from llm_upstream import Llm, post, quota_fixture, uid
 
 BUDGET = 100000
 
@@ -15,16 +15,10 @@ class BigLlm(Llm):
 st = quota_fixture(BUDGET, BigLlm)
 
 
-def send(st, sub, path, raw, ctype="application/json"):
-    env, llm, key = st
-    tok = key.sign(claims(ISS, sub=sub, groups=("llm",)))
-    return env.request("POST", path, [("authorization", f"Bearer {tok}"), ("content-type", ctype)], raw)
-
-
 def test_control_usage_debited(st):
     sub = uid()
     body = json.dumps({"model": "m", "input": "hi"}).encode()
-    codes = [send(st, sub, "/v1/responses", body)[0] for _ in range(4)]
+    codes = [post(st, sub, "/v1/responses", body)[0] for _ in range(4)]
     assert codes.count(200) == 2, codes
 
 
@@ -36,7 +30,7 @@ def test_responses_metadata_pushes_usage_out_of_tail(st):
     sub = uid()
     meta = {f"k{i:02d}": "x" * 500 for i in range(12)}
     body = json.dumps({"model": "m", "input": "hi", "metadata": meta}).encode()
-    codes = [send(st, sub, "/v1/responses", body)[0] for _ in range(6)]
+    codes = [post(st, sub, "/v1/responses", body)[0] for _ in range(6)]
     assert codes.count(200) <= 2, f"{codes}: budget {BUDGET} overspent ({codes.count(200)} x 50000 tokens)"
 
 
@@ -48,5 +42,5 @@ def test_multipart_declared_lenient_json_skips_max_tokens_check(st):
     sub = uid()
     body = codecs.BOM_UTF8 + json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                                          "max_tokens": 1000000}).encode()
-    code, _, out = send(st, sub, "/v1/chat/completions", body, ctype="multipart/form-data; boundary=x")
+    code, _, out = post(st, sub, "/v1/chat/completions", body, ctype="multipart/form-data; boundary=x")
     assert code in (400, 429), f"max_tokens 1e6 > budget {BUDGET} admitted ({code}): {out[:200]}"

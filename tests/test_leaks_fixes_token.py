@@ -1,16 +1,13 @@
 """token_repeated: the verified token must not reach the backend by any other route."""
 import urllib.parse
 import pytest
-from leak_upstream import make_stack, raw, token
+from harness import raw
+from leak_upstream import stack_fixture, token
 
 P = "/collections/docs/points/search"
 
 
-@pytest.fixture(scope="module")
-def stack(envoy_bin):
-    env, up = make_stack(envoy_bin, trailers=True)
-    yield env, up
-    env.stop(); up.close()
+stack = stack_fixture(trailers=True)
 
 
 def _forwarded(up, n, t, variants=()):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from llm_upstream import ISS, Envoy, Key, Llm, claims, quota_fixture, uid
+from llm_upstream import post, quota_fixture, uid
 
 BUDGET = 1000
 
@@ -17,11 +17,9 @@ st = quota_fixture(BUDGET)
 
 
 def send(st, raw, path="/v1/chat/completions"):
-    env, llm, key = st
-    tok = key.sign(claims(ISS, sub=uid(), groups=("llm",)))
+    llm = st[1]
     n = len(llm.seen)
-    code, _, out = env.request("POST", path,
-                               [("authorization", f"Bearer {tok}"), ("content-type", "application/json")], raw)
+    code, _, out = post(st, uid(), path, raw)
     sent = llm.seen[-1]["body"] if len(llm.seen) > n else None
     return code, out, sent
 

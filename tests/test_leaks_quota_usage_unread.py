@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llm_upstream import ISS, Envoy, Key, Llm, claims, quota_fixture, uid
+from llm_upstream import post, quota_fixture, uid
 
 BUDGET = 1000
 
@@ -15,10 +15,7 @@ st = quota_fixture(BUDGET)
 
 
 def send(st, sub, path, body, extra=()):
-    env, llm, key = st
-    tok = key.sign(claims(ISS, sub=sub, groups=("llm",)))
-    return env.request("POST", path, [("authorization", f"Bearer {tok}"), ("content-type", "application/json")] + list(extra),
-                       json.dumps(body).encode())
+    return post(st, sub, path, json.dumps(body).encode(), extra=extra)
 
 
 def admitted(st, path, body, extra=(), tries=6):

@@ -10,7 +10,8 @@ Expected: the same header rules apply to request trailers (drop `x-nhi-*`,
 method overrides, the token headers and the `upstream_headers` names), or a
 request with such trailers is refused."""
 import pytest
-from leak_upstream import SECRET, stack_fixture, raw, token
+from harness import raw
+from leak_upstream import SECRET, stack_fixture, token
 
 P = "/collections/docs/points/search"
 BAD = ("authorization", "x-nhi-subject", "x-nhi-groups", "api-key", "x-http-method-override")
