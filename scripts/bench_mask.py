@@ -24,6 +24,11 @@ $NOOP_WASM, the floor any Wasm filter pays) by cli/examples/latency_ab.rs
 ($LATENCY_AB): interleaved request by request, so a machine that slows
 down during the run slows every gateway alike. p50 per gateway; the
 requests are cut into 5 consecutive blocks for the range of each ratio.
+--latency-runs 1,25 adds a table sending 25 requests in a row to each
+gateway (A×25, B×25, …): with K = 1 (the default) every request finds its
+gateway's caches as three other Envoy processes left them, with K = 25
+most requests find the worker warm, as a worker serving a steady stream
+does.
 The fast upstream answers at once, which puts the filter's cost in full
 view; a second latency table (--upstream-delay-ms, default 2) repeats the
 comparison against an upstream that takes that long to answer, as a search
@@ -156,9 +161,14 @@ def main():
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--latency-only", action="store_true", help="only the 1 KiB p50 comparison")
     ap.add_argument("--latency-requests", type=int, default=5000, help="requests per gateway and body in the latency comparison")
+    ap.add_argument("--latency-runs", default="1",
+                    help="comma-separated K: one latency table per K, sending K requests in a row to each gateway")
     ap.add_argument("--upstream-delay-ms", type=float, default=2.0,
                     help="second latency table: the upstream answers after this delay (0: skip it)")
     a = ap.parse_args()
+    runs = [int(k) for k in a.latency_runs.split(",") if k.strip()]
+    if not runs or any(k < 1 for k in runs):
+        ap.error("--latency-runs: positive integers, e.g. 1,25")
     # delayed-upstream table: fewer requests (each takes the delay; the p50 needs no more)
     slow_n = max(500, a.latency_requests // 2)
     key = Key("ES256", "m1")
@@ -188,8 +198,9 @@ def main():
                         port, pid = gws[kind]
                         url = f"http://127.0.0.1:{port}/data/{dense}-{name}"
                         thr.setdefault((name, dense, kind), []).append(wrk(url, token, a.seconds, a.connections, pid))
-        for dense in ("clean", "pii"):
-            lat[dense] = latency_ab(gws, dense, token, a.latency_requests)
+        for run in runs:
+            for dense in ("clean", "pii"):
+                lat.setdefault(run, {})[dense] = latency_ab(gws, dense, token, a.latency_requests, run)
         slow = {}
         if a.upstream_delay_ms > 0:
             for dense in ("clean", "pii"):
@@ -213,18 +224,20 @@ def main():
             print(f"| {dense} {name} | {r['passthrough'][0]:.0f} / {r['no-mask'][0]:.0f} / {r['mask'][0]:.0f} "
                   f"| {r['passthrough'][2]:.1f} / {r['no-mask'][2]:.1f} / {r['mask'][2]:.1f} | {mbs(mask_us)} | {mbs(gate_us)} |")
     names = list(gws)
-    print(f"\nlatency: 1 KiB bodies, one request in flight, interleaved request by request across the gateways "
-          f"({a.latency_requests} requests each, after 200 to warm up); ratios of the p50s, with the range over 5 "
-          "consecutive blocks of the run\n")
-    latency_table(lat, names)
+    for run in runs:
+        order = "request by request" if run == 1 else f"in runs of {run} requests per gateway"
+        print(f"\nlatency: 1 KiB bodies, one request in flight, interleaved {order} across the gateways "
+              f"({a.latency_requests} requests each, after 200 to warm up); ratios of the p50s, with the range over 5 "
+              "consecutive blocks of the run\n")
+        latency_table(lat[run], names)
     if slow:
         print(f"\nthe same with an upstream that answers after {a.upstream_delay_ms:g} ms ({slow_n} requests each)\n")
         latency_table(slow, names)
-    print("\nCPU us per request in the same runs (gateway process CPU time / its requests)\n")
+    print(f"\nCPU us per request in the first latency run (K = {runs[0]}; gateway process CPU time / its requests)\n")
     print("| body | passthrough | wasm-noop | no-mask | mask |")
     print("|---|---|---|---|---|")
     for dense in ("clean", "pii"):
-        c = lat[dense][2]
+        c = lat[runs[0]][dense][2]
         print(f"| {dense} 1k | {c['passthrough']:.1f} | {c['wasm-noop']:.1f} | {c['no-mask']:.1f} | {c['mask']:.1f} |")
 
 
@@ -244,14 +257,14 @@ def latency_table(lat, names):
               f"| {ratio('wasm-noop', 'passthrough')} | {ratio('mask', 'no-mask')} | {ratio('mask', 'passthrough')} |")
 
 
-def latency_ab(gws, dense, token, requests):
+def latency_ab(gws, dense, token, requests, run=1):
     """One interleaved latency run over all gateways (see the module doc):
     (p50 ms by gateway, per-block p50 lists in gateway order, CPU us per
     request by gateway)."""
     client = os.environ["LATENCY_AB"]
     names = list(gws)
     before = {k: cpu_seconds(pid) for k, (_, pid) in gws.items()}
-    out = subprocess.run([client, "--requests", str(requests), "--header", f"authorization: Bearer {token}"]
+    out = subprocess.run([client, "--requests", str(requests), "--run", str(run), "--header", f"authorization: Bearer {token}"]
                          + [f"http://127.0.0.1:{gws[k][0]}/data/{dense}-1k" for k in names],
                          capture_output=True, text=True, timeout=600)
     if out.returncode != 0:

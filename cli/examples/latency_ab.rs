@@ -5,7 +5,12 @@
 //! up during the run affects every endpoint alike, which separate runs
 //! (one wrk run per endpoint) do not guarantee on a shared 2-core machine.
 //!
-//! Usage: `latency_ab --requests N [--warmup N] [--header "k: v"]… URL…`
+//! `--run K` sends K requests in a row to each URL before the next
+//! (A×K, B×K, …; default 1): with K = 1 every request finds its gateway's
+//! caches as the other gateways left them, with a larger K most requests
+//! find the gateway warm, as a worker serving a steady stream of requests.
+//!
+//! Usage: `latency_ab --requests N [--warmup N] [--run K] [--header "k: v"]… URL…`
 //! (URLs `http://127.0.0.1:PORT/path` or `http://[::1]:PORT/path` only).
 //! Prints one JSON object: for each URL, in order, the per-request
 //! latencies' `p50_ms`, `p90_ms`, `p99_ms` and `n`; and `blocks`: the
@@ -114,11 +119,12 @@ fn sorted(v: &[f64]) -> Vec<f64> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut requests, mut warmup, mut headers, mut urls) = (2000usize, 200usize, String::new(), Vec::new());
+    let (mut requests, mut warmup, mut run, mut headers, mut urls) = (2000usize, 200usize, 1usize, String::new(), Vec::new());
     while let Some(a) = args.next() {
         match a.as_str() {
             "--requests" => requests = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| fail("--requests N")),
             "--warmup" => warmup = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| fail("--warmup N")),
+            "--run" => run = args.next().and_then(|v| v.parse().ok()).filter(|k| (1..=10_000).contains(k)).unwrap_or_else(|| fail("--run K (1..=10000)")),
             "--header" => {
                 let h = args.next().unwrap_or_else(|| fail("--header \"name: value\""));
                 if h.contains(['\r', '\n']) {
@@ -131,7 +137,7 @@ fn main() {
         }
     }
     if urls.is_empty() || requests == 0 || requests > MAX_REQUESTS {
-        fail("usage: latency_ab --requests N (1..=1000000) [--warmup N] [--header \"k: v\"]... URL...");
+        fail("usage: latency_ab --requests N (1..=1000000) [--warmup N] [--run K] [--header \"k: v\"]... URL...");
     }
     let mut targets: Vec<Target> = urls
         .iter()
@@ -142,14 +148,17 @@ fn main() {
         })
         .collect();
     let mut body = Vec::new();
-    for round in 0..warmup.min(MAX_REQUESTS) + requests {
+    let total = warmup.min(MAX_REQUESTS) + requests;
+    for round in 0..total.div_ceil(run) {
         // rotate the order each round: no endpoint always follows the same one
         let n = targets.len();
         for k in 0..n {
             let Some(t) = targets.get_mut((round + k) % n) else { continue };
-            let d = get(t, &headers, &mut body).unwrap_or_else(|e| fail(&e));
-            if round >= warmup {
-                t.ms.push(d.as_secs_f64() * 1e3);
+            for sent in round * run..((round + 1) * run).min(total) {
+                let d = get(t, &headers, &mut body).unwrap_or_else(|e| fail(&e));
+                if sent >= warmup {
+                    t.ms.push(d.as_secs_f64() * 1e3);
+                }
             }
         }
     }
