@@ -58,6 +58,10 @@ BAD = [
     ({"providers": [{"name": "a", "issuer": "i", "audiences": ["x"], "jwks": {"keys": []}}],
       "resources": [{"name": "r", "read": {"any_of": ["g"]}}]}, "providers[0].jwks"),
     ({"providers": [], "resources": [], "typo_field": 1}, "typo_field"),
+    # a stricter sub-path after the broad path never matches: readers would get it
+    ({"providers": [{"name": "a", "issuer": "i", "audiences": ["x"], "jwks_uri": "https://idp/jwks", "cluster": "idp"}],
+      "resources": [{"name": "data", "path_prefix": "/data/", "read": {"any_of": ["readers"]}},
+                    {"name": "secret", "path_prefix": "/data/secret/", "read": {"any_of": ["admins"]}}]}, "resources[1]"),
 ]
 
 

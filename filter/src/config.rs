@@ -1261,6 +1261,20 @@ impl RawConfig {
         if resources.is_empty() {
             errs.add("resources", "at least one resource is required (everything else is denied)");
         }
+        // A resource that an earlier one covers whole never decides a
+        // request: e.g. `/data/secret/` for admins after `/data/` for
+        // readers lets readers in. Refused, as a dead rule is a mistake.
+        for (j, later) in resources.iter().enumerate() {
+            if let Some((i, first)) = resources.iter().enumerate().take(j).find(|(_, r)| r.covers(later)) {
+                errs.add(
+                    format!("resources[{j}]"),
+                    format!(
+                        "never matches: resources[{i}] ({}) comes first and covers every request it covers (the first match decides); put the more specific resource first",
+                        first.name
+                    ),
+                );
+            }
+        }
         let audit = audit(&mut errs, self.audit);
         let credentials = backend_credentials(&resources);
         let masker = if self.masking.is_some() || resources.iter().any(|r| r.mask.is_some()) {

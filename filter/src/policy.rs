@@ -43,6 +43,13 @@ impl Glob {
         Glob { pattern: pattern.as_bytes().to_vec() }
     }
 
+    /// The literal part before the first `*`: every path the glob matches
+    /// starts with it (a trailing slash is only ever added, never removed).
+    fn literal_prefix(&self) -> &[u8] {
+        let end = self.pattern.iter().position(|b| *b == b'*').unwrap_or(self.pattern.len());
+        self.pattern.get(..end).unwrap_or_default()
+    }
+
     /// Whether `path` (without query string) matches. One trailing slash
     /// is not significant (`/a/export/` matches `/a/*/export`): most web
     /// frameworks route both forms to the same handler. One pass over the
@@ -250,6 +257,32 @@ pub fn path_only(path: &[u8]) -> &[u8] {
 }
 
 impl Resource {
+    /// Whether this resource matches every request that `later` matches, so
+    /// that `later`, placed after it, never decides a request (the first
+    /// match decides: [`Config::resource_for`]). Sound, not complete: it
+    /// answers true only when coverage is certain from the written fields —
+    /// no `methods` or a superset (`GET` covers `HEAD`); no `authorities`,
+    /// `*`, or a superset by exact name; no path condition, a `path_prefix`
+    /// that starts `later`'s prefix or the literal part of its glob, or the
+    /// same glob (or `/**`). Partial overlaps are not reported.
+    pub fn covers(&self, later: &Resource) -> bool {
+        let methods = self.methods.is_empty() || (!later.methods.is_empty() && later.methods.iter().all(|m| method_listed(&self.methods, m)));
+        let authorities = self.authorities.is_empty()
+            || self.authorities.iter().any(|a| a == "*")
+            || (!later.authorities.is_empty() && later.authorities.iter().all(|a| a != "*" && self.authorities.contains(a)));
+        let later_literal = match (&later.path_prefix, &later.path_glob) {
+            (Some(p), _) => Some(p.as_bytes()),
+            (None, Some(g)) => Some(g.literal_prefix()),
+            (None, None) => None,
+        };
+        let path = match (&self.path_prefix, &self.path_glob) {
+            (None, None) => true,
+            (Some(p), _) => later_literal.is_some_and(|l| l.starts_with(p.as_bytes())),
+            (None, Some(g)) => g.pattern == b"/**" || later.path_glob.as_ref().is_some_and(|lg| lg.pattern == g.pattern),
+        };
+        methods && authorities && path
+    }
+
     /// Whether this resource covers the request (its `methods` by
     /// [`method_listed`]: `GET` covers `HEAD`).
     pub fn matches(&self, req: &Request<'_>) -> bool {

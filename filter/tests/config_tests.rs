@@ -699,3 +699,70 @@ fn authorities_that_can_never_match_are_refused() {
     let c = config_with_resources(json!([{"name": "r", "authorities": ["API.example.com.", "*.example.org", "[::1]:8080", "*"], "path_prefix": "/", "read": {"any_of": ["g"]}}]));
     assert_eq!(c.resources[0].authorities, ["api.example.com", "*.example.org", "[::1]:8080", "*"]);
 }
+
+/// A document whose resources are `rs` (each gets a unique name and a read rule).
+fn with_resources(rs: &[Value]) -> Value {
+    let list: Vec<Value> = rs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut r = r.clone();
+            r["name"] = json!(format!("r{i}"));
+            r["read"] = json!({"any_of": [format!("g{i}")]});
+            r
+        })
+        .collect();
+    with(base(), "/resources", Value::Array(list))
+}
+
+/// A resource that an earlier one covers whole never decides a request (the
+/// first match decides): refused, naming both.
+#[test]
+fn resources_shadowed_by_an_earlier_one_are_refused() {
+    for (first, later) in [
+        // the security mistake: a stricter sub-path after the broad path
+        (json!({"path_prefix": "/data/"}), json!({"path_prefix": "/data/secret/"})),
+        (json!({"path_prefix": "/data/"}), json!({"path_prefix": "/data/"})),
+        (json!({}), json!({"path_prefix": "/x"})),
+        (json!({"path_prefix": "/v1/"}), json!({"path_glob": "/v1/*/export"})),
+        (json!({"path_glob": "/v1/*/export"}), json!({"path_glob": "/v1/*/export"})),
+        (json!({"path_glob": "/**"}), json!({"path_glob": "/a/*"})),
+        (json!({"path_prefix": "/a", "methods": ["GET", "POST"]}), json!({"path_prefix": "/a/b", "methods": ["POST"]})),
+        (json!({"path_prefix": "/a", "methods": ["GET"]}), json!({"path_prefix": "/a", "methods": ["HEAD"]})),
+        (json!({"path_prefix": "/a", "authorities": ["*"]}), json!({"path_prefix": "/a", "authorities": ["api.example.com"]})),
+        (
+            json!({"path_prefix": "/a", "authorities": ["api.example.com", "b.example.com"]}),
+            json!({"path_prefix": "/a/b", "authorities": ["api.example.com"]}),
+        ),
+    ] {
+        let doc = with_resources(&[first.clone(), later.clone()]);
+        let errs = config_errors(&doc);
+        assert_eq!(errs.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["resources[1]"], "{first} then {later}: {errs:?}");
+        assert!(errs[0].problem.contains("never matches: resources[0] (r0)"), "{}", errs[0].problem);
+        // specific first: valid
+        let doc = with_resources(&[later.clone(), first.clone()]);
+        if first != later {
+            assert!(Config::from_json(doc.to_string().as_bytes()).is_ok(), "{later} then {first}");
+        }
+    }
+}
+
+/// Partial overlaps and disjoint resources are valid (only whole coverage is
+/// certain to be a dead rule).
+#[test]
+fn overlapping_but_not_shadowed_resources_are_valid() {
+    for (first, later) in [
+        (json!({"path_prefix": "/data/secret/"}), json!({"path_prefix": "/data/"})),
+        (json!({"path_prefix": "/a/b/"}), json!({"path_glob": "/a/b"})),
+        (json!({"path_prefix": "/a", "methods": ["GET"]}), json!({"path_prefix": "/a"})),
+        (json!({"path_prefix": "/a", "methods": ["HEAD"]}), json!({"path_prefix": "/a", "methods": ["GET"]})),
+        (json!({"path_prefix": "/a", "authorities": ["api.example.com"]}), json!({"path_prefix": "/a"})),
+        (json!({"path_prefix": "/a", "authorities": ["*.example.com"]}), json!({"path_prefix": "/a", "authorities": ["*"]})),
+        (json!({"path_glob": "/v1/*/export"}), json!({"path_glob": "/v1/**"})),
+        (json!({"path_glob": "/v1/*/export"}), json!({"path_prefix": "/v1/"})),
+        (json!({"path_prefix": "/a"}), json!({})),
+    ] {
+        let doc = with_resources(&[first.clone(), later.clone()]);
+        assert!(Config::from_json(doc.to_string().as_bytes()).is_ok(), "{first} then {later}: {:?}", Config::from_json(doc.to_string().as_bytes()).err());
+    }
+}
