@@ -67,6 +67,9 @@ fn errors_name_their_field() {
         (json!({"fields": {"redact": ["customer.ssn"]}}), "masking.fields.redact[0]", "JSON path"),
         (json!({"fields": {"skip": ["$"]}}), "masking.fields.skip[0]", "whole document"),
         (json!({"fields": {"redact": ["ssn"], "skip": ["ssn"]}}), "masking.fields.skip[0]", "also in"),
+        (json!({"us_ssn_forms": ["dashed", "undashed"]}), "masking.us_ssn_forms[1]", "unknown form \"undashed\""),
+        (json!({"us_ssn_forms": []}), "masking.us_ssn_forms", "at least one form"),
+        (json!({"detectors": ["email"], "us_ssn_forms": ["plain"]}), "masking.us_ssn_forms", "us_ssn is not among the detectors"),
     ];
     for (cfg, field, problem) in cases {
         let (f, p) = one_error(cfg.clone());

@@ -196,6 +196,43 @@ fn us_ssn() {
     }
 }
 
+/// `us_ssn_forms`: spaced and plain SSNs are opt-in, validated as dashed ones.
+#[test]
+fn us_ssn_forms() {
+    let spaced = masker(json!({"us_ssn_forms": ["dashed", "spaced"]}));
+    for v in ["123 45 6789", "078\u{a0}05\u{a0}1121", "123-45-6789"] {
+        assert_found(&spaced, v, "us_ssn");
+    }
+    for t in ["123456789", "000 12 3456", "123 00 4567", "123 45 0000", "666 12 3456", "123 45 67890", "1234 45 6789", "123 45-6789", "a123 45 6789"] {
+        assert_clean(&spaced, t);
+    }
+    let plain = masker(json!({"us_ssn_forms": ["plain"]}));
+    for v in ["123456789", "078051121"] {
+        assert_found(&plain, v, "us_ssn");
+    }
+    for t in [
+        "123-45-6789",
+        "123 45 6789",
+        "000123456",
+        "666123456",
+        "900123456",
+        "123004567",
+        "123450000",
+        "1234567890",
+        "12345678",
+        "a123456789",
+        "123456789b",
+        "v1.123456789",
+        "123456789-abc",
+        "id_123456789",
+    ] {
+        assert_clean(&plain, t);
+    }
+    // the default is the dashed form alone
+    let default = masker(json!({}));
+    assert_clean(&default, "123 45 6789 and 123456789");
+}
+
 #[test]
 fn phone_positive() {
     let m = masker(json!({}));

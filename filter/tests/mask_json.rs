@@ -335,9 +335,10 @@ fn anchor_skip_matches_every_anchor_on_random_text() {
         "jane@example.org", "AKIAIOSFODNN7EXAMPLE", "sk-ant-api03-Ab3dEf6hIj9kLm2nOp5qRs8tUv1w", "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c", "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
         "192.168.0.1", "fe80::1", "IT60 X054 2811 1010 0000 0123 456", "+44 20 7946 0958", "(415) 555-0134", "5555 5555 5555 4444",
-        "01.23.45.67.89", "+44(0)20 7946 0958", "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe"];
+        "01.23.45.67.89", "+44(0)20 7946 0958", "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "123 45 6789", "123456789"];
     let all = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6",
-        "aws_access_key", "google_api_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"]}));
+        "aws_access_key", "google_api_key", "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"],
+        "us_ssn_forms": ["dashed", "spaced", "plain"]}));
     let every = all.clone().with_every_anchor();
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let cases = std::env::var("MASK_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);

@@ -70,7 +70,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
-    "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", "01.23.", "45.67.89",
+    "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", "01.23.", "45.67.89", "123 45 6789", "123456789", "078 05", " 1121",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",
     "3704", "0044", "+", "(", ")", "-", ":", "::1", "fe80", "123", "45", "6789", "EMP-", "2024", "é", "日本",
@@ -133,7 +133,8 @@ proptest! {
         input in "[0-9 \\-.+()@a-fA-Z_:\nkyuJIé日\\\\]{0,600}",
         cuts in prop::collection::vec(any::<usize>(), 0..60),
     ) {
-        let m = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "jwt", "aws_access_key", "google_api_key"]}));
+        let m = masker(json!({"detectors": ["email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "jwt", "aws_access_key", "google_api_key"],
+            "us_ssn_forms": ["dashed", "spaced", "plain"]}));
         let whole = m.mask_text(&input, &mut Counts::new());
         let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
         prop_assert_eq!(String::from_utf8(out).expect("UTF-8"), whole);
@@ -149,7 +150,7 @@ proptest! {
         let m = masker(json!({"detectors": [
             "email", "payment_card", "us_ssn", "phone", "iban", "ipv4", "ipv6", "aws_access_key", "google_api_key",
             "github_token", "openai_key", "anthropic_key", "slack_token", "jwt", "private_key"
-        ], "custom": [{"name": "emp", "pattern": "EMP-[0-9]{4}"}]}));
+        ], "us_ssn_forms": ["dashed", "spaced", "plain"], "custom": [{"name": "emp", "pattern": "EMP-[0-9]{4}"}]}));
         let input = parts.concat();
         let whole = m.mask_text(&input, &mut Counts::new());
         let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);

@@ -85,6 +85,24 @@ pub(crate) struct Enabled {
     /// [`scan_at`] may skip anchors inside a value already found (see
     /// [`contained_after`]); off when an allow-list could drop that value.
     pub(crate) skip_covered: bool,
+    /// The `us_ssn` forms found (`masking.us_ssn_forms`).
+    pub(crate) ssn_forms: SsnForms,
+}
+
+/// How a US SSN may be written (`masking.us_ssn_forms`): `123-45-6789`
+/// (`dashed`, the default), `123 45 6789` (`spaced`), `123456789`
+/// (`plain`: nine digits not glued to a longer token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SsnForms {
+    pub dashed: bool,
+    pub spaced: bool,
+    pub plain: bool,
+}
+
+impl Default for SsnForms {
+    fn default() -> Self {
+        SsnForms { dashed: true, spaced: false, plain: false }
+    }
 }
 
 impl Enabled {
@@ -452,11 +470,12 @@ fn card(s: &[u8], i: usize) -> Option<usize> {
     None
 }
 
-/// US SSN at `i`: `AAA-GG-SSSS` only (the dashes may be Unicode hyphens,
-/// see [`sep_at`]); area not 000, 666 or 900–999, group not 00, serial not
-/// 0000.
-fn ssn(s: &[u8], i: usize) -> Option<usize> {
-    if at(s, i + 3) == b'-' && at(s, i + 6) != b'-' && at(s, i + 6) < 0x80 {
+/// US SSN at `i`: `AAA-GG-SSSS` (`sep` `-`: the dashes may be Unicode
+/// hyphens, see [`sep_at`]), `AAA GG SSSS` (`sep` space, Unicode spaces
+/// too) or `AAAGGSSSS` (`sep` 0: the caller saw a run of exactly nine
+/// digits); area not 000, 666 or 900–999, group not 00, serial not 0000.
+fn ssn(s: &[u8], i: usize, sep: u8) -> Option<usize> {
+    if at(s, i + 3) == sep && sep != 0 && at(s, i + 6) != sep && at(s, i + 6) < 0x80 {
         // ASCII, not `AAA-GG-`: not an SSN
         return None;
     }
@@ -464,7 +483,7 @@ fn ssn(s: &[u8], i: usize) -> Option<usize> {
         let d = s.get(from..from + n)?;
         d.iter().all(|b| digit(*b)).then(|| d.iter().fold(0u32, |a, b| a * 10 + u32::from(b - b'0')))
     };
-    let dash = |at: usize| sep_at(s, at).filter(|(c, _)| *c == b'-').map(|(_, l)| l);
+    let dash = |at: usize| if sep == 0 { Some(0) } else { sep_at(s, at).filter(|(c, _)| *c == sep).map(|(_, l)| l) };
     let area = num(i, 3)?;
     let g = i + 3 + dash(i + 3)?;
     let group = num(g, 2)?;
@@ -1312,10 +1331,15 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
         }
     }
     if let Some(d) = en.get(Builtin::UsSsn) {
-        if run_len == 3 && nsep == b'-' {
-            if let Some(e) = ssn(s, i) {
-                push(i, e, d);
-            }
+        let f = en.ssn_forms;
+        let sep = match (run_len, nsep) {
+            (3, b'-') if f.dashed => Some(b'-'),
+            (3, b' ') if f.spaced => Some(b' '),
+            (9, _) if f.plain => Some(0),
+            _ => None,
+        };
+        if let Some(e) = sep.and_then(|sep| ssn(s, i, sep)) {
+            push(i, e, d);
         }
     }
     if let Some(d) = phone_d {

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `email` | addresses (RFC 5321 shape, ASCII; `xn--` A-labels) | local part ≤ 64, labels ≤ 63, domain ≤ 253, alphabetic TLD ≥ 2 or `xn--` |
 //! | `payment_card` | PANs, 13–19 digits, contiguous or grouped by single spaces/dashes | issuer prefix and length per brand (ISO/IEC 7812 IINs: Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay) and Luhn |
-//! | `us_ssn` | `AAA-GG-SSSS` | area ≠ 000, 666, 900–999; group ≠ 00; serial ≠ 0000 |
+//! | `us_ssn` | `AAA-GG-SSSS`; opt-in (`us_ssn_forms`) `AAA GG SSSS` and `AAAGGSSSS` | area ≠ 000, 666, 900–999; group ≠ 00; serial ≠ 0000 |
 //! | `phone` | E.164 (`+` and 8–15 digits, separators allowed); NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`; trunk-prefixed national `020 7946 0958`, `01.23.45.67.89`; `+44(0)20 7946 0958` | digit counts and group shapes; bare digit runs are never phones |
 //! | `iban` | ISO 13616, contiguous or in groups of four | per-country length, MOD 97-10 |
 //! | `ipv4`, `ipv6` | addresses (opt-in) | octets ≤ 255; `std::net::Ipv6Addr` |
@@ -92,6 +92,11 @@ pub struct RawMasking {
     /// found, so a job asking for them (`logprobs: true`) could read masked
     /// text back; `mask` accepts that risk.
     pub logprobs: Option<String>,
+    /// How `us_ssn` finds SSNs: any of `dashed` (`123-45-6789`), `spaced`
+    /// (`123 45 6789`) and `plain` (`123456789`, nine digits not glued to
+    /// a longer token: more false positives, e.g. nine-digit ids). Absent:
+    /// `["dashed"]`.
+    pub us_ssn_forms: Option<Vec<String>>,
 }
 
 /// Names the filter counts in the audit record besides detectors
@@ -416,6 +421,24 @@ impl Masker {
             allow.insert(a.clone());
         }
 
+        if let Some(forms) = &raw.us_ssn_forms {
+            let mut f = detectors::SsnForms { dashed: false, spaced: false, plain: false };
+            if forms.is_empty() {
+                err(field_path(prefix, "us_ssn_forms"), "must name at least one form: dashed, spaced or plain".into());
+            }
+            for (i, form) in forms.iter().enumerate() {
+                match form.as_str() {
+                    "dashed" => f.dashed = true,
+                    "spaced" => f.spaced = true,
+                    "plain" => f.plain = true,
+                    other => err(field_path(prefix, &format!("us_ssn_forms[{i}]")), format!("unknown form {other:?} (expected dashed, spaced or plain)")),
+                }
+            }
+            if enabled.get(Builtin::UsSsn).is_none() {
+                err(field_path(prefix, "us_ssn_forms"), "set, but us_ssn is not among the detectors".into());
+            }
+            enabled.ssn_forms = f;
+        }
         let fields = json::FieldRules::compile(&raw.fields, &field_path(prefix, "fields"), &mut err);
         let withhold_logprobs = match raw.logprobs.as_deref() {
             None | Some("withhold") => true,
