@@ -511,7 +511,9 @@ struct PGroup {
 /// E.164 (`+` and 8–15 digits, optional separators) or a national format
 /// with separators: NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`,
 /// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`,
-/// `01.23.45.67.89`; `+44(0)20 7946 0958` (trunk prefix in parentheses).
+/// `01.23.45.67.89`, German `030/1234567`; `+44(0)20 7946 0958` (trunk
+/// prefix in parentheses); Brazilian `(11) 91234-5678`; Russian
+/// `8 (495) 123-45-67`.
 /// Separators may be Unicode spaces or hyphens (see [`sep_at`]).
 fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut pos = start;
@@ -548,7 +550,8 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
         ng += 1;
         let c = at(s, pos);
         let n = at(s, pos + 1);
-        if (c == b' ' || c == b'-' || c == b'.') && (digit(n) || (c == b' ' && n == b'(')) {
+        if ((c == b' ' || c == b'-' || c == b'.') && (digit(n) || (c == b' ' && n == b'('))) || (c == b'/' && ng == 1 && !plus && digit(n)) {
+            // (`/` only after a national area code: German "030/1234567")
             sep = c;
             pos += 1;
         } else if let Some((c, l)) = wide_sep_at(s, pos, c).filter(|(c, l)| {
@@ -571,7 +574,7 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
         if glued_after(s, end) {
             continue;
         }
-        let ok = if plus { e164(gs) } else { nanp(gs) || trunk(gs) };
+        let ok = if plus { e164(gs) } else { nanp(gs) || trunk(gs) || brazil(gs) || russia(gs) };
         if ok {
             return Some(end);
         }
@@ -623,12 +626,32 @@ fn trunk(gs: &[PGroup]) -> bool {
     }
     let rest = gs.get(1..).unwrap_or(&[]);
     let sep = rest.first().map_or(0, |g| g.sep);
+    // German "030/1234567", "030/123 456 78": the area code ends at `/`
+    if sep == b'/' {
+        return !first.paren && rest.iter().all(|g| !g.paren && (2..=8).contains(&g.len)) && rest.iter().skip(1).all(|g| g.sep == b' ');
+    }
     // dots only in the French form "01.23.45.67.89" (five pairs): fewer
     // dotted groups are dates and versions
     let dotted = sep == b'.' && gs.len() == 5 && gs.iter().all(|g| g.len == 2 && !g.paren);
     (sep == b' ' || sep == b'-' || dotted || (first.paren && sep == 0))
         && rest.iter().all(|g| !g.paren && (2..=8).contains(&g.len))
         && rest.iter().skip(1).all(|g| g.sep == sep || (sep == 0 && g.sep == b' '))
+}
+
+/// Brazilian `(11) 91234-5678`, `(11) 3456-7890`: a two-digit area code
+/// in parentheses (not starting with 0), 4 or 5 digits, `-`, 4 digits.
+fn brazil(gs: &[PGroup]) -> bool {
+    let [a, b, c] = gs else { return false };
+    a.paren && a.len == 2 && a.first != b'0' && !b.paren && matches!(b.sep, 0 | b' ') && (4..=5).contains(&b.len) && !c.paren && c.sep == b'-' && c.len == 4
+}
+
+/// Russian national `8 (495) 123-45-67`, `8 495 123-45-67`: trunk `8`, a
+/// three-digit area code (parentheses optional), then 3-2-2 digits with
+/// equal separators.
+fn russia(gs: &[PGroup]) -> bool {
+    let [t, a, b, c, d] = gs else { return false };
+    t.len == 1 && t.first == b'8' && !t.paren && a.len == 3 && !b.paren && b.len == 3 && c.len == 2 && d.len == 2 && !c.paren && !d.paren
+        && c.sep == d.sep && matches!(c.sep, b'-' | b' ') && a.sep != 0
 }
 
 /// IPv4 dotted quad at `i`: four decimal octets 0–255 without leading zeros,
@@ -1319,7 +1342,7 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
     let run_len = count_while(s, i, 20, digit);
     let nx = at(s, i + run_len);
     // the separator after the run: its class, its length
-    let (nsep, nlen) = if matches!(nx, b' ' | b'-' | b'.') { (nx, 1) } else { wide_sep_at(s, i + run_len, nx).unwrap_or((0, 1)) };
+    let (nsep, nlen) = if matches!(nx, b' ' | b'-' | b'.' | b'/') { (nx, 1) } else { wide_sep_at(s, i + run_len, nx).unwrap_or((0, 1)) };
     let first = at(s, i);
     if let Some(d) = en.get(Builtin::PaymentCard) {
         // every brand starts with 2..6
@@ -1347,7 +1370,8 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
         let next_group = digit(at(s, after)) || at(s, after) == b'(';
         // cheap shape checks before parsing: "1-800-…", "415-555-…", "020 7946 …"
         let shape = match run_len {
-            1 => first == b'1' && next_group,
+            // "1-800-…"; Russian trunk "8 (495) …"
+            1 => (first == b'1' || first == b'8') && next_group,
             3 if first != b'0' => first >= b'2' && digit(at(s, after)) && digit(at(s, after + 1)) && digit(at(s, after + 2)),
             2..=5 => first == b'0' && at(s, i + 1) != b'0' && digit(at(s, after)),
             _ => false,
