@@ -196,6 +196,14 @@ fn us_ssn() {
     }
 }
 
+/// `(+44 20 7946 0958` (no closing parenthesis): the number from its `+`.
+#[test]
+fn phone_country_code_parenthesis_unclosed() {
+    let m = masker(json!({}));
+    assert_eq!(m.mask_text("call (+44 20 7946 0958)", &mut Counts::new()), "call ([PHONE])");
+    assert_eq!(m.mask_text("call (+44) 20 7946 0958.", &mut Counts::new()), "call [PHONE].");
+}
+
 /// `us_ssn_forms`: spaced and plain SSNs are opt-in, validated as dashed ones.
 #[test]
 fn us_ssn_forms() {
@@ -268,6 +276,9 @@ fn phone_positive() {
         "8 (495) 123-45-67",
         "8 495 123 45 67",
         "8-800-555-35-35",
+        "(+44) 20 7946 0958",
+        "(+44)20 7946 0958",
+        "(+1) 415 555 0134",
     ] {
         assert_found(&m, v, "phone");
     }
@@ -319,6 +330,8 @@ fn phone_negative() {
         "9 (495) 123-45-67",
         "8 (495) 123-45 67",
         "18 (495) 123-45-67",
+        "(+44)",
+        "(+2024) 01 15",
     ] {
         assert_clean(&m, t);
     }

@@ -512,11 +512,16 @@ struct PGroup {
 /// with separators: NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`,
 /// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`,
 /// `01.23.45.67.89`, German `030/1234567`; `+44(0)20 7946 0958` (trunk
-/// prefix in parentheses); Brazilian `(11) 91234-5678`; Russian
+/// prefix in parentheses), `(+44) 20 7946 0958`; Brazilian `(11) 91234-5678`; Russian
 /// `8 (495) 123-45-67`.
 /// Separators may be Unicode spaces or hyphens (see [`sep_at`]).
 fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut pos = start;
+    // "(+44) 20 7946 0958": the country code in parentheses
+    let cc_paren = at(s, pos) == b'(' && at(s, pos + 1) == b'+';
+    if cc_paren {
+        pos += 1;
+    }
     let plus = at(s, pos) == b'+';
     if plus {
         pos += 1;
@@ -548,6 +553,12 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
             *g = PGroup { len: glen, paren, end: pos, sep, first, second };
         }
         ng += 1;
+        if cc_paren && ng == 1 {
+            if at(s, pos) != b')' {
+                break;
+            }
+            pos += 1;
+        }
         let c = at(s, pos);
         let n = at(s, pos + 1);
         if ((c == b' ' || c == b'-' || c == b'.') && (digit(n) || (c == b' ' && n == b'('))) || (c == b'/' && ng == 1 && !plus && digit(n)) {
@@ -560,7 +571,7 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
         }) {
             sep = c;
             pos += l;
-        } else if (paren && digit(c)) || (plus && ng == 1 && c == b'(' && n == b'0' && at(s, pos + 2) == b')') {
+        } else if ((paren || (cc_paren && ng == 1)) && digit(c)) || (plus && ng == 1 && c == b'(' && n == b'0' && at(s, pos + 2) == b')') {
             // "(415)555-0134"; "+44(0)20 7946 0958": the national trunk
             // prefix in parentheses right after the country code
             sep = 0;
@@ -568,7 +579,9 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
             break;
         }
     }
-    for k in (1..=ng).rev() {
+    // "(+CC)" alone is not a number: its country code needs groups after it
+    let min_groups = if cc_paren { 2 } else { 1 };
+    for k in (min_groups..=ng).rev() {
         let gs = groups.get(..k)?;
         let end = gs.last()?.end;
         if glued_after(s, end) {
@@ -1330,8 +1343,10 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
     let opener = prev == b'+' || prev == b'(';
     if opener && i >= 1 && !(if prev == b'+' { word_before(s, i - 1) } else { glued_before(s, i - 1) }) {
         if let Some(d) = phone_d {
-            if let Some(e) = phone(s, i - 1) {
-                push(i - 1, e, d);
+            // "(+44) …" from its parenthesis, else from the `+` or `(`
+            let cc = (prev == b'+' && i >= 2 && back(s, i, 2) == b'(' && !glued_before(s, i - 2)).then(|| i - 2);
+            if let Some((st, e)) = cc.and_then(|st| phone(s, st).map(|e| (st, e))).or_else(|| phone(s, i - 1).map(|e| (i - 1, e))) {
+                push(st, e, d);
                 phone_done = true;
             }
         }
