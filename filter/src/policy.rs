@@ -260,25 +260,40 @@ impl Resource {
     /// Whether this resource matches every request that `later` matches, so
     /// that `later`, placed after it, never decides a request (the first
     /// match decides: [`Config::resource_for`]). Sound, not complete: it
-    /// answers true only when coverage is certain from the written fields —
-    /// no `methods` or a superset (`GET` covers `HEAD`); no `authorities`,
-    /// `*`, or a superset by exact name; no path condition, a `path_prefix`
-    /// that starts `later`'s prefix or the literal part of its glob, or the
-    /// same glob (or `/**`). Partial overlaps are not reported.
+    /// answers true only when coverage is certain from the written fields:
+    /// - methods: none, or a superset (`GET` covers `HEAD`);
+    /// - authorities: none, `*`, or each of `later`'s matched by one of
+    ///   these as a request authority would be (`api.example.com` covers
+    ///   `api.example.com:8443`, `*.example.com` covers `api.example.com`);
+    /// - path: none, `path_prefix` `/` or `path_glob` `/**` (every path
+    ///   starts with `/`; `OPTIONS *` aside); a prefix that starts
+    ///   `later`'s prefix or the literal part of its glob; a glob ending in
+    ///   its only `**` likewise; a glob that matches `later`'s star-less
+    ///   glob; the same glob.
+    ///
+    /// Partial overlaps are not reported.
     pub fn covers(&self, later: &Resource) -> bool {
         let methods = self.methods.is_empty() || (!later.methods.is_empty() && later.methods.iter().all(|m| method_listed(&self.methods, m)));
         let authorities = self.authorities.is_empty()
             || self.authorities.iter().any(|a| a == "*")
-            || (!later.authorities.is_empty() && later.authorities.iter().all(|a| a != "*" && self.authorities.contains(a)));
-        let later_literal = match (&later.path_prefix, &later.path_glob) {
-            (Some(p), _) => Some(p.as_bytes()),
-            (None, Some(g)) => Some(g.literal_prefix()),
-            (None, None) => None,
+            || (!later.authorities.is_empty()
+                && later.authorities.iter().all(|a| a != "*" && authority_matches(&self.authorities, a.as_bytes())));
+        // every path `later` matches starts with `literal`; `exact`: the
+        // glob has no star, so it matches `literal` (and `literal/`) only
+        let (literal, exact): (&[u8], bool) = match (&later.path_prefix, &later.path_glob) {
+            (Some(p), _) => (p.as_bytes(), false),
+            (None, Some(g)) => (g.literal_prefix(), !g.pattern.contains(&b'*')),
+            (None, None) => (b"/", false),
         };
         let path = match (&self.path_prefix, &self.path_glob) {
             (None, None) => true,
-            (Some(p), _) => later_literal.is_some_and(|l| l.starts_with(p.as_bytes())),
-            (None, Some(g)) => g.pattern == b"/**" || later.path_glob.as_ref().is_some_and(|lg| lg.pattern == g.pattern),
+            (Some(p), _) => p == "/" || literal.starts_with(p.as_bytes()),
+            (None, Some(g)) => {
+                let deep_tail = g.pattern.strip_suffix(b"**").filter(|l| !l.contains(&b'*'));
+                deep_tail.is_some_and(|l| l == b"/" || literal.starts_with(l))
+                    || (exact && glob_match(&g.pattern, literal))
+                    || later.path_glob.as_ref().is_some_and(|lg| lg.pattern == g.pattern)
+            }
         };
         methods && authorities && path
     }

@@ -734,6 +734,18 @@ fn resources_shadowed_by_an_earlier_one_are_refused() {
             json!({"path_prefix": "/a", "authorities": ["api.example.com", "b.example.com"]}),
             json!({"path_prefix": "/a/b", "authorities": ["api.example.com"]}),
         ),
+        // written with globs, the same mistake
+        (json!({"path_glob": "/data/**"}), json!({"path_prefix": "/data/secret/"})),
+        (json!({"path_glob": "/data/**"}), json!({"path_glob": "/data/secret/**"})),
+        (json!({"path_glob": "/data/*"}), json!({"path_glob": "/data/secret"})),
+        (json!({"path_glob": "/data/*/"}), json!({"path_glob": "/data/secret/"})),
+        (json!({"path_prefix": "/data/"}), json!({"path_glob": "/data/secret"})),
+        (json!({"path_prefix": "/"}), json!({"methods": ["POST"]})),
+        // a host without a port matches every port; a wildcard its subdomains
+        (json!({"authorities": ["api.example.com"]}), json!({"authorities": ["api.example.com:8443"]})),
+        (json!({"authorities": ["*.example.com"]}), json!({"authorities": ["api.example.com", "b.example.com:443"]})),
+        (json!({"authorities": ["*.example.com"]}), json!({"authorities": ["*.eu.example.com"]})),
+        (json!({"authorities": ["[::1]"]}), json!({"authorities": ["[::1]:8443"]})),
     ] {
         let doc = with_resources(&[first.clone(), later.clone()]);
         let errs = config_errors(&doc);
@@ -761,6 +773,12 @@ fn overlapping_but_not_shadowed_resources_are_valid() {
         (json!({"path_glob": "/v1/*/export"}), json!({"path_glob": "/v1/**"})),
         (json!({"path_glob": "/v1/*/export"}), json!({"path_prefix": "/v1/"})),
         (json!({"path_prefix": "/a"}), json!({})),
+        (json!({"path_glob": "/data/**"}), json!({"path_prefix": "/dat"})),
+        (json!({"path_glob": "/data/*"}), json!({"path_glob": "/data/a/b"})),
+        (json!({"path_glob": "/data/*/x/**"}), json!({"path_prefix": "/data/a/x/"})),
+        (json!({"authorities": ["api.example.com:8443"]}), json!({"authorities": ["api.example.com"]})),
+        (json!({"authorities": ["*.example.com"]}), json!({"authorities": ["example.com"]})),
+        (json!({"authorities": ["api.example.com"]}), json!({"authorities": ["*.example.com"]})),
     ] {
         let doc = with_resources(&[first.clone(), later.clone()]);
         assert!(Config::from_json(doc.to_string().as_bytes()).is_ok(), "{first} then {later}: {:?}", Config::from_json(doc.to_string().as_bytes()).err());

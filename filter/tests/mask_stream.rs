@@ -53,7 +53,6 @@ const PII: &[&str] = &[
     "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00",
     "AKIAIOSFODNN7EXAMPLE",
     "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
-    "01.23.45.67.89",
     "+44(0)20 7946 0958",
     "030/1234567",
     "(11) 91234-5678",
@@ -76,7 +75,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
-    "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", "01.23.", "45.67.89", "123 45 6789", "123456789", "078 05", " 1121", "030/", "1234567", "(11) ", "8 (495) ", "45-67", "(+44) ", "(+", "44)",
+    "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", ".png", "jane@acme.com", "git@", ":o/r.git", "123 45 6789", "123456789", "078 05", " 1121", "030/", "1234567", "(11) ", "8 (495) ", "45-67", "(+44) ", "(+", "44)",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",
     "3704", "0044", "+", "(", ")", "-", ":", "::1", "fe80", "123", "45", "6789", "EMP-", "2024", "é", "日本",

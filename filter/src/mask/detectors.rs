@@ -90,8 +90,8 @@ pub(crate) struct Enabled {
 }
 
 /// How a US SSN may be written (`masking.us_ssn_forms`): `123-45-6789`
-/// (`dashed`, the default), `123 45 6789` (`spaced`), `123456789`
-/// (`plain`: nine digits not glued to a longer token).
+/// (`dashed`, always on), `123 45 6789` (`spaced`), `123456789` (`plain`:
+/// nine digits not glued to a longer token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SsnForms {
     pub dashed: bool,
@@ -511,7 +511,7 @@ struct PGroup {
 /// E.164 (`+` and 8–15 digits, optional separators) or a national format
 /// with separators: NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`,
 /// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`,
-/// `01.23.45.67.89`, German `030/1234567`; `+44(0)20 7946 0958` (trunk
+/// German `030/1234567`; `+44(0)20 7946 0958` (trunk
 /// prefix in parentheses), `(+44) 20 7946 0958`; Brazilian `(11) 91234-5678`; Russian
 /// `8 (495) 123-45-67`.
 /// Separators may be Unicode spaces or hyphens (see [`sep_at`]).
@@ -571,9 +571,12 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
         }) {
             sep = c;
             pos += l;
-        } else if ((paren || (cc_paren && ng == 1)) && digit(c)) || (plus && ng == 1 && c == b'(' && n == b'0' && at(s, pos + 2) == b')') {
+        } else if ((paren || (cc_paren && ng == 1)) && digit(c))
+            || (plus && ng == 1 && c == b'(' && n == b'0' && at(s, pos + 2) == b')' && !(groups.first().is_some_and(|g| g.first == b'1' || (g.len == 1 && g.first == b'7'))))
+        {
             // "(415)555-0134"; "+44(0)20 7946 0958": the national trunk
-            // prefix in parentheses right after the country code
+            // prefix 0 in parentheses right after the country code (not
+            // after +1 or +7, whose trunk prefixes are 1 and 8)
             sep = 0;
         } else {
             break;
@@ -643,10 +646,7 @@ fn trunk(gs: &[PGroup]) -> bool {
     if sep == b'/' {
         return !first.paren && rest.iter().all(|g| !g.paren && (2..=8).contains(&g.len)) && rest.iter().skip(1).all(|g| g.sep == b' ');
     }
-    // dots only in the French form "01.23.45.67.89" (five pairs): fewer
-    // dotted groups are dates and versions
-    let dotted = sep == b'.' && gs.len() == 5 && gs.iter().all(|g| g.len == 2 && !g.paren);
-    (sep == b' ' || sep == b'-' || dotted || (first.paren && sep == 0))
+    (sep == b' ' || sep == b'-' || (first.paren && sep == 0))
         && rest.iter().all(|g| !g.paren && (2..=8).contains(&g.len))
         && rest.iter().skip(1).all(|g| g.sep == sep || (sep == 0 && g.sep == b' '))
 }
@@ -800,6 +800,9 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     let mut pos = a + 1;
     let mut labels = 0usize;
     let mut last;
+    // the label before the last, for a file extension glued to an address
+    let mut before_last;
+    let mut last_seen = (pos, pos);
     loop {
         let ls = pos;
         let n = count_while(s, pos, 64, |b| alnum(b) || b == b'-' || b >= 0x80);
@@ -812,7 +815,9 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
             return None;
         }
         labels += 1;
+        before_last = last_seen;
         last = (ls, pos);
+        last_seen = last;
         if pos - (a + 1) > 253 {
             return None;
         }
@@ -831,21 +836,29 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
             tld = s.get(last.0..pos)?;
         }
     }
+    // An image extension is not a delegated top-level domain: an image
+    // name. "logo@1.5x.png" is no address; "jane@acme.com.png" (an avatar
+    // named by its owner's address) holds one, without the extension.
+    const IMAGE_EXTS: [&[u8]; 11] = [b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"avif", b"bmp", b"ico", b"tif", b"tiff"];
+    if labels >= 2 && !word(at(s, pos)) && IMAGE_EXTS.iter().any(|e| tld.eq_ignore_ascii_case(e)) {
+        labels -= 1;
+        pos = before_last.1;
+        tld = s.get(before_last.0..before_last.1)?;
+    }
     let tld_ok = (tld.len() >= 2 && tld.iter().all(|b| b.is_ascii_alphabetic()))
         || (tld.len() >= 5 && tld.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"xn--")));
     if labels < 2 || !tld_ok || word(at(s, pos)) {
         return None;
     }
-    // "logo@1.5x.png": an image name (these extensions are not delegated
-    // top-level domains), not an address
-    const IMAGE_EXTS: [&[u8]; 11] = [b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"avif", b"bmp", b"ico", b"tif", b"tiff"];
-    if IMAGE_EXTS.iter().any(|e| tld.eq_ignore_ascii_case(e)) {
-        return None;
-    }
     // "git@github.com:org/repo.git": an SSH remote in scp form (user `git`,
-    // then `:` and a path), not an address
-    if lp == b"git" && at(s, pos) == b':' && (alnum(at(s, pos + 1)) || matches!(at(s, pos + 1), b'/' | b'~' | b'_')) {
-        return None;
+    // then `:` and a path holding a `/` or ending `.git`), not an address
+    if lp == b"git" && at(s, pos) == b':' {
+        let path = s.get(pos + 1..).unwrap_or_default();
+        let n = path.iter().take(256).take_while(|b| alnum(**b) || matches!(b, b'/' | b'~' | b'_' | b'-' | b'.')).count();
+        let path = path.get(..n).unwrap_or_default();
+        if path.contains(&b'/') || (path.len() > 4 && path.ends_with(b".git")) {
+            return None;
+        }
     }
     // "icon@2x.png": a HiDPI image name, not an address
     let first = s.get(a + 1..).map_or(0, |r| r.iter().take_while(|b| **b != b'.').count());
@@ -871,12 +884,14 @@ fn aws(s: &[u8], st: usize) -> Option<usize> {
     (n == 16 && !word(at(s, end))).then_some(end)
 }
 
-/// Google API key at `st` (`AIza`): exactly 35 of `[A-Za-z0-9_-]` follow,
-/// and no further base64url byte (the keys are 39 bytes long).
+/// Google API key at `st` (`AIza`): exactly 35 of `[A-Za-z0-9_-]` follow
+/// (the keys are 39 bytes long), then no further base64url byte but for
+/// one or two `_` (Markdown emphasis: `__AIza…__`).
 fn google(s: &[u8], st: usize) -> Option<usize> {
-    let n = run(s, st + 4, 35, b64url);
+    let n = run(s, st + 4, 37, b64url);
     let end = st + 4 + 35;
-    (n == 35).then_some(end)
+    let tail = s.get(end..st + 4 + n).unwrap_or_default();
+    ((35..=37).contains(&n) && tail.iter().all(|b| *b == b'_')).then_some(end)
 }
 
 /// GitHub token at `st`: `gh[pousr]_` and 36+ alphanumerics.
@@ -1279,8 +1294,9 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                 }
             }
             b'I' => {
-                // `AIza…`: a Google API key
-                if i >= 1 && back(s, i, 1) == b'A' && at(s, i + 1) == b'z' && at(s, i + 2) == b'a' && !b64url_before(s, i - 1) {
+                // `AIza…`: a Google API key; a `-` or `_` may glue it to a
+                // name (`api-key-AIza…`, `__AIza…__`), a letter or digit not
+                if i >= 1 && back(s, i, 1) == b'A' && at(s, i + 1) == b'z' && at(s, i + 2) == b'a' && !(alnum(back(s, i, 2)) && !escape_before(s, i - 1) && !percent_escape_before(s, i - 1)) {
                     if let Some(d) = en.get(Builtin::GoogleApiKey) {
                         if let Some(e) = google(s, i - 1) {
                             push(i - 1, e, d, out);

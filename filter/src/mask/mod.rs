@@ -92,10 +92,10 @@ pub struct RawMasking {
     /// found, so a job asking for them (`logprobs: true`) could read masked
     /// text back; `mask` accepts that risk.
     pub logprobs: Option<String>,
-    /// How `us_ssn` finds SSNs: any of `dashed` (`123-45-6789`), `spaced`
-    /// (`123 45 6789`) and `plain` (`123456789`, nine digits not glued to
-    /// a longer token: more false positives, e.g. nine-digit ids). Absent:
-    /// `["dashed"]`.
+    /// How `us_ssn` finds SSNs besides `dashed` (`123-45-6789`, always
+    /// found): `spaced` (`123 45 6789`) and `plain` (`123456789`, nine
+    /// digits not glued to a longer token: more false positives, e.g.
+    /// nine-digit ids). Absent: `["dashed"]`.
     pub us_ssn_forms: Option<Vec<String>>,
 }
 
@@ -422,7 +422,9 @@ impl Masker {
         }
 
         if let Some(forms) = &raw.us_ssn_forms {
-            let mut f = detectors::SsnForms { dashed: false, spaced: false, plain: false };
+            // the dashed form is always found: naming only another one
+            // must not stop finding `123-45-6789`
+            let mut f = detectors::SsnForms::default();
             if forms.is_empty() {
                 err(field_path(prefix, "us_ssn_forms"), "must name at least one form: dashed, spaced or plain".into());
             }
