@@ -839,8 +839,7 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     // An image extension is not a delegated top-level domain: an image
     // name. "logo@1.5x.png" is no address; "jane@acme.com.png" (an avatar
     // named by its owner's address) holds one, without the extension.
-    const IMAGE_EXTS: [&[u8]; 11] = [b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"avif", b"bmp", b"ico", b"tif", b"tiff"];
-    if labels >= 2 && !word(at(s, pos)) && IMAGE_EXTS.iter().any(|e| tld.eq_ignore_ascii_case(e)) {
+    if labels >= 2 && image_extension(tld) && !word(at(s, pos)) {
         labels -= 1;
         pos = before_last.1;
         tld = s.get(before_last.0..before_last.1)?;
@@ -866,6 +865,19 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
         return None;
     }
     Some((st, pos))
+}
+
+/// Whether `t` is an image file extension (ASCII case-insensitive): `png`,
+/// `jpg`, `jpeg`, `gif`, `svg`, `webp`, `avif`, `bmp`, `ico`, `tif`,
+/// `tiff` — none is a delegated top-level domain.
+#[inline]
+fn image_extension(t: &[u8]) -> bool {
+    // `| 0x20` lowercases ASCII letters and maps no other byte to one
+    match *t {
+        [a, b, c] => matches!(&[a | 0x20, b | 0x20, c | 0x20], b"png" | b"jpg" | b"gif" | b"svg" | b"bmp" | b"ico" | b"tif"),
+        [a, b, c, d] => matches!(&[a | 0x20, b | 0x20, c | 0x20, d | 0x20], b"jpeg" | b"webp" | b"avif" | b"tiff"),
+        _ => false,
+    }
 }
 
 /// Length of a run of `[A-Za-z0-9]`, `[A-Za-z0-9_-]` etc. from `i`.
