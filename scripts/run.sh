@@ -28,22 +28,38 @@ if [ -z "${ENVOY_BIN:-}" ]; then
 fi
 scripts/build.sh
 
+# the demo's own ports must be free: a second demo (or anything else) there
+# would answer in its place
+for port in "$IDP_PORT" "$UPSTREAM_PORT" "$APPROVALS_PORT" "$PORT" "$ADMIN_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "127.0.0.1:$port is in use (another demo?): the demo needs ports $IDP_PORT-$APPROVALS_PORT, $PORT (NHI_GATE_PORT) and $ADMIN_PORT (NHI_GATE_ADMIN_PORT)" >&2
+    exit 1
+  fi
+done
+
 # logs, audit records and the approvals database (NHI_GATE_RUN_DIR, else a new temporary folder)
 run_dir="${NHI_GATE_RUN_DIR:-$(mktemp -d -t nhi-gate-run.XXXXXX)}"
 mkdir -p "$run_dir"
 pids=()
+# Ctrl-C (INT) or TERM: a normal stop (status 0); any other exit keeps its status
 cleanup() {
+  local rc="$1"
   trap - INT TERM EXIT
   echo >&2; echo "stopping nhi-gate demo (logs kept in $run_dir)" >&2
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  exit 0
+  exit "$rc"
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup 0' INT TERM
+trap 'cleanup $?' EXIT
 
 wait_port() {
   for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    # a process that died (e.g. could not listen) will never answer
+    for p in "${pids[@]}"; do
+      kill -0 "$p" 2>/dev/null || { echo "a demo process exited while starting; see the logs in $run_dir" >&2; exit 1; }
+    done
     sleep 0.1
   done
   echo "nothing listening on 127.0.0.1:$1; see logs in $run_dir" >&2
@@ -54,8 +70,9 @@ cli=target/release/nhi-gate
 "$cli" dev idp --listen "127.0.0.1:$IDP_PORT" > "$run_dir/idp.log" 2>&1 & pids+=($!)
 "$cli" dev upstream --listen "127.0.0.1:$UPSTREAM_PORT" > "$run_dir/upstream.log" 2>&1 & pids+=($!)
 approver_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-"$cli" approvals serve --listen "127.0.0.1:$APPROVALS_PORT" --db "$run_dir/approvals.db" \
-  --approver "demo-approver=$approver_token" > "$run_dir/approvals.log" 2>&1 & pids+=($!)
+# (the approver token goes in the environment, not the process list)
+NHI_GATE_APPROVERS="demo-approver=$approver_token" "$cli" approvals serve --listen "127.0.0.1:$APPROVALS_PORT" \
+  --db "$run_dir/approvals.db" > "$run_dir/approvals.log" 2>&1 & pids+=($!)
 wait_port "$IDP_PORT"; wait_port "$UPSTREAM_PORT"; wait_port "$APPROVALS_PORT"
 
 python3 scripts/envoy_config.py --policy "$POLICY" --wasm "$root/dist/nhi_gate.wasm" \
@@ -106,3 +123,4 @@ wait -n "${pids[@]}" || true
 # trap runs: give the trap its turn before reporting a process that died.
 sleep 0.5
 echo "a demo process exited on its own; see the logs in $run_dir" >&2
+exit 1

@@ -1030,7 +1030,13 @@ impl RawConfig {
             }
             let sources = [p.jwks.is_some(), p.jwks_uri.is_some(), p.discovery].iter().filter(|b| **b).count();
             let keys = if sources != 1 {
-                errs.add(format!("{at}.jwks"), "set exactly one of jwks (inline), jwks_uri, or discovery: true");
+                let set: Vec<&str> = [(p.jwks.is_some(), "jwks"), (p.jwks_uri.is_some(), "jwks_uri"), (p.discovery, "discovery")]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, n)| *n)
+                    .collect();
+                let given = if set.is_empty() { "none is set".to_string() } else { format!("{} are set", set.join(" and ")) };
+                errs.add(format!("{at}.jwks"), format!("set exactly one of jwks (inline), jwks_uri, or discovery: true ({given})"));
                 KeySource::Inline(std::rc::Rc::default())
             } else if let Some(doc) = p.jwks {
                 if p.cluster.is_some() {
@@ -1063,7 +1069,10 @@ impl RawConfig {
                     Some((authority, path)) => KeySource::Discovery { cluster, authority, path },
                     None => {
                         let field = if p.jwks_uri.is_some() { "jwks_uri" } else { "issuer" };
-                        errs.add(format!("{at}.{field}"), "must be an http:// or https:// URL");
+                        errs.add(
+                            format!("{at}.{field}"),
+                            "must be an http:// or https:// URL with a host and optional port (no user:password@, query or fragment)",
+                        );
                         KeySource::Inline(std::rc::Rc::default())
                     }
                 }

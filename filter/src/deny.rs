@@ -53,9 +53,13 @@ impl Denial {
     }
 
     /// The JSON body of the local reply:
-    /// `{"error": "unauthorized"|"forbidden"|..., "reason": ..., "detail": ..., "request_id": ...}`.
+    /// `{"error": ..., "reason": ..., "detail": ..., "request_id": ...}`,
+    /// `error` by status: 400 `invalid_request`, 401 `unauthorized`, 403
+    /// `forbidden`, 413 `payload_too_large`, 429 `too_many_requests`, 502
+    /// `bad_gateway`, 503 `unavailable`.
     pub fn body(&self, request_id: &str) -> Vec<u8> {
         let error = match self.status {
+            400 => "invalid_request",
             401 => "unauthorized",
             403 => "forbidden",
             413 => "payload_too_large",
@@ -98,6 +102,23 @@ mod tests {
         assert!(Denial::forbidden("group_not_allowed", "x").www_authenticate("r").is_none());
         let d = Denial::forbidden("scope_missing", "needs rag");
         assert!(d.www_authenticate("r").unwrap_or_default().contains("insufficient_scope"));
+    }
+
+    #[test]
+    fn body_error_names_the_status() {
+        for (status, want) in [
+            (400, "invalid_request"),
+            (401, "unauthorized"),
+            (403, "forbidden"),
+            (413, "payload_too_large"),
+            (429, "too_many_requests"),
+            (502, "bad_gateway"),
+            (503, "unavailable"),
+        ] {
+            let d = Denial { status, reason: "r", detail: String::new() };
+            let v: serde_json::Value = serde_json::from_slice(&d.body("id")).unwrap_or_default();
+            assert_eq!(v["error"], want, "{status}");
+        }
     }
 
     #[test]

@@ -336,7 +336,7 @@ impl Gate {
     /// identity against it; on allow returns the upstream header plan.
     pub fn authorize(&self, req: &Request<'_>, headers: &[Header<'_>], id: Identity) -> Result<Plan, Denial> {
         if !crate::policy::path_is_normalized(req.path) {
-            return Err(Denial::forbidden("unnormalized_path", "path has dot-segments, empty segments or encoded characters"));
+            return Err(Denial::forbidden("unnormalized_path", "path has dot-segments, empty segments, `;` parameters, a backslash or encoded characters"));
         }
         let resource: &Resource = self.config.resource_for(req)?;
         let op: OpClass = resource.operation(req);

@@ -286,6 +286,8 @@ impl Resource {
             (None, None) => (b"/", false),
         };
         let path = match (&self.path_prefix, &self.path_glob) {
+            // both set is a policy error of its own; no claim then
+            (Some(_), Some(_)) => false,
             (None, None) => true,
             (Some(p), _) => p == "/" || literal.starts_with(p.as_bytes()),
             (None, Some(g)) => {

@@ -23,7 +23,7 @@ pub struct FilterArgs {
     /// Only records of this resource (policy resource name).
     #[arg(long)]
     pub resource: Option<String>,
-    /// Only records with this decision (`allow`, `deny`, `pending`).
+    /// Only records with this decision (`allow`, `deny`, `pending`, `undecided`).
     #[arg(long)]
     pub decision: Option<String>,
     /// Only records of this session (the record's `session`).
