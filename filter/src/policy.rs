@@ -273,11 +273,6 @@ impl Resource {
     ///
     /// Partial overlaps are not reported.
     pub fn covers(&self, later: &Resource) -> bool {
-        let methods = self.methods.is_empty() || (!later.methods.is_empty() && later.methods.iter().all(|m| method_listed(&self.methods, m)));
-        let authorities = self.authorities.is_empty()
-            || self.authorities.iter().any(|a| a == "*")
-            || (!later.authorities.is_empty()
-                && later.authorities.iter().all(|a| a != "*" && authority_matches(&self.authorities, a.as_bytes())));
         // every path `later` matches starts with `literal`; `exact`: the
         // glob has no star, so it matches `literal` (and `literal/`) only
         let (literal, exact): (&[u8], bool) = match (&later.path_prefix, &later.path_glob) {
@@ -297,7 +292,15 @@ impl Resource {
                     || later.path_glob.as_ref().is_some_and(|lg| lg.pattern == g.pattern)
             }
         };
-        methods && authorities && path
+        // (cheapest first: most pairs differ by path)
+        let methods = || self.methods.is_empty() || (!later.methods.is_empty() && later.methods.iter().all(|m| method_listed(&self.methods, m)));
+        let authorities = || {
+            self.authorities.is_empty()
+                || self.authorities.iter().any(|a| a == "*")
+                || (!later.authorities.is_empty()
+                    && later.authorities.iter().all(|a| a != "*" && authority_matches(&self.authorities, a.as_bytes())))
+        };
+        path && methods() && authorities()
     }
 
     /// Whether this resource covers the request (its `methods` by
