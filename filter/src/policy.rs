@@ -194,24 +194,31 @@ fn authority_matches(patterns: &[String], authority: &[u8]) -> bool {
     if patterns.is_empty() {
         return true;
     }
-    let mut lower = authority.to_ascii_lowercase();
-    let (host_end, port) = match lower.iter().rposition(|b| *b == b':') {
-        Some(i) if !lower.ends_with(b"]") => (i, lower.get(i..).unwrap_or_default().to_vec()),
-        _ => (lower.len(), Vec::new()),
+    // Without allocating (this runs per request and resource): the host and
+    // the `:port` (none after a bracketed IPv6 literal), compared ASCII
+    // case-insensitively with the patterns, which are lowercase.
+    let (host, port) = match authority.iter().rposition(|b| *b == b':') {
+        Some(i) if !authority.ends_with(b"]") => (authority.get(..i).unwrap_or_default(), authority.get(i..).unwrap_or_default()),
+        _ => (authority, &[][..]),
     };
     // A fully qualified name ("api.example.com.") names the same host (RFC 1034 §3.1).
-    let mut host_v = lower.get(..host_end).unwrap_or_default().to_vec();
-    while host_v.last() == Some(&b'.') {
-        host_v.pop();
+    let mut host = host;
+    while let Some(h) = host.strip_suffix(b".") {
+        host = h;
     }
-    lower = [host_v.as_slice(), port.as_slice()].concat();
-    let host = &host_v[..];
     patterns.iter().any(|p| {
-        p == "*"
-            || p.as_bytes() == &lower[..]
+        let p = p.as_bytes();
+        p == b"*"
+            || (p.len() == host.len() + port.len()
+                && p.get(..host.len()).is_some_and(|h| h.eq_ignore_ascii_case(host))
+                && p.get(host.len()..).is_some_and(|x| x.eq_ignore_ascii_case(port)))
             // A bracketed IPv6 literal without port ("[::1]") has no port either.
-            || ((!p.contains(':') || p.ends_with(']')) && p.as_bytes() == host)
-            || p.strip_prefix("*.").is_some_and(|suffix| host.ends_with(format!(".{suffix}").as_bytes()))
+            || ((!p.contains(&b':') || p.ends_with(b"]")) && p.eq_ignore_ascii_case(host))
+            || p.strip_prefix(b"*.").is_some_and(|suffix| {
+                host.len() > suffix.len()
+                    && host.get(host.len() - suffix.len() - 1) == Some(&b'.')
+                    && host.get(host.len() - suffix.len()..).is_some_and(|t| t.eq_ignore_ascii_case(suffix))
+            })
     })
 }
 

@@ -477,3 +477,48 @@ fn azure_overage_markers_deny() {
         assert_eq!(r.authorize(&i, OpClass::Read), Ok(()));
     }
 }
+
+/// The authority matching of the filter before it stopped allocating (kept
+/// here as the reference the allocation-free version must agree with).
+fn reference_authority_matches(patterns: &[String], authority: &[u8]) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    let lower = authority.to_ascii_lowercase();
+    let (host_end, port) = match lower.iter().rposition(|b| *b == b':') {
+        Some(i) if !lower.ends_with(b"]") => (i, lower[i..].to_vec()),
+        _ => (lower.len(), Vec::new()),
+    };
+    let mut host = lower[..host_end].to_vec();
+    while host.last() == Some(&b'.') {
+        host.pop();
+    }
+    let whole = [host.as_slice(), port.as_slice()].concat();
+    patterns.iter().any(|p| {
+        p == "*"
+            || p.as_bytes() == &whole[..]
+            || ((!p.contains(':') || p.ends_with(']')) && p.as_bytes() == &host[..])
+            || p.strip_prefix("*.").is_some_and(|suffix| host.ends_with(format!(".{suffix}").as_bytes()))
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..Default::default() })]
+
+    /// Random authorities (case, ports, trailing dots, IPv6 brackets) against
+    /// every shape of pattern: the same decision as the reference.
+    #[test]
+    fn authority_matching_agrees_with_the_reference(
+        authority in "[aAbB.:\\[\\]1-]{0,14}",
+        pick in proptest::collection::vec(0usize..9, 1..3),
+    ) {
+        const PATTERNS: [&str; 9] = ["a.b", "a.b:1", "*.b", "*.a.b", "[::1]", "[::1]:1", "ab", "b:11", "*"];
+        let patterns: Vec<String> = pick.iter().map(|i| PATTERNS[*i].to_string()).collect();
+        let r = resource(json!({"authorities": patterns.clone()}));
+        proptest::prop_assert_eq!(
+            r.matches(&req("GET", &authority, "/")),
+            reference_authority_matches(&r.authorities, authority.as_bytes()),
+            "{:?} against {:?}", authority, patterns
+        );
+    }
+}
