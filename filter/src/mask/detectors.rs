@@ -511,9 +511,9 @@ struct PGroup {
 /// E.164 (`+` and 8–15 digits, optional separators) or a national format
 /// with separators: NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`,
 /// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`,
-/// German `030/1234567`; `+44(0)20 7946 0958` (trunk
-/// prefix in parentheses), `(+44) 20 7946 0958`; Brazilian `(11) 91234-5678`; Russian
-/// `8 (495) 123-45-67`.
+/// German `030/1234567`; `+44(0)20 7946 0958` (trunk prefix in
+/// parentheses), `(+44) 20 7946 0958`; Brazilian `(11) 91234-5678`;
+/// Russian `8 (495) 123-45-67`.
 /// Separators may be Unicode spaces or hyphens (see [`sep_at`]).
 fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut pos = start;
@@ -799,10 +799,9 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     }
     let mut pos = a + 1;
     let mut labels = 0usize;
-    let mut last;
+    let mut last = (pos, pos);
     // the label before the last, for a file extension glued to an address
     let mut before_last;
-    let mut last_seen = (pos, pos);
     loop {
         let ls = pos;
         let n = count_while(s, pos, 64, |b| alnum(b) || b == b'-' || b >= 0x80);
@@ -815,9 +814,8 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
             return None;
         }
         labels += 1;
-        before_last = last_seen;
+        before_last = last;
         last = (ls, pos);
-        last_seen = last;
         if pos - (a + 1) > 253 {
             return None;
         }
