@@ -33,8 +33,19 @@ The fast upstream answers at once, which puts the filter's cost in full
 view; a second latency table (--upstream-delay-ms, default 2) repeats the
 comparison against an upstream that takes that long to answer, as a search
 backend does (SlowUpstream, in this process).
+
+Instructions (--instructions N, instead of the tables above): the four
+gateways run under valgrind's callgrind, and each 1 KiB request's cost is
+the count of instructions the gateway process executes for it (all
+threads, user space: Envoy, V8 and the module's compiled code), over N
+requests on one keep-alive connection after 30 to warm up. The count does
+not depend on what else the machine runs, so two builds compare without
+the noise of a p50; it leaves out the kernel (sockets, scheduling), which
+the p50 includes.
 """
 import argparse
+import glob
+import http.client
 import json
 import os
 import re
@@ -165,7 +176,11 @@ def main():
                     help="comma-separated K: one latency table per K, sending K requests in a row to each gateway")
     ap.add_argument("--upstream-delay-ms", type=float, default=2.0,
                     help="second latency table: the upstream answers after this delay (0: skip it)")
+    ap.add_argument("--instructions", type=int, default=0, metavar="N",
+                    help="only the instructions-per-request table (callgrind), N requests per gateway and body")
     a = ap.parse_args()
+    if a.instructions > 0:
+        return instructions(a.instructions)
     runs = [int(k) for k in a.latency_runs.split(",") if k.strip()]
     if not runs or any(k < 1 for k in runs):
         ap.error("--latency-runs: positive integers, e.g. 1,25")
@@ -239,6 +254,66 @@ def main():
     for dense in ("clean", "pii"):
         c = lat[runs[0]][dense][2]
         print(f"| {dense} 1k | {c['passthrough']:.1f} | {c['wasm-noop']:.1f} | {c['no-mask']:.1f} | {c['mask']:.1f} |")
+
+
+def instructions(n):
+    """The --instructions table (module doc): instructions per 1 KiB request by gateway and body."""
+    import bench
+    key = Key("ES256", "m1")
+    token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
+    up_port = free_port()
+    procs = [start(upstream(up_port, free_port()))]
+    slow_up = SlowUpstream(1)
+    gws = {}
+    out_dir = bench.RUN_DIR
+    try:
+        for kind in ("passthrough", "wasm-noop", "no-mask", "mask"):
+            port = free_port()
+            cfg = gateway(kind, key.jwk, port, free_port(), up_port, slow_up.port)
+            path = os.path.join(out_dir, f"envoy-{kind}.json")
+            Path(path).write_text(json.dumps(cfg))
+            log = open(os.path.join(out_dir, f"valgrind-{kind}.log"), "w")
+            p = subprocess.Popen(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--cache-sim=no",
+                                  f"--callgrind-out-file={out_dir}/callgrind-{kind}.%p", bench.ENVOY, "-c", path,
+                                  "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
+                                  "--base-id", str(free_port())], stdout=log, stderr=subprocess.STDOUT)
+            procs.append(p)
+            gws[kind] = (port, p.pid)
+        # Envoy with V8 starts in minutes under valgrind
+        for port, _ in gws.values():
+            wait_ok(f"http://127.0.0.1:{port}/data/clean-1k", [f"authorization: Bearer {token}"], timeout=1200, method="GET")
+        counts = {}
+        for dense in ("clean", "pii"):
+            for kind, (port, pid) in gws.items():
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+                def get(k):
+                    for _ in range(k):
+                        conn.request("GET", f"/data/{dense}-1k", headers={"authorization": f"Bearer {token}"})
+                        r = conn.getresponse()
+                        body = r.read()
+                        if r.status != 200:
+                            raise RuntimeError(f"{kind}: {r.status} {body[:200]!r}")
+                get(30)
+                subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+                get(n)
+                subprocess.run(["callgrind_control", "-d", f"{dense}", str(pid)], check=True, capture_output=True)
+                conn.close()
+                dump = max(glob.glob(f"{out_dir}/callgrind-{kind}.{pid}.*"), key=os.path.getmtime)
+                total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
+                counts[(dense, kind)] = total / n
+    finally:
+        for p in procs:
+            p.terminate()
+    print(f"\ninstructions per 1 KiB request (thousands; callgrind, whole gateway process, {n} requests on one "
+          "connection after 30 to warm up)\n")
+    print("| body | passthrough | wasm-noop | no-mask | mask | wasm-noop / passthrough | mask / no-mask | mask / passthrough |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dense in ("clean", "pii"):
+        c = {k: counts[(dense, k)] for k in gws}
+        print(f"| {dense} 1k | {c['passthrough'] / 1e3:.0f} | {c['wasm-noop'] / 1e3:.0f} | {c['no-mask'] / 1e3:.0f} | "
+              f"{c['mask'] / 1e3:.0f} | {c['wasm-noop'] / c['passthrough']:.3f}x | {c['mask'] / c['no-mask']:.3f}x | "
+              f"{c['mask'] / c['passthrough']:.3f}x |")
 
 
 def latency_table(lat, names):

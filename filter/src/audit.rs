@@ -165,12 +165,15 @@ impl Capture {
 
     fn text(&self) -> (String, bool) {
         // A character cut by the cap is left out rather than replaced.
-        let keep = match std::str::from_utf8(&self.head) {
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            _ => self.head.len(),
+        let (text, kept) = match std::str::from_utf8(&self.head) {
+            Ok(s) => (s.to_string(), self.head.len()),
+            Err(e) if e.error_len().is_none() => {
+                let head = self.head.get(..e.valid_up_to()).unwrap_or_default();
+                (String::from_utf8_lossy(head).into_owned(), head.len())
+            }
+            Err(_) => (String::from_utf8_lossy(&self.head).into_owned(), self.head.len()),
         };
-        let head = self.head.get(..keep).unwrap_or_default();
-        (String::from_utf8_lossy(head).to_string(), self.size > head.len())
+        (text, self.size > kept)
     }
 
     /// The `request_body` field.

@@ -343,7 +343,7 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     let mut end = tail.len();
     let mut best: Option<Usage> = None;
     let mut output_only = 0u64;
-    while let Some(at) = tail.get(..end).and_then(|t| t.windows(KEY.len()).rposition(|w| w == KEY)) {
+    while let Some(at) = tail.get(..end).and_then(|t| memchr::memmem::rfind(t, KEY)) {
         // The next candidate ends before this one's closing quote.
         end = at + KEY.len() - 1;
         let backslashes = tail.get(..at).unwrap_or_default().iter().rev().take_while(|b| **b == b'\\').count();
