@@ -513,7 +513,8 @@ struct PGroup {
 /// `1-800-555-0199`; trunk-prefixed `020 7946 0958`, `01 23 45 67 89`,
 /// German `030/1234567`; `+44(0)20 7946 0958` (trunk prefix in
 /// parentheses), `(+44) 20 7946 0958`; Brazilian `(11) 91234-5678`;
-/// Russian `8 (495) 123-45-67`.
+/// Russian `8 (495) 123-45-67`; the `00` international prefix
+/// `0044 20 7946 0958` (see [`intl00`]).
 /// Separators may be Unicode spaces or hyphens (see [`sep_at`]).
 fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut pos = start;
@@ -584,13 +585,25 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
     }
     // "(+CC)" alone is not a number: its country code needs groups after it
     let min_groups = if cc_paren { 2 } else { 1 };
+    // "0044 20 7946 0958", "00 44 …": the `00` international prefix
+    let intl = !plus && !cc_paren && groups.first().is_some_and(|g| !g.paren && g.first == b'0' && g.second == b'0');
+    let cc_first = match groups.first() {
+        Some(g) if g.len == 2 => groups.get(1).map_or(0, |c| c.first),
+        _ => at(s, start + 2),
+    };
     for k in (min_groups..=ng).rev() {
         let gs = groups.get(..k)?;
         let end = gs.last()?.end;
         if glued_after(s, end) {
             continue;
         }
-        let ok = if plus { e164(gs) } else { nanp(gs) || trunk(gs) || brazil(gs) || russia(gs) };
+        let ok = if plus {
+            e164(gs)
+        } else if intl {
+            intl00(gs, cc_first)
+        } else {
+            nanp(gs) || trunk(gs) || brazil(gs) || russia(gs)
+        };
         if ok {
             return Some(end);
         }
@@ -649,6 +662,33 @@ fn trunk(gs: &[PGroup]) -> bool {
     (sep == b' ' || sep == b'-' || (first.paren && sep == 0))
         && rest.iter().all(|g| !g.paren && (2..=8).contains(&g.len))
         && rest.iter().skip(1).all(|g| g.sep == sep || (sep == 0 && g.sep == b' '))
+}
+
+/// The `00` international call prefix (ITU-T E.164 §6; `+` in print):
+/// `0044 20 7946 0958`, `00 44 20 7946 0958`, `0049-30-123456`. After
+/// `00`, a country code of 1–3 digits not starting with 0 (`cc_first`: its
+/// first digit), glued to the prefix or its own group, then at least two
+/// groups (the first of 1–4 digits and not starting with the national
+/// trunk prefix 0, which the international form drops — so Italian
+/// `0039 06 …` is not found; the others 2–8 digits), 8–15 digits after the
+/// prefix, and one separator throughout: spaces or hyphens, not dots or
+/// slashes (`00.11.22.33.44` is a hardware address or a version).
+fn intl00(gs: &[PGroup], cc_first: u8) -> bool {
+    let Some(first) = gs.first() else { return false };
+    let (cc_len, rest) = match first.len {
+        2 => (gs.get(1).map_or(0, |g| g.len), gs.get(2..).unwrap_or(&[])),
+        n => (n - 2, gs.get(1..).unwrap_or(&[])),
+    };
+    let Some(sep) = gs.get(1).map(|g| g.sep) else { return false };
+    let total = cc_len + digits_total(rest);
+    (1..=3).contains(&cc_len)
+        && (b'1'..=b'9').contains(&cc_first)
+        && rest.len() >= 2
+        && (8..=15).contains(&total)
+        && matches!(sep, b' ' | b'-')
+        && gs.iter().skip(1).all(|g| g.sep == sep && !g.paren)
+        && rest.first().is_some_and(|g| g.len <= 4 && g.first != b'0')
+        && rest.iter().skip(1).all(|g| (2..=8).contains(&g.len))
 }
 
 /// Brazilian `(11) 91234-5678`, `(11) 3456-7890`: a two-digit area code
@@ -1414,7 +1454,8 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
             // "1-800-…"; Russian trunk "8 (495) …"
             1 => (first == b'1' || first == b'8') && next_group,
             3 if first != b'0' => first >= b'2' && digit(at(s, after)) && digit(at(s, after + 1)) && digit(at(s, after + 2)),
-            2..=5 => first == b'0' && at(s, i + 1) != b'0' && digit(at(s, after)),
+            // trunk "020 …"; international "0044 …", "00 44 …"
+            2..=5 => first == b'0' && digit(at(s, after)) && (at(s, i + 1) != b'0' || (at(s, i + 2) != b'0' && matches!(nsep, b' ' | b'-'))),
             _ => false,
         };
         // a national number is not the tail of a longer digit run grouped
