@@ -671,8 +671,10 @@ fn trunk(gs: &[PGroup]) -> bool {
 /// groups (the first of 1–4 digits and not starting with the national
 /// trunk prefix 0, which the international form drops — so Italian
 /// `0039 06 …` is not found; the others 2–8 digits), 8–15 digits after the
-/// prefix, and one separator throughout: spaces or hyphens, not dots or
-/// slashes (`00.11.22.33.44` is a hardware address or a version).
+/// prefix, one separator throughout: spaces or hyphens, not dots or
+/// slashes (`00.11.22.33.44` is a hardware address or a version), and not
+/// all groups of one length (a MAC address `00-14-22-01-23-45`, a hex dump
+/// `00 11 22 33 44 55`, an id `0012 3456 7890`).
 fn intl00(gs: &[PGroup], cc_first: u8) -> bool {
     let Some(first) = gs.first() else { return false };
     let (cc_len, rest) = match first.len {
@@ -681,7 +683,11 @@ fn intl00(gs: &[PGroup], cc_first: u8) -> bool {
     };
     let Some(sep) = gs.get(1).map(|g| g.sep) else { return false };
     let total = cc_len + digits_total(rest);
-    (1..=3).contains(&cc_len)
+    // groups all of one length are bytes or an id: a MAC address
+    // `00-14-22-01-23-45`, a hex dump `00 11 22 33 44`, `0012 3456 7890`
+    let uniform = gs.iter().all(|g| g.len == first.len);
+    !uniform
+        && (1..=3).contains(&cc_len)
         && (b'1'..=b'9').contains(&cc_first)
         && rest.len() >= 2
         && (8..=15).contains(&total)
