@@ -784,3 +784,14 @@ fn overlapping_but_not_shadowed_resources_are_valid() {
         assert!(Config::from_json(doc.to_string().as_bytes()).is_ok(), "{first} then {later}: {:?}", Config::from_json(doc.to_string().as_bytes()).err());
     }
 }
+
+/// The resource list is bounded (each request scans it; loading checks every
+/// pair): 1000 distinct resources load, 1001 are refused with the field named.
+#[test]
+fn resources_are_at_most_max_resources() {
+    let rs = |n: usize| (0..n).map(|i| json!({"path_prefix": format!("/r{i}/")})).collect::<Vec<_>>();
+    assert!(Config::from_json(with_resources(&rs(nhi_gate::config::MAX_RESOURCES)).to_string().as_bytes()).is_ok());
+    let errs = config_errors(&with_resources(&rs(nhi_gate::config::MAX_RESOURCES + 1)));
+    assert_eq!(errs.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["resources"], "{errs:?}");
+    assert!(errs[0].problem.contains("at most 1000 resources (this policy has 1001)"), "{}", errs[0].problem);
+}
