@@ -587,10 +587,15 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
     let min_groups = if cc_paren { 2 } else { 1 };
     // "0044 20 7946 0958", "00 44 …": the `00` international prefix
     let intl = !plus && !cc_paren && groups.first().is_some_and(|g| !g.paren && g.first == b'0' && g.second == b'0');
-    let cc_first = match groups.first() {
-        Some(g) if g.len == 2 => groups.get(1).map_or(0, |c| c.first),
-        _ => at(s, start + 2),
-    };
+    // its country code: the digits after `00` in the first group, or the second group
+    let cc = match groups.first() {
+        Some(g) if g.len == 2 => groups.get(1).filter(|c| !c.paren).map(|c| (c.end - c.len, c.end)),
+        Some(g) if !g.paren => Some((start + 2, g.end)),
+        _ => None,
+    }
+    .and_then(|(a, b)| s.get(a..b))
+    .filter(|d| (1..=3).contains(&d.len()))
+    .map_or(0, |d| d.iter().fold(0u32, |a, b| a * 10 + u32::from(b.wrapping_sub(b'0'))));
     for k in (min_groups..=ng).rev() {
         let gs = groups.get(..k)?;
         let end = gs.last()?.end;
@@ -600,7 +605,7 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
         let ok = if plus {
             e164(gs)
         } else if intl {
-            intl00(gs, cc_first)
+            intl00(gs, cc)
         } else {
             nanp(gs) || trunk(gs) || brazil(gs) || russia(gs)
         };
@@ -666,35 +671,82 @@ fn trunk(gs: &[PGroup]) -> bool {
 
 /// The `00` international call prefix (ITU-T E.164 §6; `+` in print):
 /// `0044 20 7946 0958`, `00 44 20 7946 0958`, `0049-30-123456`. After
-/// `00`, a country code of 1–3 digits not starting with 0 (`cc_first`: its
-/// first digit), glued to the prefix or its own group, then at least two
-/// groups (the first of 1–4 digits and not starting with the national
-/// trunk prefix 0, which the international form drops — so Italian
-/// `0039 06 …` is not found; the others 2–8 digits), 8–15 digits after the
-/// prefix, one separator throughout: spaces or hyphens, not dots or
-/// slashes (`00.11.22.33.44` is a hardware address or a version), and not
-/// all groups of one length (a MAC address `00-14-22-01-23-45`, a hex dump
-/// `00 11 22 33 44 55`, an id `0012 3456 7890`).
-fn intl00(gs: &[PGroup], cc_first: u8) -> bool {
+/// `00`, an assigned country code (`cc`, 0 if none: [`country_code`]),
+/// glued to the prefix or its own group, then at least two groups (the
+/// first of 1–5 digits and not starting with the national trunk prefix 0,
+/// which the international form drops — so Italian `0039 06 …` is not
+/// found; the others 2–8 digits), 9–15 digits after the prefix (10 for
+/// `7`, and NANP's 3-3-4 for `1`), separated by spaces or hyphens, not dots
+/// or slashes (`00.11.22.33.44` is a hardware address or a version), and
+/// not all groups of one length (a MAC address `00-30-48-01-23-45`, a hex
+/// dump `00 30 22 33 44 55`). Without a valid country code, zero-padded
+/// ids (`0012-345-6789`, NDC drug codes `0074-3799-02`) are not numbers.
+fn intl00(gs: &[PGroup], cc: u32) -> bool {
     let Some(first) = gs.first() else { return false };
-    let (cc_len, rest) = match first.len {
-        2 => (gs.get(1).map_or(0, |g| g.len), gs.get(2..).unwrap_or(&[])),
-        n => (n - 2, gs.get(1..).unwrap_or(&[])),
+    let rest = gs.get(if first.len == 2 { 2 } else { 1 }..).unwrap_or(&[]);
+    let cc_len = match cc {
+        0..=9 => 1,
+        10..=99 => 2,
+        _ => 3,
     };
-    let Some(sep) = gs.get(1).map(|g| g.sep) else { return false };
     let total = cc_len + digits_total(rest);
-    // groups all of one length are bytes or an id: a MAC address
-    // `00-14-22-01-23-45`, a hex dump `00 11 22 33 44`, `0012 3456 7890`
     let uniform = gs.iter().all(|g| g.len == first.len);
+    let national = match cc {
+        1 => matches!(rest, [a, b, c] if a.len == 3 && b.len == 3 && c.len == 4 && a.first >= b'2'),
+        7 => total == 11,
+        _ => (9..=15).contains(&total),
+    };
     !uniform
-        && (1..=3).contains(&cc_len)
-        && (b'1'..=b'9').contains(&cc_first)
+        && country_code(cc)
+        && national
         && rest.len() >= 2
-        && (8..=15).contains(&total)
-        && matches!(sep, b' ' | b'-')
-        && gs.iter().skip(1).all(|g| g.sep == sep && !g.paren)
-        && rest.first().is_some_and(|g| g.len <= 4 && g.first != b'0')
+        && gs.iter().skip(1).all(|g| matches!(g.sep, b' ' | b'-') && !g.paren)
+        && rest.first().is_some_and(|g| g.len <= 5 && g.first != b'0')
         && rest.iter().skip(1).all(|g| (2..=8).contains(&g.len))
+}
+
+/// Whether `cc` is a country code assigned by ITU-T E.164 (the list of
+/// Recommendation E.164 Annex, in ranges; a few spare codes inside the
+/// ranges are accepted). Country codes are prefix-free, so a code is read
+/// whole from its group.
+fn country_code(cc: u32) -> bool {
+    matches!(
+        cc,
+        1 | 7
+            | 20
+            | 27
+            | 30..=34
+            | 36
+            | 39
+            | 40
+            | 41
+            | 43..=49
+            | 51..=58
+            | 60..=66
+            | 81
+            | 82
+            | 84
+            | 86
+            | 90..=95
+            | 98
+            | 211..=218
+            | 220..=269
+            | 290..=299
+            | 350..=359
+            | 370..=389
+            | 420..=423
+            | 500..=509
+            | 590..=599
+            | 670..=692
+            | 800
+            | 808
+            | 850..=856
+            | 870
+            | 878
+            | 880..=888
+            | 960..=979
+            | 991..=998
+    )
 }
 
 /// Brazilian `(11) 91234-5678`, `(11) 3456-7890`: a two-digit area code
@@ -1455,13 +1507,16 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
     if let Some(d) = phone_d {
         let after = i + run_len + nlen;
         let next_group = digit(at(s, after)) || at(s, after) == b'(';
+        // "0044 …", "00 44 …": the `00` international prefix
+        let intl = (2..=5).contains(&run_len) && first == b'0' && at(s, i + 1) == b'0' && at(s, i + 2) != b'0' && matches!(nsep, b' ' | b'-');
         // cheap shape checks before parsing: "1-800-…", "415-555-…", "020 7946 …"
         let shape = match run_len {
             // "1-800-…"; Russian trunk "8 (495) …"
             1 => (first == b'1' || first == b'8') && next_group,
             3 if first != b'0' => first >= b'2' && digit(at(s, after)) && digit(at(s, after + 1)) && digit(at(s, after + 2)),
-            // trunk "020 …"; international "0044 …", "00 44 …"
-            2..=5 => first == b'0' && digit(at(s, after)) && (at(s, i + 1) != b'0' || (at(s, i + 2) != b'0' && matches!(nsep, b' ' | b'-'))),
+            // trunk "020 …"; international "0044 …", "00 44 …" (not the
+            // `\u0044` escape of JSON held in text)
+            2..=5 => first == b'0' && digit(at(s, after)) && (at(s, i + 1) != b'0' || (intl && !(prev == b'u' && back(s, i, 2) == b'\\'))),
             _ => false,
         };
         // a national number is not the tail of a longer digit run grouped
@@ -1474,7 +1529,9 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
                 sep_before(s, i).is_some_and(|(c, l)| c == nsep && digit(back(s, i, l + 1)))
             }
         };
-        if !phone_done && shape && nsep != 0 && !grouped() {
+        // (an international "0044 …" starts a number wherever it stands:
+        // after a digit group it is a second number, not that group's tail)
+        if !phone_done && shape && nsep != 0 && (intl || !grouped()) {
             if let Some(e) = phone(s, i) {
                 push(i, e, d);
             }
