@@ -688,8 +688,9 @@ fn trunk(gs: &[PGroup]) -> bool {
         && rest.iter().skip(1).all(|g| g.sep == sep || (sep == 0 && g.sep == b' '))
 }
 
-/// The `00` international call prefix (ITU-T E.164 §6; `+` in print):
-/// `0044 20 7946 0958`, `00 44 20 7946 0958`, `0049-30-123456`. After
+/// The `00` international call prefix (the ITU-recommended prefix; `+` in
+/// print, ITU-T E.123): `0044 20 7946 0958`, `00 44 20 7946 0958`,
+/// `0049 30-123456`. After
 /// `00`, an assigned country code (`cc`, 0 if none: [`country_code`]),
 /// glued to the prefix or its own group, then at least two groups (the
 /// first of 1–5 digits and not starting with the national trunk prefix 0,
@@ -736,9 +737,9 @@ fn intl00(gs: &[PGroup], cc: u32) -> bool {
         && rest.iter().skip(1).all(|g| (2..=8).contains(&g.len))
 }
 
-/// Whether `cc` is a country code assigned by ITU-T E.164 (the list of
-/// Recommendation E.164 Annex, in ranges; a few spare codes inside the
-/// ranges are accepted). Country codes are prefix-free, so a code is read
+/// Whether `cc` is a country code in the ITU's list of assigned E.164
+/// country codes (in ranges; a few spare codes inside the ranges are
+/// accepted). Country codes are prefix-free, so a code is read
 /// whole from its group.
 fn country_code(cc: u32) -> bool {
     matches!(
