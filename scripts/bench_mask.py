@@ -58,7 +58,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ISS, WASM, start, upstream_config, wait_ok, UNIT  # noqa: E402
+from bench import ENVOY, ISS, RUN_DIR, WASM, start, upstream_config, wait_ok, UNIT  # noqa: E402
 import envoy_config  # noqa: E402
 from harness import Key, claims, free_port  # noqa: E402
 
@@ -258,14 +258,13 @@ def main():
 
 def instructions(n):
     """The --instructions table (module doc): instructions per 1 KiB request by gateway and body."""
-    import bench
     key = Key("ES256", "m1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
     up_port = free_port()
     procs = [start(upstream(up_port, free_port()))]
     slow_up = SlowUpstream(1)
     gws = {}
-    out_dir = bench.RUN_DIR
+    out_dir = RUN_DIR
     try:
         for kind in ("passthrough", "wasm-noop", "no-mask", "mask"):
             port = free_port()
@@ -274,7 +273,7 @@ def instructions(n):
             Path(path).write_text(json.dumps(cfg))
             log = open(os.path.join(out_dir, f"valgrind-{kind}.log"), "w")
             p = subprocess.Popen(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--cache-sim=no",
-                                  f"--callgrind-out-file={out_dir}/callgrind-{kind}.%p", bench.ENVOY, "-c", path,
+                                  f"--callgrind-out-file={out_dir}/callgrind-{kind}.%p", ENVOY, "-c", path,
                                   "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
                                   "--base-id", str(free_port())], stdout=log, stderr=subprocess.STDOUT)
             procs.append(p)

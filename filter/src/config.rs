@@ -1284,15 +1284,17 @@ impl RawConfig {
         // request: e.g. `/data/secret/` for admins after `/data/` for
         // readers lets readers in. Refused, as a dead rule is a mistake.
         // (pairwise: not run over a list already refused for its length)
-        for (j, later) in resources.iter().enumerate().take(if too_many { 0 } else { usize::MAX }) {
-            if let Some((i, first)) = resources.iter().enumerate().take(j).find(|(_, r)| r.covers(later)) {
-                errs.add(
-                    format!("resources[{j}]"),
-                    format!(
-                        "never matches: resources[{i}] ({}) comes first and covers every request it covers (the first match decides); put the more specific resource first",
-                        first.name
-                    ),
-                );
+        if !too_many {
+            for (j, later) in resources.iter().enumerate() {
+                if let Some((i, first)) = resources.iter().enumerate().take(j).find(|(_, r)| r.covers(later)) {
+                    errs.add(
+                        format!("resources[{j}]"),
+                        format!(
+                            "never matches: resources[{i}] ({}) comes first and covers every request it covers (the first match decides); put the more specific resource first",
+                            first.name
+                        ),
+                    );
+                }
             }
         }
         let audit = audit(&mut errs, self.audit);
