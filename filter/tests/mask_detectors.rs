@@ -676,6 +676,49 @@ fn private_keys() {
 }
 
 #[test]
+fn private_key_tail_without_header() {
+    let m = masker(json!({}));
+    let body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\n";
+    assert_masks_to(
+        &m,
+        &[
+            // a chunk cut from a key file: whole base64 lines, then the footer
+            (&format!("{body}-----END RSA PRIVATE KEY-----\nnext"), "[PRIVATE_KEY]\nnext"),
+            (&format!("chunk 2:\n{body}-----END PRIVATE KEY-----"), "chunk 2:\n[PRIVATE_KEY]"),
+            (&format!("a:\r\n{}-----END EC PRIVATE KEY-----", body.replace('\n', "\r\n")), "a:\r\n[PRIVATE_KEY]"),
+            // the first line cut mid-way: its base64 token goes with it
+            (&format!("the key: 4lgOEePzNm0tRgeLez\n{body}-----END PRIVATE KEY-----"), "the key: [PRIVATE_KEY]"),
+            (&format!("part (kAIB+0/a\n{body}-----END PRIVATE KEY-----)"), "part ([PRIVATE_KEY])"),
+            // a short word at the end of a prose line is not taken for one
+            (&format!("key follows:\n{body}-----END OPENSSH PRIVATE KEY-----"), "key follows:\n[PRIVATE_KEY]"),
+            (&format!("here it is\n{body}-----END OPENSSH PRIVATE KEY-----"), "here it is\n[PRIVATE_KEY]"),
+            // a tail after its own header is one block, counted once
+            (&format!("-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----"), "[PRIVATE_KEY]"),
+        ],
+        "private_key",
+    );
+    // JSON: the string value decoded (`\n` escapes)
+    let mut counts = Counts::new();
+    let doc = serde_json::to_vec(&json!({"text": format!("{body}-----END PRIVATE KEY-----"), "id": 1})).expect("json");
+    let out = m.mask_json(&doc, &mut counts).expect("masks");
+    assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"id":1,"text":"[PRIVATE_KEY]"}"#);
+    assert_eq!(counts.get("private_key"), Some(&1));
+    for t in [
+        // nothing before the footer, or a blank line before it
+        "-----END PRIVATE KEY-----",
+        "done\n\n-----END PRIVATE KEY-----",
+        // not at the start of a line
+        "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo -----END PRIVATE KEY-----",
+        // public material
+        "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
+        "MIIDdzCCAl+gAwIBAgIE\n-----END CERTIFICATE-----",
+        "MIIDdzCCAl+gAwIBAgIE\n-----END private key-----",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
 fn secrets_negative() {
     let m = masker(json!({}));
     for t in [

@@ -66,6 +66,8 @@ const PII: &[&str] = &[
     "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
     "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\n-----END RSA PRIVATE KEY-----",
+    // the tail of a key cut from its header
+    "4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n-----END RSA PRIVATE KEY-----",
 ];
 
 const WORDS: &[&str] = &[
@@ -76,6 +78,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
+    "-----END ", "-----EN", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
     "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", ".png", "jane@acme.com", "git@", ":o/r.git", "123 45 6789", "123456789", "078 05", " 1121", "030/", "1234567", "(11) ", "8 (495) ", "45-67", "(+44) ", "(+", "44)",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",
@@ -326,6 +329,62 @@ fn pem_block_is_held_until_its_footer() {
     let cuts: Vec<usize> = (1..input.len() / 16).map(|i| i * 16).collect();
     let (out, _, counts) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
     assert_eq!(String::from_utf8(out).unwrap(), format!("key follows\n[PRIVATE_KEY]\nthanks and bye now {}", "x ".repeat(100)));
+    assert_eq!(counts.get("private_key"), Some(&1));
+}
+
+#[test]
+fn pem_tail_is_held_until_its_footer() {
+    let m = masker(json!({}));
+    // a key cut from its header, far longer than the hold-back window
+    let body: String = (0..40).map(|i| format!("MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo{i:04}\n")).collect();
+    let bye = format!("thanks and bye now {}", "x ".repeat(100));
+    let input = format!("chunk 2 of 2:\n{body}-----END PRIVATE KEY-----\n{bye}");
+    for step in [1, 7, 16, 300] {
+        let cuts: Vec<usize> = (1..input.len() / step).map(|i| i * step).collect();
+        let (out, _, counts) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("chunk 2 of 2:\n[PRIVATE_KEY]\n{bye}"), "step {step}");
+        assert_eq!(counts.get("private_key"), Some(&1));
+    }
+    // base64 lines that no footer ends flow on once a prose line follows
+    let input = format!("{body}and that was the blob, {bye}");
+    let mut s = m.stream(StreamKind::Text);
+    let mut counts = Counts::new();
+    let first = s.push(input.as_bytes(), &mut counts);
+    assert!(first.len() >= body.len(), "held {} of {}", input.len() - first.len(), input.len());
+    let mut all = first;
+    all.extend(s.finish(&mut counts));
+    assert_eq!(all, input.as_bytes());
+    // a column of short lines (a list, numbers) is not held as a key body
+    let column: String = (0..200).map(|i| format!("{i}\n")).collect();
+    let mut s = m.stream(StreamKind::Text);
+    let out = s.push(column.as_bytes(), &mut counts);
+    assert!(out.len() + 200 > column.len(), "held {} of {}", column.len() - out.len(), column.len());
+    // a long base64 blob (MIME-style lines) streams through in bounded pieces
+    let line = "TWFuIGlzIGRpc3Rpbmd1aXNoZWQsIG5vdCBvbmx5IGJ5IGhpcyByZWFzb24sIGJ1dCBieSB0aGlz\n";
+    let mut s = m.stream(StreamKind::Text);
+    let mut total = Vec::new();
+    for _ in 0..4000 {
+        total.extend(s.push(line.as_bytes(), &mut counts));
+        assert!(s.held() <= 64 * 1024 + 1000, "held {}", s.held());
+    }
+    total.extend(s.finish(&mut counts));
+    assert_eq!(total, line.repeat(4000).as_bytes());
+}
+
+#[test]
+fn sse_pem_tail_split_across_events() {
+    let m = masker(json!({}));
+    let body: String = (0..20).map(|i| format!("MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo{i:04}\n")).collect();
+    let content = format!("From chunk 2:\n{body}-----END PRIVATE KEY-----\nThat is all.");
+    let input = chat_sse(&content, &[3, 5, 8], "\n");
+    let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+    let mut text = String::new();
+    for data in parse_sse(&String::from_utf8(out).unwrap()) {
+        if let Ok(v) = serde_json::from_str::<Value>(&data) {
+            text.push_str(v.pointer("/choices/0/delta/content").and_then(Value::as_str).unwrap_or(""));
+        }
+    }
+    assert_eq!(text, "From chunk 2:\n[PRIVATE_KEY]\nThat is all.");
     assert_eq!(counts.get("private_key"), Some(&1));
 }
 

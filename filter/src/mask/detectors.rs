@@ -1206,6 +1206,59 @@ fn pem(s: &[u8], i: usize, at_end: bool, st: &mut ScanState) -> Option<Pem> {
     Some(Pem::Found(end))
 }
 
+/// The tail of a PEM private key cut from its `-----BEGIN` line (a chunk
+/// of a key file, RFC 7468 §2): the `-----END … PRIVATE KEY-----` footer
+/// line at `i` (at the start of a line) and the base64 lines right before
+/// it, as `(start, end)`. See [`pem_tail_start`] for which lines count;
+/// `None` when no line before the footer does (a lone footer reveals
+/// nothing). A tail that follows its own header lies inside the block
+/// [`pem`] finds, and the two merge into one span.
+fn pem_tail(s: &[u8], i: usize) -> Option<(usize, usize)> {
+    let e = pem_line(s, i, b"-----END ")?;
+    Some((pem_tail_start(s, i, i.saturating_sub(PEM_WINDOW))?, e))
+}
+
+/// Where the base64 body lines before the line starting at `line` begin
+/// (not before `floor`): the run of whole lines above it made only of
+/// `[A-Za-z0-9+/=]` (LF or CRLF ends; the line right above `line` may be
+/// short, as a body's last line is, the others hold 16 bytes or more), and,
+/// above that run, the trailing base64 token of the next line when it looks
+/// like part of a key (16 bytes or more, or 4 or more holding a digit, `+`,
+/// `/` or `=`: a body line cut mid-way, `…found: MIIEvQIBADAN`). `None`
+/// when there is neither. The stream masker (`stream.rs`) holds text from
+/// here while a footer may still come, so that streamed and whole text mask
+/// alike.
+pub(crate) fn pem_tail_start(s: &[u8], line: usize, floor: usize) -> Option<usize> {
+    let b64 = |b: u8| alnum(b) || b == b'+' || b == b'/' || b == b'=';
+    let mut top = None;
+    // `nl`: the line feed that ends the line above
+    let mut nl = line.checked_sub(1).filter(|&p| at(s, p) == b'\n')?;
+    loop {
+        let le = if nl > 0 && at(s, nl - 1) == b'\r' { nl - 1 } else { nl };
+        let mut ls = le;
+        while ls > floor && b64(at(s, ls - 1)) {
+            ls -= 1;
+        }
+        let n = le - ls;
+        if n == 0 {
+            return top;
+        }
+        let whole = ls == floor || at(s, ls - 1) == b'\n';
+        if whole && (top.is_none() || n >= 16) {
+            top = Some(ls);
+            if ls == floor {
+                // the start of the text, or of the window
+                return top;
+            }
+            nl = ls - 1;
+            continue;
+        }
+        let tok = s.get(ls..le).unwrap_or(&[]);
+        let keyish = n >= 16 || (n >= 4 && tok.iter().any(|b| digit(*b) || matches!(b, b'+' | b'/' | b'=')));
+        return if keyish { Some(ls) } else { top };
+    }
+}
+
 /// Scans `s` (a decoded string, or one valid-UTF-8 segment of a stream
 /// buffer) with the enabled built-ins; pushes candidates with positions
 /// offset by `base`. A PEM header at or after `open_from` (offset by `base`)
@@ -1406,6 +1459,13 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                             Some(Pem::Found(e)) => push(i, e, d, out),
                             Some(Pem::Open) if open.is_none() => *open = Some(base + i),
                             _ => {}
+                        }
+                    }
+                }
+                if back(s, i, 1) == b'\n' && at(s, i + 5) == b'E' {
+                    if let Some(d) = en.get(Builtin::PrivateKey) {
+                        if let Some((st, e)) = pem_tail(s, i) {
+                            push(st, e, d, out);
                         }
                     }
                 }

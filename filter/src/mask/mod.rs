@@ -23,7 +23,7 @@
 //! | `anthropic_key` | `sk-ant-…` | length, holds a digit |
 //! | `slack_token` | `xoxb-`/`xoxa-`/`xoxp-`/`xoxr-`/`xoxs-…` | length, holds a digit |
 //! | `jwt` | JWS (three base64url segments, header `eyJ…`) and JWE (five) | segment shapes |
-//! | `private_key` | PEM `-----BEGIN … PRIVATE KEY-----` … `-----END … PRIVATE KEY-----` (RFC 7468) | armor lines |
+//! | `private_key` | PEM `-----BEGIN … PRIVATE KEY-----` … `-----END … PRIVATE KEY-----` (RFC 7468); a tail without its header (the base64 lines before the footer) | armor lines |
 //!
 //! Values glued to a longer token are not matched: a digit run preceded or
 //! followed by a letter, digit or `_` (or by `.`/`-` next to one) is part of
@@ -733,6 +733,12 @@ impl Inner {
         }
     }
 
+    /// Whether the `private_key` built-in is on (streamed text then holds
+    /// base64 lines a key footer may end).
+    pub(crate) fn holds_pem_tails(&self) -> bool {
+        self.enabled.get(Builtin::PrivateKey).is_some()
+    }
+
     /// Candidates over a byte buffer: each valid UTF-8 run is scanned on its
     /// own (invalid bytes separate runs; an incomplete sequence at the end is
     /// left out). `open_from`: see `detectors::scan` (`usize::MAX` when the
@@ -774,7 +780,15 @@ impl Inner {
     /// of any candidate survives) attributed to the first of them (earliest
     /// start, then longest, then detector order).
     fn select(&self, text: &[u8], cands: &mut Vec<Cand>, from: usize, to: usize) {
-        cands.retain(|c| c.start >= from && c.end <= to && c.start < c.end);
+        // A candidate that starts in released text (left context) and ends
+        // after `from` is masked from `from` on: its head is gone, its rest
+        // must not follow it out (a key tail longer than what was held).
+        cands.retain_mut(|c| {
+            if c.start < from && c.end > from {
+                c.start = from;
+            }
+            c.start >= from && c.end <= to && c.start < c.end
+        });
         if !self.allow.is_empty() {
             cands.retain(|c| {
                 let v = text.get(c.start..c.end).and_then(|v| std::str::from_utf8(v).ok());

@@ -6,8 +6,10 @@
 //! that continues in a later chunk, then released masked. A release cut is
 //! placed only right after an ASCII whitespace byte, at least
 //! [`HOLD_BACK`] bytes before the end of what has arrived, outside every
-//! candidate value and before any `-----BEGIN … PRIVATE KEY-----` block whose
-//! footer has not arrived yet (for at most 32 KiB). Built-in values never
+//! candidate value, before any `-----BEGIN … PRIVATE KEY-----` block whose
+//! footer has not arrived yet (for at most 32 KiB) and before base64 lines
+//! that a key footer may still end (a key tail cut from its header, up to
+//! 32 KiB of lines). Built-in values never
 //! contain whitespace except the spaced forms of cards, phones and IBANs (at
 //! most 58 bytes, with 3-byte Unicode separators) and PEM blocks (held whole), and each built-in decides a
 //! candidate from its whitespace-free token and at most three bytes around
@@ -91,7 +93,7 @@
 //! held, and nothing lost, when the SSE stream's events are complete and its
 //! choices finished (e.g. after `data: [DONE]`).
 
-use super::detectors::Cand;
+use super::detectors::{self, Cand};
 use super::json::{self, StreamField};
 use super::{Counts, Inner};
 use serde_json::{Map, Value};
@@ -218,6 +220,10 @@ impl TextStream {
         let mut cands = Vec::new();
         // PEM headers before `start` were decided when released
         let open = self.inner.candidates_bytes(&self.buf, self.start, &mut cands);
+        let open = match (open, self.inner.holds_pem_tails().then(|| pem_tail_hold(&self.buf, self.start)).flatten()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let cut = choose_cut(&self.buf, self.start, limit, &mut cands, open, forced);
         let Some(cut) = cut else {
             self.retry_at = n + (n - self.start).max(256) / 4;
@@ -257,6 +263,32 @@ impl TextStream {
         *self = TextStream::new(Arc::clone(&self.inner));
         out
     }
+}
+
+/// Where held text must stay held from because a private key's footer may
+/// still come: the base64 lines ([`detectors::pem_tail_start`]) above the
+/// last line of `buf`, while that line (after `start`) is empty, base64, or
+/// the beginning of a `-----END ` footer. `start` when they reach back to
+/// it: nothing is released then until a line of another kind comes or the
+/// lines span more than `PEM_WINDOW` bytes. Whole text masks such lines with
+/// the footer that ends them (a key cut from its header), so streamed text
+/// must not release them before it knows.
+fn pem_tail_hold(buf: &[u8], start: usize) -> Option<usize> {
+    let ls = start + memchr::memrchr(b'\n', buf.get(start..)?)? + 1;
+    let line = buf.get(ls..)?;
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r');
+    let footer = b"-----END ";
+    let may_end = line.iter().all(b64) || footer.starts_with(line) || line.starts_with(footer);
+    if !may_end {
+        return None;
+    }
+    // Lines before `start` are out: looking further back would only redo
+    // work on every chunk of a long base64 run. A run longer than the window
+    // is no key body held whole: it flows on (else each chunk would rescan
+    // the window to release its own length).
+    let window = ls.saturating_sub(detectors::PEM_WINDOW);
+    let top = detectors::pem_tail_start(buf, ls, start.max(window))?;
+    (top > window || window <= start).then_some(top)
 }
 
 /// The release cut: the largest `p` in `start+1..=limit` right after a
