@@ -676,6 +676,42 @@ fn private_keys() {
 }
 
 #[test]
+fn slack_webhook_urls() {
+    let m = masker(json!({}));
+    for url in [
+        // Slack's documented example shape
+        "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "https://hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
+        "http://hooks.slack.com/services/TABCDEFGH/B0123ABCD/abcDEFghiJKLmnoPQRstuVWX",
+        "hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
+        // workflow webhooks
+        "https://hooks.slack.com/workflows/T01ABCDEF/A02BCDEFG/123456789012345678/abcdefGHIJKL1234567890ab",
+        "https://hooks.slack.com/triggers/T01ABCDEF/1234567890123/abcdef0123456789abcdef0123456789",
+    ] {
+        assert_found(&m, url, "slack_token");
+    }
+    // only the Slack token detector on: still found
+    let only = masker(json!({"detectors": ["slack_token"]}));
+    assert_found(&only, "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX", "slack_token");
+    // in JSON, and with the path's slashes escaped there (`\/`)
+    let mut counts = Counts::new();
+    let doc = br#"{"webhook":"https:\/\/hooks.slack.com\/services\/T024BE7LD\/B01ABCDEF12\/abcDEF123ghiJKL456mnoPQR","n":2}"#;
+    let out = m.mask_json(doc, &mut counts).expect("masks");
+    assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"webhook":"[SLACK_TOKEN]","n":2}"#);
+    for t in [
+        "https://hooks.slack.com/services/",
+        "https://hooks.slack.com/services/T00000000/B00000000",
+        "https://hooks.slack.com/services/T00000000/B00000000/short",
+        "https://hooks.slack.com/services/T00000000//XXXXXXXXXXXXXXXXXXXXXXXX",
+        "https://api.slack.com/apps/A0123ABCD/incoming-webhooks",
+        "https://example.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "https://nothooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    ] {
+        assert_clean(&m, t);
+    }
+}
+
+#[test]
 fn private_key_tail_without_header() {
     let m = masker(json!({}));
     let body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\n";

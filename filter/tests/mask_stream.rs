@@ -64,6 +64,7 @@ const PII: &[&str] = &[
     "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
     "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z_AbC-dEf",
     "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+    "https://hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
     "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\n-----END RSA PRIVATE KEY-----",
     // the tail of a key cut from its header
@@ -78,7 +79,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
-    "-----END ", "-----EN", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
+    "-----END ", "-----EN", "https://", "hooks.slack.com/services/", "hooks.slack.com/", "T024BE7LD/", "B01ABCDEF12/", "abcDEF123ghiJKL456mnoPQR", "/", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
     "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", ".png", "jane@acme.com", "git@", ":o/r.git", "123 45 6789", "123456789", "078 05", " 1121", "030/", "1234567", "(11) ", "8 (495) ", "45-67", "(+44) ", "(+", "44)",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",

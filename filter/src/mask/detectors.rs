@@ -122,7 +122,7 @@ pub(crate) fn anchors(en: &Enabled) -> Anchors {
     let any = |bs: &[Builtin]| bs.iter().any(|b| en.get(*b).is_some());
     Anchors {
         at: any(&[Builtin::Email]),
-        digit: any(&[Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4]),
+        digit: any(&[Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4, Builtin::SlackToken]),
         colon: any(&[Builtin::Ipv6]),
         upper_i: any(&[Builtin::AwsAccessKey, Builtin::GoogleApiKey]),
         upper_j: any(&[Builtin::Jwt]),
@@ -1087,6 +1087,50 @@ fn slack(s: &[u8], st: usize) -> Option<usize> {
     ((10..=KEY_MAX).contains(&n) && has_digit && !word(at(s, end))).then_some(end)
 }
 
+/// Slack webhook URL (incoming webhooks `hooks.slack.com/services/T…/B…/…`,
+/// workflow webhooks `…/workflows/…` and `…/triggers/…`; the path is the
+/// secret) around the digit at `i`, which lies in one of the path's first
+/// four segments (a Slack ID such as `T0123ABCD`): `(start, end)`, from
+/// `https://` or `http://` when written, else from `hooks`, to the end of
+/// the path. The path has 3 to 6 segments of `[A-Za-z0-9]`, the last of 16
+/// or more (the secret: 24 in Slack's own examples).
+fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
+    const HOST: &[u8] = b"hooks.slack.com/";
+    let mut seg = i;
+    for _ in 0..4 {
+        // the start of the segment holding `seg`, after its `/`
+        let mut a = seg;
+        while a > 0 && seg - a < 64 && alnum(at(s, a - 1)) {
+            a -= 1;
+        }
+        let slash = a.checked_sub(1).filter(|&p| at(s, p) == b'/')?;
+        let kind = [&b"services"[..], b"workflows", b"triggers"]
+            .into_iter()
+            .find(|k| slash >= k.len() + HOST.len() && s.get(slash - k.len() - HOST.len()..slash).is_some_and(|w| w.starts_with(HOST) && w.ends_with(k)));
+        if let Some(k) = kind {
+            let host = slash - k.len() - HOST.len();
+            let path = slash + 1;
+            let mut end = path + run(s, path, 256, |b| alnum(b) || b == b'/');
+            while end > path && at(s, end - 1) == b'/' {
+                end -= 1;
+            }
+            let segs: Vec<&[u8]> = s.get(path..end)?.split(|b| *b == b'/').collect();
+            let ok = (3..=6).contains(&segs.len()) && segs.iter().all(|g| !g.is_empty()) && segs.last().is_some_and(|g| g.len() >= 16);
+            if !ok || alnum(at(s, end)) {
+                return None;
+            }
+            let start = [&b"https://"[..], b"http://"]
+                .into_iter()
+                .find(|sch| host >= sch.len() && s.get(host - sch.len()..host) == Some(*sch))
+                .map_or(host, |sch| host - sch.len());
+            let b = back(s, start, 1);
+            return (!(word(b) || b == b'.' || b == b'-')).then_some((start, end));
+        }
+        seg = slash.checked_sub(1).filter(|&p| alnum(at(s, p)))?;
+    }
+    None
+}
+
 fn token_body(s: &[u8], body: usize, min: usize) -> Option<usize> {
     let n = run(s, body, KEY_MAX, b64url);
     let end = body + n;
@@ -1415,8 +1459,18 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
     {
         match b {
             b'0'..=b'9' => {
-                if digit(back(s, i, 1)) && unicode_escape_before(s, i).is_none() {
+                let p = back(s, i, 1);
+                if digit(p) && unicode_escape_before(s, i).is_none() {
                     return;
+                }
+                // a Slack ID (`T0…`, `B0…`) in a webhook URL's path
+                if upper(p) || p == b'/' {
+                    if let Some(d) = en.get(Builtin::SlackToken) {
+                        if let Some((st, e)) = slack_webhook(s, i) {
+                            push(st, e, d, out);
+                            return;
+                        }
+                    }
                 }
                 numeric(en, s, i, &mut |st, e, d| push(st, e, d, out));
             }

@@ -21,7 +21,7 @@
 //! | `github_token` | `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` + ≥ 36 alphanumerics; `github_pat_…` | length |
 //! | `openai_key` | `sk-…` (≥ 32), `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…` | length, holds a digit |
 //! | `anthropic_key` | `sk-ant-…` | length, holds a digit |
-//! | `slack_token` | `xoxb-`/`xoxa-`/`xoxp-`/`xoxr-`/`xoxs-…` | length, holds a digit |
+//! | `slack_token` | `xoxb-`/`xoxa-`/`xoxp-`/`xoxr-`/`xoxs-…`; webhook URLs `hooks.slack.com/services/…` (also `workflows/`, `triggers/`) | length, holds a digit; path segments |
 //! | `jwt` | JWS (three base64url segments, header `eyJ…`) and JWE (five) | segment shapes |
 //! | `private_key` | PEM `-----BEGIN … PRIVATE KEY-----` … `-----END … PRIVATE KEY-----` (RFC 7468); a tail without its header (the base64 lines before the footer) | armor lines |
 //!
