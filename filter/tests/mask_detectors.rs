@@ -676,6 +676,46 @@ fn private_keys() {
 }
 
 #[test]
+fn values_split_by_invisible_characters() {
+    let m = masker(json!({}));
+    for (value, label) in [
+        ("4111\u{200b}1111\u{200b}1111\u{200b}1111", "payment_card"),
+        ("4111\u{ad}1111\u{ad}1111\u{ad}1111", "payment_card"),
+        ("41\u{2060}11 1111 1111 1111", "payment_card"),
+        ("jane\u{ad}.doe@exam\u{ad}ple.com", "email"),
+        ("jane.doe\u{200c}@\u{200d}example.com", "email"),
+        ("+44\u{feff}20 7946 0958", "phone"),
+        ("123-4\u{200b}5-6789", "us_ssn"),
+        ("AKIA\u{200b}IOSFODNN7EXAMPLE", "aws_access_key"),
+        ("DE89 3704 0044 05\u{ad}32 0130 00", "iban"),
+    ] {
+        assert_found(&m, value, label);
+    }
+    // a value the text shows whole is found once, next to invisible ones;
+    // read with them removed, `see\u{200b}jane@…` is `seejane@…`: the wider
+    // span is masked (more, never less)
+    let mut counts = Counts::new();
+    let out = m.mask_text("see\u{200b}jane@example.com\u{200b} and 4111 1111 1111 1111\u{ad}", &mut counts);
+    assert_eq!(out, "[EMAIL]\u{200b} and [PAYMENT_CARD]\u{ad}");
+    assert_eq!((counts.get("email"), counts.get("payment_card")), (Some(&1), Some(&1)));
+    // a zero-width space is a break: a card after it is not glued to a word
+    assert_masks_to(&m, &[("card\u{200b}4111 1111 1111 1111", "card\u{200b}[PAYMENT_CARD]")], "payment_card");
+    // custom detectors too, and in JSON (raw and `\u` escaped), one pass or not
+    let c = masker(json!({"custom": [{"name": "emp", "pattern": "EMP-[0-9]{4}"}]}));
+    assert_masks_to(&c, &[("id EMP-12\u{200b}34 ok", "id [EMP] ok")], "emp");
+    for one_pass in [true, false] {
+        let m = masker(json!({})).with_one_pass(one_pass);
+        for doc in ["{\"t\":\"jane\u{ad}.doe@example.com\"}", r#"{"t":"jane\u00ad.doe@example.com"}"#] {
+            let mut counts = Counts::new();
+            let out = m.mask_json(doc.as_bytes(), &mut counts).expect("masks");
+            assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"t":"[EMAIL]"}"#, "{doc}");
+        }
+    }
+    // other non-ASCII text is left alone
+    assert_clean(&m, "Grüße aus Köln – 日本語 ✓ “quoted” and an emoji 👨\u{200d}👩\u{200d}👧");
+}
+
+#[test]
 fn slack_webhook_urls() {
     let m = masker(json!({}));
     for url in [
@@ -728,6 +768,9 @@ fn private_key_tail_without_header() {
             // a short word at the end of a prose line is not taken for one
             (&format!("key follows:\n{body}-----END OPENSSH PRIVATE KEY-----"), "key follows:\n[PRIVATE_KEY]"),
             (&format!("here it is\n{body}-----END OPENSSH PRIVATE KEY-----"), "here it is\n[PRIVATE_KEY]"),
+            // indented (a YAML block scalar, code), trailing blanks
+            (&format!("key: |\n  {}  -----END PRIVATE KEY-----\n", body.replace('\n', "\n  ")), "key: |\n  [PRIVATE_KEY]\n"),
+            (&format!("x:\n{}-----END PRIVATE KEY-----", body.replace('\n', " \t\n")), "x:\n[PRIVATE_KEY]"),
             // a tail after its own header is one block, counted once
             (&format!("-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----"), "[PRIVATE_KEY]"),
         ],
@@ -745,6 +788,9 @@ fn private_key_tail_without_header() {
         "done\n\n-----END PRIVATE KEY-----",
         // not at the start of a line
         "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo -----END PRIVATE KEY-----",
+        "4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo x -----END PRIVATE KEY-----",
+        // a token glued to a word (`id_ed25519`) is not a body line
+        "id_ed25519\n-----END OPENSSH PRIVATE KEY-----",
         // public material
         "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END PUBLIC KEY-----",
         "MIIDdzCCAl+gAwIBAgIE\n-----END CERTIFICATE-----",

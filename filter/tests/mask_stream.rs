@@ -65,6 +65,9 @@ const PII: &[&str] = &[
     "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z_AbC-dEf",
     "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
     "https://hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
+    // split by invisible characters
+    "4111\u{200b}1111\u{200b}1111\u{200b}1111",
+    "jane\u{ad}.roe@exam\u{ad}ple.org",
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
     "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL\n-----END RSA PRIVATE KEY-----",
     // the tail of a key cut from its header
@@ -79,7 +82,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
-    "-----END ", "-----EN", "https://", "hooks.slack.com/services/", "hooks.slack.com/", "T024BE7LD/", "B01ABCDEF12/", "abcDEF123ghiJKL456mnoPQR", "/", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
+    "-----END ", "-----EN", "https://", "hooks.slack.com/services/", "hooks.slack.com/", "T024BE7LD/", "B01ABCDEF12/", "abcDEF123ghiJKL456mnoPQR", "/", "\u{200b}", "\u{ad}", "\u{feff}", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
     "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", ".png", "jane@acme.com", "git@", ":o/r.git", "123 45 6789", "123456789", "078 05", " 1121", "030/", "1234567", "(11) ", "8 (495) ", "45-67", "(+44) ", "(+", "44)",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",
@@ -370,6 +373,22 @@ fn pem_tail_is_held_until_its_footer() {
     }
     total.extend(s.finish(&mut counts));
     assert_eq!(total, line.repeat(4000).as_bytes());
+    // base64 lines, then a long run without a line break, in small pushes:
+    // what is held stays bounded
+    let input = format!("hi there\n{}{}", line.repeat(400), "Zm9v".repeat(64 * 1024));
+    let mut s = m.stream(StreamKind::Text);
+    let mut most = 0;
+    for piece in input.as_bytes().chunks(7) {
+        s.push(piece, &mut counts);
+        most = most.max(s.held());
+    }
+    assert!(most <= 64 * 1024 + 7, "held {most}");
+    // indented lines (a YAML block scalar) are held like others
+    let yaml = format!("key: |\n  {}\n  -----END PRIVATE KEY-----\nnext: {bye}", body.trim_end().replace('\n', "\n  "));
+    let cuts: Vec<usize> = (1..yaml.len() / 5).map(|i| i * 5).collect();
+    let (out, _, _) = stream(&m, StreamKind::Text, yaml.as_bytes(), &cuts);
+    assert_eq!(String::from_utf8(out).unwrap(), m.mask_text(&yaml, &mut Counts::new()));
+    assert!(!String::from_utf8_lossy(&stream(&m, StreamKind::Text, yaml.as_bytes(), &cuts).0).contains("MIIE"));
 }
 
 #[test]

@@ -1257,50 +1257,75 @@ fn pem(s: &[u8], i: usize, at_end: bool, st: &mut ScanState) -> Option<Pem> {
 /// `None` when no line before the footer does (a lone footer reveals
 /// nothing). A tail that follows its own header lies inside the block
 /// [`pem`] finds, and the two merge into one span.
-fn pem_tail(s: &[u8], i: usize) -> Option<(usize, usize)> {
+fn pem_tail(s: &[u8], i: usize, floor: usize) -> Option<(usize, usize)> {
     let e = pem_line(s, i, b"-----END ")?;
-    Some((pem_tail_start(s, i, i.saturating_sub(PEM_WINDOW))?, e))
+    // the footer may be indented (YAML block scalars, code)
+    let mut line = i;
+    while line > 0 && matches!(at(s, line - 1), b' ' | b'\t') && i - line < 64 {
+        line -= 1;
+    }
+    Some((pem_tail_start(s, line, floor)?.min(i), e))
 }
 
-/// Where the base64 body lines before the line starting at `line` begin
-/// (not before `floor`): the run of whole lines above it made only of
-/// `[A-Za-z0-9+/=]` (LF or CRLF ends; the line right above `line` may be
-/// short, as a body's last line is, the others hold 16 bytes or more), and,
-/// above that run, the trailing base64 token of the next line when it looks
-/// like part of a key (16 bytes or more, or 4 or more holding a digit, `+`,
-/// `/` or `=`: a body line cut mid-way, `…found: MIIEvQIBADAN`). `None`
-/// when there is neither. The stream masker (`stream.rs`) holds text from
-/// here while a footer may still come, so that streamed and whole text mask
-/// alike.
+/// Where the base64 body lines before the line starting at `line` begin:
+/// the run of whole lines above it made only of `[A-Za-z0-9+/=]` (LF or
+/// CRLF ends, indentation and trailing blanks allowed; the line right above
+/// `line` may be short, as a body's last line is, the others hold 16 bytes
+/// or more), and, above that run, the trailing base64 token of the next
+/// line when it looks like part of a key ([`keyish`]: a body line cut
+/// mid-way, `…found: MIIEvQIBADAN`) and is not glued to a word by `_`,
+/// `-` or `.`. Looks back at most [`PEM_WINDOW`] bytes; the result is
+/// raised to `floor`. `None` when there is neither. The stream masker
+/// (`stream.rs`) holds text from here while a footer may still come, so
+/// that streamed and whole text mask alike.
 pub(crate) fn pem_tail_start(s: &[u8], line: usize, floor: usize) -> Option<usize> {
-    let b64 = |b: u8| alnum(b) || b == b'+' || b == b'/' || b == b'=';
+    let lo = line.saturating_sub(PEM_WINDOW);
+    let blank = |b: u8| b == b' ' || b == b'\t';
     let mut top = None;
     // `nl`: the line feed that ends the line above
     let mut nl = line.checked_sub(1).filter(|&p| at(s, p) == b'\n')?;
     loop {
-        let le = if nl > 0 && at(s, nl - 1) == b'\r' { nl - 1 } else { nl };
-        let mut ls = le;
-        while ls > floor && b64(at(s, ls - 1)) {
-            ls -= 1;
+        let mut le = if nl > 0 && at(s, nl - 1) == b'\r' { nl - 1 } else { nl };
+        while le > lo && blank(at(s, le - 1)) {
+            le -= 1;
         }
+        let ls = b64_run_start(s, le, lo);
         let n = le - ls;
         if n == 0 {
             return top;
         }
-        let whole = ls == floor || at(s, ls - 1) == b'\n';
+        let mut indent = ls;
+        while indent > lo && blank(at(s, indent - 1)) {
+            indent -= 1;
+        }
+        let whole = indent == lo || at(s, indent - 1) == b'\n';
         if whole && (top.is_none() || n >= 16) {
-            top = Some(ls);
-            if ls == floor {
-                // the start of the text, or of the window
+            top = Some(ls.max(floor));
+            if indent <= floor || indent == lo {
                 return top;
             }
-            nl = ls - 1;
+            nl = indent - 1;
             continue;
         }
-        let tok = s.get(ls..le).unwrap_or(&[]);
-        let keyish = n >= 16 || (n >= 4 && tok.iter().any(|b| digit(*b) || matches!(b, b'+' | b'/' | b'=')));
-        return if keyish { Some(ls) } else { top };
+        let glued = ls > lo && matches!(at(s, ls - 1), b'_' | b'-' | b'.');
+        return if !glued && keyish(s.get(ls..le).unwrap_or(&[])) { Some(ls.max(floor)) } else { top };
     }
+}
+
+/// The start of the run of `[A-Za-z0-9+/=]` that ends at `end` (not before `lo`).
+pub(crate) fn b64_run_start(s: &[u8], end: usize, lo: usize) -> usize {
+    let mut ls = end;
+    while ls > lo && (alnum(at(s, ls - 1)) || matches!(at(s, ls - 1), b'+' | b'/' | b'=')) {
+        ls -= 1;
+    }
+    ls
+}
+
+/// Whether a base64 token at the end of a line looks like part of a key
+/// rather than a word: 16 bytes or more, or 4 or more holding a digit, `+`,
+/// `/` or `=`.
+pub(crate) fn keyish(tok: &[u8]) -> bool {
+    tok.len() >= 16 || (tok.len() >= 4 && tok.iter().any(|b| digit(*b) || matches!(b, b'+' | b'/' | b'=')))
 }
 
 /// Scans `s` (a decoded string, or one valid-UTF-8 segment of a stream
@@ -1308,10 +1333,12 @@ pub(crate) fn pem_tail_start(s: &[u8], line: usize, floor: usize) -> Option<usiz
 /// offset by `base`. A PEM header at or after `open_from` (offset by `base`)
 /// whose footer has not come and whose window is not over is *open* — more
 /// text may follow `s` (`usize::MAX`: the text ends here, nothing is open).
-/// Returns the start of the first open PEM block, if any.
-pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+/// Returns the start of the first open PEM block, if any. `from` (offset
+/// by `base`): a key tail ([`pem_tail`]) starts no earlier (a stream's text
+/// before it is out already).
+pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_from: usize, from: usize, out: &mut Vec<Cand>) -> Option<usize> {
     let mut open = None;
-    let mut st = ScanState::default();
+    let mut st = ScanState { floor: from.saturating_sub(base), ..ScanState::default() };
     let mut i = 0usize;
     let mut carry = Carry::default();
     while i < s.len() {
@@ -1333,6 +1360,8 @@ pub(crate) fn scan(en: &Enabled, anchors: &Anchors, s: &[u8], base: usize, open_
 struct ScanState {
     /// IPv6 candidates end here (no new one starts inside).
     ipv6_done: usize,
+    /// Key tails start here or later (see [`scan`]).
+    floor: usize,
     /// The last search for a valid PEM footer line.
     footer: NextLine,
     /// The last search for a `-----BEGIN ` (any armor header).
@@ -1516,9 +1545,9 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                         }
                     }
                 }
-                if back(s, i, 1) == b'\n' && at(s, i + 5) == b'E' {
+                if matches!(back(s, i, 1), b'\n' | b' ' | b'\t') && at(s, i + 5) == b'E' {
                     if let Some(d) = en.get(Builtin::PrivateKey) {
-                        if let Some((st, e)) = pem_tail(s, i) {
+                        if let Some((st, e)) = pem_tail(s, i, state.floor) {
                             push(st, e, d, out);
                         }
                     }

@@ -488,7 +488,7 @@ impl Masker {
     /// unchanged and act as separators (nothing is detected across them).
     pub fn mask_text_bytes(&self, body: &[u8], counts: &mut Counts) -> Vec<u8> {
         let mut cands = Vec::new();
-        self.inner.candidates_bytes(body, usize::MAX, &mut cands);
+        self.inner.candidates_bytes(body, 0, true, &mut cands);
         let mut out = Vec::with_capacity(body.len());
         self.inner.render_bytes(body, 0, body.len(), &mut cands, &mut out, counts);
         out
@@ -696,10 +696,30 @@ impl Inner {
 
     /// Candidates in `s` (offset by `base`): built-ins and custom patterns.
     /// Returns the start of an open PEM block (see `detectors::scan`).
-    fn candidates(&self, s: &str, base: usize, open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
-        let open = detectors::scan(&self.enabled, &self.anchors, s.as_bytes(), base, open_from, out);
+    fn candidates(&self, s: &str, base: usize, open_from: usize, from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+        let open = detectors::scan(&self.enabled, &self.anchors, s.as_bytes(), base, open_from, from, out);
         self.custom_candidates(s, base, out);
+        self.invisible_candidates(s, base, out);
         open
+    }
+
+    /// Candidates that invisible characters split (`4111\u{200b}1111…`,
+    /// `jane\u{ad}.doe@…`): when `s` holds any of [`Visible`]'s, `s` is
+    /// scanned again without them and what is found there is added with
+    /// its span in `s` (the invisible characters inside it included).
+    /// Values found in `s` itself are found again and merge with their
+    /// copies (`Inner::select`); removing them never hides a value the
+    /// first scan finds, as `card\u{200b}4111…` would be glued otherwise.
+    fn invisible_candidates(&self, s: &str, base: usize, out: &mut Vec<Cand>) {
+        let Some(v) = Visible::of(s) else { return };
+        let from = out.len();
+        detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, 0, out);
+        self.custom_candidates(&v.text, 0, out);
+        for c in out.get_mut(from..).unwrap_or(&mut []) {
+            let end = v.original(c.end.saturating_sub(1)) + 1;
+            c.start = base + v.original(c.start);
+            c.end = base + end;
+        }
     }
 
     /// Candidates of the custom detectors in `s` (offset by `base`).
@@ -741,9 +761,12 @@ impl Inner {
 
     /// Candidates over a byte buffer: each valid UTF-8 run is scanned on its
     /// own (invalid bytes separate runs; an incomplete sequence at the end is
-    /// left out). `open_from`: see `detectors::scan` (`usize::MAX` when the
-    /// buffer holds the end of the text).
-    pub(crate) fn candidates_bytes(&self, buf: &[u8], open_from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+    /// left out). `from`: where the text not yet released starts (a stream;
+    /// 0 for a whole text): a key tail is not looked for before it. `at_end`:
+    /// the buffer holds the end of the text (nothing is open; see
+    /// `detectors::scan`).
+    pub(crate) fn candidates_bytes(&self, buf: &[u8], from: usize, at_end: bool, out: &mut Vec<Cand>) -> Option<usize> {
+        let open_from = if at_end { usize::MAX } else { from };
         let mut off = 0usize;
         let mut open = None;
         while let Some(rest) = buf.get(off..) {
@@ -763,7 +786,7 @@ impl Inner {
                 Some(Some(_)) => usize::MAX,
                 _ => open_from,
             };
-            let o = self.candidates(valid, off, seg_open, out);
+            let o = self.candidates(valid, off, seg_open, from, out);
             if open.is_none() {
                 open = o;
             }
@@ -780,15 +803,7 @@ impl Inner {
     /// of any candidate survives) attributed to the first of them (earliest
     /// start, then longest, then detector order).
     fn select(&self, text: &[u8], cands: &mut Vec<Cand>, from: usize, to: usize) {
-        // A candidate that starts in released text (left context) and ends
-        // after `from` is masked from `from` on: its head is gone, its rest
-        // must not follow it out (a key tail longer than what was held).
-        cands.retain_mut(|c| {
-            if c.start < from && c.end > from {
-                c.start = from;
-            }
-            c.start >= from && c.end <= to && c.start < c.end
-        });
+        cands.retain(|c| c.start >= from && c.end <= to && c.start < c.end);
         if !self.allow.is_empty() {
             cands.retain(|c| {
                 let v = text.get(c.start..c.end).and_then(|v| std::str::from_utf8(v).ok());
@@ -863,7 +878,7 @@ impl Inner {
     /// (cleared first; selected and merged, in order). Whether there is any.
     pub(crate) fn find(&self, s: &str, cands: &mut Vec<Cand>) -> bool {
         cands.clear();
-        self.candidates(s, 0, usize::MAX, cands);
+        self.candidates(s, 0, usize::MAX, 0, cands);
         self.selected(s, cands)
     }
 
@@ -873,6 +888,7 @@ impl Inner {
         cands.clear();
         detectors::scan_at(&self.enabled, s.as_bytes(), positions, cands);
         self.custom_candidates(s, 0, cands);
+        self.invisible_candidates(s, 0, cands);
         self.selected(s, cands)
     }
 
@@ -934,6 +950,61 @@ impl Inner {
             last = c.end;
         }
         out.extend_from_slice(buf.get(last..to).unwrap_or(&[]));
+    }
+}
+
+/// A text without its invisible format characters, which split a value
+/// on the screen of no one but still spell it for a reader (or an LLM):
+/// U+00AD soft hyphen, U+200B zero width space, U+200C/U+200D zero width
+/// (non-)joiner, U+2060 word joiner and U+FEFF zero width no-break space
+/// (Unicode 15, §23.2 "Layout Controls").
+struct Visible {
+    text: String,
+    /// `(index in text, bytes removed before it)`, one per removal, by index.
+    removed: Vec<(u32, u32)>,
+}
+
+impl Visible {
+    /// The byte length of an invisible character at `i` of `b`, or 0.
+    fn at(b: &[u8], i: usize) -> usize {
+        match b.get(i..).unwrap_or(&[]) {
+            [0xC2, 0xAD, ..] => 2,
+            [0xE2, 0x80, 0x8B..=0x8D, ..] | [0xE2, 0x81, 0xA0, ..] | [0xEF, 0xBB, 0xBF, ..] => 3,
+            _ => 0,
+        }
+    }
+
+    /// `s` without its invisible characters; `None` when it has none.
+    fn of(s: &str) -> Option<Visible> {
+        if s.is_ascii() {
+            return None;
+        }
+        let b = s.as_bytes();
+        let first = memchr::memchr3_iter(0xC2, 0xE2, 0xEF, b).find(|&i| Visible::at(b, i) > 0)?;
+        let mut text = Vec::with_capacity(b.len());
+        text.extend_from_slice(b.get(..first)?);
+        let mut removed = Vec::new();
+        let mut total = 0u32;
+        let mut i = first;
+        while let Some(&byte) = b.get(i) {
+            let n = Visible::at(b, i);
+            if n > 0 {
+                total = total.saturating_add(n as u32);
+                removed.push((u32::try_from(text.len()).ok()?, total));
+                i += n;
+            } else {
+                text.push(byte);
+                i += 1;
+            }
+        }
+        // whole characters were removed: still UTF-8
+        Some(Visible { text: String::from_utf8(text).ok()?, removed })
+    }
+
+    /// The index in the original text of byte `x` of `text`.
+    fn original(&self, x: usize) -> usize {
+        let k = self.removed.partition_point(|(at, _)| *at as usize <= x);
+        x + k.checked_sub(1).and_then(|k| self.removed.get(k)).map_or(0, |(_, n)| *n as usize)
     }
 }
 

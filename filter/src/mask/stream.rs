@@ -203,7 +203,8 @@ impl TextStream {
     pub(crate) fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
         self.buf.extend_from_slice(chunk);
         let n = self.buf.len();
-        if n < self.retry_at || n < self.start + HOLD_BACK + 1 {
+        // (a retry waits, but never past the hold's bound)
+        if (n < self.retry_at && n - self.start <= MAX_HOLD) || n < self.start + HOLD_BACK + 1 {
             return Vec::new();
         }
         let limit = n - HOLD_BACK;
@@ -219,7 +220,7 @@ impl TextStream {
         }
         let mut cands = Vec::new();
         // PEM headers before `start` were decided when released
-        let open = self.inner.candidates_bytes(&self.buf, self.start, &mut cands);
+        let open = self.inner.candidates_bytes(&self.buf, self.start, false, &mut cands);
         let open = match (open, self.inner.holds_pem_tails().then(|| pem_tail_hold(&self.buf, self.start)).flatten()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -257,7 +258,7 @@ impl TextStream {
         let mut out = Vec::with_capacity(n.saturating_sub(self.start));
         if n > self.start {
             let mut cands = Vec::new();
-            self.inner.candidates_bytes(&self.buf, usize::MAX, &mut cands);
+            self.inner.candidates_bytes(&self.buf, self.start, true, &mut cands);
             self.inner.render_bytes(&self.buf, self.start, n, &mut cands, &mut out, counts);
         }
         *self = TextStream::new(Arc::clone(&self.inner));
@@ -266,21 +267,26 @@ impl TextStream {
 }
 
 /// Where held text must stay held from because a private key's footer may
-/// still come: the base64 lines ([`detectors::pem_tail_start`]) above the
-/// last line of `buf`, while that line (after `start`) is empty, base64, or
-/// the beginning of a `-----END ` footer. `start` when they reach back to
-/// it: nothing is released then until a line of another kind comes or the
-/// lines span more than `PEM_WINDOW` bytes. Whole text masks such lines with
-/// the footer that ends them (a key cut from its header), so streamed text
-/// must not release them before it knows.
+/// still come (whole text masks a key tail cut from its header with the
+/// footer that ends it, so streamed text must not release it before it
+/// knows): while the line in progress is empty, base64 or the beginning of
+/// a `-----END ` footer, the base64 lines above it
+/// ([`detectors::pem_tail_start`]); otherwise its trailing base64 token
+/// when that looks like part of a key, as it would be the first line of a
+/// tail whose body lines and footer come next. `start` when they reach
+/// back to it: nothing is released then until a line of another kind comes
+/// or the lines span more than `PEM_WINDOW` bytes.
 fn pem_tail_hold(buf: &[u8], start: usize) -> Option<usize> {
-    let ls = start + memchr::memrchr(b'\n', buf.get(start..)?)? + 1;
+    let ls = buf.get(start..).and_then(|r| memchr::memrchr(b'\n', r)).map_or(start, |k| start + k + 1);
     let line = buf.get(ls..)?;
-    let b64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\r');
+    // the line's text without its indentation and trailing blanks
+    let from = ls + line.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    let content = buf.get(from..)?;
+    let end = from + content.len() - content.iter().rev().take_while(|b| matches!(b, b' ' | b'\t' | b'\r')).count().min(content.len());
+    let tok = detectors::b64_run_start(buf, end, from);
     let footer = b"-----END ";
-    let may_end = line.iter().all(b64) || footer.starts_with(line) || line.starts_with(footer);
-    if !may_end {
-        return None;
+    if tok > from && !footer.starts_with(content) && !content.starts_with(footer) {
+        return detectors::keyish(buf.get(tok..end)?).then_some(tok);
     }
     // Lines before `start` are out: looking further back would only redo
     // work on every chunk of a long base64 run. A run longer than the window
@@ -638,7 +644,7 @@ impl SseStream {
             self.lines_bytes = 0;
             self.searched = 0;
             let mut cands = Vec::new();
-            self.inner.candidates_bytes(&raw, usize::MAX, &mut cands);
+            self.inner.candidates_bytes(&raw, 0, true, &mut cands);
             self.inner.render_bytes(&raw, 0, raw.len(), &mut cands, &mut out, counts);
             self.open_event = true;
         }
@@ -727,7 +733,7 @@ impl SseStream {
 
     fn mask_line(&self, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
         let mut cands = Vec::new();
-        self.inner.candidates_bytes(text, usize::MAX, &mut cands);
+        self.inner.candidates_bytes(text, 0, true, &mut cands);
         self.inner.render_bytes(text, 0, text.len(), &mut cands, out, counts);
     }
 
