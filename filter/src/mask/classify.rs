@@ -271,12 +271,12 @@ pub(crate) fn scan_masks(b: &[u8; 16], a: &Anchors) -> ScanMasks {
 }
 
 /// Lexer stops and detector masks of a block from one load (the one-pass
-/// scan of a JSON string value): `(stop, masks)`, as in [`string_masks`]
-/// and [`scan_masks`].
+/// scan of a JSON string value): `(stop, masks, wide)`, as in
+/// [`string_masks`] and [`scan_masks`]; `wide`: bytes ≥ 0x80 (not ASCII).
 #[inline(always)]
-pub(crate) fn value_masks(b: &[u8; 16], a: &Anchors) -> (u16, ScanMasks) {
+pub(crate) fn value_masks(b: &[u8; 16], a: &Anchors) -> (u16, ScanMasks, u16) {
     let x = v::load(b);
-    (stops(x), scan(x, a))
+    (stops(x), scan(x, a), v::bits(x))
 }
 
 #[cfg(test)]
@@ -309,7 +309,8 @@ mod tests {
                 let (s, c) = reference(&b, &a);
                 assert_eq!(string_masks(&b, &a), s, "{b:?}");
                 assert_eq!(scan_masks(&b, &a), c, "{b:?}");
-                assert_eq!(value_masks(&b, &a), (s.stop, c), "{b:?}");
+                let wide = b.iter().enumerate().fold(0u16, |m, (k, x)| m | (u16::from(*x >= 0x80) << k));
+                assert_eq!(value_masks(&b, &a), (s.stop, c, wide), "{b:?}");
             }
         }
     }

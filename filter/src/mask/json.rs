@@ -297,19 +297,22 @@ fn scan_key(src: &[u8], start: usize) -> Result<(usize, bool), MaskError> {
 /// closing quote and whether it holds escapes) and, in the same pass, while
 /// no escape has been seen, collects the detectors' anchor positions
 /// (offsets from `start`) into `positions`: a string without escapes needs
-/// no second pass (see `detectors::anchor_bits`).
+/// no second pass (see `detectors::anchor_bits`). The third value: whether
+/// a byte before the first escape is not ASCII.
 #[inline]
-fn scan_value(src: &[u8], anchors: &Anchors, start: usize, positions: &mut Vec<usize>) -> Result<(usize, bool), MaskError> {
+fn scan_value(src: &[u8], anchors: &Anchors, start: usize, positions: &mut Vec<usize>) -> Result<(usize, bool, bool), MaskError> {
     positions.clear();
     let mut i = start;
     let mut esc = false;
+    let mut wide = 0u16;
     let mut carry = detectors::Carry::default();
     loop {
         let (b, n) = classify::block(src, i);
-        let (stop, m) = classify::value_masks(&b, anchors);
+        let (stop, m, hi) = classify::value_masks(&b, anchors);
         let stop = stop & classify::first(n);
         if !esc {
             let valid = if stop == 0 { classify::first(n) } else { classify::first(stop.trailing_zeros() as usize) };
+            wide |= hi & valid;
             let mut t = detectors::anchor_bits(&m, valid, &mut carry);
             while t != 0 {
                 positions.push(i - start + t.trailing_zeros() as usize);
@@ -325,7 +328,7 @@ fn scan_value(src: &[u8], anchors: &Anchors, start: usize, positions: &mut Vec<u
         }
         i += stop.trailing_zeros() as usize;
         match at(src, i) {
-            b'"' => return Ok((i, esc)),
+            b'"' => return Ok((i, esc, wide != 0)),
             b'\\' => {
                 esc = true;
                 i = escape(src, i + 1)?.0;
@@ -814,12 +817,12 @@ fn rewrite_tallied(
                 // one pass: lexing collects the anchors (strings with escapes
                 // are decoded and scanned again); otherwise lex, then scan
                 // strings holding an anchor or an escape
-                let (end, esc, trig, one_pass) = if inner.one_pass() {
-                    let (end, esc) = scan_value(src, anchors, pos + 1, &mut positions)?;
-                    (end, esc, false, !esc)
+                let (end, esc, trig, one_pass, wide) = if inner.one_pass() {
+                    let (end, esc, wide) = scan_value(src, anchors, pos + 1, &mut positions)?;
+                    (end, esc, false, !esc, wide)
                 } else {
                     let (end, esc, trig) = scan_string(src, anchors, pos + 1)?;
-                    (end, esc, trig, false)
+                    (end, esc, trig, false, true)
                 };
                 if mute.is_none() {
                     let hook = if content.is_some() { stream_field(&stack) } else { None };
@@ -832,7 +835,7 @@ fn rewrite_tallied(
                         }
                     } else if one_pass {
                         let s = text.get(pos + 1..end).unwrap_or("");
-                        if (!positions.is_empty() || inner.has_custom()) && inner.find_at(s, &positions, &mut cands) {
+                        if (!positions.is_empty() || inner.has_custom()) && inner.find_at(s, &positions, wide, &mut cands) {
                             w.copy_to(src, pos);
                             inner.quote_masked(s, true, &cands, &mut w.out, &mut tmp, tally);
                             w.copied = end + 1;

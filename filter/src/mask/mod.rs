@@ -883,12 +883,15 @@ impl Inner {
     }
 
     /// [`Inner::find`] for a complete string whose built-in anchor
-    /// positions are known (collected while lexing it).
-    pub(crate) fn find_at(&self, s: &str, positions: &[usize], cands: &mut Vec<Cand>) -> bool {
+    /// positions are known (collected while lexing it); `wide`: it may hold
+    /// bytes that are not ASCII (false: it holds none).
+    pub(crate) fn find_at(&self, s: &str, positions: &[usize], wide: bool, cands: &mut Vec<Cand>) -> bool {
         cands.clear();
         detectors::scan_at(&self.enabled, s.as_bytes(), positions, cands);
         self.custom_candidates(s, 0, cands);
-        self.invisible_candidates(s, 0, cands);
+        if wide {
+            self.invisible_candidates(s, 0, cands);
+        }
         self.selected(s, cands)
     }
 
