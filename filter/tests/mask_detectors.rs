@@ -256,6 +256,12 @@ fn us_ssn_forms() {
 fn phone_positive() {
     let m = masker(json!({}));
     for v in [
+        // an extension glued to the number goes with it
+        "+1 415 555 0134x123",
+        "(415) 555-0134X12",
+        "415-555-0134ext5",
+        "415-555-0134Ext.4567",
+        "020 7946 0958x1",
         "(415) 555-0134",
         "(415)555-0134",
         "415-555-0134",
@@ -334,6 +340,12 @@ fn phone_international_grouping_is_masked_whole() {
 fn phone_negative() {
     let m = masker(json!({}));
     for t in [
+        // no extension: letters, too many digits, or glued on
+        "415-555-0134xabc",
+        "415-555-0134x12a",
+        "415-555-0134x1234567",
+        "415-555-0134extra",
+        "resolution 1920x1080 and 3840x2160",
         "2024-01-15",
         "on 2024-01-15T10:30:00Z and 2024-01-15T10:30:00.123+02:00",
         "15/01/2024 and 01.02.2024",

@@ -601,9 +601,15 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
     for k in (min_groups..=ng).rev() {
         let gs = groups.get(..k)?;
         let end = gs.last()?.end;
-        if glued_after(s, end) {
-            continue;
-        }
+        // "…555-0134x123": an extension glued to the number goes with it
+        let ext = if glued_after(s, end) {
+            match extension_end(s, end) {
+                Some(e) => Some(e),
+                None => continue,
+            }
+        } else {
+            None
+        };
         let ok = if plus {
             e164(gs)
         } else if intl {
@@ -612,10 +618,31 @@ fn phone(s: &[u8], start: usize) -> Option<usize> {
             nanp(gs) || trunk(gs) || brazil(gs) || russia(gs)
         };
         if ok {
+            if let Some(e) = ext {
+                return Some(e);
+            }
             return Some(if plus || intl { grouping_end(s, start, groups.get(..ng)?.last().map_or(end, |g| g.end)) } else { end });
         }
     }
     None
+}
+
+/// The end of a phone extension glued to a number that ends at `e`: `x`,
+/// `X`, `ext` or `ext.` (any case) and 1–6 digits, not glued to what
+/// follows (`…0134x123`, `…0134ext.45`).
+fn extension_end(s: &[u8], e: usize) -> Option<usize> {
+    let lead = s.get(e..e + 4).unwrap_or(s.get(e..).unwrap_or(&[]));
+    let k = if lead.len() >= 4 && lead.eq_ignore_ascii_case(b"ext.") {
+        4
+    } else if lead.len() >= 3 && lead.get(..3).is_some_and(|l| l.eq_ignore_ascii_case(b"ext")) {
+        3
+    } else if matches!(at(s, e), b'x' | b'X') {
+        1
+    } else {
+        return None;
+    };
+    let n = count_while(s, e + k, 7, digit);
+    ((1..=6).contains(&n) && !glued_after(s, e + k + n)).then_some(e + k + n)
 }
 
 /// Where the digit grouping that ends at `e` ends: an international number

@@ -13,7 +13,7 @@
 //! | `email` | addresses (RFC 5321 shape, ASCII; `xn--` A-labels) | local part ≤ 64, labels ≤ 63, domain ≤ 253, alphabetic TLD ≥ 2 or `xn--` |
 //! | `payment_card` | PANs, 13–19 digits, contiguous or grouped by single spaces/dashes | issuer prefix and length per brand (ISO/IEC 7812 IINs: Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay) and Luhn |
 //! | `us_ssn` | `AAA-GG-SSSS`; opt-in (`us_ssn_forms`) `AAA GG SSSS` and `AAAGGSSSS` | area ≠ 000, 666, 900–999; group ≠ 00; serial ≠ 0000 |
-//! | `phone` | E.164 (`+` and 8–15 digits, separators allowed); NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`; trunk-prefixed national `020 7946 0958`, `01.23.45.67.89`, `030/1234567`; `+44(0)20 7946 0958`, `(+44) 20 7946 0958`; Brazilian `(11) 91234-5678`; Russian `8 (495) 123-45-67` | digit counts and group shapes; bare digit runs are never phones |
+//! | `phone` | E.164 (`+` and 8–15 digits, separators allowed); NANP `(415) 555-0134`, `415-555-0134`, `415.555.0134`; trunk-prefixed national `020 7946 0958`, `01 23 45 67 89`, `030/1234567` (not dotted pairs: `01.23.45.67.89` is as often a date or version); `+44(0)20 7946 0958`, `(+44) 20 7946 0958`; Brazilian `(11) 91234-5678`; Russian `8 (495) 123-45-67` | digit counts and group shapes; bare digit runs are never phones |
 //! | `iban` | ISO 13616, contiguous or in groups of four | per-country length, MOD 97-10 |
 //! | `ipv4`, `ipv6` | addresses (opt-in) | octets ≤ 255; `std::net::Ipv6Addr` |
 //! | `aws_access_key` | `AKIA…`/`ASIA…` + 16 `[A-Z0-9]` | exact length |
