@@ -59,9 +59,20 @@ fn email_positive() {
         "UPPER.Case@Example.ORG",
         "first.last+filter-1@mail-relay.example-corp.com",
         "1234@numbers.example",
+        // URL percent-encoded `@` (query strings, logged URLs)
+        "jane%40example.com",
+        "jane.doe%2Bbilling%40mail.example.co.uk",
     ] {
         assert_found(&m, v, "email");
     }
+    assert_masks_to(&m, &[("GET /users?email=jane%40example.com&page=2", "GET /users?email=[EMAIL]&page=2")], "email");
+    for t in ["jane%40example", "%40example.com", "100%40 of them", "a%4011.22", "jane%4Oexample.com"] {
+        assert_clean(&m, t);
+    }
+    // hashed alike, however the `@` is written
+    let h = masker(json!({"redaction": "hash", "hash_key": "k3y-for-tests-only-0123456789abcdef"}));
+    let (a, b) = (h.mask_text("jane@example.com", &mut Counts::new()), h.mask_text("Jane%40Example.com", &mut Counts::new()));
+    assert_eq!(a, b);
 }
 
 /// Addresses glued to text in other scripts (CJK has no spaces between

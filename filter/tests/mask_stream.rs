@@ -66,6 +66,7 @@ const PII: &[&str] = &[
     "xoxb-2112345678901-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
     "https://hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
     "(415) 555-0134x12",
+    "jane%40example.com",
     // split by invisible characters
     "4111\u{200b}1111\u{200b}1111\u{200b}1111",
     "jane\u{ad}.roe@exam\u{ad}ple.org",

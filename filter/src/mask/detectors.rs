@@ -122,7 +122,7 @@ pub(crate) fn anchors(en: &Enabled) -> Anchors {
     let any = |bs: &[Builtin]| bs.iter().any(|b| en.get(*b).is_some());
     Anchors {
         at: any(&[Builtin::Email]),
-        digit: any(&[Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4, Builtin::SlackToken]),
+        digit: any(&[Builtin::PaymentCard, Builtin::UsSsn, Builtin::Phone, Builtin::Iban, Builtin::Ipv4, Builtin::SlackToken, Builtin::Email]),
         colon: any(&[Builtin::Ipv6]),
         upper_i: any(&[Builtin::AwsAccessKey, Builtin::GoogleApiKey]),
         upper_j: any(&[Builtin::Jwt]),
@@ -915,6 +915,13 @@ fn iban(s: &[u8], cc: usize) -> Option<usize> {
 /// least two labels (1–63 bytes, no leading/trailing `-`), at most 253
 /// bytes; the last label letters only (≥ 2) or an IDNA A-label (`xn--…`).
 fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
+    email_sep(s, a, 1)
+}
+
+/// [`email`] with a separator of `sep` bytes at `a`: 1 for `@`, 3 for the
+/// URL percent-encoded `%40` (RFC 3986 §2.1) of query strings and logged
+/// URLs (`?email=jane%40example.com`).
+fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
     let local = |b: u8| alnum(b) || b >= 0x80 || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
     let mut st = a;
     let mut ascii = true;
@@ -954,7 +961,7 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
     if lp.is_empty() || lp.ends_with(b".") || lp.windows(2).any(|w| w == b"..") {
         return None;
     }
-    let mut pos = a + 1;
+    let mut pos = a + sep;
     let mut labels = 0usize;
     let mut last = (pos, pos);
     // the label before the last, for a file extension glued to an address
@@ -973,7 +980,7 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
         labels += 1;
         before_last = last;
         last = (ls, pos);
-        if pos - (a + 1) > 253 {
+        if pos - (a + sep) > 253 {
             return None;
         }
         if at(s, pos) == b'.' && alnum(at(s, pos + 1)) {
@@ -1518,6 +1525,15 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                 let p = back(s, i, 1);
                 if digit(p) && unicode_escape_before(s, i).is_none() {
                     return;
+                }
+                // "jane%40example.com": a percent-encoded `@`
+                if p == b'%' && b == b'4' && at(s, i + 1) == b'0' {
+                    if let Some(d) = en.get(Builtin::Email) {
+                        if let Some((st, e)) = email_sep(s, i - 1, 3) {
+                            push(st, e, d, out);
+                            return;
+                        }
+                    }
                 }
                 // a Slack ID (`T0…`, `B0…`) in a webhook URL's path
                 if upper(p) || p == b'/' {

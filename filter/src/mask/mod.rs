@@ -1048,7 +1048,12 @@ fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
         Kind::Builtin(Builtin::Iban) => {
             Cow::Owned(without_escapes(value).chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect())
         }
-        Kind::Builtin(Builtin::Email) => Cow::Owned(value.to_ascii_lowercase()),
+        Kind::Builtin(Builtin::Email) => {
+            // `jane%40example.com` and `jane\u{ad}@…` are `jane@…` too
+            let v: String = value.chars().filter(|c| !matches!(c, '\u{ad}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')).collect();
+            let v = if v.contains('@') { v } else { v.replacen("%40", "@", 1) };
+            Cow::Owned(v.to_ascii_lowercase())
+        }
         _ => Cow::Borrowed(value),
     }
 }
