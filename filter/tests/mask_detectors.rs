@@ -734,6 +734,18 @@ fn values_split_by_invisible_characters() {
             assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"t":"[EMAIL]"}"#, "{doc}");
         }
     }
+    // JSON held in text: the `\u` escapes of invisible characters too
+    assert_masks_to(&m, &[(r#"{"t":"4111\u200b1111\u200B1111\u00ad1111"}"#, r#"{"t":"[PAYMENT_CARD]"}"#)], "payment_card");
+    assert_masks_to(&m, &[(r#"{"t":"jane\u00ad.doe@example.com"}"#, r#"{"t":"[EMAIL]"}"#)], "email");
+    // direction marks, bidi isolates, variation selectors
+    for sep in ["\u{200e}", "\u{202c}", "\u{2066}", "\u{fe0f}"] {
+        assert_found(&m, &["4111", "1111", "1111", "1111"].join(sep), "payment_card");
+    }
+    // hashed alike, with or without them
+    let h = masker(json!({"redaction": "hash", "hash_key": "k3y-for-tests-only-0123456789abcdef"}));
+    for (a, b) in [("jane.doe@example.com", "jane\u{ad}.doe@example.com"), ("AKIAIOSFODNN7EXAMPLE", "AKIA\u{200b}IOSFODNN7EXAMPLE")] {
+        assert_eq!(h.mask_text(a, &mut Counts::new()), h.mask_text(b, &mut Counts::new()));
+    }
     // other non-ASCII text is left alone
     assert_clean(&m, "Grüße aus Köln – 日本語 ✓ “quoted” and an emoji 👨\u{200d}👩\u{200d}👧");
 }
@@ -746,6 +758,8 @@ fn slack_webhook_urls() {
         "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
         "https://hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
         "http://hooks.slack.com/services/TABCDEFGH/B0123ABCD/abcDEFghiJKLmnoPQRstuVWX",
+        // host names ignore case
+        "HTTPS://Hooks.Slack.COM/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
         "hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
         // workflow webhooks
         "https://hooks.slack.com/workflows/T01ABCDEF/A02BCDEFG/123456789012345678/abcdefGHIJKL1234567890ab",

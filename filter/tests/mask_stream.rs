@@ -394,6 +394,27 @@ fn pem_tail_is_held_until_its_footer() {
 }
 
 #[test]
+fn invisible_padding_does_not_stretch_a_value_past_the_hold() {
+    let m = masker(json!({}));
+    let zw = "\u{200b}".repeat(44);
+    let shy = "\u{ad}".repeat(64);
+    let body: String = (0..4).map(|i| format!("MIIEowIBAAKC\u{200b}AQEAu1SU1LfVLPHCozMxH2Mo{i:04}\n")).collect();
+    for text in [
+        format!("pay with 4111 {zw}1111 1111 1111 today {}", "x ".repeat(80)),
+        format!("call +44 {shy}20 7946 0958 now {}", "x ".repeat(80)),
+        format!("cut:\n{body}-----END RSA PRIVATE KEY-----\n{}", "x ".repeat(80)),
+    ] {
+        let whole = m.mask_text(&text, &mut Counts::new());
+        assert!(whole.contains('[') && !whole.contains("1111 1111") && !whole.contains("7946") && !whole.contains("MIIE"), "{whole}");
+        for step in [1, 5, 16, 137] {
+            let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
+            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "step {step}");
+        }
+    }
+}
+
+#[test]
 fn sse_pem_tail_split_across_events() {
     let m = masker(json!({}));
     let body: String = (0..20).map(|i| format!("MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo{i:04}\n")).collect();

@@ -1140,7 +1140,10 @@ fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
         let slash = a.checked_sub(1).filter(|&p| at(s, p) == b'/')?;
         let kind = [&b"services"[..], b"workflows", b"triggers"]
             .into_iter()
-            .find(|k| slash >= k.len() + HOST.len() && s.get(slash - k.len() - HOST.len()..slash).is_some_and(|w| w.starts_with(HOST) && w.ends_with(k)));
+            .find(|k| {
+                slash >= k.len() + HOST.len()
+                    && s.get(slash - k.len() - HOST.len()..slash).is_some_and(|w| w.get(..HOST.len()).is_some_and(|h| h.eq_ignore_ascii_case(HOST)) && w.ends_with(k))
+            });
         if let Some(k) = kind {
             let host = slash - k.len() - HOST.len();
             let path = slash + 1;
@@ -1155,7 +1158,7 @@ fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
             }
             let start = [&b"https://"[..], b"http://"]
                 .into_iter()
-                .find(|sch| host >= sch.len() && s.get(host - sch.len()..host) == Some(*sch))
+                .find(|sch| host >= sch.len() && s.get(host - sch.len()..host).is_some_and(|w| w.eq_ignore_ascii_case(sch)))
                 .map_or(host, |sch| host - sch.len());
             let b = back(s, start, 1);
             return (!(word(b) || b == b'.' || b == b'-')).then_some((start, end));
@@ -1346,13 +1349,50 @@ pub(crate) fn pem_tail_start(s: &[u8], line: usize, floor: usize) -> Option<usiz
     }
 }
 
-/// The start of the run of `[A-Za-z0-9+/=]` that ends at `end` (not before `lo`).
+/// The start of the run of `[A-Za-z0-9+/=]` that ends at `end` (not before
+/// `lo`); invisible characters ([`invisible_at`]) inside it do not end it.
 pub(crate) fn b64_run_start(s: &[u8], end: usize, lo: usize) -> usize {
     let mut ls = end;
-    while ls > lo && (alnum(at(s, ls - 1)) || matches!(at(s, ls - 1), b'+' | b'/' | b'=')) {
-        ls -= 1;
+    while ls > lo {
+        let l = invisible_before(s, ls);
+        if l > 0 && ls - l >= lo {
+            ls -= l;
+        } else if alnum(at(s, ls - 1)) || matches!(at(s, ls - 1), b'+' | b'/' | b'=') {
+            ls -= 1;
+        } else {
+            break;
+        }
     }
     ls
+}
+
+/// The byte length of an invisible format character at `i`, raw (UTF-8)
+/// or as a JSON `\uXXXX` escape (JSON held in text), or 0: U+00AD soft
+/// hyphen, U+200B–U+200F zero width space, (non-)joiner and direction
+/// marks, U+202A–U+202E and U+2066–U+2069 bidirectional embeddings and
+/// isolates, U+2060–U+2064 word joiner and invisible operators, U+FE00–
+/// U+FE0F variation selectors, U+FEFF zero width no-break space (Unicode
+/// 15, §23.2 "Layout Controls" and §23.4 "Variation Selectors"). They
+/// split a value for a scanner but not for a reader (or an LLM).
+pub(crate) fn invisible_at(s: &[u8], i: usize) -> usize {
+    match s.get(i..).unwrap_or(&[]) {
+        [0xC2, 0xAD, ..] => 2,
+        [0xE2, 0x80, 0x8B..=0x8F | 0xAA..=0xAE, ..] | [0xE2, 0x81, 0xA0..=0xA4 | 0xA6..=0xA9, ..] | [0xEF, 0xBB, 0xBF, ..] | [0xEF, 0xB8, 0x80..=0x8F, ..] => 3,
+        [b'\\', b'u', h @ ..] if h.len() >= 4 => {
+            let code = std::str::from_utf8(h.get(..4).unwrap_or(&[])).ok().and_then(|x| u32::from_str_radix(x, 16).ok());
+            match code {
+                Some(0xAD | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x2069 | 0xFE00..=0xFE0F | 0xFEFF) => 6,
+                _ => 0,
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// The byte length of an invisible character ([`invisible_at`]) that ends
+/// right before `j`, or 0.
+pub(crate) fn invisible_before(s: &[u8], j: usize) -> usize {
+    [2, 3, 6].into_iter().find(|&l| j >= l && invisible_at(s, j - l) == l).unwrap_or(0)
 }
 
 /// Whether a base64 token at the end of a line looks like part of a key

@@ -704,7 +704,8 @@ impl Inner {
     }
 
     /// Candidates that invisible characters split (`4111\u{200b}1111…`,
-    /// `jane\u{ad}.doe@…`): when `s` holds any of [`Visible`]'s, `s` is
+    /// `jane\u{ad}.doe@…`): when `s` holds an invisible character
+    /// (`detectors::invisible_at`), `s` is
     /// scanned again without them and what is found there is added with
     /// its span in `s` (the invisible characters inside it included).
     /// Values found in `s` itself are found again and merge with their
@@ -956,11 +957,9 @@ impl Inner {
     }
 }
 
-/// A text without its invisible format characters, which split a value
-/// on the screen of no one but still spell it for a reader (or an LLM):
-/// U+00AD soft hyphen, U+200B zero width space, U+200C/U+200D zero width
-/// (non-)joiner, U+2060 word joiner and U+FEFF zero width no-break space
-/// (Unicode 15, §23.2 "Layout Controls").
+/// A text without its invisible format characters (`detectors::invisible_at`:
+/// soft hyphens, zero width spaces and joiners, direction marks, …, raw or
+/// as `\uXXXX` escapes of JSON held in text).
 struct Visible {
     text: String,
     /// `(index in text, bytes removed before it)`, one per removal, by index.
@@ -968,29 +967,22 @@ struct Visible {
 }
 
 impl Visible {
-    /// The byte length of an invisible character at `i` of `b`, or 0.
-    fn at(b: &[u8], i: usize) -> usize {
-        match b.get(i..).unwrap_or(&[]) {
-            [0xC2, 0xAD, ..] => 2,
-            [0xE2, 0x80, 0x8B..=0x8D, ..] | [0xE2, 0x81, 0xA0, ..] | [0xEF, 0xBB, 0xBF, ..] => 3,
-            _ => 0,
-        }
-    }
-
     /// `s` without its invisible characters; `None` when it has none.
     fn of(s: &str) -> Option<Visible> {
-        if s.is_ascii() {
-            return None;
-        }
         let b = s.as_bytes();
-        let first = memchr::memchr3_iter(0xC2, 0xE2, 0xEF, b).find(|&i| Visible::at(b, i) > 0)?;
+        let raw = if s.is_ascii() { None } else { memchr::memchr3_iter(0xC2, 0xE2, 0xEF, b).find(|&i| detectors::invisible_at(b, i) > 0) };
+        let escaped = memchr::memchr_iter(b'\\', b).find(|&i| detectors::invisible_at(b, i) > 0);
+        let first = match (raw, escaped) {
+            (Some(x), Some(y)) => x.min(y),
+            (x, y) => x.or(y)?,
+        };
         let mut text = Vec::with_capacity(b.len());
         text.extend_from_slice(b.get(..first)?);
         let mut removed = Vec::new();
         let mut total = 0u32;
         let mut i = first;
         while let Some(&byte) = b.get(i) {
-            let n = Visible::at(b, i);
+            let n = detectors::invisible_at(b, i);
             if n > 0 {
                 total = total.saturating_add(n as u32);
                 removed.push((u32::try_from(text.len()).ok()?, total));
@@ -1000,7 +992,7 @@ impl Visible {
                 i += 1;
             }
         }
-        // whole characters were removed: still UTF-8
+        // whole characters (or ASCII escapes) were removed: still UTF-8
         Some(Visible { text: String::from_utf8(text).ok()?, removed })
     }
 
@@ -1035,6 +1027,10 @@ fn without_escapes(value: &str) -> std::borrow::Cow<'_, str> {
 /// The value hashed for `hash` redaction (see [`Redaction::Hash`]).
 fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
+    // a value split by invisible characters is the same value
+    if let Some(v) = Visible::of(value) {
+        return Cow::Owned(normalize(kind, &v.text).into_owned());
+    }
     match kind {
         Kind::Builtin(Builtin::PaymentCard | Builtin::UsSsn) => Cow::Owned(without_escapes(value).chars().filter(char::is_ascii_digit).collect()),
         Kind::Builtin(Builtin::Phone) => {
@@ -1049,10 +1045,9 @@ fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
             Cow::Owned(without_escapes(value).chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect())
         }
         Kind::Builtin(Builtin::Email) => {
-            // `jane%40example.com` and `jane\u{ad}@…` are `jane@…` too
-            let v: String = value.chars().filter(|c| !matches!(c, '\u{ad}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')).collect();
-            let v = if v.contains('@') { v } else { v.replacen("%40", "@", 1) };
-            Cow::Owned(v.to_ascii_lowercase())
+            // `jane%40example.com` is `jane@…` too
+            let v = if value.contains('@') { value.to_ascii_lowercase() } else { value.replacen("%40", "@", 1).to_ascii_lowercase() };
+            Cow::Owned(v)
         }
         _ => Cow::Borrowed(value),
     }

@@ -207,14 +207,14 @@ impl TextStream {
         if (n < self.retry_at && n - self.start <= MAX_HOLD) || n < self.start + HOLD_BACK + 1 {
             return Vec::new();
         }
-        let limit = n - HOLD_BACK;
+        let forced = n - self.start > MAX_HOLD;
+        let limit = if forced { n - HOLD_BACK } else { visible_limit(&self.buf, self.start, HOLD_BACK) };
         if let Some(scan) = self.buf.get(self.ws_upto..limit) {
             if let Some(p) = scan.iter().rposition(|b| is_ws(*b)) {
                 self.last_ws = self.ws_upto + p + 1;
             }
         }
         self.ws_upto = self.ws_upto.max(limit);
-        let forced = n - self.start > MAX_HOLD;
         if self.last_ws <= self.start && !forced {
             return Vec::new();
         }
@@ -264,6 +264,29 @@ impl TextStream {
         *self = TextStream::new(Arc::clone(&self.inner));
         out
     }
+}
+
+/// The position `back` visible bytes before the end of `buf` (not before
+/// `start`): invisible characters (`detectors::invisible_at`) do not
+/// count, so padding a spaced value with them (`4111 ⁠⁠…⁠1111 …`) cannot
+/// stretch it past the hold-back window.
+fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
+    let n = buf.len();
+    let lo = n.saturating_sub(back);
+    if buf.get(lo..).is_some_and(|t| t.is_ascii() && memchr::memchr(b'\\', t).is_none()) {
+        return lo;
+    }
+    let (mut p, mut seen) = (n, 0);
+    while p > start && seen < back {
+        match detectors::invisible_before(buf, p) {
+            0 => {
+                p -= 1;
+                seen += 1;
+            }
+            l => p -= l,
+        }
+    }
+    p
 }
 
 /// Where held text must stay held from because a private key's footer may
