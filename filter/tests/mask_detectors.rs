@@ -808,6 +808,8 @@ fn private_key_tail_without_header() {
             // indented (a YAML block scalar, code), trailing blanks
             (&format!("key: |\n  {}  -----END PRIVATE KEY-----\n", body.replace('\n', "\n  ")), "key: |\n  [PRIVATE_KEY]\n"),
             (&format!("x:\n{}-----END PRIVATE KEY-----", body.replace('\n', " \t\n")), "x:\n[PRIVATE_KEY]"),
+            // invisible characters inside the lines, raw or escaped
+            (&format!("x:\n{}-----END PRIVATE KEY-----", body.replace("AKCA", "AKC\u{200b}A").replace("LfVL", "Lf\\u200BVL")), "x:\n[PRIVATE_KEY]"),
             // a tail after its own header is one block, counted once
             (&format!("-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----"), "[PRIVATE_KEY]"),
         ],

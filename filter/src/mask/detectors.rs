@@ -1352,18 +1352,23 @@ pub(crate) fn pem_tail_start(s: &[u8], line: usize, floor: usize) -> Option<usiz
 /// The start of the run of `[A-Za-z0-9+/=]` that ends at `end` (not before
 /// `lo`); invisible characters ([`invisible_at`]) inside it do not end it.
 pub(crate) fn b64_run_start(s: &[u8], end: usize, lo: usize) -> usize {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
     let mut ls = end;
-    while ls > lo {
-        let l = invisible_before(s, ls);
-        if l > 0 && ls - l >= lo {
-            ls -= l;
-        } else if alnum(at(s, ls - 1)) || matches!(at(s, ls - 1), b'+' | b'/' | b'=') {
+    loop {
+        ls -= s.get(lo..ls).map_or(0, |r| r.iter().rev().take_while(|b| b64(b)).count());
+        if ls <= lo {
+            return ls;
+        }
+        // an escaped one (`\u200b`): its `u200b` is taken already
+        if at(s, ls - 1) == b'\\' && invisible_at(s, ls - 1) == 6 {
             ls -= 1;
-        } else {
-            break;
+            continue;
+        }
+        match invisible_before(s, ls) {
+            l if l > 0 && at(s, ls - 1) >= 0x80 && ls - l >= lo => ls -= l,
+            _ => return ls,
         }
     }
-    ls
 }
 
 /// The byte length of an invisible format character at `i`, raw (UTF-8)

@@ -218,10 +218,17 @@ impl TextStream {
         if self.last_ws <= self.start && !forced {
             return Vec::new();
         }
+        let tail = self.inner.holds_pem_tails().then(|| pem_tail_hold(&self.buf, self.start)).flatten();
+        if tail.is_some_and(|t| t <= self.start) && !forced {
+            // all that is held may be a key's body: nothing to release yet
+            // (and no need to scan it)
+            self.retry_at = n + (n - self.start).max(256) / 4;
+            return Vec::new();
+        }
         let mut cands = Vec::new();
         // PEM headers before `start` were decided when released
         let open = self.inner.candidates_bytes(&self.buf, self.start, false, &mut cands);
-        let open = match (open, self.inner.holds_pem_tails().then(|| pem_tail_hold(&self.buf, self.start)).flatten()) {
+        let open = match (open, tail) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
