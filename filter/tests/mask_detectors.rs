@@ -758,6 +758,7 @@ fn slack_webhook_urls() {
         "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
         "https://hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
         "http://hooks.slack.com/services/TABCDEFGH/B0123ABCD/abcDEFghiJKLmnoPQRstuVWX",
+        "https://hooks.slack.com/workflows/T01ABCDEF/A02BCDEFG/123456789012345678/abc/def/abcdefGHIJKL1234567890ab",
         // host names ignore case
         "HTTPS://Hooks.Slack.COM/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",
         "hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR",

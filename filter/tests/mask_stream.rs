@@ -415,6 +415,39 @@ fn invisible_padding_does_not_stretch_a_value_past_the_hold() {
 }
 
 #[test]
+fn pem_tail_with_invisible_characters_before_its_footer() {
+    let m = masker(json!({}));
+    let body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n".repeat(8);
+    for pad in ["\u{200b}", "\u{feff}", "\\u200b", " \u{200b}\t"] {
+        let text = format!("Here it is:\n{body}{pad}-----END PRIVATE KEY-----\n{}", "bye now ".repeat(30));
+        let whole = m.mask_text(&text, &mut Counts::new());
+        assert!(whole.starts_with("Here it is:\n[PRIVATE_KEY]\n"), "{whole}");
+        for step in [1, 3, 7, 16] {
+            let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
+            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "{pad:?} step {step}");
+        }
+        let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &[text.len() - 40]);
+        assert_eq!(String::from_utf8(out).unwrap(), whole, "{pad:?} one cut");
+    }
+    // a buffer that starts mid-line after a release is no line start
+    let text = ".meices/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onL00\r\nAgtwEAgL\n-----END PRIVATE KEY----- wPUQ4lnT9AP4oCfeIkpl0pBeHJkLmNoPqRsTuVwXyZ0123456789 example.com\n  é\té4111 1111 1111 1111\n";
+    let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &[text.len()]);
+    assert_eq!(String::from_utf8(out).unwrap(), m.mask_text(text, &mut Counts::new()));
+    // held text of invisible characters only: bounded, and flows at the end
+    let zw = "\u{200b}".repeat(30_000);
+    let mut st = m.stream(StreamKind::Text);
+    let mut counts = Counts::new();
+    let mut got = Vec::new();
+    for piece in zw.as_bytes().chunks(16) {
+        got.extend(st.push(piece, &mut counts));
+        assert!(st.held() <= 64 * 1024 + 16, "held {}", st.held());
+    }
+    got.extend(st.finish(&mut counts));
+    assert_eq!(got, zw.as_bytes());
+}
+
+#[test]
 fn sse_pem_tail_split_across_events() {
     let m = masker(json!({}));
     let body: String = (0..20).map(|i| format!("MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo{i:04}\n")).collect();

@@ -1126,8 +1126,8 @@ fn slack(s: &[u8], st: usize) -> Option<usize> {
 /// secret) around the digit at `i`, which lies in one of the path's first
 /// four segments (a Slack ID such as `T0123ABCD`): `(start, end)`, from
 /// `https://` or `http://` when written, else from `hooks`, to the end of
-/// the path. The path has 3 to 6 segments of `[A-Za-z0-9]`, the last of 16
-/// or more (the secret: 24 in Slack's own examples).
+/// the path. The path has 3 or more segments of `[A-Za-z0-9]`, the last of
+/// 16 or more (the secret: 24 in Slack's own examples).
 fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
     const HOST: &[u8] = b"hooks.slack.com/";
     let mut seg = i;
@@ -1152,7 +1152,7 @@ fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
                 end -= 1;
             }
             let segs: Vec<&[u8]> = s.get(path..end)?.split(|b| *b == b'/').collect();
-            let ok = (3..=6).contains(&segs.len()) && segs.iter().all(|g| !g.is_empty()) && segs.last().is_some_and(|g| g.len() >= 16);
+            let ok = segs.len() >= 3 && segs.iter().all(|g| !g.is_empty()) && segs.last().is_some_and(|g| g.len() >= 16);
             if !ok || alnum(at(s, end)) {
                 return None;
             }
@@ -1297,11 +1297,39 @@ fn pem(s: &[u8], i: usize, at_end: bool, st: &mut ScanState) -> Option<Pem> {
 fn pem_tail(s: &[u8], i: usize, floor: usize) -> Option<(usize, usize)> {
     let e = pem_line(s, i, b"-----END ")?;
     // the footer may be indented (YAML block scalars, code)
-    let mut line = i;
-    while line > 0 && matches!(at(s, line - 1), b' ' | b'\t') && i - line < 64 {
-        line -= 1;
-    }
+    let line = blank_start(s, i, i.saturating_sub(64));
     Some((pem_tail_start(s, line, floor)?.min(i), e))
+}
+
+/// The start of the run of blanks (space, tab) and invisible characters
+/// ([`invisible_at`]) that ends at `j` (not before `lo`).
+pub(crate) fn blank_start(s: &[u8], mut j: usize, lo: usize) -> usize {
+    while j > lo {
+        let b = at(s, j - 1);
+        if b == b' ' || b == b'\t' {
+            j -= 1;
+            continue;
+        }
+        let l = if b >= 0x80 || back(s, j, 6) == b'\\' { invisible_before(s, j) } else { 0 };
+        if l == 0 || j - l < lo {
+            break;
+        }
+        j -= l;
+    }
+    j
+}
+
+/// `x` raised to `floor` (a stream's release point); a tail never starts
+/// with the line break at `floor`.
+fn at_or_after(s: &[u8], x: usize, floor: usize) -> usize {
+    if x >= floor {
+        return x;
+    }
+    let mut p = floor;
+    while matches!(at(s, p), b'\r' | b'\n') {
+        p += 1;
+    }
+    p
 }
 
 /// Where the base64 body lines before the line starting at `line` begin:
@@ -1317,27 +1345,21 @@ fn pem_tail(s: &[u8], i: usize, floor: usize) -> Option<(usize, usize)> {
 /// that streamed and whole text mask alike.
 pub(crate) fn pem_tail_start(s: &[u8], line: usize, floor: usize) -> Option<usize> {
     let lo = line.saturating_sub(PEM_WINDOW);
-    let blank = |b: u8| b == b' ' || b == b'\t';
     let mut top = None;
     // `nl`: the line feed that ends the line above
     let mut nl = line.checked_sub(1).filter(|&p| at(s, p) == b'\n')?;
     loop {
-        let mut le = if nl > 0 && at(s, nl - 1) == b'\r' { nl - 1 } else { nl };
-        while le > lo && blank(at(s, le - 1)) {
-            le -= 1;
-        }
+        let le = blank_start(s, if nl > 0 && at(s, nl - 1) == b'\r' { nl - 1 } else { nl }, lo);
         let ls = b64_run_start(s, le, lo);
         let n = le - ls;
         if n == 0 {
             return top;
         }
-        let mut indent = ls;
-        while indent > lo && blank(at(s, indent - 1)) {
-            indent -= 1;
-        }
-        let whole = indent == lo || at(s, indent - 1) == b'\n';
+        let indent = blank_start(s, ls, lo);
+        // (the start of a stream's buffer is no line start: text was released before it)
+        let whole = if indent == lo { lo > 0 || floor == 0 } else { at(s, indent - 1) == b'\n' };
         if whole && (top.is_none() || n >= 16) {
-            top = Some(ls.max(floor));
+            top = Some(at_or_after(s, ls, floor));
             if indent <= floor || indent == lo {
                 return top;
             }
@@ -1345,7 +1367,7 @@ pub(crate) fn pem_tail_start(s: &[u8], line: usize, floor: usize) -> Option<usiz
             continue;
         }
         let glued = ls > lo && matches!(at(s, ls - 1), b'_' | b'-' | b'.');
-        return if !glued && keyish(s.get(ls..le).unwrap_or(&[])) { Some(ls.max(floor)) } else { top };
+        return if !glued && keyish(s.get(ls..le).unwrap_or(&[])) { Some(at_or_after(s, ls, floor)) } else { top };
     }
 }
 

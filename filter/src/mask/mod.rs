@@ -699,7 +699,7 @@ impl Inner {
     fn candidates(&self, s: &str, base: usize, open_from: usize, from: usize, out: &mut Vec<Cand>) -> Option<usize> {
         let open = detectors::scan(&self.enabled, &self.anchors, s.as_bytes(), base, open_from, from, out);
         self.custom_candidates(s, base, out);
-        self.invisible_candidates(s, base, out);
+        self.invisible_candidates(s, base, from, out);
         open
     }
 
@@ -711,12 +711,14 @@ impl Inner {
     /// Values found in `s` itself are found again and merge with their
     /// copies (`Inner::select`); removing them never hides a value the
     /// first scan finds, as `card\u{200b}4111…` would be glued otherwise.
-    fn invisible_candidates(&self, s: &str, base: usize, out: &mut Vec<Cand>) {
+    /// `from`: as for `detectors::scan` (a stream's release point, offset
+    /// by `base`).
+    fn invisible_candidates(&self, s: &str, base: usize, from: usize, out: &mut Vec<Cand>) {
         let Some(v) = Visible::of(s) else { return };
-        let from = out.len();
-        detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, 0, out);
+        let first = out.len();
+        detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, v.stripped(from.saturating_sub(base)), out);
         self.custom_candidates(&v.text, 0, out);
-        for c in out.get_mut(from..).unwrap_or(&mut []) {
+        for c in out.get_mut(first..).unwrap_or(&mut []) {
             let end = v.original(c.end.saturating_sub(1)) + 1;
             c.start = base + v.original(c.start);
             c.end = base + end;
@@ -891,7 +893,7 @@ impl Inner {
         detectors::scan_at(&self.enabled, s.as_bytes(), positions, cands);
         self.custom_candidates(s, 0, cands);
         if wide {
-            self.invisible_candidates(s, 0, cands);
+            self.invisible_candidates(s, 0, 0, cands);
         }
         self.selected(s, cands)
     }
@@ -994,6 +996,14 @@ impl Visible {
         }
         // whole characters (or ASCII escapes) were removed: still UTF-8
         Some(Visible { text: String::from_utf8(text).ok()?, removed })
+    }
+
+    /// The index in `text` of byte `x` of the original text (of the next
+    /// byte kept, when `x` is inside a removed character).
+    fn stripped(&self, x: usize) -> usize {
+        // removal k sits before original byte `at + removed-so-far`
+        let k = self.removed.partition_point(|(at, n)| (*at as usize).saturating_add(*n as usize) <= x);
+        x - k.checked_sub(1).and_then(|k| self.removed.get(k)).map_or(0, |(_, n)| *n as usize).min(x)
     }
 
     /// The index in the original text of byte `x` of `text`.

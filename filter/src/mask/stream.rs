@@ -216,6 +216,11 @@ impl TextStream {
         }
         self.ws_upto = self.ws_upto.max(limit);
         if self.last_ws <= self.start && !forced {
+            if limit <= self.start {
+                // held text that is all invisible characters: wait for more
+                // (else each push would walk it again)
+                self.retry_at = n + (n - self.start).max(256) / 4;
+            }
             return Vec::new();
         }
         let tail = self.inner.holds_pem_tails().then(|| pem_tail_hold(&self.buf, self.start)).flatten();
@@ -308,11 +313,23 @@ fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
 /// or the lines span more than `PEM_WINDOW` bytes.
 fn pem_tail_hold(buf: &[u8], start: usize) -> Option<usize> {
     let ls = buf.get(start..).and_then(|r| memchr::memrchr(b'\n', r)).map_or(start, |k| start + k + 1);
-    let line = buf.get(ls..)?;
-    // the line's text without its indentation and trailing blanks
-    let from = ls + line.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
-    let content = buf.get(from..)?;
-    let end = from + content.len() - content.iter().rev().take_while(|b| matches!(b, b' ' | b'\t' | b'\r')).count().min(content.len());
+    // the line's text without its indentation and trailing blanks (and
+    // invisible characters there)
+    let mut from = ls;
+    loop {
+        match buf.get(from) {
+            Some(b' ' | b'\t') => from += 1,
+            Some(_) if detectors::invisible_at(buf, from) > 0 => from += detectors::invisible_at(buf, from),
+            _ => break,
+        }
+    }
+    // (an invisible character cut by the chunk's end counts as one)
+    let mut end = buf.len() - partial_invisible(buf, from);
+    if end > from && buf.get(end - 1) == Some(&b'\r') {
+        end -= 1;
+    }
+    let end = detectors::blank_start(buf, end, from).max(from);
+    let content = buf.get(from..end).unwrap_or(&[]);
     let tok = detectors::b64_run_start(buf, end, from);
     let footer = b"-----END ";
     if tok > from && !footer.starts_with(content) && !content.starts_with(footer) {
@@ -325,6 +342,23 @@ fn pem_tail_hold(buf: &[u8], start: usize) -> Option<usize> {
     let window = ls.saturating_sub(detectors::PEM_WINDOW);
     let top = detectors::pem_tail_start(buf, ls, start.max(window))?;
     (top > window || window <= start).then_some(top)
+}
+
+/// The length of the start of an invisible character (raw or `\u`
+/// escaped, see `detectors::invisible_at`) that `buf` ends with, cut by the
+/// chunk's end (not before `from`); 0 if none.
+fn partial_invisible(buf: &[u8], from: usize) -> usize {
+    let n = buf.len();
+    (1..=5)
+        .find(|&k| {
+            let Some(t) = n.checked_sub(k).filter(|&p| p >= from).and_then(|p| buf.get(p..)) else { return false };
+            match t {
+                [0xC2 | 0xE2 | 0xEF] | [0xE2, 0x80 | 0x81] | [0xEF, 0xBB | 0xB8] => true,
+                [b'\\', rest @ ..] => rest.first().is_none_or(|u| *u == b'u') && rest.iter().skip(1).all(u8::is_ascii_hexdigit),
+                _ => false,
+            }
+        })
+        .unwrap_or(0)
 }
 
 /// The release cut: the largest `p` in `start+1..=limit` right after a
