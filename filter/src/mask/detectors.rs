@@ -1416,6 +1416,23 @@ pub(crate) fn invisible_at(s: &[u8], i: usize) -> usize {
     }
 }
 
+/// The length of the start of an invisible character (raw or `\u`
+/// escaped, see [`invisible_at`]) that `buf` ends with, cut by the
+/// chunk's end (not before `from`); 0 if none.
+pub(crate) fn partial_invisible(buf: &[u8], from: usize) -> usize {
+    let n = buf.len();
+    (1..=5)
+        .find(|&k| {
+            let Some(t) = n.checked_sub(k).filter(|&p| p >= from).and_then(|p| buf.get(p..)) else { return false };
+            match t {
+                [0xC2 | 0xE2 | 0xEF] | [0xE2, 0x80 | 0x81] | [0xEF, 0xBB | 0xB8] => true,
+                [b'\\', rest @ ..] => rest.first().is_none_or(|u| *u == b'u') && rest.iter().skip(1).all(u8::is_ascii_hexdigit),
+                _ => false,
+            }
+        })
+        .unwrap_or(0)
+}
+
 /// The byte length of an invisible character ([`invisible_at`]) that ends
 /// right before `j`, or 0.
 pub(crate) fn invisible_before(s: &[u8], j: usize) -> usize {

@@ -196,6 +196,14 @@ impl TextStream {
         TextStream { inner, buf: Vec::new(), start: 0, ws_upto: 0, last_ws: 0, retry_at: 0 }
     }
 
+    /// The next scan waits until a quarter more than what is held has
+    /// arrived (at least 64 bytes): a text that cannot be released yet is
+    /// not scanned again on every chunk.
+    fn retry_later(&mut self) {
+        let (n, held) = (self.buf.len(), self.held());
+        self.retry_at = n + held.max(256) / 4;
+    }
+
     fn held(&self) -> usize {
         self.buf.len().saturating_sub(self.start)
     }
@@ -219,7 +227,7 @@ impl TextStream {
             if limit <= self.start {
                 // held text that is all invisible characters: wait for more
                 // (else each push would walk it again)
-                self.retry_at = n + (n - self.start).max(256) / 4;
+                self.retry_later();
             }
             return Vec::new();
         }
@@ -227,7 +235,7 @@ impl TextStream {
         if tail.is_some_and(|t| t <= self.start) && !forced {
             // all that is held may be a key's body: nothing to release yet
             // (and no need to scan it)
-            self.retry_at = n + (n - self.start).max(256) / 4;
+            self.retry_later();
             return Vec::new();
         }
         let mut cands = Vec::new();
@@ -239,7 +247,7 @@ impl TextStream {
         };
         let cut = choose_cut(&self.buf, self.start, limit, &mut cands, open, forced);
         let Some(cut) = cut else {
-            self.retry_at = n + (n - self.start).max(256) / 4;
+            self.retry_later();
             return Vec::new();
         };
         let mut out = Vec::with_capacity(cut - self.start);
@@ -319,12 +327,15 @@ fn pem_tail_hold(buf: &[u8], start: usize) -> Option<usize> {
     loop {
         match buf.get(from) {
             Some(b' ' | b'\t') => from += 1,
-            Some(_) if detectors::invisible_at(buf, from) > 0 => from += detectors::invisible_at(buf, from),
-            _ => break,
+            Some(_) => match detectors::invisible_at(buf, from) {
+                0 => break,
+                l => from += l,
+            },
+            None => break,
         }
     }
     // (an invisible character cut by the chunk's end counts as one)
-    let mut end = buf.len() - partial_invisible(buf, from);
+    let mut end = buf.len() - detectors::partial_invisible(buf, from);
     if end > from && buf.get(end - 1) == Some(&b'\r') {
         end -= 1;
     }
@@ -342,23 +353,6 @@ fn pem_tail_hold(buf: &[u8], start: usize) -> Option<usize> {
     let window = ls.saturating_sub(detectors::PEM_WINDOW);
     let top = detectors::pem_tail_start(buf, ls, start.max(window))?;
     (top > window || window <= start).then_some(top)
-}
-
-/// The length of the start of an invisible character (raw or `\u`
-/// escaped, see `detectors::invisible_at`) that `buf` ends with, cut by the
-/// chunk's end (not before `from`); 0 if none.
-fn partial_invisible(buf: &[u8], from: usize) -> usize {
-    let n = buf.len();
-    (1..=5)
-        .find(|&k| {
-            let Some(t) = n.checked_sub(k).filter(|&p| p >= from).and_then(|p| buf.get(p..)) else { return false };
-            match t {
-                [0xC2 | 0xE2 | 0xEF] | [0xE2, 0x80 | 0x81] | [0xEF, 0xBB | 0xB8] => true,
-                [b'\\', rest @ ..] => rest.first().is_none_or(|u| *u == b'u') && rest.iter().skip(1).all(u8::is_ascii_hexdigit),
-                _ => false,
-            }
-        })
-        .unwrap_or(0)
 }
 
 /// The release cut: the largest `p` in `start+1..=limit` right after a
