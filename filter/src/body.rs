@@ -21,6 +21,8 @@ pub enum BodyMode {
     Sse,
     /// Masked incrementally as text (`text/plain` and other listed types).
     StreamText,
+    /// Masked incrementally as JSON lines ([`JSON_LINES`]).
+    JsonLines,
     /// The body cannot be masked, so a body that follows is refused with 502
     /// and this reason (an empty body passes):
     /// - `unmaskable_content_type`: no `Content-Type`, an empty one, several
@@ -107,6 +109,11 @@ pub fn media_type(content_type: &[u8]) -> String {
     s.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
+/// Media types of JSON lines (one JSON document per line, e.g. Ollama's
+/// streamed `/api/chat` and `/api/generate`: `application/x-ndjson`),
+/// masked line by line as JSON.
+pub const JSON_LINES: [&str; 5] = ["application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines", "application/x-jsonlines"];
+
 /// Whether the resource lists `media`: the type itself, its structured
 /// syntax suffix (`+json`), its top-level type (`text/*`) or `*/*`.
 fn listed(mask: &ResourceMask, media: &str) -> bool {
@@ -149,6 +156,8 @@ pub fn response_mode(mask: &ResourceMask, method: &str, status: u32, content_typ
         BodyMode::Json
     } else if media == "text/event-stream" {
         BodyMode::Sse
+    } else if JSON_LINES.contains(&media.as_str()) {
+        BodyMode::JsonLines
     } else {
         BodyMode::StreamText
     }
@@ -311,6 +320,12 @@ mod tests {
         assert_eq!(response_mode(&m, "GET", 200, Some(b"application/problem+json")), BodyMode::Json);
         assert_eq!(response_mode(&m, "POST", 200, Some(b"text/event-stream")), BodyMode::Sse);
         assert_eq!(response_mode(&m, "GET", 200, Some(b"Text/Plain")), BodyMode::StreamText);
+        // JSON lines: listed by default (policy config); unlisted here
+        assert_eq!(response_mode(&m, "POST", 200, Some(b"application/x-ndjson")), BodyMode::Unmaskable("unmaskable_content_type"));
+        let lines = ResourceMask { content_types: vec!["application/x-ndjson".into(), "application/jsonl".into(), "*/*".into()], ..mask() };
+        assert_eq!(response_mode(&lines, "POST", 200, Some(b"application/x-ndjson; charset=utf-8")), BodyMode::JsonLines);
+        assert_eq!(response_mode(&lines, "POST", 200, Some(b"Application/JSONL")), BodyMode::JsonLines);
+        assert_eq!(response_mode(&lines, "POST", 200, Some(b"application/jsonlines")), BodyMode::JsonLines);
         assert_eq!(response_mode(&m, "HEAD", 200, Some(b"application/json")), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 204, Some(b"application/json")), BodyMode::Pass);
         assert_eq!(response_mode(&m, "GET", 304, Some(b"application/json")), BodyMode::Pass);

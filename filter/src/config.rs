@@ -320,7 +320,7 @@ fn default_quota_window() -> String { "hour".into() }
 /// (300 s, HTTP connection manager) so Envoy never times out a held request first.
 pub const MAX_HOLD_SECONDS: u64 = 240;
 fn default_mask_types() -> Vec<String> {
-    ["application/json", "+json", "text/plain", "text/event-stream"].iter().map(|s| s.to_string()).collect()
+    ["application/json", "+json", "text/plain", "text/event-stream", "application/x-ndjson"].iter().map(|s| s.to_string()).collect()
 }
 fn default_mask_buffer() -> usize { 1 << 20 }
 

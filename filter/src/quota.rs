@@ -337,7 +337,8 @@ pub struct Usage {
 /// complete usage (the caller estimates). Taking the largest means an echo
 /// of caller-chosen members can only raise the charge. Plain text containing
 /// `"usage": {...}` would be read as usage, so the filter reads usage only
-/// from JSON and event-stream responses.
+/// from JSON and event-stream responses. Without a complete `"usage"`, the
+/// tail's last line may give Ollama's counts (see [`ollama_usage`]).
 pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
@@ -371,12 +372,30 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
             }
         }
     }
-    let mut u = best?;
+    let Some(mut u) = best else { return ollama_usage(tail) };
     if output_only > u.completion_tokens {
         u.total_tokens = u.total_tokens.saturating_add(output_only - u.completion_tokens);
         u.completion_tokens = output_only;
     }
     Some(u)
+}
+
+/// The usage Ollama's native API reports (`/api/chat`, `/api/generate`,
+/// streamed as JSON lines or not): the last line of `tail`, a JSON object
+/// with `"done": true`, its `eval_count` (completion tokens) and
+/// `prompt_eval_count` (prompt tokens; absent when the prompt came from
+/// Ollama's cache, counted 0). `None` when the last line is not such an
+/// object (e.g. the tail starts inside it).
+fn ollama_usage(tail: &[u8]) -> Option<Usage> {
+    let t = tail.trim_ascii_end();
+    let line = t.get(memchr::memrchr(b'\n', t).map_or(0, |i| i + 1)..)?;
+    let o: Map<String, Value> = serde_json::from_slice(line).ok()?;
+    if o.get("done") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let completion_tokens = o.get("eval_count")?.as_u64()?;
+    let prompt_tokens = o.get("prompt_eval_count").and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens), estimated: false })
 }
 
 /// A usage object, in one of two shapes (numbers required):

@@ -1880,6 +1880,7 @@ impl Stream {
         self.response = match (mode, gzip) {
             (BodyMode::Sse, false) => Response::Stream(masker.stream(StreamKind::Sse)),
             (BodyMode::StreamText, false) => Response::Stream(masker.stream(StreamKind::Text)),
+            (BodyMode::JsonLines, false) => Response::Stream(masker.stream(StreamKind::JsonLines)),
             // A body announced over the limit is refused (or passed) now,
             // before Envoy buffers it: past Envoy's own buffer limit Envoy
             // would answer 500 itself, without the filter's reason.
@@ -2097,8 +2098,9 @@ impl Stream {
                 Ok(None) => plain.into_owned(),
                 Err(_) => return self.fail(502, "unmaskable_body", "the upstream's JSON body could not be parsed for masking"),
             },
-            BodyMode::Sse => {
-                let mut sm = masker.stream(StreamKind::Sse);
+            BodyMode::Sse | BodyMode::JsonLines => {
+                let kind = if mode == BodyMode::Sse { StreamKind::Sse } else { StreamKind::JsonLines };
+                let mut sm = masker.stream(kind);
                 let mut o = sm.push(&plain, &mut self.counts);
                 o.extend(sm.finish(&mut self.counts));
                 o

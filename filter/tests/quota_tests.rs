@@ -452,6 +452,31 @@ fn usage_of_responses_api_and_anthropic_answers() {
 }
 
 #[test]
+fn usage_of_ollama_answers() {
+    // /api/chat streamed as JSON lines: the last line (done) has the counts
+    let lines = [
+        json!({"model": "m", "created_at": "t", "message": {"role": "assistant", "content": "Hi"}, "done": false}),
+        json!({"model": "m", "created_at": "t", "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "stop",
+               "total_duration": 5_000_000_u64, "prompt_eval_count": 26, "eval_count": 298}),
+    ];
+    let stream: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    assert_eq!(usage_from_tail(stream.as_bytes()), usage(26, 298, 324));
+    // /api/generate, not streamed; a prompt from Ollama's cache has no prompt_eval_count
+    let one = json!({"model": "m", "response": "Hi", "done": true, "eval_count": 7});
+    assert_eq!(usage_from_tail(one.to_string().as_bytes()), usage(0, 7, 7));
+    // not finished, not numeric, or the tail starts inside the last line: estimated
+    let running = json!({"model": "m", "response": "Hi", "done": false, "eval_count": 7});
+    assert_eq!(usage_from_tail(running.to_string().as_bytes()), None);
+    let text = json!({"done": true, "eval_count": "7"});
+    assert_eq!(usage_from_tail(text.to_string().as_bytes()), None);
+    let cut = stream.as_bytes();
+    assert_eq!(usage_from_tail(&cut[cut.len() - 40..]), None);
+    // the counts in a string of an earlier line are not read
+    let echo = format!("{}\n", json!({"message": {"content": "{\"done\": true, \"eval_count\": 1}"}, "done": false}));
+    assert_eq!(usage_from_tail(echo.as_bytes()), None);
+}
+
+#[test]
 fn max_output_tokens_of_the_responses_api_counts() {
     assert_eq!(requested_max_tokens(br#"{"model":"m","input":"hi","max_output_tokens":700}"#), Some(700));
     assert_eq!(requested_max_tokens(br#"{"max_tokens":10,"max_output_tokens":700}"#), Some(700));

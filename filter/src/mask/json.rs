@@ -596,8 +596,9 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     Ok((k, ws(src, p + 1), kind))
 }
 
-/// A streamed text field of an SSE chunk, by array positions (not by the
-/// `index` members): the strings the SSE masker joins across events.
+/// A streamed text field of an SSE chunk or a JSON line, by array
+/// positions (not by the `index` members): the strings the SSE and
+/// JSON-lines maskers join across events and lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum StreamField {
     /// `choices[k].delta.<name>` (chat completions), `name` one of
@@ -616,7 +617,21 @@ pub(crate) enum StreamField {
     /// `delta.<name>` of an Anthropic Messages API `content_block_delta`
     /// event, `name` one of [`BLOCK_DELTA`].
     Block(&'static str),
+    /// `message.<name>` of an Ollama `/api/chat` JSON line, `name` one of
+    /// [`LINE_MESSAGE`].
+    Message(&'static str),
+    /// The top-level `<name>` of an Ollama `/api/generate` JSON line,
+    /// `name` one of [`LINE_TOP`].
+    Top(&'static str),
 }
+
+/// The strings of an Ollama `/api/chat` JSON line's `message` that are
+/// joined across lines: the answer and the model's thinking.
+pub(crate) const LINE_MESSAGE: [&str; 2] = ["content", "thinking"];
+
+/// The top-level strings of an Ollama `/api/generate` JSON line that are
+/// joined across lines: the answer and the model's thinking.
+pub(crate) const LINE_TOP: [&str; 2] = ["response", "thinking"];
 
 /// The strings of an Anthropic Messages API `content_block_delta` event's
 /// `delta` that are joined across events: `text` (`text_delta`),
@@ -649,6 +664,8 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
         }
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         [Frame::Obj(d), Frame::Obj(t)] if d == "delta" => BLOCK_DELTA.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Block(n)),
+        [Frame::Obj(m), Frame::Obj(t)] if m == "message" => LINE_MESSAGE.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Message(n)),
+        [Frame::Obj(t)] => LINE_TOP.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Top(n)),
         _ => None,
     }
 }

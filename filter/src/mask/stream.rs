@@ -117,10 +117,13 @@ pub const MAX_EVENT: usize = 4 * 1024 * 1024;
 /// What a streamed body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
-    /// Any text (`text/plain`, `application/x-ndjson`, …).
+    /// Any text (`text/plain`, …).
     Text,
     /// `text/event-stream`, with OpenAI chat-completion chunks.
     Sse,
+    /// JSON lines (`application/x-ndjson`: one JSON document per line),
+    /// with Ollama `/api/chat` and `/api/generate` chunks.
+    JsonLines,
 }
 
 /// An incremental masker for one streamed body (see the module notes).
@@ -141,7 +144,8 @@ impl StreamMasker {
     pub(crate) fn new(inner: Arc<Inner>, kind: StreamKind) -> StreamMasker {
         let imp = match kind {
             StreamKind::Text => Imp::Text(TextStream::new(inner)),
-            StreamKind::Sse => Imp::Sse(Box::new(SseStream::new(inner))),
+            StreamKind::Sse => Imp::Sse(Box::new(SseStream::new(inner, false))),
+            StreamKind::JsonLines => Imp::Sse(Box::new(SseStream::new(inner, true))),
         };
         StreamMasker { imp }
     }
@@ -624,10 +628,37 @@ struct Line {
     eol: Vec<u8>,
 }
 
-/// The SSE stream masker.
+/// The parts of a JSON line the JSON-lines masker reads: an Ollama
+/// `/api/chat` chunk (`message.content`, `message.thinking`) or
+/// `/api/generate` chunk (`response`, `thinking`), and `done` (the last
+/// chunk of an answer).
+#[derive(serde::Deserialize)]
+struct LineLite {
+    #[serde(default)]
+    message: Option<MessageLite>,
+    #[serde(default)]
+    response: Option<String>,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    done: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessageLite {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    thinking: Option<String>,
+}
+
+/// The stream masker for SSE and, with `lines`, for JSON lines (each line
+/// a payload, as an SSE event's data is).
 #[derive(Debug)]
 pub(crate) struct SseStream {
     inner: Arc<Inner>,
+    /// JSON lines (`application/x-ndjson`) rather than SSE events.
+    lines_mode: bool,
     buf: Vec<u8>,
     /// Bytes of `buf` already searched for a line end.
     searched: usize,
@@ -653,9 +684,10 @@ pub(crate) struct SseStream {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl SseStream {
-    fn new(inner: Arc<Inner>) -> SseStream {
+    fn new(inner: Arc<Inner>, lines_mode: bool) -> SseStream {
         SseStream {
             inner,
+            lines_mode,
             buf: Vec::new(),
             searched: 0,
             lines: Vec::new(),
@@ -738,7 +770,9 @@ impl SseStream {
             if self.eol.is_empty() {
                 self.eol.clone_from(&eol);
             }
-            if text.is_empty() {
+            if self.lines_mode {
+                self.json_line(&text, &eol, out, counts);
+            } else if text.is_empty() {
                 let lines = std::mem::take(&mut self.lines);
                 self.lines_bytes = 0;
                 self.dispatch(lines, &eol, out, counts);
@@ -758,8 +792,12 @@ impl SseStream {
         self.split_lines(true, &mut out, counts);
         if !self.buf.is_empty() {
             let text = std::mem::take(&mut self.buf);
-            self.lines_bytes += text.len();
-            self.lines.push(Line { text, eol: Vec::new() });
+            if self.lines_mode {
+                self.json_line(&text, &[], &mut out, counts);
+            } else {
+                self.lines_bytes += text.len();
+                self.lines.push(Line { text, eol: Vec::new() });
+            }
         }
         if !self.lines.is_empty() {
             let lines = std::mem::take(&mut self.lines);
@@ -768,16 +806,18 @@ impl SseStream {
         let mut flushed = Vec::new();
         self.flush_all(&mut flushed, counts);
         if !flushed.is_empty() && self.open_event {
-            // close the unterminated last event first
+            // close the unterminated last event (line) first
             let eol = self.eol();
             if !out.ends_with(b"\n") && !out.ends_with(b"\r") {
                 out.extend_from_slice(&eol);
             }
-            out.extend_from_slice(&eol);
+            if !self.lines_mode {
+                out.extend_from_slice(&eol);
+            }
         }
         out.extend_from_slice(&flushed);
         let inner = Arc::clone(&self.inner);
-        *self = SseStream::new(inner);
+        *self = SseStream::new(inner, self.lines_mode);
         out
     }
 
@@ -787,6 +827,41 @@ impl SseStream {
         } else {
             self.eol.clone()
         }
+    }
+
+    /// Emits one event (one line in JSON-lines mode) carrying `body` as its
+    /// data, after its `event:` line if any.
+    fn emit(&self, event_line: Option<&[u8]>, body: &[u8], out: &mut Vec<u8>) {
+        let eol = self.eol();
+        if self.lines_mode {
+            out.extend_from_slice(body);
+            out.extend_from_slice(&eol);
+            return;
+        }
+        if let Some(line) = event_line {
+            out.extend_from_slice(line);
+            out.extend_from_slice(&eol);
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(body);
+        out.extend_from_slice(&eol);
+        out.extend_from_slice(&eol);
+    }
+
+    /// Emits one JSON line (`eol`: its line end, empty for an unterminated
+    /// last line): masked as a payload, after the lines that carry text
+    /// held for earlier lines; a blank line as it is.
+    fn json_line(&mut self, text: &[u8], eol: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+        if text.trim_ascii().is_empty() {
+            out.extend_from_slice(text);
+        } else {
+            let mut pre = Vec::new();
+            let masked = self.payload(text, None, &mut pre, counts);
+            out.extend_from_slice(&pre);
+            out.extend_from_slice(&masked);
+        }
+        out.extend_from_slice(eol);
+        self.open_event = eol.is_empty();
     }
 
     fn mask_line(&self, text: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
@@ -857,18 +932,28 @@ impl SseStream {
             self.flush_all(pre, counts);
             return payload.to_vec();
         }
-        let parsed = serde_json::from_slice::<ChunkLite>(payload);
         // (a member named twice: clients read one of them, so the event is
         // neither joined nor passed — see `UNMASKABLE_EVENT`)
-        let repeated = matches!(&parsed, Err(e) if e.to_string().starts_with("duplicate field"));
-        let released = match parsed.ok() {
-            Some(ChunkLite { choices: Some(choices), .. }) => Some(self.chat_chunk(payload, choices, pre, counts)),
-            Some(ev) => self.responses_event(payload, ev, event_line, pre, counts),
-            None => {
-                // a payload of another shape (e.g. `content` as an array of
-                // parts): what is held goes out first, so text keeps its order
-                self.flush_all(pre, counts);
-                None
+        let repeated = |e: &serde_json::Error| e.to_string().starts_with("duplicate field");
+        let (released, repeated) = if self.lines_mode {
+            match serde_json::from_slice::<LineLite>(payload) {
+                Ok(line) => (Some(self.ollama_line(payload, line, pre, counts)), false),
+                Err(e) => {
+                    // another shape: what is held goes out first
+                    self.flush_all(pre, counts);
+                    (None, repeated(&e))
+                }
+            }
+        } else {
+            match serde_json::from_slice::<ChunkLite>(payload) {
+                Ok(ChunkLite { choices: Some(choices), .. }) => (Some(self.chat_chunk(payload, choices, pre, counts)), false),
+                Ok(ev) => (self.responses_event(payload, ev, event_line, pre, counts), false),
+                Err(e) => {
+                    // a payload of another shape (e.g. `content` as an array of
+                    // parts): what is held goes out first, so text keeps its order
+                    self.flush_all(pre, counts);
+                    (None, repeated(&e))
+                }
             }
         };
         if repeated {
@@ -988,15 +1073,45 @@ impl SseStream {
         keep.insert(part.field, String::from_utf8_lossy(tail).into_owned());
         // the template's own values were counted when it was sent
         let body = json::rewrite(&self.inner, &part.template, Some(&keep), true, &mut Counts::new()).unwrap_or_default();
-        let eol = self.eol();
-        if let Some(line) = &part.event_line {
-            out.extend_from_slice(line);
-            out.extend_from_slice(&eol);
+        self.emit(part.event_line.as_deref(), &body, out);
+    }
+
+    /// An Ollama JSON line: feeds its joined strings (`message.content`,
+    /// `message.thinking`, `response`, `thinking`), each a part of its own,
+    /// and gives the text released for each. A line with `done: true` ends
+    /// the answer: the held rest of each part goes into that line's own
+    /// string, or, when the line lacks it, into a copy of the part's last
+    /// line emitted just before (into `pre`).
+    fn ollama_line(&mut self, payload: &[u8], line: LineLite, pre: &mut Vec<u8>, counts: &mut Counts) -> BTreeMap<StreamField, String> {
+        let [content, thinking] = json::LINE_MESSAGE;
+        let [response, top_thinking] = json::LINE_TOP;
+        let mut here: Vec<(StreamField, String)> = Vec::new();
+        if let Some(m) = line.message {
+            here.extend(m.content.map(|t| (StreamField::Message(content), t)));
+            here.extend(m.thinking.map(|t| (StreamField::Message(thinking), t)));
         }
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&eol);
-        out.extend_from_slice(&eol);
+        here.extend(line.response.map(|t| (StreamField::Top(response), t)));
+        here.extend(line.thinking.map(|t| (StreamField::Top(top_thinking), t)));
+        let key = |field: StreamField| -> PartKey { (format!("{field:?}"), String::new(), 0, 0, 0) };
+        let mut released: BTreeMap<StreamField, Vec<u8>> = BTreeMap::new();
+        for (field, frag) in here {
+            let inner = &self.inner;
+            let part = self.parts.entry(key(field)).or_insert_with(|| Part::new(inner, false, field));
+            part.template.clear();
+            part.template.extend_from_slice(payload);
+            let text = part.text.push(frag.as_bytes(), counts);
+            released.entry(field).or_default().extend_from_slice(&text);
+        }
+        if line.done == Some(Value::Bool(true)) {
+            for (_, mut part) in std::mem::take(&mut self.parts) {
+                let tail = part.text.finish(counts);
+                match released.get_mut(&part.field) {
+                    Some(t) => t.extend_from_slice(&tail),
+                    None => self.part_tail(&part, &tail, pre),
+                }
+            }
+        }
+        released.into_iter().map(|(f, t)| (f, String::from_utf8_lossy(&t).into_owned())).collect()
     }
 
     /// A chat-completion chunk: feeds its joined fields, per choice, and
@@ -1119,11 +1234,7 @@ impl SseStream {
         let mut keep = BTreeMap::new();
         keep.insert(field, text.to_string());
         let body = json::rewrite(&self.inner, &raw, Some(&keep), true, counts).unwrap_or(raw);
-        let eol = self.eol();
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&eol);
-        out.extend_from_slice(&eol);
+        self.emit(None, &body, out);
     }
 }
 
