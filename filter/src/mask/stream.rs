@@ -1,6 +1,6 @@
-//! Incremental masking of streamed bodies: plain text, and server-sent
-//! events (WHATWG HTML §9.2) carrying OpenAI chat-completion chunks and
-//! Responses API events.
+//! Incremental masking of streamed bodies: plain text, server-sent events
+//! (WHATWG HTML §9.2) carrying OpenAI chat-completion chunks and Responses
+//! API events, and JSON lines (Ollama's native API).
 //!
 //! **Text.** Bytes are held back until they can no longer be part of a value
 //! that continues in a later chunk, then released masked. A release cut is
@@ -86,6 +86,17 @@
 //! before. `signature_delta` is left as it is (a thinking block whose text
 //! was masked no longer matches its signature).
 //!
+//! **JSON lines** (`application/x-ndjson`). Each line is a payload as an
+//! SSE event's data is: masked as JSON, or as text when it is not JSON,
+//! or withheld when it looks like JSON but is not strict JSON. Ollama's
+//! streamed strings — `message.content` and `message.thinking`
+//! (`/api/chat`), `response` and `thinking` (`/api/generate`) — are joined
+//! across lines through a text stream masker each; a line with
+//! `"done": true` takes the held rest into its own string, or, lacking it,
+//! gets a copy of the part's last line carrying the rest just before it.
+//! Lines of no known shape flush what is held first; the end of the stream
+//! flushes the rest as copies of the last lines.
+//!
 //! **Trailers.** A body that ends with trailers has no end-of-stream body
 //! callback, and Envoy gives a filter no body buffer at trailers time once
 //! the body streamed: held bytes can then not be sent. The filter
@@ -110,8 +121,9 @@ const CONTEXT: usize = 128;
 /// Most bytes of tool-call arguments held for masking as one JSON
 /// document; larger arguments are withheld as a whole.
 pub const MAX_ARGUMENTS: usize = 1024 * 1024;
-/// Largest SSE event held while waiting for its blank line (bytes); a
-/// larger one is released masked as text.
+/// Largest SSE event held while waiting for its blank line, or JSON line
+/// while waiting for its line end (bytes); a larger one is released masked
+/// as text.
 pub const MAX_EVENT: usize = 4 * 1024 * 1024;
 
 /// What a streamed body is.
