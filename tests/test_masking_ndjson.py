@@ -1,7 +1,8 @@
 """JSON-lines streams (`application/x-ndjson`, Ollama's native API) inside
 real Envoy: the Ollama Python client (installed by the test script) streams
 `/api/chat` and `/api/generate` through the gateway, parses every line and
-sees masked text, with values split across lines caught; other JSON lines
+sees masked text, with values split across lines caught and the token ids
+of `context` withheld; other JSON lines
 are masked one by one; the audit record carries Ollama's token counts."""
 import json
 import time
@@ -75,7 +76,8 @@ def test_ollama_client_streams_generate_masked(gw):
     parts = list(client(env, token).generate(model="llama3", prompt="hi", stream=True))
     text = "".join(p.response or "" for p in parts)
     assert text == "Write to [EMAIL], card [PAYMENT_CARD], SSN [US_SSN]. Thanks.", text
-    assert parts[-1].done and parts[-1].context == [1, 2, 3]
+    # the conversation's token ids (the answer unmasked) are withheld
+    assert parts[-1].done and parts[-1].context == [] and parts[-1].eval_count == 12
 
 
 def test_other_json_lines_are_masked_one_by_one(gw):

@@ -397,6 +397,36 @@ fn logprobs_are_withheld_from_responses_by_default() {
     }
 }
 
+/// Ollama `/api/generate` answers end with `context`: the token ids of the
+/// prompt and the answer as generated, from which a job could decode what
+/// masking took out of `response`. Withheld as `[]` in responses; other
+/// `context` members (nested, not integers) are left alone, and so are
+/// requests (a job sends `context` back to continue).
+#[test]
+fn ollama_context_token_ids_are_withheld_from_responses() {
+    let m = masker(json!({}));
+    let body = r#"{"model":"m","response":"Mail jane.doe@example.com","done":true,"context":[128006, 882, 128007,
+ -1],"eval_count":9}"#;
+    let (out, counts) = mask(&m, body);
+    assert_eq!(out, r#"{"model":"m","response":"Mail [EMAIL]","done":true,"context":[],"eval_count":9}"#);
+    assert_eq!(counts.get("context"), Some(&1));
+    for clean in [
+        r#"{"context":[]}"#,
+        r#"{"context":"see 42"}"#,
+        r#"{"context":["chunk 1", "chunk 2"]}"#,
+        r#"{"context":[1,[2]]}"#,
+        r#"{"context":[1,2.5]}"#,
+        r#"{"answer":{"context":[1,2,3]}}"#,
+        r#"[{"context":[1,2,3]}]"#,
+    ] {
+        let mut counts = Counts::new();
+        assert_eq!(m.mask_json_changes(clean.as_bytes(), &mut counts).unwrap(), None, "{clean}");
+        assert!(counts.is_empty());
+    }
+    let req = r#"{"model":"m","prompt":"and then?","context":[1,2,3]}"#;
+    assert_eq!(m.mask_request_json(req.as_bytes(), &mut Counts::new()).unwrap(), req.as_bytes());
+}
+
 #[test]
 fn logprobs_mask_keeps_tokens_masked_one_by_one() {
     let m = masker(json!({"logprobs": "mask"}));

@@ -487,6 +487,11 @@ enum Special {
     /// (OpenAI chat `tool_calls[].function.arguments`, Responses API
     /// `function_call` items): masked as JSON when it parses as JSON.
     Arguments,
+    /// A top-level `context` whose value is an array of integers: the token
+    /// ids of an Ollama `/api/generate` conversation (prompt and answer as
+    /// generated, unmasked), withheld in responses as `[]` (counted as
+    /// `context`): a job could decode the masked answer from them.
+    Context,
     /// `input` with an object value: an Anthropic Messages API `tool_use`
     /// block's input (`content[k].input`), the tool-call arguments as JSON
     /// in the document itself; its numbers are masked too, as in
@@ -580,11 +585,12 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         b"logprobs" | b"prompt_logprobs" => Special::Logprobs,
         b"arguments" => Special::Arguments,
         b"input" => Special::Input,
+        b"context" => Special::Context,
         _ => Special::None,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 5 | 8 | 9 | 15) {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 15) || (end - pos - 1 == 7 && at(src, pos + 1) == b'c') {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
@@ -645,6 +651,16 @@ pub(crate) const BLOCK_DELTA: [&str; 3] = ["text", "partial_json", "thinking"];
 /// `reasoning`: OpenRouter, Ollama).
 pub(crate) const DELTA_TEXT: [&str; 4] = ["content", "refusal", "reasoning_content", "reasoning"];
 
+/// Whether the value at `pos` is an array of integers (token ids: digits,
+/// `-`, commas and whitespace up to its `]`).
+fn token_ids(src: &[u8], pos: usize) -> bool {
+    at(src, pos) == b'['
+        && src.get(pos + 1..).is_some_and(|rest| {
+            let n = rest.iter().take_while(|b| b.is_ascii_digit() || matches!(b, b',' | b'-' | b' ' | b'\t' | b'\n' | b'\r')).count();
+            rest.get(n) == Some(&b']')
+        })
+}
+
 /// Which [`StreamField`] `path` is, if any.
 fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
     match path {
@@ -684,8 +700,9 @@ enum Replace {
     Keep,
     /// The JSON string for this label (redact rules).
     Label(String),
-    /// These JSON bytes (`null`, `[]`: withheld `logprobs`).
-    Raw(&'static [u8]),
+    /// These JSON bytes (`null`, `[]`: withheld `logprobs`, `context`),
+    /// counted under this name.
+    Raw(&'static [u8], &'static str),
 }
 
 /// Masks a JSON document. `content`: replacement text (already masked) for
@@ -794,9 +811,13 @@ fn rewrite_tallied(
     let mut special = Special::None;
     'value: loop {
         let member = std::mem::replace(&mut special, Special::None);
-        if withhold && member == Special::Logprobs && mute.is_none() && at(src, pos) != b'n' {
-            let with = Replace::Raw(if at(src, pos) == b'[' { b"[]" } else { b"null" });
-            mute = Some(Mute { depth: stack.len(), start: pos, with });
+        if member != Special::None && mute.is_none() {
+            if withhold && member == Special::Logprobs && at(src, pos) != b'n' {
+                let with = Replace::Raw(if at(src, pos) == b'[' { b"[]" } else { b"null" }, "logprobs");
+                mute = Some(Mute { depth: stack.len(), start: pos, with });
+            } else if response && member == Special::Context && stack.len() == 1 && token_ids(src, pos) {
+                mute = Some(Mute { depth: 1, start: pos, with: Replace::Raw(b"[]", "context") });
+            }
         }
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
             match inner.fields.action(&stack) {
@@ -909,11 +930,11 @@ fn rewrite_tallied(
                             w.replace_quoted(src, m.start, pos, &label);
                             *counts.entry("field".to_string()).or_insert(0) += 1;
                         }
-                        Replace::Raw(raw) => {
+                        Replace::Raw(raw, name) => {
                             // `[]` stays as it is
                             if !src.get(m.start..pos).is_some_and(|v| v.iter().filter(|b| !b.is_ascii_whitespace()).eq(raw.iter())) {
                                 w.replace_raw(src, m.start, pos, raw);
-                                *counts.entry("logprobs".to_string()).or_insert(0) += 1;
+                                *counts.entry(name.to_string()).or_insert(0) += 1;
                             }
                         }
                     }
