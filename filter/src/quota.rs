@@ -338,7 +338,7 @@ pub struct Usage {
 /// of caller-chosen members can only raise the charge. Plain text containing
 /// `"usage": {...}` would be read as usage, so the filter reads usage only
 /// from JSON and event-stream responses. Without a complete `"usage"`, the
-/// tail's last line may give Ollama's counts (see [`ollama_usage`]).
+/// tail's last line may give Ollama's counts (`ollama_usage`).
 pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();

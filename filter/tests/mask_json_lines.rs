@@ -88,11 +88,12 @@ fn chat_lines(thinking: &str, answer: &str, frag: &[usize], done_content: bool, 
     out
 }
 
-/// The lines of `out`, each parsed (every line must be JSON), and what the
+/// The lines of `out` but blank ones, each parsed (every line must be
+/// JSON), and what the
 /// client adds up from `field` of each.
 fn assemble(out: &[u8], field: &[&str]) -> (Vec<Value>, String) {
     let text = std::str::from_utf8(out).expect("UTF-8");
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}"))).collect();
+    let lines: Vec<Value> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}"))).collect();
     let mut got = String::new();
     for l in &lines {
         let mut v = l;
@@ -171,6 +172,113 @@ proptest! {
     }
 }
 
+/// Pieces of the PII values that must not survive anywhere in the output.
+const FRAGS: &[&str] = &["doe@exa", "ne.doe@", "1111 1111", "45-6789", "555-0134", "IOSFODNN", "ODNN7EX"];
+
+/// How an Ollama stream ends: 0 a final line with an empty string, 1 a
+/// final line without it, 2 a final line with the last piece, 3 no final
+/// line, 4 an error line, then the final line.
+#[derive(Debug, Clone)]
+struct Shape {
+    generate: bool,
+    end: u8,
+    /// the last thinking line also carries the first answer piece
+    transition: bool,
+    /// `@` written as `\u0040` in the lines
+    escaped: bool,
+    crlf: bool,
+    blank_lines: bool,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    (any::<bool>(), 0u8..5, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
+        .prop_map(|(generate, end, transition, escaped, crlf, blank_lines)| Shape { generate, end, transition, escaped, crlf, blank_lines })
+}
+
+fn ollama_stream(sh: &Shape, thinking: &str, answer: &str, frag: &[usize]) -> String {
+    let eol = if sh.crlf { "\r\n" } else { "\n" };
+    let mut out = String::new();
+    let mut push = |v: Value| {
+        let line = v.to_string();
+        out.push_str(&if sh.escaped { line.replace('@', "\\u0040") } else { line });
+        out.push_str(eol);
+        if sh.blank_lines {
+            out.push_str(eol);
+        }
+    };
+    let line = |answer: &str, thinking: Option<&str>, done: bool| {
+        let mut v = if sh.generate { json!({"model": "m", "response": answer}) } else { json!({"model": "m", "message": {"role": "assistant", "content": answer}}) };
+        if let Some(t) = thinking {
+            if sh.generate {
+                v["thinking"] = json!(t);
+            } else {
+                v["message"]["thinking"] = json!(t);
+            }
+        }
+        v["done"] = json!(done);
+        v
+    };
+    let th = pieces(thinking, frag);
+    let an = pieces(answer, frag);
+    let mut first = 0;
+    for (i, t) in th.iter().enumerate() {
+        let a = if sh.transition && i + 1 == th.len() && !an.is_empty() {
+            first = 1;
+            an[0].as_str()
+        } else {
+            ""
+        };
+        push(line(a, Some(t), false));
+    }
+    let last_piece = sh.end == 2 && an.len() > first;
+    let upto = if last_piece { an.len() - 1 } else { an.len() };
+    for a in &an[first..upto] {
+        push(line(a, None, false));
+    }
+    if sh.end == 4 {
+        push(json!({"error": "overloaded"}));
+    }
+    if sh.end != 3 {
+        let mut last = if sh.end == 1 { json!({"model": "m", "done": true}) } else { line(if last_piece { an[an.len() - 1].as_str() } else { "" }, None, true) };
+        last["eval_count"] = json!(7);
+        push(last);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Ollama streams of every ending, with thinking, a line that carries
+    /// both strings, escapes, CRLF and blank lines: any chunking gives the
+    /// one-chunk output, every line is JSON, each joined string equals
+    /// masking its whole text once, and no piece of a value survives.
+    #[test]
+    fn ollama_streams_of_every_shape(
+        sh in shape(),
+        (thinking, _) in text(),
+        (answer, _) in text(),
+        frag in prop::collection::vec(1usize..14, 1..20),
+        cuts in prop::collection::vec(any::<usize>(), 0..30),
+    ) {
+        let m = masker();
+        let input = ollama_stream(&sh, &thinking, &answer, &frag);
+        let (one, _) = stream(&m, input.as_bytes(), &[]);
+        let (out, _) = stream(&m, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        let (a, t) = if sh.generate { (vec!["response"], vec!["thinking"]) } else { (vec!["message", "content"], vec!["message", "thinking"]) };
+        let (lines, got) = assemble(&out, &a);
+        let (_, got_thinking) = assemble(&out, &t);
+        prop_assert_eq!(got, m.mask_text(&answer, &mut Counts::new()));
+        prop_assert_eq!(got_thinking, m.mask_text(&thinking, &mut Counts::new()));
+        let text = String::from_utf8(out).unwrap();
+        for f in FRAGS {
+            prop_assert!(!text.contains(f), "{:?} survived", f);
+            prop_assert!(lines.iter().all(|l| !l.to_string().contains(f)), "{:?} survived decoded", f);
+        }
+    }
+}
+
 /// An email split across two lines' `message.content` is caught; clean
 /// text goes out before the end; what is held at the final line goes into
 /// that line's `content`.
@@ -226,35 +334,167 @@ fn held_text_without_a_place_gets_a_line_of_its_own() {
 }
 
 /// Lines of other shapes are masked one by one as JSON (escapes decoded,
-/// keys and numbers left alone); one of no known shape first flushes what
-/// is held; blank lines
-/// stay; a line that is not JSON is masked as text; a line that looks like
-/// JSON but is not strict JSON is withheld as an error line.
+/// keys and numbers left alone) and leave the held text held, so a value
+/// split around them is still joined; blank lines stay; a line that is not
+/// strict JSON (text, `NaN`, a byte order mark inside the stream) is
+/// withheld as an error line.
 #[test]
 fn other_lines_are_masked_as_json_one_by_one() {
     let m = masker();
     let held = json!({"message": {"role": "assistant", "content": "call +1 415-"}, "done": false});
     let input = format!(
-        "{held}\n{}\n\n{}\nplain text to bob@example.com\n{{\"a\": NaN, \"b\": \"c@d.com\"}}\n",
+        "{held}\n{}\n\n{}\nplain text to bob@example.com\n{{\"a\": NaN, \"b\": \"c@d.com\"}}\n\u{feff}{{\"e\": \"x\\u0040y.com\"}}\n{}\n",
         r#"{"id": 7, "email": "jane\u0040example.com", "jane@example.com": 1}"#,
-        json!({"message": {"role": "assistant", "content": [{"type": "text", "text": "555-0134 or eve@example.org"}]}})
+        json!({"message": {"role": "assistant", "content": [{"type": "text", "text": "eve@example.org"}]}}),
+        json!({"message": {"role": "assistant", "content": "555-0134 ok"}, "done": true})
     );
     let (out, counts) = stream(&m, input.as_bytes(), &[]);
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = text.split('\n').collect();
-    assert_eq!(lines.len(), 8, "{text}");
+    assert_eq!(lines.len(), 9, "{text}");
     let v: Vec<Option<Value>> = lines.iter().map(|l| serde_json::from_str(l).ok()).collect();
     assert_eq!(v[0].as_ref().unwrap()["message"]["content"], json!(""), "held: the phone may go on");
     assert_eq!(v[1].as_ref().unwrap(), &json!({"id": 7, "email": "[EMAIL]", "jane@example.com": 1}));
     assert_eq!(lines[2], "");
-    // a `content` that is not a string: not joined, but what is held goes first
-    assert_eq!(v[3].as_ref().unwrap()["message"]["content"], json!("call +1 415-"));
-    assert_eq!(v[4].as_ref().unwrap()["message"]["content"][0]["text"], json!("555-0134 or [EMAIL]"));
-    assert_eq!(lines[5], "plain text to [EMAIL]");
-    assert_eq!(v[6].as_ref().unwrap()["error"]["code"], json!("unmaskable_event"));
-    assert_eq!(lines[7], "");
-    assert!(!text.contains("c@d.com"));
-    assert_eq!(lines[7], "");
-    assert_eq!(counts.get("email"), Some(&3));
+    assert_eq!(v[3].as_ref().unwrap()["message"]["content"][0]["text"], json!("[EMAIL]"));
+    for k in [4, 5, 6] {
+        assert_eq!(v[k].as_ref().unwrap()["error"]["code"], json!("unmaskable_event"), "line {k}: {}", lines[k]);
+    }
+    assert_eq!(v[7].as_ref().unwrap(), &json!({"message": {"role": "assistant", "content": "call [PHONE] ok"}, "done": true}));
+    assert_eq!(lines[8], "");
+    for leak in ["bob@", "c@d.com", "x\\u0040y", "415-555"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+    assert_eq!(counts.get("email"), Some(&2));
+    assert_eq!(counts.get("phone"), Some(&1));
+    assert_eq!(counts.get("unmaskable_event"), Some(&3));
+}
+
+/// Ollama ends thinking with a line that carries both the last thinking
+/// and the first answer text. The held rest of each string goes out in a
+/// line of its own that repeats nothing else (not the other string, not
+/// tool calls), the thinking before the answer goes on; nothing leaks and
+/// nothing is sent twice.
+#[test]
+fn a_line_with_thinking_and_answer_is_not_repeated() {
+    let m = masker();
+    let msg = |content: &str, thinking: Option<&str>, done: bool| {
+        let mut v = json!({"model": "m", "message": {"role": "assistant", "content": content}, "done": done});
+        if let Some(t) = thinking {
+            v["message"]["thinking"] = json!(t);
+        }
+        format!("{v}\n")
+    };
+    let input = [
+        msg("", Some("Checking the records of jane."), false),
+        msg("Key: AKIAIOSFODNN7EXAM", Some(" Done."), false),
+        msg("PLE, mail jane.doe@", None, false),
+        format!("{}\n", json!({"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "delete_user", "arguments": {"id": 1}}}]}, "done": false})),
+        msg("example.com", None, false),
+        format!("{}\n", json!({"model": "m", "done": true, "eval_count": 3})),
+    ]
+    .concat();
+    for cuts in [vec![], vec![5, 90, 91, 200, 333], (0..input.len()).collect()] {
+        let (out, counts) = stream(&m, input.as_bytes(), &cuts);
+        let (lines, content) = assemble(&out, &["message", "content"]);
+        let (_, thinking) = assemble(&out, &["message", "thinking"]);
+        assert_eq!(content, "Key: [AWS_ACCESS_KEY], mail [EMAIL]");
+        assert_eq!(thinking, "Checking the records of jane. Done.");
+        let calls = lines.iter().filter(|l| l["message"]["tool_calls"].is_array()).count();
+        assert_eq!(calls, 1, "tool calls once");
+        // the thinking's rest goes out before the answer goes on
+        let last_thought = lines.iter().rposition(|l| l["message"]["thinking"].as_str().is_some_and(|t| !t.is_empty())).unwrap();
+        let first_answer = lines.iter().position(|l| l["message"]["content"].as_str().is_some_and(|t| !t.is_empty())).unwrap();
+        assert!(last_thought < first_answer, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(counts.get("aws_access_key"), Some(&1));
+    }
+    // /api/generate: `response` and `thinking` in one line
+    let input = [
+        json!({"model": "m", "response": "", "thinking": "Let me see."}),
+        json!({"model": "m", "response": "card 4111 1111 ", "thinking": " Ok."}),
+        json!({"model": "m", "response": "1111 1111 done"}),
+        json!({"model": "m", "response": "", "done": true, "context": [1, 2]}),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect::<String>();
+    let (out, _) = stream(&m, input.as_bytes(), &[]);
+    let (lines, response) = assemble(&out, &["response"]);
+    let (_, thinking) = assemble(&out, &["thinking"]);
+    assert_eq!(response, "card [PAYMENT_CARD] done");
+    assert_eq!(thinking, "Let me see. Ok.");
+    assert_eq!(lines.last().unwrap()["context"], json!([]));
+}
+
+/// An error line ends what clients read: held text goes out before it.
+/// A JSON array is no Ollama line (serde would read one as a struct).
+#[test]
+fn error_lines_flush_and_arrays_are_not_chunks() {
+    let m = masker();
+    let input = format!(
+        "{}\n{}\n",
+        json!({"model": "m", "message": {"role": "assistant", "content": "mail jane.doe@example.com ok"}, "done": false}),
+        json!({"error": "model overloaded"})
+    );
+    let (out, _) = stream(&m, input.as_bytes(), &[]);
+    let (lines, content) = assemble(&out, &["message", "content"]);
+    assert_eq!(content, "mail [EMAIL] ok");
+    assert_eq!(lines.last().unwrap(), &json!({"error": "model overloaded"}));
+    let input = format!("{}\n[null, \" 1111 1111 rest\", null, true]\n{}\n", json!({"response": "My card is 4111 1111"}), json!({"response": " 1111 1111", "done": true}));
+    let (out, _) = stream(&m, input.as_bytes(), &[]);
+    let (lines, response) = assemble(&out, &["response"]);
+    assert_eq!(response, "My card is [PAYMENT_CARD]");
+    assert_eq!(lines[1], json!([null, " 1111 1111 rest", null, true]), "masked as JSON, alone");
+}
+
+/// A line that serde reads but that is not strict JSON (invalid UTF-8 in a
+/// member the masker skips) is withheld; the text released for it still
+/// goes out, in a line of its own.
+#[test]
+fn a_withheld_line_keeps_the_text_released_for_it() {
+    let m = masker();
+    let long = "word ".repeat(60);
+    let mut input = format!("{}\n", json!({"response": long})).into_bytes();
+    input.extend_from_slice(b"{\"response\":\"more text here\",\"x\":\"\xff\"}\n");
+    input.extend_from_slice(format!("{}\n", json!({"response": " end", "done": true})).as_bytes());
+    let (out, counts) = stream(&m, &input, &[]);
+    let (lines, response) = assemble(&out, &["response"]);
+    assert_eq!(response, format!("{long}more text here end"));
+    assert!(lines.iter().any(|l| l["error"]["code"] == json!("unmaskable_event")));
     assert_eq!(counts.get("unmaskable_event"), Some(&1));
+}
+
+/// A lone CR inside a line is JSON whitespace, not a line end; CRLF ends a
+/// line and is kept.
+#[test]
+fn lines_end_at_lf_only() {
+    let m = masker();
+    let input = "{\"message\":\r{\"content\":\"mail jane.doe@example.com\"},\r\"done\":true}\r\n";
+    let (out, counts) = stream(&m, input.as_bytes(), &[10]);
+    assert_eq!(String::from_utf8(out).unwrap(), "{\"message\":\r{\"content\":\"mail [EMAIL]\"},\r\"done\":true}\r\n");
+    assert_eq!(counts.get("email"), Some(&1));
+}
+
+/// A line longer than `MAX_EVENT` without its line end is withheld whole,
+/// however it is cut, and the lines after it are masked as usual.
+#[test]
+fn an_over_long_line_is_withheld_whole() {
+    let m = masker();
+    let mut input = format!("{{\"response\":\"{}", "x ".repeat(nhi_gate::mask::MAX_EVENT / 2 + 8)).into_bytes();
+    input.extend_from_slice(b"jane.doe\\u0040example.com 4111 1111 1111 1111\"}\n");
+    input.extend_from_slice(format!("{}\n", json!({"response": "mail bob@example.com", "done": true})).as_bytes());
+    let mut outs = Vec::new();
+    for step in [input.len(), 65536, 4093] {
+        let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
+        let (out, counts) = stream(&m, &input, &cuts);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{}", &text[..200.min(text.len())]);
+        let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["error"]["code"], json!("unmaskable_event"));
+        assert!(!text.contains("jane") && !text.contains("4111"));
+        assert!(text.ends_with("\"response\":\"mail [EMAIL]\"}\n"), "{}", &text[text.len().saturating_sub(200)..]);
+        assert_eq!(counts.get("unmaskable_event"), Some(&1));
+        outs.push(text);
+    }
+    assert!(outs.windows(2).all(|w| w[0] == w[1]));
 }

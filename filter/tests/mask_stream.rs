@@ -561,6 +561,33 @@ fn sse_passthrough_and_other_payloads() {
     assert_eq!(counts.get("email"), Some(&3));
 }
 
+/// Data that looks like a JSON string but is not strict JSON (a lone
+/// surrogate escape) is withheld like such objects and arrays: a lenient
+/// parser would decode the `\u0040` that text masking cannot see. A JSON
+/// array is masked as JSON and is never read as a chunk (serde would read
+/// a struct from one), so text held for a choice goes out before it.
+#[test]
+fn sse_json_strings_and_arrays() {
+    let m = masker(json!({}));
+    let input = "data: \"mail jane.doe\\u0040example.com \\ud800\"\n\n\
+                 data: \"mail jane.doe\\u0040example.com\"\n\n";
+    let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[9]);
+    let out = String::from_utf8(out).unwrap();
+    let events = parse_sse(&out);
+    assert_eq!(events.len(), 2, "{out}");
+    assert!(events[0].contains("unmaskable_event"), "{out}");
+    assert_eq!(events[1], "\"mail [EMAIL]\"");
+    assert_eq!(counts.get("unmaskable_event"), Some(&1));
+    let mut input = String::new();
+    sse_event(&mut input, &json!({"choices": [{"index": 0, "delta": {"content": "My card is 4111 1111"}, "finish_reason": null}]}), "\n");
+    input.push_str("data: [[{\"index\":0,\"delta\":{\"content\":\" 1111 1111\"}}]]\n\n");
+    let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("[[{\"index\":0,\"delta\":{\"content\":\" 1111 1111\"}}]]"), "masked alone, not joined: {out}");
+    let array_at = out.find("[[{").unwrap();
+    assert!(out[..array_at].contains("My card is 4111 1111"), "held text goes out first: {out}");
+}
+
 #[test]
 fn sse_clean_stream_is_unchanged_and_flows() {
     let m = masker(json!({}));

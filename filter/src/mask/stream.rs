@@ -86,16 +86,19 @@
 //! before. `signature_delta` is left as it is (a thinking block whose text
 //! was masked no longer matches its signature).
 //!
-//! **JSON lines** (`application/x-ndjson`). Each line is a payload as an
-//! SSE event's data is: masked as JSON, or as text when it is not JSON,
-//! or withheld when it looks like JSON but is not strict JSON. Ollama's
-//! streamed strings — `message.content` and `message.thinking`
-//! (`/api/chat`), `response` and `thinking` (`/api/generate`) — are joined
-//! across lines through a text stream masker each; a line with
-//! `"done": true` takes the held rest into its own string, or, lacking it,
-//! gets a copy of the part's last line carrying the rest just before it.
-//! Lines of no known shape flush what is held first; the end of the stream
-//! flushes the rest as copies of the last lines.
+//! **JSON lines** (`application/x-ndjson`). Lines end at LF (a CR before
+//! it goes with it). Each line is a payload as an SSE event's data is,
+//! masked as JSON; a line that is not strict JSON, or longer than
+//! [`MAX_EVENT`], is withheld (`UNMASKABLE_EVENT`). Ollama's streamed
+//! strings — `message.content` and `message.thinking` (`/api/chat`),
+//! `response` and `thinking` (`/api/generate`) — are joined across lines
+//! through a text stream masker each. Held text goes out in a line of its
+//! own (`line_copy`: `model`, `created_at`, that string alone) when the
+//! answer starts after the thinking, before an `{"error": …}` line, before
+//! a `"done": true` line that lacks the string (a line that has it takes
+//! the rest itself) and at the end of the stream; lines of other shapes
+//! (arrays, `content` of another type) leave it held, so a value split
+//! around them is still joined.
 //!
 //! **Trailers.** A body that ends with trailers has no end-of-stream body
 //! callback, and Envoy gives a filter no body buffer at trailers time once
@@ -654,6 +657,9 @@ struct LineLite {
     thinking: Option<String>,
     #[serde(default)]
     done: Option<Value>,
+    /// An error line (`{"error": "…"}`), on which clients stop reading.
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(serde::Deserialize)]
@@ -688,6 +694,8 @@ pub(crate) struct SseStream {
     open_event: bool,
     /// Whether the stream's first bytes were checked for a byte order mark.
     bom_checked: bool,
+    /// JSON lines: dropping the rest of a withheld over-long line.
+    skipping: bool,
 }
 
 /// UTF-8 byte order mark. A stream may start with one, which clients
@@ -710,6 +718,7 @@ impl SseStream {
             eol: Vec::new(),
             open_event: false,
             bom_checked: false,
+            skipping: false,
         }
     }
 
@@ -735,7 +744,16 @@ impl SseStream {
             }
         }
         self.split_lines(false, &mut out, counts);
-        if self.buf.len() + self.lines_bytes > MAX_EVENT {
+        if self.lines_mode && self.buf.len() > MAX_EVENT {
+            // a JSON line too long to hold: withheld whole, the rest of it
+            // dropped as it arrives
+            out.extend_from_slice(&unmaskable_event(counts));
+            out.push(b'\n');
+            self.buf.clear();
+            self.searched = 0;
+            self.skipping = true;
+            self.open_event = false;
+        } else if self.buf.len() + self.lines_bytes > MAX_EVENT {
             // not SSE as we know it: release what we hold as text
             let mut raw = Vec::new();
             for l in self.lines.drain(..) {
@@ -755,14 +773,44 @@ impl SseStream {
 
     fn split_lines(&mut self, fin: bool, out: &mut Vec<u8>, counts: &mut Counts) {
         let mut consumed = 0usize;
+        if self.skipping {
+            // the rest of a withheld over-long line, up to its line end
+            match memchr::memchr(b'\n', &self.buf) {
+                Some(i) => {
+                    self.buf.drain(..=i);
+                    self.skipping = false;
+                }
+                None => self.buf.clear(),
+            }
+            self.searched = 0;
+        }
         loop {
             let rest = self.buf.get(consumed..).unwrap_or(&[]);
             let from = self.searched.saturating_sub(consumed);
-            let Some(rel) = rest.get(from..).and_then(|r| r.iter().position(|b| *b == b'\n' || *b == b'\r')) else {
+            // JSON lines end at LF (a CR before it goes with it; a lone CR
+            // is JSON whitespace), SSE lines at LF, CRLF or CR
+            let found = match rest.get(from..) {
+                Some(r) if self.lines_mode => memchr::memchr(b'\n', r),
+                Some(r) => r.iter().position(|b| *b == b'\n' || *b == b'\r'),
+                None => None,
+            };
+            let Some(rel) = found else {
                 self.searched = self.buf.len();
                 break;
             };
             let i = from + rel;
+            if self.lines_mode {
+                let s = if i > 0 && rest.get(i - 1) == Some(&b'\r') { i - 1 } else { i };
+                let text = rest.get(..s).unwrap_or(&[]).to_vec();
+                let eol = rest.get(s..=i).unwrap_or(&[]).to_vec();
+                consumed += i + 1;
+                self.searched = consumed;
+                if self.eol.is_empty() {
+                    self.eol.clone_from(&eol);
+                }
+                self.json_line(&text, &eol, out, counts);
+                continue;
+            }
             let eol_len = match rest.get(i) {
                 Some(b'\r') => match rest.get(i + 1) {
                     Some(b'\n') => 2,
@@ -782,9 +830,7 @@ impl SseStream {
             if self.eol.is_empty() {
                 self.eol.clone_from(&eol);
             }
-            if self.lines_mode {
-                self.json_line(&text, &eol, out, counts);
-            } else if text.is_empty() {
+            if text.is_empty() {
                 let lines = std::mem::take(&mut self.lines);
                 self.lines_bytes = 0;
                 self.dispatch(lines, &eol, out, counts);
@@ -802,6 +848,9 @@ impl SseStream {
     fn finish(&mut self, counts: &mut Counts) -> Vec<u8> {
         let mut out = Vec::new();
         self.split_lines(true, &mut out, counts);
+        if self.skipping {
+            self.buf.clear();
+        }
         if !self.buf.is_empty() {
             let text = std::mem::take(&mut self.buf);
             if self.lines_mode {
@@ -864,6 +913,13 @@ impl SseStream {
     /// last line): masked as a payload, after the lines that carry text
     /// held for earlier lines; a blank line as it is.
     fn json_line(&mut self, text: &[u8], eol: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
+        if text.len() > MAX_EVENT {
+            // too long to hold (as when it arrives in pieces: see `push`)
+            out.extend_from_slice(&unmaskable_event(counts));
+            out.push(b'\n');
+            self.open_event = false;
+            return;
+        }
         if text.trim_ascii().is_empty() {
             out.extend_from_slice(text);
         } else {
@@ -947,15 +1003,20 @@ impl SseStream {
         // (a member named twice: clients read one of them, so the event is
         // neither joined nor passed — see `UNMASKABLE_EVENT`)
         let repeated = |e: &serde_json::Error| e.to_string().starts_with("duplicate field");
+        // (only an object is a chunk: serde would also read an array as one)
+        let object = payload.trim_ascii_start().first() == Some(&b'{');
         let (released, repeated) = if self.lines_mode {
-            match serde_json::from_slice::<LineLite>(payload) {
-                Ok(line) => (Some(self.ollama_line(payload, line, pre, counts)), false),
-                Err(e) => {
-                    // another shape: what is held goes out first
-                    self.flush_all(pre, counts);
-                    (None, repeated(&e))
-                }
+            // a line of another shape leaves the held text held: it goes
+            // on with the next line of the answer, so a value split around
+            // the odd line is still joined (order across it may change)
+            match object.then(|| serde_json::from_slice::<LineLite>(payload)) {
+                Some(Ok(line)) => (Some(self.ollama_line(payload, line, pre, counts)), false),
+                Some(Err(e)) => (None, repeated(&e)),
+                None => (None, false),
             }
+        } else if !object {
+            self.flush_all(pre, counts);
+            (None, false)
         } else {
             match serde_json::from_slice::<ChunkLite>(payload) {
                 Ok(ChunkLite { choices: Some(choices), .. }) => (Some(self.chat_chunk(payload, choices, pre, counts)), false),
@@ -974,7 +1035,17 @@ impl SseStream {
         // other JSON is masked as JSON, anything else as text
         match json::rewrite(&self.inner, payload, released.as_ref(), true, counts) {
             Ok(out) => out,
-            Err(_) if matches!(payload.trim_ascii_start().first(), Some(b'{' | b'[')) => unmaskable_event(counts),
+            // a JSON line must be JSON: anything else is withheld (its
+            // joined text, already taken from the held text, goes out first)
+            Err(_) if self.lines_mode => {
+                for (field, text) in released.iter().flatten() {
+                    if !text.is_empty() {
+                        self.line_copy(&[], *field, text, pre);
+                    }
+                }
+                unmaskable_event(counts)
+            }
+            Err(_) if matches!(payload.trim_ascii_start().first(), Some(b'{' | b'[' | b'"')) => unmaskable_event(counts),
             Err(_) => {
                 let mut out = Vec::new();
                 self.mask_line(payload, &mut out, counts);
@@ -1081,6 +1152,10 @@ impl SseStream {
         if tail.is_empty() {
             return;
         }
+        if self.lines_mode {
+            self.line_copy(&part.template, part.field, &String::from_utf8_lossy(tail), out);
+            return;
+        }
         let mut keep = BTreeMap::new();
         keep.insert(part.field, String::from_utf8_lossy(tail).into_owned());
         // the template's own values were counted when it was sent
@@ -1104,7 +1179,27 @@ impl SseStream {
         }
         here.extend(line.response.map(|t| (StreamField::Top(response), t)));
         here.extend(line.thinking.map(|t| (StreamField::Top(top_thinking), t)));
-        let key = |field: StreamField| -> PartKey { (format!("{field:?}"), String::new(), 0, 0, 0) };
+        // (thinking sorts first: flushed together, it goes out first)
+        let key = |field: StreamField| -> PartKey {
+            let rank = u8::from(!matches!(field, StreamField::Message(n) | StreamField::Top(n) if n == thinking));
+            (format!("{rank}{field:?}"), String::new(), 0, 0, 0)
+        };
+        if line.error.is_some() {
+            // clients stop at an error line: what is held goes out before it
+            self.flush_all(pre, counts);
+        }
+        // the answer starts (thinking comes first): the thinking held so
+        // far goes out before it, not after the answer
+        let answer = here.iter().any(|(f, t)| matches!(f, StreamField::Message(n) | StreamField::Top(n) if *n == content || *n == response) && !t.is_empty());
+        let thought = here.iter().any(|(f, t)| matches!(f, StreamField::Message(n) | StreamField::Top(n) if *n == thinking) && !t.is_empty());
+        if answer && !thought {
+            for field in [StreamField::Message(thinking), StreamField::Top(top_thinking)] {
+                if let Some(mut part) = self.parts.remove(&key(field)) {
+                    let tail = part.text.finish(counts);
+                    self.part_tail(&part, &tail, pre);
+                }
+            }
+        }
         let mut released: BTreeMap<StreamField, Vec<u8>> = BTreeMap::new();
         for (field, frag) in here {
             let inner = &self.inner;
@@ -1124,6 +1219,45 @@ impl SseStream {
             }
         }
         released.into_iter().map(|(f, t)| (f, String::from_utf8_lossy(&t).into_owned())).collect()
+    }
+
+    /// Emits a JSON line carrying `text` in `field` alone: `model` and
+    /// `created_at` of `template` (a line of the stream, if it parses), the
+    /// other joined strings of its kind empty (`message.content` with
+    /// `role`, or `response`), `"done": false`, nothing else (no tool
+    /// calls, counts or context repeated).
+    fn line_copy(&self, template: &[u8], field: StreamField, text: &str, out: &mut Vec<u8>) {
+        let t = serde_json::from_slice::<Map<String, Value>>(template).unwrap_or_default();
+        let mut m = Map::new();
+        for k in ["model", "created_at"] {
+            if let Some(v) = t.get(k) {
+                m.insert(k.into(), v.clone());
+            }
+        }
+        let [content, _] = json::LINE_MESSAGE;
+        let [response, _] = json::LINE_TOP;
+        match field {
+            StreamField::Message(name) => {
+                let role = t.get("message").and_then(|x| x.get("role")).filter(|r| r.is_string()).cloned();
+                let mut msg = Map::new();
+                msg.insert("role".into(), role.unwrap_or_else(|| Value::from("assistant")));
+                msg.insert(content.into(), Value::from(""));
+                msg.insert(name.into(), Value::from(text));
+                m.insert("message".into(), Value::Object(msg));
+            }
+            StreamField::Top(name) => {
+                m.insert(response.into(), Value::from(""));
+                m.insert(name.into(), Value::from(text));
+            }
+            _ => return,
+        }
+        m.insert("done".into(), Value::Bool(false));
+        let raw = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
+        let mut keep = BTreeMap::new();
+        keep.insert(field, text.to_string());
+        // (`model` and `created_at` were counted when the template went out)
+        let body = json::rewrite(&self.inner, &raw, Some(&keep), true, &mut Counts::new()).unwrap_or_default();
+        self.emit(None, &body, out);
     }
 
     /// A chat-completion chunk: feeds its joined fields, per choice, and
