@@ -53,7 +53,10 @@
 //! lacks it, into a synthetic chunk event (the same `id`, `model`, … with
 //! only that choice and field: `delta.content` (or `refusal`, …), `delta.tool_calls: [{index,
 //! function: {arguments}}]`, `delta.function_call: {arguments}` or `text`) emitted just before it; `data: [DONE]`
-//! and the end of the stream flush every choice the same way. Every event
+//! and the end of the stream flush every choice the same way. Reasoning
+//! text (`reasoning_content`, `reasoning`) held when the choice's
+//! `content` starts goes out first, in a synthetic chunk event of its own,
+//! so that it is not shown after the answer. Every event
 //! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
 //! Other JSON payloads are masked as JSON, other payloads and other fields'
 //! values as text; a payload that is not JSON of the shapes above (e.g. a
@@ -1287,6 +1290,20 @@ impl SseStream {
                 }
                 if let Some(a) = d.function_call.and_then(FunctionLite::arguments) {
                     here.push((Slot::Call, StreamField::Call(k), a));
+                }
+            }
+            // the answer starts (reasoning comes first): the reasoning held
+            // so far goes out before it, not after the answer
+            let [content, _, reasoning_content, reasoning] = json::DELTA_TEXT;
+            let says = |names: &[&str]| here.iter().any(|(slot, _, t)| matches!(slot, Slot::Content(n) if names.contains(n)) && !t.is_empty());
+            if says(&[content]) && !says(&[reasoning_content, reasoning]) {
+                for name in [reasoning_content, reasoning] {
+                    if let Some(mut st) = self.choices.remove(&(idx, Slot::Content(name))) {
+                        let tail = st.finish(counts);
+                        if !tail.is_empty() {
+                            self.synthetic(idx, Slot::Content(name), &String::from_utf8_lossy(&tail), pre, counts);
+                        }
+                    }
                 }
             }
             let mut texts: Vec<Vec<u8>> = Vec::with_capacity(here.len());
