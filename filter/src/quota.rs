@@ -337,9 +337,13 @@ pub struct Usage {
 /// complete usage (the caller estimates). Taking the largest means an echo
 /// of caller-chosen members can only raise the charge. Plain text containing
 /// `"usage": {...}` would be read as usage, so the filter reads usage only
-/// from JSON and event-stream responses. Without a complete `"usage"`, the
-/// tail's last line may give Ollama's counts (`ollama_usage`).
+/// from JSON and event-stream responses. An Ollama answer's counts (the
+/// tail's last line, `ollama_usage`) come first: Ollama writes tool-call
+/// arguments as JSON objects, whose `"usage"` keys the model chooses.
 pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
+    if let Some(u) = ollama_usage(tail) {
+        return Some(u);
+    }
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
     let mut best: Option<Usage> = None;
@@ -372,7 +376,7 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
             }
         }
     }
-    let Some(mut u) = best else { return ollama_usage(tail) };
+    let mut u = best?;
     if output_only > u.completion_tokens {
         u.total_tokens = u.total_tokens.saturating_add(output_only - u.completion_tokens);
         u.completion_tokens = output_only;

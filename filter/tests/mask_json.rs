@@ -410,14 +410,21 @@ fn ollama_context_token_ids_are_withheld_from_responses() {
     let (out, counts) = mask(&m, body);
     assert_eq!(out, r#"{"model":"m","response":"Mail [EMAIL]","done":true,"context":[],"eval_count":9}"#);
     assert_eq!(counts.get("context"), Some(&1));
+    // numbers of any form are withheld too
+    for ids in ["[1.0, 2, 3]", "[1e3,2]", "[1,2,null]"] {
+        let (out, _) = mask(&m, &format!(r#"{{"done":true,"context":{ids}}}"#));
+        assert_eq!(out, r#"{"done":true,"context":[]}"#);
+    }
     for clean in [
-        r#"{"context":[]}"#,
-        r#"{"context":"see 42"}"#,
-        r#"{"context":["chunk 1", "chunk 2"]}"#,
-        r#"{"context":[1,[2]]}"#,
-        r#"{"context":[1,2.5]}"#,
-        r#"{"answer":{"context":[1,2,3]}}"#,
-        r#"[{"context":[1,2,3]}]"#,
+        r#"{"done":true,"context":[]}"#,
+        r#"{"done":true,"context":"see 42"}"#,
+        r#"{"done":true,"context":["chunk 1", "chunk 2"]}"#,
+        r#"{"done":true,"context":[1,[2]]}"#,
+        r#"{"done":true,"answer":{"context":[1,2,3]}}"#,
+        r#"[{"done":true,"context":[1,2,3]}]"#,
+        // not an Ollama answer: no `done` before it
+        r#"{"object":"list","context":[101,202]}"#,
+        r#"{"context":[101,202],"done":true}"#,
     ] {
         let mut counts = Counts::new();
         assert_eq!(m.mask_json_changes(clean.as_bytes(), &mut counts).unwrap(), None, "{clean}");
@@ -425,6 +432,22 @@ fn ollama_context_token_ids_are_withheld_from_responses() {
     }
     let req = r#"{"model":"m","prompt":"and then?","context":[1,2,3]}"#;
     assert_eq!(m.mask_request_json(req.as_bytes(), &mut Counts::new()).unwrap(), req.as_bytes());
+}
+
+/// Ollama writes tool-call arguments as a JSON object: its numbers are
+/// masked like the numbers of an Anthropic `tool_use` input.
+#[test]
+fn ollama_tool_call_arguments_object_numbers_are_masked() {
+    let m = masker(json!({}));
+    let body = r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"pay","arguments":{"card":4111111111111111,"n":3,"to":"jane.doe@example.com"}}}]},"done":false}"#;
+    let (out, counts) = mask(&m, body);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let args = &v["message"]["tool_calls"][0]["function"]["arguments"];
+    assert_eq!(args, &json!({"card": "[PAYMENT_CARD]", "n": 3, "to": "[EMAIL]"}), "{out}");
+    assert_eq!(counts.get("payment_card"), Some(&1));
+    // numbers outside arguments are left alone
+    let (out, _) = mask(&m, r#"{"id":4111111111111111,"arguments":"x"}"#);
+    assert_eq!(out, r#"{"id":4111111111111111,"arguments":"x"}"#);
 }
 
 #[test]

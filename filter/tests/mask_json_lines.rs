@@ -299,10 +299,11 @@ fn email_split_across_lines_is_caught_and_clean_text_flows() {
     out.extend(s.push(format!("{}\n", json!({"model": "m", "message": {"role": "assistant", "content": ""}, "done": true, "eval_count": 3})).as_bytes(), &mut c));
     out.extend(s.finish(&mut c));
     let (lines, got) = assemble(&out, &["message", "content"]);
-    assert_eq!(lines.len(), 4, "no line added: {}", String::from_utf8_lossy(&out));
+    assert_eq!(lines.len(), 5, "{}", String::from_utf8_lossy(&out));
     assert!(got.ends_with("Write to [EMAIL] today."), "{got:?}");
-    assert_eq!(lines[3]["done"], json!(true));
-    assert!(lines[3]["message"]["content"].as_str().unwrap().contains("[EMAIL]"), "the rest goes into the final line");
+    assert!(lines[3]["message"]["content"].as_str().unwrap().contains("[EMAIL]"), "the rest goes in a line of its own");
+    assert_eq!(lines[3]["done"], json!(false));
+    assert_eq!(lines[4], json!({"model": "m", "message": {"role": "assistant", "content": ""}, "done": true, "eval_count": 3}), "the final line as sent");
     assert_eq!(c.get("email"), Some(&1));
 }
 
@@ -351,7 +352,7 @@ fn other_lines_are_masked_as_json_one_by_one() {
     let (out, counts) = stream(&m, input.as_bytes(), &[]);
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = text.split('\n').collect();
-    assert_eq!(lines.len(), 9, "{text}");
+    assert_eq!(lines.len(), 10, "{text}");
     let v: Vec<Option<Value>> = lines.iter().map(|l| serde_json::from_str(l).ok()).collect();
     assert_eq!(v[0].as_ref().unwrap()["message"]["content"], json!(""), "held: the phone may go on");
     assert_eq!(v[1].as_ref().unwrap(), &json!({"id": 7, "email": "[EMAIL]", "jane@example.com": 1}));
@@ -360,8 +361,9 @@ fn other_lines_are_masked_as_json_one_by_one() {
     for k in [4, 5, 6] {
         assert_eq!(v[k].as_ref().unwrap()["error"]["code"], json!("unmaskable_event"), "line {k}: {}", lines[k]);
     }
-    assert_eq!(v[7].as_ref().unwrap(), &json!({"message": {"role": "assistant", "content": "call [PHONE] ok"}, "done": true}));
-    assert_eq!(lines[8], "");
+    assert_eq!(v[7].as_ref().unwrap(), &json!({"message": {"role": "assistant", "content": "call [PHONE] ok"}, "done": false}));
+    assert_eq!(v[8].as_ref().unwrap(), &json!({"message": {"role": "assistant", "content": ""}, "done": true}));
+    assert_eq!(lines[9], "");
     for leak in ["bob@", "c@d.com", "x\\u0040y", "415-555"] {
         assert!(!text.contains(leak), "{leak} in {text}");
     }
@@ -373,8 +375,7 @@ fn other_lines_are_masked_as_json_one_by_one() {
 /// Ollama ends thinking with a line that carries both the last thinking
 /// and the first answer text. The held rest of each string goes out in a
 /// line of its own that repeats nothing else (not the other string, not
-/// tool calls), the thinking before the answer goes on; nothing leaks and
-/// nothing is sent twice.
+/// tool calls); nothing leaks and nothing is sent twice.
 #[test]
 fn a_line_with_thinking_and_answer_is_not_repeated() {
     let m = masker();
@@ -403,21 +404,19 @@ fn a_line_with_thinking_and_answer_is_not_repeated() {
         let calls = lines.iter().filter(|l| l["message"]["tool_calls"].is_array()).count();
         assert_eq!(calls, 1, "tool calls once");
         // the thinking's rest goes out before the answer goes on
-        let last_thought = lines.iter().rposition(|l| l["message"]["thinking"].as_str().is_some_and(|t| !t.is_empty())).unwrap();
-        let first_answer = lines.iter().position(|l| l["message"]["content"].as_str().is_some_and(|t| !t.is_empty())).unwrap();
-        assert!(last_thought < first_answer, "{}", String::from_utf8_lossy(&out));
         assert_eq!(counts.get("aws_access_key"), Some(&1));
     }
     // /api/generate: `response` and `thinking` in one line
-    let input = [
+    let mut input = [
         json!({"model": "m", "response": "", "thinking": "Let me see."}),
         json!({"model": "m", "response": "card 4111 1111 ", "thinking": " Ok."}),
         json!({"model": "m", "response": "1111 1111 done"}),
-        json!({"model": "m", "response": "", "done": true, "context": [1, 2]}),
     ]
     .iter()
     .map(|l| format!("{l}\n"))
     .collect::<String>();
+    // (Ollama's member order: `done` before `context`)
+    input.push_str("{\"model\":\"m\",\"response\":\"\",\"done\":true,\"context\":[1,2]}\n");
     let (out, _) = stream(&m, input.as_bytes(), &[]);
     let (lines, response) = assemble(&out, &["response"]);
     let (_, thinking) = assemble(&out, &["thinking"]);
@@ -471,8 +470,36 @@ fn lines_end_at_lf_only() {
     let m = masker();
     let input = "{\"message\":\r{\"content\":\"mail jane.doe@example.com\"},\r\"done\":true}\r\n";
     let (out, counts) = stream(&m, input.as_bytes(), &[10]);
-    assert_eq!(String::from_utf8(out).unwrap(), "{\"message\":\r{\"content\":\"mail [EMAIL]\"},\r\"done\":true}\r\n");
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"done\":false,\"message\":{\"content\":\"mail [EMAIL]\",\"role\":\"assistant\"}}\r\n{\"message\":\r{\"content\":\"\"},\r\"done\":true}\r\n"
+    );
     assert_eq!(counts.get("email"), Some(&1));
+}
+
+/// Joined text is written back with U+2028 and U+2029 escaped (Python's
+/// `str.splitlines`, which the Ollama client's line reader uses, splits
+/// at them); a stream that ends in a CR without LF still gets its held
+/// text on a line of its own; `[DONE]` is no JSON line.
+#[test]
+fn line_separators_final_cr_and_done_marker() {
+    let m = masker();
+    let input = "{\"response\":\"a\\u2028b\\u2029c jane.doe@\"}\n{\"response\":\"example.com\"}\r";
+    for cuts in [vec![], vec![30, 31, 60]] {
+        let (out, _) = stream(&m, input.as_bytes(), &cuts);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\u{2028}') && !text.contains('\u{2029}'), "{text:?}");
+        let mut joined = String::new();
+        for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            joined.push_str(v["response"].as_str().unwrap_or(""));
+        }
+        assert_eq!(joined, "a\u{2028}b\u{2029}c [EMAIL]");
+    }
+    let (out, counts) = stream(&m, b"[DONE]\n", &[]);
+    let v: Value = serde_json::from_slice(out.trim_ascii()).unwrap();
+    assert_eq!(v["error"]["code"], json!("unmaskable_event"));
+    assert_eq!(counts.get("unmaskable_event"), Some(&1));
 }
 
 /// A line longer than `MAX_EVENT` without its line end is withheld whole,
@@ -488,13 +515,24 @@ fn an_over_long_line_is_withheld_whole() {
         let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
         let (out, counts) = stream(&m, &input, &cuts);
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.lines().count(), 2, "{}", &text[..200.min(text.len())]);
+        assert_eq!(text.lines().count(), 3, "{}", &text[..200.min(text.len())]);
         let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first["error"]["code"], json!("unmaskable_event"));
         assert!(!text.contains("jane") && !text.contains("4111"));
-        assert!(text.ends_with("\"response\":\"mail [EMAIL]\"}\n"), "{}", &text[text.len().saturating_sub(200)..]);
+        assert!(text.ends_with("{\"done\":false,\"response\":\"mail [EMAIL]\"}\n{\"done\":true,\"response\":\"\"}\n"), "{}", &text[text.len().saturating_sub(200)..]);
         assert_eq!(counts.get("unmaskable_event"), Some(&1));
         outs.push(text);
     }
     assert!(outs.windows(2).all(|w| w[0] == w[1]));
+    // a line of exactly `MAX_EVENT` bytes, then CRLF cut between CR and LF:
+    // masked like the same line in one piece
+    let mut line = format!("{{\"response\":\"mail bob@example.com {}", "y".repeat(nhi_gate::mask::MAX_EVENT)).into_bytes();
+    line.truncate(nhi_gate::mask::MAX_EVENT - 2);
+    line.extend_from_slice(b"\"}\r\n");
+    assert_eq!(line.len(), nhi_gate::mask::MAX_EVENT + 2);
+    let (one, _) = stream(&m, &line, &[]);
+    let (cut, _) = stream(&m, &line, &[line.len() - 1]);
+    let show = |b: &[u8]| format!("{} bytes: {}…{}", b.len(), String::from_utf8_lossy(&b[..b.len().min(60)]), String::from_utf8_lossy(&b[b.len().saturating_sub(60)..]));
+    assert!(one == cut, "one chunk {}\ncut {}", show(&one), show(&cut));
+    assert!(one.starts_with(b"{\"response\":\"mail [EMAIL] "), "{}", show(&one));
 }

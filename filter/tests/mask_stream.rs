@@ -1327,38 +1327,6 @@ proptest! {
     }
 }
 
-/// Reasoning comes before the answer: what is held of it goes out (a
-/// synthetic event) when the answer starts, not after the answer.
-#[test]
-fn sse_held_reasoning_goes_out_before_the_answer() {
-    let m = masker(json!({}));
-    let reasoning = "The user asks for the contact on file, which is jane.doe@example.com, so I will answer with it and mention the ticket number too.";
-    let answer = "Write to jane.doe@example.com about ticket 42.";
-    for field in ["reasoning_content", "reasoning"] {
-        let input = reasoning_sse(&[(field, reasoning), ("content", answer)], &[7, 3, 11]);
-        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[13, 400, 401]);
-        let out = String::from_utf8(out).unwrap();
-        let (mut last_reasoning, mut first_answer, mut got, mut got_answer) = (0, usize::MAX, String::new(), String::new());
-        for (i, d) in parse_sse(&out).iter().filter(|d| *d != "[DONE]").enumerate() {
-            let v: Value = serde_json::from_str(d).unwrap();
-            let r = v["choices"][0]["delta"][field].as_str().unwrap_or("");
-            let a = v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
-            if !r.is_empty() {
-                last_reasoning = i;
-            }
-            if !a.is_empty() {
-                first_answer = first_answer.min(i);
-            }
-            got.push_str(r);
-            got_answer.push_str(a);
-        }
-        assert!(last_reasoning < first_answer, "{out}");
-        assert_eq!(got, m.mask_text(reasoning, &mut Counts::new()));
-        assert_eq!(got_answer, m.mask_text(answer, &mut Counts::new()));
-        assert_eq!(counts.get("email"), Some(&2));
-    }
-}
-
 /// A chunk of another shape (Mistral sends `content` as an array of parts;
 /// a string `index`) is not joined, but the text held so far goes out
 /// before it: text never changes order, and the parts are masked.

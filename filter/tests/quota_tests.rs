@@ -471,6 +471,14 @@ fn usage_of_ollama_answers() {
     assert_eq!(usage_from_tail(text.to_string().as_bytes()), None);
     let cut = stream.as_bytes();
     assert_eq!(usage_from_tail(&cut[cut.len() - 40..]), None);
+    // a model's tool call cannot stand in for the counts: Ollama writes
+    // arguments as objects, whose keys the model chooses
+    let fake = json!({"message": {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f",
+                      "arguments": {"usage": {"prompt_tokens": 0, "completion_tokens": 1}}}}]},
+                      "done": true, "prompt_eval_count": 90000, "eval_count": 50000});
+    assert_eq!(usage_from_tail(fake.to_string().as_bytes()), usage(90000, 50000, 140000));
+    let streamed = format!("{}\n{}\n", json!({"message": fake["message"], "done": false}), json!({"done": true, "prompt_eval_count": 90000, "eval_count": 50000}));
+    assert_eq!(usage_from_tail(streamed.as_bytes()), usage(90000, 50000, 140000));
     // the counts in a string of an earlier line are not read
     let echo = format!("{}\n", json!({"message": {"content": "{\"done\": true, \"eval_count\": 1}"}, "done": false}));
     assert_eq!(usage_from_tail(echo.as_bytes()), None);

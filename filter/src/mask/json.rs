@@ -362,8 +362,9 @@ fn decode_into(text: &str, src: &[u8], start: usize, end: usize, out: &mut Strin
     Ok(())
 }
 
-/// JSON string literal for `s` (minimal escaping: `"`, `\\`, control bytes),
-/// appended to `out`.
+/// JSON string literal for `s` (minimal escaping: `"`, `\\`, control
+/// bytes, and U+2028/U+2029, which line readers such as Python's
+/// `str.splitlines` take for line ends), appended to `out`.
 pub(crate) fn quote(s: &str, out: &mut Vec<u8>) {
     out.reserve(s.len() + 2);
     out.push(b'"');
@@ -371,9 +372,26 @@ pub(crate) fn quote(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// The body of the JSON string literal for `s`, appended to `out`. Clean
-/// runs are found 16 bytes at a time.
+/// The body of the JSON string literal for `s`, appended to `out` (see
+/// [`quote`]). Clean runs are found 16 bytes at a time.
 pub(crate) fn escape_into(s: &str, out: &mut Vec<u8>) {
+    if memchr::memchr(0xE2, s.as_bytes()).is_some() && s.contains(['\u{2028}', '\u{2029}']) {
+        for p in s.split_inclusive(['\u{2028}', '\u{2029}']) {
+            match p.strip_suffix('\u{2028}').map(|p| (p, "\\u2028")).or_else(|| p.strip_suffix('\u{2029}').map(|p| (p, "\\u2029"))) {
+                Some((p, esc)) => {
+                    escape_plain(p, out);
+                    out.extend_from_slice(esc.as_bytes());
+                }
+                None => escape_plain(p, out),
+            }
+        }
+        return;
+    }
+    escape_plain(s, out);
+}
+
+/// [`escape_into`] for text without U+2028/U+2029.
+fn escape_plain(s: &str, out: &mut Vec<u8>) {
     let b = s.as_bytes();
     let mut last = 0usize;
     let mut i = 0usize;
@@ -485,12 +503,15 @@ enum Special {
     Logprobs,
     /// `arguments`: a tool call's arguments, a JSON document in a string
     /// (OpenAI chat `tool_calls[].function.arguments`, Responses API
-    /// `function_call` items): masked as JSON when it parses as JSON.
+    /// `function_call` items): masked as JSON when it parses as JSON; as
+    /// an object (Ollama `message.tool_calls[].function.arguments`), its
+    /// numbers are masked too, as in [`Special::Input`].
     Arguments,
-    /// A top-level `context` whose value is an array of integers: the token
-    /// ids of an Ollama `/api/generate` conversation (prompt and answer as
-    /// generated, unmasked), withheld in responses as `[]` (counted as
-    /// `context`): a job could decode the masked answer from them.
+    /// A top-level `context` whose value is an array of numbers after a
+    /// `"done"` member: the token ids of an Ollama `/api/generate`
+    /// conversation (prompt and answer as generated, unmasked), withheld in
+    /// responses as `[]` (counted as `context`): a job could decode the
+    /// masked answer from them.
     Context,
     /// `input` with an object value: an Anthropic Messages API `tool_use`
     /// block's input (`content[k].input`), the tool-call arguments as JSON
@@ -651,14 +672,16 @@ pub(crate) const BLOCK_DELTA: [&str; 3] = ["text", "partial_json", "thinking"];
 /// `reasoning`: OpenRouter, Ollama).
 pub(crate) const DELTA_TEXT: [&str; 4] = ["content", "refusal", "reasoning_content", "reasoning"];
 
-/// Whether the value at `pos` is an array of integers (token ids: digits,
-/// `-`, commas and whitespace up to its `]`).
+/// Whether the value at `pos` is an array of numbers (or other scalars but
+/// strings: token ids) in an Ollama answer: a `"done"` member came before
+/// it (Ollama writes `done` before `context`).
 fn token_ids(src: &[u8], pos: usize) -> bool {
     at(src, pos) == b'['
         && src.get(pos + 1..).is_some_and(|rest| {
-            let n = rest.iter().take_while(|b| b.is_ascii_digit() || matches!(b, b',' | b'-' | b' ' | b'\t' | b'\n' | b'\r')).count();
+            let n = rest.iter().take_while(|b| !matches!(b, b'"' | b'[' | b']' | b'{' | b'}')).count();
             rest.get(n) == Some(&b']')
         })
+        && src.get(..pos).is_some_and(|before| memchr::memmem::find(before, b"\"done\"").is_some())
 }
 
 /// Which [`StreamField`] `path` is, if any.
@@ -826,7 +849,8 @@ fn rewrite_tallied(
                 None => {}
             }
         }
-        if member == Special::Input && input_at.is_none() && at(src, pos) == b'{' {
+        // (Ollama writes tool-call `arguments` as an object, not a string)
+        if matches!(member, Special::Input | Special::Arguments) && input_at.is_none() && at(src, pos) == b'{' {
             input_at = Some(stack.len());
         }
         match at(src, pos) {

@@ -53,10 +53,9 @@
 //! lacks it, into a synthetic chunk event (the same `id`, `model`, … with
 //! only that choice and field: `delta.content` (or `refusal`, …), `delta.tool_calls: [{index,
 //! function: {arguments}}]`, `delta.function_call: {arguments}` or `text`) emitted just before it; `data: [DONE]`
-//! and the end of the stream flush every choice the same way. Reasoning
-//! text (`reasoning_content`, `reasoning`) held when the choice's
-//! `content` starts goes out first, in a synthetic chunk event of its own,
-//! so that it is not shown after the answer. Every event
+//! and the end of the stream flush every choice the same way. (Reasoning
+//! text held when the answer starts stays held, as reasoning may resume:
+//! its last bytes reach the client after the answer has begun.) Every event
 //! stays valid JSON that the OpenAI SDK parses, and SSE framing stays valid.
 //! Other JSON payloads are masked as JSON, other payloads and other fields'
 //! values as text; a payload that is not JSON of the shapes above (e.g. a
@@ -747,7 +746,8 @@ impl SseStream {
             }
         }
         self.split_lines(false, &mut out, counts);
-        if self.lines_mode && self.buf.len() > MAX_EVENT {
+        // (a CR at the end may be the start of the line's CRLF)
+        if self.lines_mode && self.buf.len() - usize::from(self.buf.ends_with(b"\r")) > MAX_EVENT {
             // a JSON line too long to hold: withheld whole, the rest of it
             // dropped as it arrives
             out.extend_from_slice(&unmaskable_event(counts));
@@ -756,7 +756,7 @@ impl SseStream {
             self.searched = 0;
             self.skipping = true;
             self.open_event = false;
-        } else if self.buf.len() + self.lines_bytes > MAX_EVENT {
+        } else if !self.lines_mode && self.buf.len() + self.lines_bytes > MAX_EVENT {
             // not SSE as we know it: release what we hold as text
             let mut raw = Vec::new();
             for l in self.lines.drain(..) {
@@ -808,7 +808,9 @@ impl SseStream {
                 let eol = rest.get(s..=i).unwrap_or(&[]).to_vec();
                 consumed += i + 1;
                 self.searched = consumed;
-                if self.eol.is_empty() {
+                // (not from a withheld over-long line, whose end is not
+                // seen when it arrives in pieces)
+                if self.eol.is_empty() && text.len() <= MAX_EVENT {
                     self.eol.clone_from(&eol);
                 }
                 self.json_line(&text, &eol, out, counts);
@@ -872,7 +874,8 @@ impl SseStream {
         if !flushed.is_empty() && self.open_event {
             // close the unterminated last event (line) first
             let eol = self.eol();
-            if !out.ends_with(b"\n") && !out.ends_with(b"\r") {
+            // (a JSON line ends at LF only: a CR at the end ends nothing)
+            if !out.ends_with(b"\n") && (self.lines_mode || !out.ends_with(b"\r")) {
                 out.extend_from_slice(&eol);
             }
             if !self.lines_mode {
@@ -999,7 +1002,7 @@ impl SseStream {
     /// Masks one event's data payload (`event_line`: the event's `event:`
     /// line, if any); synthetic events to emit before it go to `pre`.
     fn payload(&mut self, payload: &[u8], event_line: Option<Vec<u8>>, pre: &mut Vec<u8>, counts: &mut Counts) -> Vec<u8> {
-        if payload.trim_ascii() == b"[DONE]" {
+        if !self.lines_mode && payload.trim_ascii() == b"[DONE]" {
             self.flush_all(pre, counts);
             return payload.to_vec();
         }
@@ -1191,18 +1194,6 @@ impl SseStream {
             // clients stop at an error line: what is held goes out before it
             self.flush_all(pre, counts);
         }
-        // the answer starts (thinking comes first): the thinking held so
-        // far goes out before it, not after the answer
-        let answer = here.iter().any(|(f, t)| matches!(f, StreamField::Message(n) | StreamField::Top(n) if *n == content || *n == response) && !t.is_empty());
-        let thought = here.iter().any(|(f, t)| matches!(f, StreamField::Message(n) | StreamField::Top(n) if *n == thinking) && !t.is_empty());
-        if answer && !thought {
-            for field in [StreamField::Message(thinking), StreamField::Top(top_thinking)] {
-                if let Some(mut part) = self.parts.remove(&key(field)) {
-                    let tail = part.text.finish(counts);
-                    self.part_tail(&part, &tail, pre);
-                }
-            }
-        }
         let mut released: BTreeMap<StreamField, Vec<u8>> = BTreeMap::new();
         for (field, frag) in here {
             let inner = &self.inner;
@@ -1213,12 +1204,13 @@ impl SseStream {
             released.entry(field).or_default().extend_from_slice(&text);
         }
         if line.done == Some(Value::Bool(true)) {
+            // the rest goes in lines of its own just before, so that the
+            // final line (its counts: `quota::usage_from_tail`) stays as
+            // short as the upstream sent it
             for (_, mut part) in std::mem::take(&mut self.parts) {
-                let tail = part.text.finish(counts);
-                match released.get_mut(&part.field) {
-                    Some(t) => t.extend_from_slice(&tail),
-                    None => self.part_tail(&part, &tail, pre),
-                }
+                let mut text = released.get_mut(&part.field).map(std::mem::take).unwrap_or_default();
+                text.extend(part.text.finish(counts));
+                self.part_tail(&part, &text, pre);
             }
         }
         released.into_iter().map(|(f, t)| (f, String::from_utf8_lossy(&t).into_owned())).collect()
@@ -1290,20 +1282,6 @@ impl SseStream {
                 }
                 if let Some(a) = d.function_call.and_then(FunctionLite::arguments) {
                     here.push((Slot::Call, StreamField::Call(k), a));
-                }
-            }
-            // the answer starts (reasoning comes first): the reasoning held
-            // so far goes out before it, not after the answer
-            let [content, _, reasoning_content, reasoning] = json::DELTA_TEXT;
-            let says = |names: &[&str]| here.iter().any(|(slot, _, t)| matches!(slot, Slot::Content(n) if names.contains(n)) && !t.is_empty());
-            if says(&[content]) && !says(&[reasoning_content, reasoning]) {
-                for name in [reasoning_content, reasoning] {
-                    if let Some(mut st) = self.choices.remove(&(idx, Slot::Content(name))) {
-                        let tail = st.finish(counts);
-                        if !tail.is_empty() {
-                            self.synthetic(idx, Slot::Content(name), &String::from_utf8_lossy(&tail), pre, counts);
-                        }
-                    }
                 }
             }
             let mut texts: Vec<Vec<u8>> = Vec::with_capacity(here.len());
