@@ -4,29 +4,20 @@
 //! between two lines is caught; the output is the same however the stream
 //! is cut into chunks; other lines are masked as JSON one by one.
 
+mod common;
+
+use common::{pieces, pt_config};
 use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
 use proptest::prelude::*;
-use proptest::test_runner::Config as PtConfig;
 use serde_json::{json, Value};
 
 fn masker() -> Masker {
     Masker::compile(RawMasking::default(), "masking").expect("compiles")
 }
 
-/// Streams `input` cut at `cuts` (byte offsets, any order); returns the
-/// concatenated output and the counts.
+/// Streams JSON lines `input` cut at `cuts`; returns the output and the counts.
 fn stream(m: &Masker, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Counts) {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    points.extend([0, input.len()]);
-    points.sort_unstable();
-    points.dedup();
-    let mut s = m.stream(StreamKind::JsonLines);
-    let mut counts = Counts::new();
-    let mut out = Vec::new();
-    for w in points.windows(2) {
-        out.extend(s.push(&input[w[0]..w[1]], &mut counts));
-    }
-    out.extend(s.finish(&mut counts));
+    let (out, _, counts) = common::stream(m, StreamKind::JsonLines, input, cuts);
     (out, counts)
 }
 
@@ -49,21 +40,6 @@ fn text() -> impl Strategy<Value = (String, Vec<String>)> {
     })
 }
 
-/// `s` cut into pieces of the given sizes (bytes, on char boundaries), cycling.
-fn pieces(s: &str, frag: &[usize]) -> Vec<String> {
-    let (mut out, mut cur, mut k) = (Vec::new(), String::new(), 0);
-    for c in s.chars() {
-        cur.push(c);
-        if cur.len() >= frag[k % frag.len()] {
-            out.push(std::mem::take(&mut cur));
-            k += 1;
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
 
 /// An Ollama `/api/chat` stream: thinking, then the answer, in fragments,
 /// then the final line (`done`, the counts) with an empty `content`
@@ -105,10 +81,6 @@ fn assemble(out: &[u8], field: &[&str]) -> (Vec<Value>, String) {
     (lines, got)
 }
 
-fn pt_config() -> PtConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96);
-    PtConfig { cases, failure_persistence: None, ..PtConfig::default() }
-}
 
 proptest! {
     #![proptest_config(pt_config())]

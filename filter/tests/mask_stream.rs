@@ -3,9 +3,11 @@
 //! chunks or SSE events are still caught, clean text flows before the end,
 //! and SSE framing and chunk JSON stay valid.
 
+mod common;
+
+use common::{pieces, pt_config, stream};
 use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
 use proptest::prelude::*;
-use proptest::test_runner::Config as PtConfig;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -14,23 +16,6 @@ fn masker(cfg: Value) -> Masker {
     Masker::compile(raw, "masking").expect("compiles")
 }
 
-/// Streams `input` cut at `cuts` (byte offsets, any order); returns the
-/// concatenated output, the outputs per push, and the counts.
-fn stream(m: &Masker, kind: StreamKind, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Vec<u8>>, Counts) {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    points.push(0);
-    points.push(input.len());
-    points.sort_unstable();
-    points.dedup();
-    let mut s = m.stream(kind);
-    let mut counts = Counts::new();
-    let mut parts = Vec::new();
-    for w in points.windows(2) {
-        parts.push(s.push(&input[w[0]..w[1]], &mut counts));
-    }
-    parts.push(s.finish(&mut counts));
-    (parts.concat(), parts, counts)
-}
 
 /// Values every default detector finds when set off by the separators below.
 const PII: &[&str] = &[
@@ -117,11 +102,6 @@ fn text() -> impl Strategy<Value = (String, Vec<String>)> {
     })
 }
 
-fn pt_config() -> PtConfig {
-    // PROPTEST_CASES=5000 for a longer run
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96);
-    PtConfig { cases, failure_persistence: None, ..PtConfig::default() }
-}
 
 proptest! {
     #![proptest_config(pt_config())]
@@ -1050,18 +1030,6 @@ fn sse_logprobs_are_withheld() {
     }
 }
 
-/// Cuts `s` into pieces of the given char counts (cycled).
-fn pieces(s: &str, frag: &[usize]) -> Vec<String> {
-    let chars: Vec<char> = s.chars().collect();
-    let (mut i, mut k, mut out) = (0, 0, Vec::new());
-    while i < chars.len() {
-        let n = frag[k % frag.len()].max(1);
-        k += 1;
-        out.push(chars[i..(i + n).min(chars.len())].iter().collect());
-        i += n;
-    }
-    out
-}
 
 /// An OpenAI Responses API stream (`POST /v1/responses`, `stream: true`):
 /// a message whose text arrives in `response.output_text.delta` fragments,

@@ -275,3 +275,45 @@ pub fn identity(groups: &[&str]) -> nhi_gate::policy::Identity {
         claims: Default::default(),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Streamed masking
+
+/// Streams `input` through a stream masker of `kind`, cut at `cuts` (byte
+/// offsets, any order); returns the concatenated output, the outputs per
+/// push, and the counts.
+pub fn stream(m: &nhi_gate::mask::Masker, kind: nhi_gate::mask::StreamKind, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Vec<u8>>, nhi_gate::mask::Counts) {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    points.push(0);
+    points.push(input.len());
+    points.sort_unstable();
+    points.dedup();
+    let mut s = m.stream(kind);
+    let mut counts = nhi_gate::mask::Counts::new();
+    let mut parts = Vec::new();
+    for w in points.windows(2) {
+        parts.push(s.push(&input[w[0]..w[1]], &mut counts));
+    }
+    parts.push(s.finish(&mut counts));
+    (parts.concat(), parts, counts)
+}
+
+/// `s` cut into pieces of `frag[k]` characters (cycling), as a model
+/// streams text.
+pub fn pieces(s: &str, frag: &[usize]) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let (mut i, mut k, mut out) = (0, 0, Vec::new());
+    while i < chars.len() {
+        let n = frag[k % frag.len()].max(1);
+        k += 1;
+        out.push(chars[i..(i + n).min(chars.len())].iter().collect());
+        i += n;
+    }
+    out
+}
+
+/// Property-test settings: 96 cases, `PROPTEST_CASES=5000` for a longer run.
+pub fn pt_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96);
+    proptest::test_runner::Config { cases, failure_persistence: None, ..proptest::test_runner::Config::default() }
+}
