@@ -410,11 +410,13 @@ fn ollama_context_token_ids_are_withheld_from_responses() {
     let (out, counts) = mask(&m, body);
     assert_eq!(out, r#"{"model":"m","response":"Mail [EMAIL]","done":true,"context":[],"eval_count":9}"#);
     assert_eq!(counts.get("context"), Some(&1));
-    // numbers of any form are withheld too
+    // numbers of any form are withheld too, and an escaped `done` counts
     for ids in ["[1.0, 2, 3]", "[1e3,2]", "[1,2,null]"] {
         let (out, _) = mask(&m, &format!(r#"{{"done":true,"context":{ids}}}"#));
         assert_eq!(out, r#"{"done":true,"context":[]}"#);
     }
+    let (out, _) = mask(&m, r#"{"d\u006fne":false,"context":[1,2]}"#);
+    assert_eq!(out, r#"{"d\u006fne":false,"context":[]}"#);
     for clean in [
         r#"{"done":true,"context":[]}"#,
         r#"{"done":true,"context":"see 42"}"#,
@@ -422,8 +424,10 @@ fn ollama_context_token_ids_are_withheld_from_responses() {
         r#"{"done":true,"context":[1,[2]]}"#,
         r#"{"done":true,"answer":{"context":[1,2,3]}}"#,
         r#"[{"done":true,"context":[1,2,3]}]"#,
-        // not an Ollama answer: no `done` before it
+        // not an Ollama answer: no `done` member before it
         r#"{"object":"list","context":[101,202]}"#,
+        r#"{"status":"done","context":[101,202]}"#,
+        r#"{"a":{"done":true},"context":[101,202]}"#,
         r#"{"context":[101,202],"done":true}"#,
     ] {
         let mut counts = Counts::new();

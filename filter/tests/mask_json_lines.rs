@@ -397,6 +397,27 @@ fn a_line_with_thinking_and_answer_is_not_repeated() {
     assert_eq!(lines.last().unwrap()["context"], json!([]));
 }
 
+/// A joined member of another type (a number, `null`, an array of parts)
+/// is masked in place and does not keep the line's other strings from
+/// being joined.
+#[test]
+fn members_of_other_types_do_not_stop_joining() {
+    let m = masker();
+    let input = [
+        json!({"message": {"role": "assistant", "content": "card 4111 1111"}}),
+        json!({"message": {"role": "assistant", "content": " 1111 1111", "thinking": 5}}),
+        json!({"message": {"role": "assistant", "content": " end", "thinking": [{"text": "jane.doe@example.com"}]}, "response": null, "done": true}),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect::<String>();
+    let (out, _) = stream(&m, input.as_bytes(), &[]);
+    let (lines, content) = assemble(&out, &["message", "content"]);
+    assert_eq!(content, "card [PAYMENT_CARD] end");
+    assert_eq!(lines[1]["message"]["thinking"], json!(5));
+    assert!(!String::from_utf8_lossy(&out).contains("1111") && !String::from_utf8_lossy(&out).contains("jane"));
+}
+
 /// An error line ends what clients read: held text goes out before it.
 /// A JSON array is no Ollama line (serde would read one as a struct).
 #[test]

@@ -513,6 +513,9 @@ enum Special {
     /// responses as `[]` (counted as `context`): a job could decode the
     /// masked answer from them.
     Context,
+    /// A top-level `done`: the document is an Ollama answer, whose
+    /// `context` follows it ([`Special::Context`]).
+    Done,
     /// `input` with an object value: an Anthropic Messages API `tool_use`
     /// block's input (`content[k].input`), the tool-call arguments as JSON
     /// in the document itself; its numbers are masked too, as in
@@ -607,11 +610,12 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         b"arguments" => Special::Arguments,
         b"input" => Special::Input,
         b"context" => Special::Context,
+        b"done" => Special::Done,
         _ => Special::None,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 5 | 8 | 9 | 15) || (end - pos - 1 == 7 && at(src, pos + 1) == b'c') {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 15) || (matches!(end - pos - 1, 4 | 7) && matches!(at(src, pos + 1), b'c' | b'd')) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
@@ -673,15 +677,13 @@ pub(crate) const BLOCK_DELTA: [&str; 3] = ["text", "partial_json", "thinking"];
 pub(crate) const DELTA_TEXT: [&str; 4] = ["content", "refusal", "reasoning_content", "reasoning"];
 
 /// Whether the value at `pos` is an array of numbers (or other scalars but
-/// strings: token ids) in an Ollama answer: a `"done"` member came before
-/// it (Ollama writes `done` before `context`).
+/// strings: token ids).
 fn token_ids(src: &[u8], pos: usize) -> bool {
     at(src, pos) == b'['
         && src.get(pos + 1..).is_some_and(|rest| {
             let n = rest.iter().take_while(|b| !matches!(b, b'"' | b'[' | b']' | b'{' | b'}')).count();
             rest.get(n) == Some(&b']')
         })
-        && src.get(..pos).is_some_and(|before| memchr::memmem::find(before, b"\"done\"").is_some())
 }
 
 /// Which [`StreamField`] `path` is, if any.
@@ -832,13 +834,18 @@ fn rewrite_tallied(
     let mut positions = Vec::new();
     // the key of the member whose value is about to be read
     let mut special = Special::None;
+    // a top-level `done` member was read: an Ollama answer
+    let mut ollama = false;
     'value: loop {
         let member = std::mem::replace(&mut special, Special::None);
         if member != Special::None && mute.is_none() {
             if withhold && member == Special::Logprobs && at(src, pos) != b'n' {
                 let with = Replace::Raw(if at(src, pos) == b'[' { b"[]" } else { b"null" }, "logprobs");
                 mute = Some(Mute { depth: stack.len(), start: pos, with });
-            } else if response && member == Special::Context && stack.len() == 1 && token_ids(src, pos) {
+            } else if member == Special::Done && stack.len() == 1 {
+                // (Ollama writes `done` before `context`)
+                ollama = true;
+            } else if response && ollama && member == Special::Context && stack.len() == 1 && token_ids(src, pos) {
                 mute = Some(Mute { depth: 1, start: pos, with: Replace::Raw(b"[]", "context") });
             }
         }

@@ -654,9 +654,9 @@ struct LineLite {
     #[serde(default)]
     message: Option<MessageLite>,
     #[serde(default)]
-    response: Option<String>,
+    response: MaybeText,
     #[serde(default)]
-    thinking: Option<String>,
+    thinking: MaybeText,
     #[serde(default)]
     done: Option<Value>,
     /// An error line (`{"error": "…"}`), on which clients stop reading.
@@ -667,9 +667,58 @@ struct LineLite {
 #[derive(serde::Deserialize)]
 struct MessageLite {
     #[serde(default)]
-    content: Option<String>,
+    content: MaybeText,
     #[serde(default)]
-    thinking: Option<String>,
+    thinking: MaybeText,
+}
+
+/// A member that is joined when it is a string; any other JSON value (a
+/// number, `null`, an array of parts) is read past and masked in place, so
+/// that an odd type does not make the whole line unreadable (its joined
+/// strings would then be masked alone).
+#[derive(Default)]
+struct MaybeText(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for MaybeText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MaybeText, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaybeText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MaybeText, E> {
+                Ok(MaybeText(Some(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<MaybeText, E> {
+                Ok(MaybeText(Some(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeText, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeText, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeText, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeText, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeText, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<MaybeText, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeText(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<MaybeText, A::Error> {
+                while a.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeText(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The stream masker for SSE and, with `lines`, for JSON lines (each line
@@ -1180,11 +1229,11 @@ impl SseStream {
         let [response, top_thinking] = json::LINE_TOP;
         let mut here: Vec<(StreamField, String)> = Vec::new();
         if let Some(m) = line.message {
-            here.extend(m.content.map(|t| (StreamField::Message(content), t)));
-            here.extend(m.thinking.map(|t| (StreamField::Message(thinking), t)));
+            here.extend(m.content.0.map(|t| (StreamField::Message(content), t)));
+            here.extend(m.thinking.0.map(|t| (StreamField::Message(thinking), t)));
         }
-        here.extend(line.response.map(|t| (StreamField::Top(response), t)));
-        here.extend(line.thinking.map(|t| (StreamField::Top(top_thinking), t)));
+        here.extend(line.response.0.map(|t| (StreamField::Top(response), t)));
+        here.extend(line.thinking.0.map(|t| (StreamField::Top(top_thinking), t)));
         // (thinking sorts first: flushed together, it goes out first)
         let key = |field: StreamField| -> PartKey {
             let rank = u8::from(!matches!(field, StreamField::Message(n) | StreamField::Top(n) if n == thinking));
