@@ -393,6 +393,8 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
 fn ollama_usage(tail: &[u8]) -> Option<Usage> {
     let t = tail.trim_ascii_end();
     let line = t.get(memchr::memrchr(b'\n', t).map_or(0, |i| i + 1)..)?;
+    // (every JSON response's tail comes here: parse only an Ollama one)
+    memchr::memmem::find(line, b"\"eval_count\"")?;
     let o: Map<String, Value> = serde_json::from_slice(line).ok()?;
     if o.get("done") != Some(&Value::Bool(true)) {
         return None;
