@@ -153,6 +153,30 @@ def test_max_tokens_precheck_then_window_reset(stack):
     assert st == 200
 
 
+def test_max_tokens_precheck_reads_ollama_num_predict(stack):
+    """Ollama's /api/chat asks for a length in options.num_predict; -1 (its
+    default, no limit) asks for none, like a request without max_tokens."""
+    env, llm, keys = stack
+    fresh_window()
+    tok = keys["es"].sign(claims(ISS, sub="ollama-pre", groups=("llm-users",)))
+    hdrs = [("authorization", f"Bearer {tok}"), ("content-type", "application/json")]
+
+    def ollama(num_predict):
+        body = {"model": "llama3", "messages": [{"role": "user", "content": "hello"}], "stream": False,
+                "options": {"num_predict": num_predict}}
+        return env.request("POST", "/c/api/chat", hdrs, json.dumps(body).encode())
+
+    before = len(llm.bodies)
+    st, _, out = ollama(60)  # more than the 50-token budget
+    assert st == 429 and len(llm.bodies) == before and "max_tokens" in json.loads(out)["detail"]
+    st, _, _ = ollama(-1)
+    assert st == 200 and len(llm.bodies) == before + 1
+    st, _, _ = ollama(25)  # 30 of 50 used: 20 left
+    assert st == 429 and len(llm.bodies) == before + 1
+    st, _, _ = ollama(20)
+    assert st == 200
+
+
 def test_audit_records_usage_and_quota_denials(stack):
     env, llm, keys = stack
     st, _, _ = chat(env, keys, "/c/v1/chat/completions/no-usage", "auditee", False)

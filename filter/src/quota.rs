@@ -497,32 +497,48 @@ pub fn lax_true(v: &Value) -> bool {
 
 /// The completion length a request body asks for: the largest of
 /// `max_completion_tokens`, `max_tokens` and `max_output_tokens` (Responses
-/// API) of a JSON object, times the number of choices it asks for (the
+/// API) of a JSON object, and Ollama's `options.num_predict` (`/api/chat`,
+/// `/api/generate`), times the number of choices it asks for (the
 /// larger of `n` and `best_of`, at least 1); `None` when
-/// neither is given (or `null`) or the body is not one. Lenient servers
+/// none is given (or `null`) or the body is not one. Lenient servers
 /// (pydantic's lax mode) also take `"100000"`, `100000.0` or `1e5`, so those
 /// count too (fractions rounded up); any other value counts as unbounded
 /// (`u64::MAX`), so the pre-check refuses it rather than letting it through.
+/// A `num_predict` that Ollama reads as no limit asks for no length, like a
+/// missing `max_tokens`: -1 (its default), -2 (until the context is full),
+/// and any number below 1 once Ollama's Go decoder has cut it to an integer
+/// (its runner stops only at a positive count). Ollama API docs, "Valid
+/// Parameters and Values".
 pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let o = v.as_object()?;
-    let read = |key: &str| -> Option<u64> {
-        let f = match o.get(key)? {
-            Value::Null => return None,
-            Value::Number(n) => n.as_u64().map(|u| u as f64).or_else(|| n.as_f64()),
-            Value::String(s) => s.trim().parse::<f64>().ok(),
-            _ => None,
-        };
-        Some(match f {
-            Some(f) if (0.0..1.8e19).contains(&f) => f.ceil() as u64,
-            _ => u64::MAX,
-        })
+    let num_predict = match o.get("options").and_then(|opts| opts.get("num_predict")) {
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f < 1.0) => None,
+        Some(n) => count(n),
+        None => None,
     };
+    let read = |key: &str| o.get(key).and_then(count);
     // Chat Completions; legacy and Anthropic `max_tokens`; Responses API `max_output_tokens`
-    let per_choice = read("max_completion_tokens").max(read("max_tokens")).max(read("max_output_tokens"))?;
+    let per_choice = read("max_completion_tokens").max(read("max_tokens")).max(read("max_output_tokens")).max(num_predict)?;
     // each of `n` choices (and each of legacy completions' `best_of` candidates) may be that long
     let choices = read("n").max(read("best_of")).unwrap_or(1).max(1);
     Some(per_choice.saturating_mul(choices))
+}
+
+/// A token count of a request member as lenient servers read it (see
+/// [`requested_max_tokens`]): `None` for `null`, `u64::MAX` for what is no
+/// count.
+fn count(v: &Value) -> Option<u64> {
+    let f = match v {
+        Value::Null => return None,
+        Value::Number(n) => n.as_u64().map(|u| u as f64).or_else(|| n.as_f64()),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    Some(match f {
+        Some(f) if (0.0..1.8e19).contains(&f) => f.ceil() as u64,
+        _ => u64::MAX,
+    })
 }
 
 /// Why a shared-data write failed.

@@ -794,6 +794,38 @@ fn requested_max_tokens_reads_either_field() {
     assert_eq!(requested_max_tokens(b""), None);
 }
 
+#[test]
+fn requested_max_tokens_reads_ollama_num_predict() {
+    let m = |v: Value| requested_max_tokens(v.to_string().as_bytes());
+    // `/api/chat` and `/api/generate` put the length in `options`
+    assert_eq!(m(json!({"model": "llama3", "messages": [], "options": {"num_predict": 300}})), Some(300));
+    assert_eq!(m(json!({"prompt": "hi", "options": {"num_predict": 1}})), Some(1));
+    assert_eq!(m(json!({"options": {"num_predict": 300}, "max_tokens": 500})), Some(500), "the largest field counts");
+    assert_eq!(m(json!({"options": {"num_predict": 900}, "max_tokens": 500})), Some(900));
+    // Go truncates 2.5 to 2; rounding up counts more, never less
+    assert_eq!(m(json!({"options": {"num_predict": 2.5}})), Some(3));
+    // Ollama reads these as no limit: like a missing max_tokens
+    for none in [
+        json!({"options": {"num_predict": -1}}),
+        json!({"options": {"num_predict": -2}}),
+        json!({"options": {"num_predict": 0}}),
+        json!({"options": {"num_predict": 0.5}}),
+        json!({"options": {"num_predict": -7.5}}),
+        json!({"options": {"num_predict": null}}),
+        json!({"options": {"temperature": 0}}),
+        json!({"options": "num_predict"}),
+        json!({"num_predict": 5}),
+    ] {
+        assert_eq!(m(none.clone()), None, "{none}");
+    }
+    // a value that is no count is unbounded, as for max_tokens
+    for unbounded in [json!({"options": {"num_predict": "lots"}}), json!({"options": {"num_predict": [5]}}), json!({"options": {"num_predict": 1e300}})] {
+        assert_eq!(m(unbounded.clone()), Some(u64::MAX), "{unbounded}");
+    }
+    // a no-limit num_predict does not hide a max_tokens
+    assert_eq!(m(json!({"options": {"num_predict": -1}, "max_tokens": 64})), Some(64));
+}
+
 // ---------------------------------------------------------------------------
 // Compare-and-swap update against a fake shared-data store
 
