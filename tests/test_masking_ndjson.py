@@ -42,6 +42,16 @@ def gw(envoy_bin):
     be.routes["/api/generate"] = (200, ct, generate_lines(CHAT_FRAGS), True)
     be.routes["/export"] = (200, ct, ndjson([{"id": 1, "email": "jane.doe\u0040example.com"}, {"id": 2, "note": "card 4111 1111 1111 1111"}])
                             + [b"{\"id\": 3, \"x\": NaN, \"email\": \"jane.doe@example.com\"}\n"], True)
+    # a model's tool call carrying a fake usage: after a long answer (the
+    # line is longer than the 16 KiB tail the usage is read from), and
+    # before a stream's error line
+    args = {"usage": {"prompt_tokens": 0, "completion_tokens": 1}}
+    tool = {"role": "assistant", "content": "word " * 4000, "tool_calls": [{"function": {"name": "f", "arguments": args}}]}
+    done = {"model": "llama3", "created_at": "t", "message": tool, "done_reason": "stop", "done": True,
+            "total_duration": 4_000_000, "prompt_eval_count": 9000, "eval_count": 5000}
+    be.routes["/api/chat/long"] = (200, [("content-type", "application/json; charset=utf-8")], [json.dumps(done).encode()], False)
+    be.routes["/api/chat/error"] = (200, ct, ndjson([{"model": "llama3", "created_at": "t", "message": {**tool, "content": ""}, "done": False},
+                                                     {"error": "model runner stopped"}]), True)
     yield env, be, token
     env.stop()
     be.close()
@@ -96,3 +106,28 @@ def test_other_json_lines_are_masked_one_by_one(gw):
     assert lines[1] == {"id": 2, "note": "card [PAYMENT_CARD]"}
     assert lines[2]["error"]["code"] == "unmaskable_event"
     assert "jane.doe" not in body and "4111" not in body
+
+
+def test_ollama_usage_is_not_taken_from_a_models_tool_call(gw):
+    """Ollama writes tool-call arguments as JSON objects: a `usage` the model
+    puts there is not read as the answer's usage, neither when the answer's
+    line is longer than the tail the usage is read from (its own counts,
+    written last, are read) nor when a stream ends without counts (none
+    read: a quota resource estimates them from the body sizes)."""
+    import urllib.request
+    env, _, token = gw
+    for path in ("/api/chat/long", "/api/chat/error"):
+        req = urllib.request.Request(f"http://127.0.0.1:{env.port}{path}", method="POST", data=b'{"model": "llama3"}',
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+        assert b"completion_tokens" in body  # the tool call reached the client (masked)
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        recs = {r.get("path"): r for r in env.audit_records() if r.get("path", "").startswith("/api/chat/")}
+        if len(recs) == 2:
+            break
+        time.sleep(0.1)
+    assert recs["/api/chat/long"]["usage"] == {"prompt_tokens": 9000, "completion_tokens": 5000, "total_tokens": 14000, "estimated": False}
+    # (no quota on this resource: no estimate either)
+    assert recs["/api/chat/error"].get("usage") is None, recs["/api/chat/error"]

@@ -322,6 +322,9 @@ pub struct Draft {
     pub response_done: bool,
     /// The response is JSON or an event stream (its tail may carry `usage`).
     pub usage_body: bool,
+    /// The response is JSON lines (`body::JSON_LINES`): only Ollama's
+    /// counts are read from its tail (`quota::usage_from_lines`).
+    pub usage_lines: bool,
     /// Redactions in the request body (the prompt), by detector.
     pub request_masking: BTreeMap<String, u64>,
     /// Envoy's `response.code_details` when Envoy itself sent a local reply
@@ -357,6 +360,7 @@ impl Draft {
             forwarded_ms: None,
             response_done: false,
             usage_body: false,
+            usage_lines: false,
             request_masking: BTreeMap::new(),
             envoy_reply: None,
         }

@@ -337,12 +337,13 @@ pub struct Usage {
 /// complete usage (the caller estimates). Taking the largest means an echo
 /// of caller-chosen members can only raise the charge. Plain text containing
 /// `"usage": {...}` would be read as usage, so the filter reads usage only
-/// from JSON and event-stream responses. An Ollama answer's counts (the
-/// tail's last line, `ollama_usage`) come first: Ollama writes tool-call
-/// arguments as JSON objects, whose `"usage"` keys the model chooses.
+/// from JSON and event-stream responses. An Ollama answer (see
+/// [`usage_from_lines`]) is never searched for `"usage"`: Ollama writes
+/// tool-call arguments as JSON objects, whose `"usage"` keys the model
+/// chooses; its own counts are read, or the caller estimates.
 pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
-    if let Some(u) = ollama_usage(tail) {
-        return Some(u);
+    if let Some(counts) = ollama_usage(tail) {
+        return counts;
     }
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
@@ -384,15 +385,83 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     Some(u)
 }
 
-/// The usage Ollama's native API reports (`/api/chat`, `/api/generate`,
-/// streamed as JSON lines or not): the last line of `tail`, a JSON object
-/// with `"done": true`, its `eval_count` (completion tokens) and
-/// `prompt_eval_count` (prompt tokens; absent when the prompt came from
-/// Ollama's cache, counted 0). `None` when the last line is not such an
-/// object (e.g. the tail starts inside it).
-fn ollama_usage(tail: &[u8]) -> Option<Usage> {
+/// The usage of a JSON-lines response (`application/x-ndjson`): Ollama's
+/// counts (below) or `None` (the caller estimates). No other API streams
+/// JSON lines with usage, so no `"usage"` key is searched for.
+///
+/// Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`,
+/// streamed or not) reports usage in its final object, the tail's last
+/// line: `eval_count` (completion tokens) and `prompt_eval_count` (prompt
+/// tokens); each is left out when 0 (a prompt from Ollama's cache, an
+/// embedding, which has no completion). Ollama writes these metrics
+/// (`total_duration`, `load_duration`, `prompt_eval_count`,
+/// `prompt_eval_duration`, `eval_count`, `eval_duration`) last, after
+/// anything the model wrote, so they are read from the end of the line:
+/// a line longer than the tail still gives its counts.
+pub fn usage_from_lines(tail: &[u8]) -> Option<Usage> {
+    ollama_usage(tail).flatten()
+}
+
+/// Ollama's metric members, which it writes last in its final object.
+const OLLAMA_METRICS: [&[u8]; 6] = [b"total_duration", b"load_duration", b"prompt_eval_count", b"prompt_eval_duration", b"eval_count", b"eval_duration"];
+
+/// Whether the tail ends with Ollama's final object (see
+/// [`usage_from_lines`]): `Some(counts)` when it does (`None` counts: no
+/// count in it, the caller estimates), `None` when it does not.
+///
+/// It does when its last line ends with members `"metric":<digits>`; the
+/// counts are then the line's top-level ones when the line is a whole JSON
+/// object (one that is not a non-negative integer: no counts), else those
+/// among the metric members at its end (read back to the first member that
+/// is not a metric). A line without that ending
+/// but with `"done": true` and a numeric `eval_count` (a server that
+/// orders the members otherwise) gives its top-level counts.
+fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
     let t = tail.trim_ascii_end();
     let line = t.get(memchr::memrchr(b'\n', t).map_or(0, |i| i + 1)..)?;
+    let mut rest = line.strip_suffix(b"}")?;
+    let (mut prompt, mut completion, mut metrics) = (None, None, 0);
+    loop {
+        let r = rest.trim_ascii_end();
+        let digits = r.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let Some((head, number)) = r.split_at_checked(r.len() - digits) else { break };
+        let Some(head) = head.trim_ascii_end().strip_suffix(b":").map(<[u8]>::trim_ascii_end) else { break };
+        let Some(head) = head.strip_suffix(b"\"") else { break };
+        let Some(open) = memchr::memrchr(b'"', head) else { break };
+        let (before, name) = head.split_at(open);
+        let name = name.get(1..).unwrap_or_default();
+        if digits == 0 || !OLLAMA_METRICS.contains(&name) {
+            break;
+        }
+        // from the end: the last of a repeated member counts, as decoders read it
+        let n = std::str::from_utf8(number).ok().and_then(|n| n.parse::<u64>().ok()).unwrap_or(u64::MAX);
+        match name {
+            b"eval_count" => _ = completion.get_or_insert(n),
+            b"prompt_eval_count" => _ = prompt.get_or_insert(n),
+            _ => {}
+        }
+        metrics += 1;
+        match before.trim_ascii_end().strip_suffix(b",") {
+            Some(r) => rest = r,
+            None => break,
+        }
+    }
+    if metrics > 0 {
+        // A whole line gives its top-level counts wherever they are; a line
+        // longer than the tail gives those at its end.
+        if let Ok(o) = serde_json::from_slice::<Map<String, Value>>(line) {
+            let (p, c) = (o.get("prompt_eval_count"), o.get("eval_count"));
+            if [p, c].into_iter().flatten().any(|v| v.as_u64().is_none()) {
+                return Some(None);
+            }
+            (prompt, completion) = (p.and_then(Value::as_u64), c.and_then(Value::as_u64));
+        }
+        if prompt.is_none() && completion.is_none() {
+            return Some(None);
+        }
+        let (p, c) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        return Some(Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: p.saturating_add(c), estimated: false }));
+    }
     // (every JSON response's tail comes here: parse only an Ollama one)
     memchr::memmem::find(line, b"\"eval_count\"")?;
     let o: Map<String, Value> = serde_json::from_slice(line).ok()?;
@@ -401,7 +470,7 @@ fn ollama_usage(tail: &[u8]) -> Option<Usage> {
     }
     let completion_tokens = o.get("eval_count")?.as_u64()?;
     let prompt_tokens = o.get("prompt_eval_count").and_then(Value::as_u64).unwrap_or(0);
-    Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens), estimated: false })
+    Some(Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens), estimated: false }))
 }
 
 /// A usage object, in one of two shapes (numbers required):

@@ -1554,7 +1554,13 @@ impl Stream {
         d.response.redact(&credentials);
         d.request.redact(&credentials);
         let admitted = w.quotas.remove(&self.context_id).filter(|q| q.admitted);
-        let mut usage = if d.usage_body { quota::usage_from_tail(d.response.tail()) } else { None };
+        // A response cut short is estimated: its tail may end right after
+        // something the model wrote (a `usage` object in tool input).
+        let mut usage = match (d.usage_body && d.response_done, d.usage_lines) {
+            (true, true) => quota::usage_from_lines(d.response.tail()),
+            (true, false) => quota::usage_from_tail(d.response.tail()),
+            (false, _) => None,
+        };
         if let Some(q) = &admitted {
             let u = usage.get_or_insert_with(|| quota::estimate(d.request.size(), d.response.size())).total_tokens;
             if let Some(svc) = &q.plan.quota.service {
@@ -1793,8 +1799,11 @@ impl HttpContext for Stream {
         }
         let ctype = head.ctype.as_deref().unwrap_or_default().to_ascii_lowercase();
         let usage_body = ctype.windows(4).any(|w| w == b"json") || ctype.windows(12).any(|w| w == b"event-stream");
+        let media = ctype.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        let usage_lines = body::JSON_LINES.iter().any(|t| t.as_bytes() == media);
         if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
             d.usage_body = usage_body;
+            d.usage_lines = usage_lines;
         }
         let action = match masker {
             Some(m) => self.response_headers(m, head, eos),

@@ -10,7 +10,7 @@ use common::*;
 use nhi_gate::config::{Config, Quota};
 use nhi_gate::quota::{
     admit, check, counter_key, debit, duration, ensure_include_usage, estimate, key_missing, key_value, ratelimit_headers,
-    requested_max_tokens, streams_usage_on_request, unavailable, update, usage_from_tail, Counter, Exceeded, SharedStore, StoreError, UpdateError,
+    requested_max_tokens, streams_usage_on_request, unavailable, update, usage_from_lines, usage_from_tail, Counter, Exceeded, SharedStore, StoreError, UpdateError,
     Usage, Window, CAS_ATTEMPTS, KEY_PREFIX, MAX_REQUESTS_BUDGET, MAX_TOKENS_BUDGET, TAIL_BYTES,
 };
 use proptest::prelude::*;
@@ -482,6 +482,78 @@ fn usage_of_ollama_answers() {
     // the counts in a string of an earlier line are not read
     let echo = format!("{}\n", json!({"message": {"content": "{\"done\": true, \"eval_count\": 1}"}, "done": false}));
     assert_eq!(usage_from_tail(echo.as_bytes()), None);
+}
+
+/// An Ollama `/api/chat` final object as Ollama writes it (Go struct
+/// order: the metrics last), with `message` as given.
+fn ollama_done(message: &str, prompt: Option<u64>, completion: Option<u64>) -> String {
+    let mut s = format!(r#"{{"model":"llama3","created_at":"2026-12-01T00:00:00Z","message":{message},"done_reason":"stop","done":true,"total_duration":4200000,"load_duration":1200"#);
+    if let Some(p) = prompt {
+        s.push_str(&format!(r#","prompt_eval_count":{p},"prompt_eval_duration":300"#));
+    }
+    if let Some(c) = completion {
+        s.push_str(&format!(r#","eval_count":{c},"eval_duration":900"#));
+    }
+    s.push('}');
+    s
+}
+
+const FAKE_ARGS: &str = r#"{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f","arguments":{"usage":{"prompt_tokens":0,"completion_tokens":1},"eval_count":1}}}]}"#;
+
+#[test]
+fn ollama_counts_are_read_from_the_end_of_a_line_longer_than_the_tail() {
+    // stream: false, a long answer before a tool call whose arguments (an
+    // object the model writes) carry a fake usage: the tail starts inside
+    // the line, and the counts Ollama writes last are still read
+    let long = format!(
+        r#"{{"role":"assistant","content":"{}","tool_calls":[{{"function":{{"name":"f","arguments":{{"usage":{{"prompt_tokens":0,"completion_tokens":1}}}}}}}}]}}"#,
+        "word ".repeat(4000)
+    );
+    let body = ollama_done(&long, Some(9000), Some(5000));
+    assert!(body.len() > TAIL_BYTES);
+    let tail = &body.as_bytes()[body.len() - TAIL_BYTES..];
+    assert_eq!(usage_from_tail(tail), usage(9000, 5000, 14000));
+    assert_eq!(usage_from_lines(tail), usage(9000, 5000, 14000));
+    // every start of the tail inside the line: the real counts or none, never the fake
+    for start in (0..body.len() - 120).step_by(97) {
+        let got = usage_from_tail(&body.as_bytes()[start..]);
+        assert_eq!(got, usage(9000, 5000, 14000), "tail from byte {start}");
+    }
+    // an embedding (no completion, no done) longer than the tail
+    let embed = format!(r#"{{"model":"m","embeddings":[[{}0.5]],"total_duration":1,"load_duration":1,"prompt_eval_count":8}}"#, "0.123456789,".repeat(3000));
+    assert_eq!(usage_from_tail(&embed.as_bytes()[embed.len() - TAIL_BYTES..]), usage(8, 0, 8));
+}
+
+#[test]
+fn an_ollama_answer_without_its_counts_is_estimated_not_searched_for_usage() {
+    // Ollama leaves a count out when it is 0: the fake usage in the
+    // arguments is not read instead
+    let body = ollama_done(FAKE_ARGS, Some(60), None);
+    assert_eq!(usage_from_tail(body.as_bytes()), usage(60, 0, 60));
+    let body = ollama_done(FAKE_ARGS, None, None);
+    assert_eq!(usage_from_tail(body.as_bytes()), None);
+    // counts that are no integers: estimated
+    let odd = ollama_done(FAKE_ARGS, None, None).replace(r#""load_duration":1200"#, r#""eval_count":"7","load_duration":1200"#);
+    assert_eq!(usage_from_tail(odd.as_bytes()), None);
+    // a whole line gives its counts wherever they are (a server that sorts members)
+    let sorted = json!({"done": true, "eval_count": 298, "message": {"content": ""}, "prompt_eval_count": 26, "total_duration": 5});
+    assert_eq!(usage_from_tail(sorted.to_string().as_bytes()), usage(26, 298, 324));
+    // JSON lines: a stream that ends in an error line, or is cut after the
+    // tool-call line, has no counts: estimated, whatever the earlier lines hold
+    let tool_line = format!(r#"{{"model":"m","created_at":"t","message":{FAKE_ARGS},"done":false}}"#);
+    for end in [r#"{"error":"model stopped"}"#, ""] {
+        let stream = format!("{tool_line}\n{end}\n");
+        assert_eq!(usage_from_lines(stream.as_bytes()), None, "{stream}");
+    }
+    // the whole stream: the done line's counts
+    let stream = format!("{tool_line}\n{}\n", ollama_done(r#"{"role":"assistant","content":""}"#, Some(26), Some(298)));
+    assert_eq!(usage_from_lines(stream.as_bytes()), usage(26, 298, 324));
+    // a JSON-lines stream is never searched for a "usage" key
+    let openai_like = format!("{}\n", json!({"usage": {"prompt_tokens": 5, "completion_tokens": 5}}));
+    assert_eq!(usage_from_lines(openai_like.as_bytes()), None);
+    // metrics in text (escaped) are not an ending
+    let text = format!("{}\n", json!({"message": {"content": "\"eval_count\":1}"}, "done": false}));
+    assert_eq!(usage_from_lines(text.as_bytes()), None);
 }
 
 #[test]
