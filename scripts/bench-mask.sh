@@ -21,10 +21,11 @@ scripts/setup.sh
 scripts/build.sh
 # the no-op Wasm filter of the latency table (filter/examples/noop_filter.rs)
 cargo build --locked --release -p nhi-gate-filter --example noop_filter --target wasm32-wasip1
-export NOOP_WASM="$root/target/wasm32-wasip1/release/examples/noop_filter.wasm"
+target_dir="$(scripts/target-dir.sh)"
+export NOOP_WASM="$target_dir/wasm32-wasip1/release/examples/noop_filter.wasm"
 # the interleaved latency client of the latency table (cli/examples/latency_ab.rs)
 cargo build --locked --release -p nhi-gate --example latency_ab
-export LATENCY_AB="$root/target/release/examples/latency_ab"
+export LATENCY_AB="$target_dir/release/examples/latency_ab"
 export ENVOY_BIN="${ENVOY_BIN:-$root/.tools/envoy-1.40.0/envoy/_bin/envoy}"
 "$root/.tools/venv/bin/python" "$root/scripts/bench_mask.py" "$@"
 if [ "$instructions" = 0 ]; then

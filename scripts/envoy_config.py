@@ -167,7 +167,14 @@ def main():
     ap.add_argument("--audit-grpc-als", help="cluster (HTTP/2) of a gRPC access-log service for the audit records")
     a = ap.parse_args()
     with open(a.policy) as f:
-        policy = json.dumps(json.load(f), indent=2)
+        if a.policy.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                sys.exit(f"{a.policy}: reading a YAML policy needs PyYAML (pip install pyyaml); or give the policy as JSON")
+            policy = json.dumps(yaml.safe_load(f), indent=2)
+        else:
+            policy = json.dumps(json.load(f), indent=2)
     clusters = [(c.split("=")[0], int(c.split("=")[1])) for c in a.cluster]
     routes = [tuple(r.split("=", 1)) for r in a.route]
     grpc = tuple(c for c in (a.audit_otel, a.audit_grpc_als) if c)

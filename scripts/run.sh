@@ -7,12 +7,15 @@
 #
 # Environment: ENVOY_BIN (Envoy binary to use), NHI_GATE_PORT (listener,
 # default 10000), NHI_GATE_ADMIN_PORT (default 9901), NHI_GATE_POLICY (default
-# policies/rag-demo.json), NHI_GATE_RUN_DIR (logs, audit records, approvals
-# database; default a new temporary folder, kept after the demo stops).
+# policies/rag-demo.json; JSON, or YAML with PyYAML), NHI_GATE_RUN_DIR (logs, audit records, approvals
+# database; default a new temporary folder, kept after the demo stops),
+# NHI_GATE_ROUTES (path prefixes routed to the demo upstream, space-separated;
+# default "/collections /v1/").
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-# a relative NHI_GATE_RUN_DIR is relative to where the script was started
+# a relative NHI_GATE_RUN_DIR or NHI_GATE_POLICY is relative to where the script was started
 case "${NHI_GATE_RUN_DIR:-/}" in /*) ;; *) NHI_GATE_RUN_DIR="$PWD/$NHI_GATE_RUN_DIR" ;; esac
+case "${NHI_GATE_POLICY:-/}" in /*) ;; *) NHI_GATE_POLICY="$PWD/$NHI_GATE_POLICY" ;; esac
 cd "$root"
 
 ENVOY_VERSION=1.40.0
@@ -22,11 +25,16 @@ IDP_PORT=9400
 UPSTREAM_PORT=9401
 APPROVALS_PORT=9402
 POLICY="${NHI_GATE_POLICY:-policies/rag-demo.json}"
+# path prefixes Envoy routes to the demo upstream (everything else: 404)
+ROUTES="${NHI_GATE_ROUTES:-/collections /v1/}"
 
 if [ -z "${ENVOY_BIN:-}" ]; then
   ENVOY_BIN="$(scripts/setup.sh --envoy-only "$ENVOY_VERSION")"
 fi
 scripts/build.sh
+cli=dist/nhi-gate
+# a policy Envoy would refuse is reported now, field by field
+"$cli" policy check "$POLICY"
 
 # the demo's own ports must be free: a second demo (or anything else) there
 # would answer in its place
@@ -58,7 +66,11 @@ wait_port() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     # a process that died (e.g. could not listen) will never answer
     for p in "${pids[@]}"; do
-      kill -0 "$p" 2>/dev/null || { echo "a demo process exited while starting; see the logs in $run_dir" >&2; exit 1; }
+      kill -0 "$p" 2>/dev/null || {
+        echo "a demo process exited while starting; see the logs in $run_dir" >&2
+        [ -s "$run_dir/envoy.log" ] && { echo "last lines of envoy.log:" >&2; tail -n 15 "$run_dir/envoy.log" >&2; }
+        exit 1
+      }
     done
     sleep 0.1
   done
@@ -66,7 +78,6 @@ wait_port() {
   exit 1
 }
 
-cli=target/release/nhi-gate
 "$cli" dev idp --listen "127.0.0.1:$IDP_PORT" > "$run_dir/idp.log" 2>&1 & pids+=($!)
 "$cli" dev upstream --listen "127.0.0.1:$UPSTREAM_PORT" > "$run_dir/upstream.log" 2>&1 & pids+=($!)
 approver_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
@@ -77,7 +88,7 @@ wait_port "$IDP_PORT"; wait_port "$UPSTREAM_PORT"; wait_port "$APPROVALS_PORT"
 
 python3 scripts/envoy_config.py --policy "$POLICY" --wasm "$root/dist/nhi_gate.wasm" \
   --listen "$PORT" --admin "$ADMIN_PORT" --cluster "idp=$IDP_PORT" --cluster "upstream=$UPSTREAM_PORT" --cluster "approvals=$APPROVALS_PORT" --audit-log "$run_dir/audit.log" \
-  --route /collections=upstream --route /v1/=upstream > "$run_dir/envoy.json"
+  $(for r in $ROUTES; do printf -- '--route %s=upstream ' "$r"; done) > "$run_dir/envoy.json"
 "$ENVOY_BIN" -c "$run_dir/envoy.json" --concurrency 2 --disable-hot-restart --log-level info --file-flush-interval-msec 500 \
   > "$run_dir/envoy.log" 2>&1 & pids+=($!)
 wait_port "$PORT"

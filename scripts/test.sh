@@ -36,7 +36,7 @@ if [ -z "${ENVOY_BIN:-}" ]; then
   ENVOY_BINS="$(ls "$root"/.tools/envoy-*/envoy/_bin/envoy | tr '\n' ':')"
   export ENVOY_BINS
 fi
-export NHI_GATE_CLI="$root/target/release/nhi-gate"
+export NHI_GATE_CLI="$root/dist/nhi-gate"
 # --e2e-only with test paths first (tests/test_masking.py): those instead of tests/
 if $e2e_only && [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
   "$root/.tools/venv/bin/pytest" -q "$@"

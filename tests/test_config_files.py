@@ -219,6 +219,33 @@ def test_policy_check_holds_masking_limits_to_the_listeners_buffer_limit(tmp_pat
     assert subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True).returncode == 0
 
 
+def test_policy_check_needs_allow_on_headers_stop_iteration_for_bodies(tmp_path, envoy_bin):
+    """Without the PluginConfig's allow_on_headers_stop_iteration, Envoy turns
+    nhi-gate's pause at the headers into StopAllIteration and a masked
+    response never reaches the filter's body callback: the request hangs.
+    The check refuses such a bootstrap (naming each resource that reads a
+    body), and warns for an Istio WasmPlugin, which cannot set the field."""
+    have = json.load(open(ROOT / "envoy" / "envoy.yaml"))
+    cfg = have["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+    assert cfg.pop("allow_on_headers_stop_iteration") is True
+    f = tmp_path / "envoy.json"
+    f.write_text(json.dumps(have))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1
+    for field in ("resources[0].mask", "resources[0].approval", "resources[1].mask"):
+        assert f"{field}: the Wasm filter's config lacks allow_on_headers_stop_iteration: true" in r.stderr, r.stderr
+    # a policy that reads no body passes without it
+    pol = json.loads(cfg["configuration"]["value"])
+    for res in pol["resources"]:
+        res.pop("mask", None), res.pop("approval", None)
+    cfg["configuration"]["value"] = json.dumps(pol)
+    f.write_text(json.dumps(have))
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([CLI, "policy", "check", str(ROOT / "envoy" / "istio" / "wasmplugin.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0 and "warning: resources[0].mask: Istio's WasmPlugin cannot set allow_on_headers_stop_iteration" in r.stderr, r.stderr
+
+
 def test_policy_check_reads_a_typedstruct_envoyfilter(tmp_path):
     """The TypedStruct form of an Istio EnvoyFilter (type_url names the Wasm filter)."""
     doc = yaml.safe_load(open(ROOT / "envoy" / "istio" / "envoyfilter.yaml"))

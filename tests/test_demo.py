@@ -58,7 +58,7 @@ def run_curl(line, env, timeout=30):
 def test_printed_curl_lines_work(demo):
     env, lines = curl_lines(demo["text"])
     assert set(env) == {"READER", "WRITER", "NHI_GATE_APPROVALS_URL", "NHI_GATE_APPROVER_TOKEN"}
-    cli = [l.strip() for l in demo["text"].splitlines() if l.strip().startswith("target/release/nhi-gate approvals")]
+    cli = [l.strip() for l in demo["text"].splitlines() if l.strip().startswith("dist/nhi-gate approvals")]
     assert [c.split()[2] for c in cli] == ["list", "approve"], cli
     results = [run_curl(l, env) for l in lines[:2]]
     # the writer's upsert waits for an approver: approve it with the printed CLI lines

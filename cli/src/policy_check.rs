@@ -17,6 +17,10 @@ pub struct Found {
     /// The smallest `per_connection_buffer_limit_bytes` of that bootstrap's
     /// listeners (Envoy's default 1048576 where unset).
     pub buffer_limit: Option<u64>,
+    /// Whether the Wasm filter's config sets `allow_on_headers_stop_iteration:
+    /// true` (`None`: not known, a policy document; `Some(false)` for an
+    /// Istio `WasmPlugin`, which cannot set it).
+    pub stop_iteration: Option<bool>,
 }
 
 /// The nhi-gate configurations found in a file:
@@ -75,7 +79,7 @@ pub fn load(path: &PathBuf) -> Result<Vec<Found>, String> {
 fn from_document(v: &serde_json::Value, written: Option<String>, prefix: &str) -> Result<Vec<Found>, String> {
     if v.get("kind").and_then(|k| k.as_str()) == Some("WasmPlugin") {
         let pc = v.pointer("/spec/pluginConfig").ok_or(format!("{prefix}spec.pluginConfig: missing in WasmPlugin manifest"))?;
-        return Ok(vec![Found { label: format!("{prefix}spec.pluginConfig"), text: pc.to_string(), clusters: None, buffer_limit: None }]);
+        return Ok(vec![Found { label: format!("{prefix}spec.pluginConfig"), text: pc.to_string(), clusters: None, buffer_limit: None, stop_iteration: Some(false) }]);
     }
     if v.get("static_resources").is_some() || v.get("kind").and_then(|k| k.as_str()) == Some("EnvoyFilter") {
         let mut found = Vec::new();
@@ -87,11 +91,11 @@ fn from_document(v: &serde_json::Value, written: Option<String>, prefix: &str) -
         let buffer_limit = listener_buffer_limit(v);
         return Ok(found
             .into_iter()
-            .map(|(label, text)| Found { label: format!("{prefix}{label}"), text, clusters: clusters.clone(), buffer_limit })
+            .map(|(label, text, stop)| Found { label: format!("{prefix}{label}"), text, clusters: clusters.clone(), buffer_limit, stop_iteration: Some(stop) })
             .collect());
     }
     let label = prefix.trim_end_matches(": ").to_string();
-    Ok(vec![Found { label, text: written.unwrap_or_else(|| v.to_string()), clusters: None, buffer_limit: None }])
+    Ok(vec![Found { label, text: written.unwrap_or_else(|| v.to_string()), clusters: None, buffer_limit: None, stop_iteration: None }])
 }
 
 /// The smallest `per_connection_buffer_limit_bytes` among a bootstrap's
@@ -109,20 +113,26 @@ pub fn listener_buffer_limit(v: &serde_json::Value) -> Option<u64> {
         .min()
 }
 
-fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String)>) {
+/// The Wasm filter configurations below `v` (path `at`): where, the
+/// configuration text, and whether its `config` (Envoy's `PluginConfig`)
+/// sets `allow_on_headers_stop_iteration: true`.
+fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String, bool)>) {
+    let stop = |config: Option<&serde_json::Value>| {
+        config.and_then(|c| c.get("allow_on_headers_stop_iteration")).and_then(|b| b.as_bool()) == Some(true)
+    };
     match v {
         serde_json::Value::Object(m) => {
             let ty = m.get("@type").and_then(|t| t.as_str());
             if ty == Some(WASM_FILTER) {
                 if let Some(s) = v.pointer("/config/configuration/value").and_then(|s| s.as_str()) {
-                    out.push((format!("{at}.config.configuration.value"), s.to_string()));
+                    out.push((format!("{at}.config.configuration.value"), s.to_string(), stop(v.get("config"))));
                 }
             }
             // Istio EnvoyFilters often wrap the filter in a TypedStruct
             // (udpa.type.v1 / xds.type.v3) naming the Wasm type in `type_url`
             if ty.is_some_and(|t| t.ends_with(".TypedStruct")) && m.get("type_url").and_then(|t| t.as_str()) == Some(WASM_FILTER) {
                 if let Some(s) = v.pointer("/value/config/configuration/value").and_then(|s| s.as_str()) {
-                    out.push((format!("{at}.value.config.configuration.value"), s.to_string()));
+                    out.push((format!("{at}.value.config.configuration.value"), s.to_string(), stop(v.pointer("/value/config"))));
                 }
             }
             for (k, x) in m {
@@ -204,6 +214,24 @@ pub fn deployment_problems(c: &Config, clusters: Option<&[String]>, buffer_limit
     out
 }
 
+const STOP_ITERATION: &str = "the Wasm filter's config lacks allow_on_headers_stop_iteration: true; without it Envoy stops all iteration when nhi-gate pauses at the headers to read a body, and such requests hang; set it next to `configuration`";
+
+const WASM_PLUGIN_STOP: &str = "Istio's WasmPlugin cannot set allow_on_headers_stop_iteration, and without it requests whose body nhi-gate reads hang; deploy with an EnvoyFilter that sets it (envoy/istio/envoyfilter.yaml)";
+
+/// The features of `c` for which nhi-gate pauses at the headers and reads
+/// the body that follows (masked bodies, held writes, quotas): they need
+/// Envoy's `allow_on_headers_stop_iteration` (the `PluginConfig` field),
+/// without which Envoy turns the pause into StopAllIteration and never
+/// hands the body to the filter.
+pub fn paused_bodies(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, r) in c.resources.iter().enumerate() {
+        let uses = [("mask", r.mask.is_some()), ("approval", r.approval.is_some()), ("quota", r.quota.is_some())];
+        out.extend(uses.into_iter().filter(|(_, on)| *on).map(|(f, _)| format!("resources[{i}].{f}")));
+    }
+    out
+}
+
 fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
@@ -219,11 +247,20 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
                 continue;
             }
         };
-        for Found { label, text, clusters, buffer_limit } in docs {
+        for Found { label, text, clusters, buffer_limit, stop_iteration } in docs {
             let name = if label.is_empty() { f.display().to_string() } else { format!("{} ({label})", f.display()) };
             match Config::from_json(text.as_bytes()) {
                 Ok(c) => {
-                    let problems = deployment_problems(&c, clusters.as_deref(), buffer_limit);
+                    let mut problems = deployment_problems(&c, clusters.as_deref(), buffer_limit);
+                    let pausing = if stop_iteration == Some(false) { paused_bodies(&c) } else { Vec::new() };
+                    if label.contains("spec.pluginConfig") {
+                        // Istio's WasmPlugin has no field for it: a warning, pointing at the EnvoyFilter
+                        for field in pausing {
+                            eprintln!("{name}: warning: {field}: {WASM_PLUGIN_STOP}");
+                        }
+                    } else {
+                        problems.extend(pausing.into_iter().map(|field| format!("{field}: {STOP_ITERATION}")));
+                    }
                     if problems.is_empty() {
                         println!("{name}: ok ({}, {})", plural(c.providers.len(), "provider"), plural(c.resources.len(), "resource"));
                     }

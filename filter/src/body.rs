@@ -233,8 +233,9 @@ fn signed_thinking(block: &serde_json::Map<String, Value>) -> bool {
 /// `search_result`, citations, server and MCP tool calls), embeddings
 /// `input` arrays, `metadata`, tool descriptions — so a prompt field the
 /// filter does not know by name is still masked (fail closed), except:
-/// tool-call `arguments` (a JSON document in a string) and tool `input`
-/// objects, which are masked as JSON, numbers too
+/// tool-call `arguments` (a JSON document in a string, or an object as
+/// Ollama writes them) and tool `input` objects, which are masked as JSON,
+/// numbers too
 /// ([`Masker::mask_tool_arguments`]); Anthropic `thinking` blocks with a
 /// `signature` and `redacted_thinking` blocks in an assistant message's
 /// `content`, which the provider checks; and
@@ -242,8 +243,12 @@ fn signed_thinking(block: &serde_json::Map<String, Value>) -> bool {
 /// base64 images, audio, files). Other numbers, booleans and
 /// object keys are left alone.
 ///
-/// Errors: the body is not a JSON object, or its `prompt` or `input` is
-/// token ids (numbers: text that cannot be masked).
+/// A body with nothing masked is sent as it came; a masked one is
+/// re-serialized (object members sorted by name, numbers as serde_json
+/// writes them).
+///
+/// Errors: the body is not a JSON object, or its `prompt`, `input` or
+/// `context` (Ollama) is token ids (numbers: text that cannot be masked).
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
@@ -251,11 +256,18 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
         Value::Array(items) => items.iter().any(|i| i.is_number() || i.as_array().is_some_and(|a| a.iter().any(Value::is_number))),
         _ => false,
     };
-    // legacy completions `prompt`, embeddings and Responses `input`
-    if obj.get("prompt").is_some_and(token_ids) || obj.get("input").is_some_and(token_ids) {
+    // legacy completions `prompt`, embeddings and Responses `input`; the
+    // conversation Ollama's `/api/generate` continues (`context`)
+    if ["prompt", "input", "context"].iter().any(|k| obj.get(*k).is_some_and(token_ids)) {
         return Err("a prompt given as token ids cannot be masked; send it as text".into());
     }
+    let before: u64 = counts.values().sum();
     mask_prompt_value(masker, &mut v, counts);
+    if counts.values().sum::<u64>() == before {
+        // nothing masked: the body as sent (members in their order: a JSON
+        // schema's property order steers constrained decoding)
+        return Ok(body.to_vec());
+    }
     serde_json::to_vec(&v).map_err(|e| e.to_string())
 }
 
@@ -284,7 +296,8 @@ fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {
                         }
                     }
                     ("arguments", Value::String(s)) => *s = masker.mask_tool_arguments(s, counts),
-                    ("input", input @ Value::Object(_)) => {
+                    // (Ollama writes tool-call arguments as an object)
+                    ("input" | "arguments", input @ Value::Object(_)) => {
                         let masked = masker.mask_tool_arguments(&input.to_string(), counts);
                         // a JSON object masked as JSON stays one
                         *input = serde_json::from_str(&masked).unwrap_or(Value::String(masked));

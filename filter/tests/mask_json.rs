@@ -819,3 +819,26 @@ fn prompt_text_in_unlisted_fields_is_masked_and_payloads_are_not() {
     assert!(mask_prompt(&m, br#"{"prompt": [15339, 1917]}"#, &mut Counts::new()).is_err());
     assert!(mask_prompt(&m, br#"{"prompt": [[15339], [1917]]}"#, &mut Counts::new()).is_err());
 }
+
+/// Ollama requests under `requests: chat_messages`: tool-call arguments
+/// written as objects are masked as JSON (numbers too), `context` token ids
+/// (a conversation the job could encode itself) are refused, and a body
+/// with nothing to mask goes upstream byte for byte (a `format` schema's
+/// property order steers the model's output).
+#[test]
+fn ollama_prompts_are_masked_and_clean_ones_kept_as_sent() {
+    use nhi_gate::body::mask_prompt;
+    let m = masker(json!({}));
+    let body = br#"{"model":"m","messages":[{"role":"assistant","content":"","tool_calls":[{"function":{"name":"pay","arguments":{"card":4111111111111111,"to":"jane.doe@example.com","n":3}}}]}]}"#;
+    let mut counts = Counts::new();
+    let out: Value = serde_json::from_slice(&mask_prompt(&m, body, &mut counts).unwrap()).unwrap();
+    assert_eq!(out["messages"][0]["tool_calls"][0]["function"]["arguments"], json!({"card": "[PAYMENT_CARD]", "to": "[EMAIL]", "n": 3}));
+    assert_eq!((counts.get("payment_card"), counts.get("email")), (Some(&1), Some(&1)));
+    // context token ids: refused; an empty context (what the gateway hands out) passes
+    assert!(mask_prompt(&m, br#"{"model":"m","prompt":"and then?","context":[128006,882,128007]}"#, &mut Counts::new()).is_err());
+    let empty = br#"{"model":"m","prompt":"and then?","context":[]}"#;
+    assert_eq!(mask_prompt(&m, empty, &mut Counts::new()).unwrap(), empty.to_vec());
+    // nothing to mask: the bytes as sent (members in their order, numbers as written)
+    let clean = br#"{"model":"m","format":{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}},"required":["reasoning","answer"]},"options":{"temperature":1E0,"seed":18446744073709551617},"messages":[{"role":"user","content":"why?"}]}"#;
+    assert_eq!(mask_prompt(&m, clean, &mut Counts::new()).unwrap(), clean.to_vec());
+}
