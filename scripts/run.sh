@@ -97,12 +97,19 @@ mint() { curl -fsS "http://127.0.0.1:$IDP_PORT/token?sub=$1&groups=$2&ttl=900"; 
 reader="$(mint ci-reader rag-readers,llm-users)"
 writer="$(mint ci-ingest rag-ingest)"
 
+note=""
+case "$POLICY" in policies/rag-demo.json|"$root/policies/rag-demo.json") ;;
+  *) note="
+(Your policy is not the demo's: the tokens and curl lines below are written for policies/rag-demo.json;
+mint tokens with your groups with the dev IdP line at the end; the IdP's tokens have audience nhi-gate.)" ;;
+esac
+
 cat <<MSG
 
 nhi-gate demo is up: Envoy listener http://127.0.0.1:$PORT  (admin http://127.0.0.1:$ADMIN_PORT)
   policy $POLICY · dev IdP http://127.0.0.1:$IDP_PORT · demo upstream http://127.0.0.1:$UPSTREAM_PORT · logs $run_dir
   audit records (one JSON per request): $run_dir/audit.log
-  approvals http://127.0.0.1:$APPROVALS_PORT (approver page; approver demo-approver, token below)
+  approvals http://127.0.0.1:$APPROVALS_PORT (approver page; approver demo-approver, token below)$note
 
 Tokens (15 min): a reader job (groups rag-readers, llm-users) and an ingestion job (rag-ingest).
   export READER='$reader'

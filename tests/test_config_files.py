@@ -246,6 +246,21 @@ def test_policy_check_needs_allow_on_headers_stop_iteration_for_bodies(tmp_path,
     assert r.returncode == 0 and "warning: resources[0].mask: Istio's WasmPlugin cannot set allow_on_headers_stop_iteration" in r.stderr, r.stderr
 
 
+def test_policy_check_reads_standard_input_and_hints_at_yaml(tmp_path):
+    """`-` reads the policy from standard input (kubectl get … -o yaml | …):
+    JSON when it opens like JSON, else YAML; YAML in a .json file gets a hint."""
+    yaml_text = (ROOT / "policies" / "ingestion-writers.yaml").read_text()
+    for text in (yaml_text, (ROOT / "policies" / "rag-demo.json").read_text(), (ROOT / "envoy" / "istio" / "envoyfilter.yaml").read_text()):
+        r = subprocess.run([CLI, "policy", "check", "-"], input=text, capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.startswith("-"), r.stdout + r.stderr
+    r = subprocess.run([CLI, "policy", "check", "-"], input="providers: []\nresources: []\n", capture_output=True, text=True)
+    assert r.returncode == 1 and "-: invalid configuration: providers: at least one provider is required" in r.stderr, r.stderr
+    f = tmp_path / "policy.json"
+    f.write_text(yaml_text)
+    r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 1 and "not JSON" in r.stderr and "name the file .yaml or .yml" in r.stderr, r.stderr
+
+
 def test_policy_check_reads_a_typedstruct_envoyfilter(tmp_path):
     """The TypedStruct form of an Istio EnvoyFilter (type_url names the Wasm filter)."""
     doc = yaml.safe_load(open(ROOT / "envoy" / "istio" / "envoyfilter.yaml"))

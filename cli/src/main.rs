@@ -56,7 +56,7 @@ enum Command {
 enum PolicyCommand {
     /// Validate a policy file (JSON, or YAML by .yaml/.yml extension); prints every error with its field.
     Check {
-        /// Policy file(s).
+        /// Policy file(s): policies, Envoy bootstraps, Istio WasmPlugin or EnvoyFilter manifests; `-` reads standard input (JSON, or YAML when it does not start with `{` or `[`).
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },

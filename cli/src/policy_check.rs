@@ -23,7 +23,8 @@ pub struct Found {
     pub stop_iteration: Option<bool>,
 }
 
-/// The nhi-gate configurations found in a file:
+/// The nhi-gate configurations found in a file (`-`: standard input, read
+/// as JSON when it starts with `{` or `[`, else as YAML):
 /// - a policy document (JSON, or YAML by `.yaml`/`.yml` extension);
 /// - an Istio `WasmPlugin` manifest: its `spec.pluginConfig`;
 /// - an Envoy bootstrap (`static_resources`) or an Istio `EnvoyFilter`
@@ -36,9 +37,23 @@ pub struct Found {
 /// validator as written, so duplicate members are reported like the filter
 /// reports them.
 pub fn load(path: &PathBuf) -> Result<Vec<Found>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    if !matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("(document): not JSON: {e}"))?;
+    let stdin = path.as_os_str() == "-";
+    let text = if stdin {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?
+    };
+    // standard input: JSON when it opens like JSON, else YAML
+    let yaml = if stdin {
+        !text.trim_start_matches('\u{feff}').trim_start().starts_with(['{', '['])
+    } else {
+        matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    };
+    if !yaml {
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            let hint = if text.trim_start().starts_with(['{', '[']) { "" } else { " (YAML? name the file .yaml or .yml)" };
+            format!("(document): not JSON: {e}{hint}")
+        })?;
         return from_document(&v, Some(text), "");
     }
     let mut docs = Vec::new();

@@ -777,9 +777,14 @@ fn methods(errs: &mut Errors, field: &str, raw: &[String]) -> Vec<String> {
 fn glob(errs: &mut Errors, field: &str, pattern: &str) -> Glob {
     if !pattern.starts_with('/') {
         errs.add(field, "path pattern must start with '/'");
+    } else if pattern.contains(['?', '#']) {
+        errs.add(field, NO_QUERY);
     }
     Glob::new(pattern)
 }
+
+/// Why a path pattern holding `?` or `#` is refused.
+const NO_QUERY: &str = "never matches: requests are matched on the path alone, without '?' query or '#' fragment";
 
 fn group_rule(errs: &mut Errors, field: &str, raw: RawGroupRule) -> GroupRule {
     for (name, list) in [("any_of", &raw.any_of), ("all_of", &raw.all_of)] {
@@ -1113,6 +1118,8 @@ impl RawConfig {
             if let Some(p) = &r.path_prefix {
                 if !p.starts_with('/') {
                     errs.add(format!("{at}.path_prefix"), "must start with '/'");
+                } else if p.contains(['?', '#']) {
+                    errs.add(format!("{at}.path_prefix"), NO_QUERY);
                 }
             }
             let path_glob = r.path_glob.as_deref().map(|g| glob(&mut errs, &format!("{at}.path_glob"), g));
@@ -1140,11 +1147,20 @@ impl RawConfig {
                         OpClass::Write
                     }
                 };
-                operations.push(Operation {
-                    methods: methods(&mut errs, &format!("{oat}.methods"), &op.methods),
-                    path_glob: glob(&mut errs, &format!("{oat}.path_glob"), &op.path_glob),
-                    class,
-                });
+                let op_methods = methods(&mut errs, &format!("{oat}.methods"), &op.methods);
+                let path_glob = glob(&mut errs, &format!("{oat}.path_glob"), &op.path_glob);
+                // an operation outside its resource never classifies a request
+                let known = op_methods.iter().all(|m| METHODS.contains(&m.as_str()));
+                if known && !op_methods.is_empty() && !op_methods.iter().any(|m| crate::policy::method_listed(&methods_v, m)) {
+                    errs.add(format!("{oat}.methods"), format!("never matches: the resource covers only {}", methods_v.join(", ")));
+                }
+                if let Some(p) = r.path_prefix.as_deref().filter(|_| op.path_glob.starts_with('/')) {
+                    let literal = path_glob.literal_prefix();
+                    if !literal.starts_with(p.as_bytes()) && !p.as_bytes().starts_with(literal) {
+                        errs.add(format!("{oat}.path_glob"), format!("never matches: outside the resource's path_prefix {p:?}"));
+                    }
+                }
+                operations.push(Operation { methods: op_methods, path_glob, class });
             }
             let read = group_rule(&mut errs, &format!("{at}.read"), r.read);
             let write = group_rule(&mut errs, &format!("{at}.write"), r.write);
@@ -1243,6 +1259,9 @@ impl RawConfig {
                 })
             });
             let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a, envoy_limit)));
+            if approval.as_ref().is_some_and(|a| a.write && a.requests.is_empty()) && write.is_empty() {
+                errs.add(format!("{at}.approval"), "holds nothing: the resource has no write groups, so no write gets this far; set write groups or list requests");
+            }
             let quota = r.quota.map(|q| std::rc::Rc::new(quota(&mut errs, &format!("{at}.quota"), q)));
             let sync_audit = match r.audit.as_deref() {
                 None | Some("async") => false,

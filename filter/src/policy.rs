@@ -45,7 +45,7 @@ impl Glob {
 
     /// The literal part before the first `*`: every path the glob matches
     /// starts with it (a trailing slash is only ever added, never removed).
-    fn literal_prefix(&self) -> &[u8] {
+    pub fn literal_prefix(&self) -> &[u8] {
         let end = self.pattern.iter().position(|b| *b == b'*').unwrap_or(self.pattern.len());
         self.pattern.get(..end).unwrap_or_default()
     }

@@ -420,8 +420,32 @@ fn operation_class_must_be_read_or_write() {
 
 #[test]
 fn operation_methods_must_be_known() {
-    let doc = with(base(), &r0("operations"), json!([{"methods": ["SEARCH"], "path_glob": "/x", "class": "read"}]));
+    let doc = with(base(), &r0("operations"), json!([{"methods": ["SEARCH"], "path_glob": "/docs/x", "class": "read"}]));
     assert_rejected(doc, "resources[0].operations[0].methods[0]");
+}
+
+/// Rules that can never apply are mistakes, refused with the field named:
+/// an operation outside its resource's path or methods, a path pattern
+/// with a query or fragment, an approval on a resource nobody may write to.
+#[test]
+fn rules_that_never_match_are_refused() {
+    let op = |o: Value| with(base(), &r0("operations"), json!([o]));
+    assert_rejected(op(json!({"methods": ["POST"], "path_glob": "/other/search", "class": "read"})), "resources[0].operations[0].path_glob");
+    let on_get = |o: Value| with(op(o), &r0("methods"), json!(["GET"]));
+    assert_rejected(on_get(json!({"methods": ["POST"], "path_glob": "/docs/search", "class": "read"})), "resources[0].operations[0].methods");
+    // GET covers HEAD; a glob whose literal part ends before the prefix may still match
+    config(&on_get(json!({"methods": ["HEAD", "POST"], "path_glob": "/docs/search", "class": "read"})));
+    config(&op(json!({"methods": ["POST"], "path_glob": "/do*/search", "class": "read"})));
+    config(&op(json!({"path_glob": "/**", "class": "read"})));
+    assert_rejected(with(base(), &r0("path_prefix"), json!("/docs?x=1")), "resources[0].path_prefix");
+    assert_rejected(op(json!({"path_glob": "/docs/search#top", "class": "read"})), "resources[0].operations[0].path_glob");
+    let glob_res = with(with(base(), &r0("path_prefix"), Value::Null), &r0("path_glob"), json!("/docs/*?"));
+    assert_rejected(glob_res, "resources[0].path_glob");
+    // an approval of writes on a resource without write groups holds nothing
+    let held = with(base(), &r0("approval"), json!({"cluster": "approvals"}));
+    assert_rejected(held.clone(), "resources[0].approval");
+    config(&with(held.clone(), &r0("write"), json!({"any_of": ["writers"]})));
+    config(&with(held, &r0("approval/requests"), json!([{"methods": ["POST"], "path_glob": "/docs/search"}])));
 }
 
 #[test]
