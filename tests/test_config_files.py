@@ -234,6 +234,13 @@ def test_policy_check_needs_allow_on_headers_stop_iteration_for_bodies(tmp_path,
     assert r.returncode == 1
     for field in ("resources[0].mask", "resources[0].approval", "resources[1].mask"):
         assert f"{field}: the Wasm filter's config lacks allow_on_headers_stop_iteration: true" in r.stderr, r.stderr
+    # protobuf's lowerCamel JSON name, and YAML 1.1's yes as Kubernetes reads it
+    for key, value in (("allowOnHeadersStopIteration", True), ("allow_on_headers_stop_iteration", "yes")):
+        cfg[key] = value
+        f.write_text(json.dumps(have))
+        r = subprocess.run([CLI, "policy", "check", str(f)], capture_output=True, text=True)
+        assert r.returncode == 0, (key, r.stderr)
+        del cfg[key]
     # a policy that reads no body passes without it
     pol = json.loads(cfg["configuration"]["value"])
     for res in pol["resources"]:

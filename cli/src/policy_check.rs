@@ -51,7 +51,13 @@ pub fn load(path: &PathBuf) -> Result<Vec<Found>, String> {
     };
     if !yaml {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            let hint = if text.trim_start().starts_with(['{', '[']) { "" } else { " (YAML? name the file .yaml or .yml)" };
+            let hint = if text.starts_with('\u{feff}') {
+                " (the file starts with a byte-order mark, which the filter refuses too: remove it)"
+            } else if text.trim_start().starts_with(['{', '[']) {
+                ""
+            } else {
+                " (YAML? name the file .yaml or .yml)"
+            };
             format!("(document): not JSON: {e}{hint}")
         })?;
         return from_document(&v, Some(text), "");
@@ -132,8 +138,15 @@ pub fn listener_buffer_limit(v: &serde_json::Value) -> Option<u64> {
 /// configuration text, and whether its `config` (Envoy's `PluginConfig`)
 /// sets `allow_on_headers_stop_iteration: true`.
 fn wasm_configs(v: &serde_json::Value, at: &str, out: &mut Vec<(String, String, bool)>) {
+    // protobuf's JSON names (snake or lowerCamel case); `yes`, `on` and
+    // `y` as Kubernetes reads a YAML 1.1 manifest
     let stop = |config: Option<&serde_json::Value>| {
-        config.and_then(|c| c.get("allow_on_headers_stop_iteration")).and_then(|b| b.as_bool()) == Some(true)
+        let flag = config.and_then(|c| c.get("allow_on_headers_stop_iteration").or_else(|| c.get("allowOnHeadersStopIteration")));
+        match flag {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "y"),
+            _ => false,
+        }
     };
     match v {
         serde_json::Value::Object(m) => {

@@ -225,6 +225,67 @@ fn signed_thinking(block: &serde_json::Map<String, Value>) -> bool {
     }
 }
 
+/// Checks that `body` is one strict JSON document (RFC 8259) that every
+/// backend reads the same way: no member name twice in an object (RFC 8259
+/// §4 leaves that to the reader: Go merges two `options` objects, serde and
+/// Python keep the last), no lone UTF-16 surrogate in a `\u` escape, at
+/// most 128 levels of nesting (serde_json's limit). Errors: what is wrong,
+/// with its line and column.
+pub fn strict_json(body: &[u8]) -> Result<(), String> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())
+}
+
+/// A JSON value read and dropped by [`strict_json`].
+struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(Strict)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Strict;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Strict, A::Error> {
+        while items.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<Strict, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(name) = members.next_key::<String>()? {
+            if !seen.insert(name.clone()) {
+                return Err(serde::de::Error::custom(format!("member {name:?} given twice")));
+            }
+            members.next_value::<Strict>()?;
+        }
+        Ok(Strict)
+    }
+}
+
 /// Masks the prompt of an LLM request body (`requests: chat_messages`) and
 /// gives the body to send upstream (re-serialized).
 ///
@@ -247,9 +308,13 @@ fn signed_thinking(block: &serde_json::Map<String, Value>) -> bool {
 /// re-serialized (object members sorted by name, numbers as serde_json
 /// writes them).
 ///
-/// Errors: the body is not a JSON object, or its `prompt`, `input` or
-/// `context` (Ollama) is token ids (numbers: text that cannot be masked).
+/// Errors: the body is not strict JSON ([`strict_json`]: e.g. a member
+/// given twice) or not a JSON object, or its `prompt`, `input` or
+/// `context` (Ollama; names in any case) is token ids (numbers: text that
+/// cannot be masked).
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
+    // (a member given twice would pass as sent when its last copy is clean)
+    strict_json(body)?;
     let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
     let token_ids = |p: &Value| match p {
@@ -257,8 +322,10 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
         _ => false,
     };
     // legacy completions `prompt`, embeddings and Responses `input`; the
-    // conversation Ollama's `/api/generate` continues (`context`)
-    if ["prompt", "input", "context"].iter().any(|k| obj.get(*k).is_some_and(token_ids)) {
+    // conversation Ollama's `/api/generate` continues (`context`); any case,
+    // as Go's encoding/json matches member names
+    let prompt_key = |k: &String| ["prompt", "input", "context"].iter().any(|p| k.eq_ignore_ascii_case(p));
+    if obj.iter().any(|(k, v)| prompt_key(k) && token_ids(v)) {
         return Err("a prompt given as token ids cannot be masked; send it as text".into());
     }
     let before: u64 = counts.values().sum();
@@ -295,9 +362,10 @@ fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {
                             }
                         }
                     }
-                    ("arguments", Value::String(s)) => *s = masker.mask_tool_arguments(s, counts),
-                    // (Ollama writes tool-call arguments as an object)
-                    ("input" | "arguments", input @ Value::Object(_)) => {
+                    (k, Value::String(s)) if k.eq_ignore_ascii_case("arguments") => *s = masker.mask_tool_arguments(s, counts),
+                    // (Ollama writes tool-call arguments as an object; Go
+                    // matches member names in any case)
+                    (k, input @ Value::Object(_)) if k.eq_ignore_ascii_case("input") || k.eq_ignore_ascii_case("arguments") => {
                         let masked = masker.mask_tool_arguments(&input.to_string(), counts);
                         // a JSON object masked as JSON stays one
                         *input = serde_json::from_str(&masked).unwrap_or(Value::String(masked));
@@ -324,6 +392,19 @@ mod tests {
             reject_over_limit: true,
             pass_other_types: false,
         }
+    }
+
+    #[test]
+    fn strict_json_refuses_what_backends_read_differently() {
+        for ok in [&br#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":1}]}"#[..], b"[]", b" 1 ", br#""\ud83d\ude00""#, b"{}"] {
+            assert_eq!(strict_json(ok), Ok(()), "{}", String::from_utf8_lossy(ok));
+        }
+        let deep = format!("{}1{}", "[".repeat(129), "]".repeat(129));
+        let bad: [&[u8]; 8] = [br#"{"a":1,"a":2}"#, br#"{"x":{"options":{},"options":{}}}"#, br#""\ud800""#, deep.as_bytes(), b"{} {}", b"NaN", b"\xef\xbb\xbf{}", b""];
+        for b in bad {
+            assert!(strict_json(b).is_err(), "{}", String::from_utf8_lossy(b));
+        }
+        assert!(strict_json(br#"{"a":1,"a":2}"#).unwrap_err().contains("given twice"));
     }
 
     #[test]

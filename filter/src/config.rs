@@ -783,6 +783,25 @@ fn glob(errs: &mut Errors, field: &str, pattern: &str) -> Glob {
     Glob::new(pattern)
 }
 
+/// Reports a rule (an operation, an approval request pattern at `at`:
+/// its methods, its glob as written and parsed) that can never match
+/// inside its resource (the resource's methods and `path_prefix`): methods
+/// the resource does not cover (`GET` covers `HEAD`), a glob whose literal
+/// start lies outside the prefix. Unknown methods and relative globs are
+/// reported elsewhere, not here.
+fn outside(errs: &mut Errors, at: &str, (res_methods, prefix): (&[String], Option<&str>), (methods, written, glob): (&[String], &str, &Glob)) {
+    let known = methods.iter().all(|m| METHODS.contains(&m.as_str()));
+    if known && !methods.is_empty() && !methods.iter().any(|m| crate::policy::method_listed(res_methods, m)) {
+        errs.add(format!("{at}.methods"), format!("never matches: the resource covers only {}", res_methods.join(", ")));
+    }
+    if let Some(p) = prefix.filter(|_| written.starts_with('/')) {
+        let literal = glob.literal_prefix();
+        if !literal.starts_with(p.as_bytes()) && !p.as_bytes().starts_with(literal) {
+            errs.add(format!("{at}.path_glob"), format!("never matches: outside the resource's path_prefix {p:?}"));
+        }
+    }
+}
+
 /// Why a path pattern holding `?` or `#` is refused.
 const NO_QUERY: &str = "never matches: requests are matched on the path alone, without '?' query or '#' fragment";
 
@@ -1150,16 +1169,7 @@ impl RawConfig {
                 let op_methods = methods(&mut errs, &format!("{oat}.methods"), &op.methods);
                 let path_glob = glob(&mut errs, &format!("{oat}.path_glob"), &op.path_glob);
                 // an operation outside its resource never classifies a request
-                let known = op_methods.iter().all(|m| METHODS.contains(&m.as_str()));
-                if known && !op_methods.is_empty() && !op_methods.iter().any(|m| crate::policy::method_listed(&methods_v, m)) {
-                    errs.add(format!("{oat}.methods"), format!("never matches: the resource covers only {}", methods_v.join(", ")));
-                }
-                if let Some(p) = r.path_prefix.as_deref().filter(|_| op.path_glob.starts_with('/')) {
-                    let literal = path_glob.literal_prefix();
-                    if !literal.starts_with(p.as_bytes()) && !p.as_bytes().starts_with(literal) {
-                        errs.add(format!("{oat}.path_glob"), format!("never matches: outside the resource's path_prefix {p:?}"));
-                    }
-                }
+                outside(&mut errs, &oat, (&methods_v, r.path_prefix.as_deref()), (&op_methods, &op.path_glob, &path_glob));
                 operations.push(Operation { methods: op_methods, path_glob, class });
             }
             let read = group_rule(&mut errs, &format!("{at}.read"), r.read);
@@ -1259,6 +1269,10 @@ impl RawConfig {
                 })
             });
             let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a, envoy_limit)));
+            for (k, p) in approval.iter().flat_map(|a| a.requests.iter()).enumerate() {
+                let pat = format!("{at}.approval.requests[{k}]");
+                outside(&mut errs, &pat, (&methods_v, r.path_prefix.as_deref()), (&p.methods, p.path_glob.pattern(), &p.path_glob));
+            }
             if approval.as_ref().is_some_and(|a| a.write && a.requests.is_empty()) && write.is_empty() {
                 errs.add(format!("{at}.approval"), "holds nothing: the resource has no write groups, so no write gets this far; set write groups or list requests");
             }

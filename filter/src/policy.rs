@@ -43,6 +43,11 @@ impl Glob {
         Glob { pattern: pattern.as_bytes().to_vec() }
     }
 
+    /// The pattern as written.
+    pub fn pattern(&self) -> &str {
+        std::str::from_utf8(&self.pattern).unwrap_or_default()
+    }
+
     /// The literal part before the first `*`: every path the glob matches
     /// starts with it (a trailing slash is only ever added, never removed).
     pub fn literal_prefix(&self) -> &[u8] {

@@ -413,14 +413,18 @@ const OLLAMA_METRICS: [&[u8]; 6] = [b"total_duration", b"load_duration", b"promp
 /// counts are then the line's top-level ones when the line is a whole JSON
 /// object (one that is not a non-negative integer: no counts), else those
 /// among the metric members at its end (read back to the first member that
-/// is not a metric). A line without that ending
-/// but with `"done": true` and a numeric `eval_count` (a server that
-/// orders the members otherwise) gives its top-level counts.
+/// is not a metric), if these are in Ollama's order (else no counts). A
+/// line without that ending that names `eval_count` or `prompt_eval_count`
+/// (unescaped) is Ollama's too: a whole object with `"done": true` and a
+/// numeric `eval_count` (a server that orders the members otherwise) gives
+/// its top-level counts, anything else no counts.
 fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
     let t = tail.trim_ascii_end();
     let line = t.get(memchr::memrchr(b'\n', t).map_or(0, |i| i + 1)..)?;
     let mut rest = line.strip_suffix(b"}")?;
     let (mut prompt, mut completion, mut metrics) = (None, None, 0);
+    // Ollama's order (its Go struct), read backwards: each metric before the last one read
+    let (mut ordered, mut next) = (true, OLLAMA_METRICS.len());
     loop {
         let r = rest.trim_ascii_end();
         let digits = r.iter().rev().take_while(|b| b.is_ascii_digit()).count();
@@ -430,9 +434,9 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
         let Some(open) = memchr::memrchr(b'"', head) else { break };
         let (before, name) = head.split_at(open);
         let name = name.get(1..).unwrap_or_default();
-        if digits == 0 || !OLLAMA_METRICS.contains(&name) {
-            break;
-        }
+        let Some(at) = OLLAMA_METRICS.iter().position(|m| *m == name).filter(|_| digits > 0) else { break };
+        ordered &= at < next;
+        next = at;
         // from the end: the last of a repeated member counts, as decoders read it
         let n = std::str::from_utf8(number).ok().and_then(|n| n.parse::<u64>().ok()).unwrap_or(u64::MAX);
         match name {
@@ -455,6 +459,10 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
                 return Some(None);
             }
             (prompt, completion) = (p.and_then(Value::as_u64), c.and_then(Value::as_u64));
+        } else if !ordered {
+            // not Ollama's order (members re-encoded, sorted): a count may
+            // sit earlier in the line, out of the tail
+            return Some(None);
         }
         if prompt.is_none() && completion.is_none() {
             return Some(None);
@@ -463,12 +471,14 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
         return Some(Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: p.saturating_add(c), estimated: false }));
     }
     // (every JSON response's tail comes here: parse only an Ollama one)
-    memchr::memmem::find(line, b"\"eval_count\"")?;
-    let o: Map<String, Value> = serde_json::from_slice(line).ok()?;
+    memchr::memmem::find(line, b"eval_count\"")?;
+    // Ollama's counts written out of place: its answer or estimated, never
+    // a `usage` key (a model writes Ollama's tool-call argument objects)
+    let Ok(o) = serde_json::from_slice::<Map<String, Value>>(line) else { return Some(None) };
     if o.get("done") != Some(&Value::Bool(true)) {
-        return None;
+        return Some(None);
     }
-    let completion_tokens = o.get("eval_count")?.as_u64()?;
+    let Some(completion_tokens) = o.get("eval_count").and_then(Value::as_u64) else { return Some(None) };
     let prompt_tokens = o.get("prompt_eval_count").and_then(Value::as_u64).unwrap_or(0);
     Some(Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens), estimated: false }))
 }
@@ -577,16 +587,25 @@ pub fn lax_true(v: &Value) -> bool {
 /// missing `max_tokens`: -1 (its default), -2 (until the context is full),
 /// and any number below 1 once Ollama's Go decoder has cut it to an integer
 /// (its runner stops only at a positive count). Ollama API docs, "Valid
-/// Parameters and Values".
+/// Parameters and Values". Member names count in any case (Go matches them
+/// so; `num_predict` inside `options` exactly, as Ollama reads it).
 pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let o = v.as_object()?;
-    let num_predict = match o.get("options").and_then(|opts| opts.get("num_predict")) {
-        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f < 1.0) => None,
-        Some(n) => count(n),
-        None => None,
-    };
-    let read = |key: &str| o.get(key).and_then(count);
+    // Member names in any case: Go's encoding/json (Ollama, its OpenAI API
+    // too) matches them so; the largest of several counts.
+    fn members<'a>(o: &'a Map<String, Value>, key: &'static str) -> impl Iterator<Item = &'a Value> {
+        o.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+    }
+    let num_predict = members(o, "options")
+        .filter_map(|opts| opts.as_object())
+        .flat_map(|opts| opts.iter().filter(|(k, _)| k.as_str() == "num_predict").map(|(_, v)| v))
+        .filter_map(|n| match n {
+            Value::Number(f) if f.as_f64().is_some_and(|f| f < 1.0) => None,
+            n => count(n),
+        })
+        .max();
+    let read = |key: &'static str| members(o, key).filter_map(count).max();
     // Chat Completions; legacy and Anthropic `max_tokens`; Responses API `max_output_tokens`
     let per_choice = read("max_completion_tokens").max(read("max_tokens")).max(read("max_output_tokens")).max(num_predict)?;
     // each of `n` choices (and each of legacy completions' `best_of` candidates) may be that long

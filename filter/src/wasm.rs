@@ -954,10 +954,11 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     if let Some(plan) = pending_quota {
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let ctype = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type").ok().flatten();
-        if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            // A lenient backend (Python's json: NaN, a BOM) would read what the
-            // quota could not: its max_tokens, n and stream.
-            refuse(worker, context_id, Denial { status: 400, reason: "invalid_json", detail: "the request body of a quota resource must be strict JSON (RFC 8259)".into() });
+        if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) && body::strict_json(&body).is_err() {
+            // A lenient backend (Python's json: NaN, a BOM; Go: both copies
+            // of a member given twice merged) would read what the quota
+            // could not: its max_tokens, n and stream.
+            refuse(worker, context_id, Denial { status: 400, reason: "invalid_json", detail: "the request body of a quota resource must be strict JSON (RFC 8259), each member name once".into() });
             return Action::Pause;
         }
         let q = &plan.quota;

@@ -816,7 +816,7 @@ fn approval_fields_are_taken() {
         "authority": "approvals.example:8443",
         "path": "/hooks/check",
         "write": false,
-        "requests": [{"methods": ["get", "Post"], "path_glob": "/exports/**"}, {"path_glob": "/admin/*"}],
+        "requests": [{"methods": ["get", "Post"], "path_glob": "/collections/exports/**"}, {"path_glob": "/collections/admin/*"}],
         "exempt_groups": ["break-glass"],
         "hold_seconds": 5,
         "max_body_bytes": 4096,
@@ -830,10 +830,10 @@ fn approval_fields_are_taken() {
     assert!(!a.write);
     assert_eq!(a.requests.len(), 2);
     assert_eq!(a.requests[0].methods, ["GET", "POST"], "methods are uppercased");
-    assert!(a.requests[0].path_glob.matches(b"/exports/a/b"));
+    assert!(a.requests[0].path_glob.matches(b"/collections/exports/a/b"));
     assert!(a.requests[1].methods.is_empty());
-    assert!(a.requests[1].path_glob.matches(b"/admin/x"));
-    assert!(!a.requests[1].path_glob.matches(b"/admin/x/y"));
+    assert!(a.requests[1].path_glob.matches(b"/collections/admin/x"));
+    assert!(!a.requests[1].path_glob.matches(b"/collections/admin/x/y"));
     assert_eq!(a.exempt_groups, ["break-glass"]);
     assert_eq!(a.hold_ms, 5_000);
     assert_eq!(a.max_body_bytes, 4096);
@@ -965,11 +965,11 @@ fn exempt_group_names_are_non_empty_without_whitespace() {
 #[test]
 fn request_pattern_methods_must_be_known() {
     assert_rejected(
-        json!({"requests": [{"methods": ["FETCH"], "path_glob": "/x"}]}),
+        json!({"requests": [{"methods": ["FETCH"], "path_glob": "/collections/x"}]}),
         "resources[0].approval.requests[0].methods[0]",
     );
     assert_rejected(
-        json!({"requests": [{"path_glob": "/x"}, {"methods": ["GET", "PUTT"], "path_glob": "/y"}]}),
+        json!({"requests": [{"path_glob": "/collections/x"}, {"methods": ["GET", "PUTT"], "path_glob": "/collections/y"}]}),
         "resources[0].approval.requests[1].methods[1]",
     );
 }
@@ -994,7 +994,7 @@ fn approval_that_holds_nothing_is_rejected() {
     assert_rejected(json!({"write": false, "requests": []}), "resources[0].approval");
     // Exempt groups do not make it hold anything.
     assert_rejected(json!({"write": false, "exempt_groups": ["x"]}), "resources[0].approval");
-    assert!(!assert_accepted(json!({"write": false, "requests": [{"path_glob": "/x"}]})).write);
+    assert!(!assert_accepted(json!({"write": false, "requests": [{"path_glob": "/collections/x"}]})).write);
 }
 
 #[test]
@@ -1002,7 +1002,7 @@ fn unknown_approval_fields_are_rejected() {
     for (changes, field) in [
         (json!({"hold": 60}), "resources[0].approval.hold"),
         (json!({"grant": {"use": 2}}), "resources[0].approval.grant.use"),
-        (json!({"requests": [{"path_glob": "/x", "method": "GET"}]}), "resources[0].approval.requests[0].method"),
+        (json!({"requests": [{"path_glob": "/collections/x", "method": "GET"}]}), "resources[0].approval.requests[0].method"),
     ] {
         let errs = config_errors(&doc_with_approval(approval_json(changes)));
         assert_eq!(errs.len(), 1, "{errs:?}");

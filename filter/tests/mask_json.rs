@@ -838,6 +838,21 @@ fn ollama_prompts_are_masked_and_clean_ones_kept_as_sent() {
     assert!(mask_prompt(&m, br#"{"model":"m","prompt":"and then?","context":[128006,882,128007]}"#, &mut Counts::new()).is_err());
     let empty = br#"{"model":"m","prompt":"and then?","context":[]}"#;
     assert_eq!(mask_prompt(&m, empty, &mut Counts::new()).unwrap(), empty.to_vec());
+    // names in any case, as Go (Ollama) matches them
+    let mut counts = Counts::new();
+    let upper = br#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"pay","Arguments":{"card":4111111111111111}}}]}]}"#;
+    let out = String::from_utf8(mask_prompt(&m, upper, &mut counts).unwrap()).unwrap();
+    assert!(out.contains(r#""Arguments":{"card":"[PAYMENT_CARD]"}"#), "{out}");
+    assert!(mask_prompt(&m, br#"{"model":"m","prompt":"and then?","Context":[128006,882]}"#, &mut Counts::new()).is_err());
+    // a member given twice: refused, whichever copy holds the value (Go
+    // merges two objects, serde keeps the last)
+    for twice in [
+        &br#"{"model":"m","messages":[{"role":"assistant","content":"","tool_calls":[{"function":{"name":"pay","arguments":{"card":4111111111111111,"to":"jane.doe@example.com"},"arguments":{}}}]}]}"#[..],
+        br#"{"messages":[{"role":"user","content":"mail jane.doe@example.com"}],"messages":[{"role":"user","content":"hi"}]}"#,
+    ] {
+        let e = mask_prompt(&m, twice, &mut Counts::new()).unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+    }
     // nothing to mask: the bytes as sent (members in their order, numbers as written)
     let clean = br#"{"model":"m","format":{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}},"required":["reasoning","answer"]},"options":{"temperature":1E0,"seed":18446744073709551617},"messages":[{"role":"user","content":"why?"}]}"#;
     assert_eq!(mask_prompt(&m, clean, &mut Counts::new()).unwrap(), clean.to_vec());

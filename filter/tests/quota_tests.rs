@@ -557,6 +557,20 @@ fn an_ollama_answer_without_its_counts_is_estimated_not_searched_for_usage() {
 }
 
 #[test]
+fn ollama_counts_out_of_ollamas_order_in_a_long_line_are_estimated() {
+    let long = format!(r#"{{"role":"assistant","content":"{}","tool_calls":[{{"function":{{"name":"f","arguments":{{"usage":{{"prompt_tokens":1,"completion_tokens":1}}}}}}}}]}}"#, "word ".repeat(4000));
+    // members sorted by name (a re-encoding proxy): eval_count is out of the tail
+    let sorted = format!(r#"{{"created_at":"t","done":true,"done_reason":"stop","eval_count":5000,"eval_duration":900,"load_duration":1200,"message":{long},"model":"llama3","prompt_eval_count":26,"prompt_eval_duration":300,"total_duration":4200000}}"#);
+    assert_eq!(usage_from_tail(sorted.as_bytes()), usage(26, 5000, 5026), "the whole line");
+    let tail = &sorted.as_bytes()[sorted.len() - TAIL_BYTES..];
+    assert_eq!(usage_from_tail(tail), None);
+    // a member after the metrics: Ollama's, so never the model's usage
+    let after = format!(r#"{},"model_version":"x"}}"#, ollama_done(&long, Some(26), Some(5000)).trim_end_matches('}'));
+    assert_eq!(usage_from_tail(&after.as_bytes()[after.len() - TAIL_BYTES..]), None);
+    assert_eq!(usage_from_tail(after.as_bytes()), usage(26, 5000, 5026), "the whole line");
+}
+
+#[test]
 fn max_output_tokens_of_the_responses_api_counts() {
     assert_eq!(requested_max_tokens(br#"{"model":"m","input":"hi","max_output_tokens":700}"#), Some(700));
     assert_eq!(requested_max_tokens(br#"{"max_tokens":10,"max_output_tokens":700}"#), Some(700));
@@ -896,6 +910,10 @@ fn requested_max_tokens_reads_ollama_num_predict() {
     }
     // a no-limit num_predict does not hide a max_tokens
     assert_eq!(m(json!({"options": {"num_predict": -1}, "max_tokens": 64})), Some(64));
+    // Go matches member names in any case: the largest count of any spelling
+    assert_eq!(m(json!({"Options": {"num_predict": 100_000}, "options": {"temperature": 0}})), Some(100_000));
+    assert_eq!(m(json!({"Max_Tokens": 900, "max_tokens": 10})), Some(900));
+    assert_eq!(m(json!({"max_tokens": 10, "N": 3})), Some(30));
 }
 
 // ---------------------------------------------------------------------------
