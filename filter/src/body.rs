@@ -286,6 +286,26 @@ impl<'de> serde::de::Visitor<'de> for Strict {
     }
 }
 
+/// Whether the member name `name` is `ascii` as Go's `encoding/json`
+/// matches member names to struct fields (`bytes.EqualFold`): ASCII case
+/// ignored, and the two non-ASCII letters that fold to ASCII ones, `ſ`
+/// (U+017F, `s`) and the Kelvin sign (U+212A, `k`). Ollama reads requests so.
+pub fn go_name_eq(name: &str, ascii: &str) -> bool {
+    let mut want = ascii.bytes();
+    for c in name.chars() {
+        let folded = match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c => c.to_ascii_lowercase(),
+        };
+        match want.next() {
+            Some(b) if folded.is_ascii() && u32::from(folded) == u32::from(b.to_ascii_lowercase()) => {}
+            _ => return false,
+        }
+    }
+    want.next().is_none()
+}
+
 /// Masks the prompt of an LLM request body (`requests: chat_messages`) and
 /// gives the body to send upstream (re-serialized).
 ///
@@ -324,7 +344,7 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
     // legacy completions `prompt`, embeddings and Responses `input`; the
     // conversation Ollama's `/api/generate` continues (`context`); any case,
     // as Go's encoding/json matches member names
-    let prompt_key = |k: &String| ["prompt", "input", "context"].iter().any(|p| k.eq_ignore_ascii_case(p));
+    let prompt_key = |k: &String| ["prompt", "input", "context"].iter().any(|p| go_name_eq(k, p));
     if obj.iter().any(|(k, v)| prompt_key(k) && token_ids(v)) {
         return Err("a prompt given as token ids cannot be masked; send it as text".into());
     }
@@ -362,10 +382,10 @@ fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {
                             }
                         }
                     }
-                    (k, Value::String(s)) if k.eq_ignore_ascii_case("arguments") => *s = masker.mask_tool_arguments(s, counts),
+                    (k, Value::String(s)) if go_name_eq(k, "arguments") => *s = masker.mask_tool_arguments(s, counts),
                     // (Ollama writes tool-call arguments as an object; Go
                     // matches member names in any case)
-                    (k, input @ Value::Object(_)) if k.eq_ignore_ascii_case("input") || k.eq_ignore_ascii_case("arguments") => {
+                    (k, input @ Value::Object(_)) if go_name_eq(k, "input") || go_name_eq(k, "arguments") => {
                         let masked = masker.mask_tool_arguments(&input.to_string(), counts);
                         // a JSON object masked as JSON stays one
                         *input = serde_json::from_str(&masked).unwrap_or(Value::String(masked));
@@ -391,6 +411,16 @@ mod tests {
             max_buffer_bytes: 1024,
             reject_over_limit: true,
             pass_other_types: false,
+        }
+    }
+
+    #[test]
+    fn member_names_fold_as_go_folds_them() {
+        for (name, ascii) in [("arguments", "arguments"), ("Arguments", "arguments"), ("argument\u{17f}", "arguments"), ("max_to\u{212a}ens", "max_tokens"), ("OPTIONS", "options")] {
+            assert!(go_name_eq(name, ascii), "{name}");
+        }
+        for (name, ascii) in [("argument", "arguments"), ("argumentss", "arguments"), ("argumenté", "argumente"), ("", "a"), ("options ", "options")] {
+            assert!(!go_name_eq(name, ascii), "{name}");
         }
     }
 

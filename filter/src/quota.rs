@@ -414,10 +414,9 @@ const OLLAMA_METRICS: [&[u8]; 6] = [b"total_duration", b"load_duration", b"promp
 /// object (one that is not a non-negative integer: no counts), else those
 /// among the metric members at its end (read back to the first member that
 /// is not a metric), if these are in Ollama's order (else no counts). A
-/// line without that ending that names `eval_count` or `prompt_eval_count`
-/// (unescaped) is Ollama's too: a whole object with `"done": true` and a
-/// numeric `eval_count` (a server that orders the members otherwise) gives
-/// its top-level counts, anything else no counts.
+/// line without that ending gives the top-level counts of a whole object
+/// with `"done": true` and a numeric `eval_count` (a server that orders the
+/// members otherwise); anything else is not Ollama's answer.
 fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
     let t = tail.trim_ascii_end();
     let line = t.get(memchr::memrchr(b'\n', t).map_or(0, |i| i + 1)..)?;
@@ -470,15 +469,14 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
         let (p, c) = (prompt.unwrap_or(0), completion.unwrap_or(0));
         return Some(Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: p.saturating_add(c), estimated: false }));
     }
-    // (every JSON response's tail comes here: parse only an Ollama one)
-    memchr::memmem::find(line, b"eval_count\"")?;
-    // Ollama's counts written out of place: its answer or estimated, never
-    // a `usage` key (a model writes Ollama's tool-call argument objects)
-    let Ok(o) = serde_json::from_slice::<Map<String, Value>>(line) else { return Some(None) };
+    // (every JSON response's tail comes here: parse only an Ollama one; a
+    // string that merely names eval_count, as any answer may, is not one)
+    memchr::memmem::find(line, b"\"eval_count\"")?;
+    let o: Map<String, Value> = serde_json::from_slice(line).ok()?;
     if o.get("done") != Some(&Value::Bool(true)) {
-        return Some(None);
+        return None;
     }
-    let Some(completion_tokens) = o.get("eval_count").and_then(Value::as_u64) else { return Some(None) };
+    let completion_tokens = o.get("eval_count")?.as_u64()?;
     let prompt_tokens = o.get("prompt_eval_count").and_then(Value::as_u64).unwrap_or(0);
     Some(Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens), estimated: false }))
 }
@@ -592,10 +590,10 @@ pub fn lax_true(v: &Value) -> bool {
 pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let o = v.as_object()?;
-    // Member names in any case: Go's encoding/json (Ollama, its OpenAI API
-    // too) matches them so; the largest of several counts.
+    // Member names as Go's encoding/json (Ollama, its OpenAI API too)
+    // matches them (`body::go_name_eq`); the largest of several counts.
     fn members<'a>(o: &'a Map<String, Value>, key: &'static str) -> impl Iterator<Item = &'a Value> {
-        o.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+        o.iter().filter(move |(k, _)| crate::body::go_name_eq(k, key)).map(|(_, v)| v)
     }
     let num_predict = members(o, "options")
         .filter_map(|opts| opts.as_object())

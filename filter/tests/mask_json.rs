@@ -844,6 +844,9 @@ fn ollama_prompts_are_masked_and_clean_ones_kept_as_sent() {
     let out = String::from_utf8(mask_prompt(&m, upper, &mut counts).unwrap()).unwrap();
     assert!(out.contains(r#""Arguments":{"card":"[PAYMENT_CARD]"}"#), "{out}");
     assert!(mask_prompt(&m, br#"{"model":"m","prompt":"and then?","Context":[128006,882]}"#, &mut Counts::new()).is_err());
+    let folded = "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"pay\",\"argument\u{17f}\":{\"card\":4111111111111111}}}]}]}";
+    let out = String::from_utf8(mask_prompt(&m, folded.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert!(out.contains("[PAYMENT_CARD]") && !out.contains("4111111111111111"), "{out}");
     // a member given twice: refused, whichever copy holds the value (Go
     // merges two objects, serde keeps the last)
     for twice in [

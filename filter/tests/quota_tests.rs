@@ -564,10 +564,23 @@ fn ollama_counts_out_of_ollamas_order_in_a_long_line_are_estimated() {
     assert_eq!(usage_from_tail(sorted.as_bytes()), usage(26, 5000, 5026), "the whole line");
     let tail = &sorted.as_bytes()[sorted.len() - TAIL_BYTES..];
     assert_eq!(usage_from_tail(tail), None);
-    // a member after the metrics: Ollama's, so never the model's usage
-    let after = format!(r#"{},"model_version":"x"}}"#, ollama_done(&long, Some(26), Some(5000)).trim_end_matches('}'));
-    assert_eq!(usage_from_tail(&after.as_bytes()[after.len() - TAIL_BYTES..]), None);
-    assert_eq!(usage_from_tail(after.as_bytes()), usage(26, 5000, 5026), "the whole line");
+}
+
+#[test]
+fn answers_that_merely_name_eval_count_keep_their_usage() {
+    // Anthropic, one line: text (or tool input) naming Ollama's member
+    let anthropic = r#"{"content":[{"type":"text","text":"the field is eval_count"},{"type":"tool_use","input":{"eval_count":1}}],"id":"msg_1","type":"message","usage":{"input_tokens":50000,"output_tokens":30000}}"#;
+    assert_eq!(usage_from_tail(anthropic.as_bytes()), usage(50000, 30000, 80000));
+    // the Responses API echoes the caller's metadata in its final event
+    let responses = concat!(
+        r#"data: {"type":"response.completed","response":{"metadata":{"tag":"eval_count"},"usage":{"input_tokens":10,"output_tokens":5000,"total_tokens":5010}},"sequence_number":42}"#,
+        "
+
+"
+    );
+    assert_eq!(usage_from_tail(responses.as_bytes()), usage(10, 5000, 5010));
+    let chat = json!({"choices": [{"message": {"content": "see retrieval_count"}}], "usage": {"prompt_tokens": 7, "completion_tokens": 3}});
+    assert_eq!(usage_from_tail(chat.to_string().as_bytes()), usage(7, 3, 10));
 }
 
 #[test]
@@ -914,6 +927,8 @@ fn requested_max_tokens_reads_ollama_num_predict() {
     assert_eq!(m(json!({"Options": {"num_predict": 100_000}, "options": {"temperature": 0}})), Some(100_000));
     assert_eq!(m(json!({"Max_Tokens": 900, "max_tokens": 10})), Some(900));
     assert_eq!(m(json!({"max_tokens": 10, "N": 3})), Some(30));
+    assert_eq!(m(json!({"max_to\u{212a}ens": 900})), Some(900), "Go folds the Kelvin sign to k");
+    assert_eq!(m(json!({"option\u{17f}": {"num_predict": 700}})), Some(700), "and ſ to s");
 }
 
 // ---------------------------------------------------------------------------
