@@ -337,10 +337,10 @@ pub struct Usage {
 /// complete usage (the caller estimates). Taking the largest means an echo
 /// of caller-chosen members can only raise the charge. Plain text containing
 /// `"usage": {...}` would be read as usage, so the filter reads usage only
-/// from JSON and event-stream responses. An Ollama answer (see
-/// [`usage_from_lines`]) is never searched for `"usage"`: Ollama writes
-/// tool-call arguments as JSON objects, whose `"usage"` keys the model
-/// chooses; its own counts are read, or the caller estimates.
+/// from JSON and event-stream responses. An answer that ends in Ollama's
+/// counts (see [`usage_from_lines`]) is never searched for `"usage"`:
+/// Ollama writes tool-call arguments as JSON objects, whose `"usage"` keys
+/// the model chooses; its own counts are read, or the caller estimates.
 pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     if let Some(counts) = ollama_usage(tail) {
         return counts;
@@ -431,7 +431,7 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
         let Some(head) = head.trim_ascii_end().strip_suffix(b":").map(<[u8]>::trim_ascii_end) else { break };
         let Some(head) = head.strip_suffix(b"\"") else { break };
         let Some(open) = memchr::memrchr(b'"', head) else { break };
-        let (before, name) = head.split_at(open);
+        let Some((before, name)) = head.split_at_checked(open) else { break };
         let name = name.get(1..).unwrap_or_default();
         let Some(at) = OLLAMA_METRICS.iter().position(|m| *m == name).filter(|_| digits > 0) else { break };
         ordered &= at < next;
