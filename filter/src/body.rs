@@ -225,64 +225,76 @@ fn signed_thinking(block: &serde_json::Map<String, Value>) -> bool {
     }
 }
 
-/// Checks that `body` is one strict JSON document (RFC 8259) that every
+/// Reads `body` as one strict JSON document (RFC 8259) that every
 /// backend reads the same way: no member name twice in an object (RFC 8259
 /// §4 leaves that to the reader: Go merges two `options` objects, serde and
 /// Python keep the last), no lone UTF-16 surrogate in a `\u` escape, at
-/// most 128 levels of nesting (serde_json's limit). Errors: what is wrong,
-/// with its line and column.
-pub fn strict_json(body: &[u8]) -> Result<(), String> {
+/// most 128 levels of nesting (serde_json's limit). Returns the document
+/// (one pass: the check and the parse). Errors: what is wrong, with its
+/// line and column.
+pub fn strict_json(body: &[u8]) -> Result<Value, String> {
     use serde::Deserialize;
     let mut de = serde_json::Deserializer::from_slice(body);
-    Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())
+    let Strict(v) = Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(v)
 }
 
-/// A JSON value read and dropped by [`strict_json`].
-struct Strict;
+/// A JSON value read by [`strict_json`].
+struct Strict(Value);
 
 impl<'de> serde::Deserialize<'de> for Strict {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
-        d.deserialize_any(Strict)
+        d.deserialize_any(StrictVisitor)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Strict {
+/// Builds a [`Strict`] value, refusing a member name given twice.
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     type Value = Strict;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_bool<E>(self, b: bool) -> Result<Strict, E> {
+        Ok(Strict(Value::Bool(b)))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_i64<E>(self, n: i64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(n)))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_u64<E>(self, n: u64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(n)))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_f64<E>(self, n: f64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(n)))
     }
-    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
-        Ok(Strict)
+    fn visit_str<E>(self, s: &str) -> Result<Strict, E> {
+        Ok(Strict(Value::String(s.to_owned())))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Strict, E> {
+        Ok(Strict(Value::String(s)))
     }
     fn visit_unit<E>(self) -> Result<Strict, E> {
-        Ok(Strict)
+        Ok(Strict(Value::Null))
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Strict, A::Error> {
-        while items.next_element::<Strict>()?.is_some() {}
-        Ok(Strict)
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = items.next_element::<Strict>()? {
+            out.push(v);
+        }
+        Ok(Strict(Value::Array(out)))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<Strict, A::Error> {
-        let mut seen = std::collections::HashSet::new();
+        let mut out = serde_json::Map::new();
         while let Some(name) = members.next_key::<String>()? {
-            if !seen.insert(name.clone()) {
+            if out.contains_key(&name) {
                 return Err(serde::de::Error::custom(format!("member {name:?} given twice")));
             }
-            members.next_value::<Strict>()?;
+            let Strict(v) = members.next_value::<Strict>()?;
+            out.insert(name, v);
         }
-        Ok(Strict)
+        Ok(Strict(Value::Object(out)))
     }
 }
 
@@ -334,8 +346,7 @@ pub fn go_name_eq(name: &str, ascii: &str) -> bool {
 /// cannot be masked).
 pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
     // (a member given twice would pass as sent when its last copy is clean)
-    strict_json(body)?;
-    let mut v: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let mut v = strict_json(body)?;
     let Some(obj) = v.as_object_mut() else { return Err("not a JSON object".into()) };
     let token_ids = |p: &Value| match p {
         Value::Array(items) => items.iter().any(|i| i.is_number() || i.as_array().is_some_and(|a| a.iter().any(Value::is_number))),
@@ -427,7 +438,8 @@ mod tests {
     #[test]
     fn strict_json_refuses_what_backends_read_differently() {
         for ok in [&br#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":1}]}"#[..], b"[]", b" 1 ", br#""\ud83d\ude00""#, b"{}"] {
-            assert_eq!(strict_json(ok), Ok(()), "{}", String::from_utf8_lossy(ok));
+            let lenient: Value = serde_json::from_slice(ok).expect("valid JSON");
+            assert_eq!(strict_json(ok), Ok(lenient), "{}", String::from_utf8_lossy(ok));
         }
         let deep = format!("{}1{}", "[".repeat(129), "]".repeat(129));
         let bad: [&[u8]; 8] = [br#"{"a":1,"a":2}"#, br#"{"x":{"options":{},"options":{}}}"#, br#""\ud800""#, deep.as_bytes(), b"{} {}", b"NaN", b"\xef\xbb\xbf{}", b""];

@@ -588,7 +588,12 @@ pub fn lax_true(v: &Value) -> bool {
 /// Parameters and Values". Member names count in any case (Go matches them
 /// so; `num_predict` inside `options` exactly, as Ollama reads it).
 pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
-    let v: Value = serde_json::from_slice(body).ok()?;
+    requested_max_tokens_in(&serde_json::from_slice(body).ok()?)
+}
+
+/// [`requested_max_tokens`] of a request body already read (e.g. by
+/// `body::strict_json`).
+pub fn requested_max_tokens_in(v: &Value) -> Option<u64> {
     let o = v.as_object()?;
     // Member names as Go's encoding/json (Ollama, its OpenAI API too)
     // matches them (`body::go_name_eq`); the largest of several counts.

@@ -954,15 +954,21 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     if let Some(plan) = pending_quota {
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let ctype = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type").ok().flatten();
-        if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) && body::strict_json(&body).is_err() {
-            // A lenient backend (Python's json: NaN, a BOM; Go: both copies
-            // of a member given twice merged) would read what the quota
-            // could not: its max_tokens, n and stream.
-            refuse(worker, context_id, Denial { status: 400, reason: "invalid_json", detail: "the request body of a quota resource must be strict JSON (RFC 8259), each member name once".into() });
-            return Action::Pause;
-        }
+        let asked = if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) {
+            match body::strict_json(&body) {
+                Ok(doc) => quota::requested_max_tokens_in(&doc),
+                Err(_) => {
+                    // A lenient backend (Python's json: NaN, a BOM; Go: both
+                    // copies of a member given twice merged) would read what
+                    // the quota could not: its max_tokens, n and stream.
+                    refuse(worker, context_id, Denial { status: 400, reason: "invalid_json", detail: "the request body of a quota resource must be strict JSON (RFC 8259), each member name once".into() });
+                    return Action::Pause;
+                }
+            }
+        } else {
+            quota::requested_max_tokens(&body)
+        };
         let q = &plan.quota;
-        let asked = quota::requested_max_tokens(&body);
         let max_tokens = if q.check_max_tokens { asked } else { None };
         let reserved = quota::reservation(body.len(), asked.filter(|m| *m != u64::MAX));
         let path = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten().unwrap_or_default();
@@ -1800,8 +1806,8 @@ impl HttpContext for Stream {
         }
         let ctype = head.ctype.as_deref().unwrap_or_default().to_ascii_lowercase();
         let usage_body = ctype.windows(4).any(|w| w == b"json") || ctype.windows(12).any(|w| w == b"event-stream");
-        let media = ctype.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
-        let usage_lines = body::JSON_LINES.iter().any(|t| t.as_bytes() == media);
+        let media = body::media_type(&ctype);
+        let usage_lines = body::JSON_LINES.contains(&media.as_str());
         if let Some(d) = self.worker.borrow_mut().as_mut().and_then(|w| w.drafts.get_mut(&self.context_id)) {
             d.usage_body = usage_body;
             d.usage_lines = usage_lines;
