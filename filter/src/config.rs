@@ -1066,7 +1066,9 @@ impl RawConfig {
                     .map(|(_, n)| *n)
                     .collect();
                 let given = if set.is_empty() { "none is set".to_string() } else { format!("{} are set", set.join(" and ")) };
-                errs.add(format!("{at}.jwks"), format!("set exactly one of jwks (inline), jwks_uri, or discovery: true ({given})"));
+                // the field named is one of those given (the last), or `jwks` when none is
+                let field = set.last().copied().unwrap_or("jwks");
+                errs.add(format!("{at}.{field}"), format!("set exactly one of jwks (inline), jwks_uri, or discovery: true ({given})"));
                 KeySource::Inline(std::rc::Rc::default())
             } else if let Some(doc) = p.jwks {
                 if p.cluster.is_some() {

@@ -277,11 +277,15 @@ fn token_header_is_a_valid_non_authorization_name() {
 fn exactly_one_key_source() {
     let none = with(with(base(), &p0("jwks_uri"), Value::Null), &p0("cluster"), Value::Null);
     assert_rejected(none, "providers[0].jwks");
+    // the error names a field that was given, not one that was not
     let two = with(base(), &p0("discovery"), json!(true));
-    assert_rejected(two, "providers[0].jwks");
+    assert_rejected(two, "providers[0].discovery");
+    let jwk = ES256KeyPair::generate().public_key().to_jwk();
+    let inline_and_uri = with(base(), &p0("jwks"), jwks(&[jwk]));
+    assert_rejected(inline_and_uri, "providers[0].jwks_uri");
     let jwk = ES256KeyPair::generate().public_key().to_jwk();
     let three = with(with(base(), &p0("discovery"), json!(true)), &p0("jwks"), jwks(&[jwk]));
-    assert_rejected(three, "providers[0].jwks");
+    assert_rejected(three, "providers[0].discovery");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct ClientArgs {
     /// Base URL of the approval service.
-    #[arg(long, env = "NHI_GATE_APPROVALS_URL", default_value = "http://127.0.0.1:9402")]
+    #[arg(long, env = "NHI_GATE_APPROVALS_URL", hide_env_values = true, default_value = "http://127.0.0.1:9402")]
     url: String,
     /// Approver bearer token.
     #[arg(long, env = "NHI_GATE_APPROVER_TOKEN", hide_env_values = true)]
