@@ -647,12 +647,37 @@ pub trait SharedStore {
     /// The value under `key` and its CAS token; `(None, None)` when absent.
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Stores `value` if the key's CAS token is still `cas`; `cas: None`
-    /// writes unconditionally (Envoy has no "create only if absent", so two
-    /// workers creating the same key at once may lose one update: a single
-    /// request's count, once per identity and resource, as keys are never
-    /// removed).
+    /// writes unconditionally. As in Envoy, a key that does not exist yet
+    /// is created whatever `cas` is (proxy-wasm-cpp-host
+    /// `src/shared_data.cc`, `SharedData::set`): see [`SharedStore::create`].
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+
+    /// Stores `value` under `key` only if the key is still absent;
+    /// `Err(CasMismatch)` when another worker created it since it was read.
+    ///
+    /// Envoy has no "create only if absent", and ignores the CAS token of a
+    /// write to a key that does not exist. Its CAS tokens come from one
+    /// counter that every shared-data write advances (by one, skipping 0).
+    /// So this writes [`CAS_PROBE_KEY`] to learn the counter, then writes
+    /// `key` with a token half the counter's range behind it: an absent key
+    /// is created; a key another worker created meanwhile carries a token
+    /// within a few writes of the counter, never that one, and the write
+    /// fails as a lost race. (Before, two workers creating one counter at
+    /// once each wrote over the other: one admission was lost.)
+    fn create(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.set(CAS_PROBE_KEY, b"", None)?;
+        let (_, Some(now)) = self.get(CAS_PROBE_KEY) else { return Err(StoreError::Failed) };
+        let stale = match now.wrapping_sub(1 << 31) {
+            0 => 1,
+            t => t,
+        };
+        self.set(key, value, Some(stale))
+    }
 }
+
+/// The shared-data key [`SharedStore::create`] writes to read Envoy's
+/// current CAS token.
+pub const CAS_PROBE_KEY: &str = "nhi-gate/cas-probe";
 
 /// Why an [`update`] did not write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -682,7 +707,11 @@ where
         let (value, cas) = store.get(key);
         let counter = Counter::parse(value.as_deref().unwrap_or_default()).current(window, now_s);
         let next = step(counter).map_err(UpdateError::Refused)?;
-        match store.set(key, &next.encode(), cas) {
+        let written = match value {
+            Some(_) => store.set(key, &next.encode(), cas),
+            None => store.create(key, &next.encode()),
+        };
+        match written {
             Ok(()) => return Ok(next),
             Err(StoreError::CasMismatch) => continue,
             Err(StoreError::Failed) => return Err(UpdateError::Unavailable(format!("shared data refused the write of {key}"))),

@@ -10,7 +10,7 @@ use common::*;
 use nhi_gate::config::{Config, Quota};
 use nhi_gate::quota::{
     admit, check, counter_key, debit, duration, ensure_include_usage, estimate, key_missing, key_value, ratelimit_headers,
-    requested_max_tokens, streams_usage_on_request, unavailable, update, usage_from_lines, usage_from_tail, Counter, Exceeded, SharedStore, StoreError, UpdateError,
+    requested_max_tokens, streams_usage_on_request, unavailable, update, usage_from_lines, usage_from_tail, Counter, Exceeded, SharedStore, StoreError, UpdateError, CAS_PROBE_KEY,
     Usage, Window, CAS_ATTEMPTS, KEY_PREFIX, MAX_REQUESTS_BUDGET, MAX_TOKENS_BUDGET, TAIL_BYTES,
 };
 use proptest::prelude::*;
@@ -949,7 +949,8 @@ struct FakeStore {
 
 impl FakeStore {
     fn put(&self, key: &str, value: &[u8]) {
-        self.next_cas.set(self.next_cas.get() + 1);
+        // (Envoy's counter wraps and skips 0, "not a valid CAS value")
+        self.next_cas.set(self.next_cas.get().wrapping_add(1).max(1));
         self.data.borrow_mut().insert(key.to_string(), (value.to_vec(), self.next_cas.get()));
     }
     fn value(&self, key: &str) -> Option<Counter> {
@@ -969,9 +970,10 @@ impl SharedStore for FakeStore {
         if self.refuse.get() {
             return Err(StoreError::Failed);
         }
-        if self.interfere.get() > 0 {
+        if self.interfere.get() > 0 && key != CAS_PROBE_KEY {
             self.interfere.set(self.interfere.get() - 1);
-            let theirs = self.data.borrow().get(key).map(|(v, _)| Counter::parse(v)).unwrap_or_default();
+            // (a key they create holds this hour's counter)
+            let theirs = self.data.borrow().get(key).map(|(v, _)| Counter::parse(v)).unwrap_or(counter(HOUR_START, 0, 0));
             self.put(key, &debit(theirs, 10).encode());
         }
         let current = self.data.borrow().get(key).map(|(_, c)| *c);
@@ -998,6 +1000,31 @@ fn update_creates_then_updates_the_counter() {
     assert_eq!(update(&store, &key, q.window, NOW, |c| Ok::<_, ()>(debit(c, 30))), Ok(counter(HOUR_START, 30, 1)));
     assert_eq!(store.value(&key), Some(counter(HOUR_START, 30, 1)));
     assert_eq!(store.data.borrow()[&key].0, b"1699999200 30 1");
+}
+
+#[test]
+fn creating_a_counter_never_writes_over_one_another_worker_created() {
+    // Both workers read the key as absent; the other one creates it first
+    // (+10). Envoy ignores a CAS token on an absent key, so a plain write
+    // would replace theirs; the create fails as a lost race instead and the
+    // retry adds to their count.
+    let store = FakeStore::default();
+    let key = counter_key("r", "acme/app");
+    store.interfere.set(1);
+    let out = update(&store, &key, Window::Hour, NOW, |c| Ok::<_, ()>(debit(admit(c), 7)));
+    assert_eq!(out, Ok(counter(HOUR_START, 17, 1)));
+    assert_eq!(store.value(&key), Some(counter(HOUR_START, 17, 1)));
+    // an absent key with no one else writing is simply created
+    let other = counter_key("r", "acme/other");
+    assert_eq!(update(&store, &other, Window::Hour, NOW, |c| Ok::<_, ()>(admit(c))), Ok(counter(HOUR_START, 0, 1)));
+    // the probe's token is never the stale one, even where the counter wraps
+    for start in [0u32, 1, 1 << 31, (1 << 31) + 1, u32::MAX - 1] {
+        let store = FakeStore::default();
+        store.next_cas.set(start);
+        store.interfere.set(1);
+        let out = update(&store, &key, Window::Hour, NOW, |c| Ok::<_, ()>(admit(c)));
+        assert_eq!(out, Ok(counter(HOUR_START, 10, 1)), "counter at {start}");
+    }
 }
 
 #[test]
@@ -1086,7 +1113,7 @@ fn keys_stay_fixed_across_windows() {
             update(&store, &key, q.window, now, |c| Ok::<_, ()>(debit(c, 7))).unwrap();
         }
     }
-    assert_eq!(store.data.borrow().len(), 2, "one key per identity, whatever the number of windows");
+    assert_eq!(store.data.borrow().keys().filter(|k| *k != CAS_PROBE_KEY).count(), 2, "one key per identity, whatever the number of windows");
     assert_eq!(store.value(&counter_key("r", "acme/app")), Some(counter(Window::Minute.start(NOW + 499 * 60), 7, 1)));
 }
 
