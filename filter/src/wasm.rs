@@ -153,7 +153,7 @@ fn queued_add(delta: i64, limit: Option<u64>) -> bool {
         if limit.is_some_and(|l| next > l) {
             return false;
         }
-        if hostcalls::set_shared_data(AUDIT_QUEUED_KEY, Some(next.to_string().as_bytes()), cas).is_ok() {
+        if shared_write(AUDIT_QUEUED_KEY, next.to_string().as_bytes(), cas).is_ok() {
             return true;
         }
     }
@@ -255,7 +255,7 @@ impl Lease {
     /// Writes with compare-and-swap; false when another worker wrote first.
     fn write(&self, key: &str) -> bool {
         let v = format!("{} {} {}", self.next_ms, self.failures, self.last_ok_ms);
-        hostcalls::set_shared_data(key, Some(v.as_bytes()), self.cas).is_ok()
+        shared_write(key, v.as_bytes(), self.cas).is_ok()
     }
 
     fn backoff_ms(failures: u32) -> u64 {
@@ -918,6 +918,19 @@ fn refuse_with(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, d: Denial,
 
 /// proxy-wasm shared data as the store of quota counters.
 struct HostStore;
+
+/// Compare-and-swap write of shared data read as `(value, cas)`: `cas: None`
+/// (the key was absent) creates the key only if it is still absent
+/// ([`quota::SharedStore::create`]: Envoy ignores the token of a write to an
+/// absent key, so a plain write would replace another worker's first write).
+/// `Err(CasMismatch)` when another worker wrote first.
+fn shared_write(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), quota::StoreError> {
+    use quota::SharedStore;
+    match cas {
+        Some(_) => HostStore.set(key, value, cas),
+        None => HostStore.create(key, value),
+    }
+}
 
 impl quota::SharedStore for HostStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
