@@ -337,8 +337,9 @@ pub fn go_name_eq(name: &str, ascii: &str) -> bool {
 /// object keys are left alone.
 ///
 /// A body with nothing masked is sent as it came; a masked one is
-/// re-serialized (object members sorted by name, numbers as serde_json
-/// writes them).
+/// re-serialized: object members in the order sent (serde_json's
+/// `preserve_order`: a JSON schema's property order steers the model's
+/// output), numbers and whitespace as serde_json writes them.
 ///
 /// Errors: the body is not strict JSON ([`strict_json`]: e.g. a member
 /// given twice) or not a JSON object, or its `prompt`, `input` or

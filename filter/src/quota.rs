@@ -454,13 +454,18 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
         // longer than the tail gives those at its end.
         if let Ok(o) = serde_json::from_slice::<Map<String, Value>>(line) {
             let (p, c) = (o.get("prompt_eval_count"), o.get("eval_count"));
-            if [p, c].into_iter().flatten().any(|v| v.as_u64().is_none()) {
+            // an answer still running (`"done": false`) has no final counts
+            // (`/api/embed` answers carry no `done`)
+            let running = o.get("done").is_some_and(|d| d != &Value::Bool(true));
+            if running || [p, c].into_iter().flatten().any(|v| v.as_u64().is_none()) {
                 return Some(None);
             }
             (prompt, completion) = (p.and_then(Value::as_u64), c.and_then(Value::as_u64));
-        } else if !ordered {
+        } else if !ordered || !rest.iter().any(|b| matches!(b, b',' | b'{')) {
             // not Ollama's order (members re-encoded, sorted): a count may
-            // sit earlier in the line, out of the tail
+            // sit earlier in the line, out of the tail; or the tail starts
+            // inside the metrics (nothing but a cut member before them), so
+            // one of them may be cut off
             return Some(None);
         }
         if prompt.is_none() && completion.is_none() {
@@ -533,7 +538,8 @@ pub fn streams_usage_on_request(path: &str) -> bool {
 /// already asked for, or a `stream_options` that is not an object (the
 /// upstream rejects that request anyway).
 ///
-/// Re-serializing may reorder members and rewrite numbers beyond 64-bit
+/// Re-serializing keeps members in the order sent (`stream_options` is
+/// added last) but may rewrite whitespace and numbers beyond 64-bit
 /// integers or doubles' exact range; the meaning of an OpenAI request is kept.
 /// The client then receives one more event than it asked for: the final one,
 /// with empty `choices` and the usage.

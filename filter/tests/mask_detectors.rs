@@ -820,7 +820,7 @@ fn private_key_tail_without_header() {
     let mut counts = Counts::new();
     let doc = serde_json::to_vec(&json!({"text": format!("{body}-----END PRIVATE KEY-----"), "id": 1})).expect("json");
     let out = m.mask_json(&doc, &mut counts).expect("masks");
-    assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"id":1,"text":"[PRIVATE_KEY]"}"#);
+    assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"text":"[PRIVATE_KEY]","id":1}"#);
     assert_eq!(counts.get("private_key"), Some(&1));
     for t in [
         // nothing before the footer, or a blank line before it

@@ -860,3 +860,21 @@ fn ollama_prompts_are_masked_and_clean_ones_kept_as_sent() {
     let clean = br#"{"model":"m","format":{"type":"object","properties":{"reasoning":{"type":"string"},"answer":{"type":"string"}},"required":["reasoning","answer"]},"options":{"temperature":1E0,"seed":18446744073709551617},"messages":[{"role":"user","content":"why?"}]}"#;
     assert_eq!(mask_prompt(&m, clean, &mut Counts::new()).unwrap(), clean.to_vec());
 }
+
+/// A masked request body keeps its members in the order sent: a JSON
+/// schema's property order steers the model's output (structured outputs,
+/// Ollama `format`), so a rewrite must not sort it.
+#[test]
+fn masked_prompts_keep_member_order() {
+    use nhi_gate::body::mask_prompt;
+    let m = masker(json!({}));
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"mail jane.doe@example.com"}],"response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"string"}},"required":["zeta","alpha"]}}},"max_tokens":9}"#;
+    let mut counts = Counts::new();
+    let out = String::from_utf8(mask_prompt(&m, body.as_bytes(), &mut counts).unwrap()).unwrap();
+    assert_eq!(out, body.replace("jane.doe@example.com", "[EMAIL]"));
+    assert_eq!(counts.get("email"), Some(&1));
+    // Ollama tool-call arguments (an object) keep theirs too
+    let body = r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":{"to":"jane.doe@example.com","amount":3,"cc":"x"}}}]}],"model":"m"}"#;
+    let out = String::from_utf8(mask_prompt(&m, body.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out, body.replace("jane.doe@example.com", "[EMAIL]"));
+}

@@ -465,7 +465,7 @@ fn lines_end_at_lf_only() {
     let (out, counts) = stream(&m, input.as_bytes(), &[10]);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "{\"done\":false,\"message\":{\"content\":\"mail [EMAIL]\",\"role\":\"assistant\"}}\r\n{\"message\":\r{\"content\":\"\"},\r\"done\":true}\r\n"
+        "{\"message\":{\"role\":\"assistant\",\"content\":\"mail [EMAIL]\"},\"done\":false}\r\n{\"message\":\r{\"content\":\"\"},\r\"done\":true}\r\n"
     );
     assert_eq!(counts.get("email"), Some(&1));
 }
@@ -512,7 +512,7 @@ fn an_over_long_line_is_withheld_whole() {
         let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first["error"]["code"], json!("unmaskable_event"));
         assert!(!text.contains("jane") && !text.contains("4111"));
-        assert!(text.ends_with("{\"done\":false,\"response\":\"mail [EMAIL]\"}\n{\"done\":true,\"response\":\"\"}\n"), "{}", &text[text.len().saturating_sub(200)..]);
+        assert!(text.ends_with("{\"response\":\"mail [EMAIL]\",\"done\":false}\n{\"response\":\"\",\"done\":true}\n"), "{}", &text[text.len().saturating_sub(200)..]);
         assert_eq!(counts.get("unmaskable_event"), Some(&1));
         outs.push(text);
     }

@@ -471,6 +471,21 @@ fn usage_of_ollama_answers() {
     assert_eq!(usage_from_tail(text.to_string().as_bytes()), None);
     let cut = stream.as_bytes();
     assert_eq!(usage_from_tail(&cut[cut.len() - 40..]), None);
+    // in Ollama's own member order (metrics last, as `json!` no longer
+    // sorts): a running line's counts are not final
+    let running = r#"{"model":"m","response":"Hi","done":false,"eval_count":7}"#;
+    assert_eq!(usage_from_tail(running.as_bytes()), None);
+    // a tail may start anywhere in the final line: it gives all the counts
+    // or none (estimated), never the part of them after a cut
+    let done = ollama_done(r#"{"role":"assistant","content":"Hi"}"#, Some(26), Some(298));
+    let whole = usage(26, 298, 324);
+    assert_eq!(usage_from_tail(done.as_bytes()), whole);
+    let from_reason = done.find(r#""done_reason""#).expect("member");
+    assert_eq!(usage_from_tail(&done.as_bytes()[from_reason..]), whole);
+    for start in 0..done.len() {
+        let got = usage_from_tail(&done.as_bytes()[start..]);
+        assert!(got.is_none() || got == whole, "tail from {start}: {got:?}");
+    }
     // a model's tool call cannot stand in for the counts: Ollama writes
     // arguments as objects, whose keys the model chooses
     let fake = json!({"message": {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f",
@@ -828,6 +843,18 @@ fn include_usage_is_added_to_streamed_requests() {
     let mut want = req.clone();
     want["stream_options"] = json!({"include_usage": true});
     assert_eq!(rewritten(req), want);
+}
+
+/// Adding `include_usage` leaves every other member where it was (a JSON
+/// schema's property order steers the model's output).
+#[test]
+fn include_usage_keeps_member_order() {
+    let body = r#"{"stream":true,"response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"properties":{"zeta":{"type":"string"},"alpha":{"type":"string"}}}}},"model":"m"}"#;
+    let out = String::from_utf8(ensure_include_usage(body.as_bytes()).expect("rewritten")).unwrap();
+    assert_eq!(out, body.replace(r#""model":"m"}"#, r#""model":"m","stream_options":{"include_usage":true}}"#));
+    let body = r#"{"stream":true,"stream_options":{"b":1,"include_usage":false,"a":2},"model":"m"}"#;
+    let out = String::from_utf8(ensure_include_usage(body.as_bytes()).expect("rewritten")).unwrap();
+    assert_eq!(out, r#"{"stream":true,"stream_options":{"b":1,"include_usage":true,"a":2},"model":"m"}"#);
 }
 
 #[test]
