@@ -878,3 +878,33 @@ fn masked_prompts_keep_member_order() {
     let out = String::from_utf8(mask_prompt(&m, body.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
     assert_eq!(out, body.replace("jane.doe@example.com", "[EMAIL]"));
 }
+
+/// In tool input the model chooses the object keys too, so they are masked
+/// like string values (OpenAI `arguments`, Anthropic `input`, Ollama's
+/// argument objects, in responses and requests); keys elsewhere are left
+/// alone.
+#[test]
+fn keys_inside_tool_input_are_masked() {
+    let m = masker(json!({}));
+    let args = r#"{"jane.doe@example.com":"owner","team":{"4111 1111 1111 1111":1,"b\u006fb@example.com":[2]},"ok":true}"#;
+    let want = json!({"[EMAIL]": "owner", "team": {"[PAYMENT_CARD]": 1, "[EMAIL]": [2]}, "ok": true});
+    let body = json!({"jane.doe@example.com": 1, "choices": [{"message": {"tool_calls": [{"function": {"name": "f", "arguments": args}}]}}]});
+    let (out, counts) = mask(&m, &body.to_string());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap(), want);
+    assert_eq!(v["jane.doe@example.com"], json!(1), "keys outside tool input are left alone");
+    assert_eq!((counts.get("email"), counts.get("payment_card")), (Some(&2), Some(&1)));
+    // Anthropic tool_use input, in the document
+    let body = format!(r#"{{"content":[{{"type":"tool_use","name":"f","input":{args}}}],"x":{{"jane.doe@example.com":2}}}}"#);
+    let (out, _) = mask(&m, &body);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["content"][0]["input"], want);
+    assert_eq!(v["x"], json!({"jane.doe@example.com": 2}));
+    assert!(out.matches("jane.doe").count() == 1 && !out.contains("006fb") && !out.contains("4111"), "{out}");
+    // a request: Ollama's argument objects and OpenAI's argument strings
+    let req = format!(r#"{{"model":"m","messages":[{{"role":"assistant","tool_calls":[{{"function":{{"name":"f","arguments":{args}}}}},{{"function":{{"name":"g","arguments":{}}}}}]}}]}}"#, serde_json::to_string(args).unwrap());
+    let out: Value = serde_json::from_slice(&nhi_gate::body::mask_prompt(&m, req.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    let calls = &out["messages"][0]["tool_calls"];
+    assert_eq!(calls[0]["function"]["arguments"], want);
+    assert_eq!(serde_json::from_str::<Value>(calls[1]["function"]["arguments"].as_str().unwrap()).unwrap(), want);
+}

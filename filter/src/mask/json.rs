@@ -627,6 +627,43 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     Ok((k, ws(src, p + 1), kind))
 }
 
+/// Masks the object key whose opening quote is at `pos`, as a string value
+/// is masked: in tool input (tool-call arguments, `input` objects), where
+/// the model chooses the keys (`{"jane.doe@example.com": "owner"}`). Two
+/// keys may then become one (`"[EMAIL]"` twice): a decoder keeps one of
+/// their values, never the value's key. `scratch`: the decode buffer,
+/// candidates and masking buffer the caller reuses.
+///
+/// Errors: an unterminated or invalid key string.
+fn mask_key(
+    inner: &Inner,
+    text: &str,
+    src: &[u8],
+    pos: usize,
+    w: &mut Writer,
+    scratch: (&mut String, &mut Vec<detectors::Cand>, &mut String),
+    tally: &mut Tally,
+) -> Result<(), MaskError> {
+    let (dec, cands, tmp) = scratch;
+    if at(src, pos) != b'"' {
+        return Err(MaskError::new(pos, "expected a string key"));
+    }
+    let (end, esc) = scan_key(src, pos + 1)?;
+    let decoded = if esc {
+        decode_into(text, src, pos + 1, end, dec)?;
+        dec.as_str()
+    } else {
+        text.get(pos + 1..end).unwrap_or("")
+    };
+    if inner.find(decoded, cands) {
+        w.copy_to(src, pos);
+        inner.quote_masked(decoded, !esc, cands, &mut w.out, tmp, tally);
+        w.copied = end + 1;
+        w.changed = true;
+    }
+    Ok(())
+}
+
 /// A streamed text field of an SSE chunk or a JSON line, by array
 /// positions (not by the `index` members): the strings the SSE and
 /// JSON-lines maskers join across events and lines.
@@ -765,8 +802,9 @@ pub(crate) const WITHHELD_ARGUMENTS: &str = "\"[ARGUMENTS]\"";
 /// Masks tool-call arguments `doc` (a JSON document in a string: OpenAI
 /// chat `tool_calls[].function.arguments`, Responses API `function_call`
 /// items) found at nesting `depth` (0: in a body or stream). As JSON:
-/// decoded string values, and numbers too (a card number may be written as
-/// a JSON number), the result still JSON. Not JSON: masked as text when it
+/// decoded string values, and numbers and object keys too (a card number
+/// may be written as a JSON number; the model chooses the keys,
+/// [`mask_key`]), the result still JSON. Not JSON: masked as text when it
 /// holds no `\` (escapes could hide a value from text detectors: `\n4111…`,
 /// `\u0040`), else withheld as a whole ([`WITHHELD_ARGUMENTS`], counted as
 /// `arguments`). `None`: unchanged.
@@ -788,7 +826,7 @@ pub(crate) fn mask_arguments(inner: &Inner, doc: &[u8], depth: u8, counts: &mut 
 }
 
 /// [`rewrite_changes`] at arguments nesting `depth` (0: a body or an SSE
-/// payload; more: tool-call arguments, whose numbers are masked too).
+/// payload; more: tool-call arguments, whose numbers and keys are masked too).
 /// String values of `arguments` members are masked with
 /// [`mask_arguments`] up to [`MAX_ARGS_DEPTH`].
 fn rewrite_doc(
@@ -866,6 +904,9 @@ fn rewrite_tallied(
                 if at(src, pos) == b'}' {
                     pos += 1;
                 } else {
+                    if (numbers || input_at.is_some()) && mute.is_none() {
+                        mask_key(inner, text, src, pos, &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
+                    }
                     let (k, p, sp) = key(text, src, pos, track)?;
                     special = sp;
                     stack.push(Frame::Obj(k));
@@ -982,7 +1023,11 @@ fn rewrite_tallied(
                 }
                 Some(Frame::Obj(_)) => match c {
                     b',' => {
-                        let (k, p, sp) = key(text, src, ws(src, pos + 1), track)?;
+                        let kpos = ws(src, pos + 1);
+                        if (numbers || input_at.is_some()) && mute.is_none() {
+                            mask_key(inner, text, src, kpos, &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
+                        }
+                        let (k, p, sp) = key(text, src, kpos, track)?;
                         special = sp;
                         if let Some(top) = stack.last_mut() {
                             *top = Frame::Obj(k);
