@@ -72,6 +72,7 @@ def stack(envoy_bin, keys):
             resource("d", {"tokens": 10_000, "requests": 2, "window": "minute"}),
             resource("e", {"tokens": 60, "window": "minute"}),
             resource("f", {"tokens": 10_000_000, "window": "minute"}),
+            dict(resource("g", {"tokens": 10_000, "window": "minute", "check_max_tokens": True}), mask={"requests": "json"}),
         ],
     }
     env = Envoy(envoy_bin, pol, llm.port, concurrency=2)
@@ -237,3 +238,24 @@ def test_asking_for_stream_usage_never_writes_past_envoys_buffer_limit(stack):
     assert len(llm.bodies) == before
     st, _, _ = env.request("POST", "/f/v1/chat/completions", headers, body((1 << 20) - 200))
     assert st == 200 and llm.bodies[-1]["stream_options"]["include_usage"] is True
+
+
+def test_masked_tool_input_keys_do_not_trip_the_strict_json_check(stack):
+    """`requests: json` masks the keys of tool input too, so two emails used
+    as keys become one key given twice; the quota reads the request as the
+    client sent it (strict JSON, each member once), not the masked copy."""
+    env, llm, keys = stack
+    fresh_window(5)
+    tok = keys["es"].sign(claims(ISS, sub="job-keys", groups=("llm-users",)))
+    body = {"model": "m", "max_tokens": 5, "stream": True, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f",
+                                           "input": {"ann@example.com": "x", "bob@example.com": "y"}}]}]}
+    n = len(llm.bodies)
+    code, h, out = env.request("POST", "/g/v1/chat/completions", [("authorization", f"Bearer {tok}"), ("content-type", "application/json")],
+                               json.dumps(body).encode())
+    assert code == 200, out
+    assert len(llm.bodies) == n + 1
+    sent = llm.bodies[-1]
+    assert "example.com" not in json.dumps(sent)
+    assert list(sent["messages"][0]["content"][0]["input"]) == ["[EMAIL]"]
+    assert sent["stream_options"]["include_usage"] is True and sent["max_tokens"] == 5

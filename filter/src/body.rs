@@ -328,13 +328,12 @@ pub fn go_name_eq(name: &str, ascii: &str) -> bool {
 /// filter does not know by name is still masked (fail closed), except:
 /// tool-call `arguments` (a JSON document in a string, or an object as
 /// Ollama writes them) and tool `input` objects, which are masked as JSON,
-/// numbers too
-/// ([`Masker::mask_tool_arguments`]); Anthropic `thinking` blocks with a
+/// numbers and keys too ([`Masker::mask_tool_arguments`]); Anthropic `thinking` blocks with a
 /// `signature` and `redacted_thinking` blocks in an assistant message's
 /// `content`, which the provider checks; and
 /// the members of [`PROMPT_SKIP`] and encoded payloads (`encoded_payload`:
-/// base64 images, audio, files). Other numbers, booleans and
-/// object keys are left alone.
+/// base64 images, audio, files). Other numbers, booleans and object keys
+/// are left alone.
 ///
 /// A body with nothing masked is sent as it came; a masked one is
 /// re-serialized: object members in the order sent (serde_json's

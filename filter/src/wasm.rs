@@ -953,10 +953,6 @@ impl quota::SharedStore for HostStore {
 /// `Continue` when the request may go upstream now (from the root context,
 /// `via_root`, it is resumed here). The effective context must be the stream.
 fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, context_id: u32, via_root: bool) -> Action {
-    if let Err(d) = mask_request_buffer(worker, context_id) {
-        refuse(worker, context_id, d);
-        return Action::Pause;
-    }
     let (pending_quota, held) = match worker.borrow().as_ref() {
         Some(w) => (
             w.quotas.get(&context_id).filter(|q| !q.admitted).map(|q| q.plan.clone()),
@@ -964,10 +960,14 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
         ),
         None => return Action::Pause,
     };
-    if let Some(plan) = pending_quota {
+    // The quota reads the request as the client sent it, before masking:
+    // masked tool-input keys may become one key given twice
+    // (`{"[EMAIL]": …, "[EMAIL]": …}`), which strict JSON refuses.
+    let mut asked = None;
+    if pending_quota.is_some() {
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let ctype = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type").ok().flatten();
-        let asked = if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) {
+        asked = if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) {
             match body::strict_json(&body) {
                 Ok(doc) => quota::requested_max_tokens_in(&doc),
                 Err(_) => {
@@ -981,6 +981,14 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
         } else {
             quota::requested_max_tokens(&body)
         };
+    }
+    if let Err(d) = mask_request_buffer(worker, context_id) {
+        refuse(worker, context_id, d);
+        return Action::Pause;
+    }
+    if let Some(plan) = pending_quota {
+        // the body as it goes upstream (masked)
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let q = &plan.quota;
         let max_tokens = if q.check_max_tokens { asked } else { None };
         let reserved = quota::reservation(body.len(), asked.filter(|m| *m != u64::MAX));

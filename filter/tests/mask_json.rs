@@ -907,4 +907,11 @@ fn keys_inside_tool_input_are_masked() {
     let calls = &out["messages"][0]["tool_calls"];
     assert_eq!(calls[0]["function"]["arguments"], want);
     assert_eq!(serde_json::from_str::<Value>(calls[1]["function"]["arguments"].as_str().unwrap()).unwrap(), want);
+    // a field rule's label is made from the key: not from a masked one
+    let m = masker(json!({"fields": {"redact": ["$.content[*].input.*", "$.q.*", "secret"]}}));
+    let body = r#"{"content":[{"type":"tool_use","input":{"jane.doe@example.com":"x","secret":"y"}}]}"#;
+    let (out, _) = mask(&m, body);
+    assert_eq!(out, r#"{"content":[{"type":"tool_use","input":{"[EMAIL]":"[REDACTED]","secret":"[SECRET]"}}]}"#);
+    let args = m.mask_tool_arguments(r#"{"q":{"jane.doe@example.com":"v","k":"w"}}"#, &mut Counts::new());
+    assert_eq!(args, r#"{"q":{"[EMAIL]":"[REDACTED]","k":"[K]"}}"#);
 }

@@ -634,7 +634,8 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
 /// their values, never the value's key. `scratch`: the decode buffer,
 /// candidates and masking buffer the caller reuses.
 ///
-/// Errors: an unterminated or invalid key string.
+/// Returns whether the key was masked. Errors: an unterminated or invalid
+/// key string.
 fn mask_key(
     inner: &Inner,
     text: &str,
@@ -643,7 +644,7 @@ fn mask_key(
     w: &mut Writer,
     scratch: (&mut String, &mut Vec<detectors::Cand>, &mut String),
     tally: &mut Tally,
-) -> Result<(), MaskError> {
+) -> Result<bool, MaskError> {
     let (dec, cands, tmp) = scratch;
     if at(src, pos) != b'"' {
         return Err(MaskError::new(pos, "expected a string key"));
@@ -660,8 +661,9 @@ fn mask_key(
         inner.quote_masked(decoded, !esc, cands, &mut w.out, tmp, tally);
         w.copied = end + 1;
         w.changed = true;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A streamed text field of an SSE chunk or a JSON line, by array
@@ -874,6 +876,9 @@ fn rewrite_tallied(
     let mut special = Special::None;
     // a top-level `done` member was read: an Ollama answer
     let mut ollama = false;
+    // the key of the member whose value is about to be read was masked
+    // (`mask_key`): a field rule's label must not spell it out
+    let mut key_masked = false;
     'value: loop {
         let member = std::mem::replace(&mut special, Special::None);
         if member != Special::None && mute.is_none() {
@@ -889,7 +894,10 @@ fn rewrite_tallied(
         }
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {
             match inner.fields.action(&stack) {
-                Some(Action::Redact(label)) => mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Label(label) }),
+                Some(Action::Redact(label)) => {
+                    let label = if key_masked { "[REDACTED]".to_string() } else { label };
+                    mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Label(label) });
+                }
                 Some(Action::Skip) => mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Keep }),
                 None => {}
             }
@@ -904,9 +912,9 @@ fn rewrite_tallied(
                 if at(src, pos) == b'}' {
                     pos += 1;
                 } else {
-                    if (numbers || input_at.is_some()) && mute.is_none() {
-                        mask_key(inner, text, src, pos, &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
-                    }
+                    key_masked = (numbers || input_at.is_some())
+                        && mute.is_none()
+                        && mask_key(inner, text, src, pos, &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
                     let (k, p, sp) = key(text, src, pos, track)?;
                     special = sp;
                     stack.push(Frame::Obj(k));
@@ -1024,9 +1032,9 @@ fn rewrite_tallied(
                 Some(Frame::Obj(_)) => match c {
                     b',' => {
                         let kpos = ws(src, pos + 1);
-                        if (numbers || input_at.is_some()) && mute.is_none() {
-                            mask_key(inner, text, src, kpos, &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
-                        }
+                        key_masked = (numbers || input_at.is_some())
+                            && mute.is_none()
+                            && mask_key(inner, text, src, kpos, &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
                         let (k, p, sp) = key(text, src, kpos, track)?;
                         special = sp;
                         if let Some(top) = stack.last_mut() {

@@ -498,8 +498,10 @@ impl Masker {
     ///
     /// Detectors run on the decoded value of each string (`"a\u0040b.com"`
     /// is an email); a changed string is re-encoded (minimal escaping), so
-    /// the output stays valid JSON. Object keys are never masked, numbers
-    /// and literals only by a field rule ([`RawFields`]). Everything not
+    /// the output stays valid JSON. Object keys and numbers are masked only
+    /// in tool input (tool-call `arguments`, `input` objects: the model
+    /// chooses them), literals and other numbers only by a field rule
+    /// ([`RawFields`]). Everything not
     /// masked is copied byte for byte: a document without findings comes
     /// back unchanged. `logprobs` members are withheld unless the policy
     /// says `logprobs: mask` ([`RawMasking::logprobs`]). The string value

@@ -37,8 +37,8 @@
 //!   `index` `j`, and `choices[i].delta.function_call.arguments` (the
 //!   deprecated `functions` API) (OpenAI streams the arguments, a JSON
 //!   document, as string fragments): held whole and masked as one JSON document when the
-//!   choice finishes (decoded string values and numbers, keys left alone,
-//!   the result still JSON; see `json::mask_arguments`); the fragments'
+//!   choice finishes (decoded string values, numbers and keys, the result
+//!   still JSON; see `json::mask_arguments`); the fragments'
 //!   events carry `""` meanwhile. Arguments that are not JSON are masked as
 //!   text when they hold no `\`, else withheld whole (`"[ARGUMENTS]"`), as
 //!   are arguments over [`MAX_ARGUMENTS`] bytes.
@@ -1382,8 +1382,8 @@ impl SseStream {
     /// legacy completions).
     fn synthetic(&self, idx: u64, slot: Slot, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
         let mut m = serde_json::from_slice::<Map<String, Value>>(&self.template).unwrap_or_default();
-        m.remove("choices");
-        m.remove("usage");
+        m.shift_remove("choices");
+        m.shift_remove("usage");
         let mut choice = Map::new();
         choice.insert("index".into(), Value::from(idx));
         let field = match slot {
