@@ -963,9 +963,9 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
     // The quota reads the request as the client sent it, before masking:
     // masked tool-input keys may become one key given twice
     // (`{"[EMAIL]": …, "[EMAIL]": …}`), which strict JSON refuses.
-    let mut asked = None;
+    let (mut asked, mut body) = (None, Vec::new());
     if pending_quota.is_some() {
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
+        body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let ctype = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type").ok().flatten();
         asked = if !body.is_empty() && body::read_as_json(ctype.as_deref(), &body) {
             match body::strict_json(&body) {
@@ -982,13 +982,16 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
             quota::requested_max_tokens(&body)
         };
     }
-    if let Err(d) = mask_request_buffer(worker, context_id) {
-        refuse(worker, context_id, d);
-        return Action::Pause;
+    match mask_request_buffer(worker, context_id) {
+        // the body as it goes upstream
+        Ok(Some(masked)) => body = masked,
+        Ok(None) => {}
+        Err(d) => {
+            refuse(worker, context_id, d);
+            return Action::Pause;
+        }
     }
     if let Some(plan) = pending_quota {
-        // the body as it goes upstream (masked)
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, MAX_CAPTURE_BYTES).ok().flatten().unwrap_or_default();
         let q = &plan.quota;
         let max_tokens = if q.check_max_tokens { asked } else { None };
         let reserved = quota::reservation(body.len(), asked.filter(|m| *m != u64::MAX));
@@ -1047,25 +1050,26 @@ fn finish_request(caller: &dyn Context, worker: &Rc<RefCell<Option<Worker>>>, co
 
 /// Masks the whole buffered request body (the prompt) in place when the
 /// stream's resource masks requests; redaction counts go to its audit draft.
-/// An empty body passes as it is. Errors: 413 `request_too_large` over the
+/// Returns the body written (`None`: the resource does not mask requests, or
+/// the body is empty and passes as it is). Errors: 413 `request_too_large` over the
 /// masking limit (before or after masking), 400 `invalid_json`.
-fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) -> Result<(), Denial> {
+fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) -> Result<Option<Vec<u8>>, Denial> {
     let Some((masker, settings)) = worker
         .borrow()
         .as_ref()
         .and_then(|w| Some((w.gate.config.masker.clone()?, w.masked.get(&context_id)?.clone())))
     else {
-        return Ok(());
+        return Ok(None);
     };
     let m = &settings.0;
-    let Some(kind) = m.requests else { return Ok(()) };
+    let Some(kind) = m.requests else { return Ok(None) };
     let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, m.max_buffer_bytes.saturating_add(1)).ok().flatten().unwrap_or_default();
     if body.len() > m.max_buffer_bytes {
         return Err(Denial { status: 413, reason: "request_too_large", detail: "request body larger than the masking limit".into() });
     }
     if body.is_empty() {
         // no body (a GET, a bodiless POST): nothing to mask
-        return Ok(());
+        return Ok(None);
     }
     let mut counts = Counts::new();
     let out = match kind {
@@ -1085,7 +1089,7 @@ fn mask_request_buffer(worker: &Rc<RefCell<Option<Worker>>>, context_id: u32) ->
             *d.request_masking.entry(k).or_insert(0) += v;
         }
     }
-    Ok(())
+    Ok(Some(out))
 }
 
 /// The rest of [`finish_request`] once the quota admitted the request:
