@@ -204,8 +204,9 @@ struct RawApproval {
     authority: Option<String>,
     #[serde(default = "default_approval_path")]
     path: String,
-    #[serde(default = "yes")]
-    write: bool,
+    /// `None`: not given (holds writes, `true`).
+    #[serde(default)]
+    write: Option<bool>,
     #[serde(default)]
     requests: Vec<RawRequestPattern>,
     #[serde(default)]
@@ -816,8 +817,10 @@ fn group_rule(errs: &mut Errors, field: &str, raw: RawGroupRule) -> GroupRule {
     GroupRule { any_of: raw.any_of, all_of: raw.all_of }
 }
 
-/// `envoy_limit`: Envoy's buffer limit, which a held body must fit.
-fn approval(errs: &mut Errors, at: &str, a: RawApproval, envoy_limit: usize) -> Approval {
+/// `envoy_limit`: Envoy's buffer limit, which a held body must fit;
+/// `no_writes`: the resource has no write groups, so holding writes holds
+/// nothing (an error when `write` is the only hold, or given explicitly).
+fn approval(errs: &mut Errors, at: &str, a: RawApproval, envoy_limit: usize, no_writes: bool) -> Approval {
     if a.cluster.is_empty() {
         errs.add(format!("{at}.cluster"), "the Envoy cluster of the approval service is required");
     }
@@ -866,8 +869,15 @@ fn approval(errs: &mut Errors, at: &str, a: RawApproval, envoy_limit: usize) -> 
             errs.add(format!("{at}.secret"), "must be non-empty visible ASCII");
         }
     }
-    if !a.write && a.requests.is_empty() {
+    let write = a.write.unwrap_or(true);
+    if !write && a.requests.is_empty() {
         errs.add(at.to_string(), "holds nothing: set write: true or list requests");
+    }
+    // (`requests` hold on their own: an operation may class a POST as a read)
+    if write && no_writes && a.requests.is_empty() {
+        errs.add(at.to_string(), "holds nothing: the resource has no write groups, so no write gets this far; set write groups or list requests");
+    } else if a.write == Some(true) && no_writes {
+        errs.add(format!("{at}.write"), "holds nothing: the resource has no write groups, so no write gets this far; set write groups or drop write");
     }
     for (i, g) in a.exempt_groups.iter().enumerate() {
         if g.trim().is_empty() || g.contains(char::is_whitespace) {
@@ -887,7 +897,7 @@ fn approval(errs: &mut Errors, at: &str, a: RawApproval, envoy_limit: usize) -> 
         cluster: a.cluster,
         authority,
         path: a.path,
-        write: a.write,
+        write,
         requests,
         exempt_groups: a.exempt_groups,
         hold_ms: a.hold_seconds.saturating_mul(1000),
@@ -1270,13 +1280,10 @@ impl RawConfig {
                     pass_other_types,
                 })
             });
-            let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a, envoy_limit)));
+            let approval = r.approval.map(|a| std::rc::Rc::new(approval(&mut errs, &format!("{at}.approval"), a, envoy_limit, write.is_empty())));
             for (k, p) in approval.iter().flat_map(|a| a.requests.iter()).enumerate() {
                 let pat = format!("{at}.approval.requests[{k}]");
                 outside(&mut errs, &pat, (&methods_v, r.path_prefix.as_deref()), (&p.methods, p.path_glob.pattern(), &p.path_glob));
-            }
-            if approval.as_ref().is_some_and(|a| a.write && a.requests.is_empty()) && write.is_empty() {
-                errs.add(format!("{at}.approval"), "holds nothing: the resource has no write groups, so no write gets this far; set write groups or list requests");
             }
             let quota = r.quota.map(|q| std::rc::Rc::new(quota(&mut errs, &format!("{at}.quota"), q)));
             let sync_audit = match r.audit.as_deref() {

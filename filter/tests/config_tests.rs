@@ -449,7 +449,11 @@ fn rules_that_never_match_are_refused() {
     let held = with(base(), &r0("approval"), json!({"cluster": "approvals"}));
     assert_rejected(held.clone(), "resources[0].approval");
     config(&with(held.clone(), &r0("write"), json!({"any_of": ["writers"]})));
-    config(&with(held.clone(), &r0("approval/requests"), json!([{"methods": ["POST"], "path_glob": "/docs/search"}])));
+    let listed = with(held.clone(), &r0("approval/requests"), json!([{"methods": ["POST"], "path_glob": "/docs/search"}]));
+    config(&listed);
+    // ... and so does `write: true` given beside requests that do hold
+    assert_rejected(with(listed.clone(), &r0("approval/write"), json!(true)), "resources[0].approval.write");
+    config(&with(listed, &r0("approval/write"), json!(false)));
     // an approval request pattern outside its resource holds nothing either
     let outside = with(held.clone(), &r0("approval/requests"), json!([{"methods": ["DELETE"], "path_glob": "/docs/**"}]));
     assert_rejected(with(outside, &r0("methods"), json!(["GET", "POST"])), "resources[0].approval.requests[0].methods");
