@@ -645,11 +645,27 @@ fn mask_key(
     scratch: (&mut String, &mut Vec<detectors::Cand>, &mut String),
     tally: &mut Tally,
 ) -> Result<bool, MaskError> {
-    let (dec, cands, tmp) = scratch;
     if at(src, pos) != b'"' {
         return Err(MaskError::new(pos, "expected a string key"));
     }
     let (end, esc) = scan_key(src, pos + 1)?;
+    mask_string(inner, text, src, (pos, end, esc), w, scratch, tally)
+}
+
+/// Masks the JSON string `src[pos..=end]` (`pos`: its opening quote, `end`:
+/// its closing one; `esc`: it holds escapes, decoded first) in the output
+/// of `w`, re-encoded. `scratch` as in [`mask_key`]. Returns whether
+/// anything was found. Errors: an invalid escape.
+fn mask_string(
+    inner: &Inner,
+    text: &str,
+    src: &[u8],
+    (pos, end, esc): (usize, usize, bool),
+    w: &mut Writer,
+    scratch: (&mut String, &mut Vec<detectors::Cand>, &mut String),
+    tally: &mut Tally,
+) -> Result<bool, MaskError> {
+    let (dec, cands, tmp) = scratch;
     let decoded = if esc {
         decode_into(text, src, pos + 1, end, dec)?;
         dec.as_str()
@@ -960,18 +976,7 @@ fn rewrite_tallied(
                             w.changed = true;
                         }
                     } else if esc || trig || inner.has_custom() {
-                        let decoded = if esc {
-                            decode_into(text, src, pos + 1, end, &mut dec)?;
-                            dec.as_str()
-                        } else {
-                            text.get(pos + 1..end).unwrap_or("")
-                        };
-                        if inner.find(decoded, &mut cands) {
-                            w.copy_to(src, pos);
-                            inner.quote_masked(decoded, !esc, &cands, &mut w.out, &mut tmp, tally);
-                            w.copied = end + 1;
-                            w.changed = true;
-                        }
+                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
                     }
                 }
                 pos = end + 1;
