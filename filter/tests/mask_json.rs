@@ -649,6 +649,42 @@ fn numbers_inside_anthropic_tool_use_input_are_masked() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"content": [{"type": "tool_use", "input": {"c": "[PAYMENT_CARD]"}}], "m": 4111111111111111u64}));
 }
 
+/// Tool input in the other providers' shapes is masked like Anthropic
+/// `input`, numbers and keys too: Gemini `functionCall.args` (responses and
+/// requests), Cohere v1 `tool_calls[].parameters`; `args` or `parameters`
+/// that are not objects are left alone.
+#[test]
+fn gemini_args_and_cohere_parameters_are_tool_input() {
+    let m = masker(json!({}));
+    let args = json!({"card": 4111111111111111u64, "jane.doe@example.com": "owner", "amount": 25});
+    let want = json!({"card": "[PAYMENT_CARD]", "[EMAIL]": "owner", "amount": 25});
+    let gemini = json!({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "pay", "args": args}}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 4111111111111111u64}});
+    let (out, counts) = mask(&m, &gemini.to_string());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["candidates"][0]["content"]["parts"][0]["functionCall"]["args"], want);
+    assert_eq!(v["usageMetadata"]["promptTokenCount"], json!(4111111111111111u64), "numbers outside tool input are left alone");
+    assert_eq!((counts.get("payment_card"), counts.get("email")), (Some(&1), Some(&1)));
+    let cohere = json!({"text": "", "tool_calls": [{"name": "pay", "parameters": args}], "meta": {"n": 4111111111111111u64}});
+    let v: Value = serde_json::from_str(&mask(&m, &cohere.to_string()).0).unwrap();
+    assert_eq!(v["tool_calls"][0]["parameters"], want);
+    assert_eq!(v["meta"]["n"], json!(4111111111111111u64));
+    // not objects: not tool input
+    for other in [r#"{"args":[4111111111111111],"parameters":"x","input":4111111111111111}"#, r#"{"x":{"args":4111111111111111}}"#] {
+        assert_eq!(mask(&m, other).0, other);
+    }
+    // requests: a Gemini conversation that replays the model's call, and a
+    // Cohere v1 chat history
+    let req = json!({"contents": [{"role": "user", "parts": [{"text": "pay"}]}, {"role": "model", "parts": [{"functionCall": {"name": "pay", "args": args}}]}],
+        "generationConfig": {"seed": 4111111111111111u64}});
+    let out: Value = serde_json::from_slice(&nhi_gate::body::mask_prompt(&m, req.to_string().as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out["contents"][1]["parts"][0]["functionCall"]["args"], want);
+    assert_eq!(out["generationConfig"]["seed"], json!(4111111111111111u64));
+    let req = json!({"message": "go", "chat_history": [{"role": "CHATBOT", "tool_calls": [{"name": "pay", "parameters": args}]}]});
+    let out: Value = serde_json::from_slice(&nhi_gate::body::mask_prompt(&m, req.to_string().as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out["chat_history"][0]["tool_calls"][0]["parameters"], want);
+}
+
 /// Numbers with extreme exponents inside arguments are left alone (and
 /// never overflow the digit arithmetic).
 #[test]

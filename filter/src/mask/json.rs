@@ -516,10 +516,16 @@ enum Special {
     /// A top-level `done`: the document is an Ollama answer, whose
     /// `context` follows it ([`Special::Context`]).
     Done,
-    /// `input` with an object value: an Anthropic Messages API `tool_use`
-    /// block's input (`content[k].input`), the tool-call arguments as JSON
-    /// in the document itself; its numbers are masked too, as in
-    /// [`Special::Arguments`].
+    /// `input`, `args` or `parameters` with an object value: tool-call
+    /// arguments as JSON in the document itself, whose numbers and keys are
+    /// masked too, as in [`Special::Arguments`]: an Anthropic Messages API
+    /// `tool_use` block's `input` (`content[k].input`, also Bedrock
+    /// Converse `toolUse.input`), a Gemini `functionCall.args`
+    /// (`candidates[k].content.parts[m].functionCall.args`, and in
+    /// requests `contents[k].parts[m].functionCall.args`), a Cohere v1
+    /// `tool_calls[k].parameters`. The names are matched wherever they hold
+    /// an object (a JSON schema's `parameters` too): more masking, never
+    /// less.
     Input,
 }
 
@@ -608,14 +614,14 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     let special = |name: &[u8]| match name {
         b"logprobs" | b"prompt_logprobs" => Special::Logprobs,
         b"arguments" => Special::Arguments,
-        b"input" => Special::Input,
+        b"input" | b"args" | b"parameters" => Special::Input,
         b"context" => Special::Context,
         b"done" => Special::Done,
         _ => Special::None,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 5 | 8 | 9 | 15) || (matches!(end - pos - 1, 4 | 7) && matches!(at(src, pos + 1), b'c' | b'd')) {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 15) || (matches!(end - pos - 1, 4 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd')) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
