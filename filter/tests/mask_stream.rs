@@ -188,6 +188,142 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Gemini API stream (`streamGenerateContent?alt=sse`): any chunking of
+    /// the bytes gives the same output; the answer's text parts, joined,
+    /// equal the one-shot masked answer and the thought parts the masked
+    /// thinking; no value survives, though every one is split across chunks.
+    #[test]
+    fn gemini_sse_stream_is_chunking_invariant(
+        (content, pii) in text(),
+        (thinking, pii2) in text(),
+        frag in prop::collection::vec(1usize..12, 1..200),
+        finish in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let input = gemini_sse(&thinking, &content, &frag, finish);
+        let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        let out = String::from_utf8(out).expect("UTF-8");
+        let (mut answer, mut thought) = (String::new(), String::new());
+        for data in parse_sse(&out) {
+            let v: Value = serde_json::from_str(&data).expect("chunk JSON");
+            prop_assert_eq!(&v["modelVersion"], "gemini-2.5-flash");
+            for p in v["candidates"][0]["content"]["parts"].as_array().expect("parts") {
+                let t = p["text"].as_str().expect("a text part");
+                if p["thought"] == json!(true) { thought.push_str(t) } else { answer.push_str(t) }
+            }
+        }
+        prop_assert_eq!(answer, m.mask_text(&content, &mut Counts::new()));
+        prop_assert_eq!(thought, m.mask_text(&thinking, &mut Counts::new()));
+        for v in pii.iter().chain(&pii2) {
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}
+
+/// A Gemini API SSE stream: `thinking` then `content` in text parts of the
+/// given char counts (cycled), the thinking parts marked `"thought": true`
+/// (the first answer fragment shares a chunk with the last thought
+/// fragment); the last chunk has `finishReason` when `finish` (else the
+/// stream just ends).
+fn gemini_sse(thinking: &str, content: &str, frag: &[usize], finish: bool) -> String {
+    let pieces = |text: &str, k: &mut usize| -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let n = frag[*k % frag.len()];
+            *k += 1;
+            out.push(chars[i..(i + n).min(chars.len())].iter().collect());
+            i += n;
+        }
+        out
+    };
+    let mut k = 0;
+    let thoughts = pieces(thinking, &mut k);
+    let answer = pieces(content, &mut k);
+    let chunk = |parts: Vec<Value>, finish: bool| {
+        let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
+        if finish {
+            c["finishReason"] = json!("STOP");
+        }
+        json!({"candidates": [c], "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9}, "modelVersion": "gemini-2.5-flash", "responseId": "r-1"})
+    };
+    let mut events: Vec<Vec<Value>> = thoughts.iter().map(|t| vec![json!({"text": t, "thought": true})]).collect();
+    let mut answer = answer.iter().map(|t| json!({"text": t}));
+    match (events.last_mut(), answer.next()) {
+        (Some(last), Some(first)) => last.push(first),
+        (None, Some(first)) => events.push(vec![first]),
+        _ => {}
+    }
+    events.extend(answer.map(|p| vec![p]));
+    events.push(vec![json!({"text": ""})]);
+    let n = events.len();
+    let mut out = String::new();
+    for (i, parts) in events.into_iter().enumerate() {
+        sse_event(&mut out, &chunk(parts, finish && i + 1 == n), "\r\n");
+    }
+    out
+}
+
+/// Gemini: an email and a card split across chunks are caught; the text
+/// held at a `finishReason` goes into that chunk; at the end of a stream
+/// without one, into a chunk of its own; a `functionCall` part comes whole,
+/// its `args` masked as tool input; the other members are kept.
+#[test]
+fn gemini_values_split_across_chunks_are_masked() {
+    let m = masker(json!({}));
+    let ev = |parts: Value, finish: Option<&str>| {
+        let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
+        if let Some(f) = finish {
+            c["finishReason"] = json!(f);
+        }
+        let mut out = String::new();
+        sse_event(&mut out, &json!({"candidates": [c], "modelVersion": "gemini-2.5-flash"}), "\r\n");
+        out
+    };
+    for finish in [Some("STOP"), None] {
+        let input = [
+            ev(json!([{"text": "write to jane.do"}]), None),
+            ev(json!([{"text": "e@example.com, card 4111 1111"}]), None),
+            ev(json!([{"text": " 1111 1111 now"}, {"functionCall": {"name": "pay", "args": {"card": 4111111111111111u64, "to": "jane.doe@example.com"}}}]), None),
+            ev(json!([{"text": ""}]), finish),
+        ]
+        .concat();
+        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[7, 100, 333]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("jane.do") && !out.contains("4111") && !out.contains(" 1111"), "{out}");
+        let events: Vec<Value> = parse_sse(&out).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        let text: String = events.iter().flat_map(|v| v["candidates"][0]["content"]["parts"].as_array().unwrap().clone()).filter_map(|p| p["text"].as_str().map(str::to_string)).collect();
+        assert_eq!(text, "write to [EMAIL], card [PAYMENT_CARD] now");
+        let call = events.iter().find_map(|v| v["candidates"][0]["content"]["parts"][1].get("functionCall").cloned()).unwrap();
+        assert_eq!(call, json!({"name": "pay", "args": {"card": "[PAYMENT_CARD]", "to": "[EMAIL]"}}));
+        assert!(events.iter().all(|v| v["modelVersion"] == "gemini-2.5-flash"));
+        assert_eq!((counts.get("email"), counts.get("payment_card")), (Some(&2), Some(&2)));
+        match finish {
+            // the rest rides in the finishing chunk
+            // (held back: under 128 bytes follow it)
+            Some(_) => {
+                assert_eq!(events.len(), 4);
+                assert!(events[3]["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap().ends_with("[PAYMENT_CARD] now"));
+                assert_eq!(events[3]["candidates"][0]["finishReason"], "STOP");
+            }
+            // a chunk of its own after the last one
+            None => {
+                assert_eq!(events.len(), 5);
+                let parts = &events[4]["candidates"][0]["content"]["parts"];
+                assert!(parts.as_array().unwrap().len() == 1 && parts[0]["text"].as_str().unwrap().ends_with("[PAYMENT_CARD] now"), "{parts}");
+            }
+        }
+    }
+}
+
 /// Appends the SSE event `data: <v>` with its blank line.
 fn sse_event(out: &mut String, v: &Value, eol: &str) {
     out.push_str("data: ");

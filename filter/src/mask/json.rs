@@ -715,6 +715,9 @@ pub(crate) enum StreamField {
     /// The top-level `<name>` of an Ollama `/api/generate` JSON line,
     /// `name` one of [`LINE_TOP`].
     Top(&'static str),
+    /// `candidates[k].content.parts[m].text` of a Gemini API
+    /// `streamGenerateContent?alt=sse` chunk (a `GenerateContentResponse`).
+    Part(usize, usize),
 }
 
 /// The strings of an Ollama `/api/chat` JSON line's `message` that are
@@ -763,6 +766,11 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
             if c == "choices" && d == "delta" && f == "function_call" && a == "arguments" =>
         {
             Some(StreamField::Call(*k))
+        }
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(ct), Frame::Obj(p), Frame::Arr(m), Frame::Obj(t)]
+            if c == "candidates" && ct == "content" && p == "parts" && t == "text" =>
+        {
+            Some(StreamField::Part(*k, *m))
         }
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         [Frame::Obj(d), Frame::Obj(t)] if d == "delta" => BLOCK_DELTA.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Block(n)),

@@ -447,6 +447,40 @@ struct ChunkLite {
     /// Anthropic Messages API: the content block's index.
     #[serde(default)]
     index: Option<u64>,
+    /// Gemini API (`GenerateContentResponse`): read as [`CandidateLite`]s
+    /// when it is an array of objects of that shape.
+    #[serde(default)]
+    candidates: Option<Value>,
+}
+
+/// A candidate of a Gemini API stream chunk: its `index`, its content's
+/// `parts`, and `finishReason` (present and not `null`: finished).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CandidateLite {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    content: Option<ContentLite>,
+    #[serde(default)]
+    finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContentLite {
+    #[serde(default)]
+    parts: Option<Vec<GeminiPartLite>>,
+}
+
+/// A part of a Gemini candidate's content: `text` (the answer, or the
+/// model's thinking with `"thought": true`) is joined across chunks; other
+/// parts (`functionCall`, `inlineData`) come whole and are masked in place.
+#[derive(serde::Deserialize)]
+struct GeminiPartLite {
+    #[serde(default)]
+    text: MaybeText,
+    #[serde(default)]
+    thought: Option<Value>,
 }
 
 /// A streamed part of a Responses API answer: the event family
@@ -570,6 +604,9 @@ enum Slot {
     Call,
     /// `delta.tool_calls[]` with this `index`: `function.arguments`.
     Args(u64),
+    /// Gemini: the `text` of the candidate's content parts, the thinking
+    /// (`"thought": true`) or the answer.
+    Part { thought: bool },
 }
 
 /// The held text of one [`Slot`].
@@ -1075,6 +1112,14 @@ impl SseStream {
         } else {
             match serde_json::from_slice::<ChunkLite>(payload) {
                 Ok(ChunkLite { choices: Some(choices), .. }) => (Some(self.chat_chunk(payload, choices, pre, counts)), false),
+                Ok(ChunkLite { candidates: Some(c), .. }) => match serde_json::from_value::<Vec<CandidateLite>>(c) {
+                    Ok(candidates) => (Some(self.gemini_chunk(payload, candidates, pre, counts)), false),
+                    Err(_) => {
+                        // another shape: masked alone, after what is held
+                        self.flush_all(pre, counts);
+                        (None, false)
+                    }
+                },
                 Ok(ev) => (self.responses_event(payload, ev, event_line, pre, counts), false),
                 Err(e) => {
                     // a payload of another shape (e.g. `content` as an array of
@@ -1333,30 +1378,64 @@ impl SseStream {
                     here.push((Slot::Call, StreamField::Call(k), a));
                 }
             }
-            let mut texts: Vec<Vec<u8>> = Vec::with_capacity(here.len());
-            for (slot, _, frag) in &here {
-                let inner = &self.inner;
-                let st = self.choices.entry((idx, *slot)).or_insert_with(|| Joiner::new(inner, *slot));
-                texts.push(st.push(frag.as_bytes(), counts));
-            }
-            if ch.finish_reason.is_some() {
-                let keys: Vec<(u64, Slot)> = self.choices.range((idx, Slot::Content(""))..=(idx, Slot::Args(u64::MAX))).map(|(key, _)| *key).collect();
-                for key in keys {
-                    let Some(mut st) = self.choices.remove(&key) else { continue };
-                    let tail = st.finish(counts);
-                    // into the last field of this slot in the event, else a synthetic event before it
-                    match here.iter().rposition(|(slot, _, _)| *slot == key.1).and_then(|i| texts.get_mut(i)) {
-                        Some(t) => t.extend_from_slice(&tail),
-                        None if !tail.is_empty() => self.synthetic(idx, key.1, &String::from_utf8_lossy(&tail), pre, counts),
-                        None => {}
-                    }
-                }
-            }
-            for ((_, field, _), text) in here.into_iter().zip(texts) {
-                released.insert(field, String::from_utf8_lossy(&text).into_owned());
-            }
+            self.join(idx, here, ch.finish_reason.is_some(), &mut released, pre, counts);
         }
         released
+    }
+
+    /// A Gemini API stream chunk (`streamGenerateContent?alt=sse`): joins
+    /// each candidate's text parts (answer and thinking apart) across
+    /// chunks, and flushes a candidate that has a `finishReason`; gives the
+    /// text released for each part.
+    fn gemini_chunk(&mut self, payload: &[u8], candidates: Vec<CandidateLite>, pre: &mut Vec<u8>, counts: &mut Counts) -> BTreeMap<StreamField, String> {
+        self.template.clear();
+        self.template.extend_from_slice(payload);
+        let mut released: BTreeMap<StreamField, String> = BTreeMap::new();
+        for (k, c) in candidates.into_iter().enumerate() {
+            let idx = c.index.unwrap_or(k as u64);
+            let parts = c.content.and_then(|ct| ct.parts).unwrap_or_default();
+            let here: Vec<(Slot, StreamField, String)> = parts
+                .into_iter()
+                .enumerate()
+                .filter_map(|(m, p)| {
+                    let thought = p.thought.is_some_and(|t| t == Value::Bool(true));
+                    p.text.0.map(|t| (Slot::Part { thought }, StreamField::Part(k, m), t))
+                })
+                .collect();
+            self.join(idx, here, c.finish_reason.is_some(), &mut released, pre, counts);
+        }
+        released
+    }
+
+    /// Feeds the joined fragments of choice (candidate) `idx` in one event
+    /// (`here`: slot, place in the event, fragment) to their slots' held
+    /// text; when the choice is `finished`, flushes all of its slots: a
+    /// slot's rest goes into its last field in the event, else into a
+    /// synthetic event before it (into `pre`). The text released for each
+    /// field goes to `released`.
+    fn join(&mut self, idx: u64, here: Vec<(Slot, StreamField, String)>, finished: bool, released: &mut BTreeMap<StreamField, String>, pre: &mut Vec<u8>, counts: &mut Counts) {
+        let mut texts: Vec<Vec<u8>> = Vec::with_capacity(here.len());
+        for (slot, _, frag) in &here {
+            let inner = &self.inner;
+            let st = self.choices.entry((idx, *slot)).or_insert_with(|| Joiner::new(inner, *slot));
+            texts.push(st.push(frag.as_bytes(), counts));
+        }
+        if finished {
+            let keys: Vec<(u64, Slot)> = self.choices.range((idx, Slot::Content(""))..=(idx, Slot::Part { thought: true })).map(|(key, _)| *key).collect();
+            for key in keys {
+                let Some(mut st) = self.choices.remove(&key) else { continue };
+                let tail = st.finish(counts);
+                // into the last field of this slot in the event, else a synthetic event before it
+                match here.iter().rposition(|(slot, _, _)| *slot == key.1).and_then(|i| texts.get_mut(i)) {
+                    Some(t) => t.extend_from_slice(&tail),
+                    None if !tail.is_empty() => self.synthetic(idx, key.1, &String::from_utf8_lossy(&tail), pre, counts),
+                    None => {}
+                }
+            }
+        }
+        for ((_, field, _), text) in here.into_iter().zip(texts) {
+            released.insert(field, String::from_utf8_lossy(&text).into_owned());
+        }
     }
 
     /// Flushes every choice's and part's held text as synthetic events.
@@ -1379,7 +1458,8 @@ impl SseStream {
     /// chunk's members but `choices` and `usage`, and one choice holding only
     /// that text (`delta.content`; `delta.tool_calls: [{index, function:
     /// {arguments}}]`; `delta.function_call: {arguments}`; or `text` for
-    /// legacy completions).
+    /// legacy completions); for a Gemini slot, a Gemini chunk
+    /// ([`SseStream::gemini_synthetic`]).
     fn synthetic(&self, idx: u64, slot: Slot, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
         let mut m = serde_json::from_slice::<Map<String, Value>>(&self.template).unwrap_or_default();
         m.shift_remove("choices");
@@ -1417,14 +1497,41 @@ impl SseStream {
                 choice.insert("logprobs".into(), Value::Null);
                 StreamField::Text(0)
             }
+            Slot::Part { thought } => return self.gemini_synthetic(m, idx, thought, text, out, counts),
         };
         choice.insert("finish_reason".into(), Value::Null);
         m.insert("choices".into(), Value::Array(vec![Value::Object(choice)]));
+        self.emit_synthetic(m, field, text, out, counts);
+    }
+
+    /// Emits the event `m` (a synthetic chunk) with `text` at `field`.
+    fn emit_synthetic(&self, m: Map<String, Value>, field: StreamField, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
         let raw = serde_json::to_vec(&Value::Object(m)).unwrap_or_default();
         let mut keep = BTreeMap::new();
         keep.insert(field, text.to_string());
         let body = json::rewrite(&self.inner, &raw, Some(&keep), true, counts).unwrap_or(raw);
         self.emit(None, &body, out);
+    }
+
+    /// A Gemini chunk carrying `text` for candidate `idx` (thinking when
+    /// `thought`): the last chunk's members (`m`, without `candidates` and
+    /// `usageMetadata`) and one candidate whose content is one text part.
+    fn gemini_synthetic(&self, mut m: Map<String, Value>, idx: u64, thought: bool, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
+        m.shift_remove("candidates");
+        m.shift_remove("usageMetadata");
+        let mut part = Map::new();
+        part.insert("text".into(), Value::String(text.to_string()));
+        if thought {
+            part.insert("thought".into(), Value::Bool(true));
+        }
+        let mut content = Map::new();
+        content.insert("parts".into(), Value::Array(vec![Value::Object(part)]));
+        content.insert("role".into(), Value::String("model".into()));
+        let mut candidate = Map::new();
+        candidate.insert("content".into(), Value::Object(content));
+        candidate.insert("index".into(), Value::from(idx));
+        m.insert("candidates".into(), Value::Array(vec![Value::Object(candidate)]));
+        self.emit_synthetic(m, StreamField::Part(0, 0), text, out, counts);
     }
 }
 
