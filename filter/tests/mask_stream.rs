@@ -324,6 +324,106 @@ fn gemini_values_split_across_chunks_are_masked() {
     }
 }
 
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Cohere v2 chat stream: any chunking of the bytes gives the same
+    /// output; the joined `content-delta` texts equal the one-shot masked
+    /// answer, the `tool-plan-delta` texts the masked plan, and the
+    /// `tool-call-delta` arguments the masked arguments document; no value
+    /// survives, though every one is split across events.
+    #[test]
+    fn cohere_sse_stream_is_chunking_invariant(
+        (content, pii) in text(),
+        (plan, pii2) in text(),
+        frag in prop::collection::vec(1usize..12, 1..200),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let args = json!({"note": content, "card": 4111111111111111u64}).to_string();
+        let input = cohere_sse(&plan, &content, &args, &frag);
+        let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        let out = String::from_utf8(out).expect("UTF-8");
+        let (mut answer, mut tool_plan, mut arguments) = (String::new(), String::new(), String::new());
+        let events = parse_sse(&out);
+        prop_assert_eq!(events.last().map(|e| serde_json::from_str::<Value>(e).expect("JSON")["type"].clone()), Some(json!("message-end")));
+        for data in events {
+            let v: Value = serde_json::from_str(&data).expect("event JSON");
+            let msg = &v["delta"]["message"];
+            match v["type"].as_str().expect("type") {
+                "content-delta" => answer.push_str(msg["content"]["text"].as_str().expect("text")),
+                "tool-plan-delta" => tool_plan.push_str(msg["tool_plan"].as_str().expect("plan")),
+                "tool-call-delta" => arguments.push_str(msg["tool_calls"]["function"]["arguments"].as_str().expect("arguments")),
+                _ => {}
+            }
+        }
+        prop_assert_eq!(answer, m.mask_text(&content, &mut Counts::new()));
+        prop_assert_eq!(tool_plan, m.mask_text(&plan, &mut Counts::new()));
+        prop_assert_eq!(arguments, m.mask_tool_arguments(&args, &mut Counts::new()));
+        for v in pii.iter().chain(&pii2) {
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}
+
+/// A Cohere v2 chat SSE stream (`event:` lines, as Cohere sends them): a
+/// tool plan, one tool call whose `arguments` are streamed, then the
+/// answer as one text content item, each string in fragments of the given
+/// char counts (cycled), and `message-end`.
+fn cohere_sse(plan: &str, content: &str, args: &str, frag: &[usize]) -> String {
+    let mut out = String::new();
+    let mut ev = |v: Value| {
+        out.push_str(&format!("event: {}\n", v["type"].as_str().unwrap()));
+        sse_event(&mut out, &v, "\n");
+    };
+    ev(json!({"id": "c-1", "type": "message-start", "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}));
+    for p in pieces(plan, frag) {
+        ev(json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": p}}}));
+    }
+    ev(json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {"id": "t-1", "type": "function", "function": {"name": "pay", "arguments": ""}}}}}));
+    for p in pieces(args, frag) {
+        ev(json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": p}}}}}));
+    }
+    ev(json!({"type": "tool-call-end", "index": 0}));
+    ev(json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}));
+    for p in pieces(content, frag) {
+        ev(json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": p}}}, "logprobs": null}));
+    }
+    ev(json!({"type": "content-end", "index": 0}));
+    ev(json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {"tokens": {"input_tokens": 9, "output_tokens": 9}}}}));
+    out
+}
+
+/// Cohere v2: an email split across `content-delta` events is caught, the
+/// held rest goes out as a copy of the last delta event (with its `event:`
+/// line) before `content-end`; a stream cut before `content-end` still
+/// releases it, masked, at the end.
+#[test]
+fn cohere_values_split_across_events_are_masked() {
+    let m = masker(json!({}));
+    let ev = |v: Value| format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap());
+    let delta = |t: &str| ev(json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": t}}}}));
+    let head = [delta("write to jane.do"), delta("e@example.com now")].concat();
+    let end = [ev(json!({"type": "content-end", "index": 0})), ev(json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE"}}))].concat();
+    for tail in [end.as_str(), ""] {
+        let input = format!("{head}{tail}");
+        let (out, _, counts) = stream(&m, StreamKind::Sse, input.as_bytes(), &[5, 61, 130]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("jane.do"), "{out}");
+        let events: Vec<Value> = parse_sse(&out).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        let text: String = events.iter().filter_map(|v| v["delta"]["message"]["content"]["text"].as_str()).collect();
+        assert_eq!(text, "write to [EMAIL] now");
+        assert_eq!(counts.get("email"), Some(&1));
+        let rest = events.iter().position(|v| v["delta"]["message"]["content"]["text"].as_str().is_some_and(|t| t.ends_with(" now"))).unwrap();
+        assert_eq!(events[rest]["type"], "content-delta");
+        assert_eq!(rest, 2, "after the two deltas, before content-end");
+        assert_eq!(out.matches("event: content-delta").count(), 3);
+    }
+}
+
 /// Appends the SSE event `data: <v>` with its blank line.
 fn sse_event(out: &mut String, v: &Value, eol: &str) {
     out.push_str("data: ");

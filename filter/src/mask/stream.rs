@@ -512,6 +512,12 @@ fn joined_family(kind: &str) -> Option<&str> {
     kind.strip_suffix(".delta").filter(|f| f.starts_with("response.") && *f != "response.audio")
 }
 
+/// The family of the parts that join a Cohere v2 stream's `name` (one of
+/// [`json::COHERE_DELTA`]).
+fn cohere_family(name: &str) -> String {
+    format!("cohere.{name}")
+}
+
 /// The held text of one Responses API part (arguments held whole and
 /// masked as JSON, like chat tool-call arguments; other text streamed), and
 /// its last delta event (the model of the synthetic event that carries the
@@ -1170,16 +1176,11 @@ impl SseStream {
         if let Some(released) = self.block_delta(kind, payload, &ev, &event_line, counts) {
             return Some(released);
         }
-        if let (Some(family), Some(Value::String(frag))) = (joined_family(kind), &ev.delta) {
-            let inner = &self.inner;
-            let part = self.parts.entry(ev.part(family)).or_insert_with(|| Part::new(inner, family.ends_with("_arguments"), StreamField::Delta));
-            part.template.clear();
-            part.template.extend_from_slice(payload);
-            part.event_line = event_line;
-            let text = part.text.push(frag.as_bytes(), counts);
-            let mut released = BTreeMap::new();
-            released.insert(StreamField::Delta, String::from_utf8_lossy(&text).into_owned());
+        if let Some(released) = self.cohere_delta(kind, payload, &ev, &event_line, counts) {
             return Some(released);
+        }
+        if let (Some(family), Some(Value::String(frag))) = (joined_family(kind), &ev.delta) {
+            return Some(self.join_part(ev.part(family), StreamField::Delta, family.ends_with("_arguments"), frag, payload, &event_line, counts));
         }
         let done: Vec<PartKey> = match kind {
             "response.completed" | "response.failed" | "response.incomplete" | "error" | "message_delta" | "message_stop" => {
@@ -1189,6 +1190,14 @@ impl SseStream {
                 let index = ev.index.unwrap_or(0);
                 self.parts.keys().filter(|k| k.0.starts_with(BLOCK_FAMILY) && k.2 == index).cloned().collect()
             }
+            // Cohere v2: a content item or tool call ends; the tool plan
+            // ends where the tool calls start; the message ends
+            "content-end" | "tool-call-end" => {
+                let (family, index) = (cohere_family(if kind == "content-end" { "content" } else { "tool_calls" }), ev.index.unwrap_or(0));
+                self.parts.keys().filter(|k| k.0 == family && k.2 == index).cloned().collect()
+            }
+            "tool-call-start" => vec![(cohere_family("tool_plan"), String::new(), 0, 0, 0)],
+            "message-end" => self.parts.keys().cloned().collect(),
             "response.output_item.done" => {
                 let item = ev.item_id.clone().unwrap_or_default();
                 let index = ev.output_index.unwrap_or(0);
@@ -1234,15 +1243,62 @@ impl SseStream {
         let Some(Value::String(frag)) = d.get(name) else { return None };
         let field = json::BLOCK_DELTA.iter().find(|n| **n == name).map(|n| StreamField::Block(n))?;
         let key: PartKey = (format!("{BLOCK_FAMILY}{name}"), String::new(), ev.index.unwrap_or(0), 0, 0);
+        Some(self.join_part(key, field, name == "partial_json", frag, payload, event_line, counts))
+    }
+
+    /// Feeds `frag`, the string at `field` of the delta event `payload`
+    /// (after `event_line`), to the held text of part `key` (held whole and
+    /// masked as JSON when `json`; created on its first delta), which keeps
+    /// the event as the model of the one that will carry its rest; gives
+    /// the text released for `field`.
+    #[allow(clippy::too_many_arguments)]
+    fn join_part(
+        &mut self,
+        key: PartKey,
+        field: StreamField,
+        json: bool,
+        frag: &str,
+        payload: &[u8],
+        event_line: &Option<Vec<u8>>,
+        counts: &mut Counts,
+    ) -> BTreeMap<StreamField, String> {
         let inner = &self.inner;
-        let part = self.parts.entry(key).or_insert_with(|| Part::new(inner, name == "partial_json", field));
+        let part = self.parts.entry(key).or_insert_with(|| Part::new(inner, json, field));
         part.template.clear();
         part.template.extend_from_slice(payload);
-        part.event_line = event_line.clone();
+        part.event_line.clone_from(event_line);
         let text = part.text.push(frag.as_bytes(), counts);
         let mut released = BTreeMap::new();
         released.insert(field, String::from_utf8_lossy(&text).into_owned());
-        Some(released)
+        released
+    }
+
+    /// A Cohere v2 chat stream delta event (`content-delta`,
+    /// `tool-plan-delta`, `tool-call-delta`): its string
+    /// ([`StreamField::Cohere`]) is joined per content item or tool call
+    /// `index` (tool-call arguments held whole and masked as JSON); gives
+    /// the text released for it. `None`: not such an event.
+    fn cohere_delta(
+        &mut self,
+        kind: &str,
+        payload: &[u8],
+        ev: &ChunkLite,
+        event_line: &Option<Vec<u8>>,
+        counts: &mut Counts,
+    ) -> Option<BTreeMap<StreamField, String>> {
+        let [content, tool_plan, tool_calls] = json::COHERE_DELTA;
+        let Some(Value::Object(d)) = &ev.delta else { return None };
+        let message = d.get("message")?;
+        let (name, frag) = match kind {
+            "content-delta" => (content, message.get("content")?.get("text")?),
+            "tool-plan-delta" => (tool_plan, message.get("tool_plan")?),
+            "tool-call-delta" => (tool_calls, message.get("tool_calls")?.get("function")?.get("arguments")?),
+            _ => return None,
+        };
+        let Value::String(frag) = frag else { return None };
+        let index = if name == tool_plan { 0 } else { ev.index.unwrap_or(0) };
+        let key = (cohere_family(name), String::new(), index, 0, 0);
+        Some(self.join_part(key, StreamField::Cohere(name), name == tool_calls, frag, payload, event_line, counts))
     }
 
     /// Emits `tail` (the rest of a part's text) as a copy of the part's last
