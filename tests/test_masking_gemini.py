@@ -13,9 +13,11 @@ MODEL = "gemini-2.5-flash"
 
 def chunk(parts, finish=None):
     c = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    usage = {"promptTokenCount": 4, "totalTokenCount": 4}
     if finish:
         c["finishReason"] = finish
-    return {"candidates": [c], "usageMetadata": {"promptTokenCount": 4, "totalTokenCount": 4}, "modelVersion": MODEL, "responseId": "r-1"}
+        usage = {"promptTokenCount": 4, "candidatesTokenCount": 12, "thoughtsTokenCount": 5, "totalTokenCount": 21}
+    return {"candidates": [c], "usageMetadata": usage, "modelVersion": MODEL, "responseId": "r-1"}
 
 
 CALL = {"functionCall": {"name": "pay", "args": {"card": 4111111111111111, EMAIL: "owner", "amount": 25}}}
@@ -66,6 +68,9 @@ def test_gemini_sdk_streams_masked_text_thoughts_and_function_call(gw):
     assert [(c.name, c.args) for c in calls] == [("pay", {"card": "[PAYMENT_CARD]", "[EMAIL]": "owner", "amount": 25})]
     seen = "".join(raw)
     assert "jane.do" not in seen and "4111" not in seen
+    # the audit record: the final chunk's usageMetadata, thinking counted as completion
+    [rec] = [r for r in env.audit_records(1) if r["path"].endswith(":streamGenerateContent?alt=sse")]
+    assert rec["usage"] == {"prompt_tokens": 4, "completion_tokens": 17, "total_tokens": 21, "estimated": False}
 
 
 def test_gemini_sdk_whole_answer_masked(gw):

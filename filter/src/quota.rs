@@ -345,18 +345,33 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     if let Some(counts) = ollama_usage(tail) {
         return counts;
     }
-    const KEY: &[u8] = b"\"usage\"";
-    let mut end = tail.len();
     let mut best: Option<Usage> = None;
     let mut output_only = 0u64;
-    while let Some(at) = tail.get(..end).and_then(|t| memchr::memmem::rfind(t, KEY)) {
+    // (Gemini's counts are `"usageMetadata"`, see `usage_of`)
+    for key in [&b"\"usage\""[..], b"\"usageMetadata\""] {
+        usage_members(tail, key, &mut best, &mut output_only);
+    }
+    let mut u = best?;
+    if output_only > u.completion_tokens {
+        u.total_tokens = u.total_tokens.saturating_add(output_only - u.completion_tokens);
+        u.completion_tokens = output_only;
+    }
+    Some(u)
+}
+
+/// [`usage_from_tail`] for the members named `key` (quoted): raises `best`
+/// to the largest complete usage and `output_only` to the largest
+/// output-only count among them.
+fn usage_members(tail: &[u8], key: &[u8], best: &mut Option<Usage>, output_only: &mut u64) {
+    let mut end = tail.len();
+    while let Some(at) = tail.get(..end).and_then(|t| memchr::memmem::rfind(t, key)) {
         // The next candidate ends before this one's closing quote.
-        end = at + KEY.len() - 1;
+        end = at + key.len() - 1;
         let backslashes = tail.get(..at).unwrap_or_default().iter().rev().take_while(|b| **b == b'\\').count();
         if backslashes % 2 == 1 {
             continue;
         }
-        let after = tail.get(at + KEY.len()..).unwrap_or_default();
+        let after = tail.get(at + key.len()..).unwrap_or_default();
         let Some(colon) = after.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) else {
             continue;
         };
@@ -368,21 +383,15 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
             continue;
         };
         match usage_of(&o) {
-            Some(u) if best.as_ref().is_none_or(|b| u.total_tokens > b.total_tokens) => best = Some(u),
+            Some(u) if best.as_ref().is_none_or(|b| u.total_tokens > b.total_tokens) => *best = Some(u),
             Some(_) => {}
             None => {
                 if let Some(out) = o.get("output_tokens").and_then(Value::as_u64) {
-                    output_only = output_only.max(out);
+                    *output_only = (*output_only).max(out);
                 }
             }
         }
     }
-    let mut u = best?;
-    if output_only > u.completion_tokens {
-        u.total_tokens = u.total_tokens.saturating_add(output_only - u.completion_tokens);
-        u.completion_tokens = output_only;
-    }
-    Some(u)
 }
 
 /// The usage of a JSON-lines response (`application/x-ndjson`): Ollama's
@@ -494,19 +503,37 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
 ///   (`cache_creation_input_tokens`, `cache_read_input_tokens`), reported
 ///   apart from `input_tokens`, are added to the prompt.
 ///
+/// - Cohere v2 chat: the same two inside `tokens` (the tokens the model
+///   read and wrote; `billed_units` holds fewer);
+/// - Gemini API `usageMetadata`: `promptTokenCount` (plus
+///   `toolUsePromptTokenCount`) as the prompt, `candidatesTokenCount` plus
+///   `thoughtsTokenCount` as the completion (each 0 when left out, as
+///   Gemini leaves out zero counts), `totalTokenCount` as the total; at
+///   least one of the prompt and total counts is required.
+///
 /// Anything else (e.g. the `output_tokens`-only usage of an Anthropic
 /// stream's last event) → `None`, and the caller estimates.
 fn usage_of(o: &Map<String, Value>) -> Option<Usage> {
     let num = |k: &str| o.get(k).and_then(Value::as_u64);
+    if let Some(Value::Object(tokens)) = o.get("tokens") {
+        return usage_of(tokens);
+    }
     let (prompt_tokens, completion_tokens) = match (num("prompt_tokens"), num("completion_tokens")) {
         (Some(p), Some(c)) => (p, c),
+        _ if num("promptTokenCount").or(num("totalTokenCount")).is_some() => {
+            let n = |k: &str| num(k).unwrap_or(0);
+            (
+                n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount")),
+                n("candidatesTokenCount").saturating_add(n("thoughtsTokenCount")),
+            )
+        }
         _ => {
             let cached = num("cache_creation_input_tokens").unwrap_or(0).saturating_add(num("cache_read_input_tokens").unwrap_or(0));
             (num("input_tokens")?.saturating_add(cached), num("output_tokens")?)
         }
     };
     let sum = prompt_tokens.saturating_add(completion_tokens);
-    let total_tokens = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(sum).max(sum);
+    let total_tokens = num("total_tokens").or(num("totalTokenCount")).unwrap_or(sum).max(sum);
     Some(Usage { prompt_tokens, completion_tokens, total_tokens, estimated: false })
 }
 
@@ -580,9 +607,10 @@ pub fn lax_true(v: &Value) -> bool {
 
 /// The completion length a request body asks for: the largest of
 /// `max_completion_tokens`, `max_tokens` and `max_output_tokens` (Responses
-/// API) of a JSON object, and Ollama's `options.num_predict` (`/api/chat`,
-/// `/api/generate`), times the number of choices it asks for (the
-/// larger of `n` and `best_of`, at least 1); `None` when
+/// API) of a JSON object, Ollama's `options.num_predict` (`/api/chat`,
+/// `/api/generate`) and Gemini's `generationConfig.maxOutputTokens`, times
+/// the number of choices it asks for (the largest of `n`, `best_of` and
+/// Gemini's `generationConfig.candidateCount`, at least 1); `None` when
 /// none is given (or `null`) or the body is not one. Lenient servers
 /// (pydantic's lax mode) also take `"100000"`, `100000.0` or `1e5`, so those
 /// count too (fractions rounded up); any other value counts as unbounded
@@ -615,10 +643,25 @@ pub fn requested_max_tokens_in(v: &Value) -> Option<u64> {
         })
         .max();
     let read = |key: &'static str| members(o, key).filter_map(count).max();
-    // Chat Completions; legacy and Anthropic `max_tokens`; Responses API `max_output_tokens`
-    let per_choice = read("max_completion_tokens").max(read("max_tokens")).max(read("max_output_tokens")).max(num_predict)?;
-    // each of `n` choices (and each of legacy completions' `best_of` candidates) may be that long
-    let choices = read("n").max(read("best_of")).unwrap_or(1).max(1);
+    // Gemini's `generationConfig` (proto JSON: field names in lowerCamelCase
+    // or as declared): `maxOutputTokens` for each of `candidateCount`
+    let generation = |names: [&str; 2]| {
+        o.iter()
+            .filter(|(k, _)| matches!(k.as_str(), "generationConfig" | "generation_config"))
+            .filter_map(|(_, g)| g.as_object())
+            .flat_map(|g| g.iter().filter(move |(k, _)| names.contains(&k.as_str())).map(|(_, v)| v))
+            .filter_map(count)
+            .max()
+    };
+    // Chat Completions; legacy, Anthropic and Cohere `max_tokens`; Responses API `max_output_tokens`
+    let per_choice = read("max_completion_tokens")
+        .max(read("max_tokens"))
+        .max(read("max_output_tokens"))
+        .max(num_predict)
+        .max(generation(["maxOutputTokens", "max_output_tokens"]))?;
+    // each of `n` choices (and each of legacy completions' `best_of`
+    // candidates, Gemini's `candidateCount`) may be that long
+    let choices = read("n").max(read("best_of")).max(generation(["candidateCount", "candidate_count"])).unwrap_or(1).max(1);
     Some(per_choice.saturating_mul(choices))
 }
 

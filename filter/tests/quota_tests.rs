@@ -604,6 +604,20 @@ fn max_output_tokens_of_the_responses_api_counts() {
     assert_eq!(requested_max_tokens(br#"{"max_tokens":10,"max_output_tokens":700}"#), Some(700));
 }
 
+/// Gemini asks for its length in `generationConfig` (either spelling of
+/// proto JSON), for each of `candidateCount` candidates.
+#[test]
+fn gemini_generation_config_counts() {
+    let m = |v: Value| requested_max_tokens(v.to_string().as_bytes());
+    let contents = json!([{"role": "user", "parts": [{"text": "hi"}]}]);
+    assert_eq!(m(json!({"contents": contents, "generationConfig": {"maxOutputTokens": 700}})), Some(700));
+    assert_eq!(m(json!({"contents": contents, "generationConfig": {"maxOutputTokens": 700, "candidateCount": 3}})), Some(2100));
+    assert_eq!(m(json!({"generation_config": {"max_output_tokens": "50", "candidate_count": 2}})), Some(100));
+    assert_eq!(m(json!({"generationConfig": {"maxOutputTokens": [1]}})), Some(u64::MAX), "what is no count is unbounded");
+    assert_eq!(m(json!({"generationConfig": {"temperature": 0.2, "candidateCount": 2}})), None);
+    assert_eq!(m(json!({"generationConfig": {"maxOutputTokens": null}})), None);
+}
+
 #[test]
 fn usage_from_every_cut_of_the_tail() {
     let body = chat_completion(&"long answer ".repeat(50));
@@ -646,6 +660,36 @@ fn stream_without_final_usage_has_none() {
     // A stream cut before [DONE] and before its usage event.
     let s = sse_stream(false);
     assert_eq!(usage_from_tail(&s[..s.len() - 20]), None);
+}
+
+/// Gemini's `usageMetadata` (in every chunk of a stream, cumulative; the
+/// thinking counted with the completion) and Cohere v2's `usage.tokens`.
+#[test]
+fn usage_of_gemini_and_cohere_answers() {
+    let chunk = |meta: Value| json!({"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}}], "usageMetadata": meta, "modelVersion": "gemini-2.5-flash"});
+    let whole = chunk(json!({"promptTokenCount": 8, "candidatesTokenCount": 3, "thoughtsTokenCount": 20, "totalTokenCount": 31}));
+    assert_eq!(usage_from_tail(whole.to_string().as_bytes()), usage(8, 23, 31));
+    // a stream: the last chunk's counts are the largest
+    let stream: String = [json!({"promptTokenCount": 8, "totalTokenCount": 8}), json!({"promptTokenCount": 8, "candidatesTokenCount": 5, "totalTokenCount": 13})]
+        .into_iter()
+        .map(|m| format!("data: {}\r\n\r\n", chunk(m)))
+        .collect();
+    assert_eq!(usage_from_tail(stream.as_bytes()), usage(8, 5, 13));
+    // tool-use prompt counted with the prompt; the total never below the sum
+    let tool = chunk(json!({"promptTokenCount": 8, "toolUsePromptTokenCount": 4, "candidatesTokenCount": 3, "totalTokenCount": 2}));
+    assert_eq!(usage_from_tail(tool.to_string().as_bytes()), usage(12, 3, 15));
+    for bad in [json!({}), json!({"candidatesTokenCount": 3}), json!({"promptTokenCount": "8"}), json!(null)] {
+        assert_eq!(usage_from_tail(chunk(bad.clone()).to_string().as_bytes()), None, "{bad}");
+    }
+    // Cohere v2: `tokens`, not the (smaller) `billed_units`
+    let cohere = json!({"id": "c-1", "message": {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]}, "finish_reason": "COMPLETE",
+        "usage": {"billed_units": {"input_tokens": 5, "output_tokens": 2}, "tokens": {"input_tokens": 71, "output_tokens": 2}}});
+    assert_eq!(usage_from_tail(cohere.to_string().as_bytes()), usage(71, 2, 73));
+    let end = r#"event: message-end
+data: {"type":"message-end","delta":{"finish_reason":"COMPLETE","usage":{"billed_units":{"input_tokens":5,"output_tokens":9},"tokens":{"input_tokens":70,"output_tokens":9}}}}
+
+"#;
+    assert_eq!(usage_from_tail(end.as_bytes()), usage(70, 9, 79));
 }
 
 #[test]
