@@ -142,12 +142,20 @@ const AUDIT_QUEUE: &str = "nhi_gate_audit";
 const AUDIT_QUEUED_KEY: &str = "nhi_gate.audit.queued";
 
 /// Adds `delta` to the shared queued-records counter with compare-and-swap;
-/// with `limit`, refuses to go above it. Returns whether the change was made.
+/// with `limit`, refuses to go above it. Returns whether the change was made
+/// (not when the shared data cannot be read, or after 16 conflicting
+/// writes; a warning is logged: an increment refused drops the record from
+/// shipping, a decrement lost leaves the count high, so the queue reads
+/// full earlier — never unbounded).
 fn queued_add(delta: i64, limit: Option<u64>) -> bool {
     for _ in 0..16 {
         let (cur, cas) = match hostcalls::get_shared_data(AUDIT_QUEUED_KEY) {
             Ok((Some(v), cas)) => (String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0), cas),
-            _ => (0, None),
+            Ok((None, _)) => (0, None),
+            Err(e) => {
+                log::warn!("audit: cannot read the queued-records count: {e:?}");
+                return false;
+            }
         };
         let next = if delta >= 0 { cur.saturating_add(delta.unsigned_abs()) } else { cur.saturating_sub(delta.unsigned_abs()) };
         if limit.is_some_and(|l| next > l) {
@@ -157,6 +165,7 @@ fn queued_add(delta: i64, limit: Option<u64>) -> bool {
             return true;
         }
     }
+    log::warn!("audit: the queued-records count kept changing under 16 writes; {delta:+} not applied");
     false
 }
 
