@@ -327,8 +327,9 @@ pub fn go_name_eq(name: &str, ascii: &str) -> bool {
 /// `input` arrays, `metadata`, tool descriptions — so a prompt field the
 /// filter does not know by name is still masked (fail closed), except:
 /// tool-call `arguments` (a JSON document in a string, or an object as
-/// Ollama writes them) and tool input objects ([`TOOL_INPUT`]: `input`,
-/// `args`, `parameters`), which are masked as JSON,
+/// Ollama writes them), tool input objects and JSON tool results
+/// ([`TOOL_INPUT`]: `input`, `args`, `parameters`, `response`, `outputs`),
+/// which are masked as JSON,
 /// numbers and keys too ([`Masker::mask_tool_arguments`]); Anthropic `thinking` blocks with a
 /// `signature` and `redacted_thinking` blocks in an assistant message's
 /// `content`, which the provider checks; and
@@ -370,12 +371,15 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
     serde_json::to_vec(&v).map_err(|e| e.to_string())
 }
 
-/// The members whose object value is tool input, masked as JSON with its
-/// numbers and keys ([`Masker::mask_tool_arguments`]): Ollama `arguments`,
-/// Anthropic `input` (Bedrock `toolUse.input`), Gemini `functionCall.args`,
-/// Cohere v1 `tool_calls[].parameters` (the same names as in responses,
-/// `mask::json`).
-const TOOL_INPUT: [&str; 4] = ["arguments", "input", "args", "parameters"];
+/// The members whose object value is tool input or output, masked as JSON
+/// with its numbers and keys ([`Masker::mask_tool_arguments`]): Ollama
+/// `arguments`, Anthropic `input` (Bedrock `toolUse.input`), Gemini
+/// `functionCall.args`, Cohere v1 `tool_calls[].parameters` (the names of
+/// tool input in responses too, `mask::json`); and the tool results a job
+/// sends back as JSON rather than text: Gemini `functionResponse.response`,
+/// Cohere v1 `tool_results[].outputs` (an array of objects: arrays count
+/// for it alone).
+const TOOL_INPUT: [&str; 6] = ["arguments", "input", "args", "parameters", "response", "outputs"];
 
 /// [`mask_prompt`] over one value, recursively.
 fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {
@@ -405,7 +409,9 @@ fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {
                     // (Ollama writes tool-call arguments as an object; Go
                     // matches member names in any case; Gemini's
                     // `functionCall.args`, Cohere v1's `parameters`)
-                    (k, input @ Value::Object(_)) if TOOL_INPUT.iter().any(|n| go_name_eq(k, n)) => {
+                    (k, input @ (Value::Object(_) | Value::Array(_)))
+                        if TOOL_INPUT.iter().any(|n| go_name_eq(k, n)) && (input.is_object() || go_name_eq(k, "outputs")) =>
+                    {
                         let masked = masker.mask_tool_arguments(&input.to_string(), counts);
                         // a JSON object masked as JSON stays one
                         *input = serde_json::from_str(&masked).unwrap_or(Value::String(masked));

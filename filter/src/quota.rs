@@ -515,11 +515,12 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
 /// stream's last event) → `None`, and the caller estimates.
 fn usage_of(o: &Map<String, Value>) -> Option<Usage> {
     let num = |k: &str| o.get(k).and_then(Value::as_u64);
-    if let Some(Value::Object(tokens)) = o.get("tokens") {
-        return usage_of(tokens);
-    }
     let (prompt_tokens, completion_tokens) = match (num("prompt_tokens"), num("completion_tokens")) {
         (Some(p), Some(c)) => (p, c),
+        // (counts of the object itself come first)
+        _ if num("input_tokens").is_none() && o.get("tokens").is_some_and(Value::is_object) => {
+            return o.get("tokens").and_then(Value::as_object).and_then(usage_of);
+        }
         _ if num("promptTokenCount").or(num("totalTokenCount")).is_some() => {
             let n = |k: &str| num(k).unwrap_or(0);
             (

@@ -719,16 +719,16 @@ pub(crate) enum StreamField {
     /// `streamGenerateContent?alt=sse` chunk (a `GenerateContentResponse`).
     Part(usize, usize),
     /// The string of a Cohere v2 chat stream delta event, `name` one of
-    /// [`COHERE_DELTA`]: `delta.message.content.text` (`content-delta`),
-    /// `delta.message.tool_plan` (`tool-plan-delta`),
+    /// [`COHERE_DELTA`]: `delta.message.content.text` or `.thinking`
+    /// (`content-delta`), `delta.message.tool_plan` (`tool-plan-delta`),
     /// `delta.message.tool_calls.function.arguments` (`tool-call-delta`).
     Cohere(&'static str),
 }
 
 /// The Cohere v2 chat stream strings joined across events (see
-/// [`StreamField::Cohere`]): the answer, the tool plan and tool-call
-/// arguments (held whole, masked as JSON).
-pub(crate) const COHERE_DELTA: [&str; 3] = ["content", "tool_plan", "tool_calls"];
+/// [`StreamField::Cohere`]): the answer, the thinking of reasoning models,
+/// the tool plan and tool-call arguments (held whole, masked as JSON).
+pub(crate) const COHERE_DELTA: [&str; 4] = ["text", "thinking", "tool_plan", "tool_calls"];
 
 /// The strings of an Ollama `/api/chat` JSON line's `message` that are
 /// joined across lines: the answer and the model's thinking.
@@ -782,14 +782,14 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
         {
             Some(StreamField::Part(*k, *m))
         }
-        [Frame::Obj(d), Frame::Obj(m), Frame::Obj(t)] if d == "delta" && m == "message" && t == "tool_plan" => Some(StreamField::Cohere(COHERE_DELTA[1])),
-        [Frame::Obj(d), Frame::Obj(m), Frame::Obj(c), Frame::Obj(t)] if d == "delta" && m == "message" && c == "content" && t == "text" => {
-            Some(StreamField::Cohere(COHERE_DELTA[0]))
+        [Frame::Obj(d), Frame::Obj(m), Frame::Obj(t)] if d == "delta" && m == "message" && t == "tool_plan" => Some(StreamField::Cohere(COHERE_DELTA[2])),
+        [Frame::Obj(d), Frame::Obj(m), Frame::Obj(c), Frame::Obj(t)] if d == "delta" && m == "message" && c == "content" => {
+            COHERE_DELTA.get(..2)?.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Cohere(n))
         }
         [Frame::Obj(d), Frame::Obj(m), Frame::Obj(tc), Frame::Obj(f), Frame::Obj(a)]
             if d == "delta" && m == "message" && tc == "tool_calls" && f == "function" && a == "arguments" =>
         {
-            Some(StreamField::Cohere(COHERE_DELTA[2]))
+            Some(StreamField::Cohere(COHERE_DELTA[3]))
         }
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         [Frame::Obj(d), Frame::Obj(t)] if d == "delta" => BLOCK_DELTA.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Block(n)),

@@ -519,6 +519,12 @@ impl Masker {
     /// `Ok(None)` when nothing is redacted (the body can be forwarded as
     /// it is), `Ok(Some(masked))` otherwise. Same errors.
     pub fn mask_json_changes(&self, body: &[u8], counts: &mut Counts) -> Result<Option<Vec<u8>>, MaskError> {
+        // a Gemini stream as a JSON array: its chunks' text joined
+        if body.trim_ascii_start().first() == Some(&b'[') {
+            if let Some(out) = stream::chunk_array(&self.inner, body, counts)? {
+                return Ok(Some(out));
+            }
+        }
         json::rewrite_changes(&self.inner, body, None, true, counts)
     }
 

@@ -1117,7 +1117,9 @@ impl SseStream {
             (None, false)
         } else {
             match serde_json::from_slice::<ChunkLite>(payload) {
-                Ok(ChunkLite { choices: Some(choices), .. }) => (Some(self.chat_chunk(payload, choices, pre, counts)), false),
+                Ok(ChunkLite { choices: Some(choices), candidates, .. }) if !choices.is_empty() || candidates.is_none() => {
+                    (Some(self.chat_chunk(payload, choices, pre, counts)), false)
+                }
                 Ok(ChunkLite { candidates: Some(c), .. }) => match serde_json::from_value::<Vec<CandidateLite>>(c) {
                     Ok(candidates) => (Some(self.gemini_chunk(payload, candidates, pre, counts)), false),
                     Err(_) => {
@@ -1193,8 +1195,9 @@ impl SseStream {
             // Cohere v2: a content item or tool call ends; the tool plan
             // ends where the tool calls start; the message ends
             "content-end" | "tool-call-end" => {
-                let (family, index) = (cohere_family(if kind == "content-end" { "content" } else { "tool_calls" }), ev.index.unwrap_or(0));
-                self.parts.keys().filter(|k| k.0 == family && k.2 == index).cloned().collect()
+                let names: &[&str] = if kind == "content-end" { &["text", "thinking"] } else { &["tool_calls"] };
+                let (families, index) = (names.iter().map(|n| cohere_family(n)).collect::<Vec<_>>(), ev.index.unwrap_or(0));
+                self.parts.keys().filter(|k| families.contains(&k.0) && k.2 == index).cloned().collect()
             }
             "tool-call-start" => vec![(cohere_family("tool_plan"), String::new(), 0, 0, 0)],
             "message-end" => self.parts.keys().cloned().collect(),
@@ -1277,7 +1280,10 @@ impl SseStream {
     /// `tool-plan-delta`, `tool-call-delta`): its string
     /// ([`StreamField::Cohere`]) is joined per content item or tool call
     /// `index` (tool-call arguments held whole and masked as JSON); gives
-    /// the text released for it. `None`: not such an event.
+    /// the text released for it. A `content-start` or `tool-call-start`
+    /// that already carries text (Cohere sends them empty) starts the item
+    /// with it; its rest then goes out in a delta event made for it. `None`:
+    /// not such an event.
     fn cohere_delta(
         &mut self,
         kind: &str,
@@ -1286,19 +1292,40 @@ impl SseStream {
         event_line: &Option<Vec<u8>>,
         counts: &mut Counts,
     ) -> Option<BTreeMap<StreamField, String>> {
-        let [content, tool_plan, tool_calls] = json::COHERE_DELTA;
+        let [text, thinking, tool_plan, tool_calls] = json::COHERE_DELTA;
         let Some(Value::Object(d)) = &ev.delta else { return None };
         let message = d.get("message")?;
         let (name, frag) = match kind {
-            "content-delta" => (content, message.get("content")?.get("text")?),
-            "tool-plan-delta" => (tool_plan, message.get("tool_plan")?),
-            "tool-call-delta" => (tool_calls, message.get("tool_calls")?.get("function")?.get("arguments")?),
+            "content-delta" | "content-start" => {
+                let c = message.get("content")?;
+                match c.get(text) {
+                    Some(t) => (text, t),
+                    None => (thinking, c.get(thinking)?),
+                }
+            }
+            "tool-plan-delta" => (tool_plan, message.get(tool_plan)?),
+            "tool-call-delta" | "tool-call-start" => (tool_calls, message.get(tool_calls)?.get("function")?.get("arguments")?),
             _ => return None,
         };
         let Value::String(frag) = frag else { return None };
         let index = if name == tool_plan { 0 } else { ev.index.unwrap_or(0) };
         let key = (cohere_family(name), String::new(), index, 0, 0);
-        Some(self.join_part(key, StreamField::Cohere(name), name == tool_calls, frag, payload, event_line, counts))
+        if !kind.ends_with("-start") {
+            return Some(self.join_part(key, StreamField::Cohere(name), name == tool_calls, frag, payload, event_line, counts));
+        }
+        if frag.is_empty() {
+            return None;
+        }
+        // the model of the event that carries the rest: a delta, not a second start
+        let (delta_kind, delta) = if name == tool_calls {
+            ("tool-call-delta", serde_json::json!({"message": {"tool_calls": {"function": {"arguments": ""}}}}))
+        } else {
+            ("content-delta", serde_json::json!({"message": {"content": {name: ""}}}))
+        };
+        let model = serde_json::json!({"type": delta_kind, "index": index, "delta": delta}).to_string();
+        let line = event_line.as_ref().map(|_| format!("event: {delta_kind}").into_bytes());
+        let released = self.join_part(key, StreamField::Cohere(name), name == tool_calls, frag, model.as_bytes(), &line, counts);
+        Some(released)
     }
 
     /// Emits `tail` (the rest of a part's text) as a copy of the part's last
@@ -1448,7 +1475,8 @@ impl SseStream {
         self.template.extend_from_slice(payload);
         let mut released: BTreeMap<StreamField, String> = BTreeMap::new();
         for (k, c) in candidates.into_iter().enumerate() {
-            let idx = c.index.unwrap_or(k as u64);
+            // (proto3 JSON leaves out a zero `index`)
+            let idx = c.index.unwrap_or(0);
             let parts = c.content.and_then(|ct| ct.parts).unwrap_or_default();
             let here: Vec<(Slot, StreamField, String)> = parts
                 .into_iter()
@@ -1518,8 +1546,10 @@ impl SseStream {
     /// ([`SseStream::gemini_synthetic`]).
     fn synthetic(&self, idx: u64, slot: Slot, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
         let mut m = serde_json::from_slice::<Map<String, Value>>(&self.template).unwrap_or_default();
-        m.shift_remove("choices");
-        m.shift_remove("usage");
+        // (the last chunk may be of the other shape: its text is not repeated)
+        for k in ["choices", "usage", "candidates", "usageMetadata"] {
+            m.shift_remove(k);
+        }
         let mut choice = Map::new();
         choice.insert("index".into(), Value::from(idx));
         let field = match slot {
@@ -1570,11 +1600,10 @@ impl SseStream {
     }
 
     /// A Gemini chunk carrying `text` for candidate `idx` (thinking when
-    /// `thought`): the last chunk's members (`m`, without `candidates` and
-    /// `usageMetadata`) and one candidate whose content is one text part.
+    /// `thought`): the last chunk's members (`m`, already without
+    /// `candidates` and `usageMetadata`) and one candidate whose content is
+    /// one text part.
     fn gemini_synthetic(&self, mut m: Map<String, Value>, idx: u64, thought: bool, text: &str, out: &mut Vec<u8>, counts: &mut Counts) {
-        m.shift_remove("candidates");
-        m.shift_remove("usageMetadata");
         let mut part = Map::new();
         part.insert("text".into(), Value::String(text.to_string()));
         if thought {
@@ -1589,6 +1618,47 @@ impl SseStream {
         m.insert("candidates".into(), Value::Array(vec![Value::Object(candidate)]));
         self.emit_synthetic(m, StreamField::Part(0, 0), text, out, counts);
     }
+}
+
+/// Masks a JSON array of Gemini stream chunks: what
+/// `:streamGenerateContent` answers without `alt=sse`
+/// (`application/json`, one `GenerateContentResponse` per element). The
+/// elements are masked as the events of an SSE stream are, so a value split
+/// between two chunks' text parts is joined ([`SseStream`]); the array
+/// that comes out may hold one more chunk (the rest held at the end) and
+/// is written without line breaks. `Ok(None)`: not such an array (its
+/// first element has no `candidates`), or nothing masked (the body goes as
+/// it is). Errors: the array is not valid JSON. An element that is not
+/// strict JSON becomes an error object, as an SSE event does.
+pub(crate) fn chunk_array(inner: &Arc<Inner>, body: &[u8], counts: &mut Counts) -> Result<Option<Vec<u8>>, super::MaskError> {
+    let elems: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).map_err(|e| super::MaskError::new(e.column(), "invalid JSON array"))?;
+    let chunks = elems.first().is_some_and(|e| serde_json::from_str::<ChunkLite>(e.get()).is_ok_and(|c| c.candidates.is_some()));
+    if !chunks {
+        return Ok(None);
+    }
+    let before: u64 = counts.values().sum();
+    let mut sse = SseStream::new(Arc::clone(inner), false);
+    let mut out = Vec::new();
+    for e in &elems {
+        // (CR and LF are whitespace between JSON tokens: one line per event)
+        let mut event = b"data: ".to_vec();
+        event.extend(e.get().bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        event.extend_from_slice(b"\n\n");
+        out.extend(sse.push(&event, counts));
+    }
+    out.extend(sse.finish(counts));
+    if counts.values().sum::<u64>() == before {
+        return Ok(None);
+    }
+    let mut array = b"[".to_vec();
+    for (k, event) in out.split(|b| *b == b'\n').filter_map(|l| l.strip_prefix(b"data: ")).enumerate() {
+        if k > 0 {
+            array.push(b',');
+        }
+        array.extend_from_slice(event);
+    }
+    array.push(b']');
+    Ok(Some(array))
 }
 
 /// What an SSE event's data becomes when it looks like JSON (starts with

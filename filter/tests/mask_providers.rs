@@ -1,0 +1,454 @@
+//! Edge cases of the Gemini and Cohere stream joining, tool input and
+//! tool results given as JSON, and these providers' usage: odd shapes,
+//! missing indices, several candidates or tool calls at once, text in start
+//! events, streams cut short. Every stream is also run byte by byte and in
+//! one piece: the output must not change.
+mod common;
+
+use common::stream;
+use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
+use nhi_gate::quota;
+use serde_json::{json, Value};
+
+fn masker(cfg: Value) -> Masker {
+    let raw: RawMasking = serde_json::from_value(cfg).expect("raw masking");
+    Masker::compile(raw, "masking").expect("compiles")
+}
+
+fn ev(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+fn cev(v: &Value) -> String {
+    format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap_or("x"))
+}
+
+fn parse_sse(s: &str) -> Vec<Value> {
+    let s = s.replace("\r\n", "\n");
+    let mut events = Vec::new();
+    for block in s.split("\n\n").filter(|b| !b.is_empty()) {
+        let mut data = Vec::new();
+        for line in block.split('\n') {
+            if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+            }
+        }
+        if !data.is_empty() {
+            let d = data.join("\n");
+            events.push(serde_json::from_str(&d).unwrap_or(Value::String(d)));
+        }
+    }
+    events
+}
+
+fn run(input: &str, cuts: &[usize]) -> String {
+    let m = masker(json!({}));
+    let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), cuts);
+    let out = String::from_utf8(out).unwrap();
+    // chunking invariance
+    let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+    assert_eq!(String::from_utf8(one).unwrap(), out, "chunking variance");
+    let byte: Vec<usize> = (0..input.len()).collect();
+    let (b, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &byte);
+    assert_eq!(String::from_utf8(b).unwrap(), out, "byte-by-byte variance");
+    out
+}
+
+fn gem(cands: Value) -> String {
+    ev(&json!({"candidates": cands, "modelVersion": "gemini-2.5-flash"}))
+}
+fn cand(idx: Option<u64>, parts: Value, finish: Option<&str>) -> Value {
+    let mut c = json!({"content": {"parts": parts, "role": "model"}});
+    if let Some(i) = idx {
+        c["index"] = json!(i);
+    }
+    if let Some(f) = finish {
+        c["finishReason"] = json!(f);
+    }
+    c
+}
+
+/// Gemini texts per candidate `index` (as the client would assemble them: by index, else position).
+fn gemini_text(out: &str) -> (String, String) {
+    let (mut a, mut t) = (String::new(), String::new());
+    for v in parse_sse(out) {
+        for p in v["candidates"][0]["content"]["parts"].as_array().cloned().unwrap_or_default() {
+            if let Some(s) = p["text"].as_str() {
+                if p["thought"] == json!(true) { t.push_str(s) } else { a.push_str(s) }
+            }
+        }
+    }
+    (a, t)
+}
+
+const CARD_A: &str = "pay with 4111 1111";
+const CARD_B: &str = " 1111 1111 today";
+
+// ------------------------------------------------------------------ Gemini
+
+#[test]
+fn gemini_basic_split_card() {
+    let input = [gem(json!([cand(Some(0), json!([{"text": CARD_A}]), None)])), gem(json!([cand(Some(0), json!([{"text": CARD_B}]), Some("STOP"))]))].concat();
+    let out = run(&input, &[3, 50]);
+    assert!(!out.contains("1111"), "{out}");
+}
+
+#[test]
+fn gemini_index_absent_candidate0_second_in_array() {
+    // candidate 1 first with explicit index, candidate 0 without index at position 1
+    let input = [
+        gem(json!([cand(Some(1), json!([{"text": "other "}]), None), cand(None, json!([{"text": CARD_A}]), None)])),
+        gem(json!([cand(None, json!([{"text": CARD_B}]), None)])),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("4111"), "{out}");
+}
+
+#[test]
+fn gemini_middle_chunk_without_candidates() {
+    let input = [
+        gem(json!([cand(Some(0), json!([{"text": CARD_A}]), None)])),
+        ev(&json!({"usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}, "modelVersion": "x"})),
+        gem(json!([cand(Some(0), json!([{"text": CARD_B}]), Some("STOP"))])),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111"), "{out}");
+}
+
+#[test]
+fn gemini_mixed_parts_nonstring_text_and_function_call() {
+    let input = [
+        gem(json!([cand(Some(0), json!([{"text": CARD_A}, {"text": 5}, {"functionCall": {"name": "f", "args": {"n": 4111111111111111u64}}}]), None)])),
+        gem(json!([cand(Some(0), json!([{"inlineData": {"mimeType": "x", "data": "AA=="}}, {"text": CARD_B}]), Some("STOP"))])),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111"), "{out}");
+    let (a, _) = gemini_text(&out);
+    assert_eq!(a, "pay with [PAYMENT_CARD] today");
+}
+
+#[test]
+fn gemini_thought_nonbool() {
+    let input = [
+        gem(json!([cand(Some(0), json!([{"text": CARD_A, "thought": "yes"}]), None)])),
+        gem(json!([cand(Some(0), json!([{"text": CARD_B, "thought": 1}]), Some("STOP"))])),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111"), "{out}");
+}
+
+#[test]
+fn gemini_two_candidates_interleaved() {
+    let input = [
+        gem(json!([cand(Some(0), json!([{"text": CARD_A}]), None), cand(Some(1), json!([{"text": "mail jane.do"}]), None)])),
+        gem(json!([cand(Some(1), json!([{"text": "e@example.com ok"}]), None), cand(Some(0), json!([{"text": CARD_B}]), None)])),
+        gem(json!([cand(Some(1), json!([{"text": ""}]), Some("STOP"))])),
+        gem(json!([cand(Some(0), json!([]), Some("STOP"))])),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111") && !out.contains("jane") && !out.contains("example.com"), "{out}");
+}
+
+#[test]
+fn gemini_finish_null_vs_absent() {
+    let mut c1 = cand(Some(0), json!([{"text": CARD_A}]), None);
+    c1["finishReason"] = Value::Null;
+    let input = [gem(json!([c1])), gem(json!([cand(Some(0), json!([{"text": CARD_B}]), None)]))].concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111"), "{out}");
+    let (a, _) = gemini_text(&out);
+    assert_eq!(a, "pay with [PAYMENT_CARD] today");
+}
+
+#[test]
+fn gemini_mixed_openai_and_gemini_shape_same_event() {
+    // an event carrying both `choices: []` and `candidates`
+    let e = |t: &str| ev(&json!({"choices": [], "candidates": [cand(Some(0), json!([{"text": t}]), None)]}));
+    let input = [e(CARD_A), e(CARD_B)].concat();
+    let out = run(&input, &[]);
+    let (a, _) = gemini_text(&out);
+    assert_eq!(a, "pay with [PAYMENT_CARD] today");
+}
+
+#[test]
+fn gemini_switch_openai_then_gemini_finish() {
+    // an OpenAI chunk holding content, then a Gemini chunk finishing candidate 0
+    let input = [
+        ev(&json!({"id": "c", "choices": [{"index": 0, "delta": {"content": "hello jane.do"}, "finish_reason": null}]})),
+        gem(json!([cand(Some(0), json!([{"text": "XYZ"}]), Some("STOP"))])),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    assert_eq!(out.matches("XYZ").count(), 1, "duplicated: {out}");
+}
+
+#[test]
+fn gemini_thought_then_answer_split_value_ordering() {
+    // thought held when answer starts; ensure nothing lost and order kept per field
+    let long = "x ".repeat(100);
+    let input = [
+        gem(json!([cand(Some(0), json!([{"text": format!("{long}call jane.do"), "thought": true}]), None)])),
+        gem(json!([cand(Some(0), json!([{"text": "e@example.com", "thought": true}, {"text": "answer 4111 1111"}]), None)])),
+        gem(json!([cand(Some(0), json!([{"text": " 1111 1111 end"}]), Some("STOP"))])),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    let (a, t) = gemini_text(&out);
+    assert_eq!(a, "answer [PAYMENT_CARD] end");
+    assert_eq!(t, format!("{long}call [EMAIL]"));
+}
+
+#[test]
+fn gemini_done_marker_and_cut_stream() {
+    let input = [gem(json!([cand(Some(0), json!([{"text": CARD_A}]), None)])), gem(json!([cand(Some(0), json!([{"text": CARD_B}]), None)])), "data: [DONE]\n\n".to_string()].concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111"), "{out}");
+    let (a, _) = gemini_text(&out);
+    assert_eq!(a, "pay with [PAYMENT_CARD] today");
+    // cut inside the second chunk: that chunk is withheld (not JSON), the
+    // text held before it goes out at the end (half a card is no card)
+    let cut = &input[..input.len() - 30];
+    let out = run(cut, &[]);
+    assert!(!out.contains(CARD_B) && out.contains("unmaskable_event"), "{out}");
+    assert_eq!(gemini_text(&out).0, CARD_A);
+}
+
+#[test]
+fn gemini_duplicate_index_in_candidate() {
+    // {"index":0, ..., "index":1}: serde Value keeps the last
+    let e1 = format!("data: {{\"candidates\":[{{\"index\":1,\"content\":{{\"parts\":[{{\"text\":\"{CARD_A}\"}}]}},\"index\":0}}]}}\n\n");
+    let e2 = format!("data: {{\"candidates\":[{{\"index\":0,\"content\":{{\"parts\":[{{\"text\":\"{CARD_B}\"}}]}}}}]}}\n\n");
+    let out = run(&format!("{e1}{e2}"), &[]);
+    assert!(!out.contains("4111 1111"), "{out}");
+}
+
+// ------------------------------------------------------------------ Cohere
+
+fn cdelta(idx: Option<u64>, text: &str) -> String {
+    let mut v = json!({"type": "content-delta", "delta": {"message": {"content": {"text": text}}}});
+    if let Some(i) = idx {
+        v["index"] = json!(i);
+    }
+    cev(&v)
+}
+
+fn cohere_text(out: &str, key: &str) -> String {
+    parse_sse(out).iter().filter_map(|v| v["delta"]["message"]["content"][key].as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn cohere_thinking_content_delta_split() {
+    // Cohere reasoning models (command-a-reasoning) stream thinking as delta.message.content.thinking
+    let th = |t: &str| cev(&json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"thinking": t}}}}));
+    let input = [
+        cev(&json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "thinking", "thinking": ""}}}})),
+        th(CARD_A),
+        th(CARD_B),
+        cev(&json!({"type": "content-end", "index": 0})),
+        cev(&json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE"}})),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    let t = cohere_text(&out, "thinking");
+    assert!(!t.contains("4111 1111 1111 1111"), "card leaks through thinking: {t}");
+}
+
+#[test]
+fn cohere_tool_call_delta_index1_while_0_open() {
+    let tcd = |i: u64, a: &str| cev(&json!({"type": "tool-call-delta", "index": i, "delta": {"message": {"tool_calls": {"function": {"arguments": a}}}}}));
+    let input = [
+        tcd(0, "{\"card\": \"4111 1111"),
+        tcd(1, "{\"mail\": \"jane.do"),
+        tcd(0, " 1111 1111\"}"),
+        tcd(1, "e@example.com\"}"),
+        cev(&json!({"type": "tool-call-end", "index": 0})),
+        cev(&json!({"type": "message-end", "delta": {}})),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111") && !out.contains("jane") && !out.contains("example.com"), "{out}");
+}
+
+#[test]
+fn cohere_no_message_end_and_done() {
+    let input = [cdelta(Some(0), CARD_A), cdelta(Some(0), CARD_B), "data: [DONE]\n\n".to_string()].concat();
+    let out = run(&input, &[]);
+    assert_eq!(cohere_text(&out, "text"), "pay with [PAYMENT_CARD] today");
+    let input = [cdelta(Some(0), CARD_A), cdelta(Some(0), CARD_B)].concat();
+    let out = run(&input, &[]);
+    assert_eq!(cohere_text(&out, "text"), "pay with [PAYMENT_CARD] today");
+}
+
+#[test]
+fn cohere_tool_call_start_carries_arguments() {
+    let input = [
+        cev(&json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {"id": "t", "type": "function", "function": {"name": "pay", "arguments": "{\"card\": \"4111 1111"}}}}})),
+        cev(&json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": " 1111 1111\"}"}}}}})),
+        cev(&json!({"type": "tool-call-end", "index": 0})),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    let args: String = parse_sse(&out).iter().filter_map(|v| v["delta"]["message"]["tool_calls"]["function"]["arguments"].as_str().map(str::to_string)).collect();
+    assert!(!args.contains("4111 1111 1111 1111"), "{args}");
+}
+
+#[test]
+fn cohere_content_start_carries_text() {
+    let input = [
+        cev(&json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": CARD_A}}}})),
+        cdelta(Some(0), CARD_B),
+        cev(&json!({"type": "content-end", "index": 0})),
+    ]
+    .concat();
+    let out = run(&input, &[]);
+    let t = cohere_text(&out, "text");
+    assert!(!t.contains("4111 1111 1111 1111"), "{t}");
+}
+
+#[test]
+fn cohere_tool_plan_then_content_no_tool_call() {
+    let tp = |t: &str| cev(&json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": t}}}));
+    let input = [tp(CARD_A), tp(CARD_B), cdelta(Some(0), "hi"), cev(&json!({"type": "message-end", "delta": {}}))].concat();
+    let out = run(&input, &[]);
+    assert!(!out.contains("1111 1111"), "{out}");
+}
+
+// ------------------------------------------------------------------ tool input (json)
+
+#[test]
+fn args_numbers_and_keys() {
+    let m = masker(json!({}));
+    let body = json!({"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": {"jane.doe@example.com": 1, "n": 4111111111111111u64, "nested": [{"x": 5555555555554444u64}], "f": 4.111111111111111e15}}}]}}]});
+    let out = m.mask_json(body.to_string().as_bytes(), &mut Counts::new()).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    assert!(!s.contains("jane") && !s.contains("4111") && !s.contains("5555"), "{s}");
+    let _: Value = serde_json::from_str(&s).unwrap();
+}
+
+#[test]
+fn escaped_key_names() {
+    let m = masker(json!({}));
+    let s = r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","\u0061rgs":{"n":4111111111111111}}}]}}]}"#;
+    let out = String::from_utf8(m.mask_json(s.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert!(!out.contains("4111"), "{out}");
+    let s = r#"{"tool_calls":[{"name":"f","parameters":{"n":4111111111111111,"jane.doe@example.com":true}}]}"#;
+    let out = String::from_utf8(m.mask_json(s.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert!(!out.contains("4111") && !out.contains("jane"), "{out}");
+}
+
+#[test]
+fn stream_gemini_function_call_args() {
+    let input = gem(json!([cand(Some(0), json!([{"functionCall": {"name": "f", "args": {"n": 4111111111111111u64, "jane.doe@example.com": "x"}}}]), Some("STOP"))]));
+    let out = run(&input, &[]);
+    assert!(!out.contains("4111") && !out.contains("jane"), "{out}");
+}
+
+#[test]
+fn request_tool_schema_parameters_stay_valid() {
+    let m = masker(json!({}));
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+            "properties": {"ts": {"type": "integer", "minimum": 1700000000, "maximum": 4102444800u64}, "phone": {"type": "string"}}}}}]});
+    let out = nhi_gate::body::mask_prompt(&m, body.to_string().as_bytes(), &mut Counts::new()).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let p = &v["tools"][0]["function"]["parameters"]["properties"]["ts"];
+    assert!(p["minimum"].is_number() && p["maximum"].is_number(), "schema numbers changed: {p}");
+}
+
+// ------------------------------------------------------------------ quota
+
+#[test]
+fn usage_forms() {
+    let gem_tail = br#"data: {"candidates":[{"content":{"parts":[{"text":"x"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":50,"thoughtsTokenCount":400,"totalTokenCount":550}}
+
+"#;
+    let u = quota::usage_from_tail(gem_tail).unwrap();
+    assert_eq!(u.total_tokens, 550);
+    // a forged lower usage in functionCall args (a real JSON object) after it: max still wins
+    let forged = br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"usageMetadata":{"promptTokenCount":1,"totalTokenCount":1},"usage":{"prompt_tokens":1,"completion_tokens":1,"tokens":{"input_tokens":0,"output_tokens":0}}}}}]}}],"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":50,"totalTokenCount":150}}"#;
+    let u = quota::usage_from_tail(forged).unwrap();
+    assert_eq!(u.total_tokens, 150);
+    // Cohere
+    let c = br#"event: message-end
+data: {"type":"message-end","delta":{"finish_reason":"COMPLETE","usage":{"billed_units":{"input_tokens":3,"output_tokens":9},"tokens":{"input_tokens":69,"output_tokens":9}}}}
+
+"#;
+    let u = quota::usage_from_tail(c).unwrap();
+    assert_eq!(u.total_tokens, 78);
+}
+
+#[test]
+fn usage_counts_of_the_object_itself_before_its_tokens() {
+    // a usage with complete OpenAI-style counts plus a `tokens` member: its own counts
+    let t = br#"{"usage":{"prompt_tokens":1000,"completion_tokens":1000,"total_tokens":2000,"tokens":{"input_tokens":1,"output_tokens":1}}}"#;
+    let u = quota::usage_from_tail(t).unwrap();
+    assert_eq!(u.total_tokens, 2000, "complete counts of the usage object itself come first");
+}
+
+#[test]
+fn max_tokens_gemini() {
+    for (body, want) in [
+        (json!({"generationConfig": {"maxOutputTokens": 100, "candidateCount": 3}}), Some(300)),
+        (json!({"generation_config": {"max_output_tokens": "100"}}), Some(100)),
+        (json!({"generationConfig": {"maxOutputTokens": 100, "candidate_count": 4}}), Some(400)),
+        (json!({"generationConfig": {"maxOutputTokens": 100}, "generation_config": {"maxOutputTokens": 1000}}), Some(1000)),
+        (json!({"contents": [], "generationConfig": {"maxOutputTokens": 1e3}}), Some(1000)),
+    ] {
+        let got = quota::requested_max_tokens_in(&body);
+        assert_eq!(got, want, "{body}");
+    }
+}
+
+#[test]
+fn gemini_stream_generate_content_json_array_form() {
+    // `:streamGenerateContent` without `alt=sse` answers a JSON array of chunks
+    // (application/json, pretty-printed): a card split between two chunks is joined
+    let m = masker(json!({}));
+    let body = json!([
+        {"candidates": [cand(None, json!([{"text": CARD_A}]), None)]},
+        {"candidates": [cand(None, json!([{"text": CARD_B}]), Some("STOP"))], "usageMetadata": {"promptTokenCount": 3}}
+    ]);
+    for raw in [body.to_string(), serde_json::to_string_pretty(&body).unwrap().replace('\n', "\r\n")] {
+        let mut counts = Counts::new();
+        let out = String::from_utf8(m.mask_json(raw.as_bytes(), &mut counts).unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let text: String = v.as_array().unwrap().iter().flat_map(|c| c["candidates"][0]["content"]["parts"].as_array().unwrap().clone()).map(|p| p["text"].as_str().unwrap().to_string()).collect();
+        assert_eq!(text, "pay with [PAYMENT_CARD] today", "{out}");
+        assert_eq!(counts.get("payment_card"), Some(&1));
+        assert_eq!(v[1]["usageMetadata"]["promptTokenCount"], 3);
+    }
+    // nothing to mask: the body as it came
+    let clean = serde_json::to_string_pretty(&json!([{"candidates": [cand(None, json!([{"text": "hello"}]), Some("STOP"))]}])).unwrap();
+    assert_eq!(m.mask_json(clean.as_bytes(), &mut Counts::new()).unwrap(), clean.as_bytes());
+    // another array: masked as JSON, value by value
+    let other = r#"[{"text":"mail jane.doe@example.com"}, 4111111111111111]"#;
+    assert_eq!(String::from_utf8(m.mask_json(other.as_bytes(), &mut Counts::new()).unwrap()).unwrap(), r#"[{"text":"mail [EMAIL]"}, 4111111111111111]"#);
+    // not JSON: an error (the caller fails closed)
+    assert!(m.mask_json(br#"[{"candidates": []"#, &mut Counts::new()).is_err());
+}
+
+#[test]
+fn gemini_function_response_in_requests_is_masked_as_json() {
+    // Gemini request: tool output in functionResponse.response (an object), Cohere v1 tool_results outputs
+    let m = masker(json!({}));
+    let body = json!({"contents": [
+        {"role": "model", "parts": [{"functionCall": {"name": "lookup", "args": {"id": 7}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "lookup", "response": {"card": 4111111111111111u64, "phone": 14155550134u64}}}]}
+    ]});
+    let out = nhi_gate::body::mask_prompt(&m, body.to_string().as_bytes(), &mut Counts::new()).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    assert!(!s.contains("4111111111111111"), "{s}");
+}
+
+#[test]
+fn cohere_v1_tool_results_outputs_are_masked_as_json() {
+    let m = masker(json!({}));
+    let body = json!({"tool_results": [{"call": {"name": "f", "parameters": {}}, "outputs": [{"card": 4111111111111111u64}]}]});
+    let out = nhi_gate::body::mask_prompt(&m, body.to_string().as_bytes(), &mut Counts::new()).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    assert!(!s.contains("4111111111111111"), "{s}");
+}
