@@ -505,6 +505,8 @@ fn ollama_usage(tail: &[u8]) -> Option<Option<Usage>> {
 ///
 /// - Cohere v2 chat: the same two inside `tokens` (the tokens the model
 ///   read and wrote; `billed_units` holds fewer);
+/// - Amazon Bedrock Converse: `inputTokens` (plus `cacheReadInputTokens`
+///   and `cacheWriteInputTokens`) and `outputTokens`, `totalTokens`;
 /// - Gemini API `usageMetadata`: `promptTokenCount` (plus
 ///   `toolUsePromptTokenCount`) as the prompt, `candidatesTokenCount` plus
 ///   `thoughtsTokenCount` as the completion (each 0 when left out, as
@@ -521,6 +523,14 @@ fn usage_of(o: &Map<String, Value>) -> Option<Usage> {
         _ if num("input_tokens").is_none() && o.get("tokens").is_some_and(Value::is_object) => {
             return o.get("tokens").and_then(Value::as_object).and_then(usage_of);
         }
+        // Bedrock Converse: cache reads and writes are reported apart
+        _ if num("inputTokens").is_some() && num("outputTokens").is_some() => (
+            num("inputTokens")
+                .unwrap_or(0)
+                .saturating_add(num("cacheReadInputTokens").unwrap_or(0))
+                .saturating_add(num("cacheWriteInputTokens").unwrap_or(0)),
+            num("outputTokens").unwrap_or(0),
+        ),
         _ if num("promptTokenCount").or(num("totalTokenCount")).is_some() => {
             let n = |k: &str| num(k).unwrap_or(0);
             (
@@ -534,7 +544,7 @@ fn usage_of(o: &Map<String, Value>) -> Option<Usage> {
         }
     };
     let sum = prompt_tokens.saturating_add(completion_tokens);
-    let total_tokens = num("total_tokens").or(num("totalTokenCount")).unwrap_or(sum).max(sum);
+    let total_tokens = num("total_tokens").or(num("totalTokenCount")).or(num("totalTokens")).unwrap_or(sum).max(sum);
     Some(Usage { prompt_tokens, completion_tokens, total_tokens, estimated: false })
 }
 
@@ -609,7 +619,8 @@ pub fn lax_true(v: &Value) -> bool {
 /// The completion length a request body asks for: the largest of
 /// `max_completion_tokens`, `max_tokens` and `max_output_tokens` (Responses
 /// API) of a JSON object, Ollama's `options.num_predict` (`/api/chat`,
-/// `/api/generate`) and Gemini's `generationConfig.maxOutputTokens`, times
+/// `/api/generate`), Gemini's `generationConfig.maxOutputTokens` and
+/// Bedrock Converse's `inferenceConfig.maxTokens`, times
 /// the number of choices it asks for (the largest of `n`, `best_of` and
 /// Gemini's `generationConfig.candidateCount`, at least 1); `None` when
 /// none is given (or `null`) or the body is not one. Lenient servers
@@ -646,9 +657,10 @@ pub fn requested_max_tokens_in(v: &Value) -> Option<u64> {
     let read = |key: &'static str| members(o, key).filter_map(count).max();
     // Gemini's `generationConfig` (proto JSON: field names in lowerCamelCase
     // or as declared): `maxOutputTokens` for each of `candidateCount`
-    let generation = |names: [&str; 2]| {
+    // (and Bedrock Converse's `inferenceConfig.maxTokens`)
+    let generation = |names: &[&str]| {
         o.iter()
-            .filter(|(k, _)| matches!(k.as_str(), "generationConfig" | "generation_config"))
+            .filter(|(k, _)| matches!(k.as_str(), "generationConfig" | "generation_config" | "inferenceConfig"))
             .filter_map(|(_, g)| g.as_object())
             .flat_map(|g| g.iter().filter(move |(k, _)| names.contains(&k.as_str())).map(|(_, v)| v))
             .filter_map(count)
@@ -659,10 +671,10 @@ pub fn requested_max_tokens_in(v: &Value) -> Option<u64> {
         .max(read("max_tokens"))
         .max(read("max_output_tokens"))
         .max(num_predict)
-        .max(generation(["maxOutputTokens", "max_output_tokens"]))?;
+        .max(generation(&["maxOutputTokens", "max_output_tokens", "maxTokens"]))?;
     // each of `n` choices (and each of legacy completions' `best_of`
     // candidates, Gemini's `candidateCount`) may be that long
-    let choices = read("n").max(read("best_of")).max(generation(["candidateCount", "candidate_count"])).unwrap_or(1).max(1);
+    let choices = read("n").max(read("best_of")).max(generation(&["candidateCount", "candidate_count"])).unwrap_or(1).max(1);
     Some(per_choice.saturating_mul(choices))
 }
 

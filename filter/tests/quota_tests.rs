@@ -616,6 +616,20 @@ fn gemini_generation_config_counts() {
     assert_eq!(m(json!({"generationConfig": {"maxOutputTokens": [1]}})), Some(u64::MAX), "what is no count is unbounded");
     assert_eq!(m(json!({"generationConfig": {"temperature": 0.2, "candidateCount": 2}})), None);
     assert_eq!(m(json!({"generationConfig": {"maxOutputTokens": null}})), None);
+    // Bedrock Converse
+    assert_eq!(m(json!({"messages": [], "inferenceConfig": {"maxTokens": 512, "temperature": 0.5}})), Some(512));
+}
+
+/// Amazon Bedrock Converse reports `usage` in camelCase, cache reads and
+/// writes apart from `inputTokens`.
+#[test]
+fn usage_of_bedrock_converse_answers() {
+    let answer = json!({"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",
+        "usage": {"inputTokens": 30, "outputTokens": 7, "totalTokens": 37}, "metrics": {"latencyMs": 400}});
+    assert_eq!(usage_from_tail(answer.to_string().as_bytes()), usage(30, 7, 37));
+    let cached = json!({"usage": {"inputTokens": 30, "outputTokens": 7, "totalTokens": 1037, "cacheReadInputTokens": 1000, "cacheWriteInputTokens": 0}});
+    assert_eq!(usage_from_tail(cached.to_string().as_bytes()), usage(1030, 7, 1037));
+    assert_eq!(usage_from_tail(br#"{"usage": {"inputTokens": 30}}"#), None);
 }
 
 #[test]
