@@ -328,7 +328,8 @@ pub fn go_name_eq(name: &str, ascii: &str) -> bool {
 /// filter does not know by name is still masked (fail closed), except:
 /// tool-call `arguments` (a JSON document in a string, or an object as
 /// Ollama writes them), tool input objects and JSON tool results
-/// ([`TOOL_INPUT`]: `input`, `args`, `parameters`, `response`, `outputs`),
+/// ([`TOOL_INPUT`]: `input`, `args`, `parameters`, `response`, `json`,
+/// `outputs`),
 /// which are masked as JSON,
 /// numbers and keys too ([`Masker::mask_tool_arguments`]); Anthropic `thinking` blocks with a
 /// `signature` and `redacted_thinking` blocks in an assistant message's
@@ -377,9 +378,10 @@ pub fn mask_prompt(masker: &Masker, body: &[u8], counts: &mut Counts) -> Result<
 /// `functionCall.args`, Cohere v1 `tool_calls[].parameters` (the names of
 /// tool input in responses too, `mask::json`); and the tool results a job
 /// sends back as JSON rather than text: Gemini `functionResponse.response`,
-/// Cohere v1 `tool_results[].outputs` (an array of objects: arrays count
-/// for it alone).
-const TOOL_INPUT: [&str; 6] = ["arguments", "input", "args", "parameters", "response", "outputs"];
+/// Bedrock Converse `toolResult.content[].json`, Cohere v1
+/// `tool_results[].outputs` (an array of objects: arrays count for it
+/// alone).
+const TOOL_INPUT: [&str; 7] = ["arguments", "input", "args", "parameters", "response", "json", "outputs"];
 
 /// [`mask_prompt`] over one value, recursively.
 fn mask_prompt_value(masker: &Masker, v: &mut Value, counts: &mut Counts) {

@@ -452,3 +452,16 @@ fn cohere_v1_tool_results_outputs_are_masked_as_json() {
     let s = String::from_utf8(out).unwrap();
     assert!(!s.contains("4111111111111111"), "{s}");
 }
+
+#[test]
+fn bedrock_converse_tool_use_and_json_tool_results_are_masked_as_json() {
+    let m = masker(json!({}));
+    let body = json!({"messages": [
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t-1", "name": "lookup", "input": {"card": 4111111111111111u64}}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "t-1", "content": [{"json": {"jane.doe@example.com": {"card": 5555555555554444u64}}}, {"text": "ok"}]}}]}
+    ], "inferenceConfig": {"maxTokens": 4111111111111111u64}});
+    let out: Value = serde_json::from_slice(&nhi_gate::body::mask_prompt(&m, body.to_string().as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out["messages"][0]["content"][0]["toolUse"]["input"], json!({"card": "[PAYMENT_CARD]"}));
+    assert_eq!(out["messages"][1]["content"][0]["toolResult"]["content"][0]["json"], json!({"[EMAIL]": {"card": "[PAYMENT_CARD]"}}));
+    assert_eq!(out["inferenceConfig"]["maxTokens"], json!(4111111111111111u64), "numbers elsewhere are left alone");
+}
