@@ -424,6 +424,46 @@ fn cohere_values_split_across_events_are_masked() {
     }
 }
 
+proptest! {
+    #![proptest_config(pt_config())]
+
+    /// Text Generation Inference `/generate_stream`: any chunking gives the
+    /// same output; the joined `token.text`s equal the one-shot masked text,
+    /// and so does the last event's `generated_text`; no value survives.
+    #[test]
+    fn tgi_stream_is_chunking_invariant(
+        (content, pii) in text(),
+        frag in prop::collection::vec(1usize..12, 1..200),
+        cuts in prop::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let m = masker(json!({}));
+        let mut input = String::new();
+        let tokens = pieces(&content, &frag);
+        for (i, t) in tokens.iter().enumerate() {
+            input.push_str(&format!("data:{}\n\n", json!({"index": i, "token": {"id": i, "text": t, "logprob": -0.5, "special": false}, "generated_text": null, "details": null})));
+        }
+        input.push_str(&format!("data:{}\n\n", json!({"index": tokens.len(), "token": {"id": 2, "text": "</s>", "logprob": 0.0, "special": true}, "generated_text": content, "details": null})));
+        let (one, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+        prop_assert_eq!(&out, &one);
+        let out = String::from_utf8(out).expect("UTF-8");
+        let events = parse_sse(&out);
+        let mut joined = String::new();
+        for data in &events {
+            let v: Value = serde_json::from_str(data).expect("event JSON");
+            joined.push_str(v["token"]["text"].as_str().expect("token text"));
+        }
+        prop_assert_eq!(joined, m.mask_text(&format!("{content}</s>"), &mut Counts::new()));
+        let last: Value = serde_json::from_str(events.last().expect("events")).expect("JSON");
+        let whole = m.mask_text(&content, &mut Counts::new());
+        prop_assert_eq!(last["generated_text"].as_str(), Some(whole.as_str()));
+        for v in &pii {
+            let enc = serde_json::to_string(v).unwrap();
+            prop_assert!(!out.contains(&enc[1..enc.len() - 1]), "{:?} survived", v);
+        }
+    }
+}
+
 /// Appends the SSE event `data: <v>` with its blank line.
 fn sse_event(out: &mut String, v: &Value, eol: &str) {
     out.push_str("data: ");

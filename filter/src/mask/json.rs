@@ -723,6 +723,9 @@ pub(crate) enum StreamField {
     /// (`content-delta`), `delta.message.tool_plan` (`tool-plan-delta`),
     /// `delta.message.tool_calls.function.arguments` (`tool-call-delta`).
     Cohere(&'static str),
+    /// `token.text` of a Hugging Face Text Generation Inference
+    /// `/generate_stream` event.
+    Tgi,
 }
 
 /// The Cohere v2 chat stream strings joined across events (see
@@ -791,6 +794,7 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
         {
             Some(StreamField::Cohere(COHERE_DELTA[3]))
         }
+        [Frame::Obj(k), Frame::Obj(t)] if k == "token" && t == "text" => Some(StreamField::Tgi),
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         [Frame::Obj(d), Frame::Obj(t)] if d == "delta" => BLOCK_DELTA.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Block(n)),
         [Frame::Obj(m), Frame::Obj(t)] if m == "message" => LINE_MESSAGE.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Message(n)),

@@ -451,6 +451,12 @@ struct ChunkLite {
     /// when it is an array of objects of that shape.
     #[serde(default)]
     candidates: Option<Value>,
+    /// Text Generation Inference `/generate_stream`: the token generated
+    /// (`text` joined across events), and the whole text in the last event.
+    #[serde(default)]
+    token: Option<Value>,
+    #[serde(default)]
+    generated_text: Option<Value>,
 }
 
 /// A candidate of a Gemini API stream chunk: its `index`, its content's
@@ -1128,6 +1134,7 @@ impl SseStream {
                         (None, false)
                     }
                 },
+                Ok(ev) if ev.kind.is_none() && ev.token.as_ref().is_some_and(Value::is_object) => (self.tgi_token(payload, &ev, &event_line, counts), false),
                 Ok(ev) => (self.responses_event(payload, ev, event_line, pre, counts), false),
                 Err(e) => {
                     // a payload of another shape (e.g. `content` as an array of
@@ -1325,6 +1332,23 @@ impl SseStream {
         let model = serde_json::json!({"type": delta_kind, "index": index, "delta": delta}).to_string();
         let line = event_line.as_ref().map(|_| format!("event: {delta_kind}").into_bytes());
         let released = self.join_part(key, StreamField::Cohere(name), name == tool_calls, frag, model.as_bytes(), &line, counts);
+        Some(released)
+    }
+
+    /// A Text Generation Inference `/generate_stream` event: its
+    /// `token.text` is joined across events; the last event (with
+    /// `generated_text`, the whole text, masked in place) also carries the
+    /// rest. `None`: the token has no text string.
+    fn tgi_token(&mut self, payload: &[u8], ev: &ChunkLite, event_line: &Option<Vec<u8>>, counts: &mut Counts) -> Option<BTreeMap<StreamField, String>> {
+        let Some(Value::String(frag)) = ev.token.as_ref()?.get("text") else { return None };
+        let key: PartKey = ("tgi.token".to_string(), String::new(), 0, 0, 0);
+        let mut released = self.join_part(key.clone(), StreamField::Tgi, false, frag, payload, event_line, counts);
+        if ev.generated_text.as_ref().is_some_and(|g| !g.is_null()) {
+            if let Some(mut part) = self.parts.remove(&key) {
+                let tail = part.text.finish(counts);
+                released.entry(StreamField::Tgi).or_default().push_str(&String::from_utf8_lossy(&tail));
+            }
+        }
         Some(released)
     }
 
