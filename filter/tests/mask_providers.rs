@@ -465,3 +465,172 @@ fn bedrock_converse_tool_use_and_json_tool_results_are_masked_as_json() {
     assert_eq!(out["messages"][1]["content"][0]["toolResult"]["content"][0]["json"], json!({"[EMAIL]": {"card": "[PAYMENT_CARD]"}}));
     assert_eq!(out["inferenceConfig"]["maxTokens"], json!(4111111111111111u64), "numbers elsewhere are left alone");
 }
+
+/// Gemini JSON arrays, Text Generation Inference streams and bodies, Cohere
+/// start events: shapes, ordering around errors and the end, withheld
+/// token lists.
+mod arrays_tgi_cohere {
+    use super::common::stream;
+    use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
+    use serde_json::{json, Value};
+
+    fn masker() -> Masker {
+        let raw: RawMasking = serde_json::from_value(json!({})).expect("raw masking");
+        Masker::compile(raw, "masking").expect("compiles")
+    }
+    fn run(input: &str) -> String {
+        let m = masker();
+        let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &[]);
+        let out = String::from_utf8(out).unwrap();
+        let byte: Vec<usize> = (0..input.len()).collect();
+        let (b, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &byte);
+        assert_eq!(String::from_utf8(b).unwrap(), out, "byte-by-byte variance");
+        out
+    }
+    fn ev(v: &Value) -> String { format!("data: {v}\n\n") }
+    fn cev(v: &Value) -> String { format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap_or("x")) }
+    fn events(s: &str) -> Vec<Value> {
+        s.split("\n\n").filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap_or(Value::String(d.into())))).collect()
+    }
+    fn gchunk(t: &str) -> Value { json!({"candidates": [{"content": {"parts": [{"text": t}], "role": "model"}}]}) }
+    fn mj(body: &str) -> Result<String, String> {
+        let mut c = Counts::new();
+        masker().mask_json(body.as_bytes(), &mut c).map(|o| String::from_utf8(o).unwrap()).map_err(|e| format!("{e:?}"))
+    }
+    const A: &str = "pay with 4111 1111";
+    const B: &str = " 1111 1111 today";
+
+    // ---------------- chunk_array
+    #[test]
+    fn gemini_array_basic_valid_and_shapes() {
+        let cases = vec![
+            json!([gchunk(A), gchunk(B)]).to_string(),
+            json!([gchunk(A), {"x": "data: x\n\ndata: y"}, gchunk(B)]).to_string(),
+            json!([gchunk(A), {}, gchunk(B), [1, [2, "a\nb"]], 5, null, "data: q"]).to_string(),
+            json!([gchunk(A), {"choices": [{"index": 0, "delta": {"content": "mail jane.do"}}]}, {"choices": [{"index": 0, "delta": {"content": "e@example.com"}}]}, gchunk(B)]).to_string(),
+            format!("[{}, {{\"a\":1,\"a\":2}}, {}]", gchunk(A), gchunk(B)),
+            format!(" \t[ {} ,\r\n {} ]  ", gchunk(A), gchunk(B)),
+            json!([gchunk(A), {"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": "x"}}}}, gchunk(B)]).to_string(),
+            json!([gchunk(A), {"type": "response.output_text.delta", "item_id": "i", "output_index": 0, "content_index": 0, "delta": "mail jane.do"}, gchunk(B)]).to_string(),
+            json!([gchunk(A), {"token": {"text": "4111 1111"}, "generated_text": null}, gchunk(B)]).to_string(),
+        ];
+        for (i, body) in cases.iter().enumerate() {
+            match mj(body) {
+                Ok(out) => {
+                    let v: Result<Value, _> = serde_json::from_str(&out);
+                    assert!(v.is_ok(), "case {i}: invalid JSON out: {out}");
+                    assert!(!out.contains("1111 1111"), "case {i}: leak {out}");
+                }
+                Err(e) => panic!("case {i}: error {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gemini_array_deep_nesting_clean_body_errors() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let other = format!("[{{\"x\":1}}, {deep}]");
+        let chunks = format!("[{}, {deep}]", gchunk("hello"));
+        assert_eq!(mj(&other).is_ok(), mj(&chunks).is_ok(), "gemini array path changes outcome for deep nesting");
+    }
+
+    #[test]
+    fn gemini_array_clean_unchanged() {
+        for body in [
+            json!([gchunk("hello"), gchunk(" world")]).to_string(),
+            json!([gchunk("hello"), "x", 1, [], {}]).to_string(),
+            "[]".to_string(),
+        ] {
+            assert_eq!(mj(&body).unwrap(), body);
+        }
+    }
+
+    #[test]
+    fn gemini_array_lone_surrogate() {
+        let body = format!("[{}, {{\"t\":\"\\ud800 jane.doe@example.com\"}}]", gchunk("4111 1111 1111 1111"));
+        let r = mj(&body);
+        if let Ok(out) = r { assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}"); assert!(!out.contains("jane.doe")); }
+    }
+
+    // ---------------- TGI
+    fn tgi(i: u64, t: &str, gen: Option<&str>) -> String {
+        ev(&json!({"index": i, "token": {"id": i, "text": t, "logprob": -0.1, "special": false}, "generated_text": gen, "details": null}))
+    }
+    #[test]
+    fn tgi_top_tokens_are_withheld() {
+        let e = |i: u64, t: &str, gen: Option<&str>| ev(&json!({"index": i, "token": {"id": i, "text": t, "logprob": -0.1, "special": false}, "top_tokens": [{"id": i, "text": t, "logprob": -0.1, "special": false}], "generated_text": gen, "details": null}));
+        let out = run(&[e(1, A, None), e(2, B, Some(&format!("{A}{B}")))].concat());
+        let tops: String = events(&out).iter().filter_map(|v| v["top_tokens"][0]["text"].as_str().map(String::from)).collect();
+        assert!(!tops.contains("4111 1111 1111 1111"), "card reassembles from top_tokens: {tops}");
+    }
+    #[test]
+    fn tgi_held_text_goes_out_before_an_error_event() {
+        let out = run(&[tgi(1, "hello 4111", None), ev(&json!({"error": "overloaded", "error_type": "overloaded"}))].concat());
+        let evs = events(&out);
+        let err_at = evs.iter().position(|v| v.get("error").is_some()).unwrap();
+        let text_after: String = evs[err_at..].iter().filter_map(|v| v["token"]["text"].as_str().map(String::from)).collect();
+        assert!(text_after.is_empty(), "held text emitted after the error event: {text_after:?}");
+    }
+    #[test]
+    fn tgi_held_text_goes_out_before_a_last_event_without_token_text() {
+        let out = run(&[tgi(1, "hello 4111", None), ev(&json!({"index": 2, "token": {"id": 2, "special": true}, "generated_text": "hello 4111", "details": null}))].concat());
+        let evs = events(&out);
+        assert!(evs.last().unwrap()["generated_text"].is_string(), "text after final event: {out}");
+    }
+    #[test]
+    fn tgi_basic() {
+        let out = run(&[tgi(1, A, None), tgi(2, B, Some(&format!("{A}{B}")))].concat());
+        let t: String = events(&out).iter().filter_map(|v| v["token"]["text"].as_str().map(String::from)).collect();
+        assert_eq!(t, "pay with [PAYMENT_CARD] today", "{out}");
+    }
+
+    // ---------------- Cohere start
+    #[test]
+    fn cohere_tool_plan_goes_out_before_a_tool_call_start_with_arguments() {
+        let tp = |t: &str| cev(&json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": t}}}));
+        let input = [
+            tp("I will pay with card ending"),
+            tp(" 4242"),
+            cev(&json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {"id": "t", "type": "function", "function": {"name": "pay", "arguments": "{\"a\": 1}"}}}}})),
+            cev(&json!({"type": "tool-call-end", "index": 0})),
+            cev(&json!({"type": "message-end", "delta": {}})),
+        ]
+        .concat();
+        let out = run(&input);
+        let evs = events(&out);
+        let start = evs.iter().position(|v| v["type"] == "tool-call-start").unwrap();
+        let late: Vec<_> = evs[start..].iter().filter(|v| v["type"] == "tool-plan-delta").collect();
+        assert!(late.is_empty(), "tool plan text after the tool call started: {late:?}");
+    }
+    #[test]
+    fn cohere_content_start_text_no_event_lines() {
+        let input = [
+            ev(&json!({"type": "content-start", "index": 1, "delta": {"message": {"content": {"type": "text", "text": A}}}})),
+            ev(&json!({"type": "content-end", "index": 1})),
+            ev(&json!({"type": "content-start", "index": 2, "delta": {"message": {"content": {"type": "text", "text": "4111 1111"}}}})),
+            ev(&json!({"type": "content-delta", "index": 2, "delta": {"message": {"content": {"text": B}}}})),
+            ev(&json!({"type": "message-end", "delta": {}})),
+        ]
+        .concat();
+        let out = run(&input);
+        let t: String = events(&out).iter().filter_map(|v| v["delta"]["message"]["content"]["text"].as_str().map(String::from)).collect();
+        assert!(!t.contains("4111 1111 1111 1111"), "{out}");
+        assert!(t.starts_with("pay with 4111 1111"), "{t}");
+    }
+
+    #[test]
+    fn gemini_array_non_object_element_keeps_the_join() {
+        let body = json!([gchunk(A), "x", gchunk(B)]).to_string();
+        let out = mj(&body).unwrap();
+        assert!(!out.contains("1111 1111"), "{out}");
+    }
+
+    #[test]
+    fn tgi_details_tokens_are_withheld() {
+        let body = json!({"generated_text": format!("{A}{B}"), "details": {"finish_reason": "length", "generated_tokens": 2, "seed": null, "prefill": [], "tokens": [{"id": 1, "text": A, "logprob": -0.1, "special": false}, {"id": 2, "text": B, "logprob": -0.1, "special": false}]}}).to_string();
+        let out = mj(&body).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let t: String = v["details"]["tokens"].as_array().map(|a| a.iter().filter_map(|x| x["text"].as_str()).collect()).unwrap_or_default();
+        assert!(!t.contains("4111 1111 1111 1111"), "{out}");
+    }
+}

@@ -498,9 +498,14 @@ impl Writer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Special {
     None,
-    /// `logprobs` (and vLLM's `prompt_logprobs`): withheld in responses
+    /// `logprobs` (and vLLM's `prompt_logprobs`, Text Generation
+    /// Inference's `top_tokens`): withheld in responses
     /// ([`super::RawMasking::logprobs`]).
     Logprobs,
+    /// `tokens`: withheld like `logprobs` when it is a list of token
+    /// objects (`[{"id": …`: Text Generation Inference `details.tokens`,
+    /// the answer token by token); token ids and other lists are kept.
+    Tokens,
     /// `arguments`: a tool call's arguments, a JSON document in a string
     /// (OpenAI chat `tool_calls[].function.arguments`, Responses API
     /// `function_call` items): masked as JSON when it parses as JSON; as
@@ -612,7 +617,8 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         Cow::Borrowed(text.get(pos + 1..end).unwrap_or(""))
     };
     let special = |name: &[u8]| match name {
-        b"logprobs" | b"prompt_logprobs" => Special::Logprobs,
+        b"logprobs" | b"prompt_logprobs" | b"top_tokens" => Special::Logprobs,
+        b"tokens" => Special::Tokens,
         b"arguments" => Special::Arguments,
         b"input" | b"args" | b"parameters" => Special::Input,
         b"context" => Special::Context,
@@ -621,7 +627,7 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 15) || (matches!(end - pos - 1, 4 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd')) {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 15) || (matches!(end - pos - 1, 4 | 6 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd' | b't')) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
@@ -752,6 +758,16 @@ pub(crate) const BLOCK_DELTA: [&str; 3] = ["text", "partial_json", "thinking"];
 /// OpenAI-compatible servers stream (`reasoning_content`: vLLM, DeepSeek;
 /// `reasoning`: OpenRouter, Ollama).
 pub(crate) const DELTA_TEXT: [&str; 4] = ["content", "refusal", "reasoning_content", "reasoning"];
+
+/// Whether the value at `pos` is an array whose first element is an object
+/// whose first member is `id` (Text Generation Inference token objects).
+fn token_objects(src: &[u8], pos: usize) -> bool {
+    if at(src, pos) != b'[' {
+        return false;
+    }
+    let p = ws(src, pos + 1);
+    at(src, p) == b'{' && src.get(ws(src, p + 1)..).is_some_and(|r| r.starts_with(b"\"id\""))
+}
 
 /// Whether the value at `pos` is an array of numbers (or other scalars but
 /// strings: token ids).
@@ -935,7 +951,7 @@ fn rewrite_tallied(
     'value: loop {
         let member = std::mem::replace(&mut special, Special::None);
         if member != Special::None && mute.is_none() {
-            if withhold && member == Special::Logprobs && at(src, pos) != b'n' {
+            if withhold && ((member == Special::Logprobs && at(src, pos) != b'n') || (member == Special::Tokens && token_objects(src, pos))) {
                 let with = Replace::Raw(if at(src, pos) == b'[' { b"[]" } else { b"null" }, "logprobs");
                 mute = Some(Mute { depth: stack.len(), start: pos, with });
             } else if member == Special::Done && stack.len() == 1 {

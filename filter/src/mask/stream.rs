@@ -457,6 +457,10 @@ struct ChunkLite {
     token: Option<Value>,
     #[serde(default)]
     generated_text: Option<Value>,
+    /// An error event without a `type` (OpenAI-compatible servers, Text
+    /// Generation Inference), on which clients stop reading.
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
 }
 
 /// A candidate of a Gemini API stream chunk: its `index`, its content's
@@ -1134,7 +1138,12 @@ impl SseStream {
                         (None, false)
                     }
                 },
-                Ok(ev) if ev.kind.is_none() && ev.token.as_ref().is_some_and(Value::is_object) => (self.tgi_token(payload, &ev, &event_line, counts), false),
+                Ok(ev) if ev.kind.is_none() && ev.token.as_ref().is_some_and(Value::is_object) => (self.tgi_token(payload, &ev, &event_line, pre, counts), false),
+                Ok(ev) if ev.kind.is_none() && ev.error.is_some() => {
+                    // what is held goes out before the error, where clients stop
+                    self.flush_all(pre, counts);
+                    (None, false)
+                }
                 Ok(ev) => (self.responses_event(payload, ev, event_line, pre, counts), false),
                 Err(e) => {
                     // a payload of another shape (e.g. `content` as an array of
@@ -1184,6 +1193,14 @@ impl SseStream {
         let kind = ev.kind.as_deref()?;
         if let Some(released) = self.block_delta(kind, payload, &ev, &event_line, counts) {
             return Some(released);
+        }
+        if kind == "tool-call-start" {
+            // the tool plan ends where the tool calls start (before a start
+            // event that carries arguments is joined)
+            if let Some(mut part) = self.parts.remove(&(cohere_family("tool_plan"), String::new(), 0, 0, 0)) {
+                let tail = part.text.finish(counts);
+                self.part_tail(&part, &tail, pre);
+            }
         }
         if let Some(released) = self.cohere_delta(kind, payload, &ev, &event_line, counts) {
             return Some(released);
@@ -1339,11 +1356,18 @@ impl SseStream {
     /// `token.text` is joined across events; the last event (with
     /// `generated_text`, the whole text, masked in place) also carries the
     /// rest. `None`: the token has no text string.
-    fn tgi_token(&mut self, payload: &[u8], ev: &ChunkLite, event_line: &Option<Vec<u8>>, counts: &mut Counts) -> Option<BTreeMap<StreamField, String>> {
-        let Some(Value::String(frag)) = ev.token.as_ref()?.get("text") else { return None };
+    fn tgi_token(&mut self, payload: &[u8], ev: &ChunkLite, event_line: &Option<Vec<u8>>, pre: &mut Vec<u8>, counts: &mut Counts) -> Option<BTreeMap<StreamField, String>> {
         let key: PartKey = ("tgi.token".to_string(), String::new(), 0, 0, 0);
+        let last = ev.generated_text.as_ref().is_some_and(|g| !g.is_null());
+        let Some(Value::String(frag)) = ev.token.as_ref()?.get("text") else {
+            if last {
+                // the rest goes out before the last event
+                self.flush_all(pre, counts);
+            }
+            return None;
+        };
         let mut released = self.join_part(key.clone(), StreamField::Tgi, false, frag, payload, event_line, counts);
-        if ev.generated_text.as_ref().is_some_and(|g| !g.is_null()) {
+        if last {
             if let Some(mut part) = self.parts.remove(&key) {
                 let tail = part.text.finish(counts);
                 released.entry(StreamField::Tgi).or_default().push_str(&String::from_utf8_lossy(&tail));
@@ -1664,6 +1688,14 @@ pub(crate) fn chunk_array(inner: &Arc<Inner>, body: &[u8], counts: &mut Counts) 
     let mut sse = SseStream::new(Arc::clone(inner), false);
     let mut out = Vec::new();
     for e in &elems {
+        if !e.get().trim_ascii_start().starts_with('{') {
+            // (not a chunk: masked as JSON alone; the text held before it joins on)
+            let masked = json::rewrite(inner, e.get().replace(['\r', '\n'], " ").as_bytes(), None, true, counts)?;
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&masked);
+            out.extend_from_slice(b"\n\n");
+            continue;
+        }
         // (CR and LF are whitespace between JSON tokens: one line per event)
         let mut event = b"data: ".to_vec();
         event.extend(e.get().bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
