@@ -1216,14 +1216,13 @@ impl SseStream {
                 let index = ev.index.unwrap_or(0);
                 self.parts.keys().filter(|k| k.0.starts_with(BLOCK_FAMILY) && k.2 == index).cloned().collect()
             }
-            // Cohere v2: a content item or tool call ends; the tool plan
-            // ends where the tool calls start; the message ends
+            // Cohere v2: a content item or tool call ends; the message ends
+            // (the tool plan ends where the tool calls start: above)
             "content-end" | "tool-call-end" => {
                 let names: &[&str] = if kind == "content-end" { &["text", "thinking"] } else { &["tool_calls"] };
                 let (families, index) = (names.iter().map(|n| cohere_family(n)).collect::<Vec<_>>(), ev.index.unwrap_or(0));
                 self.parts.keys().filter(|k| families.contains(&k.0) && k.2 == index).cloned().collect()
             }
-            "tool-call-start" => vec![(cohere_family("tool_plan"), String::new(), 0, 0, 0)],
             "message-end" => self.parts.keys().cloned().collect(),
             "response.output_item.done" => {
                 let item = ev.item_id.clone().unwrap_or_default();
