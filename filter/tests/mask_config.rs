@@ -53,6 +53,8 @@ fn errors_name_their_field() {
         (json!({"custom": [{"name": "emp", "pattern": "EMP-\\d+", "validator": "crc"}]}), "masking.custom[0].validator", "unknown validator \"crc\""),
         (json!({"custom": [{"name": "Emp", "pattern": "x"}]}), "masking.custom[0].name", "must match"),
         (json!({"custom": [{"name": "email", "pattern": "x"}]}), "masking.custom[0].name", "built-in"),
+        (json!({"custom": [{"name": "token_ids", "pattern": "x"}]}), "masking.custom[0].name", "count the filter keeps"),
+        (json!({"custom": [{"name": "field", "pattern": "x"}]}), "masking.custom[0].name", "count the filter keeps"),
         (json!({"custom": [{"name": "emp", "pattern": "x", "redaction": "blur"}]}), "masking.custom[0].redaction", "unknown redaction"),
         (json!({"redaction": "hash"}), "masking.hash_key", "required"),
         (json!({"logprobs": "drop"}), "masking.logprobs", "must be \"withhold\" or \"mask\""),

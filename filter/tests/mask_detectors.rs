@@ -62,8 +62,15 @@ fn email_positive() {
         // URL percent-encoded `@` (query strings, logged URLs)
         "jane%40example.com",
         "jane.doe%2Bbilling%40mail.example.co.uk",
+        // HTML character references for `@` (against address harvesters)
+        "jane&#64;example.com",
+        "Jane&#X40;Example.org",
     ] {
         assert_found(&m, v, "email");
+    }
+    assert_masks_to(&m, &[("<a href=\"mailto:jane.roe&#64;example.org\">mail</a>", "<a href=\"mailto:[EMAIL]\">mail</a>")], "email");
+    for t in ["jane&#64;example", "&#64;example.com", "a&#644;example.com", "jane&#x40example.com", "x&#46;y&#64;z"] {
+        assert_clean(&m, t);
     }
     assert_masks_to(&m, &[("GET /users?email=jane%40example.com&page=2", "GET /users?email=[EMAIL]&page=2")], "email");
     for t in ["jane%40example", "%40example.com", "100%40 of them", "a%4011.22", "jane%4Oexample.com"] {
@@ -109,6 +116,13 @@ fn email_near_exclusions() {
         // `git@` before `:` without a repository path is an address
         ("reach me: git@jane-doe.dev:thanks", "reach me: [EMAIL]:thanks"),
         ("mail git@janedoe.name:22", "mail [EMAIL]:22"),
+        // Markdown escapes inside the local part (HTML-to-Markdown
+        // converters write `_` as `\_`): the whole address goes
+        (r"Owner: jane\_roe@example.org (billing)", "Owner: [EMAIL] (billing)"),
+        (r"j\_a\.b\-c\+d@example.org", "[EMAIL]"),
+        // a JSON escape before the address still ends it
+        (r"line\njane_roe@example.org", r"line\n[EMAIL]"),
+        (r"say \_jane@example.org", r"say \[EMAIL]"),
     ];
     assert_masks_to(&m, &cases, "email");
 }
@@ -529,9 +543,15 @@ fn digit_groups_with_unicode_separators() {
         ("1\u{2010}800\u{2010}555\u{2010}0199", "phone"),
         ("DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00", "iban"),
         ("FR14\u{202f}2004\u{202f}1010\u{202f}0505\u{202f}0001\u{202f}3M02\u{202f}606", "iban"),
+        // U+00A0 as an HTML character reference (raw HTML of crawled pages)
+        ("4111&nbsp;1111&nbsp;1111&nbsp;1111", "payment_card"),
+        ("+44&nbsp;20&nbsp;7946&nbsp;0958", "phone"),
+        ("01&#160;23&#160;45&#160;67&#160;89", "phone"),
+        ("+33&#xa0;1&#xa0;23&#xa0;45&#xA0;67&#xa0;89", "phone"),
     ] {
         assert_found(&m, v, label);
     }
+    assert_masks_to(&m, &[("<p>Call&nbsp;us: +44&nbsp;20&nbsp;7946&nbsp;0958</p>", "<p>Call&nbsp;us: [PHONE]</p>")], "phone");
     for t in [
         // Luhn or mod-97 fails
         "4111\u{a0}1111\u{a0}1111\u{a0}1112",
@@ -562,6 +582,10 @@ fn digit_groups_with_unicode_separators() {
         // the tail of a longer run grouped by the same class of separator
         "+0\u{a0}415 555 0134",
         "0044\u{a0}0532 0130 01",
+        // other references, and amounts with `&nbsp;` thousands
+        "4111&ensp;1111&ensp;1111&ensp;1111",
+        "4111&nbsp1111&nbsp1111&nbsp1111",
+        "1&nbsp;000&nbsp;000&nbsp;000&nbsp;000&nbsp;000&nbsp;€",
     ] {
         assert_clean(&m, t);
     }

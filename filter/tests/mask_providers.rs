@@ -633,4 +633,105 @@ mod arrays_tgi_cohere {
         let t: String = v["details"]["tokens"].as_array().map(|a| a.iter().filter_map(|x| x["text"].as_str()).collect()).unwrap_or_default();
         assert!(!t.contains("4111 1111 1111 1111"), "{out}");
     }
+
+    /// TGI `details.prefill` (`decoder_input_details: true`) lists the
+    /// prompt token by token, as `details.tokens` lists the answer: a value
+    /// split across tokens would pass token by token.
+    #[test]
+    fn tgi_details_prefill_is_withheld() {
+        let body = json!({"generated_text": "ok", "details": {"finish_reason": "length", "generated_tokens": 1, "prefill": [{"id": 1, "text": A, "logprob": null}, {"id": 2, "text": B, "logprob": -0.1}], "tokens": []}}).to_string();
+        let out = mj(&body).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["details"]["prefill"], json!([]), "{out}");
+        assert_eq!(v["generated_text"], "ok");
+        // a `prefill` that is not a list of token objects is left alone
+        for clean in [json!({"prefill": [1, 2]}), json!({"prefill": "warm"}), json!({"prefill": []})] {
+            let mut counts = Counts::new();
+            assert_eq!(super::masker(json!({})).mask_json_changes(clean.to_string().as_bytes(), &mut counts).unwrap(), None, "{clean}");
+        }
+    }
+
+    /// vLLM answers with `return_token_ids: true` carry the answer as token
+    /// ids (`choices[].token_ids`, whole and per streamed chunk): decoded with
+    /// the model's public tokenizer they give back what masking took out.
+    /// Withheld as `[]` whatever `logprobs` says; `prompt_token_ids` too.
+    #[test]
+    fn vllm_token_ids_are_withheld() {
+        let ids = json!([19, 4111, 220, 16, 1111, 220, 1111]);
+        let body = json!({"id": "c", "prompt_token_ids": [1, 2, 3], "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("{A}{B}")}, "token_ids": ids}]}).to_string();
+        for cfg in [json!({}), json!({"logprobs": "mask"})] {
+            let m = super::masker(cfg);
+            let mut counts = Counts::new();
+            let out = m.mask_json_changes(body.as_bytes(), &mut counts).unwrap().map(String::from_utf8).unwrap().unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["choices"][0]["token_ids"], json!([]), "{out}");
+            assert_eq!(v["prompt_token_ids"], json!([]), "{out}");
+            assert_eq!(counts.get("token_ids"), Some(&2), "{counts:?}");
+            assert!(!out.contains("4111"), "{out}");
+        }
+        // streamed: each chunk's ids go
+        let input = [A, B].iter().map(|t| ev(&json!({"choices": [{"index": 0, "delta": {"content": t}, "token_ids": [4111, 1111]}]}))).collect::<String>();
+        let out = run(&input);
+        assert!(!out.contains("4111"), "{out}");
+        // requests keep them (a job may send ids as the prompt), and so do
+        // empty lists and lists of other things
+        let req = r#"{"model":"m","prompt":[1,2],"token_ids":[1,2]}"#;
+        assert_eq!(super::masker(json!({})).mask_request_json(req.as_bytes(), &mut Counts::new()).unwrap(), req.as_bytes());
+        for clean in [json!({"token_ids": []}), json!({"token_ids": ["a", "b"]}), json!({"token_ids": [[1, 2]]})] {
+            let mut counts = Counts::new();
+            assert_eq!(super::masker(json!({})).mask_json_changes(clean.to_string().as_bytes(), &mut counts).unwrap(), None, "{clean}");
+        }
+    }
+
+    /// Gemini `responseLogprobs: true` repeats the answer token by token in
+    /// `candidates[].logprobsResult`; llama.cpp `/completion` with `n_probs`
+    /// in `completion_probabilities[]` (token text and UTF-8 bytes), and with
+    /// `return_tokens` gives the answer's token ids in a top-level `tokens`
+    /// after `content`. All withheld, as `logprobs` are.
+    #[test]
+    fn gemini_and_llama_cpp_token_lists_are_withheld() {
+        let body = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Mail jane.roe@example.org"}]},"finishReason":"STOP","logprobsResult":{"topCandidates":[],"chosenCandidates":[{"token":" jane","logProbability":-0.01},{"token":".roe","logProbability":-0.01},{"token":"@","logProbability":0},{"token":"example.org","logProbability":0}]}}]}"#;
+        let out = mj(body).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["candidates"][0]["logprobsResult"], Value::Null, "{out}");
+        assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "Mail [EMAIL]");
+        let body = r#"{"index":0,"content":"jane.roe@example.org","tokens":[73,2194,13,31,8858],"id_slot":0,"stop":true,"completion_probabilities":[{"id":73,"token":"jane","logprob":-0.1,"bytes":[106,97,110,101],"top_logprobs":[]},{"id":31,"token":"@example.org","logprob":0,"bytes":[64],"top_logprobs":[]}]}"#;
+        let mut counts = Counts::new();
+        let out = String::from_utf8(masker().mask_json(body.as_bytes(), &mut counts).unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["completion_probabilities"], json!([]), "{out}");
+        assert_eq!(v["tokens"], json!([]), "{out}");
+        assert_eq!(v["content"], "[EMAIL]");
+        assert_eq!((counts.get("token_ids"), counts.get("logprobs")), (Some(&1), Some(&1)), "{counts:?}");
+        // streamed events of `/completion` carry them too
+        let input = ["jane.roe@", "example.org"].iter().map(|t| ev(&json!({"index": 0, "content": t, "tokens": [1, 2], "stop": false, "completion_probabilities": [{"id": 1, "token": t, "bytes": [1]}]}))).collect::<String>();
+        let out = run(&input);
+        assert!(!out.contains("[1,2]") && !out.contains("\"bytes\""), "{out}");
+        // a `/tokenize` answer, and token ids anywhere but after a top-level
+        // `content`, are left alone
+        for clean in [json!({"tokens": [1, 2, 3]}), json!({"tokens": [1, 2], "content": "x"}), json!({"content": "x", "tokens": []}), json!({"a": {"content": "x", "tokens": [1]}})] {
+            let mut counts = Counts::new();
+            assert_eq!(masker().mask_json_changes(clean.to_string().as_bytes(), &mut counts).unwrap(), None, "{clean}");
+        }
+    }
+
+    /// A top-level array of database rows (PostgREST with an embedded
+    /// `candidates` resource) is not a Gemini chunk array: masked as JSON,
+    /// its structure kept.
+    #[test]
+    fn rows_with_a_candidates_member_are_not_gemini_chunks() {
+        let body = r#"[{"id":1,"question":"Board election","candidates":[{"name":"Jane Roe","email":"jane@example.org"}],"choices":[{"id":1,"text":"Jane Roe"},{"id":2,"text":"John Doe"}]},{"id":2,"question":"Budget","candidates":[],"choices":[{"id":3,"text":"Approve"}]}]"#;
+        let out = mj(body).unwrap();
+        let mut want: Value = serde_json::from_str(body).unwrap();
+        want[0]["candidates"][0]["email"] = json!("[EMAIL]");
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), want, "{out}");
+        // without `choices` too: its candidates have no `content.parts`
+        let body = r#"[{"id":1,"candidates":[{"name":"Jane","note":"card 4111 1111"}]},{"id":2,"candidates":[{"name":"Joe","note":" 1111 1111"}]}]"#;
+        let out = mj(body).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap().as_array().map(Vec::len), Some(2), "{out}");
+        // a real chunk array still joins
+        let body = json!([gchunk("pay with 4111 1111"), gchunk(" 1111 1111 today")]).to_string();
+        let out = mj(&body).unwrap();
+        assert!(!out.contains("1111 1111"), "{out}");
+    }
 }

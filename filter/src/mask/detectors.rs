@@ -233,7 +233,8 @@ fn glued_after(s: &[u8], e: usize) -> bool {
 /// narrow no-break space (class space); U+2010 hyphen, U+2011 non-breaking
 /// hyphen, U+2012 figure dash, U+2013 en dash (class `-`); also these
 /// written as a JSON `\uXXXX` escape (JSON held in text, e.g. Python's
-/// `json.dumps` output: 6 bytes).
+/// `json.dumps` output: 6 bytes); U+00A0 also as an HTML character
+/// reference (`&nbsp;`, `&#160;`, `&#xa0;`: 6 bytes).
 #[inline(always)]
 fn sep_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
     match at(s, i) {
@@ -246,7 +247,7 @@ fn sep_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
 /// bytes give `None` at once).
 #[inline(always)]
 fn wide_sep_at(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
-    if c < 0xC2 && c != b'\\' {
+    if c < 0xC2 && c != b'\\' && c != b'&' {
         return None;
     }
     wide_sep(s, i, c)
@@ -255,6 +256,10 @@ fn wide_sep_at(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
 #[cold]
 #[inline(never)]
 fn wide_sep(s: &[u8], i: usize, c: u8) -> Option<(u8, usize)> {
+    if c == b'&' {
+        // the HTML character references of U+00A0 (raw HTML of crawled pages)
+        return matches!(s.get(i..i + 6), Some(b"&nbsp;" | b"&#160;" | b"&#xa0;" | b"&#xA0;")).then_some((b' ', 6));
+    }
     if c == b'\\' {
         return match decode_unicode_escape(s, i + 6).filter(|_| at(s, i + 1) == b'u') {
             Some('\u{a0}' | '\u{2007}' | '\u{2009}' | '\u{202f}') => Some((b' ', 6)),
@@ -910,6 +915,18 @@ fn iban(s: &[u8], cc: usize) -> Option<usize> {
     Some(pos)
 }
 
+/// Where the HTML numeric character reference of `@` starts (`&#64;` or
+/// `&#x40;`, HTML §13.1.4) when the digit `b` at `i` (after `p`) is its
+/// first digit.
+#[inline]
+fn at_reference(s: &[u8], i: usize, p: u8, b: u8) -> Option<usize> {
+    match (p, b, at(s, i + 1), at(s, i + 2)) {
+        (b'#', b'6', b'4', b';') if back(s, i, 2) == b'&' => i.checked_sub(2),
+        (b'x' | b'X', b'4', b'0', b';') if back(s, i, 2) == b'#' && back(s, i, 3) == b'&' => i.checked_sub(3),
+        _ => None,
+    }
+}
+
 /// Email at the `@` at `a` (RFC 5321 shape, ASCII): local part of
 /// `[A-Za-z0-9._%+-]`, at most 64 bytes, no empty dot-atoms; domain of at
 /// least two labels (1–63 bytes, no leading/trailing `-`), at most 253
@@ -920,7 +937,8 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
 
 /// [`email`] with a separator of `sep` bytes at `a`: 1 for `@`, 3 for the
 /// URL percent-encoded `%40` (RFC 3986 §2.1) of query strings and logged
-/// URLs (`?email=jane%40example.com`).
+/// URLs (`?email=jane%40example.com`), 5 or 6 for an HTML character
+/// reference ([`at_reference`]).
 fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
     let local = |b: u8| alnum(b) || b >= 0x80 || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
     let mut st = a;
@@ -937,6 +955,10 @@ fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
         } else if st > 0 && local(back(s, st, 1)) && !escape_before(s, st) {
             st -= 1;
             ascii &= at(s, st) < 0x80;
+        } else if back(s, st, 1) == b'\\' && matches!(at(s, st), b'_' | b'.' | b'-' | b'+') && local(back(s, st, 2)) && st < a {
+            // a Markdown escape inside the local part (`jane\_roe@…`, as
+            // HTML-to-Markdown converters write `_`): part of the address
+            st -= 1;
         } else {
             break;
         }
@@ -1614,6 +1636,16 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                 if p == b'%' && b == b'4' && at(s, i + 1) == b'0' {
                     if let Some(d) = en.get(Builtin::Email) {
                         if let Some((st, e)) = email_sep(s, i - 1, 3) {
+                            push(st, e, d, out);
+                            return;
+                        }
+                    }
+                }
+                // "jane&#64;example.com", "jane&#x40;…": an HTML character
+                // reference for `@` (pages that hide addresses from harvesters)
+                if let Some(amp) = at_reference(s, i, p, b) {
+                    if let Some(d) = en.get(Builtin::Email) {
+                        if let Some((st, e)) = email_sep(s, amp, i + 3 - amp) {
                             push(st, e, d, out);
                             return;
                         }

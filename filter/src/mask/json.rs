@@ -499,13 +499,29 @@ impl Writer {
 enum Special {
     None,
     /// `logprobs` (and vLLM's `prompt_logprobs`, Text Generation
-    /// Inference's `top_tokens`): withheld in responses
+    /// Inference's `top_tokens`, Gemini's `logprobsResult`, llama.cpp's
+    /// `completion_probabilities`): withheld in responses
     /// ([`super::RawMasking::logprobs`]).
     Logprobs,
-    /// `tokens`: withheld like `logprobs` when it is a list of token
-    /// objects (`[{"id": …`: Text Generation Inference `details.tokens`,
-    /// the answer token by token); token ids and other lists are kept.
+    /// `tokens` (and `prefill`): withheld like `logprobs` when it is a list
+    /// of token objects (`[{"id": …`: Text Generation Inference
+    /// `details.tokens`, the answer token by token, and `details.prefill`,
+    /// the prompt's); a top-level list of token ids after a top-level
+    /// `content` member (llama.cpp `/completion` with `return_tokens`, the
+    /// answer as generated) is withheld like [`Special::TokenIds`]; other
+    /// lists are kept.
     Tokens,
+    /// `content`: at the top level, marks a llama.cpp `/completion` answer
+    /// (its `tokens` follow, [`Special::Tokens`]).
+    Content,
+    /// `token_ids` (and `prompt_token_ids`): withheld in responses as `[]`
+    /// (counted as `token_ids`) when it is a non-empty array of numbers:
+    /// vLLM's `choices[].token_ids` (`return_token_ids: true`), the answer
+    /// as generated, unmasked, from which a job could decode a masked value
+    /// with the model's public tokenizer, and the prompt's (which holds what
+    /// a server-side retrieval step put into it). Token ids cannot be masked one by one, so this does not
+    /// depend on [`super::RawMasking::logprobs`].
+    TokenIds,
     /// `arguments`: a tool call's arguments, a JSON document in a string
     /// (OpenAI chat `tool_calls[].function.arguments`, Responses API
     /// `function_call` items): masked as JSON when it parses as JSON; as
@@ -617,17 +633,19 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         Cow::Borrowed(text.get(pos + 1..end).unwrap_or(""))
     };
     let special = |name: &[u8]| match name {
-        b"logprobs" | b"prompt_logprobs" | b"top_tokens" => Special::Logprobs,
-        b"tokens" => Special::Tokens,
+        b"logprobs" | b"prompt_logprobs" | b"top_tokens" | b"logprobsResult" | b"completion_probabilities" => Special::Logprobs,
+        b"tokens" | b"prefill" => Special::Tokens,
+        b"token_ids" | b"prompt_token_ids" => Special::TokenIds,
         b"arguments" => Special::Arguments,
         b"input" | b"args" | b"parameters" => Special::Input,
         b"context" => Special::Context,
+        b"content" => Special::Content,
         b"done" => Special::Done,
         _ => Special::None,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 15) || (matches!(end - pos - 1, 4 | 6 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd' | b't')) {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 14 | 15 | 16 | 24) || (matches!(end - pos - 1, 4 | 6 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd' | b'p' | b't')) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
@@ -719,7 +737,7 @@ pub(crate) enum StreamField {
     /// [`LINE_MESSAGE`].
     Message(&'static str),
     /// The top-level `<name>` of an Ollama `/api/generate` JSON line,
-    /// `name` one of [`LINE_TOP`].
+    /// `name` one of [`LINE_TOP`] (JSON lines) or [`SSE_TOP`] (SSE).
     Top(&'static str),
     /// `candidates[k].content.parts[m].text` of a Gemini API
     /// `streamGenerateContent?alt=sse` chunk (a `GenerateContentResponse`).
@@ -746,6 +764,11 @@ pub(crate) const LINE_MESSAGE: [&str; 2] = ["content", "thinking"];
 /// The top-level strings of an Ollama `/api/generate` JSON line that are
 /// joined across lines: the answer and the model's thinking.
 pub(crate) const LINE_TOP: [&str; 2] = ["response", "thinking"];
+
+/// The top-level strings of an SSE event without `type`, `choices`,
+/// `candidates` or `token` that are joined across events: llama.cpp
+/// `/completion` (`content`) and Cloudflare Workers AI (`response`).
+pub(crate) const SSE_TOP: [&str; 2] = ["content", "response"];
 
 /// The strings of an Anthropic Messages API `content_block_delta` event's
 /// `delta` that are joined across events: `text` (`text_delta`),
@@ -814,7 +837,7 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         [Frame::Obj(d), Frame::Obj(t)] if d == "delta" => BLOCK_DELTA.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Block(n)),
         [Frame::Obj(m), Frame::Obj(t)] if m == "message" => LINE_MESSAGE.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Message(n)),
-        [Frame::Obj(t)] => LINE_TOP.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Top(n)),
+        [Frame::Obj(t)] => LINE_TOP.iter().chain(&SSE_TOP).find(|n| **n == t.as_ref()).map(|n| StreamField::Top(n)),
         _ => None,
     }
 }
@@ -945,6 +968,8 @@ fn rewrite_tallied(
     let mut special = Special::None;
     // a top-level `done` member was read: an Ollama answer
     let mut ollama = false;
+    // a top-level `content` member was read: a llama.cpp `/completion` answer
+    let mut llama = false;
     // the key of the member whose value is about to be read was masked
     // (`mask_key`): a field rule's label must not spell it out
     let mut key_masked = false;
@@ -959,6 +984,14 @@ fn rewrite_tallied(
                 ollama = true;
             } else if response && ollama && member == Special::Context && stack.len() == 1 && token_ids(src, pos) {
                 mute = Some(Mute { depth: 1, start: pos, with: Replace::Raw(b"[]", "context") });
+            } else if member == Special::Content && stack.len() == 1 {
+                llama = true;
+            } else if response
+                && (member == Special::TokenIds || (llama && member == Special::Tokens && stack.len() == 1))
+                && token_ids(src, pos)
+                && at(src, ws(src, pos + 1)) != b']'
+            {
+                mute = Some(Mute { depth: stack.len(), start: pos, with: Replace::Raw(b"[]", "token_ids") });
             }
         }
         if track && mute.is_none() && !stack.is_empty() && at(src, pos) != b'n' {

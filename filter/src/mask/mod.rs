@@ -100,9 +100,11 @@ pub struct RawMasking {
 }
 
 /// Names the filter counts in the audit record besides detectors
-/// (`backend_credential` redactions, withheld `logprobs`, `arguments` and
+/// (`backend_credential` redactions, field-rule redactions (`field`),
+/// withheld `logprobs`, `arguments`, token ids (`context`, `token_ids`) and
 /// `unmaskable_event`s): no custom detector may take them.
-pub const RESERVED_COUNTS: [&str; 4] = ["backend_credential", "logprobs", "arguments", "unmaskable_event"];
+pub const RESERVED_COUNTS: [&str; 7] =
+    ["backend_credential", "field", "logprobs", "arguments", "context", "token_ids", "unmaskable_event"];
 
 /// Most custom detectors a policy may define: with [`CUSTOM_SIZE_LIMIT`]
 /// each, the compiled patterns stay within 16 MiB of the module's memory

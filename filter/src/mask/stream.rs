@@ -438,6 +438,10 @@ struct ChunkLite {
     delta: Option<Value>,
     #[serde(default)]
     item_id: Option<String>,
+    /// Vercel AI SDK UI message streams and Mistral conversations: the
+    /// text part's or message's id (read when `item_id` is absent).
+    #[serde(default)]
+    id: Option<Value>,
     #[serde(default)]
     output_index: Option<u64>,
     #[serde(default)]
@@ -457,6 +461,14 @@ struct ChunkLite {
     token: Option<Value>,
     #[serde(default)]
     generated_text: Option<Value>,
+    /// llama.cpp `/completion` (`content`, ending at `stop: true`) and
+    /// Cloudflare Workers AI (`response`): the answer as a top-level string.
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    response: Option<Value>,
+    #[serde(default)]
+    stop: Option<Value>,
     /// An error event without a `type` (OpenAI-compatible servers, Text
     /// Generation Inference), on which clients stop reading.
     #[serde(default)]
@@ -502,7 +514,7 @@ impl ChunkLite {
     fn part(&self, family: &str) -> PartKey {
         (
             family.to_string(),
-            self.item_id.clone().unwrap_or_default(),
+            self.item_id.clone().or_else(|| self.id.as_ref().and_then(Value::as_str).map(String::from)).unwrap_or_default(),
             self.output_index.unwrap_or(0),
             self.content_index.unwrap_or(0),
             self.summary_index.unwrap_or(0),
@@ -518,8 +530,15 @@ const BLOCK_FAMILY: &str = "content_block.";
 /// across events (`response.output_text.delta` → `response.output_text`;
 /// also refusals, reasoning text and summaries, function-call and custom
 /// tool inputs, transcripts). `response.audio.delta` (base64 audio) is not.
+/// Also the Vercel AI SDK UI message stream's `text-delta` and
+/// `reasoning-delta` (→ `text`, `reasoning`; ended by `text-end`,
+/// `reasoning-end` or `finish`).
 fn joined_family(kind: &str) -> Option<&str> {
-    kind.strip_suffix(".delta").filter(|f| f.starts_with("response.") && *f != "response.audio")
+    match kind {
+        // Vercel AI SDK UI message stream (`text-delta`, `reasoning-delta`)
+        "text-delta" | "reasoning-delta" => kind.strip_suffix("-delta"),
+        _ => kind.strip_suffix(".delta").filter(|f| f.starts_with("response.") && *f != "response.audio"),
+    }
 }
 
 /// The family of the parts that join a Cohere v2 stream's `name` (one of
@@ -1139,6 +1158,15 @@ impl SseStream {
                     }
                 },
                 Ok(ev) if ev.kind.is_none() && ev.token.as_ref().is_some_and(Value::is_object) => (self.tgi_token(payload, &ev, &event_line, pre, counts), false),
+                Ok(ev) if ev.kind.is_none() && ev.error.is_none() && (ev.content.is_some() || ev.response.is_some()) => {
+                    match self.top_text(payload, &ev, &event_line, counts) {
+                        Some(released) => (Some(released), false),
+                        None => {
+                            self.flush_all(pre, counts);
+                            (None, false)
+                        }
+                    }
+                }
                 Ok(ev) if ev.kind.is_none() && ev.error.is_some() => {
                     // what is held goes out before the error, where clients stop
                     self.flush_all(pre, counts);
@@ -1208,10 +1236,15 @@ impl SseStream {
         if let (Some(family), Some(Value::String(frag))) = (joined_family(kind), &ev.delta) {
             return Some(self.join_part(ev.part(family), StreamField::Delta, family.ends_with("_arguments"), frag, payload, &event_line, counts));
         }
+        // Mistral conversations (agents): the message text in a top-level
+        // `content`, per message `id`, output and content index
+        if let ("message.output.delta", Some(Value::String(frag))) = (kind, &ev.content) {
+            let field = StreamField::Top(json::SSE_TOP[0]);
+            return Some(self.join_part(ev.part("message.output"), field, false, frag, payload, &event_line, counts));
+        }
         let done: Vec<PartKey> = match kind {
-            "response.completed" | "response.failed" | "response.incomplete" | "error" | "message_delta" | "message_stop" => {
-                self.parts.keys().cloned().collect()
-            }
+            "response.completed" | "response.failed" | "response.incomplete" | "error" | "message_delta" | "message_stop"
+            | "conversation.response.done" | "conversation.response.error" | "finish" | "abort" => self.parts.keys().cloned().collect(),
             "content_block_stop" => {
                 let index = ev.index.unwrap_or(0);
                 self.parts.keys().filter(|k| k.0.starts_with(BLOCK_FAMILY) && k.2 == index).cloned().collect()
@@ -1229,6 +1262,7 @@ impl SseStream {
                 let index = ev.output_index.unwrap_or(0);
                 self.parts.keys().filter(|k| k.2 == index || (!item.is_empty() && k.1 == item)).cloned().collect()
             }
+            "text-end" | "reasoning-end" => vec![ev.part(kind.trim_end_matches("-end"))],
             _ => match kind.strip_suffix(".done") {
                 Some(family) => vec![ev.part(family)],
                 None => Vec::new(),
@@ -1370,6 +1404,30 @@ impl SseStream {
             if let Some(mut part) = self.parts.remove(&key) {
                 let tail = part.text.finish(counts);
                 released.entry(StreamField::Tgi).or_default().push_str(&String::from_utf8_lossy(&tail));
+            }
+        }
+        Some(released)
+    }
+
+    /// An event that streams the answer as a top-level string
+    /// ([`json::SSE_TOP`]): llama.cpp `/completion` `content`, joined per
+    /// `index`, its rest going into the event with `stop: true`; Cloudflare
+    /// Workers AI `response`, whose rest goes out before `[DONE]` or the
+    /// stream's end. `None`: the member is not a string, or both are there.
+    fn top_text(&mut self, payload: &[u8], ev: &ChunkLite, event_line: &Option<Vec<u8>>, counts: &mut Counts) -> Option<BTreeMap<StreamField, String>> {
+        let [content, response] = json::SSE_TOP;
+        let (name, frag) = match (&ev.content, &ev.response) {
+            (Some(Value::String(s)), None) => (content, s),
+            (None, Some(Value::String(s))) => (response, s),
+            _ => return None,
+        };
+        let key: PartKey = (format!("top.{name}"), String::new(), ev.index.unwrap_or(0), 0, 0);
+        let field = StreamField::Top(name);
+        let mut released = self.join_part(key.clone(), field, false, frag, payload, event_line, counts);
+        if ev.stop == Some(Value::Bool(true)) {
+            if let Some(mut part) = self.parts.remove(&key) {
+                let tail = part.text.finish(counts);
+                released.entry(field).or_default().push_str(&String::from_utf8_lossy(&tail));
             }
         }
         Some(released)
@@ -1674,12 +1732,12 @@ impl SseStream {
 /// between two chunks' text parts is joined ([`SseStream`]); the array
 /// that comes out may hold one more chunk (the rest held at the end) and
 /// is written without line breaks. `Ok(None)`: not such an array (its
-/// first element has no `candidates`), or nothing masked (the body goes as
+/// first element is not a chunk, [`gemini_chunk_shape`]), or nothing masked (the body goes as
 /// it is). Errors: the array is not valid JSON. An element that is not
 /// strict JSON becomes an error object, as an SSE event does.
 pub(crate) fn chunk_array(inner: &Arc<Inner>, body: &[u8], counts: &mut Counts) -> Result<Option<Vec<u8>>, super::MaskError> {
     let elems: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).map_err(|e| super::MaskError::new(e.column(), "invalid JSON array"))?;
-    let chunks = elems.first().is_some_and(|e| serde_json::from_str::<ChunkLite>(e.get()).is_ok_and(|c| c.candidates.is_some()));
+    let chunks = elems.first().is_some_and(|e| gemini_chunk_shape(e.get()));
     if !chunks {
         return Ok(None);
     }
@@ -1714,6 +1772,19 @@ pub(crate) fn chunk_array(inner: &Arc<Inner>, body: &[u8], counts: &mut Counts) 
     }
     array.push(b']');
     Ok(Some(array))
+}
+
+/// Whether `elem` reads as a Gemini `GenerateContentResponse`: no
+/// `choices`, and a non-empty `candidates` array whose every candidate has
+/// `content.parts` or a `finishReason` (a database row with a `candidates`
+/// member is not one).
+fn gemini_chunk_shape(elem: &str) -> bool {
+    let Ok(ChunkLite { candidates: Some(c), choices: None, .. }) = serde_json::from_str::<ChunkLite>(elem) else {
+        return false;
+    };
+    serde_json::from_value::<Vec<CandidateLite>>(c).is_ok_and(|cs| {
+        !cs.is_empty() && cs.iter().all(|c| c.finish_reason.is_some() || c.content.as_ref().is_some_and(|c| c.parts.is_some()))
+    })
 }
 
 /// What an SSE event's data becomes when it looks like JSON (starts with

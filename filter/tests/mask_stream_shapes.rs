@@ -1,0 +1,203 @@
+//! Stream shapes of other servers than the big LLM APIs (llama.cpp,
+//! Cloudflare Workers AI, …): each test feeds a realistic stream (cut into
+//! 7-byte network chunks and byte by byte) and asserts that the value does
+//! not reach the client, neither whole in the output nor in the text a
+//! client SDK builds by concatenating the stream's text fields.
+mod common;
+
+use common::stream;
+use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
+use serde_json::{json, Value};
+
+const EMAIL: &str = "jane.roe@example.org";
+
+fn masker() -> Masker {
+    let raw: RawMasking = serde_json::from_value(json!({})).expect("raw masking");
+    Masker::compile(raw, "masking").expect("compiles")
+}
+
+/// Runs `input` through an SSE (or JSON-lines) stream masker in 7-byte
+/// network chunks; checks byte-by-byte gives the same output.
+fn run(kind: StreamKind, input: &str) -> String {
+    let m = masker();
+    let cuts: Vec<usize> = (0..input.len()).step_by(7).collect();
+    let (out, _, _) = stream(&m, kind, input.as_bytes(), &cuts);
+    let byte: Vec<usize> = (0..input.len()).collect();
+    let (b, _, _) = stream(&m, kind, input.as_bytes(), &byte);
+    assert_eq!(out, b, "chunking variance");
+    String::from_utf8(out).expect("utf-8")
+}
+
+fn ev(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+fn named(event: &str, v: &Value) -> String {
+    format!("event: {event}\ndata: {v}\n\n")
+}
+
+/// The JSON payloads of the SSE events in `out` (non-JSON data skipped).
+fn events(out: &str) -> Vec<Value> {
+    let s = out.replace("\r\n", "\n");
+    let mut v = Vec::new();
+    for block in s.split("\n\n") {
+        let data: Vec<&str> = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if let Ok(j) = serde_json::from_str::<Value>(&data.join("\n")) {
+            v.push(j);
+        }
+    }
+    v
+}
+
+/// Concatenation of the string at `pointer` over all events (as a client
+/// accumulates a streamed field).
+fn concat(out: &str, pointer: &str) -> String {
+    events(out).iter().filter_map(|e| e.pointer(pointer).and_then(Value::as_str).map(str::to_owned)).collect()
+}
+
+fn assert_masked(out: &str, joined: &str, value: &str) {
+    assert!(!out.contains(value), "value reaches the client whole:\n{out}");
+    assert!(!joined.contains(value), "value reconstructable from the concatenated field: {joined:?}\n{out}");
+}
+
+/// llama.cpp server native `POST /completion` with `"stream": true`
+/// (tools/server: `to_json_non_oaicompat_partial`): one SSE event per
+/// token, the text in a top-level `content`, `"stop": false` until the
+/// final event. Clients (llama.cpp web UI, `llama-cpp-python` examples,
+/// LangChain `LlamaCpp` server clients) concatenate `content`.
+#[test]
+fn llamacpp_native_completion_stream_content_joined() {
+    let mut input = String::new();
+    for (k, tok) in ["Contact", " jane", ".", "roe", "@", "example", ".org", " for", " details", "."].iter().enumerate() {
+        input += &ev(&json!({"index": 0, "content": tok, "tokens": [], "stop": false, "id_slot": 0, "tokens_predicted": k + 1, "tokens_evaluated": 12}));
+    }
+    input += &ev(&json!({"index": 0, "content": "", "tokens": [], "id_slot": 0, "stop": true, "model": "gpt-3.5-turbo",
+        "tokens_predicted": 11, "tokens_evaluated": 12, "generation_settings": {"n_predict": -1}, "prompt": "<|user|>Who to contact?",
+        "has_new_line": false, "truncated": false, "stop_type": "eos", "stopping_word": "", "tokens_cached": 22,
+        "timings": {"prompt_n": 12, "predicted_n": 11}}));
+    let out = run(StreamKind::Sse, &input);
+    assert_masked(&out, &concat(&out, "/content"), EMAIL);
+    assert_eq!(concat(&out, "/content"), "Contact [EMAIL] for details.");
+    // the rest goes out in the event with `stop: true`, which stays last
+    let evs = events(&out);
+    assert_eq!(evs.last().map(|e| e["stop"].clone()), Some(json!(true)), "{out}");
+    assert!(evs.iter().all(|e| e["tokens_evaluated"] == 12), "{out}");
+    // two completions (`index`) are joined apart
+    let mut input = String::new();
+    for (i, tok) in [(0, "mail jane"), (1, "card 4111 1111"), (0, ".roe@example.org"), (1, " 1111 1111")] {
+        input += &ev(&json!({"index": i, "content": tok, "stop": false}));
+    }
+    for i in 0..2 {
+        input += &ev(&json!({"index": i, "content": "", "stop": true}));
+    }
+    let out = run(StreamKind::Sse, &input);
+    let by = |i: u64| -> String { events(&out).iter().filter(|e| e["index"] == i).filter_map(|e| e["content"].as_str().map(String::from)).collect() };
+    assert_eq!((by(0), by(1)), ("mail [EMAIL]".to_string(), "card [PAYMENT_CARD]".to_string()), "{out}");
+}
+
+/// llama.cpp native `/completion` with `"n_probs": 1` (streamed or not):
+/// `completion_probabilities[]` repeats the text one token per object
+/// (`token`, and its UTF-8 `bytes` as numbers): withheld like OpenAI
+/// `logprobs`, or a job that asks for it reads the masked text back.
+#[test]
+fn llamacpp_completion_probabilities_are_withheld() {
+    let toks = ["Contact", " jane", ".roe", "@example", ".org", "."];
+    let probs: Vec<Value> = toks
+        .iter()
+        .map(|t| json!({"id": 1, "token": t, "bytes": t.as_bytes(), "logprob": -0.01, "top_logprobs": [{"id": 1, "token": t, "bytes": t.as_bytes(), "logprob": -0.01}]}))
+        .collect();
+    let body = json!({"index": 0, "content": format!("Contact {EMAIL}."), "tokens": [], "id_slot": 0, "stop": true,
+        "model": "gpt-3.5-turbo", "tokens_predicted": 6, "tokens_evaluated": 12, "stop_type": "eos",
+        "completion_probabilities": probs});
+    let m = masker();
+    let mut counts = Counts::new();
+    let out = String::from_utf8(m.mask_json(body.to_string().as_bytes(), &mut counts).expect("json")).expect("utf-8");
+    let v: Value = serde_json::from_str(&out).expect("json out");
+    let cp = v["completion_probabilities"].as_array().cloned().unwrap_or_default();
+    let joined: String = cp.iter().filter_map(|p| p["token"].as_str()).collect();
+    let from_bytes: Vec<u8> = cp.iter().flat_map(|p| p["bytes"].as_array().cloned().unwrap_or_default()).filter_map(|b| b.as_u64().map(|b| b as u8)).collect();
+    assert_masked(&out, &joined, EMAIL);
+    assert!(!String::from_utf8_lossy(&from_bytes).contains(EMAIL), "value rebuilt from completion_probabilities[].bytes");
+}
+
+/// Cloudflare Workers AI text generation (`/ai/run/@cf/…` with
+/// `stream: true`, and the Workers `env.AI.run` stream returned as is):
+/// SSE events `data: {"response":"…"}` then `data: [DONE]`: `response`
+/// is joined across events, as in Ollama JSON lines.
+#[test]
+fn cloudflare_workers_ai_sse_response_joined() {
+    let mut input = String::new();
+    for f in ["Call", " +1 415", " 555 01", "34 or", " write to jane", ".roe@exa", "mple.org."] {
+        input += &ev(&json!({"response": f, "p": "abcdefgh"}));
+    }
+    input += &ev(&json!({"response": "", "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    let joined = concat(&out, "/response");
+    assert_masked(&out, &joined, EMAIL);
+    assert!(!joined.contains("+1 415 555 0134"), "phone reconstructable: {joined:?}");
+    assert_eq!(joined, "Call [PHONE] or write to [EMAIL].");
+    assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+    // a stream cut short (no `[DONE]`) still gives its rest
+    let input = ev(&json!({"response": "write to jane.roe@"})) + &ev(&json!({"response": "example.org"}));
+    let out = run(StreamKind::Sse, &input);
+    assert_eq!(concat(&out, "/response"), "write to [EMAIL]", "{out}");
+}
+
+/// Mistral Agents / Conversations API (`POST /v1/conversations` with
+/// `stream: true`, SDK `client.beta.conversations.start_stream`): text
+/// comes in `message.output.delta` events whose top-level `content`
+/// fragments the client concatenates.
+#[test]
+fn mistral_conversations_message_output_delta_joined() {
+    let mut input = named("conversation.response.started", &json!({"type": "conversation.response.started", "conversation_id": "conv_1"}));
+    for f in ["Her SSN is 123", "-45-", "6789 per", " the file."] {
+        input += &named("message.output.delta", &json!({"type": "message.output.delta", "created_at": "2025-06-01T00:00:00Z", "output_index": 0,
+            "id": "msg_1", "content_index": 0, "model": "mistral-medium-2505", "agent_id": null, "role": "assistant", "content": f}));
+    }
+    input += &named("conversation.response.done", &json!({"type": "conversation.response.done", "usage": {"prompt_tokens": 9, "completion_tokens": 8}}));
+    let out = run(StreamKind::Sse, &input);
+    assert_masked(&out, &concat(&out, "/content"), "123-45-6789");
+    assert_eq!(concat(&out, "/content"), "Her SSN is [US_SSN] per the file.");
+    // the rest goes out before the response's end
+    assert!(events(&out).last().is_some_and(|e| e["type"] == "conversation.response.done"), "{out}");
+}
+
+/// Vercel AI SDK 5 UI message streams (`result.toUIMessageStreamResponse()`,
+/// header `x-vercel-ai-ui-message-stream: v1`), what Next.js RAG backends
+/// answer: `data: {"type":"text-delta","id":…,"delta":"…"}` (also
+/// `reasoning-delta`), concatenated by `useChat`; joined per part `id`.
+#[test]
+fn vercel_ai_sdk_ui_stream_text_delta_joined() {
+    let mut input = ev(&json!({"type": "start", "messageId": "m1"}));
+    input += &ev(&json!({"type": "start-step"}));
+    input += &ev(&json!({"type": "text-start", "id": "txt-0"}));
+    for f in ["Her SSN is 123", "-45-", "6789 per", " the file."] {
+        input += &ev(&json!({"type": "text-delta", "id": "txt-0", "delta": f}));
+    }
+    input += &ev(&json!({"type": "text-end", "id": "txt-0"}));
+    input += &ev(&json!({"type": "finish-step"}));
+    input += &ev(&json!({"type": "finish"}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    assert_masked(&out, &concat(&out, "/delta"), "123-45-6789");
+    assert_eq!(concat(&out, "/delta"), "Her SSN is [US_SSN] per the file.");
+    // the rest goes out before `text-end`, with the part's id
+    let evs = events(&out);
+    let end = evs.iter().position(|e| e["type"] == "text-end").unwrap_or(0);
+    assert!(evs[..end].iter().filter(|e| e["type"] == "text-delta").all(|e| e["id"] == "txt-0"), "{out}");
+    assert!(evs[end..].iter().all(|e| e["type"] != "text-delta"), "{out}");
+    // two parts at once (text and reasoning) are joined apart
+    let mut input = String::new();
+    for (t, id, f) in [("reasoning-delta", "r-0", "mail jane"), ("text-delta", "t-0", "card 4111 1111"), ("reasoning-delta", "r-0", ".roe@example.org"), ("text-delta", "t-0", " 1111 1111")] {
+        input += &ev(&json!({"type": t, "id": id, "delta": f}));
+    }
+    input += &ev(&json!({"type": "finish"}));
+    let out = run(StreamKind::Sse, &input);
+    let by = |id: &str| -> String { events(&out).iter().filter(|e| e["id"] == id).filter_map(|e| e["delta"].as_str().map(String::from)).collect() };
+    assert_eq!((by("r-0"), by("t-0")), ("mail [EMAIL]".to_string(), "card [PAYMENT_CARD]".to_string()), "{out}");
+}
