@@ -69,7 +69,10 @@ fn email_positive() {
         assert_found(&m, v, "email");
     }
     assert_masks_to(&m, &[("<a href=\"mailto:jane.roe&#64;example.org\">mail</a>", "<a href=\"mailto:[EMAIL]\">mail</a>")], "email");
-    for t in ["jane&#64;example", "&#64;example.com", "a&#644;example.com", "jane&#x40example.com", "x&#46;y&#64;z"] {
+    // (`&#x40;` with a lowercase `x` and `&commat;` are not found: a known
+    // limit, see the README; an anchor at every `&` cost 8 % on clean JSON
+    // with URLs)
+    for t in ["jane&#64;example", "&#64;example.com", "a&#644;example.com", "jane&#X40example.com", "x&#46;y&#64;z"] {
         assert_clean(&m, t);
     }
     assert_masks_to(&m, &[("GET /users?email=jane%40example.com&page=2", "GET /users?email=[EMAIL]&page=2")], "email");
