@@ -83,6 +83,11 @@ fn email_positive() {
     let h = masker(json!({"redaction": "hash", "hash_key": "k3y-for-tests-only-0123456789abcdef"}));
     let (a, b) = (h.mask_text("jane@example.com", &mut Counts::new()), h.mask_text("Jane%40Example.com", &mut Counts::new()));
     assert_eq!(a, b);
+    for other in ["jane&#64;example.com", "JANE&#X40;example.com"] {
+        assert_eq!(h.mask_text(other, &mut Counts::new()), a, "{other}");
+    }
+    let (a, b) = (h.mask_text("jane_roe@example.com", &mut Counts::new()), h.mask_text("jane\\_roe@example.com", &mut Counts::new()));
+    assert_eq!(a, b);
 }
 
 /// Addresses glued to text in other scripts (CJK has no spaces between

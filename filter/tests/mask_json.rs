@@ -951,3 +951,106 @@ fn keys_inside_tool_input_are_masked() {
     let args = m.mask_tool_arguments(r#"{"q":{"jane.doe@example.com":"v","k":"w"}}"#, &mut Counts::new());
     assert_eq!(args, r#"{"q":{"[EMAIL]":"[REDACTED]","k":"[K]"}}"#);
 }
+
+/// Search engines' highlighted copies of a hit (`highlight`, `_formatted`,
+/// …) put tags around the query terms, and the analyzer cuts values into
+/// terms (`jane.roe` `@` `example.org`; each digit group): the tags split
+/// a value that `_source` shows whole. Those strings are also scanned
+/// without their tags.
+mod highlights {
+    use nhi_gate::mask::{Counts, Masker, RawMasking};
+    use serde_json::{json, Value};
+
+    fn mask(body: &str) -> (Value, String) {
+        let raw: RawMasking = serde_json::from_value(json!({})).expect("raw masking");
+        let m = Masker::compile(raw, "masking").expect("compiles");
+        let out = String::from_utf8(m.mask_json(body.as_bytes(), &mut Counts::new()).expect("valid JSON")).expect("UTF-8");
+        let v = serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("output is not JSON ({e}): {out}"));
+        (v, out)
+    }
+
+    /// What a client shows of a highlight fragment: its text with the
+    /// highlighter's tags removed (`<em>`, `<mark>`, … — the client renders
+    /// them as HTML, so the reader sees the text in between as one run).
+    fn visible(fragment: &str) -> String {
+        let mut out = String::new();
+        let mut in_tag = false;
+        for c in fragment.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' if in_tag => in_tag = false,
+                c if !in_tag => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+    
+
+    /// Elasticsearch / OpenSearch `highlight` (default `pre_tags` `<em>`): the
+    /// standard analyzer splits `jane.roe@example.org` at `@` into `jane.roe`
+    /// and `example.org`, so a search for the person highlights one token and
+    /// the tags cut the address in two. `_source` is masked, the highlight
+    /// fragment of the same hit is not.
+    #[test]
+    fn es_highlight_em_tags_split_email() {
+        let body = r#"{"took":4,"timed_out":false,"hits":{"total":{"value":1,"relation":"eq"},"max_score":2.1,"hits":[{"_index":"crm-notes","_id":"n-17","_score":2.1,"_source":{"author":"support","body":"Customer jane.roe@example.org asked for a refund."},"highlight":{"body":["Customer <em>jane.roe</em>@example.org asked for a refund."]}}]}}"#;
+        let (v, out) = mask(body);
+        assert_eq!(v["hits"]["hits"][0]["_source"]["body"], "Customer [EMAIL] asked for a refund.");
+        let frag = v["hits"]["hits"][0]["highlight"]["body"][0].as_str().unwrap();
+        assert!(!visible(frag).contains("jane.roe@example.org"), "highlight leaks the address: {out}");
+    }
+
+    /// The same for a card number: a match query for the digits highlights
+    /// each group (`<em>4111</em> <em>1111</em> …`), and a card's shape
+    /// (groups separated by one space) is broken by the tags.
+    #[test]
+    fn es_highlight_em_tags_split_card_number() {
+        let body = r#"{"hits":{"hits":[{"_id":"t-9","_source":{"note":"paid with 4111 1111 1111 1111 yesterday"},"highlight":{"note":["paid with <em>4111</em> <em>1111</em> <em>1111</em> <em>1111</em> yesterday"]}}]}}"#;
+        let (v, out) = mask(body);
+        assert_eq!(v["hits"]["hits"][0]["_source"]["note"], "paid with [PAYMENT_CARD] yesterday");
+        let frag = v["hits"]["hits"][0]["highlight"]["note"][0].as_str().unwrap();
+        assert!(!visible(frag).contains("4111 1111 1111 1111"), "highlight leaks the card: {out}");
+    }
+
+    /// Phone numbers and SSNs: the standard analyzer makes a token of each
+    /// digit group, so a search for the number highlights `<em>415</em>-…`.
+    #[test]
+    fn opensearch_highlight_em_tags_split_phone_and_ssn() {
+        let body = r#"{"hits":{"hits":[{"_id":"c-1","_source":{"t":"call 415-555-0134, SSN 123-45-6789"},"highlight":{"t":["call <em>415</em>-<em>555</em>-<em>0134</em>, SSN <em>123</em>-45-6789"]}}]}}"#;
+        let (v, out) = mask(body);
+        let shown = visible(v["hits"]["hits"][0]["highlight"]["t"][0].as_str().unwrap());
+        assert!(!shown.contains("415-555-0134"), "highlight leaks the phone: {out}");
+        assert!(!shown.contains("123-45-6789"), "highlight leaks the SSN: {out}");
+    }
+
+    /// Typesense (`<mark>`) and Meilisearch `_formatted` (`<em>`) answers cut
+    /// values the same way.
+    #[test]
+    fn typesense_and_meilisearch_highlight_tags_split_email() {
+        let typesense = r#"{"found":1,"hits":[{"document":{"id":"1","email":"jane.roe@example.org"},"highlights":[{"field":"email","snippet":"<mark>jane.roe</mark>@example.org","matched_tokens":["jane.roe"]}]}]}"#;
+        let (v, out) = mask(typesense);
+        assert!(!visible(v["hits"][0]["highlights"][0]["snippet"].as_str().unwrap()).contains("jane.roe@example.org"), "{out}");
+        let meili = r#"{"hits":[{"id":1,"contact":"IBAN DE89 3704 0044 0532 0130 00","_formatted":{"id":"1","contact":"IBAN <em>DE89</em> 3704 0044 0532 0130 00"}}],"query":"DE89"}"#;
+        let (v, out) = mask(meili);
+        assert_eq!(v["hits"][0]["contact"], "IBAN [IBAN]");
+        assert!(!visible(v["hits"][0]["_formatted"]["contact"].as_str().unwrap()).contains("0532 0130 00"), "{out}");
+    }
+    
+
+    /// Tags elsewhere are left to the first scan; a highlight without a
+    /// value keeps its tags; attributes and other highlighters' tags.
+    #[test]
+    fn highlight_markup_edge_cases() {
+        let (v, out) = mask(r#"{"highlight":{"a":["<em class=\"hlt1\">jane.roe</em>@example.org and <b>4111</b>&nbsp;1111 1111 1111"],"b":"<em>plain</em> text, <a href=\"x\">link</a>"}}"#);
+        assert_eq!(v["highlight"]["a"][0], "<em class=\"hlt1\">[EMAIL] and <b>[PAYMENT_CARD]", "{out}");
+        assert_eq!(v["highlight"]["b"], "<em>plain</em> text, <a href=\"x\">link</a>");
+        // outside a highlight, markup is not taken out
+        let (v, _) = mask(r#"{"text":"<em>jane.roe</em>@example.org"}"#);
+        assert_eq!(v["text"], "<em>jane.roe</em>@example.org");
+        // not tags: comparisons, long names, unclosed
+        let clean = r#"{"highlight":{"t":["a <b c < d > e", "<abcdefghijkl>x</abcdefghijkl>", "1 <em 2"]}}"#;
+        let (v, _) = mask(clean);
+        assert_eq!(v, serde_json::from_str::<Value>(clean).unwrap());
+    }
+}

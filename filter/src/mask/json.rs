@@ -548,6 +548,14 @@ enum Special {
     /// an object (a JSON schema's `parameters` too): more masking, never
     /// less.
     Input,
+    /// A search engine's highlighted copy of a hit (Elasticsearch and
+    /// OpenSearch `highlight`, Typesense `highlight`/`highlights`,
+    /// Meilisearch `_formatted`, Azure AI Search `@search.highlights`,
+    /// Algolia `_highlightResult`/`_snippetResult`): its strings hold
+    /// markup (`<em>jane</em>.roe@…`) that splits values where a query
+    /// term matched; they are also scanned without their tags
+    /// ([`Inner::find_markup`]).
+    Highlight,
 }
 
 /// Inside tool-call arguments a number may be a card or phone number: the
@@ -638,6 +646,7 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         b"token_ids" | b"prompt_token_ids" => Special::TokenIds,
         b"arguments" => Special::Arguments,
         b"input" | b"args" | b"parameters" => Special::Input,
+        b"highlight" | b"highlights" | b"_formatted" | b"@search.highlights" | b"_highlightResult" | b"_snippetResult" => Special::Highlight,
         b"context" => Special::Context,
         b"content" => Special::Content,
         b"done" => Special::Done,
@@ -645,7 +654,7 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 14 | 15 | 16 | 24) || (matches!(end - pos - 1, 4 | 6 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd' | b'p' | b't')) {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 14 | 15 | 16 | 18 | 24) || (matches!(end - pos - 1, 4 | 6 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd' | b'p' | b't')) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
@@ -679,13 +688,15 @@ fn mask_key(
         return Err(MaskError::new(pos, "expected a string key"));
     }
     let (end, esc) = scan_key(src, pos + 1)?;
-    mask_string(inner, text, src, (pos, end, esc), w, scratch, tally)
+    mask_string(inner, text, src, (pos, end, esc), w, scratch, tally, false)
 }
 
 /// Masks the JSON string `src[pos..=end]` (`pos`: its opening quote, `end`:
 /// its closing one; `esc`: it holds escapes, decoded first) in the output
-/// of `w`, re-encoded. `scratch` as in [`mask_key`]. Returns whether
+/// of `w`, re-encoded. `scratch` as in [`mask_key`]; `markup`: also scan
+/// it without its HTML tags ([`Special::Highlight`]). Returns whether
 /// anything was found. Errors: an invalid escape.
+#[allow(clippy::too_many_arguments)]
 fn mask_string(
     inner: &Inner,
     text: &str,
@@ -694,6 +705,7 @@ fn mask_string(
     w: &mut Writer,
     scratch: (&mut String, &mut Vec<detectors::Cand>, &mut String),
     tally: &mut Tally,
+    markup: bool,
 ) -> Result<bool, MaskError> {
     let (dec, cands, tmp) = scratch;
     let decoded = if esc {
@@ -702,7 +714,8 @@ fn mask_string(
     } else {
         text.get(pos + 1..end).unwrap_or("")
     };
-    if inner.find(decoded, cands) {
+    let found = if markup { inner.find_markup(decoded, cands) } else { inner.find(decoded, cands) };
+    if found {
         w.copy_to(src, pos);
         inner.quote_masked(decoded, !esc, cands, &mut w.out, tmp, tally);
         w.copied = end + 1;
@@ -952,6 +965,9 @@ fn rewrite_tallied(
     // the stack depth of the `input` object whose numbers are masked (see
     // `Special::Input`), while inside it
     let mut input_at: Option<usize> = None;
+    // the stack depth of the search highlight (`Special::Highlight`) whose
+    // strings are also scanned without their markup, while inside it
+    let mut markup_at: Option<usize> = None;
     let text = std::str::from_utf8(src).map_err(|e| MaskError::new(e.valid_up_to(), "invalid UTF-8"))?;
     let anchors = inner.anchors();
     let withhold = response && inner.withhold_logprobs();
@@ -1008,6 +1024,9 @@ fn rewrite_tallied(
         if matches!(member, Special::Input | Special::Arguments) && input_at.is_none() && at(src, pos) == b'{' {
             input_at = Some(stack.len());
         }
+        if member == Special::Highlight && markup_at.is_none() && matches!(at(src, pos), b'{' | b'[') {
+            markup_at = Some(stack.len());
+        }
         match at(src, pos) {
             b'{' => {
                 pos = ws(src, pos + 1);
@@ -1053,6 +1072,8 @@ fn rewrite_tallied(
                         if let Some(masked) = arguments(inner, text, src, pos, end, esc, depth, counts)? {
                             w.replace_quoted(src, pos, end + 1, &String::from_utf8_lossy(&masked));
                         }
+                    } else if markup_at.is_some() || member == Special::Highlight {
+                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, true)?;
                     } else if one_pass {
                         let s = text.get(pos + 1..end).unwrap_or("");
                         if (!positions.is_empty() || inner.has_custom()) && inner.find_at(s, &positions, wide, &mut cands) {
@@ -1062,7 +1083,7 @@ fn rewrite_tallied(
                             w.changed = true;
                         }
                     } else if esc || trig || inner.has_custom() {
-                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally)?;
+                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, false)?;
                     }
                 }
                 pos = end + 1;
@@ -1092,6 +1113,9 @@ fn rewrite_tallied(
         loop {
             if input_at == Some(stack.len()) {
                 input_at = None;
+            }
+            if markup_at == Some(stack.len()) {
+                markup_at = None;
             }
             if mute.as_ref().is_some_and(|m| m.depth == stack.len()) {
                 if let Some(m) = mute.take() {

@@ -895,6 +895,26 @@ impl Inner {
         self.selected(s, cands)
     }
 
+    /// [`Inner::find`] for a string that may hold HTML markup (a search
+    /// engine's highlighted fragment: `<em>jane</em>.roe@example.org`):
+    /// it is also scanned without its tags (see [`markup_tag_at`]), and
+    /// what is found there is added with its span in `s` (the tags inside
+    /// it included), as [`Inner::invisible_candidates`] does.
+    pub(crate) fn find_markup(&self, s: &str, cands: &mut Vec<Cand>) -> bool {
+        cands.clear();
+        self.candidates(s, 0, usize::MAX, 0, cands);
+        if let Some(v) = Visible::without(s, b'<', markup_tag_at) {
+            let first = cands.len();
+            self.candidates(&v.text, 0, usize::MAX, 0, cands);
+            for c in cands.get_mut(first..).unwrap_or(&mut []) {
+                let end = v.original(c.end.saturating_sub(1)) + 1;
+                c.start = v.original(c.start);
+                c.end = end;
+            }
+        }
+        self.selected(s, cands)
+    }
+
     /// [`Inner::find`] for a complete string whose built-in anchor
     /// positions are known (collected while lexing it); `wide`: it may hold
     /// bytes that are not ASCII (false: it holds none).
@@ -988,13 +1008,28 @@ impl Visible {
             (Some(x), Some(y)) => x.min(y),
             (x, y) => x.or(y)?,
         };
+        Visible::from(s, first, detectors::invisible_at)
+    }
+
+    /// `s` without the pieces `len_at` measures (its length at a byte, 0
+    /// where none starts), each starting with byte `lead`; `None` when it
+    /// has none.
+    fn without(s: &str, lead: u8, len_at: fn(&[u8], usize) -> usize) -> Option<Visible> {
+        let b = s.as_bytes();
+        let first = memchr::memchr_iter(lead, b).find(|&i| len_at(b, i) > 0)?;
+        Visible::from(s, first, len_at)
+    }
+
+    /// `s` without the pieces `len_at` measures, the first at `first`.
+    fn from(s: &str, first: usize, len_at: fn(&[u8], usize) -> usize) -> Option<Visible> {
+        let b = s.as_bytes();
         let mut text = Vec::with_capacity(b.len());
         text.extend_from_slice(b.get(..first)?);
         let mut removed = Vec::new();
         let mut total = 0u32;
         let mut i = first;
         while let Some(&byte) = b.get(i) {
-            let n = detectors::invisible_at(b, i);
+            let n = len_at(b, i);
             if n > 0 {
                 total = total.saturating_add(n as u32);
                 removed.push((u32::try_from(text.len()).ok()?, total));
@@ -1004,7 +1039,7 @@ impl Visible {
                 i += 1;
             }
         }
-        // whole characters (or ASCII escapes) were removed: still UTF-8
+        // whole characters (or ASCII escapes, tags) were removed: still UTF-8
         Some(Visible { text: String::from_utf8(text).ok()?, removed })
     }
 
@@ -1020,6 +1055,32 @@ impl Visible {
     fn original(&self, x: usize) -> usize {
         let k = self.removed.partition_point(|(at, _)| *at as usize <= x);
         x + k.checked_sub(1).and_then(|k| self.removed.get(k)).map_or(0, |(_, n)| *n as usize)
+    }
+}
+
+/// The length of the HTML tag at `i` (0: none), as highlighters write
+/// them: `<` or `</`, a tag name of 1–10 ASCII letters or digits starting
+/// with a letter (`em`, `mark`, `b`, `strong`, `hi`, `h1`), then `>` or,
+/// after a space, attributes of at most 64 bytes holding no `<` or `>`
+/// (`<em class="hlt1">`, `<span class='highlight'>`).
+fn markup_tag_at(b: &[u8], i: usize) -> usize {
+    let Some(r) = b.get(i..).filter(|r| r.first() == Some(&b'<')) else { return 0 };
+    let mut k = 1 + usize::from(r.get(1) == Some(&b'/'));
+    if !r.get(k).is_some_and(u8::is_ascii_alphabetic) {
+        return 0;
+    }
+    let name = r.get(k..).unwrap_or(&[]).iter().take(11).take_while(|c| c.is_ascii_alphanumeric()).count();
+    if name > 10 {
+        return 0;
+    }
+    k += name;
+    match r.get(k) {
+        Some(b'>') => k + 1,
+        Some(b' ') => match r.get(k..).unwrap_or(&[]).iter().take(66).position(|c| matches!(c, b'<' | b'>')) {
+            Some(n) if r.get(k + n) == Some(&b'>') => k + n + 1,
+            _ => 0,
+        },
+        _ => 0,
     }
 }
 
@@ -1044,6 +1105,18 @@ fn without_escapes(value: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// An address whose `@` is written `%40`, `&#64;` or `&#X40;`, with `@`
+/// (lowercase).
+fn at_spellings(value: &str) -> String {
+    let v = value.to_ascii_lowercase();
+    for spelling in ["%40", "&#64;", "&#x40;"] {
+        if v.contains(spelling) {
+            return v.replacen(spelling, "@", 1);
+        }
+    }
+    v
+}
+
 /// The value hashed for `hash` redaction (see [`Redaction::Hash`]).
 fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
@@ -1065,9 +1138,10 @@ fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
             Cow::Owned(without_escapes(value).chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect())
         }
         Kind::Builtin(Builtin::Email) => {
-            // `jane%40example.com` is `jane@…` too
-            let v = if value.contains('@') { value.to_ascii_lowercase() } else { value.replacen("%40", "@", 1).to_ascii_lowercase() };
-            Cow::Owned(v)
+            // `jane%40example.com`, `jane&#64;…`, `jane\_roe@…` (Markdown)
+            // are `jane@…`, `jane_roe@…` too
+            let v = if value.contains('@') { value.to_ascii_lowercase() } else { at_spellings(value) };
+            Cow::Owned(if v.contains('\\') { v.replace('\\', "") } else { v })
         }
         _ => Cow::Borrowed(value),
     }
