@@ -201,3 +201,93 @@ fn vercel_ai_sdk_ui_stream_text_delta_joined() {
     let by = |id: &str| -> String { events(&out).iter().filter(|e| e["id"] == id).filter_map(|e| e["delta"].as_str().map(String::from)).collect() };
     assert_eq!((by("r-0"), by("t-0")), ("mail [EMAIL]".to_string(), "card [PAYMENT_CARD]".to_string()), "{out}");
 }
+
+/// OpenRouter chat-completion chunks of reasoning models carry the
+/// reasoning twice: `delta.reasoning` (joined by the masker) and
+/// `delta.reasoning_details[]` (`{"type":"reasoning.text","text":…}`),
+/// which OpenRouter asks clients to accumulate and send back (tool use
+/// with reasoning models). The copy carries what is released of the
+/// joined reasoning.
+#[test]
+fn openrouter_reasoning_details_text_joined() {
+    let frags = ["The customer is jane", ".roe@exa", "mple.org and", " wants a refund. "];
+    let mut input = String::new();
+    for f in frags {
+        input += &ev(&json!({"id": "gen-1", "provider": "Anthropic", "model": "anthropic/claude-sonnet-4", "object": "chat.completion.chunk", "created": 1,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": f,
+                "reasoning_details": [{"type": "reasoning.text", "text": f, "format": "anthropic-claude-v1", "index": 0}]},
+                "finish_reason": null, "native_finish_reason": null, "logprobs": null}]}));
+    }
+    input += &ev(&json!({"id": "gen-1", "object": "chat.completion.chunk", "created": 1, "model": "anthropic/claude-sonnet-4",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Done."}, "finish_reason": "stop"}]}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    assert!(!concat(&out, "/choices/0/delta/reasoning").contains(EMAIL), "sanity: reasoning is joined");
+    assert_masked(&out, &concat(&out, "/choices/0/delta/reasoning_details/0/text"), EMAIL);
+    assert_eq!(concat(&out, "/choices/0/delta/reasoning_details/0/text"), concat(&out, "/choices/0/delta/reasoning"));
+    // a copy that differs from the fragment is masked on its own
+    let input = ev(&json!({"choices": [{"index": 0, "delta": {"reasoning": "a", "reasoning_details": [{"type": "reasoning.summary", "summary": "x"}, {"type": "reasoning.text", "text": "mail jane.roe@example.org"}]}}]}));
+    let out = run(StreamKind::Sse, &input);
+    assert_eq!(events(&out)[0]["choices"][0]["delta"]["reasoning_details"][1]["text"], "mail [EMAIL]", "{out}");
+}
+
+/// LiteLLM proxy (`/v1/chat/completions`) in front of Claude with
+/// extended thinking (anthropic/, bedrock/, vertex_ai/): each chunk's
+/// `delta` carries the thinking fragment as `reasoning_content` (joined)
+/// and again in `thinking_blocks[].thinking` and
+/// `provider_specific_fields.thinking_blocks[].thinking`
+/// (litellm/llms/anthropic/chat/handler.py, `chunk_parser`): both copies
+/// carry what is released of the joined reasoning.
+#[test]
+fn litellm_thinking_blocks_joined() {
+    let frags = ["Reach the user at jane", ".roe@exa", "mple.org, per", " the CRM record. "];
+    let mut input = String::new();
+    for f in frags {
+        let blocks = json!([{"type": "thinking", "thinking": f, "signature": null}]);
+        input += &ev(&json!({"id": "chatcmpl-1", "created": 1, "model": "claude-sonnet-4-20250514", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": "", "role": "assistant", "reasoning_content": f,
+                "thinking_blocks": blocks, "provider_specific_fields": {"thinking_blocks": blocks}}}]}));
+    }
+    input += &ev(&json!({"id": "chatcmpl-1", "created": 1, "model": "claude-sonnet-4-20250514", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {"content": "OK."}, "finish_reason": "stop"}]}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    assert!(!concat(&out, "/choices/0/delta/reasoning_content").contains(EMAIL), "sanity: reasoning_content is joined");
+    assert_masked(&out, &concat(&out, "/choices/0/delta/thinking_blocks/0/thinking"), EMAIL);
+    let psf = concat(&out, "/choices/0/delta/provider_specific_fields/thinking_blocks/0/thinking");
+    assert_masked(&out, &psf, EMAIL);
+    assert_eq!(psf, concat(&out, "/choices/0/delta/reasoning_content"));
+}
+
+/// Perplexity Sonar `/chat/completions` streams in `stream_mode: "full"`
+/// (the default) repeat the whole answer so far in
+/// `choices[].message.content` of every chunk, next to `delta.content`.
+/// Masked alone, a snapshot that ends inside a value would hold a prefix
+/// that is no value yet (here the first 15 digits of a Visa number, whose
+/// 16th digit is its Luhn check digit): each snapshot is the answer
+/// released so far instead.
+#[test]
+fn perplexity_full_mode_cumulative_message_prefix() {
+    let frags = ["Card on file: 4111 1111", " 1111 111", "1, expires 12/27."];
+    let mut input = String::new();
+    let mut so_far = String::new();
+    for (k, f) in frags.iter().enumerate() {
+        so_far += f;
+        let finish = if k + 1 == frags.len() { json!("stop") } else { Value::Null };
+        input += &ev(&json!({"id": "0d1f", "model": "sonar", "created": 1, "object": "chat.completion.chunk",
+            "usage": {"prompt_tokens": 9, "completion_tokens": k + 1, "total_tokens": 10 + k},
+            "citations": ["https://example.com/crm"],
+            "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": so_far},
+                "delta": {"role": "assistant", "content": f}}]}));
+    }
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    assert!(!concat(&out, "/choices/0/delta/content").contains("4111 1111 1111 1111"), "sanity: delta.content is joined");
+    // 15 of 16 digits: the whole PAN follows by Luhn
+    assert!(!out.contains("4111 1111 1111 111"), "card prefix in a cumulative message snapshot:\n{out}");
+    // the last snapshot is the whole masked answer
+    let evs = events(&out);
+    let last = evs.iter().rev().find_map(|e| e["choices"][0]["message"]["content"].as_str()).unwrap_or_default().to_string();
+    assert_eq!(last, concat(&out, "/choices/0/delta/content"), "{out}");
+    assert_eq!(last, "Card on file: [PAYMENT_CARD], expires 12/27.");
+}

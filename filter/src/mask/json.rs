@@ -735,6 +735,12 @@ pub(crate) enum StreamField {
     Content(usize, &'static str),
     /// `choices[k].text` (legacy completions).
     Text(usize),
+    /// A copy of the reasoning text of `choices[k].delta` (see
+    /// [`REASONING_COPIES`]): `kind` indexes that list, `m` the array item.
+    Mirror(usize, usize, usize),
+    /// `choices[k].message.content` next to a `delta`: the whole answer so
+    /// far (Perplexity's `stream_mode: "full"`).
+    Snapshot(usize),
     /// `choices[k].delta.tool_calls[m].function.arguments`.
     Args(usize, usize),
     /// `choices[k].delta.function_call.arguments` (the deprecated
@@ -815,6 +821,15 @@ fn token_ids(src: &[u8], pos: usize) -> bool {
         })
 }
 
+/// The copies of a chat chunk's reasoning text (`delta.reasoning` or
+/// `reasoning_content`) that proxies add to `delta`, as (array member, its
+/// string member): OpenRouter `reasoning_details[].text`, LiteLLM
+/// `thinking_blocks[].thinking` (also under `provider_specific_fields`).
+/// Each copy that equals the event's fragment carries the text released
+/// for it ([`StreamField::Mirror`]).
+pub(crate) const REASONING_COPIES: [(&str, &str); 3] =
+    [("reasoning_details", "text"), ("thinking_blocks", "thinking"), ("provider_specific_fields.thinking_blocks", "thinking")];
+
 /// Which [`StreamField`] `path` is, if any.
 fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
     match path {
@@ -822,6 +837,16 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
             DELTA_TEXT.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Content(*k, n))
         }
         [Frame::Obj(c), Frame::Arr(k), Frame::Obj(t)] if c == "choices" && t == "text" => Some(StreamField::Text(*k)),
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(m), Frame::Obj(t)] if c == "choices" && m == "message" && t == "content" => Some(StreamField::Snapshot(*k)),
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(a), Frame::Arr(m), Frame::Obj(t)] if c == "choices" && d == "delta" => {
+            let kind = REASONING_COPIES.iter().position(|(arr, s)| arr == a && s == t)?;
+            Some(StreamField::Mirror(*k, kind, *m))
+        }
+        [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(p), Frame::Obj(a), Frame::Arr(m), Frame::Obj(t)]
+            if c == "choices" && d == "delta" && p == "provider_specific_fields" && a == "thinking_blocks" && t == "thinking" =>
+        {
+            Some(StreamField::Mirror(*k, 2, *m))
+        }
         [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(tc), Frame::Arr(m), Frame::Obj(f), Frame::Obj(a)]
             if c == "choices" && d == "delta" && tc == "tool_calls" && f == "function" && a == "arguments" =>
         {

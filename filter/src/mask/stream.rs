@@ -526,6 +526,10 @@ impl ChunkLite {
 /// deltas (`content_block.text`, `content_block.partial_json`, …).
 const BLOCK_FAMILY: &str = "content_block.";
 
+/// The most of a choice's answer kept for [`StreamField::Snapshot`] (1 MiB):
+/// past it, snapshots stop growing (they show less, never more).
+const MAX_SNAPSHOT: usize = 1 << 20;
+
 /// The family of a Responses API event whose `delta` string is joined
 /// across events (`response.output_text.delta` → `response.output_text`;
 /// also refusals, reasoning text and summaries, function-call and custom
@@ -579,6 +583,9 @@ struct ChoiceLite {
     /// Legacy completions (`/v1/completions`): the text fragment.
     #[serde(default)]
     text: Option<String>,
+    /// Perplexity (`stream_mode: "full"`): the whole message so far.
+    #[serde(default)]
+    message: Option<Value>,
     /// Present and not `null`: the choice is finished.
     #[serde(default)]
     finish_reason: Option<serde::de::IgnoredAny>,
@@ -594,6 +601,13 @@ struct DeltaLite {
     reasoning_content: Option<String>,
     #[serde(default)]
     reasoning: Option<String>,
+    /// Copies of the reasoning text ([`json::REASONING_COPIES`]).
+    #[serde(default)]
+    reasoning_details: Option<Value>,
+    #[serde(default)]
+    thinking_blocks: Option<Value>,
+    #[serde(default)]
+    provider_specific_fields: Option<Value>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallLite>>,
     #[serde(default)]
@@ -811,6 +825,14 @@ pub(crate) struct SseStream {
     parts: BTreeMap<PartKey, Part>,
     /// The last chat chunk's payload (the model of synthetic chunks).
     template: Vec<u8>,
+    /// The answer (`delta.content`) released so far, by choice index, for
+    /// the choices whose chunks carry a `message.content` snapshot: what
+    /// the snapshot becomes ([`StreamField::Snapshot`]).
+    snapshots: BTreeMap<u64, String>,
+    /// The reasoning copies of each choice's last chunk that had some
+    /// (`kind` in [`json::REASONING_COPIES`], the item): a synthetic chunk
+    /// carrying reasoning repeats them with its text.
+    mirrors: BTreeMap<u64, Vec<(usize, Value)>>,
     /// Line end used for synthetic events.
     eol: Vec<u8>,
     /// Whether the last bytes emitted left an event open (no blank line).
@@ -838,6 +860,8 @@ impl SseStream {
             choices: BTreeMap::new(),
             parts: BTreeMap::new(),
             template: Vec::new(),
+            snapshots: BTreeMap::new(),
+            mirrors: BTreeMap::new(),
             eol: Vec::new(),
             open_event: false,
             bom_checked: false,
@@ -1550,8 +1574,26 @@ impl SseStream {
             if let Some(t) = ch.text {
                 here.push((Slot::Text, StreamField::Text(k), t));
             }
+            let mut copies: Vec<(usize, usize)> = Vec::new();
+            let mut copy_items: Vec<(usize, Value)> = Vec::new();
+            let mut reasoning_field = None;
+            let has_delta = ch.delta.is_some();
             if let Some(d) = ch.delta {
                 let [content, refusal, reasoning_content, reasoning] = json::DELTA_TEXT;
+                if let Some(r) = d.reasoning.as_ref().or(d.reasoning_content.as_ref()) {
+                    reasoning_field = Some(StreamField::Content(k, if d.reasoning.is_some() { reasoning } else { reasoning_content }));
+                    let psf = d.provider_specific_fields.as_ref().and_then(|p| p.get("thinking_blocks"));
+                    for (kind, arr) in [d.reasoning_details.as_ref(), d.thinking_blocks.as_ref(), psf].into_iter().enumerate() {
+                        let Some(Value::Array(items)) = arr else { continue };
+                        let member = json::REASONING_COPIES.get(kind).map_or("", |c| c.1);
+                        for (m, item) in items.iter().enumerate() {
+                            if item.get(member).and_then(Value::as_str) == Some(r.as_str()) {
+                                copies.push((kind, m));
+                                copy_items.push((kind, item.clone()));
+                            }
+                        }
+                    }
+                }
                 for (name, text) in [(content, d.content), (refusal, d.refusal), (reasoning_content, d.reasoning_content), (reasoning, d.reasoning)] {
                     if let Some(t) = text {
                         here.push((Slot::Content(name), StreamField::Content(k, name), t));
@@ -1567,6 +1609,29 @@ impl SseStream {
                 }
             }
             self.join(idx, here, ch.finish_reason.is_some(), &mut released, pre, counts);
+            if !copy_items.is_empty() {
+                self.mirrors.insert(idx, copy_items);
+            }
+            // copies of the reasoning carry what was released for it
+            if let Some(text) = reasoning_field.and_then(|f| released.get(&f)).cloned() {
+                for (kind, m) in copies {
+                    released.insert(StreamField::Mirror(k, kind, m), text.clone());
+                }
+            }
+            // a snapshot of the whole answer so far is what was released of
+            // it (kept from the choice's first chunk with a snapshot on)
+            let snapshot = has_delta && ch.message.as_ref().and_then(|m| m.get("content")).is_some_and(Value::is_string);
+            if snapshot {
+                self.snapshots.entry(idx).or_default();
+            }
+            if let (Some(snap), Some(text)) = (self.snapshots.get_mut(&idx), released.get(&StreamField::Content(k, json::DELTA_TEXT[0]))) {
+                if snap.len() + text.len() <= MAX_SNAPSHOT {
+                    snap.push_str(text);
+                }
+            }
+            if snapshot {
+                released.insert(StreamField::Snapshot(k), self.snapshots.get(&idx).cloned().unwrap_or_default());
+            }
         }
         released
     }
@@ -1661,6 +1726,9 @@ impl SseStream {
             Slot::Content(name) => {
                 let mut delta = Map::new();
                 delta.insert(name.into(), Value::String(text.to_string()));
+                if name == json::DELTA_TEXT[2] || name == json::DELTA_TEXT[3] {
+                    self.mirror_copies(idx, text, &mut delta);
+                }
                 choice.insert("delta".into(), Value::Object(delta));
                 StreamField::Content(0, name)
             }
@@ -1693,6 +1761,33 @@ impl SseStream {
         choice.insert("finish_reason".into(), Value::Null);
         m.insert("choices".into(), Value::Array(vec![Value::Object(choice)]));
         self.emit_synthetic(m, field, text, out, counts);
+    }
+
+    /// Adds to the `delta` of a synthetic chunk carrying reasoning `text`
+    /// (already masked) the reasoning copies choice `idx` had last, each
+    /// holding `text`.
+    fn mirror_copies(&self, idx: u64, text: &str, delta: &mut Map<String, Value>) {
+        for (kind, item) in self.mirrors.get(&idx).into_iter().flatten() {
+            let Some((path, member)) = json::REASONING_COPIES.get(*kind) else { continue };
+            let mut item = item.clone();
+            if let Some(v) = item.get_mut(*member) {
+                *v = Value::String(text.to_string());
+            }
+            let (parent, arr) = match path.split_once('.') {
+                Some((p, a)) => (Some(p), a),
+                None => (None, *path),
+            };
+            let target = match parent {
+                Some(p) => match delta.entry(p.to_string()).or_insert_with(|| Value::Object(Map::new())) {
+                    Value::Object(o) => o,
+                    _ => continue,
+                },
+                None => &mut *delta,
+            };
+            if let Value::Array(a) = target.entry(arr.to_string()).or_insert_with(|| Value::Array(Vec::new())) {
+                a.push(item);
+            }
+        }
     }
 
     /// Emits the event `m` (a synthetic chunk) with `text` at `field`.
