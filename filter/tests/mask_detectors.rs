@@ -1045,3 +1045,48 @@ fn more_card_brands() {
     // Luhn-invalid, or a prefix of no brand
     assert_clean(&m, "ref 3852 000002 3238 and 7000 0000 0000 0008");
 }
+
+/// The secret half of an AWS access key has no prefix of its own: it is
+/// found after its name (`aws_secret_access_key` in `~/.aws/credentials`,
+/// `AWS_SECRET_ACCESS_KEY` in `.env` files and shells), and in JSON as the
+/// value of a member so named (`SecretAccessKey` of an STS answer), and
+/// redacted as an `aws_access_key`; the name stays.
+#[test]
+fn aws_secret_access_key_after_its_name() {
+    let m = masker(json!({}));
+    let key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let cases = [
+        format!("[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = {key}\n"),
+        format!("export AWS_SECRET_ACCESS_KEY={key}"),
+        format!("AWS_SECRET_ACCESS_KEY=\"{key}\" make deploy"),
+        format!("aws_secret_access_key: '{key}'"),
+        format!("{{\"aws_secret_access_key\": \"{key}\"}}"),
+    ];
+    for text in &cases {
+        let mut counts = Counts::new();
+        let out = m.mask_text(text, &mut counts);
+        assert!(!out.contains(key) && out.contains("[AWS_ACCESS_KEY]"), "{text:?} → {out:?}");
+        assert!(out.to_ascii_lowercase().contains("aws_secret_access_key"), "the name stays: {out:?}");
+    }
+    for clean in [
+        format!("aws_secret_access_key = {key}A"),
+        format!("aws_secret_access_key = {key}=="),
+        "aws_secret_access_key = <your secret key>".to_string(),
+        "secret_access_keys: 40".to_string(),
+        format!("other_secret = {key}"),
+    ] {
+        assert_clean(&m, &clean);
+    }
+    // in a JSON body: the member's value
+    let body = format!(r#"{{"Credentials":{{"AccessKeyId":"ASIAIOSFODNN7EXAMPLE","SecretAccessKey":"{key}","SessionToken":"x"}},"secretAccessKey":"not a key"}}"#);
+    let mut counts = Counts::new();
+    let out = String::from_utf8(m.mask_json(body.as_bytes(), &mut counts).unwrap()).unwrap();
+    assert_eq!(
+        out,
+        r#"{"Credentials":{"AccessKeyId":"[AWS_ACCESS_KEY]","SecretAccessKey":"[AWS_ACCESS_KEY]","SessionToken":"x"},"secretAccessKey":"not a key"}"#
+    );
+    assert_eq!(counts.get("aws_access_key"), Some(&2));
+    // only with the detector on
+    let off = masker(json!({"detectors": ["email"]}));
+    assert_eq!(off.mask_json(body.as_bytes(), &mut Counts::new()).unwrap(), body.as_bytes());
+}

@@ -126,7 +126,7 @@ pub(crate) fn anchors(en: &Enabled) -> Anchors {
         colon: any(&[Builtin::Ipv6]),
         upper_i: any(&[Builtin::AwsAccessKey, Builtin::GoogleApiKey]),
         upper_j: any(&[Builtin::Jwt]),
-        uscore: any(&[Builtin::GithubToken]),
+        uscore: any(&[Builtin::GithubToken, Builtin::AwsAccessKey]),
         dash: any(&[Builtin::OpenaiKey, Builtin::AnthropicKey, Builtin::SlackToken, Builtin::PrivateKey]),
     }
 }
@@ -1073,6 +1073,36 @@ fn b64url(b: u8) -> bool {
     alnum(b) || b == b'-' || b == b'_'
 }
 
+/// An AWS secret access key after its name, the `_` of `secret_access_key`
+/// at `u` (any case: `aws_secret_access_key` in `~/.aws/credentials`,
+/// `AWS_SECRET_ACCESS_KEY` in `.env` files and shells): then optional
+/// quotes and spaces, `=` or `:` (or `export … =`), optional spaces and a
+/// quote, and 40 of `[A-Za-z0-9/+]` not glued to more. Gives the key's span
+/// (the name stays).
+fn aws_secret(s: &[u8], u: usize) -> Option<(usize, usize)> {
+    let name = s.get(u.checked_sub(6)?..u + 11)?;
+    if !name.eq_ignore_ascii_case(b"secret_access_key") {
+        return None;
+    }
+    let mut p = u + 11;
+    let skip = |p: &mut usize, f: &dyn Fn(u8) -> bool| {
+        let mut n = 0;
+        while n < 8 && f(at(s, *p)) {
+            *p += 1;
+            n += 1;
+        }
+    };
+    skip(&mut p, &|b| matches!(b, b'"' | b'\'' | b' ' | b'\t'));
+    if !matches!(at(s, p), b'=' | b':') {
+        return None;
+    }
+    p += 1;
+    skip(&mut p, &|b| matches!(b, b'"' | b'\'' | b' ' | b'\t'));
+    let b64 = |b: u8| alnum(b) || b == b'/' || b == b'+';
+    let n = count_while(s, p, 41, b64);
+    (n == 40 && !matches!(at(s, p + 40), b'=')).then_some((p, p + 40))
+}
+
 /// AWS access key id at `st`: `AKIA`/`ASIA` and 16 of `[A-Z0-9]`.
 fn aws(s: &[u8], st: usize) -> Option<usize> {
     let n = run(s, st + 4, 16, |b| upper(b) || digit(b));
@@ -1723,6 +1753,15 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                     if let Some(d) = en.get(Builtin::GithubToken) {
                         if let Some(e) = github(s, st3) {
                             push(st3, e, d, out);
+                        }
+                    }
+                }
+                // `aws_secret_access_key = wJalr…`: the secret half of an
+                // AWS access key, after its name
+                if back(s, i, 1) | 0x20 == b't' && at(s, i + 1) | 0x20 == b'a' {
+                    if let Some(d) = en.get(Builtin::AwsAccessKey) {
+                        if let Some((st, e)) = aws_secret(s, i) {
+                            push(st, e, d, out);
                         }
                     }
                 }

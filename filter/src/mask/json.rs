@@ -556,6 +556,11 @@ enum Special {
     /// term matched; they are also scanned without their tags
     /// ([`Inner::find_markup`]).
     Highlight,
+    /// A member named for an AWS secret access key (`SecretAccessKey`,
+    /// `secretAccessKey`, `aws_secret_access_key`, `AWS_SECRET_ACCESS_KEY`,
+    /// `secret_access_key`: STS answers, credential files as JSON): its
+    /// string value is checked as one ([`Inner::find_aws_secret`]).
+    AwsSecret,
 }
 
 /// Inside tool-call arguments a number may be a card or phone number: the
@@ -646,6 +651,7 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
         b"token_ids" | b"prompt_token_ids" => Special::TokenIds,
         b"arguments" => Special::Arguments,
         b"input" | b"args" | b"parameters" => Special::Input,
+        b"SecretAccessKey" | b"secretAccessKey" | b"aws_secret_access_key" | b"AWS_SECRET_ACCESS_KEY" | b"secret_access_key" => Special::AwsSecret,
         b"highlight" | b"highlights" | b"_formatted" | b"@search.highlights" | b"_highlightResult" | b"_snippetResult" => Special::Highlight,
         b"context" => Special::Context,
         b"content" => Special::Content,
@@ -654,7 +660,7 @@ fn key<'a>(text: &'a str, src: &[u8], pos: usize, keep: bool) -> Result<(Cow<'a,
     };
     let kind = if esc {
         special(decode(text, src, pos + 1, end)?.as_bytes())
-    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 14 | 15 | 16 | 18 | 24) || (matches!(end - pos - 1, 4 | 6 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd' | b'p' | b't')) {
+    } else if matches!(end - pos - 1, 5 | 8 | 9 | 10 | 14 | 15 | 16 | 17 | 18 | 21 | 24) || (matches!(end - pos - 1, 4 | 6 | 7) && matches!(at(src, pos + 1), b'a' | b'c' | b'd' | b'p' | b't')) {
         special(src.get(pos + 1..end).unwrap_or(&[]))
     } else {
         Special::None
@@ -1097,6 +1103,11 @@ fn rewrite_tallied(
                         if let Some(masked) = arguments(inner, text, src, pos, end, esc, depth, counts)? {
                             w.replace_quoted(src, pos, end + 1, &String::from_utf8_lossy(&masked));
                         }
+                    } else if member == Special::AwsSecret && !esc && inner.find_aws_secret(text.get(pos + 1..end).unwrap_or(""), &mut cands) {
+                        w.copy_to(src, pos);
+                        inner.quote_masked(text.get(pos + 1..end).unwrap_or(""), true, &cands, &mut w.out, &mut tmp, tally);
+                        w.copied = end + 1;
+                        w.changed = true;
                     } else if markup_at.is_some() || member == Special::Highlight {
                         mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, true)?;
                     } else if one_pass {

@@ -895,6 +895,19 @@ impl Inner {
         self.selected(s, cands)
     }
 
+    /// The value of a member named for an AWS secret access key
+    /// (`SecretAccessKey`, `aws_secret_access_key`, …): redacted as an
+    /// `aws_access_key` when it is 40 of `[A-Za-z0-9/+]` (and that
+    /// detector is on; the allow-list applies).
+    pub(crate) fn find_aws_secret(&self, s: &str, cands: &mut Vec<Cand>) -> bool {
+        cands.clear();
+        let Some(det) = self.enabled.get(detectors::Builtin::AwsAccessKey) else { return false };
+        if s.len() == 40 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+') {
+            cands.push(Cand { start: 0, end: 40, det });
+        }
+        self.selected(s, cands)
+    }
+
     /// [`Inner::find`] for a string that may hold HTML markup (a search
     /// engine's highlighted fragment: `<em>jane</em>.roe@example.org`):
     /// it is also scanned without its tags (see [`markup_tag_at`]), and
