@@ -28,6 +28,13 @@ fn run(kind: StreamKind, input: &str) -> String {
     String::from_utf8(out).expect("utf-8")
 }
 
+/// Runs `input` through an SSE stream masker in one piece.
+fn run_one(kind: StreamKind, input: &str) -> String {
+    let m = masker();
+    let (out, _, _) = stream(&m, kind, input.as_bytes(), &[]);
+    String::from_utf8(out).expect("utf-8")
+}
+
 fn ev(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
@@ -290,4 +297,156 @@ fn perplexity_full_mode_cumulative_message_prefix() {
     let last = evs.iter().rev().find_map(|e| e["choices"][0]["message"]["content"].as_str()).unwrap_or_default().to_string();
     assert_eq!(last, concat(&out, "/choices/0/delta/content"), "{out}");
     assert_eq!(last, "Card on file: [PAYMENT_CARD], expires 12/27.");
+}
+
+/// OpenRouter (OpenAI reasoning models) streams the reasoning summary as
+/// `delta.reasoning` plus `reasoning_details: [{"type":"reasoning.summary","summary": <same fragment>}]`:
+/// the `summary` copy carries what is released of the joined reasoning.
+#[test]
+fn openrouter_reasoning_summary_copy_joined() {
+    let frags = ["The customer is jane", ".roe@exa", "mple.org and", " wants a refund. "];
+    let mut input = String::new();
+    for f in frags {
+        input += &ev(&json!({"id": "gen-1", "provider": "OpenAI", "model": "openai/gpt-5", "object": "chat.completion.chunk", "created": 1,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "reasoning": f,
+                "reasoning_details": [{"type": "reasoning.summary", "summary": f, "format": "openai-responses-v1", "index": 0}]},
+                "finish_reason": null}]}));
+    }
+    input += &ev(&json!({"id": "gen-1", "object": "chat.completion.chunk", "created": 1, "choices": [{"index": 0, "delta": {"content": "Done."}, "finish_reason": "stop"}]}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    let joined = concat(&out, "/choices/0/delta/reasoning_details/0/summary");
+    assert!(!joined.contains(EMAIL), "summary copy rebuilds the address: {joined:?}\n{out}");
+}
+
+/// text-generation-webui (oobabooga `extensions/openai`) sends
+/// `message.content` equal to the fragment next to `delta.content`: it
+/// carries what is released of that fragment, so the copies add up to the
+/// masked answer once.
+#[test]
+fn message_content_fragment_copy_stays_a_fragment() {
+    let lead = "Thanks for waiting, I looked the customer up in the CRM and found the record you asked about, including the contact details. ";
+    let frags = [lead, "Write to jane", ".roe@exa", "mple.org for", " the refund, and allow a few days for the reply to come through. ", "Anything else?"];
+    let mut input = String::new();
+    for f in frags {
+        input += &ev(&json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "x",
+            "choices": [{"index": 0, "finish_reason": null, "message": {"role": "assistant", "content": f}, "delta": {"role": "assistant", "content": f}}]}));
+    }
+    input += &ev(&json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "x",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": ""}, "delta": {}}]}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    let d = concat(&out, "/choices/0/delta/content");
+    let m = concat(&out, "/choices/0/message/content");
+    assert_eq!(d, format!("{lead}Write to [EMAIL] for the refund, and allow a few days for the reply to come through. Anything else?"));
+    assert_eq!(m, d, "message.content fragments no longer add up to the answer:\n{out}");
+}
+
+/// A `message.content` that is neither the chunk's fragment nor the answer
+/// so far is masked on its own: one big delta then many chunks with an
+/// empty `message.content` must not make each chunk repeat the answer.
+#[test]
+fn snapshot_replacement_does_not_amplify_output() {
+    let big = "word ".repeat(20_000); // 100 KB
+    let mut input = ev(&json!({"id": "p", "object": "chat.completion.chunk", "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "delta": {"content": big}}]}));
+    for _ in 0..200 {
+        input += &ev(&json!({"id": "p", "object": "chat.completion.chunk", "choices": [{"index": 0, "message": {"content": ""}, "delta": {"content": "x "}}]}));
+    }
+    input += "data: [DONE]\n\n";
+    let out = run_one(StreamKind::Sse, &input);
+    assert!(out.len() < 4 * input.len(), "output {} bytes for {} bytes of input", out.len(), input.len());
+}
+
+/// Vercel AI SDK UI stream: `tool-input-delta.inputTextDelta` (joined by
+/// `useChat` into the tool input) is joined per `toolCallId`, held whole
+/// and masked as JSON; the rest goes out before `tool-input-available`.
+#[test]
+fn vercel_tool_input_delta_joined() {
+    let mut input = ev(&json!({"type": "start", "messageId": "m1"}));
+    input += &ev(&json!({"type": "tool-input-start", "toolCallId": "call_1", "toolName": "sendEmail"}));
+    for f in ["{\"to\":\"jane", ".roe@exa", "mple.org\",\"body\":\"hi\"}"] {
+        input += &ev(&json!({"type": "tool-input-delta", "toolCallId": "call_1", "inputTextDelta": f}));
+    }
+    input += &ev(&json!({"type": "tool-input-available", "toolCallId": "call_1", "toolName": "sendEmail", "input": {"to": EMAIL, "body": "hi"}}));
+    input += &ev(&json!({"type": "finish"}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    let joined = concat(&out, "/inputTextDelta");
+    assert!(!joined.contains(EMAIL), "tool input rebuilt from inputTextDelta: {joined:?}\n{out}");
+}
+
+/// Mistral conversations: a message's held text goes out before a tool
+/// execution or the next message, not at the end of the response.
+#[test]
+fn mistral_messages_keep_their_order() {
+    let mut input = named("conversation.response.started", &json!({"type": "conversation.response.started", "conversation_id": "c"}));
+    for f in ["Let me look up ", "the record."] {
+        input += &named("message.output.delta", &json!({"type": "message.output.delta", "output_index": 0, "id": "msg_1", "content_index": 0, "role": "assistant", "content": f}));
+    }
+    input += &named("tool.execution.started", &json!({"type": "tool.execution.started", "output_index": 1, "id": "tool_1", "name": "web_search"}));
+    input += &named("tool.execution.done", &json!({"type": "tool.execution.done", "output_index": 1, "id": "tool_1", "name": "web_search"}));
+    for f in ["Found it: ", "write to jane", ".roe@example.org. ", "The record was last updated in March by the support team after the customer called about a billing question; ", "nothing else is on file."] {
+        input += &named("message.output.delta", &json!({"type": "message.output.delta", "output_index": 2, "id": "msg_2", "content_index": 0, "role": "assistant", "content": f}));
+    }
+    input += &named("conversation.response.done", &json!({"type": "conversation.response.done", "usage": {}}));
+    let out = run(StreamKind::Sse, &input);
+    assert_eq!(concat(&out, "/content"), "Let me look up the record.Found it: write to [EMAIL]. The record was last updated in March by the support team after the customer called about a billing question; nothing else is on file.", "{out}");
+}
+
+/// Many parts at once (every Vercel `id`, llama.cpp `index`, Mistral `id`
+/// holds text and a copy of its last event): at 128, what they hold goes
+/// out, so a stream of many ids is not held until its end.
+#[test]
+fn many_part_ids_are_bounded() {
+    let m = masker();
+    let mut s = m.stream(StreamKind::Sse);
+    let mut counts = Counts::new();
+    let mut before = 0usize;
+    let mut pushed = 0usize;
+    for i in 0..20_000 {
+        let e = ev(&json!({"type": "text-delta", "id": format!("t-{i}"), "delta": "some words of text here, "}));
+        pushed += e.len();
+        before += s.push(e.as_bytes(), &mut counts).len();
+    }
+    let out_after = s.finish(&mut counts).len();
+    assert!(out_after < 1 << 20, "{} bytes released only at the end (of {pushed} pushed, {before} before)", out_after);
+}
+
+/// Perplexity-style snapshot: when the finishing chunk has `delta: {}` the
+/// held tail goes out in a synthetic chunk before it, and the finishing
+/// chunk's `message.content` snapshot holds it too.
+#[test]
+fn final_snapshot_holds_the_tail_of_a_synthetic_chunk() {
+    let frags = ["Card on file: 4111 1111", " 1111 111", "1, expires 12/27."];
+    let mut input = String::new();
+    let mut so_far = String::new();
+    for f in frags {
+        so_far += f;
+        input += &ev(&json!({"id": "p", "model": "sonar", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "finish_reason": null, "message": {"role": "assistant", "content": so_far}, "delta": {"role": "assistant", "content": f}}]}));
+    }
+    input += &ev(&json!({"id": "p", "model": "sonar", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": so_far}, "delta": {}}]}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    let evs = events(&out);
+    let last = evs.iter().rev().find_map(|e| e["choices"][0]["message"]["content"].as_str()).unwrap_or_default().to_string();
+    assert_eq!(concat(&out, "/choices/0/delta/content"), "Card on file: [PAYMENT_CARD], expires 12/27.");
+    assert_eq!(last, "Card on file: [PAYMENT_CARD], expires 12/27.", "{out}");
+}
+
+/// Cloudflare Workers AI: the last `response` event carries `usage`; the
+/// rest held at `[DONE]` goes out as a copy of that event without `usage`
+/// (clients that add up streamed usage would count it twice).
+#[test]
+fn workers_ai_tail_copy_does_not_repeat_usage() {
+    let mut input = String::new();
+    for f in ["Call", " +1 415", " 555 0134 or write to jane", ".roe@exa", "mple.org."] {
+        input += &ev(&json!({"response": f}));
+    }
+    input += &ev(&json!({"response": "", "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}}));
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    assert_eq!(concat(&out, "/response"), "Call [PHONE] or write to [EMAIL].");
+    assert_eq!(events(&out).iter().filter(|e| e.get("usage").is_some()).count(), 1, "usage repeated:\n{out}");
 }

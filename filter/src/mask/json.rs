@@ -745,7 +745,8 @@ pub(crate) enum StreamField {
     /// [`REASONING_COPIES`]): `kind` indexes that list, `m` the array item.
     Mirror(usize, usize, usize),
     /// `choices[k].message.content` next to a `delta`: the whole answer so
-    /// far (Perplexity's `stream_mode: "full"`).
+    /// far (Perplexity's `stream_mode: "full"`) or a copy of the chunk's
+    /// `delta.content` (text-generation-webui).
     Snapshot(usize),
     /// `choices[k].delta.tool_calls[m].function.arguments`.
     Args(usize, usize),
@@ -795,6 +796,10 @@ pub(crate) const LINE_TOP: [&str; 2] = ["response", "thinking"];
 /// `/completion` (`content`) and Cloudflare Workers AI (`response`).
 pub(crate) const SSE_TOP: [&str; 2] = ["content", "response"];
 
+/// The top-level string of a Vercel AI SDK `tool-input-delta` event: a
+/// fragment of a tool call's input (JSON), joined per `toolCallId`.
+pub(crate) const TOOL_INPUT_DELTA: &str = "inputTextDelta";
+
 /// The strings of an Anthropic Messages API `content_block_delta` event's
 /// `delta` that are joined across events: `text` (`text_delta`),
 /// `partial_json` (`input_json_delta`: tool input, a JSON document in
@@ -829,12 +834,17 @@ fn token_ids(src: &[u8], pos: usize) -> bool {
 
 /// The copies of a chat chunk's reasoning text (`delta.reasoning` or
 /// `reasoning_content`) that proxies add to `delta`, as (array member, its
-/// string member): OpenRouter `reasoning_details[].text`, LiteLLM
+/// string member): OpenRouter `reasoning_details[].text` (`.summary` for
+/// OpenAI reasoning models), LiteLLM
 /// `thinking_blocks[].thinking` (also under `provider_specific_fields`).
 /// Each copy that equals the event's fragment carries the text released
 /// for it ([`StreamField::Mirror`]).
-pub(crate) const REASONING_COPIES: [(&str, &str); 3] =
-    [("reasoning_details", "text"), ("thinking_blocks", "thinking"), ("provider_specific_fields.thinking_blocks", "thinking")];
+pub(crate) const REASONING_COPIES: [(&str, &str); 4] = [
+    ("reasoning_details", "text"),
+    ("reasoning_details", "summary"),
+    ("thinking_blocks", "thinking"),
+    ("provider_specific_fields.thinking_blocks", "thinking"),
+];
 
 /// Which [`StreamField`] `path` is, if any.
 fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
@@ -851,7 +861,7 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
         [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(p), Frame::Obj(a), Frame::Arr(m), Frame::Obj(t)]
             if c == "choices" && d == "delta" && p == "provider_specific_fields" && a == "thinking_blocks" && t == "thinking" =>
         {
-            Some(StreamField::Mirror(*k, 2, *m))
+            Some(StreamField::Mirror(*k, 3, *m))
         }
         [Frame::Obj(c), Frame::Arr(k), Frame::Obj(d), Frame::Obj(tc), Frame::Arr(m), Frame::Obj(f), Frame::Obj(a)]
             if c == "choices" && d == "delta" && tc == "tool_calls" && f == "function" && a == "arguments" =>
@@ -881,7 +891,7 @@ fn stream_field(path: &[Frame<'_>]) -> Option<StreamField> {
         [Frame::Obj(d)] if d == "delta" => Some(StreamField::Delta),
         [Frame::Obj(d), Frame::Obj(t)] if d == "delta" => BLOCK_DELTA.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Block(n)),
         [Frame::Obj(m), Frame::Obj(t)] if m == "message" => LINE_MESSAGE.iter().find(|n| **n == t.as_ref()).map(|n| StreamField::Message(n)),
-        [Frame::Obj(t)] => LINE_TOP.iter().chain(&SSE_TOP).find(|n| **n == t.as_ref()).map(|n| StreamField::Top(n)),
+        [Frame::Obj(t)] => LINE_TOP.iter().chain(&SSE_TOP).chain(&[TOOL_INPUT_DELTA]).find(|n| **n == t.as_ref()).map(|n| StreamField::Top(n)),
         _ => None,
     }
 }

@@ -442,6 +442,12 @@ struct ChunkLite {
     /// text part's or message's id (read when `item_id` is absent).
     #[serde(default)]
     id: Option<Value>,
+    /// Vercel AI SDK UI message streams: a tool call's id and a fragment of
+    /// its input (`tool-input-delta`).
+    #[serde(default, rename = "toolCallId")]
+    tool_call_id: Option<Value>,
+    #[serde(default, rename = "inputTextDelta")]
+    input_text_delta: Option<Value>,
     #[serde(default)]
     output_index: Option<u64>,
     #[serde(default)]
@@ -526,9 +532,28 @@ impl ChunkLite {
 /// deltas (`content_block.text`, `content_block.partial_json`, …).
 const BLOCK_FAMILY: &str = "content_block.";
 
-/// The most of a choice's answer kept for [`StreamField::Snapshot`] (1 MiB):
-/// past it, snapshots stop growing (they show less, never more).
+/// The most parts and choice slots a stream holds text for at once: at
+/// this many, an event first flushes them all (each holds up to a
+/// hold-back window, and a copy of its last event).
+const MAX_OPEN: usize = 128;
+
+/// The most a stream keeps for [`StreamField::Snapshot`]s (1 MiB): past
+/// it, a choice's snapshots are no longer recognized and are masked on
+/// their own.
 const MAX_SNAPSHOT: usize = 1 << 20;
+
+/// A choice's answer so far, as received (`raw`) and as released, for the
+/// `message.content` snapshots next to its deltas ([`StreamField::Snapshot`]).
+#[derive(Debug, Default)]
+struct Snapshot {
+    raw: String,
+    released: String,
+    /// Past [`MAX_SNAPSHOT`]: no longer kept.
+    over: bool,
+    /// The choice's `message.content` copies its chunks' fragments
+    /// (text-generation-webui): a synthetic chunk carries one too.
+    copies: bool,
+}
 
 /// The family of a Responses API event whose `delta` string is joined
 /// across events (`response.output_text.delta` → `response.output_text`;
@@ -828,7 +853,9 @@ pub(crate) struct SseStream {
     /// The answer (`delta.content`) released so far, by choice index, for
     /// the choices whose chunks carry a `message.content` snapshot: what
     /// the snapshot becomes ([`StreamField::Snapshot`]).
-    snapshots: BTreeMap<u64, String>,
+    snapshots: BTreeMap<u64, Snapshot>,
+    /// The bytes `snapshots` hold, at most [`MAX_SNAPSHOT`].
+    snapshot_bytes: usize,
     /// The reasoning copies of each choice's last chunk that had some
     /// (`kind` in [`json::REASONING_COPIES`], the item): a synthetic chunk
     /// carrying reasoning repeats them with its text.
@@ -861,6 +888,7 @@ impl SseStream {
             parts: BTreeMap::new(),
             template: Vec::new(),
             snapshots: BTreeMap::new(),
+            snapshot_bytes: 0,
             mirrors: BTreeMap::new(),
             eol: Vec::new(),
             open_event: false,
@@ -1156,6 +1184,10 @@ impl SseStream {
         let repeated = |e: &serde_json::Error| e.to_string().starts_with("duplicate field");
         // (only an object is a chunk: serde would also read an array as one)
         let object = payload.trim_ascii_start().first() == Some(&b'{');
+        if self.parts.len() + self.choices.len() >= MAX_OPEN {
+            // too many parts at once (ids, indices): what they hold goes out
+            self.flush_all(pre, counts);
+        }
         let (released, repeated) = if self.lines_mode {
             // a line of another shape leaves the held text held: it goes
             // on with the next line of the answer, so a value split around
@@ -1261,10 +1293,27 @@ impl SseStream {
             return Some(self.join_part(ev.part(family), StreamField::Delta, family.ends_with("_arguments"), frag, payload, &event_line, counts));
         }
         // Mistral conversations (agents): the message text in a top-level
-        // `content`, per message `id`, output and content index
+        // `content`, per message `id`, output and content index; another
+        // message, a tool or function call or a handoff ends the others
+        let mistral = "message.output";
+        let other_step = ["tool.execution.", "function.call.", "agent.handoff."].iter().any(|p| kind.starts_with(p));
+        if kind == "message.output.delta" || other_step {
+            let this = ev.part(mistral);
+            let ended: Vec<PartKey> = self.parts.keys().filter(|k| k.0 == mistral && (other_step || **k != this)).cloned().collect();
+            self.end_parts(ended, pre, counts);
+        }
         if let ("message.output.delta", Some(Value::String(frag))) = (kind, &ev.content) {
             let field = StreamField::Top(json::SSE_TOP[0]);
-            return Some(self.join_part(ev.part("message.output"), field, false, frag, payload, &event_line, counts));
+            return Some(self.join_part(ev.part(mistral), field, false, frag, payload, &event_line, counts));
+        }
+        // Vercel AI SDK: a tool call's input, held whole and masked as JSON
+        let tool_input = |ev: &ChunkLite| -> PartKey {
+            let id = ev.tool_call_id.as_ref().and_then(Value::as_str).unwrap_or_default();
+            ("tool-input".to_string(), id.to_string(), 0, 0, 0)
+        };
+        if let ("tool-input-delta", Some(Value::String(frag))) = (kind, &ev.input_text_delta) {
+            let field = StreamField::Top(json::TOOL_INPUT_DELTA);
+            return Some(self.join_part(tool_input(&ev), field, true, frag, payload, &event_line, counts));
         }
         let done: Vec<PartKey> = match kind {
             "response.completed" | "response.failed" | "response.incomplete" | "error" | "message_delta" | "message_stop"
@@ -1287,18 +1336,25 @@ impl SseStream {
                 self.parts.keys().filter(|k| k.2 == index || (!item.is_empty() && k.1 == item)).cloned().collect()
             }
             "text-end" | "reasoning-end" => vec![ev.part(kind.trim_end_matches("-end"))],
+            "tool-input-available" | "tool-input-error" => vec![tool_input(&ev)],
             _ => match kind.strip_suffix(".done") {
                 Some(family) => vec![ev.part(family)],
                 None => Vec::new(),
             },
         };
-        for key in done {
+        self.end_parts(done, pre, counts);
+        None
+    }
+
+    /// Ends the parts `keys`: the rest each holds goes out as a copy of its
+    /// last delta event (into `pre`).
+    fn end_parts(&mut self, keys: Vec<PartKey>, pre: &mut Vec<u8>, counts: &mut Counts) {
+        for key in keys {
             if let Some(mut part) = self.parts.remove(&key) {
                 let tail = part.text.finish(counts);
                 self.part_tail(&part, &tail, pre);
             }
         }
-        None
     }
 
     /// An Anthropic Messages API `content_block_delta` event whose `delta`
@@ -1470,8 +1526,18 @@ impl SseStream {
         }
         let mut keep = BTreeMap::new();
         keep.insert(part.field, String::from_utf8_lossy(tail).into_owned());
+        // a top-level string's event may carry the answer's `usage`
+        // (Workers AI): not repeated, clients would count it twice
+        let stripped = match part.field {
+            StreamField::Top(_) => serde_json::from_slice::<Map<String, Value>>(&part.template).ok().and_then(|mut m| {
+                m.shift_remove("usage")?;
+                serde_json::to_vec(&m).ok()
+            }),
+            _ => None,
+        };
         // the template's own values were counted when it was sent
-        let body = json::rewrite(&self.inner, &part.template, Some(&keep), true, &mut Counts::new()).unwrap_or_default();
+        let template = stripped.as_deref().unwrap_or(&part.template);
+        let body = json::rewrite(&self.inner, template, Some(&keep), true, &mut Counts::new()).unwrap_or_default();
         self.emit(part.event_line.as_deref(), &body, out);
     }
 
@@ -1578,12 +1644,15 @@ impl SseStream {
             let mut copy_items: Vec<(usize, Value)> = Vec::new();
             let mut reasoning_field = None;
             let has_delta = ch.delta.is_some();
+            // the answer's raw fragment in this chunk (for snapshots)
+            let fragment = ch.delta.as_ref().and_then(|d| d.content.clone()).unwrap_or_default();
             if let Some(d) = ch.delta {
                 let [content, refusal, reasoning_content, reasoning] = json::DELTA_TEXT;
                 if let Some(r) = d.reasoning.as_ref().or(d.reasoning_content.as_ref()) {
                     reasoning_field = Some(StreamField::Content(k, if d.reasoning.is_some() { reasoning } else { reasoning_content }));
                     let psf = d.provider_specific_fields.as_ref().and_then(|p| p.get("thinking_blocks"));
-                    for (kind, arr) in [d.reasoning_details.as_ref(), d.thinking_blocks.as_ref(), psf].into_iter().enumerate() {
+                    let sources = [d.reasoning_details.as_ref(), d.reasoning_details.as_ref(), d.thinking_blocks.as_ref(), psf];
+                    for (kind, arr) in sources.into_iter().enumerate() {
                         let Some(Value::Array(items)) = arr else { continue };
                         let member = json::REASONING_COPIES.get(kind).map_or("", |c| c.1);
                         for (m, item) in items.iter().enumerate() {
@@ -1618,19 +1687,36 @@ impl SseStream {
                     released.insert(StreamField::Mirror(k, kind, m), text.clone());
                 }
             }
-            // a snapshot of the whole answer so far is what was released of
-            // it (kept from the choice's first chunk with a snapshot on)
-            let snapshot = has_delta && ch.message.as_ref().and_then(|m| m.get("content")).is_some_and(Value::is_string);
-            if snapshot {
-                self.snapshots.entry(idx).or_default();
+            // `message.content` next to `delta`: a snapshot of the whole
+            // answer so far becomes what was released of it, a copy of the
+            // chunk's fragment what was released of that; anything else is
+            // masked on its own (kept from the choice's first such chunk)
+            let content = StreamField::Content(k, json::DELTA_TEXT[0]);
+            let message = if has_delta { ch.message.as_ref().and_then(|m| m.get("content")).and_then(Value::as_str) } else { None };
+            if message.is_some() && !self.snapshots.contains_key(&idx) && self.snapshot_bytes < MAX_SNAPSHOT {
+                self.snapshots.insert(idx, Snapshot::default());
             }
-            if let (Some(snap), Some(text)) = (self.snapshots.get_mut(&idx), released.get(&StreamField::Content(k, json::DELTA_TEXT[0]))) {
-                if snap.len() + text.len() <= MAX_SNAPSHOT {
-                    snap.push_str(text);
+            let fits = self.snapshot_bytes + 2 * fragment.len() + released.get(&content).map_or(0, String::len) <= MAX_SNAPSHOT;
+            if let Some(snap) = self.snapshots.get_mut(&idx).filter(|s| !s.over) {
+                if fits {
+                    snap.raw.push_str(&fragment);
+                    snap.released.push_str(released.get(&content).map_or("", String::as_str));
+                    self.snapshot_bytes += fragment.len() + released.get(&content).map_or(0, String::len);
+                } else {
+                    snap.over = true;
                 }
             }
-            if snapshot {
-                released.insert(StreamField::Snapshot(k), self.snapshots.get(&idx).cloned().unwrap_or_default());
+            if let Some(m) = message {
+                let snap = self.snapshots.get_mut(&idx).filter(|s| !s.over);
+                if let Some(text) = released.get(&content).filter(|_| m == fragment && !fragment.is_empty()) {
+                    if let Some(snap) = snap {
+                        // (a first chunk is both a copy and a snapshot)
+                        snap.copies |= snap.raw != m;
+                    }
+                    released.insert(StreamField::Snapshot(k), text.clone());
+                } else if let Some(snap) = snap.filter(|s| s.raw == m) {
+                    released.insert(StreamField::Snapshot(k), snap.released.clone());
+                }
             }
         }
         released
@@ -1682,7 +1768,16 @@ impl SseStream {
                 // into the last field of this slot in the event, else a synthetic event before it
                 match here.iter().rposition(|(slot, _, _)| *slot == key.1).and_then(|i| texts.get_mut(i)) {
                     Some(t) => t.extend_from_slice(&tail),
-                    None if !tail.is_empty() => self.synthetic(idx, key.1, &String::from_utf8_lossy(&tail), pre, counts),
+                    None if !tail.is_empty() => {
+                        let tail = String::from_utf8_lossy(&tail);
+                        if key.1 == Slot::Content(json::DELTA_TEXT[0]) {
+                            // (a snapshot in this chunk holds it)
+                            if let Some(snap) = self.snapshots.get_mut(&idx) {
+                                snap.released.push_str(&tail);
+                            }
+                        }
+                        self.synthetic(idx, key.1, &tail, pre, counts)
+                    }
                     None => {}
                 }
             }
@@ -1728,6 +1823,12 @@ impl SseStream {
                 delta.insert(name.into(), Value::String(text.to_string()));
                 if name == json::DELTA_TEXT[2] || name == json::DELTA_TEXT[3] {
                     self.mirror_copies(idx, text, &mut delta);
+                }
+                if name == json::DELTA_TEXT[0] && self.snapshots.get(&idx).is_some_and(|s| s.copies) {
+                    let mut message = Map::new();
+                    message.insert("role".into(), Value::from("assistant"));
+                    message.insert("content".into(), Value::String(text.to_string()));
+                    choice.insert("message".into(), Value::Object(message));
                 }
                 choice.insert("delta".into(), Value::Object(delta));
                 StreamField::Content(0, name)
