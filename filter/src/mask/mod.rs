@@ -1071,11 +1071,16 @@ impl Visible {
     }
 }
 
+/// The inline HTML elements highlighters wrap matches in (any case).
+/// Block and table elements (`<td>`, `<p>`, `<br>`) stay: taken out, they
+/// would glue the digits of two cells into one number.
+const INLINE_TAGS: [&str; 12] = ["em", "mark", "b", "strong", "i", "u", "span", "hi", "hl", "wbr", "font", "ins"];
+
 /// The length of the HTML tag at `i` (0: none), as highlighters write
-/// them: `<` or `</`, a tag name of 1–10 ASCII letters or digits starting
-/// with a letter (`em`, `mark`, `b`, `strong`, `hi`, `h1`), then `>` or,
-/// after a space, attributes of at most 64 bytes holding no `<` or `>`
-/// (`<em class="hlt1">`, `<span class='highlight'>`).
+/// them: `<` or `</`, an [`INLINE_TAGS`] name (`em`, `mark`, `b`,
+/// `strong`, …), then `>` or, after a space, attributes of at most 64
+/// bytes holding no `<` or `>` (`<em class="hlt1">`,
+/// `<span class='highlight'>`).
 fn markup_tag_at(b: &[u8], i: usize) -> usize {
     let Some(r) = b.get(i..).filter(|r| r.first() == Some(&b'<')) else { return 0 };
     let mut k = 1 + usize::from(r.get(1) == Some(&b'/'));
@@ -1083,7 +1088,10 @@ fn markup_tag_at(b: &[u8], i: usize) -> usize {
         return 0;
     }
     let name = r.get(k..).unwrap_or(&[]).iter().take(11).take_while(|c| c.is_ascii_alphanumeric()).count();
-    if name > 10 {
+    let inline = r.get(k..k + name).is_some_and(|n| {
+        INLINE_TAGS.iter().any(|t| n.eq_ignore_ascii_case(t.as_bytes()))
+    });
+    if !inline {
         return 0;
     }
     k += name;
