@@ -1086,6 +1086,10 @@ fn aws_secret_access_key_after_its_name() {
         r#"{"Credentials":{"AccessKeyId":"[AWS_ACCESS_KEY]","SecretAccessKey":"[AWS_ACCESS_KEY]","SessionToken":"x"},"secretAccessKey":"not a key"}"#
     );
     assert_eq!(counts.get("aws_access_key"), Some(&2));
+    // `/` escaped as `\/` (PHP's json_encode)
+    let escaped = format!(r#"{{"SecretAccessKey":"{}"}}"#, key.replace('/', "\\/"));
+    let out = String::from_utf8(m.mask_json(escaped.as_bytes(), &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out, r#"{"SecretAccessKey":"[AWS_ACCESS_KEY]"}"#, "{escaped}");
     // only with the detector on
     let off = masker(json!({"detectors": ["email"]}));
     assert_eq!(off.mask_json(body.as_bytes(), &mut Counts::new()).unwrap(), body.as_bytes());

@@ -694,14 +694,25 @@ fn mask_key(
         return Err(MaskError::new(pos, "expected a string key"));
     }
     let (end, esc) = scan_key(src, pos + 1)?;
-    mask_string(inner, text, src, (pos, end, esc), w, scratch, tally, false)
+    mask_string(inner, text, src, (pos, end, esc), w, scratch, tally, Find::Plain)
+}
+
+/// How [`mask_string`] searches a string value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Find {
+    /// The detectors ([`Inner::find`]).
+    Plain,
+    /// Also without its inline HTML tags ([`Special::Highlight`]).
+    Markup,
+    /// As an AWS secret access key first ([`Special::AwsSecret`]).
+    AwsSecret,
 }
 
 /// Masks the JSON string `src[pos..=end]` (`pos`: its opening quote, `end`:
 /// its closing one; `esc`: it holds escapes, decoded first) in the output
-/// of `w`, re-encoded. `scratch` as in [`mask_key`]; `markup`: also scan
-/// it without its HTML tags ([`Special::Highlight`]). Returns whether
-/// anything was found. Errors: an invalid escape.
+/// of `w`, re-encoded. `scratch` as in [`mask_key`]; `how`: which search
+/// runs on the decoded string. Returns whether anything was found.
+/// Errors: an invalid escape.
 #[allow(clippy::too_many_arguments)]
 fn mask_string(
     inner: &Inner,
@@ -711,7 +722,7 @@ fn mask_string(
     w: &mut Writer,
     scratch: (&mut String, &mut Vec<detectors::Cand>, &mut String),
     tally: &mut Tally,
-    markup: bool,
+    how: Find,
 ) -> Result<bool, MaskError> {
     let (dec, cands, tmp) = scratch;
     let decoded = if esc {
@@ -720,7 +731,11 @@ fn mask_string(
     } else {
         text.get(pos + 1..end).unwrap_or("")
     };
-    let found = if markup { inner.find_markup(decoded, cands) } else { inner.find(decoded, cands) };
+    let found = match how {
+        Find::Plain => inner.find(decoded, cands),
+        Find::Markup => inner.find_markup(decoded, cands),
+        Find::AwsSecret => inner.find_aws_secret(decoded, cands) || inner.find(decoded, cands),
+    };
     if found {
         w.copy_to(src, pos);
         inner.quote_masked(decoded, !esc, cands, &mut w.out, tmp, tally);
@@ -1113,13 +1128,10 @@ fn rewrite_tallied(
                         if let Some(masked) = arguments(inner, text, src, pos, end, esc, depth, counts)? {
                             w.replace_quoted(src, pos, end + 1, &String::from_utf8_lossy(&masked));
                         }
-                    } else if member == Special::AwsSecret && !esc && inner.find_aws_secret(text.get(pos + 1..end).unwrap_or(""), &mut cands) {
-                        w.copy_to(src, pos);
-                        inner.quote_masked(text.get(pos + 1..end).unwrap_or(""), true, &cands, &mut w.out, &mut tmp, tally);
-                        w.copied = end + 1;
-                        w.changed = true;
+                    } else if member == Special::AwsSecret {
+                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, Find::AwsSecret)?;
                     } else if markup_at.is_some() || member == Special::Highlight {
-                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, true)?;
+                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, Find::Markup)?;
                     } else if one_pass {
                         let s = text.get(pos + 1..end).unwrap_or("");
                         if (!positions.is_empty() || inner.has_custom()) && inner.find_at(s, &positions, wide, &mut cands) {
@@ -1129,7 +1141,7 @@ fn rewrite_tallied(
                             w.changed = true;
                         }
                     } else if esc || trig || inner.has_custom() {
-                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, false)?;
+                        mask_string(inner, text, src, (pos, end, esc), &mut w, (&mut dec, &mut cands, &mut tmp), tally, Find::Plain)?;
                     }
                 }
                 pos = end + 1;
