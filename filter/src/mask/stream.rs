@@ -1481,10 +1481,7 @@ impl SseStream {
         };
         let mut released = self.join_part(key.clone(), StreamField::Tgi, false, frag, payload, event_line, counts);
         if last {
-            if let Some(mut part) = self.parts.remove(&key) {
-                let tail = part.text.finish(counts);
-                released.entry(StreamField::Tgi).or_default().push_str(&String::from_utf8_lossy(&tail));
-            }
+            self.finish_into(&key, StreamField::Tgi, &mut released, counts);
         }
         Some(released)
     }
@@ -1505,12 +1502,18 @@ impl SseStream {
         let field = StreamField::Top(name);
         let mut released = self.join_part(key.clone(), field, false, frag, payload, event_line, counts);
         if ev.stop == Some(Value::Bool(true)) {
-            if let Some(mut part) = self.parts.remove(&key) {
-                let tail = part.text.finish(counts);
-                released.entry(field).or_default().push_str(&String::from_utf8_lossy(&tail));
-            }
+            self.finish_into(&key, field, &mut released, counts);
         }
         Some(released)
+    }
+
+    /// Ends part `key` in the event being masked: the rest it holds is
+    /// added to the text released for `field` in that event.
+    fn finish_into(&mut self, key: &PartKey, field: StreamField, released: &mut BTreeMap<StreamField, String>, counts: &mut Counts) {
+        if let Some(mut part) = self.parts.remove(key) {
+            let tail = part.text.finish(counts);
+            released.entry(field).or_default().push_str(&String::from_utf8_lossy(&tail));
+        }
     }
 
     /// Emits `tail` (the rest of a part's text) as a copy of the part's last
@@ -1640,12 +1643,16 @@ impl SseStream {
             if let Some(t) = ch.text {
                 here.push((Slot::Text, StreamField::Text(k), t));
             }
-            let mut copies: Vec<(usize, usize)> = Vec::new();
-            let mut copy_items: Vec<(usize, Value)> = Vec::new();
+            // reasoning copies in this chunk: (kind, array position, item)
+            let mut copies: Vec<(usize, usize, Value)> = Vec::new();
             let mut reasoning_field = None;
             let has_delta = ch.delta.is_some();
             // the answer's raw fragment in this chunk (for snapshots)
-            let fragment = ch.delta.as_ref().and_then(|d| d.content.clone()).unwrap_or_default();
+            let fragment = if ch.message.is_some() || self.snapshots.contains_key(&idx) {
+                ch.delta.as_ref().and_then(|d| d.content.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
             if let Some(d) = ch.delta {
                 let [content, refusal, reasoning_content, reasoning] = json::DELTA_TEXT;
                 if let Some(r) = d.reasoning.as_ref().or(d.reasoning_content.as_ref()) {
@@ -1657,8 +1664,7 @@ impl SseStream {
                         let member = json::REASONING_COPIES.get(kind).map_or("", |c| c.1);
                         for (m, item) in items.iter().enumerate() {
                             if item.get(member).and_then(Value::as_str) == Some(r.as_str()) {
-                                copies.push((kind, m));
-                                copy_items.push((kind, item.clone()));
+                                copies.push((kind, m, item.clone()));
                             }
                         }
                     }
@@ -1678,14 +1684,14 @@ impl SseStream {
                 }
             }
             self.join(idx, here, ch.finish_reason.is_some(), &mut released, pre, counts);
-            if !copy_items.is_empty() {
-                self.mirrors.insert(idx, copy_items);
-            }
             // copies of the reasoning carry what was released for it
             if let Some(text) = reasoning_field.and_then(|f| released.get(&f)).cloned() {
-                for (kind, m) in copies {
-                    released.insert(StreamField::Mirror(k, kind, m), text.clone());
+                for (kind, m, _) in &copies {
+                    released.insert(StreamField::Mirror(k, *kind, *m), text.clone());
                 }
+            }
+            if !copies.is_empty() {
+                self.mirrors.insert(idx, copies.into_iter().map(|(kind, _, item)| (kind, item)).collect());
             }
             // `message.content` next to `delta`: a snapshot of the whole
             // answer so far becomes what was released of it, a copy of the
