@@ -1671,8 +1671,9 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                         }
                     }
                 }
-                // "jane&#64;example.com", "jane&#x40;…": an HTML character
-                // reference for `@` (pages that hide addresses from harvesters)
+                // "jane&#64;example.com", "jane&#X40;…": an HTML character
+                // reference for `@` (pages that hide addresses from harvesters;
+                // in `&#x40;` the digits after a lowercase `x` are no anchor)
                 if let Some(amp) = at_reference(s, i, p, b) {
                     if let Some(d) = en.get(Builtin::Email) {
                         if let Some((st, e)) = email_sep(s, amp, i + 3 - amp) {

@@ -728,11 +728,7 @@ impl Inner {
         let first = out.len();
         detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, v.stripped(from.saturating_sub(base)), out);
         self.custom_candidates(&v.text, 0, out);
-        for c in out.get_mut(first..).unwrap_or(&mut []) {
-            let end = v.original(c.end.saturating_sub(1)) + 1;
-            c.start = base + v.original(c.start);
-            c.end = base + end;
-        }
+        v.to_original(out.get_mut(first..).unwrap_or(&mut []), base);
     }
 
     /// Candidates of the custom detectors in `s` (offset by `base`).
@@ -919,11 +915,7 @@ impl Inner {
         if let Some(v) = Visible::without(s, b'<', markup_tag_at) {
             let first = cands.len();
             self.candidates(&v.text, 0, usize::MAX, 0, cands);
-            for c in cands.get_mut(first..).unwrap_or(&mut []) {
-                let end = v.original(c.end.saturating_sub(1)) + 1;
-                c.start = v.original(c.start);
-                c.end = end;
-            }
+            v.to_original(cands.get_mut(first..).unwrap_or(&mut []), 0);
         }
         self.selected(s, cands)
     }
@@ -1062,6 +1054,16 @@ impl Visible {
         // removal k sits before original byte `at + removed-so-far`
         let k = self.removed.partition_point(|(at, n)| (*at as usize).saturating_add(*n as usize) <= x);
         x - k.checked_sub(1).and_then(|k| self.removed.get(k)).map_or(0, |(_, n)| *n as usize).min(x)
+    }
+
+    /// Moves candidates found in `text` to their spans in the original
+    /// text (offset by `base`), the removed pieces inside them included.
+    fn to_original(&self, cands: &mut [Cand], base: usize) {
+        for c in cands {
+            let end = self.original(c.end.saturating_sub(1)) + 1;
+            c.start = base + self.original(c.start);
+            c.end = base + end;
+        }
     }
 
     /// The index in the original text of byte `x` of `text`.
