@@ -550,6 +550,25 @@ fn value_split_across_chunks_is_caught() {
     }
 }
 
+/// An address whose `@` is an HTML character reference (found at its `;`)
+/// split anywhere across chunks, and across SSE content deltas.
+#[test]
+fn html_reference_email_split_across_chunks_is_caught() {
+    let m = masker(json!({}));
+    for spelling in ["&#x40;", "&commat;", "&#0064;"] {
+        let input = format!("mail j.roe{spelling}example.org; or jane{spelling}mail.example.co.uk.");
+        for cut in 0..=input.len() {
+            let (out, _, counts) = stream(&m, StreamKind::Text, input.as_bytes(), &[cut]);
+            assert_eq!(String::from_utf8(out).unwrap(), "mail [EMAIL]; or [EMAIL].", "{spelling} cut at {cut}");
+            assert_eq!(counts.get("email"), Some(&2));
+        }
+        let sse = chat_sse(&input, &[7, 13, 19, 31], "\n");
+        let (out, _, _) = stream(&m, StreamKind::Sse, sse.as_bytes(), &[]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("roe") && !out.contains("jane"), "{out}");
+    }
+}
+
 #[test]
 fn byte_by_byte_with_multibyte_characters_and_invalid_utf8() {
     let m = masker(json!({}));

@@ -11,7 +11,7 @@
 /// Which bytes anchor an enabled built-in detector (see `detectors::scan`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Anchors {
-    /// `@` (email).
+    /// `@` and `;` (email; `;` ends an HTML character reference for `@`).
     pub at: bool,
     /// ASCII digits (cards, SSNs, phones, IBANs, IPv4).
     pub digit: bool,
@@ -31,7 +31,7 @@ impl Anchors {
     /// Whether byte `b` is an anchor (the definition the masks follow).
     #[cfg(test)]
     pub(crate) fn is_anchor(&self, b: u8) -> bool {
-        (self.at && b == b'@')
+        (self.at && (b == b'@' || b == b';'))
             || (self.digit && b.is_ascii_digit())
             || (self.colon && b == b':')
             || (self.upper_i && b == b'I')
@@ -218,7 +218,7 @@ fn trig(x: v::V, a: &Anchors) -> v::V {
         t = v::or(t, v::within(x, b'0', 10));
     }
     if a.at {
-        t = v::or(t, v::eq(x, b'@'));
+        t = v::or(t, v::or(v::eq(x, b'@'), v::eq(x, b';')));
     }
     if a.dash {
         t = v::or(t, v::eq(x, b'-'));

@@ -915,16 +915,41 @@ fn iban(s: &[u8], cc: usize) -> Option<usize> {
     Some(pos)
 }
 
-/// Where the HTML numeric character reference of `@` starts (`&#64;` or
-/// `&#x40;`, HTML §13.1.4) when the digit `b` at `i` (after `p`) is its
-/// first digit.
-#[inline]
-fn at_reference(s: &[u8], i: usize, p: u8, b: u8) -> Option<usize> {
-    match (p, b, at(s, i + 1), at(s, i + 2)) {
-        (b'#', b'6', b'4', b';') if back(s, i, 2) == b'&' => i.checked_sub(2),
-        (b'x' | b'X', b'4', b'0', b';') if back(s, i, 2) == b'#' && back(s, i, 3) == b'&' => i.checked_sub(3),
-        _ => None,
+/// The length in bytes of the HTML character reference of `@` that starts
+/// at `i` (0: none): numeric, `&#64;` or `&#x40;` (`x` or `X`, leading
+/// zeros allowed, at most 8 digits), or named, `&commat;` (HTML §13.1.4;
+/// pages write them to hide addresses from harvesters).
+pub(crate) fn at_reference_len(s: &[u8], i: usize) -> usize {
+    let Some(r) = s.get(i..).filter(|r| r.first() == Some(&b'&')) else { return 0 };
+    if r.starts_with(b"&commat;") {
+        return 8;
     }
+    if r.get(1) != Some(&b'#') {
+        return 0;
+    }
+    let hex = matches!(r.get(2), Some(b'x' | b'X'));
+    let from = 2 + usize::from(hex);
+    let radix = if hex { 16 } else { 10 };
+    let digits = r.get(from..).unwrap_or(&[]).iter().take(9).take_while(|b| char::from(**b).is_digit(radix)).count();
+    if digits == 0 || digits > 8 || r.get(from + digits) != Some(&b';') {
+        return 0;
+    }
+    let value = r.get(from..from + digits).unwrap_or(&[]).iter().fold(0u32, |v, b| v * radix + char::from(*b).to_digit(radix).unwrap_or(0));
+    if value == 0x40 {
+        from + digits + 1
+    } else {
+        0
+    }
+}
+
+/// Where the HTML character reference of `@` that ends with the `;` at
+/// `semi` starts (see [`at_reference_len`]).
+#[inline]
+fn at_reference_before(s: &[u8], semi: usize) -> Option<usize> {
+    // the longest is `&#x` + 8 digits + `;`
+    let lo = semi.saturating_sub(11);
+    let amp = lo + s.get(lo..semi)?.iter().rposition(|b| *b == b'&')?;
+    (at_reference_len(s, amp) == semi + 1 - amp).then_some(amp)
 }
 
 /// Email at the `@` at `a` (RFC 5321 shape, ASCII): local part of
@@ -937,8 +962,8 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
 
 /// [`email`] with a separator of `sep` bytes at `a`: 1 for `@`, 3 for the
 /// URL percent-encoded `%40` (RFC 3986 §2.1) of query strings and logged
-/// URLs (`?email=jane%40example.com`), 5 or 6 for an HTML character
-/// reference ([`at_reference`]).
+/// URLs (`?email=jane%40example.com`), 5 to 12 for an HTML character
+/// reference ([`at_reference_len`]).
 fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
     let local = |b: u8| alnum(b) || b >= 0x80 || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
     let mut st = a;
@@ -1671,17 +1696,6 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                         }
                     }
                 }
-                // "jane&#64;example.com", "jane&#X40;…": an HTML character
-                // reference for `@` (pages that hide addresses from harvesters;
-                // in `&#x40;` the digits after a lowercase `x` are no anchor)
-                if let Some(amp) = at_reference(s, i, p, b) {
-                    if let Some(d) = en.get(Builtin::Email) {
-                        if let Some((st, e)) = email_sep(s, amp, i + 3 - amp) {
-                            push(st, e, d, out);
-                            return;
-                        }
-                    }
-                }
                 // a Slack ID (`T0…`, `B0…`) in a webhook URL's path
                 if upper(p) || p == b'/' {
                     if let Some(d) = en.get(Builtin::SlackToken) {
@@ -1697,6 +1711,17 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                 if let Some(d) = en.get(Builtin::Email) {
                     if let Some((st, e)) = email(s, i) {
                         push(st, e, d, out);
+                    }
+                }
+            }
+            // "jane&#64;example.com", "jane&#x40;…", "jane&commat;…": an
+            // HTML character reference for `@`, found at its `;`
+            b';' => {
+                if let Some(d) = en.get(Builtin::Email) {
+                    if let Some(amp) = at_reference_before(s, i) {
+                        if let Some((st, e)) = email_sep(s, amp, i + 1 - amp) {
+                            push(st, e, d, out);
+                        }
                     }
                 }
             }

@@ -1128,13 +1128,16 @@ fn without_escapes(value: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// An address whose `@` is written `%40`, `&#64;` or `&#X40;`, with `@`
-/// (lowercase).
+/// An address whose `@` is written `%40` or as an HTML character reference
+/// (`&#64;`, `&#x40;`, `&commat;`: `detectors::at_reference_len`), with
+/// `@` (lowercase).
 fn at_spellings(value: &str) -> String {
     let v = value.to_ascii_lowercase();
-    for spelling in ["%40", "&#64;", "&#x40;"] {
-        if v.contains(spelling) {
-            return v.replacen(spelling, "@", 1);
+    let b = v.as_bytes();
+    for (i, _) in v.match_indices(['%', '&']) {
+        let n = if b.get(i..i + 3) == Some(b"%40") { 3 } else { detectors::at_reference_len(b, i) };
+        if let (true, Some(head), Some(tail)) = (n > 0, v.get(..i), v.get(i + n..)) {
+            return format!("{head}@{tail}");
         }
     }
     v
