@@ -319,6 +319,37 @@ fn main() {
         black_box(s.finish(&mut counts));
     }));
 
+    // adversarial stream shapes, each beside its plain counterpart (the
+    // ratio is what matters: work per byte must not grow with what is held)
+    let many_lines = format!("{}\n", "data: x\n".repeat(128 << 10));
+    let one_line = format!("data: {}\n\n", "x ".repeat(many_lines.len() / 2));
+    for (label, body) in [("one event of 128 Ki data lines", &many_lines), ("one event, one data line (plain)", &one_line)] {
+        row!(format!("stream Sse, 16 KiB chunks, {label}"), measure(body.len(), min, || {
+            let mut s = m.stream(StreamKind::Sse);
+            for c in body.as_bytes().chunks(16 << 10) {
+                black_box(s.push(c, &mut counts));
+            }
+            black_box(s.finish(&mut counts));
+        }));
+    }
+    let padded = format!("a {}", "\u{200b}".repeat(300)).repeat(1 << 10);
+    let plain = "a ".repeat(padded.len() / 2);
+    for (label, body) in [("text padded with U+200B", &padded), ("plain text", &plain)] {
+        row!(format!("stream Text, 18-byte pushes, {label}"), measure(body.len(), min, || {
+            let mut s = m.stream(StreamKind::Text);
+            let mut i = 0;
+            while i < body.len() {
+                let mut e = (i + 18).min(body.len());
+                while !body.is_char_boundary(e) {
+                    e += 1;
+                }
+                black_box(s.push(&body.as_bytes()[i..e], &mut counts));
+                i = e;
+            }
+            black_box(s.finish(&mut counts));
+        }));
+    }
+
     // bare-regex baselines over lines of the text corpora (strings of ~100 bytes,
     // like JSON string values), all patterns, find_iter to the end
     let lite: Vec<regex_lite::Regex> = PATTERNS.iter().map(|p| regex_lite::Regex::new(p).unwrap()).collect();

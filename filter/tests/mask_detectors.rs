@@ -118,8 +118,17 @@ fn email_next_to_other_scripts() {
         ("see jane@example.comé", "see [EMAIL]é"),
         ("用户@example.com", "[EMAIL]"),
         ("x@bücher.example", "[EMAIL]"),
+        ("john用户@example.com", "[EMAIL]"),
+        ("请联系jöhn@example.com", "请联系[EMAIL]"),
+        // runs of more than 64 bytes of such text on either side
+        ("如有任何问题请通过电子邮件联系我们的客户服务部门john@example.com", "如有任何问题请通过电子邮件联系我们的客户服务部门[EMAIL]"),
+        ("john@example.comまでご連絡くださいますようお願い申し上げます。", "[EMAIL]までご連絡くださいますようお願い申し上げます。"),
+        ("请发送邮件至john@mail.example.com以获取更多关于我们产品和服务的详细信息谢谢", "请发送邮件至[EMAIL]以获取更多关于我们产品和服务的详细信息谢谢"),
     ];
     assert_masks_to(&m, &cases, "email");
+    let mut c = Counts::new();
+    let out = m.mask_json("{\"documents\":[[\"お問い合わせは、カスタマーサポートチームのメールアドレスjohn@example.comまで\"]]}".as_bytes(), &mut c).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "{\"documents\":[[\"お問い合わせは、カスタマーサポートチームのメールアドレス[EMAIL]まで\"]]}");
 }
 
 /// Near the scp-form git remote and image-name exclusions: still addresses.
@@ -1108,4 +1117,54 @@ fn aws_secret_access_key_after_its_name() {
     // only with the detector on
     let off = masker(json!({"detectors": ["email"]}));
     assert_eq!(off.mask_json(body.as_bytes(), &mut Counts::new()).unwrap(), body.as_bytes());
+}
+
+/// A value right after a URL percent-escape whose last byte is a digit or
+/// a lowercase hex letter (`%20`, `%3d`): the escape is a break, as the
+/// character it encodes is; in text and in a JSON string.
+#[test]
+fn values_after_percent_escapes_ending_in_a_digit_or_lowercase_hex() {
+    let m = masker(json!({}));
+    assert_masks_to(&m, &[("GET /search?q=card%204111111111111111&x=1", "GET /search?q=card%20[PAYMENT_CARD]&x=1")], "payment_card");
+    assert_masks_to(&m, &[("q=card%3d4111111111111111", "q=card%3d[PAYMENT_CARD]"), ("q=x%2c4111 1111 1111 1111", "q=x%2c[PAYMENT_CARD]")], "payment_card");
+    assert_masks_to(&m, &[("GET /search?q=ssn%20123-45-6789", "GET /search?q=ssn%20[US_SSN]"), ("q=ssn%3a123-45-6789", "q=ssn%3a[US_SSN]")], "us_ssn");
+    assert_masks_to(&m, &[("GET /search?q=call%20415-555-0134", "GET /search?q=call%20[PHONE]"), ("q=tel%3a415-555-0134", "q=tel%3a[PHONE]")], "phone");
+    let mut c = Counts::new();
+    let out = m.mask_json(br#"{"url":"/search?q=card%204111111111111111","u":"q=x%2c4111111111111111"}"#, &mut c).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), r#"{"url":"/search?q=card%20[PAYMENT_CARD]","u":"q=x%2c[PAYMENT_CARD]"}"#);
+    // not an escape, or glued: left alone
+    for t in ["order%g4111111111111111", "a%2x4111111111111111", "100%", "%41%42%43", "12%34%56"] {
+        assert_clean(&m, t);
+    }
+}
+
+/// An AWS secret access key after its name in JSON held in text: the
+/// quotes and blanks around `:` written as escapes (`\"`, `\t`, `\n`).
+#[test]
+fn aws_secret_after_escaped_quotes_and_blanks() {
+    let m = masker(json!({}));
+    let k = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let cases = [
+        (format!(r#"{{"file":"{{\n  \"aws_secret_access_key\": \"{k}\"\n}}"}}"#), r#"{"file":"{\n  \"aws_secret_access_key\": \"[AWS_ACCESS_KEY]\"\n}"}"#.to_string()),
+        (format!(r"AWS_SECRET_ACCESS_KEY:\t{k}"), r"AWS_SECRET_ACCESS_KEY:\t[AWS_ACCESS_KEY]".to_string()),
+        (format!(r"aws_secret_access_key =\n{k}"), r"aws_secret_access_key =\n[AWS_ACCESS_KEY]".to_string()),
+    ];
+    for (text, want) in &cases {
+        assert_masks_to(&m, &[(text, want)], "aws_access_key");
+    }
+}
+
+/// A Slack webhook URL after an escape (`\n`, `\t` of JSON held in text),
+/// a URL percent-escape or a full stop before its scheme; still not when
+/// glued to a longer host name.
+#[test]
+fn slack_webhook_after_escapes() {
+    let m = masker(json!({}));
+    let url = "https://hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR";
+    for (pre, post) in [(r"Post to:\n", ""), (r"Post to:\t", "\""), ("GET /r?u=%20", "&x"), ("done.", " next")] {
+        assert_masks_to(&m, &[(&format!("{pre}{url}{post}"), &format!("{pre}[SLACK_TOKEN]{post}"))], "slack_token");
+    }
+    let bare = "hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR";
+    assert_clean(&m, &format!("evil-{bare}"));
+    assert_clean(&m, &format!("evil.{bare}"));
 }

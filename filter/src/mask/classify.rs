@@ -13,7 +13,8 @@
 pub(crate) struct Anchors {
     /// `@` and `;` (email; `;` ends an HTML character reference for `@`).
     pub at: bool,
-    /// ASCII digits (cards, SSNs, phones, IBANs, IPv4).
+    /// ASCII digits (cards, SSNs, phones, IBANs, IPv4) and `%` (a value
+    /// right after a URL percent-escape such as `%20`).
     pub digit: bool,
     /// `:` (IPv6).
     pub colon: bool,
@@ -32,7 +33,7 @@ impl Anchors {
     #[cfg(test)]
     pub(crate) fn is_anchor(&self, b: u8) -> bool {
         (self.at && (b == b'@' || b == b';'))
-            || (self.digit && b.is_ascii_digit())
+            || (self.digit && (b.is_ascii_digit() || b == b'%'))
             || (self.colon && b == b':')
             || (self.upper_i && b == b'I')
             || (self.upper_j && b == b'J')
@@ -215,7 +216,7 @@ mod v {
 fn trig(x: v::V, a: &Anchors) -> v::V {
     let mut t = v::none();
     if a.digit {
-        t = v::or(t, v::within(x, b'0', 10));
+        t = v::or(t, v::or(v::within(x, b'0', 10), v::eq(x, b'%')));
     }
     if a.at {
         t = v::or(t, v::or(v::eq(x, b'@'), v::eq(x, b';')));

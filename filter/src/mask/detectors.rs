@@ -967,19 +967,28 @@ fn email(s: &[u8], a: usize) -> Option<(usize, usize)> {
 fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
     let local = |b: u8| alnum(b) || b >= 0x80 || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
     let mut st = a;
-    let mut ascii = true;
+    let mut wide_local = false;
     loop {
         // `\u00e9` (é) is part of the address, `\u003c` (<) and `\n` end it
         if let Some(c) = unicode_escape_before(s, st) {
             if c.is_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-') {
                 st -= 6;
-                ascii = false;
             } else {
                 break;
             }
         } else if st > 0 && local(back(s, st, 1)) && !escape_before(s, st) {
+            // text in a script written without spaces (CJK, kana, Thai:
+            // characters of 3 or more UTF-8 bytes) glued before the address
+            // (`メールはjohn@…`): the address starts after it (Latin letters
+            // like `ü` stay in it), unless such a character ends the local
+            // part (then it is all one address)
+            if back(s, st, 1) >= 0x80 && !wide_local && wide_char_before(s, st) {
+                if st < a {
+                    break;
+                }
+                wide_local = true;
+            }
             st -= 1;
-            ascii &= at(s, st) < 0x80;
         } else if back(s, st, 1) == b'\\' && matches!(at(s, st), b'_' | b'.' | b'-' | b'+') && local(back(s, st, 2)) && st < a {
             // a Markdown escape inside the local part (`jane\_roe@…`, as
             // HTML-to-Markdown converters write `_`): part of the address
@@ -989,16 +998,6 @@ fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
         }
         if a - st > 64 {
             return None;
-        }
-    }
-    // text in a script written without spaces (CJK, kana, Thai: characters
-    // of 3 or more UTF-8 bytes) glued before the address (`メールはjohn@…`):
-    // the address starts after it (Latin letters like `ü` stay in it)
-    if let Some(lp) = s.get(st..a).filter(|_| !ascii).and_then(|lp| std::str::from_utf8(lp).ok()) {
-        if let Some((k, c)) = lp.char_indices().rfind(|(_, c)| c.len_utf8() >= 3) {
-            if k + c.len_utf8() < lp.len() {
-                st += k + c.len_utf8();
-            }
         }
     }
     while at(s, st) == b'.' && st < a {
@@ -1015,7 +1014,11 @@ fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
     let mut before_last;
     loop {
         let ls = pos;
-        let n = count_while(s, pos, 64, |b| alnum(b) || b == b'-' || b >= 0x80);
+        let ascii = count_while(s, pos, 64, |b| alnum(b) || b == b'-');
+        // text in another script glued after the address
+        // (`…@example.comです`): an ASCII top-level domain ends at it
+        let glued_script = at(s, pos + ascii) >= 0x80 && labels >= 1 && ascii >= 2 && count_while(s, pos, 64, |b| b.is_ascii_alphabetic()) == ascii;
+        let n = if at(s, pos + ascii) < 0x80 || glued_script { ascii } else { count_while(s, pos, 64, |b| alnum(b) || b == b'-' || b >= 0x80) };
         if n == 0 || n > 63 {
             return None;
         }
@@ -1030,21 +1033,13 @@ fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
         if pos - (a + sep) > 253 {
             return None;
         }
-        if at(s, pos) == b'.' && alnum(at(s, pos + 1)) {
+        if !glued_script && at(s, pos) == b'.' && alnum(at(s, pos + 1)) {
             pos += 1;
         } else {
             break;
         }
     }
     let mut tld = s.get(last.0..last.1)?;
-    // text in another script glued after the address (`…@example.comです`):
-    // an ASCII top-level domain ends at it
-    if let Some(k) = tld.iter().position(|b| *b >= 0x80).filter(|k| *k >= 2) {
-        if tld.get(..k).is_some_and(|t| t.iter().all(|b| b.is_ascii_alphabetic())) {
-            pos = last.0 + k;
-            tld = s.get(last.0..pos)?;
-        }
-    }
     // An image extension is not a delegated top-level domain: an image
     // name. "logo@1.5x.png" is no address; "jane@acme.com.png" (an avatar
     // named by its owner's address) holds one, without the extension.
@@ -1074,6 +1069,14 @@ fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
         return None;
     }
     Some((st, pos))
+}
+
+/// Whether the UTF-8 character that ends right before `i` is 3 or 4 bytes
+/// long (CJK, kana, Thai and other scripts written without spaces).
+#[inline]
+fn wide_char_before(s: &[u8], i: usize) -> bool {
+    let cont = (1..=3).take_while(|&k| (0x80..0xC0).contains(&back(s, i, k))).count();
+    back(s, i, cont + 1) >= 0xE0 && cont >= 2
 }
 
 /// Whether `t` is an image file extension (ASCII case-insensitive): `png`,
@@ -1110,19 +1113,23 @@ fn aws_secret(s: &[u8], u: usize) -> Option<(usize, usize)> {
         return None;
     }
     let mut p = u + 11;
-    let skip = |p: &mut usize, f: &dyn Fn(u8) -> bool| {
-        let mut n = 0;
-        while n < 8 && f(at(s, *p)) {
-            *p += 1;
-            n += 1;
+    // quotes and blanks around `=` or `:`, also as the escapes of JSON held
+    // in text (`\"aws_secret_access_key\": \"…\"`, `:\t`)
+    let skip = |p: &mut usize| {
+        for _ in 0..12 {
+            match (at(s, *p), at(s, *p + 1)) {
+                (b'"' | b'\'' | b' ' | b'\t', _) | (b'\\', b'"' | b'\'' | b'\\') => *p += 1,
+                (b'\\', b't' | b'n' | b'r') => *p += 2,
+                _ => break,
+            }
         }
     };
-    skip(&mut p, &|b| matches!(b, b'"' | b'\'' | b' ' | b'\t'));
+    skip(&mut p);
     if !matches!(at(s, p), b'=' | b':') {
         return None;
     }
     p += 1;
-    skip(&mut p, &|b| matches!(b, b'"' | b'\'' | b' ' | b'\t'));
+    skip(&mut p);
     let b64 = |b: u8| alnum(b) || b == b'/' || b == b'+';
     let n = count_while(s, p, 41, b64);
     (n == 40 && !matches!(at(s, p + 40), b'=')).then_some((p, p + 40))
@@ -1237,8 +1244,11 @@ fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
                 .into_iter()
                 .find(|sch| host >= sch.len() && s.get(host - sch.len()..host).is_some_and(|w| w.eq_ignore_ascii_case(sch)))
                 .map_or(host, |sch| host - sch.len());
+            // glued to a word or a longer host name (`evil-hooks…`), not
+            // after an escape (`\n`, `%20`) or a full stop before `https://`
             let b = back(s, start, 1);
-            return (!(word(b) || b == b'.' || b == b'-')).then_some((start, end));
+            let glued = (word(b) || b == b'-' || (b == b'.' && start == host)) && !escape_before(s, start) && !percent_escape_before(s, start);
+            return (!glued).then_some((start, end));
         }
         seg = slash.checked_sub(1).filter(|&p| alnum(at(s, p)))?;
     }
@@ -1706,6 +1716,15 @@ fn anchor(en: &Enabled, s: &[u8], i: usize, b: u8, open_from: usize, state: &mut
                     }
                 }
                 numeric(en, s, i, &mut |st, e, d| push(st, e, d, out));
+            }
+            // "q=card%204111…", "ssn%3a123-45-6789": a value right after a
+            // URL percent-escape whose last byte is a digit or a lowercase
+            // hex letter (the value's first digit is no anchor there)
+            b'%' => {
+                let (h, j) = (at(s, i + 2), i + 3);
+                if at(s, i + 1).is_ascii_hexdigit() && (digit(h) || matches!(h, b'a'..=b'f')) && digit(at(s, j)) {
+                    numeric(en, s, j, &mut |st, e, d| push(st, e, d, out));
+                }
             }
             b'@' => {
                 if let Some(d) = en.get(Builtin::Email) {

@@ -245,11 +245,10 @@ impl TextStream {
         }
         self.ws_upto = self.ws_upto.max(limit);
         if self.last_ws <= self.start && !forced {
-            if limit <= self.start {
-                // held text that is all invisible characters: wait for more
-                // (else each push would walk it again)
-                self.retry_later();
-            }
+            // no word ends before the window (a long token, or text padded
+            // with invisible characters): wait for more, else each small
+            // push would walk the whole hold again
+            self.retry_later();
             return Vec::new();
         }
         let tail = self.inner.holds_pem_tails().then(|| pem_tail_hold(&self.buf, self.start)).flatten();
@@ -1161,7 +1160,8 @@ impl SseStream {
                         out.extend_from_slice(if l.eol.is_empty() { &self.eol } else { &l.eol });
                     }
                 }
-            } else if data.contains(&i) {
+            } else if field(l).is_some() {
+                // (a later data line: its text went out with the first)
                 continue;
             } else {
                 self.mask_line(&l.text, out, counts);
