@@ -380,9 +380,9 @@ fn a_line_with_thinking_and_answer_is_not_repeated() {
     }
     // /api/generate: `response` and `thinking` in one line
     let mut input = [
-        json!({"model": "m", "response": "", "thinking": "Let me see."}),
-        json!({"model": "m", "response": "card 4111 1111 ", "thinking": " Ok."}),
-        json!({"model": "m", "response": "1111 1111 done"}),
+        json!({"model": "m", "response": "", "thinking": "Let me see.", "done": false}),
+        json!({"model": "m", "response": "card 4111 1111 ", "thinking": " Ok.", "done": false}),
+        json!({"model": "m", "response": "1111 1111 done", "done": false}),
     ]
     .iter()
     .map(|l| format!("{l}\n"))
@@ -404,8 +404,8 @@ fn a_line_with_thinking_and_answer_is_not_repeated() {
 fn members_of_other_types_do_not_stop_joining() {
     let m = masker();
     let input = [
-        json!({"message": {"role": "assistant", "content": "card 4111 1111"}}),
-        json!({"message": {"role": "assistant", "content": " 1111 1111", "thinking": 5}}),
+        json!({"message": {"role": "assistant", "content": "card 4111 1111"}, "done": false}),
+        json!({"message": {"role": "assistant", "content": " 1111 1111", "thinking": 5}, "done": false}),
         json!({"message": {"role": "assistant", "content": " end", "thinking": [{"text": "jane.doe@example.com"}]}, "response": null, "done": true}),
     ]
     .iter()
@@ -432,7 +432,7 @@ fn error_lines_flush_and_arrays_are_not_chunks() {
     let (lines, content) = assemble(&out, &["message", "content"]);
     assert_eq!(content, "mail [EMAIL] ok");
     assert_eq!(lines.last().unwrap(), &json!({"error": "model overloaded"}));
-    let input = format!("{}\n[null, \" 1111 1111 rest\", null, true]\n{}\n", json!({"response": "My card is 4111 1111"}), json!({"response": " 1111 1111", "done": true}));
+    let input = format!("{}\n[null, \" 1111 1111 rest\", null, true]\n{}\n", json!({"response": "My card is 4111 1111", "done": false}), json!({"response": " 1111 1111", "done": true}));
     let (out, _) = stream(&m, input.as_bytes(), &[]);
     let (lines, response) = assemble(&out, &["response"]);
     assert_eq!(response, "My card is [PAYMENT_CARD]");
@@ -446,8 +446,8 @@ fn error_lines_flush_and_arrays_are_not_chunks() {
 fn a_withheld_line_keeps_the_text_released_for_it() {
     let m = masker();
     let long = "word ".repeat(60);
-    let mut input = format!("{}\n", json!({"response": long})).into_bytes();
-    input.extend_from_slice(b"{\"response\":\"more text here\",\"x\":\"\xff\"}\n");
+    let mut input = format!("{}\n", json!({"response": long, "done": false})).into_bytes();
+    input.extend_from_slice(b"{\"response\":\"more text here\",\"x\":\"\xff\",\"done\":false}\n");
     input.extend_from_slice(format!("{}\n", json!({"response": " end", "done": true})).as_bytes());
     let (out, counts) = stream(&m, &input, &[]);
     let (lines, response) = assemble(&out, &["response"]);
@@ -477,7 +477,7 @@ fn lines_end_at_lf_only() {
 #[test]
 fn line_separators_final_cr_and_done_marker() {
     let m = masker();
-    let input = "{\"response\":\"a\\u2028b\\u2029c jane.doe@\"}\n{\"response\":\"example.com\"}\r";
+    let input = "{\"response\":\"a\\u2028b\\u2029c jane.doe@\",\"done\":false}\n{\"response\":\"example.com\",\"done\":false}\r";
     for cuts in [vec![], vec![30, 31, 60]] {
         let (out, _) = stream(&m, input.as_bytes(), &cuts);
         let text = String::from_utf8(out).unwrap();

@@ -450,3 +450,32 @@ fn workers_ai_tail_copy_does_not_repeat_usage() {
     assert_eq!(concat(&out, "/response"), "Call [PHONE] or write to [EMAIL].");
     assert_eq!(events(&out).iter().filter(|e| e.get("usage").is_some()).count(), 1, "usage repeated:\n{out}");
 }
+
+/// Records that hold a top-level `content` or `response` (or, in JSON
+/// lines, `message.content`) without the marks of llama.cpp (`stop`),
+/// Workers AI (no other members) or Ollama (`done`) are masked one by
+/// one where they are: joined, a value at the end of one record would be
+/// glued to the next record's first word and pass, and every record's
+/// text would move into one event at the end.
+#[test]
+fn records_that_look_like_llm_events_are_not_joined() {
+    let m = masker();
+    let cases = [
+        (StreamKind::JsonLines, "{\"id\":1,\"response\":\"my SSN is 123-45-6789\"}\n{\"id\":2,\"response\":\"Thanks, noted\"}\n", "123-45-6789"),
+        (StreamKind::JsonLines, "{\"user\":\"a\",\"message\":{\"content\":\"card 4111111111111111\"}}\n{\"user\":\"b\",\"message\":{\"content\":\"ok\"}}\n", "4111111111111111"),
+        (StreamKind::Sse, "data: {\"doc_id\":\"a\",\"content\":\"Owner SSN 123-45-6789\"}\n\ndata: {\"doc_id\":\"b\",\"content\":\"Thanks\"}\n\ndata: [DONE]\n\n", "123-45-6789"),
+        (StreamKind::Sse, "data: {\"doc_id\":\"a\",\"response\":\"Owner SSN 123-45-6789\"}\n\ndata: {\"doc_id\":\"b\",\"response\":\"Thanks\"}\n\ndata: [DONE]\n\n", "123-45-6789"),
+    ];
+    for (kind, body, value) in cases {
+        let mut s = m.stream(kind);
+        let mut counts = Counts::new();
+        let mut out = s.push(body.as_bytes(), &mut counts);
+        out.extend(s.finish(&mut counts));
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains(value), "{out}");
+        // each record keeps its own text, in place
+        assert!(out.contains("Thanks") || out.contains("\"ok\""), "{out}");
+        let first = out.lines().find(|l| !l.is_empty()).unwrap_or_default();
+        assert!(first.contains("[US_SSN]") || first.contains("[PAYMENT_CARD]"), "{out}");
+    }
+}

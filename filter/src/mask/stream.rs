@@ -755,6 +755,28 @@ struct Line {
     eol: Vec<u8>,
 }
 
+/// The members of a Cloudflare Workers AI text-generation event (`/ai/run`
+/// with `stream: true`): `response`, and on some events `p` (padding),
+/// `usage` or `tool_calls`; nothing else.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkersAiLite {
+    #[serde(default, rename = "response")]
+    _response: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "p")]
+    _p: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "usage")]
+    _usage: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "tool_calls")]
+    _tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether the event `payload` (a JSON object with a top-level `response`)
+/// is shaped as a Workers AI event ([`WorkersAiLite`]).
+fn workers_ai_event(payload: &[u8]) -> bool {
+    serde_json::from_slice::<WorkersAiLite>(payload).is_ok()
+}
+
 /// The parts of a JSON line the JSON-lines masker reads: an Ollama
 /// `/api/chat` chunk (`message.content`, `message.thinking`) or
 /// `/api/generate` chunk (`response`, `thinking`), and `done` (the last
@@ -1193,7 +1215,11 @@ impl SseStream {
             // on with the next line of the answer, so a value split around
             // the odd line is still joined (order across it may change)
             match object.then(|| serde_json::from_slice::<LineLite>(payload)) {
-                Some(Ok(line)) => (Some(self.ollama_line(payload, line, pre, counts)), false),
+                // (Ollama writes `done` in every line: records of other
+                // streams that hold a `response` or `message.content` are
+                // masked one by one, not joined)
+                Some(Ok(line)) if line.done.is_some() || line.error.is_some() => (Some(self.ollama_line(payload, line, pre, counts)), false),
+                Some(Ok(_)) => (None, false),
                 Some(Err(e)) => (None, repeated(&e)),
                 None => (None, false),
             }
@@ -1214,7 +1240,11 @@ impl SseStream {
                     }
                 },
                 Ok(ev) if ev.kind.is_none() && ev.token.as_ref().is_some_and(Value::is_object) => (self.tgi_token(payload, &ev, &event_line, pre, counts), false),
-                Ok(ev) if ev.kind.is_none() && ev.error.is_none() && (ev.content.is_some() || ev.response.is_some()) => {
+                // llama.cpp writes `stop` in every event, and a Workers AI
+                // event has no other members: events of other streams that
+                // hold a top-level `content` or `response` (records, search
+                // results) are masked one by one, not joined
+                Ok(ev) if ev.kind.is_none() && ev.error.is_none() && ((ev.content.is_some() && ev.stop.is_some()) || (ev.response.is_some() && workers_ai_event(payload))) => {
                     match self.top_text(payload, &ev, &event_line, counts) {
                         Some(released) => (Some(released), false),
                         None => {
