@@ -908,7 +908,7 @@ fn secrets_negative() {
         "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe1",
         "xAIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
         "9AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
-        "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe___",
+        "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe____",
         "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe_x",
         "AIzeSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
         "ghp_short",
@@ -1167,4 +1167,41 @@ fn slack_webhook_after_escapes() {
     let bare = "hooks.slack.com/services/T024BE7LD/B01ABCDEF12/abcDEF123ghiJKL456mnoPQR";
     assert_clean(&m, &format!("evil-{bare}"));
     assert_clean(&m, &format!("evil.{bare}"));
+}
+
+/// Markdown underscore emphasis (`_x_`, `__x__`, `___x___`: CommonMark
+/// §6.2, an opening run not after a letter or digit, a closing run not
+/// before one) is a break around a value, as `*` is; the runs stay in the
+/// output. Underscores inside a word (`user_4111…`, `id_123-45-6789`)
+/// still glue the value to it.
+#[test]
+fn values_inside_underscore_emphasis() {
+    let m = all_detectors();
+    let values = [
+        ("4111 1111 1111 1111", "payment_card"),
+        ("123-45-6789", "us_ssn"),
+        ("+1 415 555 2671", "phone"),
+        ("(415) 555-2671", "phone"),
+        ("GB82 WEST 1234 5698 7654 32", "iban"),
+        ("jane.doe@example.com", "email"),
+        ("AKIAIOSFODNN7EXAMPLE", "aws_access_key"),
+        ("ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "github_token"),
+        ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGH", "github_token"),
+        ("xoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "slack_token"),
+        ("sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD", "openai_key"),
+        ("sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCD", "anthropic_key"),
+        ("AIzaSyA-abcdefghijklmnopqrstuvwxyz01234", "google_api_key"),
+        ("192.168.1.20", "ipv4"),
+        ("https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX", "slack_token"),
+    ];
+    for (v, det) in values {
+        for (pre, post) in [("_", "_"), ("__", "__"), ("___", "___"), ("x _", "_ y"), ("*_", "_*"), ("(_", "_).")] {
+            let text = format!("{pre}{v}{post}");
+            let want = format!("{pre}[{}]{post}", det.to_uppercase());
+            assert_masks_to(&m, &[(text.as_str(), want.as_str())], det);
+        }
+    }
+    for text in ["user_4111111111111111", "id_123-45-6789", "order_5555555555554444_x", "ref_4111 1111 1111 1111", "snake_case_415_555_2671", "_2024-01-15_", "_1700000000000_", "__init__"] {
+        assert_clean(&m, text);
+    }
 }

@@ -201,13 +201,68 @@ fn decode_unicode_escape(s: &[u8], i: usize) -> Option<char> {
 /// Whether a word byte (`[A-Za-z0-9_]`) glues onto position `i` from the left.
 #[inline]
 fn word_before(s: &[u8], i: usize) -> bool {
-    word(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i)
+    word(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i) && !emphasis_before(s, i)
 }
 
 /// Whether a base64url byte glues onto position `i` from the left.
 #[inline]
 fn b64url_before(s: &[u8], i: usize) -> bool {
-    b64url(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i)
+    b64url(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i) && !emphasis_before(s, i)
+}
+
+/// Whether a word byte glues onto position `e` from the right (a value
+/// ending at `e` continues into a longer token).
+#[inline]
+fn word_after(s: &[u8], e: usize) -> bool {
+    word(at(s, e)) && !emphasis_after(s, e)
+}
+
+/// Whether a Markdown underscore emphasis opener ends right before `i`: a
+/// run of one to three `_` with no letter or digit before it (`_x_`,
+/// `__x__`, `___x___`; CommonMark §6.2: an underscore run that opens
+/// emphasis is not preceded by an alphanumeric). A break, not part of a
+/// word; `snake_case_4111…` stays one token.
+#[inline]
+fn emphasis_before(s: &[u8], i: usize) -> bool {
+    back(s, i, 1) == b'_' && emphasis_run_before(s, i)
+}
+
+#[cold]
+#[inline(never)]
+fn emphasis_run_before(s: &[u8], i: usize) -> bool {
+    let k = (1..=4).take_while(|&k| back(s, i, k) == b'_').count();
+    k <= 3 && !alnum(back(s, i, k + 1))
+}
+
+/// Whether a Markdown underscore emphasis closer starts at `e`: a run of
+/// one to three `_` with no letter or digit after it (CommonMark §6.2).
+#[inline]
+fn emphasis_after(s: &[u8], e: usize) -> bool {
+    at(s, e) == b'_' && emphasis_run_after(s, e)
+}
+
+#[cold]
+#[inline(never)]
+fn emphasis_run_after(s: &[u8], e: usize) -> bool {
+    let k = (0..4).take_while(|&k| at(s, e + k) == b'_').count();
+    k <= 3 && !alnum(at(s, e + k))
+}
+
+/// `end` moved back over a closing emphasis run (see [`emphasis_after`])
+/// that the value at `st` took into its body (`[A-Za-z0-9_-]` tokens), when
+/// an opening run of the same length stands before `st` and at least
+/// `min` body bytes from `body` remain: `__sk-…__` masks to `__[…]__`.
+fn trim_emphasis(s: &[u8], st: usize, body: usize, end: usize, min: usize) -> usize {
+    if !emphasis_before(s, st) {
+        return end;
+    }
+    let open = (1..=3).take_while(|&k| back(s, st, k) == b'_').count();
+    let close = (1..=3).take_while(|&k| back(s, end, k) == b'_').count();
+    if open == close && end - close >= body + min && !alnum(at(s, end)) && back(s, end, close + 1) != b'_' {
+        end - close
+    } else {
+        end
+    }
 }
 
 /// Whether a URL percent-escape (`%20`, `%3D`, `%2F`: RFC 3986 §2.1) ends
@@ -222,7 +277,7 @@ fn percent_escape_before(s: &[u8], i: usize) -> bool {
 #[inline]
 fn glued_after(s: &[u8], e: usize) -> bool {
     let n = at(s, e);
-    word(n) || ((n == b'.' || n == b'-') && alnum(at(s, e + 1))) || ((n == 0xE2 || n == b'\\') && wide_hyphen_glued_after(s, e))
+    (word(n) && !emphasis_after(s, e)) || ((n == b'.' || n == b'-') && alnum(at(s, e + 1))) || ((n == 0xE2 || n == b'\\') && wide_hyphen_glued_after(s, e))
 }
 
 /// A digit-group separator at `i`: its class (`b' '`, `b'-'` or `b'.'`)
@@ -874,7 +929,7 @@ fn ipv6(s: &[u8], i: usize) -> Option<(usize, usize)> {
     while e > st && back(s, e, 1) == b'.' {
         e -= 1;
     }
-    if e - st > 45 || e - st < 3 || word_before(s, st) || word(at(s, end)) {
+    if e - st > 45 || e - st < 3 || word_before(s, st) || word_after(s, end) {
         return None;
     }
     let text = std::str::from_utf8(s.get(st..e)?).ok()?;
@@ -1043,14 +1098,14 @@ fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
     // An image extension is not a delegated top-level domain: an image
     // name. "logo@1.5x.png" is no address; "jane@acme.com.png" (an avatar
     // named by its owner's address) holds one, without the extension.
-    if labels >= 2 && image_extension(tld) && !word(at(s, pos)) {
+    if labels >= 2 && image_extension(tld) && !word_after(s, pos) {
         labels -= 1;
         pos = before_last.1;
         tld = s.get(before_last.0..before_last.1)?;
     }
     let tld_ok = (tld.len() >= 2 && tld.iter().all(|b| b.is_ascii_alphabetic()))
         || (tld.len() >= 5 && tld.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"xn--")));
-    if labels < 2 || !tld_ok || word(at(s, pos)) {
+    if labels < 2 || !tld_ok || word_after(s, pos) {
         return None;
     }
     // "git@github.com:org/repo.git": an SSH remote in scp form (user `git`,
@@ -1067,6 +1122,13 @@ fn email_sep(s: &[u8], a: usize, sep: usize) -> Option<(usize, usize)> {
     let first = s.get(a + 1..).map_or(0, |r| r.iter().take_while(|b| **b != b'.').count());
     if labels == 2 && first >= 2 && s.get(a + 1..a + first).is_some_and(|r| r.iter().all(|b| digit(*b))) && at(s, a + first) == b'x' {
         return None;
+    }
+    // "_jane@example.com_": Markdown emphasis around the address, not part
+    // of its local part (the same run of `_` closes it)
+    let open = (0..3).take_while(|&k| at(s, st + k) == b'_').count();
+    let close = (0..4).take_while(|&k| at(s, pos + k) == b'_').count();
+    if open > 0 && open == close && st + open < a && at(s, st + open) != b'.' && !alnum(back(s, st, 1)) && emphasis_after(s, pos) {
+        return Some((st + open, pos));
     }
     Some((st, pos))
 }
@@ -1139,31 +1201,31 @@ fn aws_secret(s: &[u8], u: usize) -> Option<(usize, usize)> {
 fn aws(s: &[u8], st: usize) -> Option<usize> {
     let n = run(s, st + 4, 16, |b| upper(b) || digit(b));
     let end = st + 4 + 16;
-    (n == 16 && !word(at(s, end))).then_some(end)
+    (n == 16 && !word_after(s, end)).then_some(end)
 }
 
 /// Google API key at `st` (`AIza`): exactly 35 of `[A-Za-z0-9_-]` follow
 /// (the keys are 39 bytes long), then no further base64url byte but for
-/// one or two `_` (Markdown emphasis: `__AIza…__`).
+/// one to three `_` (Markdown emphasis: `__AIza…__`).
 fn google(s: &[u8], st: usize) -> Option<usize> {
-    let n = run(s, st + 4, 37, b64url);
+    let n = run(s, st + 4, 39, b64url);
     let end = st + 4 + 35;
     let tail = s.get(end..st + 4 + n).unwrap_or_default();
-    ((35..=37).contains(&n) && tail.iter().all(|b| *b == b'_')).then_some(end)
+    ((35..=38).contains(&n) && tail.iter().all(|b| *b == b'_')).then_some(end)
 }
 
 /// GitHub token at `st`: `gh[pousr]_` and 36+ alphanumerics.
 fn github(s: &[u8], st: usize) -> Option<usize> {
     let n = run(s, st + 4, KEY_MAX, alnum);
     let end = st + 4 + n;
-    ((36..=KEY_MAX).contains(&n) && !word(at(s, end))).then_some(end)
+    ((36..=KEY_MAX).contains(&n) && !word_after(s, end)).then_some(end)
 }
 
 /// Fine-grained GitHub PAT at `st`: `github_pat_` and 22+ of `[A-Za-z0-9_]`.
 fn github_pat(s: &[u8], st: usize) -> Option<usize> {
     let n = run(s, st + 11, KEY_MAX, word);
     let end = st + 11 + n;
-    ((22..=KEY_MAX).contains(&n) && !b64url(at(s, end))).then_some(end)
+    ((22..=KEY_MAX).contains(&n) && !b64url(at(s, end))).then(|| trim_emphasis(s, st, st + 11, end, 22))
 }
 
 /// OpenAI key at `st` (`sk-`): `sk-proj-`/`sk-svcacct-`/`sk-admin-` and 20+
@@ -1183,7 +1245,7 @@ fn openai(s: &[u8], st: usize) -> Option<usize> {
     } else {
         32
     };
-    token_body(s, body, min)
+    token_body(s, st, body, min)
 }
 
 /// Anthropic key at `st`: `sk-ant-` and 32+ of `[A-Za-z0-9_-]`.
@@ -1191,7 +1253,7 @@ fn anthropic(s: &[u8], st: usize) -> Option<usize> {
     if !starts_with_at(s, st, b"sk-ant-") {
         return None;
     }
-    token_body(s, st + 7, 32)
+    token_body(s, st, st + 7, 32)
 }
 
 /// Slack token at `st`: `xox[baprse]-` (bot, app, user, refresh, legacy,
@@ -1202,7 +1264,7 @@ fn slack(s: &[u8], st: usize) -> Option<usize> {
     let n = run(s, body, KEY_MAX, |b| alnum(b) || b == b'-');
     let end = body + n;
     let has_digit = s.get(body..end).is_some_and(|r| r.iter().any(|b| digit(*b)));
-    ((10..=KEY_MAX).contains(&n) && has_digit && !word(at(s, end))).then_some(end)
+    ((10..=KEY_MAX).contains(&n) && has_digit && !word_after(s, end)).then_some(end)
 }
 
 /// Slack webhook URL (incoming webhooks `hooks.slack.com/services/T…/B…/…`,
@@ -1247,7 +1309,7 @@ fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
             // glued to a word or a longer host name (`evil-hooks…`), not
             // after an escape (`\n`, `%20`) or a full stop before `https://`
             let b = back(s, start, 1);
-            let glued = (word(b) || b == b'-' || (b == b'.' && start == host)) && !escape_before(s, start) && !percent_escape_before(s, start);
+            let glued = (word(b) || b == b'-' || (b == b'.' && start == host)) && !escape_before(s, start) && !percent_escape_before(s, start) && !emphasis_before(s, start);
             return (!glued).then_some((start, end));
         }
         seg = slash.checked_sub(1).filter(|&p| alnum(at(s, p)))?;
@@ -1255,11 +1317,11 @@ fn slack_webhook(s: &[u8], i: usize) -> Option<(usize, usize)> {
     None
 }
 
-fn token_body(s: &[u8], body: usize, min: usize) -> Option<usize> {
+fn token_body(s: &[u8], st: usize, body: usize, min: usize) -> Option<usize> {
     let n = run(s, body, KEY_MAX, b64url);
     let end = body + n;
     let has_digit = s.get(body..end).is_some_and(|r| r.iter().any(|b| digit(*b)));
-    ((min..=KEY_MAX).contains(&n) && has_digit).then_some(end)
+    ((min..=KEY_MAX).contains(&n) && has_digit).then(|| trim_emphasis(s, st, body, end, min))
 }
 
 /// JWS compact (RFC 7515: three base64url segments, the header starting
@@ -1620,8 +1682,8 @@ pub(crate) struct Carry {
 
 /// The bytes of a block (within `valid`) where [`scan`] runs a detector:
 /// anchor bytes, except digits that continue a digit run or are certainly
-/// glued to a longer token (see `glued_before`): after a-z or '_', or after
-/// '-'/'.' that follows a digit or a-z. (Runs after A-Z stay anchors: IBANs
+/// glued to a longer token (see `glued_before`): after a-z, or after
+/// '-', '.' or '_' that follows a digit or a-z. (Runs after A-Z stay anchors: IBANs
 /// start there.) Blocks must be consecutive; `carry` links them.
 #[inline(always)]
 pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry) -> u16 {
@@ -1633,7 +1695,9 @@ pub(crate) fn anchor_bits(m: &classify::ScanMasks, valid: u16, carry: &mut Carry
         let p = *carry;
         let prev = |x: u16, p: u16| (x << 1) | (p >> 15);
         let prev2 = |x: u16, p: u16| (x << 2) | (p >> 14);
-        let glued = prev(m.low | m.us, p.low | p.us) | (prev(m.join, p.join) & prev2(m.dig | m.low, p.dig | p.low));
+        // (`_` glues only after a digit or a-z: `_4111…` may open Markdown
+        // emphasis, and the detector's own check decides there)
+        let glued = prev(m.low, p.low) | ((prev(m.join, p.join) | prev(m.us, p.us)) & prev2(m.dig | m.low, p.dig | p.low));
         trig &= !(m.dig & (prev(m.dig, p.dig) | glued));
     }
     *carry = Carry { dig: m.dig, low: m.low, join: m.join, us: m.us, bs: m.bs };
