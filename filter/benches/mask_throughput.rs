@@ -349,6 +349,14 @@ fn main() {
             black_box(s.finish(&mut counts));
         }));
     }
+    // token starts inside one long base64url run, after underscores that
+    // could open Markdown emphasis (must not rescan the run from each)
+    for (label, unit) in [("-_eyJ", "-_eyJ"), ("-eyJ (plain)", "-eyJ"), ("_sk-", "_sk-"), ("ask- (plain)", "ask-")] {
+        let body = unit.repeat((256 << 10) / unit.len());
+        row!(format!("mask_text 256 KiB of {label}"), measure(body.len(), min, || {
+            black_box(m.mask_text(&body, &mut counts));
+        }));
+    }
 
     // bare-regex baselines over lines of the text corpora (strings of ~100 bytes,
     // like JSON string values), all patterns, find_iter to the end

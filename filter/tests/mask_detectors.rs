@@ -1205,3 +1205,40 @@ fn values_inside_underscore_emphasis() {
         assert_clean(&m, text);
     }
 }
+
+/// Values whose characters are URL percent-escapes (a logged request URL
+/// or form body: `%2B` for `+`, `%20` for a space, `%2D`, `%2E`, `%40`,
+/// `%3D`, `%2F`, either case) are found in the decoded text and masked
+/// with their escapes; escapes around them stay. Hash redaction gives the
+/// decoded value's token.
+#[test]
+fn values_in_percent_encoded_text() {
+    let m = all_detectors();
+    assert_masks_to(&m, &[("tel=%2B14155550134&x=1", "tel=[PHONE]&x=1"), ("q=%2b44%2020%207946%200958", "q=[PHONE]"), ("phone%3A%2B14155550134", "phone%3A[PHONE]")], "phone");
+    assert_masks_to(&m, &[("card%204111%201111%201111%201111%2C", "card%20[PAYMENT_CARD]%2C")], "payment_card");
+    assert_masks_to(&m, &[("q=ssn%3A123%2D45%2D6789", "q=ssn%3A[US_SSN]")], "us_ssn");
+    assert_masks_to(&m, &[("e=jane%2Edoe%40example%2Ecom&y", "e=[EMAIL]&y")], "email");
+    assert_masks_to(&m, &[("?aws_secret_access_key%3DwJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY", "?aws_secret_access_key%3D[AWS_ACCESS_KEY]")], "aws_access_key");
+    for text in ["100%25 done, 50% left", "a%zz%2", "%2540", "v%3D1.2.3%26build%3D20240115", "id%3D123e4567-e89b-12d3-a456-426614174000", "ts%3D1700000000000"] {
+        assert_clean(&m, text);
+    }
+    let hashed = masker(json!({"detectors": ["phone"], "hash_key": "k".repeat(32), "per_detector": {"phone": "hash"}}));
+    let a = hashed.mask_text("tel=%2B14155550134", &mut Counts::new());
+    let b = hashed.mask_text("tel=+14155550134", &mut Counts::new());
+    assert_eq!(a, b);
+    assert_ne!(a, "tel=%2B14155550134");
+}
+
+/// Emphasis right after an escape of JSON held in text (`\n_…_`,
+/// `\u00a0_…_`) opens as after a space; a run after a base64url byte
+/// (`-_eyJ…`) does not, so a token starting there stays glued.
+#[test]
+fn underscore_emphasis_after_escapes() {
+    let m = all_detectors();
+    assert_masks_to(&m, &[("Notes:\\n_123-45-6789_", "Notes:\\n_[US_SSN]_"), ("x\\u00a0_123-45-6789_", "x\\u00a0_[US_SSN]_")], "us_ssn");
+    assert_masks_to(&m, &[("Notes:\\n\\n__4111 1111 1111 1111__", "Notes:\\n\\n__[PAYMENT_CARD]__")], "payment_card");
+    assert_masks_to(&m, &[("x\\n_AKIAIOSFODNN7EXAMPLE_", "x\\n_[AWS_ACCESS_KEY]_")], "aws_access_key");
+    assert_masks_to(&m, &[("x\\n_sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD_", "x\\n_[OPENAI_KEY]_")], "openai_key");
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+    assert_masks_to(&m, &[(format!("_{jwt}_").as_str(), "_[JWT]_"), (format!("__{jwt}__.").as_str(), "__[JWT]__.")], "jwt");
+}

@@ -314,12 +314,12 @@ fn held_text_without_a_place_gets_a_line_of_its_own() {
 #[test]
 fn other_lines_are_masked_as_json_one_by_one() {
     let m = masker();
-    let held = json!({"message": {"role": "assistant", "content": "call +1 415-"}, "done": false});
+    let held = json!({"model": "m", "message": {"role": "assistant", "content": "call +1 415-"}, "done": false});
     let input = format!(
         "{held}\n{}\n\n{}\nplain text to bob@example.com\n{{\"a\": NaN, \"b\": \"c@d.com\"}}\n\u{feff}{{\"e\": \"x\\u0040y.com\"}}\n{}\n",
         r#"{"id": 7, "email": "jane\u0040example.com", "jane@example.com": 1}"#,
         json!({"message": {"role": "assistant", "content": [{"type": "text", "text": "eve@example.org"}]}}),
-        json!({"message": {"role": "assistant", "content": "555-0134 ok"}, "done": true})
+        json!({"model": "m", "message": {"role": "assistant", "content": "555-0134 ok"}, "done": true})
     );
     let (out, counts) = stream(&m, input.as_bytes(), &[]);
     let text = String::from_utf8(out).unwrap();
@@ -333,8 +333,8 @@ fn other_lines_are_masked_as_json_one_by_one() {
     for k in [4, 5, 6] {
         assert_eq!(v[k].as_ref().unwrap()["error"]["code"], json!("unmaskable_event"), "line {k}: {}", lines[k]);
     }
-    assert_eq!(v[7].as_ref().unwrap(), &json!({"message": {"role": "assistant", "content": "call [PHONE] ok"}, "done": false}));
-    assert_eq!(v[8].as_ref().unwrap(), &json!({"message": {"role": "assistant", "content": ""}, "done": true}));
+    assert_eq!(v[7].as_ref().unwrap(), &json!({"model": "m", "message": {"role": "assistant", "content": "call [PHONE] ok"}, "done": false}));
+    assert_eq!(v[8].as_ref().unwrap(), &json!({"model": "m", "message": {"role": "assistant", "content": ""}, "done": true}));
     assert_eq!(lines[9], "");
     for leak in ["bob@", "c@d.com", "x\\u0040y", "415-555"] {
         assert!(!text.contains(leak), "{leak} in {text}");
@@ -404,9 +404,9 @@ fn a_line_with_thinking_and_answer_is_not_repeated() {
 fn members_of_other_types_do_not_stop_joining() {
     let m = masker();
     let input = [
-        json!({"message": {"role": "assistant", "content": "card 4111 1111"}, "done": false}),
-        json!({"message": {"role": "assistant", "content": " 1111 1111", "thinking": 5}, "done": false}),
-        json!({"message": {"role": "assistant", "content": " end", "thinking": [{"text": "jane.doe@example.com"}]}, "response": null, "done": true}),
+        json!({"model": "m", "message": {"role": "assistant", "content": "card 4111 1111"}, "done": false}),
+        json!({"model": "m", "message": {"role": "assistant", "content": " 1111 1111", "thinking": 5}, "done": false}),
+        json!({"model": "m", "message": {"role": "assistant", "content": " end", "thinking": [{"text": "jane.doe@example.com"}]}, "response": null, "done": true}),
     ]
     .iter()
     .map(|l| format!("{l}\n"))
@@ -432,7 +432,7 @@ fn error_lines_flush_and_arrays_are_not_chunks() {
     let (lines, content) = assemble(&out, &["message", "content"]);
     assert_eq!(content, "mail [EMAIL] ok");
     assert_eq!(lines.last().unwrap(), &json!({"error": "model overloaded"}));
-    let input = format!("{}\n[null, \" 1111 1111 rest\", null, true]\n{}\n", json!({"response": "My card is 4111 1111", "done": false}), json!({"response": " 1111 1111", "done": true}));
+    let input = format!("{}\n[null, \" 1111 1111 rest\", null, true]\n{}\n", json!({"model": "m", "response": "My card is 4111 1111", "done": false}), json!({"model": "m", "response": " 1111 1111", "done": true}));
     let (out, _) = stream(&m, input.as_bytes(), &[]);
     let (lines, response) = assemble(&out, &["response"]);
     assert_eq!(response, "My card is [PAYMENT_CARD]");
@@ -446,9 +446,9 @@ fn error_lines_flush_and_arrays_are_not_chunks() {
 fn a_withheld_line_keeps_the_text_released_for_it() {
     let m = masker();
     let long = "word ".repeat(60);
-    let mut input = format!("{}\n", json!({"response": long, "done": false})).into_bytes();
-    input.extend_from_slice(b"{\"response\":\"more text here\",\"x\":\"\xff\",\"done\":false}\n");
-    input.extend_from_slice(format!("{}\n", json!({"response": " end", "done": true})).as_bytes());
+    let mut input = format!("{}\n", json!({"model": "m", "response": long, "done": false})).into_bytes();
+    input.extend_from_slice(b"{\"model\":\"m\",\"response\":\"more text here\",\"x\":\"\xff\",\"done\":false}\n");
+    input.extend_from_slice(format!("{}\n", json!({"model": "m", "response": " end", "done": true})).as_bytes());
     let (out, counts) = stream(&m, &input, &[]);
     let (lines, response) = assemble(&out, &["response"]);
     assert_eq!(response, format!("{long}more text here end"));
@@ -461,11 +461,11 @@ fn a_withheld_line_keeps_the_text_released_for_it() {
 #[test]
 fn lines_end_at_lf_only() {
     let m = masker();
-    let input = "{\"message\":\r{\"content\":\"mail jane.doe@example.com\"},\r\"done\":true}\r\n";
+    let input = "{\"model\":\"m\",\"message\":\r{\"content\":\"mail jane.doe@example.com\"},\r\"done\":true}\r\n";
     let (out, counts) = stream(&m, input.as_bytes(), &[10]);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "{\"message\":{\"role\":\"assistant\",\"content\":\"mail [EMAIL]\"},\"done\":false}\r\n{\"message\":\r{\"content\":\"\"},\r\"done\":true}\r\n"
+        "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"mail [EMAIL]\"},\"done\":false}\r\n{\"model\":\"m\",\"message\":\r{\"content\":\"\"},\r\"done\":true}\r\n"
     );
     assert_eq!(counts.get("email"), Some(&1));
 }
@@ -477,7 +477,7 @@ fn lines_end_at_lf_only() {
 #[test]
 fn line_separators_final_cr_and_done_marker() {
     let m = masker();
-    let input = "{\"response\":\"a\\u2028b\\u2029c jane.doe@\",\"done\":false}\n{\"response\":\"example.com\",\"done\":false}\r";
+    let input = "{\"model\":\"m\",\"response\":\"a\\u2028b\\u2029c jane.doe@\",\"done\":false}\n{\"model\":\"m\",\"response\":\"example.com\",\"done\":false}\r";
     for cuts in [vec![], vec![30, 31, 60]] {
         let (out, _) = stream(&m, input.as_bytes(), &cuts);
         let text = String::from_utf8(out).unwrap();
@@ -502,7 +502,7 @@ fn an_over_long_line_is_withheld_whole() {
     let m = masker();
     let mut input = format!("{{\"response\":\"{}", "x ".repeat(nhi_gate::mask::MAX_EVENT / 2 + 8)).into_bytes();
     input.extend_from_slice(b"jane.doe\\u0040example.com 4111 1111 1111 1111\"}\n");
-    input.extend_from_slice(format!("{}\n", json!({"response": "mail bob@example.com", "done": true})).as_bytes());
+    input.extend_from_slice(format!("{}\n", json!({"model": "m", "response": "mail bob@example.com", "done": true})).as_bytes());
     let mut outs = Vec::new();
     for step in [input.len(), 65536, 4093] {
         let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
@@ -512,7 +512,7 @@ fn an_over_long_line_is_withheld_whole() {
         let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first["error"]["code"], json!("unmaskable_event"));
         assert!(!text.contains("jane") && !text.contains("4111"));
-        assert!(text.ends_with("{\"response\":\"mail [EMAIL]\",\"done\":false}\n{\"response\":\"\",\"done\":true}\n"), "{}", &text[text.len().saturating_sub(200)..]);
+        assert!(text.ends_with("{\"model\":\"m\",\"response\":\"mail [EMAIL]\",\"done\":false}\n{\"model\":\"m\",\"response\":\"\",\"done\":true}\n"), "{}", &text[text.len().saturating_sub(200)..]);
         assert_eq!(counts.get("unmaskable_event"), Some(&1));
         outs.push(text);
     }

@@ -463,6 +463,10 @@ fn records_that_look_like_llm_events_are_not_joined() {
     let cases = [
         (StreamKind::JsonLines, "{\"id\":1,\"response\":\"my SSN is 123-45-6789\"}\n{\"id\":2,\"response\":\"Thanks, noted\"}\n", "123-45-6789"),
         (StreamKind::JsonLines, "{\"user\":\"a\",\"message\":{\"content\":\"card 4111111111111111\"}}\n{\"user\":\"b\",\"message\":{\"content\":\"ok\"}}\n", "4111111111111111"),
+        // `done` without Ollama's `model` (a task export), `stop` without
+        // llama.cpp's slot, index or tokens
+        (StreamKind::JsonLines, "{\"id\":1,\"response\":\"reach me at 415-555-0134\",\"done\":false}\n{\"id\":2,\"response\":\"Thanks, refunded\",\"done\":true}\n", "415-555-0134"),
+        (StreamKind::Sse, "data: {\"content\":\"Owner SSN 123-45-6789\",\"stop\":false}\n\ndata: {\"content\":\"Thanks\",\"stop\":false}\n\n", "123-45-6789"),
         (StreamKind::Sse, "data: {\"doc_id\":\"a\",\"content\":\"Owner SSN 123-45-6789\"}\n\ndata: {\"doc_id\":\"b\",\"content\":\"Thanks\"}\n\ndata: [DONE]\n\n", "123-45-6789"),
         (StreamKind::Sse, "data: {\"doc_id\":\"a\",\"response\":\"Owner SSN 123-45-6789\"}\n\ndata: {\"doc_id\":\"b\",\"response\":\"Thanks\"}\n\ndata: [DONE]\n\n", "123-45-6789"),
     ];
@@ -476,6 +480,23 @@ fn records_that_look_like_llm_events_are_not_joined() {
         // each record keeps its own text, in place
         assert!(out.contains("Thanks") || out.contains("\"ok\""), "{out}");
         let first = out.lines().find(|l| !l.is_empty()).unwrap_or_default();
-        assert!(first.contains("[US_SSN]") || first.contains("[PAYMENT_CARD]"), "{out}");
+        assert!(["[US_SSN]", "[PAYMENT_CARD]", "[PHONE]"].iter().any(|l| first.contains(l)), "{out}");
     }
+}
+
+/// Workers AI events that carry a top-level `finish_reason` (as Cloudflare's
+/// `workers-ai-provider` reads it) are still joined: a phone number split
+/// between two events is masked.
+#[test]
+fn workers_ai_events_with_finish_reason_are_joined() {
+    let input = [
+        ev(&json!({"response": "Call me at 415-555-", "finish_reason": null})),
+        ev(&json!({"response": "0134 today", "finish_reason": "stop"})),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    let out = run(StreamKind::Sse, &input);
+    let joined = concat(&out, "/response");
+    assert_masked(&out, &joined, "0134");
+    assert_eq!(joined, "Call me at [PHONE] today", "{out}");
 }

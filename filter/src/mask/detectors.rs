@@ -207,7 +207,20 @@ fn word_before(s: &[u8], i: usize) -> bool {
 /// Whether a base64url byte glues onto position `i` from the left.
 #[inline]
 fn b64url_before(s: &[u8], i: usize) -> bool {
-    b64url(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i) && !emphasis_before(s, i)
+    b64url(back(s, i, 1)) && !escape_before(s, i) && !percent_escape_before(s, i) && !token_emphasis_before(s, i)
+}
+
+/// [`emphasis_before`] for a base64url token: no base64url byte before the
+/// run either (`-_eyJ…` is one token).
+#[inline]
+fn token_emphasis_before(s: &[u8], i: usize) -> bool {
+    back(s, i, 1) == b'_' && emphasis_run(s, i, b64url)
+}
+
+/// The number of `_` (at most 4) right before `i`.
+#[inline]
+fn run_before(s: &[u8], i: usize) -> usize {
+    (1..=4).take_while(|&k| back(s, i, k) == b'_').count()
 }
 
 /// Whether a word byte glues onto position `e` from the right (a value
@@ -218,10 +231,13 @@ fn word_after(s: &[u8], e: usize) -> bool {
 }
 
 /// Whether a Markdown underscore emphasis opener ends right before `i`: a
-/// run of one to three `_` with no letter or digit before it (`_x_`,
+/// run of one to three `_` with no letter or digit before it, or an
+/// escape (`\n_…`) (`_x_`,
 /// `__x__`, `___x___`; CommonMark §6.2: an underscore run that opens
 /// emphasis is not preceded by an alphanumeric). A break, not part of a
-/// word; `snake_case_4111…` stays one token.
+/// word; `snake_case_4111…` stays one token. (Before a base64url token,
+/// the byte before the run must not be base64url either: `-_eyJ…` is one
+/// token, so every `eyJ` of a long run does not start a scan.)
 #[inline]
 fn emphasis_before(s: &[u8], i: usize) -> bool {
     back(s, i, 1) == b'_' && emphasis_run_before(s, i)
@@ -230,8 +246,15 @@ fn emphasis_before(s: &[u8], i: usize) -> bool {
 #[cold]
 #[inline(never)]
 fn emphasis_run_before(s: &[u8], i: usize) -> bool {
-    let k = (1..=4).take_while(|&k| back(s, i, k) == b'_').count();
-    k <= 3 && !alnum(back(s, i, k + 1))
+    emphasis_run(s, i, alnum)
+}
+
+/// Whether the run of `_` right before `i` is one to three long, with no
+/// `glue` byte before it but for the end of an escape.
+#[inline]
+fn emphasis_run(s: &[u8], i: usize, glue: fn(u8) -> bool) -> bool {
+    let k = run_before(s, i);
+    k <= 3 && (!glue(back(s, i, k + 1)) || escape_before(s, i - k) || percent_escape_before(s, i - k))
 }
 
 /// Whether a Markdown underscore emphasis closer starts at `e`: a run of
@@ -263,6 +286,19 @@ fn trim_emphasis(s: &[u8], st: usize, body: usize, end: usize, min: usize) -> us
     } else {
         end
     }
+}
+
+/// The byte the URL percent-escape at `i` encodes (RFC 3986 §2.1: `%` and
+/// two hex digits, either case), when it is printable ASCII (0x20–0x7E);
+/// `None` when no such escape starts at `i`.
+#[inline]
+pub(crate) fn percent_decoded_at(s: &[u8], i: usize) -> Option<u8> {
+    if at(s, i) != b'%' {
+        return None;
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let d = hex(at(s, i + 1))? * 16 + hex(at(s, i + 2))?;
+    u8::try_from(d).ok().filter(|d| (0x20..=0x7E).contains(d))
 }
 
 /// Whether a URL percent-escape (`%20`, `%3D`, `%2F`: RFC 3986 §2.1) ends
@@ -1356,7 +1392,7 @@ fn jwt(s: &[u8], st: usize) -> Option<usize> {
         5 => h >= 12 && iv >= 2 && ct >= 2 && lens.get(4).is_some_and(|t| *t >= 2),
         _ => false,
     };
-    (ok && !glued_after(s, pos)).then_some(pos)
+    (ok && !glued_after(s, pos)).then(|| trim_emphasis(s, st, st, pos, 0))
 }
 
 /// Parses a PEM private-key armor line at `i` (`-----BEGIN ` or

@@ -710,7 +710,23 @@ impl Inner {
         let open = detectors::scan(&self.enabled, &self.anchors, s.as_bytes(), base, open_from, from, out);
         self.custom_candidates(s, base, out);
         self.invisible_candidates(s, base, from, out);
+        self.percent_candidates(s, base, from, out);
         open
+    }
+
+    /// Candidates that URL percent-escapes hide (`tel=%2B14155550134`,
+    /// `q=card%204111%201111%201111%201111`, `key%3DwJalr…`: a logged URL
+    /// or form body): when `s` holds a percent-escape of printable ASCII
+    /// (`detectors::percent_decoded_at`), `s` is scanned again with those
+    /// decoded, and what is found there is added with its span in `s` (the
+    /// escapes inside it included), as [`Inner::invisible_candidates`]
+    /// does. `from`: as for `detectors::scan`.
+    fn percent_candidates(&self, s: &str, base: usize, from: usize, out: &mut Vec<Cand>) {
+        let Some(v) = Visible::percent_decoded(s) else { return };
+        let first = out.len();
+        detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, v.stripped(from.saturating_sub(base)), out);
+        self.custom_candidates(&v.text, 0, out);
+        v.to_original(out.get_mut(first..).unwrap_or(&mut []), base);
     }
 
     /// Candidates that invisible characters split (`4111\u{200b}1111…`,
@@ -930,6 +946,10 @@ impl Inner {
         if wide {
             self.invisible_candidates(s, 0, 0, cands);
         }
+        // (`%` is an anchor of the digit detectors, which email turns on too)
+        if positions.iter().any(|&p| s.as_bytes().get(p) == Some(&b'%')) {
+            self.percent_candidates(s, 0, 0, cands);
+        }
         self.selected(s, cands)
     }
 
@@ -996,11 +1016,15 @@ impl Inner {
 
 /// A text without its invisible format characters (`detectors::invisible_at`:
 /// soft hyphens, zero width spaces and joiners, direction marks, …, raw or
-/// as `\uXXXX` escapes of JSON held in text).
+/// as `\uXXXX` escapes of JSON held in text), or with its URL
+/// percent-escapes decoded ([`Visible::percent_decoded`]).
 struct Visible {
     text: String,
     /// `(index in text, bytes removed before it)`, one per removal, by index.
     removed: Vec<(u32, u32)>,
+    /// Each removal is the last two bytes of a percent-escape whose
+    /// decoded byte sits right before it in `text`.
+    decoded: bool,
 }
 
 impl Visible {
@@ -1045,7 +1069,36 @@ impl Visible {
             }
         }
         // whole characters (or ASCII escapes, tags) were removed: still UTF-8
-        Some(Visible { text: String::from_utf8(text).ok()?, removed })
+        Some(Visible { text: String::from_utf8(text).ok()?, removed, decoded: false })
+    }
+
+    /// `s` with its percent-escapes of printable ASCII decoded
+    /// (`detectors::percent_decoded_at`; RFC 3986 §2.1), each one pass (a
+    /// `%2540` gives `%40`); `None` when it has none.
+    fn percent_decoded(s: &str) -> Option<Visible> {
+        let b = s.as_bytes();
+        let first = memchr::memchr_iter(b'%', b).find(|&i| detectors::percent_decoded_at(b, i).is_some())?;
+        let mut text = Vec::with_capacity(b.len());
+        text.extend_from_slice(b.get(..first)?);
+        let mut removed = Vec::new();
+        let mut total = 0u32;
+        let mut i = first;
+        while let Some(&byte) = b.get(i) {
+            match detectors::percent_decoded_at(b, i) {
+                Some(d) => {
+                    text.push(d);
+                    total = total.saturating_add(2);
+                    removed.push((u32::try_from(text.len()).ok()?, total));
+                    i += 3;
+                }
+                None => {
+                    text.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        // only ASCII escapes were replaced by ASCII bytes: still UTF-8
+        Some(Visible { text: String::from_utf8(text).ok()?, removed, decoded: true })
     }
 
     /// The index in `text` of byte `x` of the original text (of the next
@@ -1060,7 +1113,11 @@ impl Visible {
     /// text (offset by `base`), the removed pieces inside them included.
     fn to_original(&self, cands: &mut [Cand], base: usize) {
         for c in cands {
-            let end = self.original(c.end.saturating_sub(1)) + 1;
+            let mut end = self.original(c.end.saturating_sub(1)) + 1;
+            // a value ending in a decoded byte takes its whole escape
+            if self.decoded && self.removed.binary_search_by_key(&c.end, |(at, _)| *at as usize).is_ok() {
+                end += 2;
+            }
             c.start = base + self.original(c.start);
             c.end = base + end;
         }
@@ -1146,8 +1203,9 @@ fn at_spellings(value: &str) -> String {
 /// The value hashed for `hash` redaction (see [`Redaction::Hash`]).
 fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
-    // a value split by invisible characters is the same value
-    if let Some(v) = Visible::of(value) {
+    // a value split by invisible characters is the same value, and one
+    // with percent-escapes (`%2B1415…`) the same as decoded
+    if let Some(v) = Visible::of(value).or_else(|| Visible::percent_decoded(value)) {
         return Cow::Owned(normalize(kind, &v.text).into_owned());
     }
     match kind {

@@ -474,6 +474,14 @@ struct ChunkLite {
     response: Option<Value>,
     #[serde(default)]
     stop: Option<Value>,
+    /// llama.cpp: the server slot that generates the answer (`id_slot`,
+    /// `slot_id` before 2024) and the tokens of the event's text.
+    #[serde(default)]
+    id_slot: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    slot_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    tokens: Option<serde::de::IgnoredAny>,
     /// An error event without a `type` (OpenAI-compatible servers, Text
     /// Generation Inference), on which clients stop reading.
     #[serde(default)]
@@ -757,7 +765,7 @@ struct Line {
 
 /// The members of a Cloudflare Workers AI text-generation event (`/ai/run`
 /// with `stream: true`): `response`, and on some events `p` (padding),
-/// `usage` or `tool_calls`; nothing else.
+/// `usage`, `tool_calls` or `finish_reason`; nothing else.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WorkersAiLite {
@@ -769,6 +777,15 @@ struct WorkersAiLite {
     _usage: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "tool_calls")]
     _tool_calls: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "finish_reason")]
+    _finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether `ev` (with a top-level `content`) is shaped as a llama.cpp
+/// `/completion` stream event: a boolean `stop`, and its slot (`id_slot`,
+/// `slot_id`), `index` or `tokens`.
+fn llama_cpp_event(ev: &ChunkLite) -> bool {
+    ev.stop.as_ref().is_some_and(Value::is_boolean) && (ev.id_slot.is_some() || ev.slot_id.is_some() || ev.index.is_some() || ev.tokens.is_some())
 }
 
 /// Whether the event `payload` (a JSON object with a top-level `response`)
@@ -791,6 +808,8 @@ struct LineLite {
     thinking: MaybeText,
     #[serde(default)]
     done: Option<Value>,
+    #[serde(default)]
+    model: Option<serde::de::IgnoredAny>,
     /// An error line (`{"error": "…"}`), on which clients stop reading.
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
@@ -1215,10 +1234,10 @@ impl SseStream {
             // on with the next line of the answer, so a value split around
             // the odd line is still joined (order across it may change)
             match object.then(|| serde_json::from_slice::<LineLite>(payload)) {
-                // (Ollama writes `done` in every line: records of other
-                // streams that hold a `response` or `message.content` are
-                // masked one by one, not joined)
-                Some(Ok(line)) if line.done.is_some() || line.error.is_some() => (Some(self.ollama_line(payload, line, pre, counts)), false),
+                // (Ollama writes `model` and `done` in every line: records
+                // of other streams that hold a `response` or
+                // `message.content` are masked one by one, not joined)
+                Some(Ok(line)) if (line.done.is_some() && line.model.is_some()) || line.error.is_some() => (Some(self.ollama_line(payload, line, pre, counts)), false),
                 Some(Ok(_)) => (None, false),
                 Some(Err(e)) => (None, repeated(&e)),
                 None => (None, false),
@@ -1240,11 +1259,11 @@ impl SseStream {
                     }
                 },
                 Ok(ev) if ev.kind.is_none() && ev.token.as_ref().is_some_and(Value::is_object) => (self.tgi_token(payload, &ev, &event_line, pre, counts), false),
-                // llama.cpp writes `stop` in every event, and a Workers AI
-                // event has no other members: events of other streams that
+                // llama.cpp writes a boolean `stop` and its slot or tokens
+                // in every event, and a Workers AI event has no other members: events of other streams that
                 // hold a top-level `content` or `response` (records, search
                 // results) are masked one by one, not joined
-                Ok(ev) if ev.kind.is_none() && ev.error.is_none() && ((ev.content.is_some() && ev.stop.is_some()) || (ev.response.is_some() && workers_ai_event(payload))) => {
+                Ok(ev) if ev.kind.is_none() && ev.error.is_none() && ((ev.content.is_some() && llama_cpp_event(&ev)) || (ev.response.is_some() && workers_ai_event(payload))) => {
                     match self.top_text(payload, &ev, &event_line, counts) {
                         Some(released) => (Some(released), false),
                         None => {
