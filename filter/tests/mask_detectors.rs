@@ -1222,6 +1222,30 @@ fn values_in_percent_encoded_text() {
     for text in ["100%25 done, 50% left", "a%zz%2", "%2540", "v%3D1.2.3%26build%3D20240115", "id%3D123e4567-e89b-12d3-a456-426614174000", "ts%3D1700000000000"] {
         assert_clean(&m, text);
     }
+    // a form body's `+` between letters or digits is a space; UTF-8
+    // escapes of typeset separators and invisible characters decode
+    assert_masks_to(&m, &[("card=4111+1111+1111+1111", "card=[PAYMENT_CARD]"), ("4111%C2%A01111%C2%A01111%C2%A01111", "[PAYMENT_CARD]"), ("4111%E2%80%8B1111%E2%80%8B1111%E2%80%8B1111", "[PAYMENT_CARD]")], "payment_card");
+    assert_masks_to(&m, &[("phone=%2B1+415+555+0134", "phone=[PHONE]"), ("q=%2B1%C2%A0415%C2%A0555%C2%A00134", "q=[PHONE]")], "phone");
+    assert_clean(&m, "1+1=2 and 4+4, caf%C3%A9");
+    // every built-in and custom detector, also with no digit detector on
+    // (in JSON the rescan needs a `%` anchor)
+    for (cfg, text, want) in [
+        (json!({"detectors": ["openai_key"]}), "key=sk%2Dproj%2DAbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKl", "key=[OPENAI_KEY]"),
+        (json!({"detectors": ["jwt"]}), "jwt=eyJhbGciOiJIUzI1NiJ9%2EeyJzdWIiOiIxMjM0NTY3ODkwIn0%2EdozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "jwt=[JWT]"),
+        (json!({"detectors": [], "custom": [{"name": "tok", "pattern": "tok=[a-z]{6,}"}]}), "tok%3Dabcdefgh", "[TOK]"),
+    ] {
+        let m = masker(cfg);
+        assert_eq!(m.mask_text(text, &mut Counts::new()), want);
+        let body = serde_json::to_vec(&json!({ "v": text })).unwrap();
+        let out: serde_json::Value = serde_json::from_slice(&m.mask_json(&body, &mut Counts::new()).unwrap()).unwrap();
+        assert_eq!(out["v"], want, "in JSON");
+    }
+    // hash redaction decodes once, without recursion: deep `%25` nesting
+    // is bounded work
+    let deep = format!("tok=%{}41 end", "25".repeat(40_000));
+    let h = masker(json!({"detectors": [], "custom": [{"name": "tok", "pattern": "tok=[^&\\s]+"}], "hash_key": "k".repeat(32), "per_detector": {"tok": "hash"}}));
+    let out = h.mask_text(&deep, &mut Counts::new());
+    assert!(!out.contains("%25") && out.ends_with(" end"), "{}", &out[..out.len().min(80)]);
     let hashed = masker(json!({"detectors": ["phone"], "hash_key": "k".repeat(32), "per_detector": {"phone": "hash"}}));
     let a = hashed.mask_text("tel=%2B14155550134", &mut Counts::new());
     let b = hashed.mask_text("tel=+14155550134", &mut Counts::new());

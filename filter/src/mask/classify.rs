@@ -26,6 +26,8 @@ pub(crate) struct Anchors {
     pub uscore: bool,
     /// `-` (`sk-`, `xoxb-`, PEM armor).
     pub dash: bool,
+    /// `%` (a URL percent-escape: the text is scanned again decoded).
+    pub percent: bool,
 }
 
 impl Anchors {
@@ -33,7 +35,8 @@ impl Anchors {
     #[cfg(test)]
     pub(crate) fn is_anchor(&self, b: u8) -> bool {
         (self.at && (b == b'@' || b == b';'))
-            || (self.digit && (b.is_ascii_digit() || b == b'%'))
+            || (self.digit && b.is_ascii_digit())
+            || (self.percent && b == b'%')
             || (self.colon && b == b':')
             || (self.upper_i && b == b'I')
             || (self.upper_j && b == b'J')
@@ -216,7 +219,10 @@ mod v {
 fn trig(x: v::V, a: &Anchors) -> v::V {
     let mut t = v::none();
     if a.digit {
-        t = v::or(t, v::or(v::within(x, b'0', 10), v::eq(x, b'%')));
+        t = v::or(t, v::within(x, b'0', 10));
+    }
+    if a.percent {
+        t = v::or(t, v::eq(x, b'%'));
     }
     if a.at {
         t = v::or(t, v::or(v::eq(x, b'@'), v::eq(x, b';')));
@@ -301,7 +307,7 @@ mod tests {
 
     #[test]
     fn every_byte_value_in_every_lane() {
-        let all = Anchors { at: true, digit: true, colon: true, upper_i: true, upper_j: true, uscore: true, dash: true };
+        let all = Anchors { at: true, digit: true, colon: true, upper_i: true, upper_j: true, uscore: true, dash: true, percent: true };
         let some = Anchors { at: true, dash: true, ..Anchors::default() };
         for a in [all, some, Anchors::default()] {
             for base in 0..=255u8 {

@@ -128,6 +128,8 @@ pub(crate) fn anchors(en: &Enabled) -> Anchors {
         upper_j: any(&[Builtin::Jwt]),
         uscore: any(&[Builtin::GithubToken, Builtin::AwsAccessKey]),
         dash: any(&[Builtin::OpenaiKey, Builtin::AnthropicKey, Builtin::SlackToken, Builtin::PrivateKey]),
+        // any built-in may be written with percent-escapes
+        percent: en.idx.iter().any(Option::is_some),
     }
 }
 
@@ -288,17 +290,46 @@ fn trim_emphasis(s: &[u8], st: usize, body: usize, end: usize, min: usize) -> us
     }
 }
 
-/// The byte the URL percent-escape at `i` encodes (RFC 3986 §2.1: `%` and
-/// two hex digits, either case), when it is printable ASCII (0x20–0x7E);
-/// `None` when no such escape starts at `i`.
+/// The byte one URL percent-escape at `i` encodes (RFC 3986 §2.1: `%` and
+/// two hex digits, either case).
 #[inline]
-pub(crate) fn percent_decoded_at(s: &[u8], i: usize) -> Option<u8> {
+fn percent_byte(s: &[u8], i: usize) -> Option<u8> {
     if at(s, i) != b'%' {
         return None;
     }
     let hex = |b: u8| char::from(b).to_digit(16);
-    let d = hex(at(s, i + 1))? * 16 + hex(at(s, i + 2))?;
-    u8::try_from(d).ok().filter(|d| (0x20..=0x7E).contains(d))
+    u8::try_from(hex(at(s, i + 1))? * 16 + hex(at(s, i + 2))?).ok()
+}
+
+/// What the URL percent-escapes at `i` encode: printable ASCII (0x20–0x7E,
+/// one escape) or one whole UTF-8 character (`%C2%A0`, `%E2%80%8B`: two to
+/// four escapes). Returns the character's bytes (`[..n]`), `n`, and the
+/// bytes of `s` it takes (`3 * n`); `None` when no such escape starts at
+/// `i` (a lone `%`, a control byte, broken UTF-8).
+#[inline]
+pub(crate) fn percent_decoded_at(s: &[u8], i: usize) -> Option<([u8; 4], usize, usize)> {
+    let b0 = percent_byte(s, i)?;
+    let n = match b0 {
+        0x20..=0x7E => return Some(([b0, 0, 0, 0], 1, 3)),
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return None,
+    };
+    let mut buf = [b0, 0, 0, 0];
+    for k in 1..n {
+        *buf.get_mut(k)? = percent_byte(s, i + 3 * k)?;
+    }
+    std::str::from_utf8(buf.get(..n)?).ok()?;
+    Some((buf, n, 3 * n))
+}
+
+/// Whether the `+` at `i` stands for a space (an HTML form body,
+/// `application/x-www-form-urlencoded`: `card=4111+1111+…`): a letter or
+/// digit on both sides. (`+1 415…` keeps its `+`.)
+#[inline]
+pub(crate) fn form_space_at(s: &[u8], i: usize) -> bool {
+    at(s, i) == b'+' && alnum(back(s, i, 1)) && alnum(at(s, i + 1))
 }
 
 /// Whether a URL percent-escape (`%20`, `%3D`, `%2F`: RFC 3986 §2.1) ends

@@ -722,10 +722,13 @@ impl Inner {
     /// escapes inside it included), as [`Inner::invisible_candidates`]
     /// does. `from`: as for `detectors::scan`.
     fn percent_candidates(&self, s: &str, base: usize, from: usize, out: &mut Vec<Cand>) {
-        let Some(v) = Visible::percent_decoded(s) else { return };
+        let Some(v) = Visible::percent_decoded(s, true) else { return };
         let first = out.len();
-        detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, v.stripped(from.saturating_sub(base)), out);
+        let from = v.stripped(from.saturating_sub(base));
+        detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, from, out);
         self.custom_candidates(&v.text, 0, out);
+        // invisible characters written as escapes (`4111%E2%80%8B1111…`)
+        self.invisible_candidates(&v.text, 0, from, out);
         v.to_original(out.get_mut(first..).unwrap_or(&mut []), base);
     }
 
@@ -946,8 +949,9 @@ impl Inner {
         if wide {
             self.invisible_candidates(s, 0, 0, cands);
         }
-        // (`%` is an anchor of the digit detectors, which email turns on too)
-        if positions.iter().any(|&p| s.as_bytes().get(p) == Some(&b'%')) {
+        // (`%` is an anchor whenever a built-in is on; `+` of a form body
+        // is looked for only in strings with other anchors)
+        if positions.iter().any(|&p| s.as_bytes().get(p) == Some(&b'%')) || (!positions.is_empty() && memchr::memchr(b'+', s.as_bytes()).is_some()) || (positions.is_empty() && memchr::memchr(b'%', s.as_bytes()).is_some()) {
             self.percent_candidates(s, 0, 0, cands);
         }
         self.selected(s, cands)
@@ -1072,12 +1076,15 @@ impl Visible {
         Some(Visible { text: String::from_utf8(text).ok()?, removed, decoded: false })
     }
 
-    /// `s` with its percent-escapes of printable ASCII decoded
-    /// (`detectors::percent_decoded_at`; RFC 3986 §2.1), each one pass (a
-    /// `%2540` gives `%40`); `None` when it has none.
-    fn percent_decoded(s: &str) -> Option<Visible> {
+    /// `s` with its percent-escapes of printable ASCII and of whole UTF-8
+    /// characters decoded (`detectors::percent_decoded_at`; RFC 3986 §2.1)
+    /// and, with `form`, the `+` of a form body read as a space
+    /// (`detectors::form_space_at`), in one pass (a `%2540` gives `%40`);
+    /// `None` when it has none.
+    fn percent_decoded(s: &str, form: bool) -> Option<Visible> {
         let b = s.as_bytes();
-        let first = memchr::memchr_iter(b'%', b).find(|&i| detectors::percent_decoded_at(b, i).is_some())?;
+        let space = |i: usize| form && detectors::form_space_at(b, i);
+        let first = memchr::memchr2_iter(b'%', b'+', b).find(|&i| space(i) || detectors::percent_decoded_at(b, i).is_some())?;
         let mut text = Vec::with_capacity(b.len());
         text.extend_from_slice(b.get(..first)?);
         let mut removed = Vec::new();
@@ -1085,19 +1092,19 @@ impl Visible {
         let mut i = first;
         while let Some(&byte) = b.get(i) {
             match detectors::percent_decoded_at(b, i) {
-                Some(d) => {
-                    text.push(d);
-                    total = total.saturating_add(2);
+                Some((d, n, len)) => {
+                    text.extend_from_slice(d.get(..n)?);
+                    total = total.saturating_add(u32::try_from(len - n).ok()?);
                     removed.push((u32::try_from(text.len()).ok()?, total));
-                    i += 3;
+                    i += len;
                 }
                 None => {
-                    text.push(byte);
+                    text.push(if space(i) { b' ' } else { byte });
                     i += 1;
                 }
             }
         }
-        // only ASCII escapes were replaced by ASCII bytes: still UTF-8
+        // escapes were replaced by whole characters: still UTF-8
         Some(Visible { text: String::from_utf8(text).ok()?, removed, decoded: true })
     }
 
@@ -1114,9 +1121,12 @@ impl Visible {
     fn to_original(&self, cands: &mut [Cand], base: usize) {
         for c in cands {
             let mut end = self.original(c.end.saturating_sub(1)) + 1;
-            // a value ending in a decoded byte takes its whole escape
-            if self.decoded && self.removed.binary_search_by_key(&c.end, |(at, _)| *at as usize).is_ok() {
-                end += 2;
+            // a value ending in a decoded character takes its whole escape
+            if self.decoded {
+                if let Ok(k) = self.removed.binary_search_by_key(&c.end, |(at, _)| *at as usize) {
+                    let before = k.checked_sub(1).and_then(|j| self.removed.get(j)).map_or(0, |(_, n)| *n as usize);
+                    end += self.removed.get(k).map_or(0, |(_, n)| *n as usize).saturating_sub(before);
+                }
             }
             c.start = base + self.original(c.start);
             c.end = base + end;
@@ -1204,10 +1214,20 @@ fn at_spellings(value: &str) -> String {
 fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
     // a value split by invisible characters is the same value, and one
-    // with percent-escapes (`%2B1415…`) the same as decoded
-    if let Some(v) = Visible::of(value).or_else(|| Visible::percent_decoded(value)) {
-        return Cow::Owned(normalize(kind, &v.text).into_owned());
+    // with percent-escapes (`%2B1415…`) the same as decoded (each decoded
+    // once: no recursion on what a value holds)
+    let decoded = Visible::percent_decoded(value, false).map(|v| v.text);
+    let decoded = decoded.as_deref().unwrap_or(value);
+    match Visible::of(decoded) {
+        Some(v) => Cow::Owned(normalize_plain(kind, &v.text).into_owned()),
+        None if decoded != value => Cow::Owned(normalize_plain(kind, decoded).into_owned()),
+        None => normalize_plain(kind, value),
     }
+}
+
+/// [`normalize`] of a value without invisible characters or escapes.
+fn normalize_plain<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
     match kind {
         Kind::Builtin(Builtin::PaymentCard | Builtin::UsSsn) => Cow::Owned(without_escapes(value).chars().filter(char::is_ascii_digit).collect()),
         Kind::Builtin(Builtin::Phone) => {
