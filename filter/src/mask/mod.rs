@@ -729,6 +729,18 @@ impl Inner {
         self.custom_candidates(&v.text, 0, out);
         // invisible characters written as escapes (`4111%E2%80%8B1111…`)
         self.invisible_candidates(&v.text, 0, from, out);
+        // (a PEM block is held in a stream until its footer by the first
+        // scan alone: one found only here would depend on the chunking)
+        if let Some(pem) = self.enabled.get(detectors::Builtin::PrivateKey) {
+            let mut k = first;
+            while let Some(c) = out.get(k) {
+                if c.det == pem {
+                    out.swap_remove(k);
+                } else {
+                    k += 1;
+                }
+            }
+        }
         v.to_original(out.get_mut(first..).unwrap_or(&mut []), base);
     }
 
