@@ -1230,6 +1230,7 @@ fn values_in_percent_encoded_text() {
     // every built-in and custom detector, also with no digit detector on
     // (in JSON the rescan needs a `%` anchor)
     for (cfg, text, want) in [
+        (json!({}), "card=4111+1111+1111+1111&q=%2B1%20415%20555%200134", "card=[PAYMENT_CARD]&q=[PHONE]"),
         (json!({"detectors": ["openai_key"]}), "key=sk%2Dproj%2DAbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKl", "key=[OPENAI_KEY]"),
         (json!({"detectors": ["jwt"]}), "jwt=eyJhbGciOiJIUzI1NiJ9%2EeyJzdWIiOiIxMjM0NTY3ODkwIn0%2EdozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "jwt=[JWT]"),
         (json!({"detectors": [], "custom": [{"name": "tok", "pattern": "tok=[a-z]{6,}"}]}), "tok%3Dabcdefgh", "[TOK]"),

@@ -961,9 +961,17 @@ impl Inner {
         if wide {
             self.invisible_candidates(s, 0, 0, cands);
         }
-        // (`%` is an anchor whenever a built-in is on; `+` of a form body
-        // is looked for only in strings with other anchors)
-        if positions.iter().any(|&p| s.as_bytes().get(p) == Some(&b'%')) || (!positions.is_empty() && memchr::memchr(b'+', s.as_bytes()).is_some()) || (positions.is_empty() && memchr::memchr(b'%', s.as_bytes()).is_some()) {
+        // (`%` is an anchor whenever a built-in is on, and a digit after a
+        // form body's `+` is one when a digit detector is; with custom
+        // detectors alone there are none)
+        let b = s.as_bytes();
+        let form_digit = |p: usize| p >= 2 && b.get(p - 1) == Some(&b'+') && b.get(p - 2).is_some_and(u8::is_ascii_alphanumeric);
+        let escaped = positions.iter().any(|&p| match b.get(p) {
+            Some(b'%') => true,
+            Some(d) => d.is_ascii_digit() && form_digit(p),
+            None => false,
+        });
+        if escaped || (positions.is_empty() && memchr::memchr(b'%', b).is_some()) {
             self.percent_candidates(s, 0, 0, cands);
         }
         self.selected(s, cands)
