@@ -1224,9 +1224,15 @@ fn values_in_percent_encoded_text() {
     }
     // a form body's `+` between letters or digits is a space; UTF-8
     // escapes of typeset separators and invisible characters decode
-    assert_masks_to(&m, &[("card=4111+1111+1111+1111", "card=[PAYMENT_CARD]"), ("4111%C2%A01111%C2%A01111%C2%A01111", "[PAYMENT_CARD]"), ("4111%E2%80%8B1111%E2%80%8B1111%E2%80%8B1111", "[PAYMENT_CARD]")], "payment_card");
+    assert_masks_to(&m, &[("name=Jane+Doe&card=4111+1111+1111+1111", "name=Jane+Doe&card=[PAYMENT_CARD]"), ("?q=4111+1111+1111+1111", "?q=[PAYMENT_CARD]"), ("4111%C2%A01111%C2%A01111%C2%A01111", "[PAYMENT_CARD]"), ("4111%E2%80%8B1111%E2%80%8B1111%E2%80%8B1111", "[PAYMENT_CARD]")], "payment_card");
     assert_masks_to(&m, &[("phone=%2B1+415+555+0134", "phone=[PHONE]"), ("q=%2B1%C2%A0415%C2%A0555%C2%A00134", "q=[PHONE]")], "phone");
-    assert_clean(&m, "1+1=2 and 4+4, caf%C3%A9");
+    // (`tel=%2B44+%280%2920+…`: a `+` before an escape is a space too)
+    assert_masks_to(&m, &[("tel=%2B44+%280%2920+7946+0958", "tel=[PHONE]")], "phone");
+    // a `+` is a space only in a token that reads as a form body or query
+    // string (an `=` and one of `?`, `&`, `%`): sums in prose stay sums
+    for text in ["1+1=2 and 4+4, caf%C3%A9", "mem 512+256+1024", "Total: 200+300+1500 = 2000", "sum = 378+2822+4631+0005", "total=200+300+1500", "x+1+415+555+0134"] {
+        assert_clean(&m, text);
+    }
     // every built-in and custom detector, also with no digit detector on
     // (in JSON the rescan needs a `%` anchor)
     for (cfg, text, want) in [

@@ -324,12 +324,27 @@ pub(crate) fn percent_decoded_at(s: &[u8], i: usize) -> Option<([u8; 4], usize, 
     Some((buf, n, 3 * n))
 }
 
-/// Whether the `+` at `i` stands for a space (an HTML form body,
+/// Whether the `+` at `i` may stand for a space (an HTML form body,
 /// `application/x-www-form-urlencoded`: `card=4111+1111+…`): a letter or
-/// digit on both sides. (`+1 415…` keeps its `+`.)
+/// digit (or the end of a percent-escape) before it, a letter, digit or
+/// percent-escape after it. (`+1 415…` keeps its `+`; the caller checks
+/// that the token reads as a form body.)
 #[inline]
 pub(crate) fn form_space_at(s: &[u8], i: usize) -> bool {
-    at(s, i) == b'+' && alnum(back(s, i, 1)) && alnum(at(s, i + 1))
+    at(s, i) == b'+' && alnum(back(s, i, 1)) && (alnum(at(s, i + 1)) || percent_byte(s, i + 1).is_some())
+}
+
+/// The length of a percent-escaped invisible character (see
+/// [`invisible_at`]: `%C2%AD`, `%E2%80%8B`, …) that ends right before `j`;
+/// 0 if none.
+pub(crate) fn percent_invisible_before(s: &[u8], j: usize) -> usize {
+    [6, 9]
+        .into_iter()
+        .find(|&l| {
+            j >= l
+                && percent_decoded_at(s, j - l).is_some_and(|(c, n, len)| len == l && c.get(..n).is_some_and(|c| invisible_at(c, 0) == n))
+        })
+        .unwrap_or(0)
 }
 
 /// Whether a URL percent-escape (`%20`, `%3D`, `%2F`: RFC 3986 §2.1) ends

@@ -1103,7 +1103,13 @@ impl Visible {
     /// `None` when it has none.
     fn percent_decoded(s: &str, form: bool) -> Option<Visible> {
         let b = s.as_bytes();
-        let space = |i: usize| form && detectors::form_space_at(b, i);
+        // (a `+` is a space only in a token that reads as a form body or
+        // query string: `512+256+1024` in prose is a sum)
+        let forms = if form && memchr::memchr(b'+', b).is_some() { form_tokens(b) } else { Vec::new() };
+        let space = |i: usize| {
+            let k = forms.partition_point(|(_, end)| *end <= i);
+            forms.get(k).is_some_and(|(st, _)| *st <= i) && detectors::form_space_at(b, i)
+        };
         let first = memchr::memchr2_iter(b'%', b'+', b).find(|&i| space(i) || detectors::percent_decoded_at(b, i).is_some())?;
         let mut text = Vec::with_capacity(b.len());
         text.extend_from_slice(b.get(..first)?);
@@ -1158,6 +1164,32 @@ impl Visible {
         let k = self.removed.partition_point(|(at, _)| *at as usize <= x);
         x + k.checked_sub(1).and_then(|k| self.removed.get(k)).map_or(0, |(_, n)| *n as usize)
     }
+}
+
+/// The tokens of `b` (split at whitespace, quotes and `<`/`>`) that read as
+/// an HTML form body or URL query string: they hold an `=` and one of `?`,
+/// `&` or `%` (`?q=4111+1111…`, `name=Jane+Doe&card=…`, `tel=%2B1+415…`).
+/// `(start, end)` ranges, in order.
+fn form_tokens(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut st, mut eq, mut sep) = (0usize, false, false);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'<' | b'>' => {
+                if eq && sep {
+                    out.push((st, i));
+                }
+                (st, eq, sep) = (i + 1, false, false);
+            }
+            b'=' => eq = true,
+            b'?' | b'&' | b'%' => sep = true,
+            _ => {}
+        }
+    }
+    if eq && sep {
+        out.push((st, b.len()));
+    }
+    out
 }
 
 /// The inline HTML elements highlighters wrap matches in (any case).

@@ -308,17 +308,18 @@ impl TextStream {
 
 /// The position `back` visible bytes before the end of `buf` (not before
 /// `start`): invisible characters (`detectors::invisible_at`) do not
-/// count, so padding a spaced value with them (`4111 ⁠⁠…⁠1111 …`) cannot
-/// stretch it past the hold-back window.
+/// count, raw or percent-escaped, so padding a spaced value with them
+/// (`4111 ⁠⁠…⁠1111 …`) cannot stretch it past the hold-back window.
 fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
     let n = buf.len();
     let lo = n.saturating_sub(back);
-    if buf.get(lo..).is_some_and(|t| t.is_ascii() && memchr::memchr(b'\\', t).is_none()) {
+    if buf.get(lo..).is_some_and(|t| t.is_ascii() && memchr::memchr2(b'\\', b'%', t).is_none()) {
         return lo;
     }
     let (mut p, mut seen) = (n, 0);
     while p > start && seen < back {
-        match detectors::invisible_before(buf, p) {
+        // (also when percent-escaped: `%E2%80%8B`)
+        match detectors::invisible_before(buf, p).max(detectors::percent_invisible_before(buf, p)) {
             0 => {
                 p -= 1;
                 seen += 1;
