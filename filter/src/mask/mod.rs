@@ -1105,10 +1105,14 @@ impl Visible {
         let b = s.as_bytes();
         // (a `+` is a space only in a token that reads as a form body or
         // query string: `512+256+1024` in prose is a sum)
-        let forms = if form && memchr::memchr(b'+', b).is_some() { form_tokens(b) } else { Vec::new() };
+        // (found at the first `+` that may be a space: one pass over `s`)
+        let forms = std::cell::OnceCell::new();
         let space = |i: usize| {
-            let k = forms.partition_point(|(_, end)| *end <= i);
-            forms.get(k).is_some_and(|(st, _)| *st <= i) && detectors::form_space_at(b, i)
+            form && detectors::form_space_at(b, i) && {
+                let forms: &Vec<(usize, usize)> = forms.get_or_init(|| form_tokens(b));
+                let k = forms.partition_point(|(_, end)| *end <= i);
+                forms.get(k).is_some_and(|(st, _)| *st <= i)
+            }
         };
         let first = memchr::memchr2_iter(b'%', b'+', b).find(|&i| space(i) || detectors::percent_decoded_at(b, i).is_some())?;
         let mut text = Vec::with_capacity(b.len());
