@@ -1075,25 +1075,8 @@ impl Visible {
 
     /// `s` without the pieces `len_at` measures, the first at `first`.
     fn from(s: &str, first: usize, len_at: fn(&[u8], usize) -> usize) -> Option<Visible> {
-        let b = s.as_bytes();
-        let mut text = Vec::with_capacity(b.len());
-        text.extend_from_slice(b.get(..first)?);
-        let mut removed = Vec::new();
-        let mut total = 0u32;
-        let mut i = first;
-        while let Some(&byte) = b.get(i) {
-            let n = len_at(b, i);
-            if n > 0 {
-                total = total.saturating_add(n as u32);
-                removed.push((u32::try_from(text.len()).ok()?, total));
-                i += n;
-            } else {
-                text.push(byte);
-                i += 1;
-            }
-        }
-        // whole characters (or ASCII escapes, tags) were removed: still UTF-8
-        Some(Visible { text: String::from_utf8(text).ok()?, removed, decoded: false })
+        // (whole characters, ASCII escapes or tags are removed: still UTF-8)
+        Visible::rewritten(s, first, false, |b, i| Some(([0; 4], 0, len_at(b, i))))
     }
 
     /// `s` with its percent-escapes of printable ASCII and of whole UTF-8
@@ -1104,8 +1087,8 @@ impl Visible {
     fn percent_decoded(s: &str, form: bool) -> Option<Visible> {
         let b = s.as_bytes();
         // (a `+` is a space only in a token that reads as a form body or
-        // query string: `512+256+1024` in prose is a sum)
-        // (found at the first `+` that may be a space: one pass over `s`)
+        // query string: `512+256+1024` in prose is a sum; the tokens are
+        // found at the first `+` that may be a space, in one pass over `s`)
         let forms = std::cell::OnceCell::new();
         let space = |i: usize| {
             form && detectors::form_space_at(b, i) && {
@@ -1114,28 +1097,41 @@ impl Visible {
                 forms.get(k).is_some_and(|(st, _)| *st <= i)
             }
         };
-        let first = memchr::memchr2_iter(b'%', b'+', b).find(|&i| space(i) || detectors::percent_decoded_at(b, i).is_some())?;
+        let piece = |b: &[u8], i: usize| detectors::percent_decoded_at(b, i).or_else(|| space(i).then_some(([b' ', 0, 0, 0], 1, 1)));
+        let first = memchr::memchr2_iter(b'%', b'+', b).find(|&i| piece(b, i).is_some())?;
+        // (escapes are replaced by whole characters: still UTF-8)
+        Visible::rewritten(s, first, true, piece)
+    }
+
+    /// `s` with pieces rewritten, the first at `first`: `piece(b, i)` gives
+    /// what replaces the piece at byte `i` (`bytes[..n]`; `n` = 0: removed)
+    /// and the piece's length in `s`, `None` (or a length of 0) where none
+    /// starts; `decoded`: see [`Visible::decoded`]. `None` if the result is
+    /// not UTF-8.
+    fn rewritten(s: &str, first: usize, decoded: bool, piece: impl Fn(&[u8], usize) -> Option<([u8; 4], usize, usize)>) -> Option<Visible> {
+        let b = s.as_bytes();
         let mut text = Vec::with_capacity(b.len());
         text.extend_from_slice(b.get(..first)?);
         let mut removed = Vec::new();
         let mut total = 0u32;
         let mut i = first;
         while let Some(&byte) = b.get(i) {
-            match detectors::percent_decoded_at(b, i) {
-                Some((d, n, len)) => {
+            match piece(b, i) {
+                Some((d, n, len)) if len > 0 => {
                     text.extend_from_slice(d.get(..n)?);
-                    total = total.saturating_add(u32::try_from(len - n).ok()?);
-                    removed.push((u32::try_from(text.len()).ok()?, total));
+                    if len > n {
+                        total = total.saturating_add(u32::try_from(len - n).ok()?);
+                        removed.push((u32::try_from(text.len()).ok()?, total));
+                    }
                     i += len;
                 }
-                None => {
-                    text.push(if space(i) { b' ' } else { byte });
+                _ => {
+                    text.push(byte);
                     i += 1;
                 }
             }
         }
-        // escapes were replaced by whole characters: still UTF-8
-        Some(Visible { text: String::from_utf8(text).ok()?, removed, decoded: true })
+        Some(Visible { text: String::from_utf8(text).ok()?, removed, decoded })
     }
 
     /// The index in `text` of byte `x` of the original text (of the next
