@@ -281,9 +281,9 @@ fn trim_emphasis(s: &[u8], st: usize, body: usize, end: usize, min: usize) -> us
     if !emphasis_before(s, st) {
         return end;
     }
-    let open = (1..=3).take_while(|&k| back(s, st, k) == b'_').count();
-    let close = (1..=3).take_while(|&k| back(s, end, k) == b'_').count();
-    if open == close && end - close >= body + min && !alnum(at(s, end)) && back(s, end, close + 1) != b'_' {
+    // (the opening run is at most 3 long: the same length is the whole run)
+    let (open, close) = (run_before(s, st), run_before(s, end));
+    if open == close && end - close >= body + min && !alnum(at(s, end)) {
         end - close
     } else {
         end

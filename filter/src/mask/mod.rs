@@ -732,14 +732,8 @@ impl Inner {
         // (a PEM block is held in a stream until its footer by the first
         // scan alone: one found only here would depend on the chunking)
         if let Some(pem) = self.enabled.get(detectors::Builtin::PrivateKey) {
-            let mut k = first;
-            while let Some(c) = out.get(k) {
-                if c.det == pem {
-                    out.swap_remove(k);
-                } else {
-                    k += 1;
-                }
-            }
+            let found = out.split_off(first);
+            out.extend(found.into_iter().filter(|c| c.det != pem));
         }
         v.to_original(out.get_mut(first..).unwrap_or(&mut []), base);
     }
