@@ -1261,9 +1261,10 @@ impl SseStream {
                 },
                 Ok(ev) if ev.kind.is_none() && ev.token.as_ref().is_some_and(Value::is_object) => (self.tgi_token(payload, &ev, &event_line, pre, counts), false),
                 // llama.cpp writes a boolean `stop` and its slot or tokens
-                // in every event, and a Workers AI event has no other members: events of other streams that
-                // hold a top-level `content` or `response` (records, search
-                // results) are masked one by one, not joined
+                // in every event, and a Workers AI event has no other
+                // members: events of other streams that hold a top-level
+                // `content` or `response` (records, search results) are
+                // masked one by one, not joined
                 Ok(ev) if ev.kind.is_none() && ev.error.is_none() && ((ev.content.is_some() && llama_cpp_event(&ev)) || (ev.response.is_some() && workers_ai_event(payload))) => {
                     match self.top_text(payload, &ev, &event_line, counts) {
                         Some(released) => (Some(released), false),
