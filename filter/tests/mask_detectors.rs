@@ -1247,8 +1247,8 @@ fn values_in_percent_encoded_text() {
         let out: serde_json::Value = serde_json::from_slice(&m.mask_json(&body, &mut Counts::new()).unwrap()).unwrap();
         assert_eq!(out["v"], want, "in JSON");
     }
-    // hash redaction decodes once, without recursion: deep `%25` nesting
-    // is bounded work
+    // hash redaction decodes at most three layers, in a loop: deep `%25`
+    // nesting is bounded work
     let deep = format!("tok=%{}41 end", "25".repeat(40_000));
     let h = masker(json!({"detectors": [], "custom": [{"name": "tok", "pattern": "tok=[^&\\s]+"}], "hash_key": "k".repeat(32), "per_detector": {"tok": "hash"}}));
     let out = h.mask_text(&deep, &mut Counts::new());
@@ -1258,6 +1258,29 @@ fn values_in_percent_encoded_text() {
     let b = hashed.mask_text("tel=+14155550134", &mut Counts::new());
     assert_eq!(a, b);
     assert_ne!(a, "tel=%2B14155550134");
+}
+
+/// Values percent-encoded twice or three times (a URL inside a URL's
+/// query: login `next=` and tracking links encode `%` as `%25`) are found
+/// layer by layer and masked with all their escapes; a fourth layer is not
+/// decoded. Hash redaction gives the decoded value's token.
+#[test]
+fn values_percent_encoded_more_than_once() {
+    let m = all_detectors();
+    assert_masks_to(&m, &[("https://a.example/login?next=%2Fcb%3Femail%3Djane%2540acme.com%26x%3D1", "https://a.example/login?next=%2Fcb%3Femail%3D[EMAIL]%26x%3D1"), ("u=%252Fcb%253Fe%253Djane%25252Edoe%252540acme.com", "u=%252Fcb%253Fe%253D[EMAIL]")], "email");
+    assert_masks_to(&m, &[("x %252B14155550134 y", "x [PHONE] y"), ("x %25252B14155550134 y", "x [PHONE] y"), ("r=%252Fcb%253Ftel%253D%25252B14155550134", "r=%252Fcb%253Ftel%253D[PHONE]")], "phone");
+    assert_masks_to(&m, &[("q%3Dcard%25204111%25201111%25201111%25201111", "q%3Dcard%2520[PAYMENT_CARD]")], "payment_card");
+    for text in ["four %2525252B14155550134 z", "50%2525 off", "%252540", "v%253D1.2.3%2526build%253D20240115", "ts%253D1700000000000"] {
+        assert_clean(&m, text);
+    }
+    // the same in a JSON string value
+    let body = serde_json::to_vec(&json!({ "u": "next=%2Fcb%3Femail%3Djane%2540acme.com" })).unwrap();
+    let out: serde_json::Value = serde_json::from_slice(&m.mask_json(&body, &mut Counts::new()).unwrap()).unwrap();
+    assert_eq!(out["u"], "next=%2Fcb%3Femail%3D[EMAIL]");
+    let hashed = masker(json!({"detectors": ["phone"], "hash_key": "k".repeat(32), "per_detector": {"phone": "hash"}}));
+    let a = hashed.mask_text("tel=%252B14155550134", &mut Counts::new());
+    assert_eq!(a, hashed.mask_text("tel=+14155550134", &mut Counts::new()));
+    assert_ne!(a, "tel=%252B14155550134");
 }
 
 /// Emphasis right after an escape of JSON held in text (`\n_…_`,

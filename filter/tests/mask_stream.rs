@@ -56,6 +56,9 @@ const PII: &[&str] = &[
     "%2B44%2020%207946%200958",
     "4111%201111%201111%201111",
     "jane%2Edoe%40example%2Ecom",
+    // encoded twice (a URL in a URL's query)
+    "%252B14155550134",
+    "jane%25252Edoe%252540example.com",
     // split by invisible characters
     "4111\u{200b}1111\u{200b}1111\u{200b}1111",
     "jane\u{ad}.roe@exam\u{ad}ple.org",
@@ -73,7 +76,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
-    "-----END ", "-----EN", "_", "__", "%2B", "%20", "%2", "%40", "%2D", "%3D", "%C2%A0", "%E2%80%8B", "%C2", "=", "&", "?q=", "+", "https://", "hooks.slack.com/services/", "hooks.slack.com/", "T024BE7LD/", "B01ABCDEF12/", "abcDEF123ghiJKL456mnoPQR", "/", "\u{200b}", "\u{ad}", "\u{feff}", "x12", "ext.", "X", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
+    "-----END ", "-----EN", "_", "__", "%2B", "%20", "%2", "%40", "%25", "%252B", "%2D", "%3D", "%C2%A0", "%E2%80%8B", "%C2", "=", "&", "?q=", "+", "https://", "hooks.slack.com/services/", "hooks.slack.com/", "T024BE7LD/", "B01ABCDEF12/", "abcDEF123ghiJKL456mnoPQR", "/", "\u{200b}", "\u{ad}", "\u{feff}", "x12", "ext.", "X", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
     "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", ".png", "jane@acme.com", "git@", ":o/r.git", "123 45 6789", "123456789", "078 05", " 1121", "030/", "1234567", "(11) ", "8 (495) ", "45-67", "(+44) ", "(+", "44)",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",

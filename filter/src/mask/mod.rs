@@ -721,7 +721,18 @@ impl Inner {
     /// decoded, and what is found there is added with its span in `s` (the
     /// escapes inside it included), as [`Inner::invisible_candidates`]
     /// does. `from`: as for `detectors::scan`.
+    ///
+    /// A value percent-encoded more than once (a URL inside a URL's query,
+    /// as in a login or tracking link: `next=%2Fcb%3Fe%3Djane%2540acme.com`)
+    /// is decoded again while the decoded text still holds an escape, up to
+    /// [`PERCENT_LAYERS`] layers in all.
     fn percent_candidates(&self, s: &str, base: usize, from: usize, out: &mut Vec<Cand>) {
+        self.percent_layer(s, base, from, out, 1);
+    }
+
+    /// [`Inner::percent_candidates`] of decoding layer `layer` (1 for `s`
+    /// as written).
+    fn percent_layer(&self, s: &str, base: usize, from: usize, out: &mut Vec<Cand>, layer: u8) {
         let Some(v) = Visible::percent_decoded(s, true) else { return };
         let first = out.len();
         let from = v.stripped(from.saturating_sub(base));
@@ -729,6 +740,10 @@ impl Inner {
         self.custom_candidates(&v.text, 0, out);
         // invisible characters written as escapes (`4111%E2%80%8B1111…`)
         self.invisible_candidates(&v.text, 0, from, out);
+        // escapes left by the decoding (`%2540` gave `%40`): the next layer
+        if layer < PERCENT_LAYERS && v.holds_escape() {
+            self.percent_layer(&v.text, 0, from, out, layer + 1);
+        }
         // (a PEM block is held in a stream until its footer by the first
         // scan alone: one found only here would depend on the chunking)
         if let Some(pem) = self.enabled.get(detectors::Builtin::PrivateKey) {
@@ -1032,6 +1047,11 @@ impl Inner {
     }
 }
 
+/// How many layers of URL percent-encoding [`Inner::percent_candidates`]
+/// decodes: a value encoded twice (`%252B1415…`, a URL in a URL's query)
+/// or three times is found; one encoded more often is not.
+const PERCENT_LAYERS: u8 = 3;
+
 /// A text without its invisible format characters (`detectors::invisible_at`:
 /// soft hyphens, zero width spaces and joiners, direction marks, …, raw or
 /// as `\uXXXX` escapes of JSON held in text), or with its URL
@@ -1095,6 +1115,13 @@ impl Visible {
         let first = memchr::memchr2_iter(b'%', b'+', b).find(|&i| piece(b, i).is_some())?;
         // (escapes are replaced by whole characters: still UTF-8)
         Visible::rewritten(s, first, true, piece)
+    }
+
+    /// Whether `text` holds a percent-escape that [`Visible::percent_decoded`]
+    /// would decode (one a decoding left, as `%2540` leaves `%40`).
+    fn holds_escape(&self) -> bool {
+        let b = self.text.as_bytes();
+        memchr::memchr_iter(b'%', b).any(|i| detectors::percent_decoded_at(b, i).is_some())
     }
 
     /// `s` with pieces rewritten, the first at `first`: `piece(b, i)` gives
@@ -1260,9 +1287,16 @@ fn at_spellings(value: &str) -> String {
 fn normalize<'a>(kind: &Kind, value: &'a str) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
     // a value split by invisible characters is the same value, and one
-    // with percent-escapes (`%2B1415…`) the same as decoded (each decoded
-    // once: no recursion on what a value holds)
-    let decoded = Visible::percent_decoded(value, false).map(|v| v.text);
+    // with percent-escapes (`%2B1415…`, `%252B1415…`) the same as decoded
+    // (up to `PERCENT_LAYERS` times, in a loop: no recursion on what a
+    // value holds)
+    let mut decoded: Option<String> = None;
+    for _ in 0..PERCENT_LAYERS {
+        match Visible::percent_decoded(decoded.as_deref().unwrap_or(value), false) {
+            Some(v) => decoded = Some(v.text),
+            None => break,
+        }
+    }
     let decoded = decoded.as_deref().unwrap_or(value);
     match Visible::of(decoded) {
         Some(v) => Cow::Owned(normalize_plain(kind, &v.text).into_owned()),
