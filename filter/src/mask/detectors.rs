@@ -453,20 +453,18 @@ fn starts_with_at(s: &[u8], i: usize, lit: &[u8]) -> bool {
 /// Luhn (ISO/IEC 7812-1 Annex B) over ASCII digits; non-digits are ignored.
 /// False for fewer than two digits.
 pub(crate) fn luhn(value: &[u8]) -> bool {
+    luhn_digits(value.iter().rev().copied().filter(|b| digit(*b)))
+}
+
+/// Luhn over ASCII digits given from the last (check) digit to the first.
+fn luhn_digits(rev: impl Iterator<Item = u8>) -> bool {
+    // every second digit from the right, doubled, with its digits summed
+    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
     let mut sum = 0u32;
     let mut n = 0usize;
-    for &b in value.iter().rev() {
-        if !digit(b) {
-            continue;
-        }
-        let mut d = u32::from(b - b'0');
-        if n % 2 == 1 {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
+    for b in rev {
+        let d = b.wrapping_sub(b'0');
+        sum += if n % 2 == 1 { DOUBLED.get(usize::from(d)).copied().unwrap_or(0) } else { u32::from(d) };
         n += 1;
     }
     n >= 2 && sum.is_multiple_of(10)
@@ -493,16 +491,12 @@ pub(crate) fn mod97(value: &[u8]) -> bool {
     r == 1
 }
 
-/// Whether an all-digit PAN has an issuer prefix and length of a known
-/// brand (ISO/IEC 7812 IIN ranges): Visa, Mastercard, Amex, Discover, JCB,
+/// Whether a PAN of `len` digits whose first four digits are `prefix4`
+/// (a number, 0–9999) has an issuer prefix and length of a known brand (ISO/IEC 7812 IIN ranges): Visa, Mastercard, Amex, Discover, JCB,
 /// Diners Club (300–305, 3095, 36, 38, 39; 14–19 digits), UnionPay,
 /// Maestro, Mir, RuPay.
-fn card_brand(d: &[u8]) -> bool {
-    let len = d.len();
-    let pre = |k: usize| -> u32 {
-        d.iter().take(k).fold(0u32, |acc, b| acc * 10 + u32::from(b.wrapping_sub(b'0')))
-    };
-    let (p1, p2, p3, p4) = (pre(1), pre(2), pre(3), pre(4));
+fn card_brand(prefix4: u32, len: usize) -> bool {
+    let (p1, p2, p3, p4) = (prefix4 / 1000, prefix4 / 100, prefix4 / 10, prefix4);
     (p1 == 4 && matches!(len, 13 | 16 | 19))
         || (((51..=55).contains(&p2) || (2221..=2720).contains(&p4)) && len == 16)
         || ((p2 == 34 || p2 == 37) && len == 15)
@@ -582,30 +576,20 @@ fn card(s: &[u8], i: usize) -> Option<usize> {
             }
         }
     }
+    // (every group before the last has 3..=6 digits: the loop stops after
+    // a group of another length)
     for k in (0..ng).rev() {
         let (end, tot, _) = groups.get(k).copied()?;
-        if !(13..=19).contains(&tot) {
+        if !(13..=19).contains(&tot) || glued_after(s, end) {
             continue;
         }
-        if k > 0 && !groups.iter().take(k).all(|g| (3..=6).contains(&g.2)) {
-            continue;
-        }
-        if glued_after(s, end) {
-            continue;
-        }
-        // the digits of groups 0..=k (not those of an escaped separator)
-        let mut d = [0u8; 19];
-        let mut n = 0;
-        for &(g_end, _, glen) in groups.get(..=k)? {
-            for &b in s.get(g_end - glen..g_end)? {
-                if let Some(slot) = d.get_mut(n) {
-                    *slot = b;
-                }
-                n += 1;
-            }
-        }
-        let d = d.get(..n)?;
-        if card_brand(d) && luhn(d) {
+        // the digits of groups 0..=k, not those of an escaped separator
+        // (`\u00a0`, `&#160;`): the first four give the brand, then Luhn
+        // from the last
+        let groups = groups.get(..=k)?;
+        let digits = |&(g_end, _, glen): &(usize, usize, usize)| s.get(g_end - glen..g_end).unwrap_or(&[]);
+        let prefix = groups.iter().flat_map(digits).take(4).fold(0u32, |p, b| p * 10 + u32::from(b.wrapping_sub(b'0')));
+        if card_brand(prefix, tot) && luhn_digits(groups.iter().rev().flat_map(|g| digits(g).iter().rev()).copied()) {
             return Some(end);
         }
     }
