@@ -155,6 +155,35 @@ fn cloudflare_workers_ai_sse_response_joined() {
     assert_eq!(concat(&out, "/response"), "write to [EMAIL]", "{out}");
 }
 
+/// A stream of records that hold nothing but `response` reads as Workers
+/// AI and is joined; a value at the end of one record, glued to the next
+/// record's first word in the joined text (`…1111` + `2 items`,
+/// `…0134` + `5th floor`), is still masked: the joined text is also
+/// scanned as if it ended with each record. A value split across records
+/// is found joined. (Deltas of other streams are text cut anywhere: they
+/// are masked as the whole text would be.)
+#[test]
+fn joined_records_keep_values_glued_to_the_next_record() {
+    let records = ["card 4111 1111 1111 1111", "2 items left", "call +1 415 555 0134", "5th floor", "ssn 123-45-6789", "0 notes", "mail jane@acme.io", "nfo desk"];
+    let mut input = String::new();
+    for r in records {
+        input += &ev(&json!({"response": r}));
+    }
+    input += "data: [DONE]\n\n";
+    let out = run(StreamKind::Sse, &input);
+    let joined = concat(&out, "/response");
+    assert_eq!(joined, "card [PAYMENT_CARD]2 items leftcall [PHONE]5th floorssn [US_SSN]0 notesmail [EMAIL] desk", "{out}");
+    // a long stream (released and compacted as it goes)
+    let mut input = String::new();
+    for _ in 0..300 {
+        for r in records {
+            input += &ev(&json!({"response": r}));
+        }
+    }
+    let out = run(StreamKind::Sse, &input);
+    assert_eq!(concat(&out, "/response"), joined.repeat(300));
+}
+
 /// Mistral Agents / Conversations API (`POST /v1/conversations` with
 /// `stream: true`, SDK `client.beta.conversations.start_stream`): text
 /// comes in `message.output.delta` events whose top-level `content`

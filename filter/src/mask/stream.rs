@@ -206,6 +206,10 @@ pub(crate) struct TextStream {
     last_ws: usize,
     /// No new cut is tried before `buf` is this long.
     retry_at: usize,
+    /// Each fragment is a record of its own ([`TextStream::push_fragment`]).
+    records: bool,
+    /// Values found ending at a record's end (in `buf`), not yet released.
+    own: Vec<Cand>,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -214,7 +218,7 @@ fn is_ws(b: u8) -> bool {
 
 impl TextStream {
     fn new(inner: Arc<Inner>) -> TextStream {
-        TextStream { inner, buf: Vec::new(), start: 0, ws_upto: 0, last_ws: 0, retry_at: 0 }
+        TextStream { inner, buf: Vec::new(), start: 0, ws_upto: 0, last_ws: 0, retry_at: 0, records: false, own: Vec::new() }
     }
 
     /// The next scan waits until a quarter more than what is held has
@@ -229,8 +233,53 @@ impl TextStream {
         self.buf.len().saturating_sub(self.start)
     }
 
+    /// [`TextStream::push`] of one event's fragment of a joined text (an
+    /// LLM delta). When the fragments may be whole records instead
+    /// ([`TextStream::records`]: a stream of events holding nothing but
+    /// `response` reads as Workers AI), the joined text is also scanned
+    /// as if it ended with this fragment, and a value found ending there
+    /// is masked even when the next record's first word glues onto it in
+    /// the joined text (`…1111 1111` then `2 items`).
+    pub(crate) fn push_fragment(&mut self, frag: &[u8], counts: &mut Counts) -> Vec<u8> {
+        self.buf.extend_from_slice(frag);
+        if self.records && !frag.is_empty() {
+            self.record_end();
+        }
+        self.release(counts)
+    }
+
+    /// Marks each fragment pushed from now on as a record of its own.
+    pub(crate) fn set_records(&mut self) {
+        self.records = true;
+    }
+
+    /// Adds to `own` the values that end at the end of `buf` (within its
+    /// last `2 * HOLD_BACK` bytes, from a word start: values glued to a
+    /// following word are the short digit shapes; longer ones, as JWTs
+    /// and emails, take the glued word in).
+    fn record_end(&mut self) {
+        let end = self.buf.len();
+        let mut lo = end.saturating_sub(2 * HOLD_BACK).max(self.start.saturating_sub(CONTEXT));
+        if lo > 0 {
+            // (from after a whitespace, so that no value is cut at its left)
+            match self.buf.get(lo..end).and_then(|t| t.iter().position(|b| is_ws(*b))) {
+                Some(p) => lo += p + 1,
+                None => return,
+            }
+        }
+        let Some(tail) = self.buf.get(lo..end) else { return };
+        let mut found = Vec::new();
+        self.inner.candidates_bytes(tail, 0, true, &mut found);
+        self.own.extend(found.into_iter().filter(|c| c.end == tail.len()).map(|c| Cand { start: c.start + lo, end: c.end + lo, det: c.det }));
+    }
+
     pub(crate) fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
         self.buf.extend_from_slice(chunk);
+        self.release(counts)
+    }
+
+    /// Releases what can be released of `buf` (see the module notes).
+    fn release(&mut self, counts: &mut Counts) -> Vec<u8> {
         let n = self.buf.len();
         // (a retry waits, but never past the hold's bound)
         if (n < self.retry_at && n - self.start <= MAX_HOLD) || n < self.start + HOLD_BACK + 1 {
@@ -261,6 +310,7 @@ impl TextStream {
         let mut cands = Vec::new();
         // PEM headers before `start` were decided when released
         let open = self.inner.candidates_bytes(&self.buf, self.start, false, &mut cands);
+        cands.extend_from_slice(&self.own);
         let open = match (open, tail) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -273,6 +323,11 @@ impl TextStream {
         let mut out = Vec::with_capacity(cut - self.start);
         self.inner.render_bytes(&self.buf, self.start, cut, &mut cands, &mut out, counts);
         self.start = cut;
+        // (a forced cut may split one: its rest is masked with the rest)
+        self.own.retain_mut(|c| {
+            c.start = c.start.max(cut);
+            c.end > cut
+        });
         self.compact();
         out
     }
@@ -290,6 +345,10 @@ impl TextStream {
             self.ws_upto = self.ws_upto.saturating_sub(keep_from);
             self.last_ws = self.last_ws.saturating_sub(keep_from);
             self.retry_at = self.retry_at.saturating_sub(keep_from);
+            for c in &mut self.own {
+                c.start = c.start.saturating_sub(keep_from);
+                c.end = c.end.saturating_sub(keep_from);
+            }
         }
     }
 
@@ -299,6 +358,7 @@ impl TextStream {
         if n > self.start {
             let mut cands = Vec::new();
             self.inner.candidates_bytes(&self.buf, self.start, true, &mut cands);
+            cands.extend_from_slice(&self.own);
             self.inner.render_bytes(&self.buf, self.start, n, &mut cands, &mut out, counts);
         }
         *self = TextStream::new(Arc::clone(&self.inner));
@@ -730,7 +790,7 @@ impl Joiner {
 
     fn push(&mut self, frag: &[u8], counts: &mut Counts) -> Vec<u8> {
         match self {
-            Joiner::Text(t) => t.push(frag, counts),
+            Joiner::Text(t) => t.push_fragment(frag, counts),
             Joiner::Json { buf, .. } => {
                 buf.extend_from_slice(frag);
                 if buf.len() > MAX_ARGUMENTS {
@@ -1551,6 +1611,14 @@ impl SseStream {
         };
         let key: PartKey = (format!("top.{name}"), String::new(), ev.index.unwrap_or(0), 0, 0);
         let field = StreamField::Top(name);
+        if name == response {
+            // (records of another stream may hold nothing but `response`
+            // too: a value at one's end is kept, see `push_fragment`)
+            let inner = &self.inner;
+            if let Joiner::Text(t) = &mut self.parts.entry(key.clone()).or_insert_with(|| Part::new(inner, false, field)).text {
+                t.set_records();
+            }
+        }
         let mut released = self.join_part(key.clone(), field, false, frag, payload, event_line, counts);
         if ev.stop == Some(Value::Bool(true)) {
             self.finish_into(&key, field, &mut released, counts);
