@@ -1270,7 +1270,7 @@ fn values_percent_encoded_more_than_once() {
     assert_masks_to(&m, &[("https://a.example/login?next=%2Fcb%3Femail%3Djane%2540acme.com%26x%3D1", "https://a.example/login?next=%2Fcb%3Femail%3D[EMAIL]%26x%3D1"), ("u=%252Fcb%253Fe%253Djane%25252Edoe%252540acme.com", "u=%252Fcb%253Fe%253D[EMAIL]")], "email");
     assert_masks_to(&m, &[("x %252B14155550134 y", "x [PHONE] y"), ("x %25252B14155550134 y", "x [PHONE] y"), ("r=%252Fcb%253Ftel%253D%25252B14155550134", "r=%252Fcb%253Ftel%253D[PHONE]")], "phone");
     assert_masks_to(&m, &[("q%3Dcard%25204111%25201111%25201111%25201111", "q%3Dcard%2520[PAYMENT_CARD]")], "payment_card");
-    for text in ["four %2525252B14155550134 z", "50%2525 off", "%252540", "v%253D1.2.3%2526build%253D20240115", "ts%253D1700000000000"] {
+    for text in ["four %2525252B14155550134 z", "50%2525 off", "%252540", "v%253D1.2.3%2526build%253D20240115", "ts%253D1700000000000", "sum=200%2B300%2B1500%2B2000&x=%2520", "sum=378%2B2822%2B4631%2B0005&x=%2520"] {
         assert_clean(&m, text);
     }
     // the same in a JSON string value

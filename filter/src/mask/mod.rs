@@ -733,7 +733,10 @@ impl Inner {
     /// [`Inner::percent_candidates`] of decoding layer `layer` (1 for `s`
     /// as written).
     fn percent_layer(&self, s: &str, base: usize, from: usize, out: &mut Vec<Cand>, layer: u8) {
-        let Some(v) = Visible::percent_decoded(s, true) else { return };
+        // (a form body's `+` is a space in the text as written only: one
+        // decoded from `%2B` stays a `+`, so whether a later layer runs,
+        // which depends on escapes anywhere in `s`, changes nothing there)
+        let Some(v) = Visible::percent_decoded(s, layer == 1) else { return };
         let first = out.len();
         let from = v.stripped(from.saturating_sub(base));
         detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, from, out);
