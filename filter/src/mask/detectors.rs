@@ -492,7 +492,8 @@ pub(crate) fn mod97(value: &[u8]) -> bool {
 }
 
 /// Whether a PAN of `len` digits whose first four digits are `prefix4`
-/// (a number, 0–9999) has an issuer prefix and length of a known brand (ISO/IEC 7812 IIN ranges): Visa, Mastercard, Amex, Discover, JCB,
+/// (a number, 0–9999) has an issuer prefix and length of a known brand
+/// (ISO/IEC 7812 IIN ranges): Visa, Mastercard, Amex, Discover, JCB,
 /// Diners Club (300–305, 3095, 36, 38, 39; 14–19 digits), UnionPay,
 /// Maestro, Mir, RuPay.
 fn card_brand(prefix4: u32, len: usize) -> bool {

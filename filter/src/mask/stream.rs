@@ -206,7 +206,7 @@ pub(crate) struct TextStream {
     last_ws: usize,
     /// No new cut is tried before `buf` is this long.
     retry_at: usize,
-    /// Each fragment is a record of its own ([`TextStream::push_fragment`]).
+    /// Each push is a record of its own ([`TextStream::set_records`]).
     records: bool,
     /// Values found ending at a record's end (in `buf`), not yet released.
     own: Vec<Cand>,
@@ -233,22 +233,12 @@ impl TextStream {
         self.buf.len().saturating_sub(self.start)
     }
 
-    /// [`TextStream::push`] of one event's fragment of a joined text (an
-    /// LLM delta). When the fragments may be whole records instead
-    /// ([`TextStream::records`]: a stream of events holding nothing but
-    /// `response` reads as Workers AI), the joined text is also scanned
-    /// as if it ended with this fragment, and a value found ending there
-    /// is masked even when the next record's first word glues onto it in
-    /// the joined text (`…1111 1111` then `2 items`).
-    pub(crate) fn push_fragment(&mut self, frag: &[u8], counts: &mut Counts) -> Vec<u8> {
-        self.buf.extend_from_slice(frag);
-        if self.records && !frag.is_empty() {
-            self.record_end();
-        }
-        self.release(counts)
-    }
-
-    /// Marks each fragment pushed from now on as a record of its own.
+    /// Marks each push from now on as one record: a stream of events
+    /// holding nothing but `response` reads as Workers AI, whose
+    /// fragments are LLM deltas, but may be whole records, so the joined
+    /// text is also scanned as if it ended with each push, and a value
+    /// found ending there is masked even when the next record's first
+    /// word glues onto it in the joined text (`…1111 1111` then `2 items`).
     pub(crate) fn set_records(&mut self) {
         self.records = true;
     }
@@ -275,11 +265,9 @@ impl TextStream {
 
     pub(crate) fn push(&mut self, chunk: &[u8], counts: &mut Counts) -> Vec<u8> {
         self.buf.extend_from_slice(chunk);
-        self.release(counts)
-    }
-
-    /// Releases what can be released of `buf` (see the module notes).
-    fn release(&mut self, counts: &mut Counts) -> Vec<u8> {
+        if self.records && !chunk.is_empty() {
+            self.record_end();
+        }
         let n = self.buf.len();
         // (a retry waits, but never past the hold's bound)
         if (n < self.retry_at && n - self.start <= MAX_HOLD) || n < self.start + HOLD_BACK + 1 {
@@ -790,7 +778,7 @@ impl Joiner {
 
     fn push(&mut self, frag: &[u8], counts: &mut Counts) -> Vec<u8> {
         match self {
-            Joiner::Text(t) => t.push_fragment(frag, counts),
+            Joiner::Text(t) => t.push(frag, counts),
             Joiner::Json { buf, .. } => {
                 buf.extend_from_slice(frag);
                 if buf.len() > MAX_ARGUMENTS {
@@ -1613,7 +1601,7 @@ impl SseStream {
         let field = StreamField::Top(name);
         if name == response {
             // (records of another stream may hold nothing but `response`
-            // too: a value at one's end is kept, see `push_fragment`)
+            // too: a value at one's end is kept, see `set_records`)
             let inner = &self.inner;
             if let Joiner::Text(t) = &mut self.parts.entry(key.clone()).or_insert_with(|| Part::new(inner, false, field)).text {
                 t.set_records();
