@@ -334,17 +334,16 @@ pub(crate) fn form_space_at(s: &[u8], i: usize) -> bool {
     at(s, i) == b'+' && alnum(back(s, i, 1)) && (alnum(at(s, i + 1)) || percent_byte(s, i + 1).is_some())
 }
 
-/// The length of a percent-escaped invisible character (see
-/// [`invisible_at`]: `%C2%AD`, `%E2%80%8B`, …) that ends right before `j`;
-/// 0 if none.
-pub(crate) fn percent_invisible_before(s: &[u8], j: usize) -> usize {
-    [6, 9]
-        .into_iter()
-        .find(|&l| {
-            j >= l
-                && percent_decoded_at(s, j - l).is_some_and(|(c, n, len)| len == l && c.get(..n).is_some_and(|c| invisible_at(c, 0) == n))
-        })
-        .unwrap_or(0)
+/// The URL percent-escape that ends right before `j`, encoded once, twice
+/// or three times (`%XX`, `%25XX`, `%2525XX`: RFC 3986 §2.1, a URL inside a
+/// URL's query): its length in bytes (3, 5 or 7, the longest reading) and
+/// the byte it finally encodes; `None` if none ends there.
+#[inline]
+pub(crate) fn percent_unit_before(s: &[u8], j: usize) -> Option<(usize, u8)> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let byte = u8::try_from(hex(back(s, j, 2))? * 16 + hex(back(s, j, 1))?).ok()?;
+    let head = |l: usize| j >= l && s.get(j - l..j - 2).is_some_and(|h| Some(h) == b"%2525".get(..l - 2));
+    [7, 5, 3].into_iter().find(|&l| head(l)).map(|l| (l, byte))
 }
 
 /// Whether a URL percent-escape (`%20`, `%3D`, `%2F`: RFC 3986 §2.1) ends

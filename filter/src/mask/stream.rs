@@ -356,8 +356,12 @@ impl TextStream {
 
 /// The position `back` visible bytes before the end of `buf` (not before
 /// `start`): invisible characters (`detectors::invisible_at`) do not
-/// count, raw or percent-escaped, so padding a spaced value with them
-/// (`4111 ⁠⁠…⁠1111 …`) cannot stretch it past the hold-back window.
+/// count, so padding a spaced value with them (`4111 ⁠⁠…⁠1111 …`) cannot
+/// stretch it past the hold-back window. A percent-escape, encoded once,
+/// twice or three times (`%41`, `%2541`, `%252541`), counts as the one
+/// byte it encodes, and as nothing when that byte is part of a non-ASCII
+/// character (`%E2%80%8B`, `%25E2%2580%258B`): whole-text masking decodes
+/// as many layers ([`detectors::percent_unit_before`]).
 fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
     let n = buf.len();
     let lo = n.saturating_sub(back);
@@ -366,13 +370,18 @@ fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
     }
     let (mut p, mut seen) = (n, 0);
     while p > start && seen < back {
-        // (also when percent-escaped: `%E2%80%8B`)
-        match detectors::invisible_before(buf, p).max(detectors::percent_invisible_before(buf, p)) {
-            0 => {
-                p -= 1;
-                seen += 1;
-            }
-            l => p -= l,
+        match detectors::invisible_before(buf, p) {
+            0 => match detectors::percent_unit_before(buf, p) {
+                Some((l, b)) => {
+                    p = p.saturating_sub(l).max(start);
+                    seen += usize::from(b < 0x80);
+                }
+                None => {
+                    p -= 1;
+                    seen += 1;
+                }
+            },
+            l => p = p.saturating_sub(l).max(start),
         }
     }
     p
