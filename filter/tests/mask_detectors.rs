@@ -1283,6 +1283,39 @@ fn values_percent_encoded_more_than_once() {
     assert_ne!(a, "tel=%252B14155550134");
 }
 
+/// A `+` escaped as `%2B` in the query string of an escaped URL (what
+/// `encodeURIComponent` makes of `/pay?card=4111+1111…`) is a space there,
+/// as in a form body; one in the outer query or form body (`sum=200%2B300`)
+/// is a `+`, as a form body escapes a `+` that is no space.
+#[test]
+fn escaped_plus_in_an_escaped_query_is_a_space() {
+    let m = all_detectors();
+    assert_masks_to(
+        &m,
+        &[
+            ("https://a.example/login?next=%2Fpay%3Fcard%3D4111%2B1111%2B1111%2B1111%26x%3D1", "https://a.example/login?next=%2Fpay%3Fcard%3D[PAYMENT_CARD]%26x%3D1"),
+            ("next=%2Fpay%3Fa%3D1%26card%3D4111%2b1111%2b1111%2b1111", "next=%2Fpay%3Fa%3D1%26card%3D[PAYMENT_CARD]"),
+            // twice: the inner URL's own query inside a URL's query
+            ("u=%252Fpay%253Fcard%253D4111%252B1111%252B1111%252B1111", "u=%252Fpay%253Fcard%253D[PAYMENT_CARD]"),
+        ],
+        "payment_card",
+    );
+    assert_masks_to(&m, &[("r=%2Fcb%3Ftel%3D%2B1%2B415%2B555%2B0134", "r=%2Fcb%3Ftel%3D[PHONE]"), ("r=%2Fcb%3Ftel%3D%2B14155550134", "r=%2Fcb%3Ftel%3D[PHONE]")], "phone");
+    for text in [
+        // the outer form body's escaped `+` is a `+`
+        "sum=4111%2B1111%2B1111%2B1111",
+        "q=sum%3D4111%2B1111%2B1111%2B1111",
+        // a `?` or `=` of the outer URL ends the escaped one
+        "next=%2Fpay%3Fx&card=4111%2B1111%2B1111%2B1111",
+        "next=%2Fpay%3Fcard%3D1&s=4111%2B1111%2B1111%2B1111",
+        // the path or fragment of the escaped URL is not its query
+        "next=%2Fpay%2F4111%2B1111%2B1111%2B1111",
+        "next=%2Fpay%3Fa%3D1%23x4111%2B1111%2B1111%2B1111",
+    ] {
+        assert_clean(&m, text);
+    }
+}
+
 /// Emphasis right after an escape of JSON held in text (`\n_…_`,
 /// `\u00a0_…_`) opens as after a space; a run after a base64url byte
 /// (`-_eyJ…`) does not, so a token starting there stays glued.

@@ -59,6 +59,8 @@ const PII: &[&str] = &[
     // encoded twice (a URL in a URL's query)
     "%252B14155550134",
     "jane%25252Edoe%252540example.com",
+    // an escaped URL's query, whose escaped `+` is a space
+    "%2Fpay%3Fcard%3D4111%2B1111%2B1111%2B1111",
     // split by invisible characters
     "4111\u{200b}1111\u{200b}1111\u{200b}1111",
     "jane\u{ad}.roe@exam\u{ad}ple.org",
@@ -76,7 +78,7 @@ const WORDS: &[&str] = &[
 
 const FRAGMENTS: &[&str] = &[
     "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----BEGIN ", "PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1Lf",
-    "-----END ", "-----EN", "_", "__", "%2B", "%20", "%2", "%40", "%25", "%252B", "%2D", "%3D", "%C2%A0", "%E2%80%8B", "%C2", "=", "&", "?q=", "+", "https://", "hooks.slack.com/services/", "hooks.slack.com/", "T024BE7LD/", "B01ABCDEF12/", "abcDEF123ghiJKL456mnoPQR", "/", "\u{200b}", "\u{ad}", "\u{feff}", "x12", "ext.", "X", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
+    "-----END ", "-----EN", "_", "__", "%2B", "%20", "%2", "%40", "%25", "%252B", "%2D", "%3D", "%3F", "%26", "%C2%A0", "%E2%80%8B", "%C2", "=", "&", "?q=", "+", "https://", "hooks.slack.com/services/", "hooks.slack.com/", "T024BE7LD/", "B01ABCDEF12/", "abcDEF123ghiJKL456mnoPQR", "/", "\u{200b}", "\u{ad}", "\u{feff}", "x12", "ext.", "X", "\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo\n", "+/=", "\r",
     "AIza", "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "(0)", ".png", "jane@acme.com", "git@", ":o/r.git", "123 45 6789", "123456789", "078 05", " 1121", "030/", "1234567", "(11) ", "8 (495) ", "45-67", "(+44) ", "(+", "44)",
     "\n", "\r\n", " ", " ", " ", "sk-", "ant-", "proj-", "xoxb-", "ghp_", "github_pat_", "eyJhbGciOiJIUzI1NiJ9", "eyJ", ".",
     "AKIA", "IOSFODNN7EXAMPLE", "abcdefghij0123456789", "0", "1", "4111", "1111", "5", "@", "ex.com", "x.io", "abc", "DE89",
@@ -1903,5 +1905,24 @@ fn backend_credentials_are_redacted_in_streams() {
         let (out, _, counts) = stream(&m, StreamKind::Text, input.as_bytes(), &[cut]);
         assert_eq!(String::from_utf8(out).unwrap(), "invalid key [BACKEND_CREDENTIAL] given\n", "cut {cut}");
         assert_eq!(counts.get("backend_credential"), Some(&1));
+    }
+}
+
+/// A PEM header split by an invisible character (`-----BEGIN \u{200b}RSA
+/// PRIVATE KEY-----`) is held until its footer, as an unsplit one is:
+/// the whole block is masked as one, whatever the chunking.
+#[test]
+fn pem_header_with_invisible_characters_is_held_until_its_footer() {
+    let m = masker(json!({}));
+    let body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6\nffAt0gunVTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u+qKhbwKfBstIs+bMY2Zkp18\n".repeat(4);
+    for header in ["-----BEGIN \u{200b}RSA PRIVATE KEY-----", "-----BEGIN RSA PRIVATE\u{ad} KEY-----"] {
+        let text = format!("key: {header}\n{body}not base64 here, {}\n-----END RSA PRIVATE KEY-----\nbye {}", "then more words ".repeat(20), "x ".repeat(80));
+        let whole = m.mask_text(&text, &mut Counts::new());
+        assert!(whole.starts_with("key: [PRIVATE_KEY]\nbye"), "{whole}");
+        for step in [1, 7, 64, 200] {
+            let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
+            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "step {step}");
+        }
     }
 }

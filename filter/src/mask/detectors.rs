@@ -334,6 +334,22 @@ pub(crate) fn form_space_at(s: &[u8], i: usize) -> bool {
     at(s, i) == b'+' && alnum(back(s, i, 1)) && (alnum(at(s, i + 1)) || percent_byte(s, i + 1).is_some())
 }
 
+/// Whether the escaped `+` (`%2B`) at `i` may stand for a space in the
+/// query string of an escaped URL (`next=%2Fpay%3Fcard%3D4111%2B1111…`,
+/// what `encodeURIComponent` makes of `/pay?card=4111+1111…`): as
+/// [`form_space_at`], a letter or digit before it, written or escaped
+/// (`%3D%2B1415…` keeps its `+`), and a letter, digit or percent-escape
+/// after it. (The caller checks that it sits in such a query's value.)
+#[inline]
+pub(crate) fn escaped_form_space_at(s: &[u8], i: usize) -> bool {
+    let before = if percent_escape_before(s, i) { i.checked_sub(3).and_then(|k| percent_byte(s, k)).unwrap_or(0) } else { back(s, i, 1) };
+    at(s, i) == b'%'
+        && at(s, i + 1) == b'2'
+        && at(s, i + 2) | 0x20 == b'b'
+        && alnum(before)
+        && (alnum(at(s, i + 3)) || percent_byte(s, i + 3).is_some())
+}
+
 /// The URL percent-escape that ends right before `j`, encoded once, twice
 /// or three times (`%XX`, `%25XX`, `%2525XX`: RFC 3986 §2.1, a URL inside a
 /// URL's query): its length in bytes (3, 5 or 7, the longest reading) and

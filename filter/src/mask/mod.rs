@@ -709,9 +709,13 @@ impl Inner {
     fn candidates(&self, s: &str, base: usize, open_from: usize, from: usize, out: &mut Vec<Cand>) -> Option<usize> {
         let open = detectors::scan(&self.enabled, &self.anchors, s.as_bytes(), base, open_from, from, out);
         self.custom_candidates(s, base, out);
-        self.invisible_candidates(s, base, from, out);
+        // (a PEM header split by invisible characters is held open too)
+        let hidden = self.invisible_candidates(s, base, open_from, from, out);
         self.percent_candidates(s, base, from, out);
-        open
+        match (open, hidden) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Candidates that URL percent-escapes hide (`tel=%2B14155550134`,
@@ -742,7 +746,7 @@ impl Inner {
         detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, from, out);
         self.custom_candidates(&v.text, 0, out);
         // invisible characters written as escapes (`4111%E2%80%8B1111…`)
-        self.invisible_candidates(&v.text, 0, from, out);
+        self.invisible_candidates(&v.text, 0, usize::MAX, from, out);
         // escapes left by the decoding (`%2540` gave `%40`): the next layer
         if layer < PERCENT_LAYERS && v.holds_escape() {
             self.percent_layer(&v.text, 0, from, out, layer + 1);
@@ -764,14 +768,18 @@ impl Inner {
     /// Values found in `s` itself are found again and merge with their
     /// copies (`Inner::select`); removing them never hides a value the
     /// first scan finds, as `card\u{200b}4111…` would be glued otherwise.
-    /// `from`: as for `detectors::scan` (a stream's release point, offset
-    /// by `base`).
-    fn invisible_candidates(&self, s: &str, base: usize, from: usize, out: &mut Vec<Cand>) {
-        let Some(v) = Visible::of(s) else { return };
+    /// `open_from`, `from` and the result: as for `detectors::scan` (a
+    /// stream's release point, offset by `base`; the start of a PEM block
+    /// whose header holds invisible characters and whose footer may still
+    /// come).
+    fn invisible_candidates(&self, s: &str, base: usize, open_from: usize, from: usize, out: &mut Vec<Cand>) -> Option<usize> {
+        let v = Visible::of(s)?;
         let first = out.len();
-        detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, v.stripped(from.saturating_sub(base)), out);
+        let open_from = if open_from == usize::MAX { usize::MAX } else { v.stripped(open_from.saturating_sub(base)) };
+        let open = detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, open_from, v.stripped(from.saturating_sub(base)), out);
         self.custom_candidates(&v.text, 0, out);
         v.to_original(out.get_mut(first..).unwrap_or(&mut []), base);
+        open.map(|p| base + v.original(p))
     }
 
     /// Candidates of the custom detectors in `s` (offset by `base`).
@@ -971,7 +979,7 @@ impl Inner {
         detectors::scan_at(&self.enabled, s.as_bytes(), positions, cands);
         self.custom_candidates(s, 0, cands);
         if wide {
-            self.invisible_candidates(s, 0, 0, cands);
+            self.invisible_candidates(s, 0, usize::MAX, 0, cands);
         }
         // (`%` is an anchor whenever a built-in is on, and a digit after a
         // form body's `+` is one when a digit detector is; with custom
@@ -1114,7 +1122,23 @@ impl Visible {
                 forms.get(k).is_some_and(|(st, _)| *st <= i)
             }
         };
-        let piece = |b: &[u8], i: usize| detectors::percent_decoded_at(b, i).or_else(|| space(i).then_some(([b' ', 0, 0, 0], 1, 1)));
+        // (an escaped `+` is a space in an escaped URL's query string, in
+        // every layer: `next=%2Fpay%3Fcard%3D4111%2B1111…`; `sum=200%2B300`
+        // keeps it, as a form body escapes a `+` that is no space)
+        let inner = std::cell::OnceCell::new();
+        let escaped_space = |i: usize| {
+            detectors::escaped_form_space_at(b, i) && {
+                let spans: &Vec<(usize, usize)> = inner.get_or_init(|| escaped_query_values(b));
+                let k = spans.partition_point(|(_, end)| *end <= i);
+                spans.get(k).is_some_and(|(st, _)| *st <= i)
+            }
+        };
+        let piece = |b: &[u8], i: usize| {
+            if escaped_space(i) {
+                return Some(([b' ', 0, 0, 0], 1, 3));
+            }
+            detectors::percent_decoded_at(b, i).or_else(|| space(i).then_some(([b' ', 0, 0, 0], 1, 1)))
+        };
         let first = memchr::memchr2_iter(b'%', b'+', b).find(|&i| piece(b, i).is_some())?;
         // (escapes are replaced by whole characters: still UTF-8)
         Visible::rewritten(s, first, true, piece)
@@ -1211,6 +1235,56 @@ fn form_tokens(b: &[u8]) -> Vec<(usize, usize)> {
         }
     }
     if eq && sep {
+        out.push((st, b.len()));
+    }
+    out
+}
+
+/// The values of an escaped URL's query string in `b` (`%3Fcard%3D4111%2B…`
+/// in `next=%2Fpay%3Fcard%3D4111%2B1111`): from an escaped `=` (`%3D`)
+/// after an escaped `?` (`%3F`) in the same token to the next escaped `&`
+/// or `#` (`%26`, `%23`), or the token's end (whitespace, a quote, `<`,
+/// `>`, or an unescaped `=`, `&`, `?` or `#`, which belong to the outer
+/// URL). `(start, end)` ranges, in order.
+fn escaped_query_values(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    // (in an escaped query; where the current value started)
+    let (mut query, mut value) = (false, None::<usize>);
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |k: usize| b.get(i + k).map_or(0, |h| h | 0x20);
+        let esc = (c == b'%').then(|| [hex(1), hex(2)]);
+        let (end_value, reset) = match (c, esc) {
+            (b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'<' | b'>' | b'=' | b'&' | b'?' | b'#', _) => (true, true),
+            (_, Some([b'3', b'f'])) => {
+                if let Some(st) = value.take() {
+                    out.push((st, i));
+                }
+                query = true;
+                i += 3;
+                continue;
+            }
+            (_, Some([b'2', b'6' | b'3'])) => (true, false),
+            (_, Some([b'3', b'd'])) => {
+                if query && value.is_none() {
+                    value = Some(i + 3);
+                }
+                i += 3;
+                continue;
+            }
+            _ => (false, false),
+        };
+        if end_value {
+            if let Some(st) = value.take() {
+                out.push((st, i));
+            }
+        }
+        if reset {
+            query = false;
+        }
+        i += if esc.is_some() { 3 } else { 1 };
+    }
+    if let Some(st) = value {
         out.push((st, b.len()));
     }
     out
