@@ -1311,6 +1311,8 @@ fn escaped_plus_in_an_escaped_query_is_a_space() {
         // the path or fragment of the escaped URL is not its query
         "next=%2Fpay%2F4111%2B1111%2B1111%2B1111",
         "next=%2Fpay%3Fa%3D1%23x4111%2B1111%2B1111%2B1111",
+        "next=%2Fpay%3Fa%3D1%23frag%3D4111%2B1111%2B1111%2B1111",
+        "next=%2Fpay%23x%3Fa%3D4111%2B1111%2B1111%2B1111",
     ] {
         assert_clean(&m, text);
     }

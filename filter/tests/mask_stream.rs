@@ -686,7 +686,8 @@ fn pem_tail_is_held_until_its_footer() {
 fn escaped_invisible_padding_does_not_stretch_a_value_past_the_hold() {
     let m = masker(json!({}));
     // once, twice and three times encoded (a URL inside a URL's query)
-    for (pad, n) in [("%E2%80%8B", 20), ("%25E2%2580%258B", 12), ("%2525E2%252580%25258B", 9)] {
+    // (and a JSON escape whose backslash is escaped: `%5Cu200b`)
+    for (pad, n) in [("%E2%80%8B", 20), ("%25E2%2580%258B", 12), ("%2525E2%252580%25258B", 9), ("%5Cu200b", 20), ("%255Cu200b", 20)] {
         let pad = pad.repeat(n);
         let input = format!("hello card 4111{pad} 1111{pad} 1111{pad} 1111 end of text {}", "word ".repeat(60));
         let whole = m.mask_text(&input, &mut Counts::new());
@@ -1924,5 +1925,46 @@ fn pem_header_with_invisible_characters_is_held_until_its_footer() {
             let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
             assert_eq!(String::from_utf8(out).unwrap(), whole, "step {step}");
         }
+    }
+}
+
+/// A form feed ends a token for the stream's cuts, and so for the form
+/// bodies and escaped query strings whose `+` is a space: a value after
+/// one is decided the same way whatever the chunking.
+#[test]
+fn form_feed_ends_a_form_token_as_a_stream_cut_does() {
+    let m = masker(json!({}));
+    for text in [
+        format!("%3Fc%3D{}\x0c4111%2B1111%2B1111%2B1111 {}", "a".repeat(121), "x ".repeat(70)),
+        format!("q=x&{}\x0c4111+1111+1111+1111 {}", "a".repeat(140), "word ".repeat(60)),
+        format!("%3Fc%3D{}\x0cq=x&4111+1111+1111+1111 {}", "a".repeat(140), "word ".repeat(60)),
+    ] {
+        let whole = m.mask_text(&text, &mut Counts::new());
+        for step in [1, 7, 100, 263] {
+            let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
+            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
+            assert_eq!(String::from_utf8(out).unwrap(), whole, "step {step}");
+        }
+    }
+}
+
+/// A PEM header split by an invisible character and followed by more
+/// invisible padding than a stream may hold is decided when its window
+/// (counted in bytes as written) is over: its header and base64 lines are
+/// masked, not released.
+#[test]
+fn pem_header_with_invisible_characters_and_long_padding_is_masked() {
+    let m = masker(json!({}));
+    let text = format!(
+        "-----BEGIN \u{200b}RSA PRIVATE KEY-----\n{}{}\n-----END RSA PRIVATE KEY-----\nbye {}",
+        "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6\n".repeat(5),
+        "\u{200b}".repeat(22000),
+        "x ".repeat(70)
+    );
+    for step in [1, 100, 4096] {
+        let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
+        let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("MIIE") && !out.contains("BEGIN") && out.contains("[PRIVATE_KEY]"), "step {step}: {}", &out[..200.min(out.len())]);
     }
 }

@@ -776,10 +776,19 @@ impl Inner {
         let v = Visible::of(s)?;
         let first = out.len();
         let open_from = if open_from == usize::MAX { usize::MAX } else { v.stripped(open_from.saturating_sub(base)) };
-        let open = detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, open_from, v.stripped(from.saturating_sub(base)), out);
+        let from = v.stripped(from.saturating_sub(base));
+        let mut open = detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, open_from, from, out).map(|p| v.original(p));
+        if open.is_some_and(|p| s.len() - p.min(s.len()) >= detectors::PEM_WINDOW) {
+            // (its window is counted in visible bytes: padding would keep
+            // it open past what a stream may hold, so it is decided now,
+            // as the text ended here)
+            out.truncate(first);
+            open = None;
+            detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, usize::MAX, from, out);
+        }
         self.custom_candidates(&v.text, 0, out);
         v.to_original(out.get_mut(first..).unwrap_or(&mut []), base);
-        open.map(|p| base + v.original(p))
+        open.map(|p| base + p)
     }
 
     /// Candidates of the custom detectors in `s` (offset by `base`).
@@ -1214,7 +1223,8 @@ impl Visible {
     }
 }
 
-/// The tokens of `b` (split at whitespace, quotes and `<`/`>`) that read as
+/// The tokens of `b` (split at whitespace as a text stream cuts at it,
+/// quotes and `<`/`>`) that read as
 /// an HTML form body or URL query string: they hold an `=` and one of `?`,
 /// `&` or `%` (`?q=4111+1111…`, `name=Jane+Doe&card=…`, `tel=%2B1+415…`).
 /// `(start, end)` ranges, in order.
@@ -1223,7 +1233,7 @@ fn form_tokens(b: &[u8]) -> Vec<(usize, usize)> {
     let (mut st, mut eq, mut sep) = (0usize, false, false);
     for (i, &c) in b.iter().enumerate() {
         match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'<' | b'>' => {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'"' | b'\'' | b'<' | b'>' => {
                 if eq && sep {
                     out.push((st, i));
                 }
@@ -1243,46 +1253,43 @@ fn form_tokens(b: &[u8]) -> Vec<(usize, usize)> {
 /// The values of an escaped URL's query string in `b` (`%3Fcard%3D4111%2B…`
 /// in `next=%2Fpay%3Fcard%3D4111%2B1111`): from an escaped `=` (`%3D`)
 /// after an escaped `?` (`%3F`) in the same token to the next escaped `&`
-/// or `#` (`%26`, `%23`), or the token's end (whitespace, a quote, `<`,
+/// (`%26`), or the end of the query: its escaped fragment (`%23`) or the
+/// token's end (whitespace as a text stream cuts at it, a quote, `<`,
 /// `>`, or an unescaped `=`, `&`, `?` or `#`, which belong to the outer
 /// URL). `(start, end)` ranges, in order.
 fn escaped_query_values(b: &[u8]) -> Vec<(usize, usize)> {
+    /// Where in the escaped URL a byte is.
+    #[derive(PartialEq)]
+    enum Part {
+        Before,
+        Query,
+        Fragment,
+    }
     let mut out = Vec::new();
-    // (in an escaped query; where the current value started)
-    let (mut query, mut value) = (false, None::<usize>);
+    let (mut part, mut value) = (Part::Before, None::<usize>);
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         let hex = |k: usize| b.get(i + k).map_or(0, |h| h | 0x20);
-        let esc = (c == b'%').then(|| [hex(1), hex(2)]);
-        let (end_value, reset) = match (c, esc) {
-            (b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'<' | b'>' | b'=' | b'&' | b'?' | b'#', _) => (true, true),
-            (_, Some([b'3', b'f'])) => {
-                if let Some(st) = value.take() {
-                    out.push((st, i));
-                }
-                query = true;
-                i += 3;
-                continue;
+        let esc = if c == b'%' { [hex(1), hex(2)] } else { [0, 0] };
+        // the part that starts here, if another does (which ends a value)
+        let next = match (c, esc) {
+            (b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'"' | b'\'' | b'<' | b'>' | b'=' | b'&' | b'?' | b'#', _) => Some(Part::Before),
+            (b'%', [b'2', b'3']) => Some(Part::Fragment),
+            (b'%', [b'3', b'f']) if part != Part::Fragment => Some(Part::Query),
+            (b'%', [b'2', b'6']) if part == Part::Query => Some(Part::Query),
+            (b'%', [b'3', b'd']) if part == Part::Query && value.is_none() => {
+                value = Some(i + 3);
+                None
             }
-            (_, Some([b'2', b'6' | b'3'])) => (true, false),
-            (_, Some([b'3', b'd'])) => {
-                if query && value.is_none() {
-                    value = Some(i + 3);
-                }
-                i += 3;
-                continue;
-            }
-            _ => (false, false),
+            _ => None,
         };
-        if end_value {
+        if let Some(next) = next {
             if let Some(st) = value.take() {
                 out.push((st, i));
             }
+            part = next;
         }
-        if reset {
-            query = false;
-        }
-        i += if esc.is_some() { 3 } else { 1 };
+        i += if c == b'%' { 3 } else { 1 };
     }
     if let Some(st) = value {
         out.push((st, b.len()));

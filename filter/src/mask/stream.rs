@@ -370,7 +370,7 @@ fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
     }
     let (mut p, mut seen) = (n, 0);
     while p > start && seen < back {
-        match detectors::invisible_before(buf, p) {
+        match detectors::invisible_before(buf, p).max(escaped_json_invisible_before(buf, p)) {
             0 => match detectors::percent_unit_before(buf, p) {
                 Some((l, b)) => {
                     p = p.saturating_sub(l).max(start);
@@ -385,6 +385,28 @@ fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
         }
     }
     p
+}
+
+/// The length of an invisible character written as a JSON escape whose
+/// backslash is percent-escaped (`%5Cu200b`, `%255Cu200b`: decoded, it is
+/// the `\u200b` that whole-text masking removes) that ends right before
+/// `p`; 0 if none.
+fn escaped_json_invisible_before(buf: &[u8], p: usize) -> usize {
+    let Some(hex) = p.checked_sub(5).and_then(|k| buf.get(k..p)).filter(|h| h.first() == Some(&b'u')) else { return 0 };
+    match detectors::percent_unit_before(buf, p - 5) {
+        Some((l, b'\\')) => {
+            let mut esc = [b'\\'; 6];
+            for (d, h) in esc.iter_mut().skip(1).zip(hex) {
+                *d = *h;
+            }
+            if detectors::invisible_at(&esc, 0) == esc.len() {
+                5 + l
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    }
 }
 
 /// Where held text must stay held from because a private key's footer may
