@@ -515,6 +515,18 @@ fn chat_sse(content: &str, frag: &[usize], eol: &str) -> String {
 /// Parses SSE text into the data of each event (lines joined by `\n`);
 /// checks the framing: every event ends with a blank line, every line is a
 /// field line.
+/// Streams `text` in pushes of each of `steps` bytes and asserts each
+/// gives what masking it whole gives; returns that.
+fn assert_steps_match_whole(m: &Masker, text: &str, steps: &[usize]) -> String {
+    let whole = m.mask_text(text, &mut Counts::new());
+    for &step in steps {
+        let cuts: Vec<usize> = (step..text.len()).step_by(step).collect();
+        let (out, _, _) = stream(m, StreamKind::Text, text.as_bytes(), &cuts);
+        assert_eq!(String::from_utf8(out).unwrap(), whole, "pushes of {step} bytes");
+    }
+    whole
+}
+
 fn parse_sse(s: &str) -> Vec<String> {
     let s = s.replace("\r\n", "\n");
     assert!(s.is_empty() || s.ends_with("\n\n"), "unterminated event: {s:?}");
@@ -690,13 +702,8 @@ fn escaped_invisible_padding_does_not_stretch_a_value_past_the_hold() {
     for (pad, n) in [("%E2%80%8B", 20), ("%25E2%2580%258B", 12), ("%2525E2%252580%25258B", 9), ("%5Cu200b", 20), ("%255Cu200b", 20)] {
         let pad = pad.repeat(n);
         let input = format!("hello card 4111{pad} 1111{pad} 1111{pad} 1111 end of text {}", "word ".repeat(60));
-        let whole = m.mask_text(&input, &mut Counts::new());
+        let whole = assert_steps_match_whole(&m, &input, &[1, 7, 32, 100]);
         assert!(whole.starts_with("hello card [PAYMENT_CARD] end"), "{whole}");
-        for size in [1usize, 7, 32, 100] {
-            let cuts: Vec<usize> = (size..input.len()).step_by(size).collect();
-            let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
-            assert_eq!(String::from_utf8(out).unwrap(), whole, "chunks of {size}, pad {}", &pad[..9]);
-        }
     }
 }
 
@@ -713,13 +720,8 @@ fn escapes_encoded_three_times_count_as_one_byte_in_the_hold() {
         .collect::<Vec<_>>()
         .join(" ");
     let input = format!("acct {iban} ok {}", "word ".repeat(60));
-    let whole = m.mask_text(&input, &mut Counts::new());
+    let whole = assert_steps_match_whole(&m, &input, &[1, 7, 32, 100]);
     assert!(whole.starts_with("acct [IBAN] ok"), "{whole}");
-    for size in [1usize, 7, 32, 100] {
-        let cuts: Vec<usize> = (size..input.len()).step_by(size).collect();
-        let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
-        assert_eq!(String::from_utf8(out).unwrap(), whole, "IBAN, chunks of {size}");
-    }
 }
 
 #[test]
@@ -733,13 +735,8 @@ fn invisible_padding_does_not_stretch_a_value_past_the_hold() {
         format!("call +44 {shy}20 7946 0958 now {}", "x ".repeat(80)),
         format!("cut:\n{body}-----END RSA PRIVATE KEY-----\n{}", "x ".repeat(80)),
     ] {
-        let whole = m.mask_text(&text, &mut Counts::new());
+        let whole = assert_steps_match_whole(&m, &text, &[1, 5, 16, 137]);
         assert!(whole.contains('[') && !whole.contains("1111 1111") && !whole.contains("7946") && !whole.contains("MIIE"), "{whole}");
-        for step in [1, 5, 16, 137] {
-            let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
-            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
-            assert_eq!(String::from_utf8(out).unwrap(), whole, "step {step}");
-        }
     }
 }
 
@@ -1918,13 +1915,8 @@ fn pem_header_with_invisible_characters_is_held_until_its_footer() {
     let body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6\nffAt0gunVTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u+qKhbwKfBstIs+bMY2Zkp18\n".repeat(4);
     for header in ["-----BEGIN \u{200b}RSA PRIVATE KEY-----", "-----BEGIN RSA PRIVATE\u{ad} KEY-----"] {
         let text = format!("key: {header}\n{body}not base64 here, {}\n-----END RSA PRIVATE KEY-----\nbye {}", "then more words ".repeat(20), "x ".repeat(80));
-        let whole = m.mask_text(&text, &mut Counts::new());
+        let whole = assert_steps_match_whole(&m, &text, &[1, 7, 64, 200]);
         assert!(whole.starts_with("key: [PRIVATE_KEY]\nbye"), "{whole}");
-        for step in [1, 7, 64, 200] {
-            let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
-            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
-            assert_eq!(String::from_utf8(out).unwrap(), whole, "step {step}");
-        }
     }
 }
 
@@ -1939,12 +1931,7 @@ fn form_feed_ends_a_form_token_as_a_stream_cut_does() {
         format!("q=x&{}\x0c4111+1111+1111+1111 {}", "a".repeat(140), "word ".repeat(60)),
         format!("%3Fc%3D{}\x0cq=x&4111+1111+1111+1111 {}", "a".repeat(140), "word ".repeat(60)),
     ] {
-        let whole = m.mask_text(&text, &mut Counts::new());
-        for step in [1, 7, 100, 263] {
-            let cuts: Vec<usize> = (1..text.len() / step).map(|i| i * step).collect();
-            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
-            assert_eq!(String::from_utf8(out).unwrap(), whole, "step {step}");
-        }
+        assert_steps_match_whole(&m, &text, &[1, 7, 100, 263]);
     }
 }
 
