@@ -1921,17 +1921,33 @@ fn pem_header_with_invisible_characters_is_held_until_its_footer() {
 }
 
 /// A form feed ends a token for the stream's cuts, and so for the form
-/// bodies and escaped query strings whose `+` is a space: a value after
-/// one is decided the same way whatever the chunking.
+/// bodies and escaped query strings whose `+` is a space, as does any
+/// space after a `%` that starts no escape: a value after one is decided
+/// the same way whatever the chunking.
 #[test]
 fn form_feed_ends_a_form_token_as_a_stream_cut_does() {
     let m = masker(json!({}));
     for text in [
+        // (a lone `%` is no escape: the space after it ends the token)
+        format!("{} %3Fc%3D4111%2B1111%2B1111%2B1111%20{} end", "%".repeat(128), "z".repeat(130)),
+        format!("x%3Fc%3D{}% 4111%2B1111%2B1111%2B1111%20{} end", "a".repeat(125), "z".repeat(130)),
+        format!("x%3Fc%3D{}%\n4111%2B1111%2B1111%2B1111%20{} end", "a".repeat(125), "z".repeat(130)),
+        format!("x%23f{}% x%3Fc%3D4111%2B1111%2B1111%2B1111%20{} end", "a".repeat(125), "z".repeat(130)),
         format!("%3Fc%3D{}\x0c4111%2B1111%2B1111%2B1111 {}", "a".repeat(121), "x ".repeat(70)),
         format!("q=x&{}\x0c4111+1111+1111+1111 {}", "a".repeat(140), "word ".repeat(60)),
         format!("%3Fc%3D{}\x0cq=x&4111+1111+1111+1111 {}", "a".repeat(140), "word ".repeat(60)),
     ] {
         assert_steps_match_whole(&m, &text, &[1, 7, 100, 263]);
+        for cut in [1, 130, text.len() - 5] {
+            let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &[cut]);
+            assert_eq!(String::from_utf8(out).unwrap(), m.mask_text(&text, &mut Counts::new()), "cut at {cut}");
+        }
+    }
+    // (and the card of a query that starts after them is masked, however
+    // many `%` come before)
+    for k in 126..=128 {
+        let text = format!("{} %3Fc%3D4111%2B1111%2B1111%2B1111%20 end", "%".repeat(k));
+        assert!(m.mask_text(&text, &mut Counts::new()).contains("%3Fc%3D[PAYMENT_CARD]%20 end"), "{text}");
     }
 }
 

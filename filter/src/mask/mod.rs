@@ -1269,8 +1269,11 @@ fn escaped_query_values(b: &[u8]) -> Vec<(usize, usize)> {
     let (mut part, mut value) = (Part::Before, None::<usize>);
     let mut i = 0;
     while let Some(&c) = b.get(i) {
+        // (a `%` without two hex digits is a byte like any other: skipping
+        // three there could skip a space that ends the token)
+        let escape = c == b'%' && b.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
         let hex = |k: usize| b.get(i + k).map_or(0, |h| h | 0x20);
-        let esc = if c == b'%' { [hex(1), hex(2)] } else { [0, 0] };
+        let esc = if escape { [hex(1), hex(2)] } else { [0, 0] };
         // the part that starts here, if another does (which ends a value)
         let next = match (c, esc) {
             (b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'"' | b'\'' | b'<' | b'>' | b'=' | b'&' | b'?' | b'#', _) => Some(Part::Before),
@@ -1289,7 +1292,7 @@ fn escaped_query_values(b: &[u8]) -> Vec<(usize, usize)> {
             }
             part = next;
         }
-        i += if c == b'%' { 3 } else { 1 };
+        i += if escape { 3 } else { 1 };
     }
     if let Some(st) = value {
         out.push((st, b.len()));
