@@ -342,7 +342,7 @@ pub(crate) fn form_space_at(s: &[u8], i: usize) -> bool {
 /// after it. (The caller checks that it sits in such a query's value.)
 #[inline]
 pub(crate) fn escaped_form_space_at(s: &[u8], i: usize) -> bool {
-    let before = if percent_escape_before(s, i) { i.checked_sub(3).and_then(|k| percent_byte(s, k)).unwrap_or(0) } else { back(s, i, 1) };
+    let before = i.checked_sub(3).and_then(|k| percent_byte(s, k)).unwrap_or(back(s, i, 1));
     at(s, i) == b'%'
         && at(s, i + 1) == b'2'
         && at(s, i + 2) | 0x20 == b'b'

@@ -712,10 +712,7 @@ impl Inner {
         // (a PEM header split by invisible characters is held open too)
         let hidden = self.invisible_candidates(s, base, open_from, from, out);
         self.percent_candidates(s, base, from, out);
-        match (open, hidden) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [open, hidden].into_iter().flatten().min()
     }
 
     /// Candidates that URL percent-escapes hide (`tel=%2B14155550134`,
@@ -778,7 +775,7 @@ impl Inner {
         let open_from = if open_from == usize::MAX { usize::MAX } else { v.stripped(open_from.saturating_sub(base)) };
         let from = v.stripped(from.saturating_sub(base));
         let mut open = detectors::scan(&self.enabled, &self.anchors, v.text.as_bytes(), 0, open_from, from, out).map(|p| v.original(p));
-        if open.is_some_and(|p| s.len() - p.min(s.len()) >= detectors::PEM_WINDOW) {
+        if open.is_some_and(|p| s.len().saturating_sub(p) >= detectors::PEM_WINDOW) {
             // (its window is counted in visible bytes: padding would keep
             // it open past what a stream may hold, so it is decided now,
             // as the text ended here)
@@ -1126,9 +1123,7 @@ impl Visible {
         let forms = std::cell::OnceCell::new();
         let space = |i: usize| {
             form && detectors::form_space_at(b, i) && {
-                let forms: &Vec<(usize, usize)> = forms.get_or_init(|| form_tokens(b));
-                let k = forms.partition_point(|(_, end)| *end <= i);
-                forms.get(k).is_some_and(|(st, _)| *st <= i)
+                in_spans(forms.get_or_init(|| form_tokens(b)), i)
             }
         };
         // (an escaped `+` is a space in an escaped URL's query string, in
@@ -1137,9 +1132,7 @@ impl Visible {
         let inner = std::cell::OnceCell::new();
         let escaped_space = |i: usize| {
             detectors::escaped_form_space_at(b, i) && {
-                let spans: &Vec<(usize, usize)> = inner.get_or_init(|| escaped_query_values(b));
-                let k = spans.partition_point(|(_, end)| *end <= i);
-                spans.get(k).is_some_and(|(st, _)| *st <= i)
+                in_spans(inner.get_or_init(|| escaped_query_values(b)), i)
             }
         };
         let piece = |b: &[u8], i: usize| {
@@ -1233,7 +1226,7 @@ fn form_tokens(b: &[u8]) -> Vec<(usize, usize)> {
     let (mut st, mut eq, mut sep) = (0usize, false, false);
     for (i, &c) in b.iter().enumerate() {
         match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'"' | b'\'' | b'<' | b'>' => {
+            c if stream::is_ws(c) || matches!(c, b'"' | b'\'' | b'<' | b'>') => {
                 if eq && sep {
                     out.push((st, i));
                 }
@@ -1248,6 +1241,12 @@ fn form_tokens(b: &[u8]) -> Vec<(usize, usize)> {
         out.push((st, b.len()));
     }
     out
+}
+
+/// Whether `i` lies in one of `spans` (`(start, end)` ranges, in order).
+fn in_spans(spans: &[(usize, usize)], i: usize) -> bool {
+    let k = spans.partition_point(|(_, end)| *end <= i);
+    spans.get(k).is_some_and(|(st, _)| *st <= i)
 }
 
 /// The values of an escaped URL's query string in `b` (`%3Fcard%3D4111%2B…`
@@ -1276,7 +1275,7 @@ fn escaped_query_values(b: &[u8]) -> Vec<(usize, usize)> {
         let esc = if escape { [hex(1), hex(2)] } else { [0, 0] };
         // the part that starts here, if another does (which ends a value)
         let next = match (c, esc) {
-            (b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'"' | b'\'' | b'<' | b'>' | b'=' | b'&' | b'?' | b'#', _) => Some(Part::Before),
+            (c, _) if stream::is_ws(c) || matches!(c, b'"' | b'\'' | b'<' | b'>' | b'=' | b'&' | b'?' | b'#') => Some(Part::Before),
             (b'%', [b'2', b'3']) => Some(Part::Fragment),
             (b'%', [b'3', b'f']) if part != Part::Fragment => Some(Part::Query),
             (b'%', [b'2', b'6']) if part == Part::Query => Some(Part::Query),

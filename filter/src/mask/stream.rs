@@ -212,7 +212,10 @@ pub(crate) struct TextStream {
     own: Vec<Cand>,
 }
 
-fn is_ws(b: u8) -> bool {
+/// The ASCII whitespace a text stream cuts after (space, tab, LF, CR, form
+/// feed); the form-body and escaped-query token finders end tokens at the
+/// same bytes, so a cut never splits what they read as one token.
+pub(super) fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')
 }
 
@@ -299,10 +302,7 @@ impl TextStream {
         // PEM headers before `start` were decided when released
         let open = self.inner.candidates_bytes(&self.buf, self.start, false, &mut cands);
         cands.extend_from_slice(&self.own);
-        let open = match (open, tail) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let open = [open, tail].into_iter().flatten().min();
         let cut = choose_cut(&self.buf, self.start, limit, &mut cands, open, forced);
         let Some(cut) = cut else {
             self.retry_later();
