@@ -223,13 +223,22 @@ impl Gate {
     /// before forwarding), or `the path` (`:path`, e.g. `?access_token=`).
     /// Such a copy would reach the backend, which must never see the job's
     /// token. `None` when there is none.
+    ///
+    /// Only values at least as long as the token are searched: the token is
+    /// ASCII, and neither percent-decoding nor the lossy UTF-8 reading makes
+    /// an ASCII run longer than the bytes it came from. So most requests
+    /// build no substring finder at all (building one for a ~600-byte JWS
+    /// costs more than the rest of a cache hit).
     fn token_elsewhere<'h>(&self, headers: &[Header<'h>], token: &str) -> Option<&'h str> {
-        let finder = memchr::memmem::Finder::new(token.as_bytes());
-        headers
+        let mut long = headers
             .iter()
-            .filter(|(n, _)| *n != "authorization" && !self.config.providers.iter().any(|p| p.token_header.as_deref() == Some(*n)))
-            .find(|(_, v)| carries(&finder, v))
-            .map(|(n, _)| if *n == ":path" { "the path" } else { *n })
+            .filter(|(n, v)| {
+                v.len() >= token.len() && *n != "authorization" && !self.config.providers.iter().any(|p| p.token_header.as_deref() == Some(*n))
+            })
+            .peekable();
+        long.peek()?;
+        let finder = memchr::memmem::Finder::new(token.as_bytes());
+        long.find(|(_, v)| carries(&finder, v)).map(|(n, _)| if *n == ":path" { "the path" } else { *n })
     }
 
     /// The request's token (as [`Gate::token`] reads it), if it has one.

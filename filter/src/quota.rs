@@ -347,9 +347,22 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     }
     let mut best: Option<Usage> = None;
     let mut output_only = 0u64;
-    // (Gemini's counts are `"usageMetadata"`, see `usage_of`)
-    for key in [&b"\"usage\""[..], b"\"usageMetadata\""] {
-        usage_members(tail, key, &mut best, &mut output_only);
+    // One forward (SIMD) search for the quoted `usage` both keys start
+    // with; the members are then weighed as they always were: the
+    // `"usage"` ones from the last, then the `"usageMetadata"` ones
+    // (Gemini's counts, see `usage_of`).
+    let (mut usage, mut metadata) = (Vec::new(), Vec::new());
+    for at in memchr::memmem::find_iter(tail, b"\"usage") {
+        match tail.get(at + 6..).unwrap_or_default() {
+            r if r.starts_with(b"\"") => usage.push(at),
+            r if r.starts_with(b"Metadata\"") => metadata.push(at),
+            _ => {}
+        }
+    }
+    for (key, starts) in [(&b"\"usage\""[..], usage), (b"\"usageMetadata\"", metadata)] {
+        for at in starts.into_iter().rev() {
+            usage_member(tail, at, key, &mut best, &mut output_only);
+        }
     }
     let mut u = best?;
     if output_only > u.completion_tokens {
@@ -359,36 +372,31 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
     Some(u)
 }
 
-/// [`usage_from_tail`] for the members named `key` (quoted): raises `best`
-/// to the largest complete usage and `output_only` to the largest
-/// output-only count among them.
-fn usage_members(tail: &[u8], key: &[u8], best: &mut Option<Usage>, output_only: &mut u64) {
-    let mut end = tail.len();
-    while let Some(at) = tail.get(..end).and_then(|t| memchr::memmem::rfind(t, key)) {
-        // The next candidate ends before this one's closing quote.
-        end = at + key.len() - 1;
-        let backslashes = tail.get(..at).unwrap_or_default().iter().rev().take_while(|b| **b == b'\\').count();
-        if backslashes % 2 == 1 {
-            continue;
-        }
-        let after = tail.get(at + key.len()..).unwrap_or_default();
-        let Some(colon) = after.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) else {
-            continue;
-        };
-        if after.get(colon) != Some(&b':') {
-            continue;
-        }
-        let value = after.get(colon + 1..).unwrap_or_default();
-        let Some(Ok(Value::Object(o))) = serde_json::Deserializer::from_slice(value).into_iter::<Value>().next() else {
-            continue;
-        };
-        match usage_of(&o) {
-            Some(u) if best.as_ref().is_none_or(|b| u.total_tokens > b.total_tokens) => *best = Some(u),
-            Some(_) => {}
-            None => {
-                if let Some(out) = o.get("output_tokens").and_then(Value::as_u64) {
-                    *output_only = (*output_only).max(out);
-                }
+/// [`usage_from_tail`] for the member named `key` (quoted) at `at` in
+/// `tail`: raises `best` to its usage if complete and larger, or
+/// `output_only` to its output-only count.
+fn usage_member(tail: &[u8], at: usize, key: &[u8], best: &mut Option<Usage>, output_only: &mut u64) {
+    let backslashes = tail.get(..at).unwrap_or_default().iter().rev().take_while(|b| **b == b'\\').count();
+    if backslashes % 2 == 1 {
+        return;
+    }
+    let after = tail.get(at + key.len()..).unwrap_or_default();
+    let Some(colon) = after.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) else {
+        return;
+    };
+    if after.get(colon) != Some(&b':') {
+        return;
+    }
+    let value = after.get(colon + 1..).unwrap_or_default();
+    let Some(Ok(Value::Object(o))) = serde_json::Deserializer::from_slice(value).into_iter::<Value>().next() else {
+        return;
+    };
+    match usage_of(&o) {
+        Some(u) if best.as_ref().is_none_or(|b| u.total_tokens > b.total_tokens) => *best = Some(u),
+        Some(_) => {}
+        None => {
+            if let Some(out) = o.get("output_tokens").and_then(Value::as_u64) {
+                *output_only = (*output_only).max(out);
             }
         }
     }

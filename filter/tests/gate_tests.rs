@@ -442,7 +442,12 @@ fn token_sent_a_second_way_is_refused() {
     let auth = format!("Bearer {t}");
     let cookie = format!("session=abc; tok={t}");
     let path = format!("/v1/idx/docs?access_token={t}");
+    // every byte percent-encoded: three times as long, the same token
+    let encoded: String = t.bytes().map(|b| format!("%{b:02X}")).collect();
+    let encoded_path = format!("/v1/idx/docs?access_token={encoded}");
     for (extra, place) in [
+        (("x-api-key", t.as_bytes()), "x-api-key"),
+        ((":path", encoded_path.as_bytes()), "the path"),
         (("cookie", cookie.as_bytes()), "cookie"),
         (("proxy-authorization", auth.as_bytes()), "proxy-authorization"),
         ((":path", path.as_bytes()), "the path"),
@@ -455,6 +460,10 @@ fn token_sent_a_second_way_is_refused() {
     }
     // the token header of the provider is stripped anyway: sending both is not refused
     let ok = f.authenticate_headers(&[("authorization", auth.as_bytes()), ("x-ci-token", t.as_bytes()), (":path", b"/v1/idx/docs")]);
+    assert!(ok.is_ok(), "{ok:?}");
+    // a value one byte shorter than the token cannot hold it
+    let short = t.get(1..).unwrap();
+    let ok = f.authenticate_headers(&[("authorization", auth.as_bytes()), ("x-api-key", short.as_bytes())]);
     assert!(ok.is_ok(), "{ok:?}");
 }
 
