@@ -1593,4 +1593,9 @@ fn captured_text_never_holds_a_backend_credential() {
     let r = c.response_record();
     assert_eq!(r.text, "{\"headers\":{\"api-key\":\"[BACKEND_CREDENTIAL]\"},\"again\":\"[BACKEND_CREDENTIAL]\"}");
     assert_eq!(r.size, 75, "the size is the body's as sent");
+    // a text exactly as long as the credential, and one shorter
+    let mut c = Capture::new(1024, false);
+    c.push(b"backend-secret-0123");
+    c.redact(&["backend-secret-0123".to_string(), "backend-secret-01234".to_string()]);
+    assert_eq!(c.response_record().text, "[BACKEND_CREDENTIAL]");
 }
