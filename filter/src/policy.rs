@@ -67,6 +67,28 @@ impl Glob {
 }
 
 fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    if memchr::memmem::find(p, b"**").is_some() {
+        return glob_nfa(p, s);
+    }
+    // Without `**` no star crosses a `/`, so the pattern's k-th `/` can only
+    // match the path's k-th `/`: segments match pair by pair, and the
+    // literal ones (most of them) are compared rather than simulated.
+    let (mut ps, mut ss) = (p.split(|b| *b == b'/'), s.split(|b| *b == b'/'));
+    loop {
+        match (ps.next(), ss.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.contains(&b'*') => {
+                if !glob_nfa(a, b) {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+fn glob_nfa(p: &[u8], s: &[u8]) -> bool {
     // reach[j]: the pattern read so far matches exactly s[..j]. Exhaustive
     // backtracking would cost O(len(s)^stars) on request-controlled paths.
     let mut reach = vec![false; s.len() + 1];
