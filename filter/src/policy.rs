@@ -57,9 +57,11 @@ impl Glob {
 
     /// Whether `path` (without query string) matches. One trailing slash
     /// is not significant (`/a/export/` matches `/a/*/export`): most web
-    /// frameworks route both forms to the same handler. One pass over the
-    /// pattern keeping the set of matched path prefixes: O(len(path) ×
-    /// len(pattern)) at worst, whatever the number of stars.
+    /// frameworks route both forms to the same handler. Without `**`,
+    /// segment by segment (literal ones compared); starred segments, and
+    /// patterns with `**`, by one pass over the pattern keeping the set of
+    /// matched path prefixes: O(len(path) × len(pattern)) at worst,
+    /// whatever the number of stars.
     pub fn matches(&self, path: &[u8]) -> bool {
         glob_match(&self.pattern, path)
             || path.strip_suffix(b"/").is_some_and(|p| !p.is_empty() && glob_match(&self.pattern, p))
