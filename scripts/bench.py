@@ -1,7 +1,15 @@
 #!/usr/bin/env python3
 """Side-by-side throughput/latency of Envoy without a filter, with native
 jwt_authn + rbac, and with nhi-gate (see scripts/bench.sh). All traffic stays
-on 127.0.0.1; every load run is bounded in time."""
+on 127.0.0.1; every load run is bounded in time.
+
+Each wrk run also reads the gateway's user CPU time (/proc/PID/stat), so
+the table gives user CPU microseconds per request. --instructions N
+instead runs the three gateways under valgrind's callgrind and counts the
+instructions each gateway process executes per request (all threads, user
+space), over N requests on one keep-alive connection after 30 to warm up:
+the same from run to run, whatever else the machine does. Together they
+give each setup's instructions per ns of CPU."""
 import argparse
 import atexit
 import json
@@ -138,8 +146,19 @@ def wait_ok(url, headers, timeout=30, method="POST"):
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url, token, seconds, connections, method="POST"):
-    """Runs wrk once; returns (requests/s, p50 ms, p99 ms). Any non-2xx answer is an error."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def user_seconds(pid):
+    """User CPU time of process `pid` (all threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK
+
+
+def wrk(url, token, seconds, connections, method="POST", pid=None):
+    """Runs wrk once; returns (requests/s, p50 ms, p99 ms, user CPU us per
+    request of process `pid`, or 0). Any non-2xx answer is an error."""
+    cpu0 = user_seconds(pid) if pid else 0.0
     args = []
     if method == "POST":
         script = "wrk.method = 'POST'\nwrk.body = '{\"vector\":[1,0,0]}'\nwrk.headers['content-type'] = 'application/json'\n"
@@ -154,7 +173,9 @@ def wrk(url, token, seconds, connections, method="POST"):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise RuntimeError(f"{url}: {non2xx.group(1)} non-2xx responses:\n{out}")
-    return rps, lat["50"], lat["99"]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = 1e6 * (user_seconds(pid) - cpu0) / requests if pid and requests else 0.0
+    return rps, lat["50"], lat["99"], cpu_us
 
 
 def main():
@@ -162,7 +183,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--instructions", type=int, default=0, metavar="N",
+                    help="only instructions per request under callgrind, N requests per gateway")
     a = ap.parse_args()
+    if a.instructions > 0:
+        return instructions(a.instructions)
 
     key = Key("RS256", "bench-1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
@@ -186,8 +211,10 @@ def main():
         for r in range(a.rounds):
             for k in kinds:
                 url = f"http://127.0.0.1:{gws[k][1]}/collections/docs/points/search"
-                results[k].append(wrk(url, token, a.seconds, a.connections))
-                print(f"round {r + 1} {k:14s} {results[k][-1][0]:10.0f} req/s  p50 {results[k][-1][1]:.3f} ms  p99 {results[k][-1][2]:.3f} ms", file=sys.stderr)
+                results[k].append(wrk(url, token, a.seconds, a.connections, pid=gws[k][0].pid))
+                rps, p50, p99, cpu = results[k][-1]
+                print(f"round {r + 1} {k:14s} {rps:10.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  user CPU {cpu:.1f} us/request",
+                      file=sys.stderr)
     finally:
         for p, _ in gws.values():
             p.terminate()
@@ -197,18 +224,72 @@ def main():
         xs = sorted(xs)
         return xs[len(xs) // 2]
 
-    summary = {k: tuple(med([x[i] for x in v]) for i in range(3)) for k, v in results.items()}
+    summary = {k: tuple(med([x[i] for x in v]) for i in range(4)) for k, v in results.items()}
     print(f"\nEnvoy {subprocess.run([ENVOY, '--version'], capture_output=True, text=True).stdout.split('version:')[-1].strip()}, "
           f"1 worker, wrk -c{a.connections}, {a.rounds} rounds x {a.seconds}s interleaved, RS256, medians\n")
-    print(f"| setup | req/s | p50 ms | p99 ms |\n|---|---|---|---|")
+    print(f"| setup | req/s | p50 ms | p99 ms | user CPU us/request |\n|---|---|---|---|---|")
     for k in kinds:
-        rps, p50, p99 = summary[k]
-        print(f"| {k} | {rps:.0f} | {p50:.3f} | {p99:.3f} |")
+        rps, p50, p99, cpu = summary[k]
+        print(f"| {k} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {cpu:.1f} |")
     n, g, f = summary["native"], summary["nhi-gate"], summary["no-filter"]
     print(f"\nnhi-gate / native:    throughput {g[0] / n[0]:.2f}x, p50 {g[1] / n[1]:.2f}x, p99 {g[2] / n[2]:.2f}x")
     print(f"nhi-gate / no filter: throughput {g[0] / f[0]:.2f}x, p50 {g[1] / f[1]:.2f}x")
     print(f"cold path (cache off, every request an RS256 verification): {summary['nhi-gate-cold'][0]:.0f} verifications/s "
           f"({summary['nhi-gate-cold'][0] / n[0]:.2f}x native jwt_authn)")
+
+
+def instructions(n):
+    """--instructions N (module doc): instructions per request of each gateway under callgrind."""
+    import glob
+    import http.client
+    key = Key("RS256", "bench-1")
+    token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
+    up_port = free_port()
+    procs = [start(upstream_config(up_port, free_port()), concurrency=1)]
+    gws = {}
+    try:
+        for k in ("no-filter", "native", "nhi-gate"):
+            port = free_port()
+            path = os.path.join(RUN_DIR, f"envoy-{k}.json")
+            Path(path).write_text(json.dumps(gateway_config(k, key.jwk, port, free_port(), up_port)))
+            log = open(os.path.join(RUN_DIR, f"valgrind-{k}.log"), "w")
+            p = subprocess.Popen(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--cache-sim=no",
+                                  f"--callgrind-out-file={RUN_DIR}/callgrind-{k}.%p", ENVOY, "-c", path,
+                                  "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
+                                  "--base-id", str(free_port())], stdout=log, stderr=subprocess.STDOUT)
+            procs.append(p)
+            gws[k] = (port, p.pid)
+        # Envoy (with V8) starts in minutes under valgrind
+        for port, _ in gws.values():
+            wait_ok(f"http://127.0.0.1:{port}/collections/docs/points/search", [f"authorization: Bearer {token}"], timeout=1200)
+        counts = {}
+        for k, (port, pid) in gws.items():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+            def send(count):
+                for _ in range(count):
+                    conn.request("POST", "/collections/docs/points/search", body=b'{"vector":[1,0,0]}',
+                                 headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+                    r = conn.getresponse()
+                    body = r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{k}: {r.status} {body[:200]!r}")
+            send(30)
+            subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+            send(n)
+            subprocess.run(["callgrind_control", "-d", "requests", str(pid)], check=True, capture_output=True)
+            conn.close()
+            dump = max(glob.glob(f"{RUN_DIR}/callgrind-{k}.{pid}.*"), key=os.path.getmtime)
+            total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
+            counts[k] = total / n
+    finally:
+        for p in procs:
+            p.terminate()
+    print(f"\ninstructions per request (callgrind, whole gateway process, {n} POST searches on one connection "
+          "after 30 to warm up)\n")
+    print("| setup | instructions |\n|---|---|")
+    for k, c in counts.items():
+        print(f"| {k} | {c / 1e3:.0f}k |")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 # several rounds, RS256 tokens. Prints req/s, p50, p99 per setup and the
 # ratios, plus the cold path (nhi-gate with its token cache off).
 # Usage: scripts/bench.sh [--rounds N] [--seconds S] [--connections C]
+# (--instructions N: instructions per request under callgrind instead; valgrind is installed)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -12,6 +13,13 @@ if ! command -v wrk >/dev/null 2>&1; then
   echo "[bench] installing wrk (Debian package)" >&2
   (apt-get update -qq && apt-get install -y -qq wrk) >&2
 fi
+case " $* " in
+  *" --instructions"*)
+    if ! command -v valgrind >/dev/null 2>&1; then
+      echo "[bench] installing valgrind (Debian package)" >&2
+      (apt-get update -qq && apt-get install -y -qq valgrind) >&2
+    fi ;;
+esac
 scripts/setup.sh
 scripts/build.sh
 if [ -z "${ENVOY_BIN:-}" ]; then
