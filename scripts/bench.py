@@ -12,6 +12,8 @@ the same from run to run, whatever else the machine does. Together they
 give each setup's instructions per ns of CPU."""
 import argparse
 import atexit
+import glob
+import http.client
 import json
 import os
 import re
@@ -143,6 +145,32 @@ def wait_ok(url, headers, timeout=30, method="POST"):
     raise RuntimeError(f"{url} not answering 200 (last {last})")
 
 
+def start_callgrind(cfg, name):
+    """Starts Envoy (one worker) from `cfg` under valgrind's callgrind; its
+    config, log and dumps are `RUN_DIR/*-{name}*`. Envoy with V8 takes
+    minutes to start under valgrind."""
+    path = os.path.join(RUN_DIR, f"envoy-{name}.json")
+    Path(path).write_text(json.dumps(cfg))
+    log = open(os.path.join(RUN_DIR, f"valgrind-{name}.log"), "w")
+    return subprocess.Popen(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--cache-sim=no",
+                             f"--callgrind-out-file={RUN_DIR}/callgrind-{name}.%p", ENVOY, "-c", path,
+                             "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
+                             "--base-id", str(free_port())], stdout=log, stderr=subprocess.STDOUT)
+
+
+def instructions_per_request(proc, name, send, n):
+    """Instructions the callgrind'ed Envoy `proc` (from `start_callgrind`)
+    executes per request: `send(30)` to warm up, counters zeroed, `send(n)`,
+    counters dumped and divided by n."""
+    send(30)
+    subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+    send(n)
+    subprocess.run(["callgrind_control", "-d", "requests", str(proc.pid)], check=True, capture_output=True)
+    dump = max(glob.glob(f"{RUN_DIR}/callgrind-{name}.{proc.pid}.*"), key=os.path.getmtime)
+    total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
+    return total / n
+
+
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -240,8 +268,6 @@ def main():
 
 def instructions(n):
     """--instructions N (module doc): instructions per request of each gateway under callgrind."""
-    import glob
-    import http.client
     key = Key("RS256", "bench-1")
     token = key.sign(claims(ISS, groups=["readers"], ttl=3000))
     up_port = free_port()
@@ -250,20 +276,12 @@ def instructions(n):
     try:
         for k in ("no-filter", "native", "nhi-gate"):
             port = free_port()
-            path = os.path.join(RUN_DIR, f"envoy-{k}.json")
-            Path(path).write_text(json.dumps(gateway_config(k, key.jwk, port, free_port(), up_port)))
-            log = open(os.path.join(RUN_DIR, f"valgrind-{k}.log"), "w")
-            p = subprocess.Popen(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--cache-sim=no",
-                                  f"--callgrind-out-file={RUN_DIR}/callgrind-{k}.%p", ENVOY, "-c", path,
-                                  "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
-                                  "--base-id", str(free_port())], stdout=log, stderr=subprocess.STDOUT)
-            procs.append(p)
-            gws[k] = (port, p.pid)
-        # Envoy (with V8) starts in minutes under valgrind
+            gws[k] = (port, start_callgrind(gateway_config(k, key.jwk, port, free_port(), up_port), k))
+            procs.append(gws[k][1])
         for port, _ in gws.values():
             wait_ok(f"http://127.0.0.1:{port}/collections/docs/points/search", [f"authorization: Bearer {token}"], timeout=1200)
         counts = {}
-        for k, (port, pid) in gws.items():
+        for k, (port, proc) in gws.items():
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
             def send(count):
@@ -274,14 +292,8 @@ def instructions(n):
                     body = r.read()
                     if r.status != 200:
                         raise RuntimeError(f"{k}: {r.status} {body[:200]!r}")
-            send(30)
-            subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
-            send(n)
-            subprocess.run(["callgrind_control", "-d", "requests", str(pid)], check=True, capture_output=True)
+            counts[k] = instructions_per_request(proc, k, send, n)
             conn.close()
-            dump = max(glob.glob(f"{RUN_DIR}/callgrind-{k}.{pid}.*"), key=os.path.getmtime)
-            total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
-            counts[k] = total / n
     finally:
         for p in procs:
             p.terminate()

@@ -44,7 +44,6 @@ the noise of a p50; it leaves out the kernel (sockets, scheduling), which
 the p50 includes.
 """
 import argparse
-import glob
 import http.client
 import json
 import os
@@ -58,7 +57,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import ENVOY, ISS, RUN_DIR, WASM, start, upstream_config, wait_ok, UNIT  # noqa: E402
+from bench import ISS, WASM, instructions_per_request, start, start_callgrind, upstream_config, wait_ok, UNIT  # noqa: E402
 import envoy_config  # noqa: E402
 from harness import Key, claims, free_port  # noqa: E402
 
@@ -264,26 +263,18 @@ def instructions(n):
     procs = [start(upstream(up_port, free_port()))]
     slow_up = SlowUpstream(1)
     gws = {}
-    out_dir = RUN_DIR
     try:
         for kind in ("passthrough", "wasm-noop", "no-mask", "mask"):
             port = free_port()
-            cfg = gateway(kind, key.jwk, port, free_port(), up_port, slow_up.port)
-            path = os.path.join(out_dir, f"envoy-{kind}.json")
-            Path(path).write_text(json.dumps(cfg))
-            log = open(os.path.join(out_dir, f"valgrind-{kind}.log"), "w")
-            p = subprocess.Popen(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--cache-sim=no",
-                                  f"--callgrind-out-file={out_dir}/callgrind-{kind}.%p", ENVOY, "-c", path,
-                                  "--concurrency", "1", "--disable-hot-restart", "--log-level", "warn",
-                                  "--base-id", str(free_port())], stdout=log, stderr=subprocess.STDOUT)
+            p = start_callgrind(gateway(kind, key.jwk, port, free_port(), up_port, slow_up.port), kind)
             procs.append(p)
-            gws[kind] = (port, p.pid)
+            gws[kind] = (port, p)
         # Envoy with V8 starts in minutes under valgrind
         for port, _ in gws.values():
             wait_ok(f"http://127.0.0.1:{port}/data/clean-1k", [f"authorization: Bearer {token}"], timeout=1200, method="GET")
         counts = {}
         for dense in ("clean", "pii"):
-            for kind, (port, pid) in gws.items():
+            for kind, (port, proc) in gws.items():
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
                 def get(k):
@@ -293,14 +284,8 @@ def instructions(n):
                         body = r.read()
                         if r.status != 200:
                             raise RuntimeError(f"{kind}: {r.status} {body[:200]!r}")
-                get(30)
-                subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
-                get(n)
-                subprocess.run(["callgrind_control", "-d", f"{dense}", str(pid)], check=True, capture_output=True)
+                counts[(dense, kind)] = instructions_per_request(proc, kind, get, n)
                 conn.close()
-                dump = max(glob.glob(f"{out_dir}/callgrind-{kind}.{pid}.*"), key=os.path.getmtime)
-                total = next(int(line.split()[1]) for line in open(dump) if line.startswith(("summary:", "totals:")))
-                counts[(dense, kind)] = total / n
     finally:
         for p in procs:
             p.terminate()
