@@ -36,11 +36,16 @@ impl OpClass {
 #[derive(Debug, Clone)]
 pub struct Glob {
     pattern: Vec<u8>,
+    /// The pattern has a `**` (a star that crosses `/`), found once here
+    /// rather than on every request.
+    deep: bool,
 }
 
 impl Glob {
     pub fn new(pattern: &str) -> Glob {
-        Glob { pattern: pattern.as_bytes().to_vec() }
+        let pattern = pattern.as_bytes().to_vec();
+        let deep = pattern.windows(2).any(|w| w == b"**");
+        Glob { pattern, deep }
     }
 
     /// The pattern as written.
@@ -63,29 +68,29 @@ impl Glob {
     /// matched path prefixes: O(len(path) × len(pattern)) at worst,
     /// whatever the number of stars.
     pub fn matches(&self, path: &[u8]) -> bool {
-        glob_match(&self.pattern, path)
-            || path.strip_suffix(b"/").is_some_and(|p| !p.is_empty() && glob_match(&self.pattern, p))
+        self.matches_exactly(path) || path.strip_suffix(b"/").is_some_and(|p| !p.is_empty() && self.matches_exactly(p))
     }
-}
 
-fn glob_match(p: &[u8], s: &[u8]) -> bool {
-    if memchr::memmem::find(p, b"**").is_some() {
-        return glob_nfa(p, s);
-    }
-    // Without `**` no star crosses a `/`, so the pattern's k-th `/` can only
-    // match the path's k-th `/`: segments match pair by pair, and the
-    // literal ones (most of them) are compared rather than simulated.
-    let (mut ps, mut ss) = (p.split(|b| *b == b'/'), s.split(|b| *b == b'/'));
-    loop {
-        match (ps.next(), ss.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a.contains(&b'*') => {
-                if !glob_nfa(a, b) {
-                    return false;
+    /// Whether `s` matches, its trailing slash significant.
+    fn matches_exactly(&self, s: &[u8]) -> bool {
+        if self.deep {
+            return glob_nfa(&self.pattern, s);
+        }
+        // Without `**` no star crosses a `/`, so the pattern's k-th `/` can
+        // only match the path's k-th `/`: segments match pair by pair, and
+        // the literal ones (most of them) are compared rather than simulated.
+        let (mut ps, mut ss) = (self.pattern.split(|b| *b == b'/'), s.split(|b| *b == b'/'));
+        loop {
+            match (ps.next(), ss.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if a.contains(&b'*') => {
+                    if !glob_nfa(a, b) {
+                        return false;
+                    }
                 }
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
             }
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
         }
     }
 }
@@ -324,7 +329,7 @@ impl Resource {
             (None, Some(g)) => {
                 let deep_tail = g.pattern.strip_suffix(b"**").filter(|l| !l.contains(&b'*'));
                 deep_tail.is_some_and(|l| l == b"/" || literal.starts_with(l))
-                    || (exact && glob_match(&g.pattern, literal))
+                    || (exact && g.matches_exactly(literal))
                     || later.path_glob.as_ref().is_some_and(|lg| lg.pattern == g.pattern)
             }
         };
