@@ -349,6 +349,19 @@ fn main() {
             black_box(s.finish(&mut counts));
         }));
     }
+    // base64 lines (a MIME attachment) are held while a key footer may
+    // still end them (the last 32 KiB): beside prose lines of one length
+    let mime = "TWFuIGlzIGRpc3Rpbmd1aXNoZWQsIG5vdCBvbmx5IGJ5IGhpcyByZWFzb24sIGJ1dCBieSB0aGlz\n".repeat(1 << 14);
+    let lines = "Man is distinguished, not only by his reason, but by this singular one\n".repeat(1 << 14);
+    for (label, body) in [("base64 lines (MIME)", &mime), ("prose lines (plain)", &lines)] {
+        row!(format!("stream Text, 1 KiB pushes, {label}"), measure(body.len(), min, || {
+            let mut s = m.stream(StreamKind::Text);
+            for c in body.as_bytes().chunks(1 << 10) {
+                black_box(s.push(c, &mut counts));
+            }
+            black_box(s.finish(&mut counts));
+        }));
+    }
     // token starts inside one long base64url run, after underscores that
     // could open Markdown emphasis (must not rescan the run from each)
     for (label, unit) in [("-_eyJ", "-_eyJ"), ("-eyJ (plain)", "-eyJ"), ("_sk-", "_sk-"), ("ask- (plain)", "ask-")] {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{pieces, pt_config, stream};
-use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind};
+use nhi_gate::mask::{Counts, Masker, RawMasking, StreamKind, MAX_HOLD};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -619,7 +619,7 @@ fn long_token_without_whitespace_is_bounded() {
     let mut released = 0;
     for c in blob.as_bytes().chunks(1000) {
         released += s.push(c, &mut counts).len();
-        assert!(s.held() <= 64 * 1024 + 1000, "held {}", s.held());
+        assert!(s.held() <= MAX_HOLD + 1000, "held {}", s.held());
     }
     released += s.finish(&mut counts).len();
     assert_eq!(released, blob.len());
@@ -669,7 +669,7 @@ fn pem_tail_is_held_until_its_footer() {
     let mut total = Vec::new();
     for _ in 0..4000 {
         total.extend(s.push(line.as_bytes(), &mut counts));
-        assert!(s.held() <= 64 * 1024 + 1000, "held {}", s.held());
+        assert!(s.held() <= MAX_HOLD + 1000, "held {}", s.held());
     }
     total.extend(s.finish(&mut counts));
     assert_eq!(total, line.repeat(4000).as_bytes());
@@ -682,7 +682,7 @@ fn pem_tail_is_held_until_its_footer() {
         s.push(piece, &mut counts);
         most = most.max(s.held());
     }
-    assert!(most <= 64 * 1024 + 7, "held {most}");
+    assert!(most <= MAX_HOLD + 7, "held {most}");
     // indented lines (a YAML block scalar) are held like others
     let yaml = format!("key: |\n  {}\n  -----END PRIVATE KEY-----\nnext: {bye}", body.trim_end().replace('\n', "\n  "));
     let cuts: Vec<usize> = (1..yaml.len() / 5).map(|i| i * 5).collect();
@@ -767,7 +767,7 @@ fn pem_tail_with_invisible_characters_before_its_footer() {
     let mut got = Vec::new();
     for piece in zw.as_bytes().chunks(16) {
         got.extend(st.push(piece, &mut counts));
-        assert!(st.held() <= 64 * 1024 + 16, "held {}", st.held());
+        assert!(st.held() <= MAX_HOLD + 16, "held {}", st.held());
     }
     got.extend(st.finish(&mut counts));
     assert_eq!(got, zw.as_bytes());
@@ -1969,5 +1969,30 @@ fn pem_header_with_invisible_characters_and_long_padding_is_masked() {
         let (out, _, _) = stream(&m, StreamKind::Text, text.as_bytes(), &cuts);
         let out = String::from_utf8(out).unwrap();
         assert!(!out.contains("MIIE") && !out.contains("BEGIN") && out.contains("[PRIVATE_KEY]"), "step {step}: {}", &out[..200.min(out.len())]);
+    }
+}
+
+/// A private key whose body runs past the header's window (32 KiB) and
+/// then ends with its footer: whole text masks the header's window and
+/// the footer's window (the 32 KiB of lines before it), so a key under
+/// 64 KiB is masked whole. A stream, in whatever pushes, holds the base64
+/// lines a footer may still end (the last 32 KiB) and masks the same;
+/// likewise a key tail cut from its header (the footer's window only).
+#[test]
+fn long_pem_block_in_small_pushes_is_masked_as_whole_text() {
+    let m = masker(json!({}));
+    for (lines, header) in [(700usize, true), (900, true), (1200, true), (1500, true), (2000, true), (700, false), (1200, false)] {
+        let body: String = (0..lines).map(|i| format!("MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo{i:04}\n")).collect();
+        let head = if header { "-----BEGIN PRIVATE KEY-----\n" } else { "" };
+        let input = format!("key follows\n{head}{body}-----END PRIVATE KEY-----\nthanks and bye now {}", "x ".repeat(100));
+        let whole = m.mask_text(&input, &mut Counts::new());
+        let window = if header { 64 * 1024 } else { 32 * 1024 };
+        assert_eq!(!whole.contains("MIIE"), body.len() < window, "{lines} lines, header {header}");
+        for step in [1, 7, 100, 1000, 4096] {
+            let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
+            let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &cuts);
+            let out = String::from_utf8(out).unwrap();
+            assert!(out == whole, "{lines} lines ({} KiB), pushes of {step}: {} key lines out, {} in whole text", input.len() / 1024, out.matches("MIIE").count(), whole.matches("MIIE").count());
+        }
     }
 }

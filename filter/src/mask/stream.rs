@@ -8,8 +8,9 @@
 //! [`HOLD_BACK`] bytes before the end of what has arrived, outside every
 //! candidate value, before any `-----BEGIN … PRIVATE KEY-----` block whose
 //! footer has not arrived yet (for at most 32 KiB) and before base64 lines
-//! that a key footer may still end (a key tail cut from its header, up to
-//! 32 KiB of lines). Built-in values never
+//! that a key footer may still end (the last 32 KiB of lines above the line
+//! in progress: a footer there ends a key tail that reaches back that far).
+//! Built-in values never
 //! contain whitespace except the spaced forms of cards, phones and IBANs (at
 //! most 58 bytes, with 3-byte Unicode separators) and PEM blocks (held whole), and each built-in decides a
 //! candidate from its whitespace-free token and at most three bytes around
@@ -119,8 +120,14 @@ use std::sync::Arc;
 /// Least number of bytes a text stream holds back from the end of what has
 /// arrived (bytes).
 pub const HOLD_BACK: usize = 128;
-/// Most bytes a text stream holds when no whitespace arrives (bytes).
-pub const MAX_HOLD: usize = 64 * 1024;
+/// Most bytes a text stream holds (96 KiB): when no whitespace arrives
+/// before it, the held text is cut anyway. Three PEM windows
+/// (`detectors::PEM_WINDOW`, 32 KiB): a private key's header block (its
+/// header and the base64 lines of its window) and the base64 lines a
+/// footer may still end (the window above the line in progress) are held
+/// together, with room for that line, until the lines above the footer's
+/// window can flow on.
+pub const MAX_HOLD: usize = 3 * detectors::PEM_WINDOW;
 /// Bytes of already-released text kept as left context.
 const CONTEXT: usize = 128;
 /// Most bytes of tool-call arguments held for masking as one JSON
@@ -311,6 +318,12 @@ impl TextStream {
         let mut out = Vec::with_capacity(cut - self.start);
         self.inner.render_bytes(&self.buf, self.start, cut, &mut cands, &mut out, counts);
         self.start = cut;
+        // (a large hold that stays, as a key tail's window, is not
+        // scanned again before it has grown by a quarter: else each push
+        // would scan it all to release its own length)
+        if self.held() > 8 * HOLD_BACK {
+            self.retry_later();
+        }
         // (a forced cut may split one: its rest is masked with the rest)
         self.own.retain_mut(|c| {
             c.start = c.start.max(cut);
@@ -447,12 +460,12 @@ fn pem_tail_hold(buf: &[u8], start: usize) -> Option<usize> {
         return detectors::keyish(buf.get(tok..end)?).then_some(tok);
     }
     // Lines before `start` are out: looking further back would only redo
-    // work on every chunk of a long base64 run. A run longer than the window
-    // is no key body held whole: it flows on (else each chunk would rescan
-    // the window to release its own length).
+    // work on every chunk of a long base64 run. Of a run longer than the
+    // window, the last `PEM_WINDOW` bytes stay held (a footer on this line
+    // would end a tail that reaches back that far, as in whole text); the
+    // lines above them flow on.
     let window = ls.saturating_sub(detectors::PEM_WINDOW);
-    let top = detectors::pem_tail_start(buf, ls, start.max(window))?;
-    (top > window || window <= start).then_some(top)
+    detectors::pem_tail_start(buf, ls, start.max(window))
 }
 
 /// The release cut: the largest `p` in `start+1..=limit` right after a
