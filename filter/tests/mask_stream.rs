@@ -699,7 +699,7 @@ fn escaped_invisible_padding_does_not_stretch_a_value_past_the_hold() {
     let m = masker(json!({}));
     // once, twice and three times encoded (a URL inside a URL's query)
     // (and a JSON escape whose backslash is escaped: `%5Cu200b`)
-    for (pad, n) in [("%E2%80%8B", 20), ("%25E2%2580%258B", 12), ("%2525E2%252580%25258B", 9), ("%5Cu200b", 20), ("%255Cu200b", 20)] {
+    for (pad, n) in [("%E2%80%8B", 20), ("%25E2%2580%258B", 12), ("%2525E2%252580%25258B", 9), ("%5Cu200b", 20), ("%255Cu200b", 20), ("%5C%75200b", 16), ("%5C%75%32%30%30%62", 8), ("%255C%2575200b", 10)] {
         let pad = pad.repeat(n);
         let input = format!("hello card 4111{pad} 1111{pad} 1111{pad} 1111 end of text {}", "word ".repeat(60));
         let whole = assert_steps_match_whole(&m, &input, &[1, 7, 32, 100]);

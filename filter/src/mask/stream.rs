@@ -400,25 +400,37 @@ fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
     p
 }
 
-/// The length of an invisible character written as a JSON escape whose
-/// backslash is percent-escaped (`%5Cu200b`, `%255Cu200b`: decoded, it is
-/// the `\u200b` that whole-text masking removes) that ends right before
-/// `p`; 0 if none.
+/// The length of an invisible character written as a JSON escape with
+/// some of its six characters percent-escaped (`%5Cu200b`, `%255Cu200b`,
+/// `%5C%75200b`, each escape encoded up to three times: decoded, it is the
+/// `\u200b` that whole-text masking removes) that ends right before `p`;
+/// 0 if none (a JSON escape written without percent-escapes is
+/// `detectors::invisible_before`'s).
 fn escaped_json_invisible_before(buf: &[u8], p: usize) -> usize {
-    let Some(hex) = p.checked_sub(5).and_then(|k| buf.get(k..p)).filter(|h| h.first() == Some(&b'u')) else { return 0 };
-    match detectors::percent_unit_before(buf, p - 5) {
-        Some((l, b'\\')) => {
-            let mut esc = [b'\\'; 6];
-            for (d, h) in esc.iter_mut().skip(1).zip(hex) {
-                *d = *h;
+    // (the last character is a hex digit, raw or escaped: else nothing to read)
+    if !buf.get(p.wrapping_sub(1)).is_some_and(u8::is_ascii_hexdigit) {
+        return 0;
+    }
+    let mut esc = [0u8; 6];
+    let (mut q, mut escaped) = (p, false);
+    for d in esc.iter_mut().rev() {
+        match detectors::percent_unit_before(buf, q) {
+            Some((l, b)) => {
+                *d = b;
+                q -= l;
+                escaped = true;
             }
-            if detectors::invisible_at(&esc, 0) == esc.len() {
-                5 + l
-            } else {
-                0
+            None => {
+                let Some(b) = q.checked_sub(1).and_then(|k| buf.get(k)) else { return 0 };
+                *d = *b;
+                q -= 1;
             }
         }
-        _ => 0,
+    }
+    if escaped && detectors::invisible_at(&esc, 0) == esc.len() {
+        p - q
+    } else {
+        0
     }
 }
 
