@@ -1996,3 +1996,49 @@ fn long_pem_block_in_small_pushes_is_masked_as_whole_text() {
         }
     }
 }
+
+/// The left context a stream keeps after a release counts visible bytes:
+/// invisible characters (raw, JSON-escaped or percent-escaped) before a
+/// value are kept whole, so a detector that reads back across a space
+/// (a phone after another number's digit group is no phone) sees what
+/// whole text sees, not a stray byte of a cut escape.
+#[test]
+fn left_context_keeps_invisible_padding_whole() {
+    let m = masker(json!({}));
+    let y = "y".repeat(128);
+    for input in [
+        format!("{} 415 555 0134,{y}", "\\u2060".repeat(22)),
+        format!("x{} 415 555 0134,{y}", "\\u2060".repeat(22)),
+        format!("{} 415 555 0134,{y}", "%E2%81%A0".repeat(15)),
+        format!("{} 0044 20 7946 0958,{y}", "\\u2060".repeat(22)),
+        format!("{} 415-555-0134,{y}", "\\u2060".repeat(22)),
+        format!("9{} 415\u{200b}\u{a0}555\u{a0}0134,{y}", "\u{200b}".repeat(43)),
+        format!("9{} 415\u{a0}555\u{a0}0134,{y}", "\\u200b".repeat(22)),
+    ] {
+        let whole = assert_steps_match_whole(&m, &input, &[1, 3, 7, 64, input.len()]);
+        if !input.starts_with('9') {
+            assert!(whole.contains("[PHONE]"), "{whole}");
+        }
+    }
+}
+
+/// A key tail whose first line is indented at the very start of the text
+/// is masked however the stream is cut: a release never lands inside
+/// that indentation (past it, the buffer's start would no longer read as
+/// a line start).
+#[test]
+fn key_tail_indented_at_the_start_of_the_text() {
+    let m = masker(json!({}));
+    let words = "word ".repeat(30);
+    for input in [
+        format!(" Ab\n-----END RSA PRIVATE KEY-----\n{words}"),
+        format!("  abcdefghijklmno\n-----END PRIVATE KEY-----\n{words}"),
+        format!("  AbCd\n  -----END PRIVATE KEY-----\n{words}"),
+        format!("\t\\u00ad Ab\r\n-----END PRIVATE KEY-----\r\n{words}"),
+    ] {
+        let whole = assert_steps_match_whole(&m, &input, &[1, 3, 7, 64]);
+        assert!(whole.contains("[PRIVATE_KEY]"), "{whole}");
+        let (out, _, _) = stream(&m, StreamKind::Text, input.as_bytes(), &[130]);
+        assert_eq!(String::from_utf8(out).unwrap(), whole);
+    }
+}

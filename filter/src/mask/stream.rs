@@ -128,8 +128,11 @@ pub const HOLD_BACK: usize = 128;
 /// together, with room for that line, until the lines above the footer's
 /// window can flow on.
 pub const MAX_HOLD: usize = 3 * detectors::PEM_WINDOW;
-/// Bytes of already-released text kept as left context.
+/// Visible bytes of already-released text kept as left context.
 const CONTEXT: usize = 128;
+/// Most bytes of already-released text kept as left context (invisible
+/// padding before the last [`CONTEXT`] visible bytes).
+const MAX_CONTEXT: usize = 4096;
 /// Most bytes of tool-call arguments held for masking as one JSON
 /// document; larger arguments are withheld as a whole.
 pub const MAX_ARGUMENTS: usize = 1024 * 1024;
@@ -217,6 +220,9 @@ pub(crate) struct TextStream {
     records: bool,
     /// Values found ending at a record's end (in `buf`), not yet released.
     own: Vec<Cand>,
+    /// Released bytes were dropped from `buf`: its first byte is no longer
+    /// the text's first (nor a line start).
+    drained: bool,
 }
 
 /// The ASCII whitespace a text stream cuts after (space, tab, LF, CR, form
@@ -228,7 +234,7 @@ pub(super) fn is_ws(b: u8) -> bool {
 
 impl TextStream {
     fn new(inner: Arc<Inner>) -> TextStream {
-        TextStream { inner, buf: Vec::new(), start: 0, ws_upto: 0, last_ws: 0, retry_at: 0, records: false, own: Vec::new() }
+        TextStream { inner, buf: Vec::new(), start: 0, ws_upto: 0, last_ws: 0, retry_at: 0, records: false, own: Vec::new(), drained: false }
     }
 
     /// The next scan waits until a quarter more than what is held has
@@ -311,6 +317,11 @@ impl TextStream {
         cands.extend_from_slice(&self.own);
         let open = [open, tail].into_iter().flatten().min();
         let cut = choose_cut(&self.buf, self.start, limit, &mut cands, open, forced);
+        // (not inside the indentation the text starts with: past a release
+        // there, the buffer's start would no longer read as the start of
+        // the line, which decides whether a short base64 line above a key
+        // footer is part of the key)
+        let cut = cut.filter(|&c| forced || self.drained || detectors::blank_start(&self.buf, c, 0) > 0);
         let Some(cut) = cut else {
             self.retry_later();
             return Vec::new();
@@ -333,14 +344,19 @@ impl TextStream {
         out
     }
 
-    /// Drops released bytes, keeping [`CONTEXT`] bytes (from a character
-    /// boundary) as left context.
+    /// Drops released bytes, keeping [`CONTEXT`] visible bytes (from a
+    /// character boundary) as left context: invisible characters and
+    /// percent-escapes count as in the hold-back window ([`visible_back`]),
+    /// so padding before a value is kept whole, up to [`MAX_CONTEXT`]
+    /// bytes, and no escape is cut (a stray `0` of a cut `\u2060` would
+    /// read as a digit group before a phone).
     fn compact(&mut self) {
-        let mut keep_from = self.start.saturating_sub(CONTEXT);
+        let mut keep_from = visible_back(&self.buf, self.start.saturating_sub(MAX_CONTEXT), self.start, CONTEXT);
         while keep_from > 0 && self.buf.get(keep_from).is_some_and(|b| b & 0xC0 == 0x80) {
             keep_from -= 1;
         }
         if keep_from > 0 {
+            self.drained = true;
             self.buf.drain(..keep_from);
             self.start -= keep_from;
             self.ws_upto = self.ws_upto.saturating_sub(keep_from);
@@ -376,26 +392,32 @@ impl TextStream {
 /// character (`%E2%80%8B`, `%25E2%2580%258B`): whole-text masking decodes
 /// as many layers ([`detectors::percent_unit_before`]).
 fn visible_limit(buf: &[u8], start: usize, back: usize) -> usize {
-    let n = buf.len();
-    let lo = n.saturating_sub(back);
-    if buf.get(lo..).is_some_and(|t| t.is_ascii() && memchr::memchr2(b'\\', b'%', t).is_none()) {
-        return lo;
+    visible_back(buf, start, buf.len(), back)
+}
+
+/// The position `back` visible bytes before `end` in `buf` (as
+/// [`visible_limit`] counts them), not before `lo`: an invisible character
+/// or escape that would cross `lo` is not taken (the result is never
+/// inside one).
+fn visible_back(buf: &[u8], lo: usize, end: usize, back: usize) -> usize {
+    let from = end.saturating_sub(back).max(lo);
+    if buf.get(from..end).is_some_and(|t| t.is_ascii() && memchr::memchr2(b'\\', b'%', t).is_none()) {
+        return from;
     }
-    let (mut p, mut seen) = (n, 0);
-    while p > start && seen < back {
-        match detectors::invisible_before(buf, p).max(escaped_json_invisible_before(buf, p)) {
+    let (mut p, mut seen) = (end, 0);
+    while p > lo && seen < back {
+        let (l, visible) = match detectors::invisible_before(buf, p).max(escaped_json_invisible_before(buf, p)) {
             0 => match detectors::percent_unit_before(buf, p) {
-                Some((l, b)) => {
-                    p = p.saturating_sub(l).max(start);
-                    seen += usize::from(b < 0x80);
-                }
-                None => {
-                    p -= 1;
-                    seen += 1;
-                }
+                Some((l, b)) => (l, b < 0x80),
+                None => (1, true),
             },
-            l => p = p.saturating_sub(l).max(start),
+            l => (l, false),
+        };
+        if p - lo < l {
+            break;
         }
+        p -= l;
+        seen += usize::from(visible);
     }
     p
 }
