@@ -2042,3 +2042,68 @@ fn key_tail_indented_at_the_start_of_the_text() {
         assert_eq!(String::from_utf8(out).unwrap(), whole);
     }
 }
+
+/// Events as a WHATWG client reads them (HTML §9.2.5: lines end at CRLF,
+/// LF or CR; a blank line ends an event): each event's data lines joined
+/// by LF.
+fn whatwg_events(s: &[u8]) -> Vec<String> {
+    let (mut events, mut data, mut line, mut i) = (Vec::new(), Vec::<String>::new(), Vec::new(), 0);
+    let mut end_line = |line: &mut Vec<u8>, data: &mut Vec<String>| {
+        if line.is_empty() {
+            if !data.is_empty() {
+                events.push(data.join("\n"));
+            }
+            data.clear();
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            data.push(String::from_utf8_lossy(v.strip_prefix(b" ").unwrap_or(v)).into_owned());
+        }
+        line.clear();
+    };
+    while i < s.len() {
+        match s[i] {
+            b'\r' => {
+                end_line(&mut line, &mut data);
+                if s.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => end_line(&mut line, &mut data),
+            b => line.push(b),
+        }
+        i += 1;
+    }
+    events
+}
+
+/// An SSE stream with mixed line ends (a lone CR after one data line, LF
+/// after the next; a stream cut after a lone CR) keeps its framing: every
+/// event a client reads holds the JSON it held, and the text joined
+/// across events goes out masked.
+#[test]
+fn sse_mixed_line_ends_keep_events_apart() {
+    let m = masker(json!({}));
+    for input in [
+        "data: {\"choices\":[{\"index\":0,\rdata: \"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"mail jane.doe@exa\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"mple.com\"}}]}\r",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"mail jane.doe@exa\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"mple.com\"}}]}\rid: 7\r",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\nid: 1\r\n\ndata: [DONE]\n\n",
+        "data: {\"choices\":[{\"index\":0,\nid: 1\rdata: \"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n",
+    ] {
+        for step in [1, 3, 7, input.len()] {
+            let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
+            let (out, _, _) = stream(&m, StreamKind::Sse, input.as_bytes(), &cuts);
+            let mut text = String::new();
+            for ev in whatwg_events(&out) {
+                if ev == "[DONE]" {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&ev).unwrap_or_else(|e| panic!("{input:?} in pushes of {step}: event {ev:?} is no JSON ({e}); out {:?}", String::from_utf8_lossy(&out)));
+                for c in v["choices"].as_array().into_iter().flatten() {
+                    text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+                }
+            }
+            let want = if input.contains("jane") { "mail [EMAIL]" } else { "hi" };
+            assert_eq!(text, want, "{input:?} in pushes of {step}: {:?}", String::from_utf8_lossy(&out));
+        }
+    }
+}

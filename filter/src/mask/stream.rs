@@ -550,6 +550,18 @@ fn choose_cut(buf: &[u8], start: usize, limit: usize, cands: &mut [Cand], open: 
 
 // ---------------------------------------------------------------- SSE
 
+/// Appends the line end `eol` to `out`. When `out` ends with a lone CR
+/// (the previous line's end) and `eol` starts with LF, the two would read
+/// as one CRLF line end (WHATWG HTML §9.2.5), and an event written with
+/// mixed line ends would not end where it did in the input: the LF is
+/// written as CRLF then.
+fn push_eol(out: &mut Vec<u8>, eol: &[u8]) {
+    if eol.first() == Some(&b'\n') && out.last() == Some(&b'\r') {
+        out.push(b'\r');
+    }
+    out.extend_from_slice(eol);
+}
+
 /// The parts of an SSE JSON payload the SSE masker reads (other members
 /// are skipped by serde without being kept): a chat-completion chunk
 /// (`choices`) or a Responses API event (`type`, `delta`, and the indices
@@ -1219,7 +1231,7 @@ impl SseStream {
                 out.extend_from_slice(&eol);
             }
             if !self.lines_mode {
-                out.extend_from_slice(&eol);
+                push_eol(&mut out, &eol);
             }
         }
         out.extend_from_slice(&flushed);
@@ -1285,7 +1297,9 @@ impl SseStream {
     }
 
     /// Emits one event: its lines, then `blank` (the blank line's end, or
-    /// nothing for an unterminated event at the end of the stream).
+    /// nothing for an unterminated event at the end of the stream). Its
+    /// data lines all end as its first one did ([`push_eol`] keeps a lone
+    /// CR from merging with a following LF).
     fn dispatch(&mut self, lines: Vec<Line>, blank: &[u8], out: &mut Vec<u8>, counts: &mut Counts) {
         let field = |l: &Line| -> Option<usize> {
             // index of the value in a `data` line
@@ -1325,7 +1339,7 @@ impl SseStream {
                     for part in payload.split(|b| *b == b'\n') {
                         out.extend_from_slice(prefix);
                         out.extend_from_slice(part);
-                        out.extend_from_slice(if l.eol.is_empty() { &self.eol } else { &l.eol });
+                        push_eol(out, if l.eol.is_empty() { &self.eol } else { &l.eol });
                     }
                 }
             } else if field(l).is_some() {
@@ -1333,10 +1347,10 @@ impl SseStream {
                 continue;
             } else {
                 self.mask_line(&l.text, out, counts);
-                out.extend_from_slice(&l.eol);
+                push_eol(out, &l.eol);
             }
         }
-        out.extend_from_slice(blank);
+        push_eol(out, blank);
         self.open_event = blank.is_empty();
     }
 
