@@ -293,10 +293,10 @@ fn shift(ch: &Chunking, a: usize, b: usize) -> Chunking {
     }
 }
 
-fn minimize(m: &Masker, input: &str, ch: &Chunking) -> (String, Chunking) {
-    let mut s = input.to_string();
-    let mut ch = ch.clone();
-    // chunk-level ddmin over characters
+/// Deletes ever smaller runs of characters from `s` while `keeps(candidate,
+/// a, b)` (the candidate is `s` without its bytes `a..b`) says the failure
+/// remains (delta debugging).
+fn ddmin(mut s: String, mut keeps: impl FnMut(&str, usize, usize) -> bool) -> String {
     let mut gran = s.chars().count() / 2;
     while gran >= 1 {
         let mut changed = true;
@@ -309,10 +309,8 @@ fn minimize(m: &Masker, input: &str, ch: &Chunking) -> (String, Chunking) {
                 let end = (start + gran).min(nchars);
                 let (a, b) = (idx[start], idx[end]);
                 let cand = format!("{}{}", &s[..a], &s[b..]);
-                let cch = shift(&ch, a, b);
-                if run(m, &cand, &cch).is_some() {
+                if keeps(&cand, a, b) {
                     s = cand;
-                    ch = cch;
                     changed = true;
                     break;
                 }
@@ -321,6 +319,19 @@ fn minimize(m: &Masker, input: &str, ch: &Chunking) -> (String, Chunking) {
         }
         gran /= 2;
     }
+    s
+}
+
+fn minimize(m: &Masker, input: &str, ch: &Chunking) -> (String, Chunking) {
+    let mut ch = ch.clone();
+    let s = ddmin(input.to_string(), |cand, a, b| {
+        let cch = shift(&ch, a, b);
+        let fails = run(m, cand, &cch).is_some();
+        if fails {
+            ch = cch;
+        }
+        fails
+    });
     // simplify chunking: try fixed sizes, then fewer cuts
     if let Chunking::Cuts(c) = ch.clone() {
         for k in [1usize, 2, 3, 4, 5, 7, 8, 16, 32, 64] {
@@ -367,33 +378,11 @@ fn all_plain(s: &str, v: &str) -> bool {
 }
 
 fn minimize_leak(m: &Masker, input: &str, v: &str) -> String {
-    let mut s = input.to_string();
     let pred = |c: &str| all_plain(c, v) && m.mask_text(c, &mut Counts::new()).contains(v);
-    if !pred(&s) {
-        return s;
+    if !pred(input) {
+        return input.to_string();
     }
-    let mut gran = s.chars().count() / 2;
-    while gran >= 1 {
-        let mut changed = true;
-        while changed {
-            changed = false;
-            let idx: Vec<usize> = s.char_indices().map(|(i, _)| i).chain(std::iter::once(s.len())).collect();
-            let nchars = idx.len() - 1;
-            let mut start = 0;
-            while start < nchars {
-                let end = (start + gran).min(nchars);
-                let cand = format!("{}{}", &s[..idx[start]], &s[idx[end]..]);
-                if pred(&cand) {
-                    s = cand;
-                    changed = true;
-                    break;
-                }
-                start += gran;
-            }
-        }
-        gran /= 2;
-    }
-    s
+    ddmin(input.to_string(), |c, _, _| pred(c))
 }
 
 fn chunkings(r: &mut Rng, len: usize) -> Vec<Chunking> {
