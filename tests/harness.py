@@ -359,13 +359,15 @@ class Envoy:
 
     def audit_records(self, n=None, timeout=5):
         """Records in the audit access log (one JSON per line); with `n`,
-        waits until at least n are there (Envoy flushes the file periodically)."""
+        waits until at least n are there (Envoy flushes the file periodically,
+        possibly in the middle of a record: a last line without its line end
+        is still being written and is read on a later call)."""
         deadline = time.time() + timeout
         while True:
             recs = []
             if os.path.exists(self.audit_path):
                 with open(self.audit_path) as f:
-                    recs = [json.loads(l) for l in f if l.strip() and l.strip() != "-"]
+                    recs = [json.loads(l) for l in f if l.endswith("\n") and l.strip() and l.strip() != "-"]
             if n is None or len(recs) >= n or time.time() > deadline:
                 return recs
             time.sleep(0.1)
